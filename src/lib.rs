@@ -1,0 +1,1 @@
+//! sft-search library.
