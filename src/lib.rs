@@ -1,1 +1,10 @@
-//! sft-search library.
+//! sft-search: hyperparameter search for supervised fine-tuning of pretrained transformers.
+//!
+//! Layers, each depending only on those before it:
+//! `config → space → trial → sampler → storage → scheduler → trainer → report`, composed by
+//! `app`; `cli` holds only the clap types.
+
+pub mod objective;
+pub mod sampler;
+pub mod space;
+pub mod trial;

@@ -1,0 +1,719 @@
+//! The validated search space: what each parameter may take, and the maps the rest of the
+//! tool needs from it — Optuna's internal representation (for the store), the unit cube
+//! (for samplers), grid enumeration, and a stable hash (to notice a changed space on resume).
+//!
+//! A `SearchSpace` is only ever built through [`SearchSpace::new`], which checks every rule
+//! (bounds, log scale, steps, choices), so code holding one never re-validates it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// One parameter value as the user and the trial see it.
+///
+/// Categorical choices may be numbers, strings or booleans, so a value keeps its JSON type.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ParamValue {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+}
+
+impl ParamValue {
+    /// The value as a number, where it is one (ints widen to floats).
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            ParamValue::Int(i) => Some(*i as f64),
+            ParamValue::Float(f) => Some(*f),
+            _ => None,
+        }
+    }
+
+    /// The value as a plain JSON value.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            ParamValue::Bool(b) => serde_json::Value::Bool(*b),
+            ParamValue::Int(i) => serde_json::Value::from(*i),
+            ParamValue::Float(f) => serde_json::Number::from_f64(*f)
+                .map(serde_json::Value::Number)
+                .unwrap_or(serde_json::Value::Null),
+            ParamValue::Str(s) => serde_json::Value::String(s.clone()),
+        }
+    }
+
+    /// Reads a plain JSON value (as Optuna stores categorical choices).
+    pub fn from_json(v: &serde_json::Value) -> Option<ParamValue> {
+        match v {
+            serde_json::Value::Bool(b) => Some(ParamValue::Bool(*b)),
+            serde_json::Value::Number(n) => n
+                .as_i64()
+                .map(ParamValue::Int)
+                .or_else(|| n.as_f64().map(ParamValue::Float)),
+            serde_json::Value::String(s) => Some(ParamValue::Str(s.clone())),
+            _ => None,
+        }
+    }
+
+    /// The same value, compared loosely: `16` and `16.0` are one choice.
+    fn same_choice(&self, other: &ParamValue) -> bool {
+        match (self.as_f64(), other.as_f64()) {
+            (Some(a), Some(b)) => a == b,
+            _ => self == other,
+        }
+    }
+}
+
+impl fmt::Display for ParamValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ParamValue::Bool(b) => write!(f, "{b}"),
+            ParamValue::Int(i) => write!(f, "{i}"),
+            ParamValue::Float(x) => {
+                if x.abs() != 0.0 && (x.abs() < 1e-3 || x.abs() >= 1e6) {
+                    write!(f, "{x:.4e}")
+                } else {
+                    write!(f, "{}", (x * 1e6).round() / 1e6)
+                }
+            }
+            ParamValue::Str(s) => write!(f, "{s}"),
+        }
+    }
+}
+
+/// A full assignment of parameter names to values, ordered by name.
+pub type ParamSet = BTreeMap<String, ParamValue>;
+
+/// What one parameter may take.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Distribution {
+    Float { low: f64, high: f64, log: bool, step: Option<f64> },
+    Int { low: i64, high: i64, step: i64, log: bool },
+    Categorical { choices: Vec<ParamValue> },
+}
+
+/// A rule of the search space that a definition breaks.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SpaceError {
+    #[error("parameter `{name}`: low ({low}) must be below high ({high})")]
+    LowNotBelowHigh { name: String, low: String, high: String },
+    #[error("parameter `{name}`: log scale needs low > 0 (got low = {low})")]
+    LogNeedsPositive { name: String, low: String },
+    #[error("parameter `{name}`: step must be > 0 (got {step})")]
+    BadStep { name: String, step: String },
+    #[error("parameter `{name}`: `step` and `log = true` cannot be combined")]
+    StepWithLog { name: String },
+    #[error("parameter `{name}`: `choices` must not be empty")]
+    EmptyChoices { name: String },
+    #[error("parameter `{name}`: choice {choice} appears twice")]
+    DuplicateChoice { name: String, choice: String },
+    #[error("parameter `{name}`: bounds must be finite")]
+    NonFinite { name: String },
+    #[error("the search space has no parameters")]
+    Empty,
+    #[error("unknown parameter `{name}` (the space has: {known})")]
+    UnknownParam { name: String, known: String },
+    #[error("parameter `{name}` is missing")]
+    MissingParam { name: String },
+    #[error("parameter `{name}`: {value} is not allowed ({expected})")]
+    OutOfSpace { name: String, value: String, expected: String },
+    #[error("`{0}` is not of the form name=value")]
+    BadAssignment(String),
+}
+
+impl Distribution {
+    /// Checks the definition rules for a parameter named `name`.
+    pub fn validate(&self, name: &str) -> Result<(), SpaceError> {
+        let n = || name.to_string();
+        match self {
+            Distribution::Float { low, high, log, step } => {
+                if !low.is_finite() || !high.is_finite() {
+                    return Err(SpaceError::NonFinite { name: n() });
+                }
+                if low >= high {
+                    return Err(SpaceError::LowNotBelowHigh { name: n(), low: low.to_string(), high: high.to_string() });
+                }
+                if *log && *low <= 0.0 {
+                    return Err(SpaceError::LogNeedsPositive { name: n(), low: low.to_string() });
+                }
+                if let Some(s) = step {
+                    if *log {
+                        return Err(SpaceError::StepWithLog { name: n() });
+                    }
+                    if !(s.is_finite() && *s > 0.0) {
+                        return Err(SpaceError::BadStep { name: n(), step: s.to_string() });
+                    }
+                }
+            }
+            Distribution::Int { low, high, step, log } => {
+                if low >= high {
+                    return Err(SpaceError::LowNotBelowHigh { name: n(), low: low.to_string(), high: high.to_string() });
+                }
+                if *log && *low <= 0 {
+                    return Err(SpaceError::LogNeedsPositive { name: n(), low: low.to_string() });
+                }
+                if *step <= 0 {
+                    return Err(SpaceError::BadStep { name: n(), step: step.to_string() });
+                }
+                if *log && *step != 1 {
+                    return Err(SpaceError::StepWithLog { name: n() });
+                }
+            }
+            Distribution::Categorical { choices } => {
+                if choices.is_empty() {
+                    return Err(SpaceError::EmptyChoices { name: n() });
+                }
+                for (i, c) in choices.iter().enumerate() {
+                    if choices[..i].iter().any(|d| d.same_choice(c)) {
+                        return Err(SpaceError::DuplicateChoice { name: n(), choice: c.to_string() });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The largest value on the step lattice that is still `<= high`.
+    fn float_top(low: f64, high: f64, step: f64) -> f64 {
+        let k = ((high - low) / step + 1e-9).floor();
+        low + k * step
+    }
+
+    fn int_top(low: i64, high: i64, step: i64) -> i64 {
+        low + (high - low) / step * step
+    }
+
+    /// Whether `v` is a value this parameter may take.
+    pub fn contains(&self, v: &ParamValue) -> bool {
+        match self {
+            Distribution::Float { low, high, step, .. } => match v.as_f64() {
+                Some(x) if x.is_finite() && x >= *low && x <= *high => match step {
+                    Some(s) => {
+                        let k = (x - low) / s;
+                        (k - k.round()).abs() < 1e-6
+                    }
+                    None => true,
+                },
+                _ => false,
+            },
+            Distribution::Int { low, high, step, .. } => match v {
+                ParamValue::Int(i) => i >= low && i <= high && (i - low) % step == 0,
+                ParamValue::Float(f) if f.fract() == 0.0 => {
+                    self.contains(&ParamValue::Int(*f as i64))
+                }
+                _ => false,
+            },
+            Distribution::Categorical { choices } => choices.iter().any(|c| c.same_choice(v)),
+        }
+    }
+
+    /// Brings a value the user typed (e.g. `16` for a float) to this parameter's own type,
+    /// or says why it does not fit.
+    pub fn coerce(&self, name: &str, v: &ParamValue) -> Result<ParamValue, SpaceError> {
+        let out = match (self, v) {
+            (Distribution::Float { .. }, _) => v.as_f64().map(ParamValue::Float),
+            (Distribution::Int { .. }, ParamValue::Int(i)) => Some(ParamValue::Int(*i)),
+            (Distribution::Int { .. }, ParamValue::Float(f)) if f.fract() == 0.0 => {
+                Some(ParamValue::Int(*f as i64))
+            }
+            (Distribution::Categorical { choices }, _) => {
+                choices.iter().find(|c| c.same_choice(v)).cloned()
+            }
+            _ => None,
+        };
+        match out {
+            Some(x) if self.contains(&x) => Ok(x),
+            _ => Err(SpaceError::OutOfSpace {
+                name: name.to_string(),
+                value: v.to_string(),
+                expected: self.describe(),
+            }),
+        }
+    }
+
+    /// A short human description, e.g. `float in [1e-5, 1e-3], log`.
+    pub fn describe(&self) -> String {
+        match self {
+            Distribution::Float { low, high, log, step } => {
+                let mut s = format!("float in [{low}, {high}]");
+                if *log {
+                    s.push_str(", log");
+                }
+                if let Some(st) = step {
+                    s.push_str(&format!(", step {st}"));
+                }
+                s
+            }
+            Distribution::Int { low, high, step, log } => {
+                let mut s = format!("int in [{low}, {high}]");
+                if *step != 1 {
+                    s.push_str(&format!(", step {step}"));
+                }
+                if *log {
+                    s.push_str(", log");
+                }
+                s
+            }
+            Distribution::Categorical { choices } => {
+                let c: Vec<String> = choices.iter().map(|c| c.to_string()).collect();
+                format!("one of {{{}}}", c.join(", "))
+            }
+        }
+    }
+
+    /// Optuna's internal representation: the number itself for floats and ints, the index of
+    /// the choice for categoricals (this is `trial_params.param_value`).
+    pub fn to_internal(&self, v: &ParamValue) -> Option<f64> {
+        match self {
+            Distribution::Float { .. } | Distribution::Int { .. } => v.as_f64(),
+            Distribution::Categorical { choices } => {
+                choices.iter().position(|c| c.same_choice(v)).map(|i| i as f64)
+            }
+        }
+    }
+
+    /// The inverse of [`Distribution::to_internal`].
+    pub fn from_internal(&self, x: f64) -> Option<ParamValue> {
+        match self {
+            Distribution::Float { .. } => Some(ParamValue::Float(x)),
+            Distribution::Int { .. } => Some(ParamValue::Int(x.round() as i64)),
+            Distribution::Categorical { choices } => {
+                if x < 0.0 {
+                    return None;
+                }
+                choices.get(x.round() as usize).cloned()
+            }
+        }
+    }
+
+    /// Whether this is a categorical parameter (which has no order and no unit-cube position).
+    pub fn is_categorical(&self) -> bool {
+        matches!(self, Distribution::Categorical { .. })
+    }
+
+    /// The bounds in the space where a sampler works: log10 for log parameters; ints and
+    /// stepped floats widened by half a step on each side so every lattice value owns an
+    /// equal cell (as Optuna does). `None` for categoricals.
+    fn search_bounds(&self) -> Option<(f64, f64)> {
+        match self {
+            Distribution::Float { low, high, log, step } => match (log, step) {
+                (true, _) => Some((low.ln(), high.ln())),
+                (false, Some(s)) => Some((low - s / 2.0, Self::float_top(*low, *high, *s) + s / 2.0)),
+                (false, None) => Some((*low, *high)),
+            },
+            Distribution::Int { low, high, step, log } => {
+                if *log {
+                    Some(((*low as f64 - 0.5).ln(), (*high as f64 + 0.5).ln()))
+                } else {
+                    let top = Self::int_top(*low, *high, *step);
+                    let h = *step as f64 / 2.0;
+                    Some((*low as f64 - h, top as f64 + h))
+                }
+            }
+            Distribution::Categorical { .. } => None,
+        }
+    }
+
+    /// Maps a value of a numeric parameter into [0, 1] (log scale where `log`).
+    /// `None` for categoricals, which have no position in the unit cube.
+    pub fn to_unit(&self, v: &ParamValue) -> Option<f64> {
+        let (lo, hi) = self.search_bounds()?;
+        let x = v.as_f64()?;
+        let t = match self {
+            Distribution::Float { log: true, .. } | Distribution::Int { log: true, .. } => x.ln(),
+            _ => x,
+        };
+        Some(((t - lo) / (hi - lo)).clamp(0.0, 1.0))
+    }
+
+    /// Maps a point of [0, 1] back to a valid value (rounded onto ints and steps, clamped to
+    /// the bounds). For categoricals, `u` in [0, 1) picks the choice `floor(u * n)`.
+    pub fn from_unit(&self, u: f64) -> ParamValue {
+        let u = if u.is_finite() { u.clamp(0.0, 1.0) } else { 0.5 };
+        match self {
+            Distribution::Categorical { choices } => {
+                let i = ((u * choices.len() as f64) as usize).min(choices.len() - 1);
+                choices[i].clone()
+            }
+            Distribution::Float { low, high, log, step } => {
+                let (lo, hi) = self.search_bounds().unwrap_or((*low, *high));
+                let t = lo + u * (hi - lo);
+                let x = if *log { t.exp() } else { t };
+                let x = match step {
+                    Some(s) => {
+                        let top = Self::float_top(*low, *high, *s);
+                        (low + ((x - low) / s).round() * s).clamp(*low, top)
+                    }
+                    None => x.clamp(*low, *high),
+                };
+                ParamValue::Float(x)
+            }
+            Distribution::Int { low, high, step, log } => {
+                let (lo, hi) = self.search_bounds().unwrap_or((*low as f64, *high as f64));
+                let t = lo + u * (hi - lo);
+                let x = if *log { t.exp() } else { t };
+                let top = Self::int_top(*low, *high, *step);
+                let k = ((x - *low as f64) / *step as f64).round() as i64;
+                ParamValue::Int((low + k * step).clamp(*low, top))
+            }
+        }
+    }
+
+    /// The values a grid takes for this parameter: every choice, every int on its step, and
+    /// `points` values of a float (log-spaced where `log`; on the step lattice where a step is
+    /// set, without repeats).
+    pub fn grid_values(&self, points: usize) -> Vec<ParamValue> {
+        match self {
+            Distribution::Categorical { choices } => choices.clone(),
+            Distribution::Int { low, high, step, .. } => {
+                let mut v = Vec::new();
+                let mut x = *low;
+                while x <= *high {
+                    v.push(ParamValue::Int(x));
+                    x += step;
+                }
+                v
+            }
+            Distribution::Float { low, high, log, step } => {
+                let points = points.max(1);
+                let mut out: Vec<ParamValue> = Vec::with_capacity(points);
+                for i in 0..points {
+                    let f = if points == 1 { 0.5 } else { i as f64 / (points - 1) as f64 };
+                    let x = if *log {
+                        (low.ln() + f * (high.ln() - low.ln())).exp()
+                    } else {
+                        low + f * (high - low)
+                    };
+                    let x = match step {
+                        Some(s) => {
+                            let top = Self::float_top(*low, *high, *s);
+                            (low + ((x - low) / s).round() * s).clamp(*low, top)
+                        }
+                        None => x.clamp(*low, *high),
+                    };
+                    let v = ParamValue::Float(x);
+                    if !out.iter().any(|o| o.same_choice(&v)) {
+                        out.push(v);
+                    }
+                }
+                out
+            }
+        }
+    }
+
+    /// Optuna's `distribution_json` for this parameter (`optuna.distributions.distribution_to_json`).
+    pub fn to_optuna_json(&self) -> serde_json::Value {
+        use serde_json::json;
+        match self {
+            Distribution::Float { low, high, log, step } => json!({
+                "name": "FloatDistribution",
+                "attributes": {"step": step, "low": low, "high": high, "log": log}
+            }),
+            Distribution::Int { low, high, step, log } => json!({
+                "name": "IntDistribution",
+                "attributes": {"log": log, "step": step, "low": low, "high": high}
+            }),
+            Distribution::Categorical { choices } => json!({
+                "name": "CategoricalDistribution",
+                "attributes": {"choices": choices.iter().map(|c| c.to_json()).collect::<Vec<_>>()}
+            }),
+        }
+    }
+
+    /// Reads Optuna's `distribution_json`, including the deprecated pre-3.0 names
+    /// (`UniformDistribution`, `LogUniformDistribution`, `IntUniformDistribution`, …).
+    pub fn from_optuna_json(text: &str) -> Option<Distribution> {
+        let v: serde_json::Value = serde_json::from_str(text).ok()?;
+        let name = v.get("name")?.as_str()?;
+        let a = v.get("attributes")?;
+        let f = |k: &str| a.get(k).and_then(|x| x.as_f64());
+        let i = |k: &str| a.get(k).and_then(|x| x.as_f64()).map(|x| x as i64);
+        let b = |k: &str| a.get(k).and_then(|x| x.as_bool()).unwrap_or(false);
+        Some(match name {
+            "FloatDistribution" => Distribution::Float {
+                low: f("low")?,
+                high: f("high")?,
+                log: b("log"),
+                step: a.get("step").and_then(|x| x.as_f64()),
+            },
+            "UniformDistribution" => Distribution::Float { low: f("low")?, high: f("high")?, log: false, step: None },
+            "LogUniformDistribution" => Distribution::Float { low: f("low")?, high: f("high")?, log: true, step: None },
+            "DiscreteUniformDistribution" => {
+                Distribution::Float { low: f("low")?, high: f("high")?, log: false, step: f("q") }
+            }
+            "IntDistribution" => Distribution::Int { low: i("low")?, high: i("high")?, step: i("step").unwrap_or(1), log: b("log") },
+            "IntUniformDistribution" => Distribution::Int { low: i("low")?, high: i("high")?, step: i("step").unwrap_or(1), log: false },
+            "IntLogUniformDistribution" => Distribution::Int { low: i("low")?, high: i("high")?, step: 1, log: true },
+            "CategoricalDistribution" => Distribution::Categorical {
+                choices: a.get("choices")?.as_array()?.iter().filter_map(ParamValue::from_json).collect(),
+            },
+            _ => return None,
+        })
+    }
+}
+
+/// One named parameter of the space.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Param {
+    pub name: String,
+    pub dist: Distribution,
+}
+
+/// A validated, non-empty set of parameters, kept in the order the study file declares them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchSpace {
+    params: Vec<Param>,
+}
+
+impl SearchSpace {
+    /// Validates every parameter and builds the space.
+    pub fn new(params: Vec<Param>) -> Result<Self, SpaceError> {
+        if params.is_empty() {
+            return Err(SpaceError::Empty);
+        }
+        for p in &params {
+            p.dist.validate(&p.name)?;
+        }
+        Ok(SearchSpace { params })
+    }
+
+    pub fn params(&self) -> &[Param] {
+        &self.params
+    }
+
+    pub fn len(&self) -> usize {
+        self.params.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.params.is_empty()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Distribution> {
+        self.params.iter().find(|p| p.name == name).map(|p| &p.dist)
+    }
+
+    fn known(&self) -> String {
+        self.params.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")
+    }
+
+    /// Checks that `set` names exactly the space's parameters with allowed values, and brings
+    /// each value to its parameter's type.
+    pub fn validate(&self, set: &ParamSet) -> Result<ParamSet, SpaceError> {
+        for name in set.keys() {
+            if self.get(name).is_none() {
+                return Err(SpaceError::UnknownParam { name: name.clone(), known: self.known() });
+            }
+        }
+        let mut out = ParamSet::new();
+        for p in &self.params {
+            let v = set.get(&p.name).ok_or_else(|| SpaceError::MissingParam { name: p.name.clone() })?;
+            out.insert(p.name.clone(), p.dist.coerce(&p.name, v)?);
+        }
+        Ok(out)
+    }
+
+    /// Parses `name=value` assignments (as given to `enqueue --param`); values are read as
+    /// TOML scalars, so `3e-5`, `16`, `true` and `adamw` all work. Names not given are an error.
+    pub fn parse_assignments(&self, items: &[String]) -> Result<ParamSet, SpaceError> {
+        let mut set = ParamSet::new();
+        for item in items {
+            let (name, raw) = item.split_once('=').ok_or_else(|| SpaceError::BadAssignment(item.clone()))?;
+            let name = name.trim();
+            let raw = raw.trim();
+            let dist = self
+                .get(name)
+                .ok_or_else(|| SpaceError::UnknownParam { name: name.to_string(), known: self.known() })?;
+            let value = parse_scalar(raw);
+            set.insert(name.to_string(), dist.coerce(name, &value)?);
+        }
+        self.validate(&set)
+    }
+
+    /// Every point of the full factorial grid, in a fixed order (the declaration order of
+    /// parameters, the first varying slowest).
+    pub fn grid(&self, float_points: usize) -> Vec<ParamSet> {
+        let axes: Vec<Vec<ParamValue>> = self.params.iter().map(|p| p.dist.grid_values(float_points)).collect();
+        let total: usize = axes.iter().map(|a| a.len()).product();
+        let mut out = Vec::with_capacity(total);
+        for mut idx in 0..total {
+            let mut set = ParamSet::new();
+            for (p, axis) in self.params.iter().zip(&axes).rev() {
+                set.insert(p.name.clone(), axis[idx % axis.len()].clone());
+                idx /= axis.len();
+            }
+            out.push(set);
+        }
+        out
+    }
+
+    /// Number of points of the full grid (saturating).
+    pub fn grid_size(&self, float_points: usize) -> usize {
+        self.params
+            .iter()
+            .map(|p| p.dist.grid_values(float_points).len())
+            .fold(1usize, |a, b| a.saturating_mul(b))
+    }
+
+    /// A stable fingerprint of the space (names, types, bounds, choices), independent of the
+    /// order parameters are declared in.
+    pub fn hash(&self) -> String {
+        let mut items: Vec<(String, serde_json::Value)> =
+            self.params.iter().map(|p| (p.name.clone(), p.dist.to_optuna_json())).collect();
+        items.sort_by(|a, b| a.0.cmp(&b.0));
+        let text = serde_json::to_string(&items).unwrap_or_default();
+        let digest = Sha256::digest(text.as_bytes());
+        hex::encode(&digest[..12])
+    }
+
+    /// Whether two param sets are the same point (loose number comparison).
+    pub fn same_point(a: &ParamSet, b: &ParamSet) -> bool {
+        a.len() == b.len()
+            && a.iter().all(|(k, v)| b.get(k).is_some_and(|w| v.same_choice(w) || close(v, w)))
+    }
+}
+
+fn close(a: &ParamValue, b: &ParamValue) -> bool {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => (x - y).abs() <= 1e-12 * x.abs().max(y.abs()).max(1e-300),
+        _ => false,
+    }
+}
+
+/// Reads a scalar the way TOML would (`16` int, `3e-5` float, `true` bool), else a string.
+pub fn parse_scalar(raw: &str) -> ParamValue {
+    let raw = raw.trim();
+    if let Ok(i) = raw.parse::<i64>() {
+        return ParamValue::Int(i);
+    }
+    if let Ok(f) = raw.parse::<f64>() {
+        return ParamValue::Float(f);
+    }
+    match raw {
+        "true" => ParamValue::Bool(true),
+        "false" => ParamValue::Bool(false),
+        _ => ParamValue::Str(raw.trim_matches('"').to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn float(low: f64, high: f64, log: bool, step: Option<f64>) -> Distribution {
+        Distribution::Float { low, high, log, step }
+    }
+
+    #[test]
+    fn rules_are_enforced() {
+        assert!(matches!(float(1.0, 1.0, false, None).validate("x"), Err(SpaceError::LowNotBelowHigh { .. })));
+        assert!(matches!(float(0.0, 1.0, true, None).validate("x"), Err(SpaceError::LogNeedsPositive { .. })));
+        assert!(matches!(float(0.1, 1.0, true, Some(0.1)).validate("x"), Err(SpaceError::StepWithLog { .. })));
+        assert!(matches!(
+            Distribution::Int { low: 0, high: 3, step: 0, log: false }.validate("x"),
+            Err(SpaceError::BadStep { .. })
+        ));
+        assert!(matches!(
+            Distribution::Categorical { choices: vec![] }.validate("x"),
+            Err(SpaceError::EmptyChoices { .. })
+        ));
+        assert!(matches!(
+            Distribution::Categorical { choices: vec![ParamValue::Int(16), ParamValue::Float(16.0)] }.validate("x"),
+            Err(SpaceError::DuplicateChoice { .. })
+        ));
+    }
+
+    #[test]
+    fn grid_is_the_full_product() {
+        let space = SearchSpace::new(vec![
+            Param { name: "lr".into(), dist: float(1e-5, 1e-3, true, None) },
+            Param { name: "bs".into(), dist: Distribution::Categorical { choices: vec![ParamValue::Int(16), ParamValue::Int(32)] } },
+            Param { name: "ep".into(), dist: Distribution::Int { low: 1, high: 3, step: 1, log: false } },
+        ])
+        .unwrap();
+        let g = space.grid(3);
+        assert_eq!(g.len(), 18);
+        assert_eq!(space.grid_size(3), 18);
+        for (i, a) in g.iter().enumerate() {
+            for b in &g[i + 1..] {
+                assert!(!SearchSpace::same_point(a, b));
+            }
+        }
+        let lrs: Vec<f64> = space.get("lr").unwrap().grid_values(3).iter().map(|v| v.as_f64().unwrap()).collect();
+        assert!((lrs[1] - 1e-4).abs() < 1e-12, "log-spaced midpoint, got {lrs:?}");
+    }
+
+    #[test]
+    fn optuna_json_round_trips() {
+        for d in [
+            float(1e-5, 1e-3, true, None),
+            float(0.0, 1.0, false, Some(0.25)),
+            Distribution::Int { low: 1, high: 9, step: 2, log: false },
+            Distribution::Categorical { choices: vec![ParamValue::Int(8), ParamValue::Str("a".into()), ParamValue::Bool(true)] },
+        ] {
+            let text = d.to_optuna_json().to_string();
+            assert_eq!(Distribution::from_optuna_json(&text), Some(d));
+        }
+    }
+
+    #[test]
+    fn assignments_are_parsed_and_checked() {
+        let space = SearchSpace::new(vec![
+            Param { name: "learning_rate".into(), dist: float(1e-5, 1e-3, true, None) },
+            Param { name: "batch_size".into(), dist: Distribution::Categorical { choices: vec![ParamValue::Int(16), ParamValue::Int(32)] } },
+        ])
+        .unwrap();
+        let s = space
+            .parse_assignments(&["learning_rate=3e-5".into(), "batch_size=16".into()])
+            .unwrap();
+        assert_eq!(s["learning_rate"], ParamValue::Float(3e-5));
+        assert_eq!(s["batch_size"], ParamValue::Int(16));
+        assert!(matches!(
+            space.parse_assignments(&["learning_rate=1".into(), "batch_size=16".into()]),
+            Err(SpaceError::OutOfSpace { .. })
+        ));
+        assert!(matches!(space.parse_assignments(&["learning_rate=3e-5".into()]), Err(SpaceError::MissingParam { .. })));
+        assert!(matches!(space.parse_assignments(&["lr=3e-5".into()]), Err(SpaceError::UnknownParam { .. })));
+    }
+
+    fn any_numeric() -> impl Strategy<Value = Distribution> {
+        prop_oneof![
+            (-100.0f64..100.0, 0.001f64..100.0).prop_map(|(l, w)| float(l, l + w, false, None)),
+            (1e-8f64..10.0, 1.001f64..1e4).prop_map(|(l, r)| float(l, l * r, true, None)),
+            (-50.0f64..50.0, 1usize..30, 0.01f64..3.0).prop_map(|(l, k, s)| float(l, l + k as f64 * s + s * 0.3, false, Some(s))),
+            (-50i64..50, 1i64..100, 1i64..7).prop_map(|(l, w, s)| Distribution::Int { low: l, high: l + w, step: s, log: false }),
+            (1i64..50, 1i64..1000).prop_map(|(l, w)| Distribution::Int { low: l, high: l + w, step: 1, log: true }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn from_unit_stays_in_bounds_and_on_step(d in any_numeric(), u in 0.0f64..=1.0) {
+            let v = d.from_unit(u);
+            prop_assert!(d.contains(&v), "{:?} not in {:?}", v, d);
+            let back = d.to_unit(&v).unwrap();
+            prop_assert!((0.0..=1.0).contains(&back));
+        }
+
+        #[test]
+        fn unit_map_round_trips_continuous_floats(l in -10.0f64..10.0, w in 0.1f64..10.0, u in 0.0f64..=1.0) {
+            let d = float(l, l + w, false, None);
+            let v = d.from_unit(u);
+            prop_assert!((d.to_unit(&v).unwrap() - u).abs() < 1e-9);
+        }
+
+        #[test]
+        fn grid_values_are_valid_and_distinct(d in any_numeric(), n in 1usize..12) {
+            let g = d.grid_values(n);
+            prop_assert!(!g.is_empty());
+            for (i, v) in g.iter().enumerate() {
+                prop_assert!(d.contains(v));
+                for w in &g[i + 1..] { prop_assert!(!v.same_choice(w)); }
+            }
+        }
+    }
+}

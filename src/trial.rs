@@ -1,0 +1,228 @@
+//! Trials as the rest of the tool sees them: the state machine (enforced here and nowhere
+//! else), the owned snapshot of a stored trial, the outcome a runner returns, and the study
+//! direction that decides what "better" means.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::space::ParamSet;
+
+/// The life of a trial, with Optuna's names for the states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum TrialState {
+    Waiting,
+    Running,
+    Complete,
+    Pruned,
+    Fail,
+}
+
+impl TrialState {
+    /// The one place the state machine lives: WAITING → RUNNING → {COMPLETE, PRUNED, FAIL};
+    /// a WAITING trial may also be failed (a retry that may not run any more).
+    pub fn can_become(self, next: TrialState) -> bool {
+        use TrialState::*;
+        matches!((self, next), (Waiting, Running) | (Waiting, Fail) | (Running, Complete) | (Running, Pruned) | (Running, Fail))
+    }
+
+    /// Whether the trial has ended for good.
+    pub fn is_finished(self) -> bool {
+        matches!(self, TrialState::Complete | TrialState::Pruned | TrialState::Fail)
+    }
+
+    /// The spelling Optuna's `trials.state` column uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrialState::Waiting => "WAITING",
+            TrialState::Running => "RUNNING",
+            TrialState::Complete => "COMPLETE",
+            TrialState::Pruned => "PRUNED",
+            TrialState::Fail => "FAIL",
+        }
+    }
+
+    pub const ALL: [TrialState; 5] =
+        [TrialState::Waiting, TrialState::Running, TrialState::Complete, TrialState::Pruned, TrialState::Fail];
+}
+
+impl fmt::Display for TrialState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for TrialState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        TrialState::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| format!("unknown trial state `{s}`"))
+    }
+}
+
+/// Whether the study minimises or maximises its metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    #[default]
+    Minimize,
+    Maximize,
+}
+
+impl Direction {
+    /// Whether `a` is strictly better than `b`.
+    pub fn is_better(self, a: f64, b: f64) -> bool {
+        match self {
+            Direction::Minimize => a < b,
+            Direction::Maximize => a > b,
+        }
+    }
+
+    /// The value turned so that smaller is better (what samplers work with).
+    pub fn to_minimize(self, v: f64) -> f64 {
+        match self {
+            Direction::Minimize => v,
+            Direction::Maximize => -v,
+        }
+    }
+
+    /// Optuna's `study_directions.direction` spelling.
+    pub fn as_optuna(self) -> &'static str {
+        match self {
+            Direction::Minimize => "MINIMIZE",
+            Direction::Maximize => "MAXIMIZE",
+        }
+    }
+}
+
+/// The store's number for a trial within its study (Optuna's `trials.number`).
+pub type TrialNumber = u64;
+
+/// An owned snapshot of one stored trial.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrialRecord {
+    /// Optuna's `trial_id` (unique across studies in one database).
+    pub id: i64,
+    pub number: TrialNumber,
+    pub state: TrialState,
+    pub params: ParamSet,
+    /// The objective value (COMPLETE, and PRUNED with its last reported value).
+    pub value: Option<f64>,
+    /// `(step, value)` pairs, ordered by step.
+    pub intermediate: Vec<(i64, f64)>,
+    /// Metrics beyond the objective (the last reported set).
+    pub metrics: serde_json::Map<String, serde_json::Value>,
+    pub device: Option<String>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub error: Option<String>,
+    /// The number of the trial this one re-runs.
+    pub retry_of: Option<TrialNumber>,
+    pub checkpoint: Option<String>,
+}
+
+impl TrialRecord {
+    /// A bare record, for tests and samplers' benchmarks.
+    pub fn new(number: TrialNumber, state: TrialState, params: ParamSet, value: Option<f64>) -> Self {
+        TrialRecord {
+            id: number as i64,
+            number,
+            state,
+            params,
+            value,
+            intermediate: Vec::new(),
+            metrics: Default::default(),
+            device: None,
+            started_at: None,
+            finished_at: None,
+            error: None,
+            retry_of: None,
+            checkpoint: None,
+        }
+    }
+
+    /// The last reported intermediate value.
+    pub fn last_intermediate(&self) -> Option<(i64, f64)> {
+        self.intermediate.last().copied()
+    }
+}
+
+/// How a trial ended, as a runner reports it. A failure is an outcome, not an error.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Complete { value: f64 },
+    /// Stopped by the pruner at `step`; keeps its last reported value.
+    Pruned { step: i64, value: Option<f64> },
+    Failed { reason: String },
+}
+
+impl Outcome {
+    pub fn state(&self) -> TrialState {
+        match self {
+            Outcome::Complete { .. } => TrialState::Complete,
+            Outcome::Pruned { .. } => TrialState::Pruned,
+            Outcome::Failed { .. } => TrialState::Fail,
+        }
+    }
+}
+
+/// The best COMPLETE trial of `trials` for `direction` (first one wins ties).
+pub fn best_trial(trials: &[TrialRecord], direction: Direction) -> Option<&TrialRecord> {
+    trials
+        .iter()
+        .filter(|t| t.state == TrialState::Complete)
+        .filter_map(|t| t.value.filter(|v| !v.is_nan()).map(|v| (t, v)))
+        .fold(None, |best: Option<(&TrialRecord, f64)>, (t, v)| match best {
+            Some((_, bv)) if !direction.is_better(v, bv) => best,
+            _ => Some((t, v)),
+        })
+        .map(|(t, _)| t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn state_machine() {
+        use TrialState::*;
+        assert!(Waiting.can_become(Running));
+        assert!(Running.can_become(Complete));
+        assert!(Running.can_become(Pruned));
+        assert!(Running.can_become(Fail));
+        assert!(!Complete.can_become(Running));
+        assert!(!Fail.can_become(Waiting));
+        assert!(!Running.can_become(Waiting));
+        for s in TrialState::ALL {
+            assert_eq!(s.as_str().parse::<TrialState>(), Ok(s));
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn finished_states_are_terminal(a in 0usize..5, b in 0usize..5) {
+            let (a, b) = (TrialState::ALL[a], TrialState::ALL[b]);
+            if a.is_finished() { prop_assert!(!a.can_become(b)); }
+            if a.can_become(b) { prop_assert!(a != b); }
+        }
+    }
+
+    #[test]
+    fn best_respects_direction_and_state() {
+        let mk = |n, s, v| TrialRecord::new(n, s, ParamSet::new(), v);
+        let t = vec![
+            mk(0, TrialState::Complete, Some(1.0)),
+            mk(1, TrialState::Pruned, Some(5.0)),
+            mk(2, TrialState::Complete, Some(3.0)),
+            mk(3, TrialState::Fail, None),
+        ];
+        assert_eq!(best_trial(&t, Direction::Minimize).unwrap().number, 0);
+        assert_eq!(best_trial(&t, Direction::Maximize).unwrap().number, 2);
+        assert!(best_trial(&t[3..], Direction::Maximize).is_none());
+    }
+}
