@@ -8,3 +8,6 @@ pub mod objective;
 pub mod sampler;
 pub mod space;
 pub mod trial;
+pub mod app;
+pub mod cli;
+pub mod scheduler;

@@ -1,0 +1,63 @@
+//! The composition root: turns parsed arguments into work by wiring config, store, samplers,
+//! runners and reports together. One file per subcommand; each converts its arguments and
+//! calls the library. Errors carry context here (anyhow); library layers use thiserror.
+
+pub mod bench_sampler;
+pub mod bench_train;
+pub mod worker;
+
+use std::process::ExitCode;
+
+use crate::cli::{BenchCommand, Cli, Command};
+
+/// An error the user made in what they asked for (a bad study file, a bad argument):
+/// exits with status 2 instead of 1.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Runs the command and turns the result into an exit code: 0 ok, 2 usage or study-file
+/// error, 1 anything else (including a study that failed).
+pub fn main(cli: Cli) -> ExitCode {
+    init_logging(cli.verbose, cli.quiet);
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            if is_usage_error(&err) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+fn is_usage_error(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| e.is::<UsageError>())
+}
+
+fn init_logging(verbose: u8, quiet: bool) {
+    let default = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn,sft_search=info",
+        (false, 1) => "info,sft_search=debug",
+        (false, _) => "debug,sft_search=trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Bench(BenchCommand::Sampler(args)) => bench_sampler::run(&args),
+        Command::Bench(BenchCommand::Train(args)) => bench_train::run(&args),
+        Command::Worker(args) => worker::run(&args),
+        other => anyhow::bail!("`{other:?}` is not built yet"),
+    }
+}

@@ -1,0 +1,159 @@
+//! The command line as clap types, and nothing else: every subcommand's arguments are
+//! converted and handed to `app`, which does the work.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Hyperparameter search for supervised fine-tuning of pretrained transformers.
+#[derive(Debug, Parser)]
+#[command(name = "sft-search", version, about, propagate_version = true)]
+pub struct Cli {
+    /// More log output (-v: debug, -vv: trace). RUST_LOG overrides it.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// No progress bars and no informational output.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run (or resume) a study: sample trials, run them on every device slot, record them.
+    Run(RunArgs),
+    /// Counts per state, the best trial, and what is running where.
+    Status(StatusArgs),
+    /// Every trial with its parameters, value, intermediate values, device, times and error.
+    Trials(TrialsArgs),
+    /// The best COMPLETE trial.
+    Best(BestArgs),
+    /// Queue a trial with given parameters; it runs before any sampled one.
+    Enqueue(EnqueueArgs),
+    /// Benchmarks that print figures (samplers, training step).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// Runs one trial; spoken to by `run` over stdin/stdout (JSON lines). Not for direct use.
+    #[command(hide = true)]
+    Worker(WorkerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The study file (TOML).
+    pub study: PathBuf,
+    /// Override `[study] n_trials`.
+    #[arg(long)]
+    pub n_trials: Option<u64>,
+    /// Override `[execution] devices`, e.g. `cpu,cpu` or `cuda:0,cuda:1` or `auto`.
+    #[arg(long, value_delimiter = ',')]
+    pub devices: Option<Vec<String>>,
+    /// Override `[execution] trials_per_device`.
+    #[arg(long)]
+    pub trials_per_device: Option<usize>,
+    /// Accept a search space that differs from the one the study was created with.
+    #[arg(long)]
+    pub allow_space_change: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum TextOrJson {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum TableFormat {
+    Table,
+    Csv,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    pub study: PathBuf,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: TextOrJson,
+}
+
+#[derive(Debug, Args)]
+pub struct TrialsArgs {
+    pub study: PathBuf,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: TableFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct BestArgs {
+    pub study: PathBuf,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: TextOrJson,
+}
+
+#[derive(Debug, Args)]
+pub struct EnqueueArgs {
+    pub study: PathBuf,
+    /// `name=value`, once per parameter of the space.
+    #[arg(long = "param", required = true)]
+    pub params: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Regret and suggestion time of a sampler on a benchmark function, one JSON line per seed.
+    Sampler(BenchSamplerArgs),
+    /// Time of one fine-tuning step (forward, backward, optimizer) and peak memory.
+    Train(BenchTrainArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchSamplerArgs {
+    /// branin, hartmann6, rosenbrock4 or sft-like.
+    #[arg(long)]
+    pub function: String,
+    /// gp, random or grid.
+    #[arg(long, default_value = "gp")]
+    pub sampler: String,
+    #[arg(long, default_value_t = 50)]
+    pub trials: usize,
+    /// Seeds 0..N.
+    #[arg(long, default_value_t = 10)]
+    pub seeds: u64,
+    /// Suggestions outstanding at once (results told back in completion order).
+    #[arg(long, default_value_t = 1)]
+    pub parallel: usize,
+    /// Gaussian noise sigma added to the value the sampler sees.
+    #[arg(long, default_value_t = 0.0)]
+    pub noise: f64,
+    /// Startup trials before the model takes over (sampler default when absent).
+    #[arg(long)]
+    pub n_startup: Option<usize>,
+    /// Print, per sampler and function, median and quartiles of regret at 10/25/50 and mean
+    /// suggest time, instead of one line per seed.
+    #[arg(long)]
+    pub summary: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchTrainArgs {
+    /// A Hugging Face model folder (config.json, model.safetensors, tokenizer.json).
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 64)]
+    pub seq_len: usize,
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 0)]
+    pub freeze_layers: usize,
+    /// cpu or cuda:k.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: TextOrJson,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {}

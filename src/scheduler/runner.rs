@@ -1,0 +1,86 @@
+//! The contract between the scheduler and whatever runs a trial (a synthetic function, an
+//! external command, a Candle fine-tuning worker): `TrialRunner` runs one assignment and tells
+//! what it learns through a `Reporter`; the scheduler implements the reporter by recording to
+//! the store and consulting the pruner. Runners never touch the store.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::space::ParamSet;
+use crate::trial::{Outcome, TrialNumber};
+
+/// A trial handed to a runner.
+#[derive(Debug, Clone)]
+pub struct TrialAssignment {
+    pub number: TrialNumber,
+    pub params: ParamSet,
+    /// The device slot: `cpu` or `cuda:k`.
+    pub device: String,
+    /// The trial this one re-runs, if it is a retry.
+    pub retry_of: Option<TrialNumber>,
+    /// A folder owned by this trial for its artifacts (checkpoints, logs); created on demand.
+    pub artifacts_dir: PathBuf,
+    /// The artifacts folder of the trial this one retries, to resume from its checkpoint.
+    pub resume_from: Option<PathBuf>,
+}
+
+/// What the pruner says after an intermediate value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Continue,
+    Prune,
+}
+
+/// Live progress of a running trial (shown, not stored).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Progress {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_steps: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples_per_s: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_memory_mb: Option<f64>,
+}
+
+/// Where a runner sends what it learns while it runs.
+pub trait Reporter {
+    /// An intermediate objective value at `step` (an epoch or an eval step), with the other
+    /// metrics measured at that step. Returns whether the trial should go on.
+    fn intermediate(&mut self, step: i64, value: f64, metrics: &serde_json::Map<String, serde_json::Value>) -> Decision;
+    /// Metrics that belong to the trial as a whole (merged into the trial's metrics).
+    fn metrics(&mut self, metrics: &serde_json::Map<String, serde_json::Value>);
+    /// Live progress, for the display.
+    fn progress(&mut self, progress: &Progress);
+    /// A checkpoint folder has been written completely.
+    fn checkpoint(&mut self, path: &std::path::Path);
+}
+
+/// A cloneable flag that asks running work to stop.
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Runs trials. Implementations must not panic on bad trials: a failure is an `Outcome`.
+pub trait TrialRunner: Send + Sync {
+    /// Runs one trial to its end. When `cancel` trips, stop as soon as possible and return
+    /// `Outcome::Failed { reason: "cancelled" }`.
+    fn run(&self, assignment: &TrialAssignment, reporter: &mut dyn Reporter, cancel: &CancelToken) -> Outcome;
+}
