@@ -2,3 +2,4 @@
 //! training loop, and the runner that drives a worker process per trial.
 
 pub mod spec;
+pub mod optim;
