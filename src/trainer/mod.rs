@@ -3,3 +3,4 @@
 
 pub mod spec;
 pub mod optim;
+pub mod loss;
