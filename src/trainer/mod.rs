@@ -1,6 +1,11 @@
-//! Candle fine-tuning of pretrained transformers: the trial's spec, the optimizer, the
-//! training loop, and the runner that drives a worker process per trial.
+//! Candle fine-tuning of pretrained transformers: the trainable BERT classifier (`model`), a
+//! tiny-model writer for tests (`tiny`), process-level speed settings (`perf`), the trial's
+//! spec (`spec`), loss, optimizer, checkpoints, the training loop (`train`) and the runner
+//! that drives a worker process per trial (`runner`).
 
-pub mod spec;
-pub mod optim;
 pub mod loss;
+pub mod model;
+pub mod optim;
+pub mod perf;
+pub mod spec;
+pub mod tiny;
