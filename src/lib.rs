@@ -11,3 +11,4 @@ pub mod trial;
 pub mod app;
 pub mod cli;
 pub mod scheduler;
+pub mod trainer;
