@@ -12,3 +12,7 @@ pub mod optim;
 pub mod perf;
 pub mod spec;
 pub mod tiny;
+pub mod checkpoint;
+pub mod runner;
+pub mod train;
+pub mod toy;

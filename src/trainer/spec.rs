@@ -13,14 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::space::{ParamSet, ParamValue};
 
-/// Classification (cross-entropy over `num_labels` outputs) or regression (one output, MSE).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Problem {
-    #[default]
-    Classification,
-    Regression,
-}
+/// Classification (cross-entropy) or regression (one output, MSE); `[model] problem`
+/// overrides `[data] problem` when given.
+pub use super::data::Problem;
 
 /// `[model]`: where the pretrained checkpoint comes from.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
