@@ -121,3 +121,81 @@ fn a_bad_job_is_an_error_line() {
     assert_eq!(code, 1);
     assert!(lines[0]["error"].as_str().unwrap().contains("bad worker job"));
 }
+
+mod runner {
+    use super::*;
+    use sft_search::scheduler::{CancelToken, Decision, Progress, Reporter, TrialAssignment, TrialRunner};
+    use sft_search::space::{ParamSet, ParamValue};
+    use sft_search::trainer::data::DataSection;
+    use sft_search::trainer::runner::FinetuneRunner;
+    use sft_search::trainer::spec::{ModelSection, TrainSection};
+    use sft_search::trial::{Direction, Outcome};
+    use serde_json::Map;
+
+    #[derive(Default)]
+    struct Rec {
+        steps: Vec<(i64, f64)>,
+        checkpoints: Vec<std::path::PathBuf>,
+        metrics: Map<String, Value>,
+    }
+    impl Reporter for Rec {
+        fn intermediate(&mut self, step: i64, value: f64, _: &Map<String, Value>) -> Decision {
+            self.steps.push((step, value));
+            Decision::Continue
+        }
+        fn metrics(&mut self, m: &Map<String, Value>) {
+            self.metrics.extend(m.clone());
+        }
+        fn progress(&mut self, _: &Progress) {}
+        fn checkpoint(&mut self, p: &Path) {
+            self.checkpoints.push(p.to_path_buf());
+        }
+    }
+
+    fn runner(dir: &Path) -> FinetuneRunner {
+        let toy = write_toy_task(dir, 96, 12).unwrap();
+        let mut data = DataSection::new(&toy.csv);
+        data.split = vec![0.6, 0.2, 0.2];
+        let train: TrainSection = toml::from_str("epochs = 2\nbatch_size = 8\nmax_length = 16").unwrap();
+        let model = ModelSection { path: Some(toy.model_dir), ..Default::default() };
+        let mut r = FinetuneRunner::new(&model, data, train, "accuracy", Direction::Maximize).unwrap();
+        r.program = assert_cmd::cargo::cargo_bin("sft-search");
+        r
+    }
+
+    fn assignment(dir: &Path, params: ParamSet) -> TrialAssignment {
+        TrialAssignment {
+            number: 0,
+            params,
+            device: "cpu".into(),
+            retry_of: None,
+            artifacts_dir: dir.join("trial-0"),
+            resume_from: None,
+        }
+    }
+
+    #[test]
+    fn finetune_runner_runs_a_trial_in_a_worker_and_evaluates_the_test_split() {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = runner(tmp.path());
+        let params: ParamSet = [("learning_rate".to_string(), ParamValue::Float(3e-3))].into_iter().collect();
+        let mut rec = Rec::default();
+        let out = r.run(&assignment(tmp.path(), params), &mut rec, &CancelToken::new());
+        let Outcome::Complete { value } = out else { panic!("{out:?}") };
+        assert_eq!(rec.steps.len(), 2);
+        assert_eq!(value, rec.steps.iter().map(|s| s.1).fold(f64::NEG_INFINITY, f64::max));
+        let ckpt = rec.checkpoints.last().unwrap();
+        let test = r.run_test(ckpt, "cpu").unwrap();
+        assert!(test["accuracy"].is_number() && test["confusion_matrix"].is_array(), "{test:?}");
+    }
+
+    #[test]
+    fn a_bad_parameter_fails_the_trial_naming_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = runner(tmp.path());
+        let params: ParamSet = [("batch_size".to_string(), ParamValue::Str("big".into()))].into_iter().collect();
+        let out = r.run(&assignment(tmp.path(), params), &mut Rec::default(), &CancelToken::new());
+        let Outcome::Failed { reason } = out else { panic!("{out:?}") };
+        assert!(reason.contains("`batch_size`"), "{reason}");
+    }
+}
