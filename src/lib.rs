@@ -9,5 +9,6 @@ pub mod sampler;
 pub mod space;
 pub mod trial;
 pub mod app;
+pub mod config;
 pub mod cli;
 pub mod scheduler;
