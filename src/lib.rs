@@ -7,6 +7,7 @@
 pub mod objective;
 pub mod sampler;
 pub mod space;
+pub mod storage;
 pub mod trial;
 pub mod app;
 pub mod config;
