@@ -5,6 +5,7 @@
 //! `app`; `cli` holds only the clap types.
 
 pub mod objective;
+pub mod pruner;
 pub mod sampler;
 pub mod space;
 pub mod storage;

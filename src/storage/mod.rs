@@ -508,7 +508,7 @@ impl Store {
 
     /// Records an intermediate value (and the metrics measured with it).
     pub fn report_intermediate(&self, trial_id: i64, step: i64, value: f64, metrics: &Map<String, Value>) -> Result<()> {
-        let tx = self.conn.unchecked_transaction().map_err(|e| self.err(e))?;
+        let tx = Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate).map_err(|e| self.err(e))?;
         tx.execute(
             "INSERT INTO trial_intermediate_values (trial_id, step, intermediate_value, intermediate_value_type) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (trial_id, step) DO UPDATE SET intermediate_value = excluded.intermediate_value, intermediate_value_type = excluded.intermediate_value_type",
@@ -530,7 +530,7 @@ impl Store {
 
     /// Merges `metrics` into the trial's `metrics` attribute.
     pub fn merge_metrics(&self, trial_id: i64, metrics: &Map<String, Value>) -> Result<()> {
-        let tx = self.conn.unchecked_transaction().map_err(|e| self.err(e))?;
+        let tx = Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate).map_err(|e| self.err(e))?;
         let current: Option<String> = tx
             .query_row(
                 "SELECT value_json FROM trial_user_attributes WHERE trial_id = ?1 AND \"key\" = 'metrics'",
@@ -567,7 +567,7 @@ impl Store {
     /// Writes heartbeats for the given trials.
     pub fn heartbeat(&self, trial_ids: &[i64]) -> Result<()> {
         let now = now_text();
-        let tx = self.conn.unchecked_transaction().map_err(|e| self.err(e))?;
+        let tx = Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate).map_err(|e| self.err(e))?;
         for id in trial_ids {
             beat(&tx, *id, &now).map_err(|e| self.err(e))?;
         }
