@@ -31,10 +31,9 @@ pub fn augment_text<R: Rng>(text: &str, prob: f64, rng: &mut R) -> String {
         kept.push(words[rng.random_range(0..words.len())]);
         swap_after.push(false);
     }
-    for i in 0..kept.len().saturating_sub(1) {
-        if swap_after[i] {
-            kept.swap(i, i + 1);
-        }
+    let last = kept.len() - 1;
+    for (i, _) in swap_after.iter().enumerate().filter(|&(i, &s)| s && i < last) {
+        kept.swap(i, i + 1);
     }
     kept.join(" ")
 }
@@ -85,7 +84,7 @@ mod tests {
         let mut changed = 0;
         for (x, y) in a.iter().zip(&r) {
             let nx = x.text.split(' ').count();
-            assert!(nx >= 1 && nx <= 9);
+            assert!((1..=9).contains(&nx));
             // only words of the original, each at most as often
             for w in x.text.split(' ') {
                 assert!(y.text.split(' ').any(|v| v == w), "{w}");

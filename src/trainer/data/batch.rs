@@ -196,7 +196,7 @@ mod tests {
 
     fn enc(n: usize, label: u32) -> Encoded {
         let ids: Vec<u32> = (0..n as u32).map(|i| 10 + i).collect();
-        let type_ids = (0..n).map(|i| u32::from(i >= n / 2 + 1)).collect();
+        let type_ids = (0..n).map(|i| u32::from(i > n / 2)).collect();
         Encoded { ids, type_ids, label: Target::Class(label) }
     }
 
@@ -236,7 +236,7 @@ mod tests {
         all.sort_unstable();
         assert_eq!(all, (0..n).collect::<Vec<_>>());
         assert!(batches.iter().all(|b| !b.is_empty() && b.len() <= bs));
-        assert_eq!(batches.iter().filter(|b| b.len() < bs).count(), usize::from(n % bs != 0));
+        assert_eq!(batches.iter().filter(|b| b.len() < bs).count(), usize::from(!n.is_multiple_of(bs)));
     }
 
     #[test]

@@ -45,7 +45,7 @@ impl fmt::Display for CleaningReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} rows read, {} kept ({} whitespace-trimmed, {} empty dropped, {} duplicates dropped ({} with another label)",
+            "{} rows read, {} kept ({} whitespace-trimmed, {} empty dropped, {} duplicates dropped of which {} had another label",
             self.rows_read, self.rows_kept, self.trimmed, self.empty_dropped, self.duplicates_dropped, self.conflicting_duplicates
         )?;
         if self.sampled_out > 0 {

@@ -128,3 +128,34 @@ fn cleaning_report_and_max_rows() {
     assert_eq!((ds.report.rows_read, ds.report.sampled_out), (102, 52));
     assert_eq!(ds.train.len() + ds.valid.len() + ds.test.len(), ds.report.rows_kept);
 }
+
+#[test]
+fn quick_start_csv_is_balanced_and_loads() {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("studies/data/sentiment.csv");
+    let mut s = DataSection::new(&p);
+    s.dedup = true;
+    let ds = load_dataset(&s).unwrap();
+    assert_eq!(ds.report.rows_read, 300);
+    assert_eq!((ds.report.duplicates_dropped, ds.report.empty_dropped, ds.report.trimmed), (0, 0, 0));
+    // per class: round(150 · 0.15) = 23 valid, 23 test, 104 train
+    assert_eq!(ds.class_counts(&ds.train), vec![104, 104]);
+    assert_eq!(ds.class_counts(&ds.valid), vec![23, 23]);
+    assert_eq!(ds.class_counts(&ds.test), vec![23, 23]);
+}
+
+/// Real-data check: `SFT_DATA_DIR=/work/shared/data cargo test --lib -- --ignored sst2`.
+#[test]
+#[ignore]
+fn sst2_protocol_of_the_quality_target() {
+    let dir = PathBuf::from(std::env::var("SFT_DATA_DIR").expect("set SFT_DATA_DIR"));
+    let mut s = DataSection::new(dir.join("sst2_train5k/data.csv"));
+    s.test_path = Some(dir.join("sst2_dev/data.csv"));
+    s.split = vec![0.85, 0.15];
+    let ds = load_dataset(&s).unwrap();
+    assert_eq!(ds.train.len() + ds.valid.len(), ds.report.rows_kept - 872);
+    assert_eq!(ds.test.len(), 872);
+    assert_eq!(ds.class_counts(&ds.test), vec![428, 444]);
+    let v = ds.class_counts(&ds.valid);
+    assert_eq!(v, vec![(2242.0f64 * 0.15).round() as usize, (2758.0f64 * 0.15).round() as usize]);
+    eprintln!("{}", ds.report);
+}

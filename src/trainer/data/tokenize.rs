@@ -199,6 +199,45 @@ mod tests {
     }
 
     #[test]
+    fn tokenizer_json_is_preferred_and_matches_vocab_txt() {
+        let dir = vocab_dir(None);
+        let from_vocab = TextEncoder::from_model_dir(dir.path(), 16).unwrap();
+        // Save with padding and a short truncation, which the encoder must override.
+        let mut tok = load_tokenizer(dir.path()).unwrap();
+        tok.with_padding(Some(tokenizers::PaddingParams::default()));
+        tok.with_truncation(Some(TruncationParams { max_length: 3, ..Default::default() })).unwrap();
+        let json_dir = tempfile::tempdir().unwrap();
+        tok.save(json_dir.path().join("tokenizer.json"), false).unwrap();
+        let from_json = TextEncoder::from_model_dir(json_dir.path(), 16).unwrap();
+        let rows = [ex("the good film .", None), ex("very very bad films", Some("the film"))];
+        let a = from_vocab.encode(&rows).unwrap();
+        let b = from_json.encode(&rows).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(b[0].ids.len(), 6, "not padded, not cut to 3");
+    }
+
+    /// Real-model check: `SFT_MINILM_DIR=/work/minilm cargo test --lib -- --ignored minilm`.
+    #[test]
+    #[ignore]
+    fn minilm_tokenizer_json_and_vocab_agree() {
+        let dir = std::path::PathBuf::from(std::env::var("SFT_MINILM_DIR").expect("set SFT_MINILM_DIR"));
+        let json = TextEncoder::from_model_dir(&dir, 64).unwrap();
+        let vocab_only = tempfile::tempdir().unwrap();
+        for f in ["vocab.txt", "tokenizer_config.json"] {
+            std::fs::copy(dir.join(f), vocab_only.path().join(f)).unwrap();
+        }
+        let vocab = TextEncoder::from_model_dir(vocab_only.path(), 64).unwrap();
+        let rows = [
+            ex("The café's crème brûlée wasn't THAT great, honestly!", None),
+            ex("one long string of cliches .", Some("a second, paired sentence")),
+        ];
+        let (a, b) = (json.encode(&rows).unwrap(), vocab.encode(&rows).unwrap());
+        assert_eq!(a, b);
+        assert_eq!(a[0].ids[0], 101, "[CLS]");
+        assert_eq!(json.pad_id(), 0);
+    }
+
+    #[test]
     fn missing_tokenizer_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let e = TextEncoder::from_model_dir(dir.path(), 16).err().unwrap();
