@@ -19,7 +19,7 @@ pub enum DataError {
     MissingColumn { path: PathBuf, column: String, present: Vec<String> },
     #[error("{path} line {line} (row {row}): column `{column}` has no value")]
     MissingValue { path: PathBuf, line: u64, row: usize, column: String },
-    #[error("{path} line {line} (row {row}), column `{column}`: label `{label}` is not one of the declared labels [{}]", allowed.join(", "))]
+    #[error("{path} line {line} (row {row}), column `{column}`: label `{label}` is not one of the labels [{}] ({origin})", allowed.join(", "))]
     LabelNotInSet {
         path: PathBuf,
         line: u64,
@@ -27,6 +27,8 @@ pub enum DataError {
         column: String,
         label: String,
         allowed: Vec<String>,
+        /// Where the label set comes from: the `[data]` table or the main file.
+        origin: String,
     },
     #[error("{path} line {line} (row {row}), column `{column}`: regression target `{value}` is not a finite number")]
     BadTarget { path: PathBuf, line: u64, row: usize, column: String, value: String },

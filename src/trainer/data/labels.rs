@@ -1,7 +1,8 @@
 //! The label mapping: label text ↔ class id, recorded with the study.
 //!
 //! With declared `labels`, ids are positions in that list and any other label is refused.
-//! Otherwise the mapping is built from the distinct labels of all files: if they are exactly
+//! Otherwise the mapping is built from the distinct labels of the main file (labels of the
+//! valid/test files outside it are refused: no model could learn them): if they are exactly
 //! the integers `0..k-1`, each keeps its own value as id; else they are sorted (numerically
 //! when all are integers, as text otherwise) and numbered in that order.
 

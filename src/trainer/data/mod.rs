@@ -187,17 +187,22 @@ pub fn load_dataset(section: &DataSection) -> Result<Dataset, DataError> {
     let valid_rows = section.valid_path.as_deref().map(|p| load_file(p, 1)).transpose()?;
     let test_rows = section.test_path.as_deref().map(|p| load_file(p, 2)).transpose()?;
 
-    let files: Vec<(&Path, &Vec<read::RawRow>)> = std::iter::once((section.path.as_path(), &main))
-        .chain(section.valid_path.as_deref().zip(valid_rows.as_ref()))
-        .chain(section.test_path.as_deref().zip(test_rows.as_ref()))
-        .collect();
-
-    let labels = match (section.problem, &section.labels) {
-        (Problem::Regression, _) => LabelMap::default(),
-        (Problem::Classification, Some(names)) => LabelMap::from_names(names.clone()),
-        (Problem::Classification, None) => LabelMap::infer(
-            files.iter().flat_map(|(_, rows)| rows.iter().filter_map(|r| r.label.as_deref())),
-        ),
+    let (labels, origin) = match (section.problem, &section.labels) {
+        (Problem::Regression, _) => (LabelMap::default(), String::new()),
+        (Problem::Classification, Some(names)) => {
+            (LabelMap::from_names(names.clone()), "declared in [data] labels".to_string())
+        }
+        (Problem::Classification, None) => {
+            let m = LabelMap::infer(main.iter().filter_map(|r| r.label.as_deref()));
+            if m.len() < 2 {
+                return Err(DataError::Config(format!(
+                    "{} has a single label ({}); classification needs at least two",
+                    section.path.display(),
+                    m.id2label.join(", ")
+                )));
+            }
+            (m, format!("the labels of {}", section.path.display()))
+        }
     };
     let to_examples = |path: &Path, rows: &[read::RawRow]| -> Result<Vec<Example>, DataError> {
         rows.iter()
@@ -217,6 +222,7 @@ pub fn load_dataset(section: &DataSection) -> Result<Dataset, DataError> {
                             column: section.label_column.clone(),
                             label: raw.to_string(),
                             allowed: labels.id2label.clone(),
+                            origin: origin.clone(),
                         }
                     })?),
                     Problem::Regression => match raw.trim().parse::<f32>() {

@@ -71,7 +71,10 @@ fn read_delimited(
     cols: Columns<'_>,
 ) -> Result<Vec<RawRow>, DataError> {
     let parse_err = |e: csv::Error| {
-        let line = e.position().map(|p| p.line()).unwrap_or(0);
+        let line = e
+            .position()
+            .map(|p| 1 + bytes[..(p.byte() as usize).min(bytes.len())].iter().filter(|&&b| b == b'\n').count() as u64)
+            .unwrap_or(0);
         DataError::Parse { path: path.to_path_buf(), line, message: e.to_string() }
     };
     let mut rdr = csv::ReaderBuilder::new()
@@ -98,18 +101,32 @@ fn read_delimited(
     let mut out = Vec::new();
     let mut rec = csv::StringRecord::new();
     let mut row = 0usize;
+    // The csv crate's own line numbers skip blank lines and miscount CRLF, so lines are
+    // counted here from the record's byte offset, moved past any line breaks before it.
+    let (mut counted_to, mut line_at) = (0usize, 1u64);
+    let mut line_of = |byte: usize| {
+        let mut start = byte.min(bytes.len());
+        while start < bytes.len() && (bytes[start] == b'\n' || bytes[start] == b'\r') {
+            start += 1;
+        }
+        if start >= counted_to {
+            line_at += bytes[counted_to..start].iter().filter(|&&b| b == b'\n').count() as u64;
+            counted_to = start;
+        }
+        line_at
+    };
     loop {
         match rdr.read_record(&mut rec) {
             Ok(false) => break,
             Ok(true) => {}
             Err(e) => return Err(parse_err(e)),
         }
-        // A fully blank line is no row.
-        if rec.len() == 1 && rec[0].is_empty() {
+        // A line of nothing but separators and spaces is no row.
+        if rec.iter().all(|f| f.trim().is_empty()) {
             continue;
         }
         row += 1;
-        let line = rec.position().map(|p| p.line()).unwrap_or(0);
+        let line = rec.position().map(|p| line_of(p.byte() as usize)).unwrap_or(0);
         let cell = |i: usize, name: &str| {
             rec.get(i).map(|s| s.to_string()).ok_or_else(|| DataError::MissingValue {
                 path: path.to_path_buf(),
@@ -233,6 +250,20 @@ mod tests {
         let p = write(&dir, "m.jsonl", "{\"text\": \"a\", \"label\": 1}\n{\"txt\": \"b\", \"label\": 0}\n");
         let msg = read_rows(&p, COLS).unwrap_err().to_string();
         assert!(msg.contains("m.jsonl line 2 (row 2)") && msg.contains("`text`"), "{msg}");
+    }
+
+    #[test]
+    fn bom_crlf_and_blank_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(&dir, "b.csv", "\u{feff}text,label\r\ngood,1\r\n  ,  \r\n\r\nbad,0\r\n");
+        let rows = read_rows(&p, COLS).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!((rows[1].text.as_str(), rows[1].line, rows[1].row), ("bad", 5, 2));
+        let p = write(&dir, "c.csv", "text,label\n\"two\nlines\",1\n\n\nx,\n");
+        let msg = read_rows(&p, COLS).map(|r| format!("{:?}", r.iter().map(|r| r.line).collect::<Vec<_>>()));
+        assert_eq!(msg.unwrap(), "[2, 6]");
+        let p = write(&dir, "b.jsonl", "\u{feff}{\"text\": \"x\", \"label\": null}\n");
+        assert_eq!(read_rows(&p, COLS).unwrap()[0].label, None);
     }
 
     #[test]

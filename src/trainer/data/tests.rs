@@ -81,6 +81,26 @@ fn label_outside_declared_set_names_file_row_column() {
 }
 
 #[test]
+fn test_file_label_unseen_in_train_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(&dir, "train.csv", &balanced_csv(40));
+    let t = write(&dir, "test.csv", "text,label
+fine,1
+odd,2
+");
+    let mut s = DataSection::new(&p);
+    s.test_path = Some(t);
+    let msg = load_dataset(&s).unwrap_err().to_string();
+    assert!(msg.contains("test.csv line 3 (row 2), column `label`: label `2`") && msg.contains("train.csv"), "{msg}");
+    let one = write(&dir, "one.csv", "text,label
+a,1
+b,1
+");
+    let msg = load_dataset(&DataSection::new(one)).unwrap_err().to_string();
+    assert!(msg.contains("single label"), "{msg}");
+}
+
+#[test]
 fn missing_label_and_bad_regression_target() {
     let dir = tempfile::tempdir().unwrap();
     let p = write(&dir, "r.csv", "text,score\na,0.5\nb,\nc,x\n");
