@@ -69,9 +69,6 @@ pub struct DataSection {
         deserialize_with = "de_labels"
     )]
     pub labels: Option<Vec<String>>,
-    /// Batch rows of similar length together (less padding); see `batch`.
-    #[serde(default)]
-    pub length_bucketing: bool,
 }
 
 fn default_text_column() -> String {
@@ -130,7 +127,6 @@ impl DataSection {
             max_rows: None,
             problem: Problem::Classification,
             labels: None,
-            length_bucketing: false,
         }
     }
 
