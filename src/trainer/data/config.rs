@@ -263,6 +263,8 @@ mod tests {
             toml::from_str("path = \"a.csv\"\nlabels = [0, 1]\nproblem = \"classification\"")
                 .unwrap();
         assert_eq!(d.labels, Some(vec!["0".to_string(), "1".to_string()]));
+        let d: DataSection = toml::from_str("path = \"a.csv\"\nsplit = [1, 0]").unwrap();
+        assert_eq!(d.split, vec![1.0, 0.0]);
     }
 
     #[test]

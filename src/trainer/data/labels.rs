@@ -10,12 +10,25 @@ use std::collections::{BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-/// Class ids and their names; `id2label[id]` is the label text.
+/// Class ids and their names; `id2label[id]` is the label text. Serialises as
+/// `{"id2label": [...]}`; the lookup index is rebuilt on deserialisation.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "LabelMapRepr")]
 pub struct LabelMap {
     pub id2label: Vec<String>,
     #[serde(skip)]
     index: HashMap<String, u32>,
+}
+
+#[derive(Deserialize)]
+struct LabelMapRepr {
+    id2label: Vec<String>,
+}
+
+impl From<LabelMapRepr> for LabelMap {
+    fn from(r: LabelMapRepr) -> Self {
+        LabelMap::from_names(r.id2label)
+    }
 }
 
 impl LabelMap {
@@ -103,6 +116,16 @@ mod tests {
         let m = LabelMap::infer(["10", "2", "5"]);
         assert_eq!(m.id2label, vec!["2", "5", "10"], "integers sort by value");
         assert_eq!(m.name(2), Some("10"));
+    }
+
+    #[test]
+    fn serde_round_trip_keeps_lookups() {
+        let m = LabelMap::infer(["pos", "neg"]);
+        let json = serde_json::to_string(&m).unwrap();
+        assert_eq!(json, r#"{"id2label":["neg","pos"]}"#);
+        let back: LabelMap = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.id("pos"), Some(1));
+        assert_eq!(back, m);
     }
 
     #[test]
