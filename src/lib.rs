@@ -14,3 +14,4 @@ pub mod app;
 pub mod config;
 pub mod cli;
 pub mod scheduler;
+pub mod trainer;

@@ -1,0 +1,314 @@
+//! The data pipeline of a fine-tuning trial: `[data]` table → rows (CSV/TSV/JSONL) →
+//! cleaning → label mapping → stratified split → tokenization → padded batches.
+//!
+//! Typical use (once per trial; the split is the same for every trial of a study):
+//! ```no_run
+//! # fn main() -> Result<(), sft_search::trainer::data::DataError> {
+//! use sft_search::trainer::data::*;
+//! let section = DataSection::new("studies/data/sentiment.csv");
+//! let ds = load_dataset(&section)?;
+//! let enc = TextEncoder::from_model_dir(std::path::Path::new("/work/minilm"), 64)?;
+//! let train = enc.encode(&ds.train)?;
+//! let device = candle_core::Device::Cpu;
+//! for epoch in 0..3 {
+//!     for batch in make_batches(&train, 16, Some(epoch_seed(42, epoch)), true, enc.pad_id(), &device) {
+//!         let batch = batch?; // batch.input_ids [b, L] u32, batch.labels [b] ...
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+
+pub mod augment;
+pub mod batch;
+pub mod clean;
+pub mod config;
+pub mod error;
+pub mod labels;
+pub mod read;
+pub mod split;
+pub mod tokenize;
+
+use std::path::Path;
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+pub use augment::{augment_examples, augment_text};
+pub use batch::{batch_indices, collate, epoch_seed, make_batches, Batch, BatchIter};
+pub use clean::CleaningReport;
+pub use config::{DataSection, Problem, SplitFractions};
+pub use error::DataError;
+pub use labels::LabelMap;
+pub use tokenize::{load_tokenizer, Encoded, TextEncoder};
+
+/// The training target of one row.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum Target {
+    /// Class id (see [`LabelMap`]).
+    Class(u32),
+    /// Regression value.
+    Value(f32),
+}
+
+impl Target {
+    /// The class id, for classification rows.
+    pub fn class(&self) -> Option<u32> {
+        match self {
+            Target::Class(c) => Some(*c),
+            Target::Value(_) => None,
+        }
+    }
+
+    /// The target as a number (class id as float for classification).
+    pub fn value(&self) -> f32 {
+        match self {
+            Target::Class(c) => *c as f32,
+            Target::Value(v) => *v,
+        }
+    }
+}
+
+/// One cleaned row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Example {
+    pub text: String,
+    pub text_pair: Option<String>,
+    pub label: Target,
+}
+
+/// The three splits, the label mapping and what cleaning did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Dataset {
+    pub train: Vec<Example>,
+    pub valid: Vec<Example>,
+    /// May be empty (no `test_path` and no test fraction).
+    pub test: Vec<Example>,
+    /// Empty for regression.
+    pub labels: LabelMap,
+    pub problem: Problem,
+    pub report: CleaningReport,
+}
+
+impl Dataset {
+    /// Outputs of the model head: the number of classes, or 1 for regression.
+    pub fn num_labels(&self) -> usize {
+        match self.problem {
+            Problem::Classification => self.labels.len(),
+            Problem::Regression => 1,
+        }
+    }
+
+    /// Rows per class id in `rows` (length [`Dataset::num_labels`]; empty for regression).
+    pub fn class_counts(&self, rows: &[Example]) -> Vec<usize> {
+        if self.problem == Problem::Regression {
+            return Vec::new();
+        }
+        let mut c = vec![0usize; self.labels.len()];
+        for e in rows {
+            if let Some(id) = e.label.class() {
+                if let Some(slot) = c.get_mut(id as usize) {
+                    *slot += 1;
+                }
+            }
+        }
+        c
+    }
+
+    /// Accuracy of always predicting the majority class of `rows` (the fit diagnosis' chance
+    /// level); 0 for regression or no rows.
+    pub fn chance_level(&self, rows: &[Example]) -> f64 {
+        let c = self.class_counts(rows);
+        let n: usize = c.iter().sum();
+        if n == 0 {
+            return 0.0;
+        }
+        c.iter().copied().max().unwrap_or(0) as f64 / n as f64
+    }
+
+    /// `class_weights = "balanced"`: `n / (k · count_c)` over the train split, like
+    /// scikit-learn; a class absent from train gets weight 0 (it contributes no loss anyway).
+    pub fn balanced_class_weights(&self) -> Vec<f32> {
+        let c = self.class_counts(&self.train);
+        let n: usize = c.iter().sum();
+        let k = c.len();
+        c.iter()
+            .map(|&m| {
+                if m == 0 {
+                    0.0
+                } else {
+                    n as f32 / (k as f32 * m as f32)
+                }
+            })
+            .collect()
+    }
+}
+
+/// Reads, cleans, maps labels and splits as `section` says (paths already resolved).
+pub fn load_dataset(section: &DataSection) -> Result<Dataset, DataError> {
+    section.validate()?;
+    let cols = read::Columns {
+        text: &section.text_column,
+        text_pair: section.text_pair_column.as_deref(),
+        label: &section.label_column,
+    };
+    let mut report = CleaningReport::default();
+    let mut load_file = |path: &Path, salt: u64| -> Result<Vec<read::RawRow>, DataError> {
+        let mut rows = read::read_rows(path, cols)?;
+        let read = rows.len();
+        if let Some(max) = section.max_rows {
+            if rows.len() > max {
+                let mut rng = ChaCha8Rng::seed_from_u64(section.split_seed ^ salt);
+                let mut keep = rand::seq::index::sample(&mut rng, rows.len(), max).into_vec();
+                keep.sort_unstable();
+                let mut it = keep.into_iter().peekable();
+                rows = rows
+                    .into_iter()
+                    .enumerate()
+                    .filter_map(|(i, r)| {
+                        if it.peek() == Some(&i) {
+                            it.next();
+                            Some(r)
+                        } else {
+                            None
+                        }
+                    })
+                    .collect();
+            }
+        }
+        let sampled_out = read - rows.len();
+        let (rows, mut rep) = clean::clean_rows(rows, section.dedup);
+        rep.rows_read = read;
+        rep.sampled_out = sampled_out;
+        if rows.is_empty() {
+            return Err(DataError::NoRowsLeft {
+                path: path.to_path_buf(),
+                dropped: rep.empty_dropped + rep.duplicates_dropped,
+            });
+        }
+        report.add(&rep);
+        Ok(rows)
+    };
+    let main = load_file(&section.path, 0)?;
+    let valid_rows = section
+        .valid_path
+        .as_deref()
+        .map(|p| load_file(p, 1))
+        .transpose()?;
+    let test_rows = section
+        .test_path
+        .as_deref()
+        .map(|p| load_file(p, 2))
+        .transpose()?;
+
+    let (labels, origin) = match (section.problem, &section.labels) {
+        (Problem::Regression, _) => (LabelMap::default(), String::new()),
+        (Problem::Classification, Some(names)) => (
+            LabelMap::from_names(names.clone()),
+            "declared in [data] labels".to_string(),
+        ),
+        (Problem::Classification, None) => {
+            let m = LabelMap::infer(main.iter().filter_map(|r| r.label.as_deref()));
+            if m.len() < 2 {
+                return Err(DataError::Config(format!(
+                    "{} has a single label ({}); classification needs at least two",
+                    section.path.display(),
+                    m.id2label.join(", ")
+                )));
+            }
+            (m, format!("the labels of {}", section.path.display()))
+        }
+    };
+    let to_examples = |path: &Path, rows: &[read::RawRow]| -> Result<Vec<Example>, DataError> {
+        rows.iter()
+            .map(|r| {
+                let raw = r.label.as_deref().ok_or_else(|| DataError::MissingValue {
+                    path: path.to_path_buf(),
+                    line: r.line,
+                    row: r.row,
+                    column: section.label_column.clone(),
+                })?;
+                let label = match section.problem {
+                    Problem::Classification => {
+                        Target::Class(labels.id(raw).ok_or_else(|| DataError::LabelNotInSet {
+                            path: path.to_path_buf(),
+                            line: r.line,
+                            row: r.row,
+                            column: section.label_column.clone(),
+                            label: raw.to_string(),
+                            allowed: labels.id2label.clone().into(),
+                            origin: origin.as_str().into(),
+                        })?)
+                    }
+                    Problem::Regression => match raw.trim().parse::<f32>() {
+                        Ok(v) if v.is_finite() => Target::Value(v),
+                        _ => {
+                            return Err(DataError::BadTarget {
+                                path: path.to_path_buf(),
+                                line: r.line,
+                                row: r.row,
+                                column: section.label_column.clone(),
+                                value: raw.to_string(),
+                            })
+                        }
+                    },
+                };
+                Ok(Example {
+                    text: r.text.clone(),
+                    text_pair: r.text_pair.clone(),
+                    label,
+                })
+            })
+            .collect()
+    };
+    let main_ex = to_examples(&section.path, &main)?;
+    let valid_ex = match (&section.valid_path, &valid_rows) {
+        (Some(p), Some(rows)) => Some(to_examples(p, rows)?),
+        _ => None,
+    };
+    let test_ex = match (&section.test_path, &test_rows) {
+        (Some(p), Some(rows)) => Some(to_examples(p, rows)?),
+        _ => None,
+    };
+
+    let strata: Vec<u32> = main_ex
+        .iter()
+        .map(|e| e.label.class().unwrap_or(0))
+        .collect();
+    let idx = split::stratified_split(&strata, section.split_fractions(), section.split_seed);
+    let pick = |ix: &[usize]| ix.iter().map(|&i| main_ex[i].clone()).collect::<Vec<_>>();
+    let train = pick(&idx.train);
+    let valid = valid_ex.unwrap_or_else(|| pick(&idx.valid));
+    let test = test_ex.unwrap_or_else(|| pick(&idx.test));
+    if train.is_empty() {
+        return Err(DataError::EmptySplit {
+            split: "train",
+            hint: format!(
+                "{} has too few rows for split {:?}",
+                section.path.display(),
+                section.split
+            ),
+        });
+    }
+    if valid.is_empty() {
+        return Err(DataError::EmptySplit {
+            split: "valid",
+            hint: format!(
+                "{} has too few rows for split {:?}; add rows, raise split[1] or give valid_path",
+                section.path.display(),
+                section.split
+            ),
+        });
+    }
+    Ok(Dataset {
+        train,
+        valid,
+        test,
+        labels,
+        problem: section.problem,
+        report,
+    })
+}
+
+#[cfg(test)]
+mod tests;
