@@ -72,21 +72,33 @@ pub enum TableFormat {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
+    /// The study file (TOML), or a SQLite file made by sft-search or Optuna.
     pub study: PathBuf,
+    /// Which study, when a SQLite file holds several.
+    #[arg(long = "study")]
+    pub study_name: Option<String>,
     #[arg(long, value_enum, default_value = "text")]
     pub format: TextOrJson,
 }
 
 #[derive(Debug, Args)]
 pub struct TrialsArgs {
+    /// The study file (TOML), or a SQLite file made by sft-search or Optuna.
     pub study: PathBuf,
+    /// Which study, when a SQLite file holds several.
+    #[arg(long = "study")]
+    pub study_name: Option<String>,
     #[arg(long, value_enum, default_value = "table")]
     pub format: TableFormat,
 }
 
 #[derive(Debug, Args)]
 pub struct BestArgs {
+    /// The study file (TOML), or a SQLite file made by sft-search or Optuna.
     pub study: PathBuf,
+    /// Which study, when a SQLite file holds several.
+    #[arg(long = "study")]
+    pub study_name: Option<String>,
     #[arg(long, value_enum, default_value = "text")]
     pub format: TextOrJson,
 }

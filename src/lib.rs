@@ -5,10 +5,13 @@
 //! `app`; `cli` holds only the clap types.
 
 pub mod objective;
+pub mod pruner;
 pub mod sampler;
 pub mod space;
+pub mod storage;
 pub mod trial;
 pub mod app;
+pub mod config;
 pub mod cli;
 pub mod scheduler;
 pub mod trainer;

@@ -58,6 +58,15 @@ impl ParamValue {
         }
     }
 
+    /// The value as text without rounding (`3e-5`, `16`, `true`, `adamw`), for environment
+    /// variables and command lines.
+    pub fn to_string_exact(&self) -> String {
+        match self {
+            ParamValue::Float(f) => format!("{f:?}"),
+            other => other.to_string(),
+        }
+    }
+
     /// The same value, compared loosely: `16` and `16.0` are one choice.
     fn same_choice(&self, other: &ParamValue) -> bool {
         match (self.as_f64(), other.as_f64()) {

@@ -4,6 +4,12 @@
 
 pub mod bench_sampler;
 pub mod bench_train;
+pub mod best;
+pub mod common;
+pub mod enqueue;
+pub mod run;
+pub mod status;
+pub mod trials;
 pub mod worker;
 
 use std::process::ExitCode;
@@ -54,10 +60,15 @@ fn init_logging(verbose: u8, quiet: bool) {
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let quiet = cli.quiet;
     match cli.command {
+        Command::Run(args) => run::run(&args, quiet),
+        Command::Status(args) => status::run(&args),
+        Command::Trials(args) => trials::run(&args),
+        Command::Best(args) => best::run(&args),
+        Command::Enqueue(args) => enqueue::run(&args, quiet),
         Command::Bench(BenchCommand::Sampler(args)) => bench_sampler::run(&args),
         Command::Bench(BenchCommand::Train(args)) => bench_train::run(&args),
         Command::Worker(args) => worker::run(&args),
-        other => anyhow::bail!("`{other:?}` is not built yet"),
     }
 }

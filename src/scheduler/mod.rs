@@ -1,8 +1,13 @@
-//! The ask → claim → run → tell loop over device slots, resume and retries, and the child
-//! process driver shared by `command` objectives and fine-tuning workers.
+//! The ask → claim → run → tell loop over device slots, resume and retries, the display of
+//! a running study, and the child-process driver shared by `command` objectives and
+//! fine-tuning workers.
 
 pub mod child;
+pub mod display;
 pub mod runner;
+pub mod study_loop;
 
 pub use child::{run_child, ChildSpec};
+pub use display::{Observer, ProgressDisplay, Silent};
 pub use runner::{CancelToken, Decision, Progress, Reporter, TrialAssignment, TrialRunner};
+pub use study_loop::{is_retryable, run_study, LoopError, RunSummary, StopReason, StopSignal, StudyRun};

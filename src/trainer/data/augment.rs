@@ -11,7 +11,11 @@ use super::Example;
 
 /// Deletes or swaps words of `text` with probability `prob` each (see module doc).
 pub fn augment_text<R: Rng>(text: &str, prob: f64, rng: &mut R) -> String {
-    let prob = if prob.is_finite() { prob.clamp(0.0, 1.0) } else { 0.0 };
+    let prob = if prob.is_finite() {
+        prob.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
     let words: Vec<&str> = text.split_whitespace().collect();
     if prob == 0.0 || words.len() < 2 {
         return text.to_string();
@@ -31,10 +35,13 @@ pub fn augment_text<R: Rng>(text: &str, prob: f64, rng: &mut R) -> String {
         kept.push(words[rng.random_range(0..words.len())]);
         swap_after.push(false);
     }
-    for i in 0..kept.len().saturating_sub(1) {
-        if swap_after[i] {
-            kept.swap(i, i + 1);
-        }
+    let last = kept.len() - 1;
+    for (i, _) in swap_after
+        .iter()
+        .enumerate()
+        .filter(|&(i, &s)| s && i < last)
+    {
+        kept.swap(i, i + 1);
     }
     kept.join(" ")
 }
@@ -52,7 +59,10 @@ pub fn augment_examples(examples: &[Example], prob: f64, seed: u64, epoch: usize
             let mut rng = ChaCha8Rng::seed_from_u64(epoch_seed(base, i));
             Example {
                 text: augment_text(&e.text, prob, &mut rng),
-                text_pair: e.text_pair.as_deref().map(|p| augment_text(p, prob, &mut rng)),
+                text_pair: e
+                    .text_pair
+                    .as_deref()
+                    .map(|p| augment_text(p, prob, &mut rng)),
                 label: e.label,
             }
         })
@@ -85,7 +95,7 @@ mod tests {
         let mut changed = 0;
         for (x, y) in a.iter().zip(&r) {
             let nx = x.text.split(' ').count();
-            assert!(nx >= 1 && nx <= 9);
+            assert!((1..=9).contains(&nx));
             // only words of the original, each at most as often
             for w in x.text.split(' ') {
                 assert!(y.text.split(' ').any(|v| v == w), "{w}");

@@ -86,13 +86,22 @@ pub fn batch_indices(
 }
 
 /// Builds one batch of `indices` from `encoded`, padded to its longest row with `pad_id`.
-pub fn collate(encoded: &[Encoded], indices: &[usize], pad_id: u32, device: &Device) -> Result<Batch, DataError> {
+pub fn collate(
+    encoded: &[Encoded],
+    indices: &[usize],
+    pad_id: u32,
+    device: &Device,
+) -> Result<Batch, DataError> {
     if indices.is_empty() {
         return Err(DataError::Batch("empty batch".into()));
     }
     let rows: Vec<&Encoded> = indices
         .iter()
-        .map(|&i| encoded.get(i).ok_or_else(|| DataError::Batch(format!("row {i} out of range ({})", encoded.len()))))
+        .map(|&i| {
+            encoded.get(i).ok_or_else(|| {
+                DataError::Batch(format!("row {i} out of range ({})", encoded.len()))
+            })
+        })
         .collect::<Result<_, _>>()?;
     let b = rows.len();
     let l = rows.iter().map(|r| r.ids.len()).max().unwrap_or(0).max(1);
@@ -112,7 +121,11 @@ pub fn collate(encoded: &[Encoded], indices: &[usize], pad_id: u32, device: &Dev
         Target::Class(_) => {
             let v: Vec<u32> = rows
                 .iter()
-                .map(|r| r.label.class().ok_or_else(|| DataError::Batch("mixed class and regression targets".into())))
+                .map(|r| {
+                    r.label.class().ok_or_else(|| {
+                        DataError::Batch("mixed class and regression targets".into())
+                    })
+                })
                 .collect::<Result<_, _>>()?;
             Tensor::from_vec(v, b, device)?
         }
@@ -121,7 +134,9 @@ pub fn collate(encoded: &[Encoded], indices: &[usize], pad_id: u32, device: &Dev
                 .iter()
                 .map(|r| match r.label {
                     Target::Value(v) => Ok(v),
-                    Target::Class(_) => Err(DataError::Batch("mixed class and regression targets".into())),
+                    Target::Class(_) => Err(DataError::Batch(
+                        "mixed class and regression targets".into(),
+                    )),
                 })
                 .collect::<Result<_, _>>()?;
             Tensor::from_vec(v, b, device)?
@@ -196,8 +211,12 @@ mod tests {
 
     fn enc(n: usize, label: u32) -> Encoded {
         let ids: Vec<u32> = (0..n as u32).map(|i| 10 + i).collect();
-        let type_ids = (0..n).map(|i| u32::from(i >= n / 2 + 1)).collect();
-        Encoded { ids, type_ids, label: Target::Class(label) }
+        let type_ids = (0..n).map(|i| u32::from(i > n / 2)).collect();
+        Encoded {
+            ids,
+            type_ids,
+            label: Target::Class(label),
+        }
     }
 
     #[test]
@@ -222,7 +241,11 @@ mod tests {
 
     #[test]
     fn regression_labels_are_f32() {
-        let rows = vec![Encoded { ids: vec![1, 2], type_ids: vec![0, 0], label: Target::Value(0.5) }];
+        let rows = vec![Encoded {
+            ids: vec![1, 2],
+            type_ids: vec![0, 0],
+            label: Target::Value(0.5),
+        }];
         let b = collate(&rows, &[0], 0, &Device::Cpu).unwrap();
         assert_eq!(b.labels.to_vec1::<f32>().unwrap(), vec![0.5]);
     }
@@ -236,7 +259,10 @@ mod tests {
         all.sort_unstable();
         assert_eq!(all, (0..n).collect::<Vec<_>>());
         assert!(batches.iter().all(|b| !b.is_empty() && b.len() <= bs));
-        assert_eq!(batches.iter().filter(|b| b.len() < bs).count(), usize::from(n % bs != 0));
+        assert_eq!(
+            batches.iter().filter(|b| b.len() < bs).count(),
+            usize::from(!n.is_multiple_of(bs))
+        );
     }
 
     #[test]
@@ -258,17 +284,26 @@ mod tests {
     fn bucketing_reduces_padding() {
         let l = lengths();
         let padded = |bs: &[Vec<usize>]| -> usize {
-            bs.iter().map(|b| b.len() * b.iter().map(|&i| l[i]).max().unwrap_or(0)).sum()
+            bs.iter()
+                .map(|b| b.len() * b.iter().map(|&i| l[i]).max().unwrap_or(0))
+                .sum()
         };
         let plain = padded(&batch_indices(&l, 16, Some(7), false));
         let bucketed = padded(&batch_indices(&l, 16, Some(7), true));
-        assert!(bucketed * 10 < plain * 7, "bucketed {bucketed} vs plain {plain}");
+        assert!(
+            bucketed * 10 < plain * 7,
+            "bucketed {bucketed} vs plain {plain}"
+        );
         // within a bucketed batch lengths are close
         let b = batch_indices(&l, 16, Some(7), true);
-        let spread: usize = b.iter().map(|b| {
-            let ls: Vec<usize> = b.iter().map(|&i| l[i]).collect();
-            ls.iter().max().unwrap() - ls.iter().min().unwrap()
-        }).max().unwrap();
+        let spread: usize = b
+            .iter()
+            .map(|b| {
+                let ls: Vec<usize> = b.iter().map(|&i| l[i]).collect();
+                ls.iter().max().unwrap() - ls.iter().min().unwrap()
+            })
+            .max()
+            .unwrap();
         assert!(spread <= 6, "spread {spread}");
     }
 

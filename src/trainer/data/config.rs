@@ -69,9 +69,6 @@ pub struct DataSection {
         deserialize_with = "de_labels"
     )]
     pub labels: Option<Vec<String>>,
-    /// Batch rows of similar length together (less padding); see `batch`.
-    #[serde(default)]
-    pub length_bucketing: bool,
 }
 
 fn default_text_column() -> String {
@@ -130,7 +127,6 @@ impl DataSection {
             max_rows: None,
             problem: Problem::Classification,
             labels: None,
-            length_bucketing: false,
         }
     }
 
@@ -160,25 +156,36 @@ impl DataSection {
             ));
         }
         if self.split.iter().any(|f| !(0.0..=1.0).contains(f)) {
-            return bad(format!("split numbers must be in [0, 1], got {:?}", self.split));
+            return bad(format!(
+                "split numbers must be in [0, 1], got {:?}",
+                self.split
+            ));
         }
         let sum: f64 = self.split.iter().sum();
         if (sum - 1.0).abs() > 1e-6 {
-            return bad(format!("split numbers must sum to 1, got {:?} (sum {sum})", self.split));
+            return bad(format!(
+                "split numbers must sum to 1, got {:?} (sum {sum})",
+                self.split
+            ));
         }
         if self.split[0] <= 0.0 {
             return bad("the train fraction (split[0]) must be above 0".into());
         }
         let f = self.split_fractions();
         if self.valid_path.is_none() && f.valid <= 0.0 {
-            return bad("no validation rows: give valid_path or a valid fraction (split[1]) above 0".into());
+            return bad(
+                "no validation rows: give valid_path or a valid fraction (split[1]) above 0".into(),
+            );
         }
         if self.text_column.is_empty() || self.label_column.is_empty() {
             return bad("text_column and label_column must not be empty".into());
         }
         if let Some(labels) = &self.labels {
             if self.problem == Problem::Regression {
-                return bad("labels is for classification; remove it or set problem = \"classification\"".into());
+                return bad(
+                    "labels is for classification; remove it or set problem = \"classification\""
+                        .into(),
+                );
             }
             if labels.is_empty() {
                 return bad("labels must list at least one label".into());
@@ -210,16 +217,32 @@ impl DataSection {
             }
         };
         match (self.valid_path.is_some(), self.test_path.is_some()) {
-            (false, false) => SplitFractions { train: tr, valid: va, test: te },
+            (false, false) => SplitFractions {
+                train: tr,
+                valid: va,
+                test: te,
+            },
             (false, true) => {
                 let (a, b) = norm(tr, va);
-                SplitFractions { train: a, valid: b, test: 0.0 }
+                SplitFractions {
+                    train: a,
+                    valid: b,
+                    test: 0.0,
+                }
             }
             (true, false) => {
                 let (a, b) = norm(tr, te);
-                SplitFractions { train: a, valid: 0.0, test: b }
+                SplitFractions {
+                    train: a,
+                    valid: 0.0,
+                    test: b,
+                }
             }
-            (true, true) => SplitFractions { train: 1.0, valid: 0.0, test: 0.0 },
+            (true, true) => SplitFractions {
+                train: 1.0,
+                valid: 0.0,
+                test: 0.0,
+            },
         }
     }
 }
@@ -237,8 +260,11 @@ mod tests {
         let e = toml::from_str::<DataSection>("path = \"a.csv\"\ntext_colum = \"x\"");
         assert!(e.is_err());
         let d: DataSection =
-            toml::from_str("path = \"a.csv\"\nlabels = [0, 1]\nproblem = \"classification\"").unwrap();
+            toml::from_str("path = \"a.csv\"\nlabels = [0, 1]\nproblem = \"classification\"")
+                .unwrap();
         assert_eq!(d.labels, Some(vec!["0".to_string(), "1".to_string()]));
+        let d: DataSection = toml::from_str("path = \"a.csv\"\nsplit = [1, 0]").unwrap();
+        assert_eq!(d.split, vec![1.0, 0.0]);
     }
 
     #[test]

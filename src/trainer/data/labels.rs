@@ -1,7 +1,8 @@
 //! The label mapping: label text ↔ class id, recorded with the study.
 //!
 //! With declared `labels`, ids are positions in that list and any other label is refused.
-//! Otherwise the mapping is built from the distinct labels of all files: if they are exactly
+//! Otherwise the mapping is built from the distinct labels of the main file (labels of the
+//! valid/test files outside it are refused: no model could learn them): if they are exactly
 //! the integers `0..k-1`, each keeps its own value as id; else they are sorted (numerically
 //! when all are integers, as text otherwise) and numbered in that order.
 
@@ -9,19 +10,39 @@ use std::collections::{BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-/// Class ids and their names; `id2label[id]` is the label text.
+/// Class ids and their names; `id2label[id]` is the label text. Serialises as
+/// `{"id2label": [...]}`; the lookup index is rebuilt on deserialisation.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "LabelMapRepr")]
 pub struct LabelMap {
     pub id2label: Vec<String>,
     #[serde(skip)]
     index: HashMap<String, u32>,
 }
 
+#[derive(Deserialize)]
+struct LabelMapRepr {
+    id2label: Vec<String>,
+}
+
+impl From<LabelMapRepr> for LabelMap {
+    fn from(r: LabelMapRepr) -> Self {
+        LabelMap::from_names(r.id2label)
+    }
+}
+
 impl LabelMap {
     /// A map from an explicit order.
     pub fn from_names(names: Vec<String>) -> Self {
-        let index = names.iter().enumerate().map(|(i, n)| (n.clone(), i as u32)).collect();
-        LabelMap { id2label: names, index }
+        let index = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), i as u32))
+            .collect();
+        LabelMap {
+            id2label: names,
+            index,
+        }
     }
 
     /// Builds the mapping from the distinct labels seen (module doc for the rule).
@@ -54,7 +75,10 @@ impl LabelMap {
         self.index.get(l).copied().or_else(|| {
             // "1" and "01" name the same class when the labels are integers.
             let v = l.parse::<i64>().ok()?;
-            self.id2label.iter().position(|n| n.parse::<i64>().ok() == Some(v)).map(|i| i as u32)
+            self.id2label
+                .iter()
+                .position(|n| n.parse::<i64>().ok() == Some(v))
+                .map(|i| i as u32)
         })
     }
 
@@ -95,8 +119,21 @@ mod tests {
     }
 
     #[test]
+    fn serde_round_trip_keeps_lookups() {
+        let m = LabelMap::infer(["pos", "neg"]);
+        let json = serde_json::to_string(&m).unwrap();
+        assert_eq!(json, r#"{"id2label":["neg","pos"]}"#);
+        let back: LabelMap = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.id("pos"), Some(1));
+        assert_eq!(back, m);
+    }
+
+    #[test]
     fn declared_order_is_kept() {
         let m = LabelMap::from_names(vec!["pos".into(), "neg".into()]);
-        assert_eq!((m.id("pos"), m.id("neg"), m.id("x")), (Some(0), Some(1), None));
+        assert_eq!(
+            (m.id("pos"), m.id("neg"), m.id("x")),
+            (Some(0), Some(1), None)
+        );
     }
 }

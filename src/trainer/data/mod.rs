@@ -133,7 +133,13 @@ impl Dataset {
         let n: usize = c.iter().sum();
         let k = c.len();
         c.iter()
-            .map(|&m| if m == 0 { 0.0 } else { n as f32 / (k as f32 * m as f32) })
+            .map(|&m| {
+                if m == 0 {
+                    0.0
+                } else {
+                    n as f32 / (k as f32 * m as f32)
+                }
+            })
             .collect()
     }
 }
@@ -184,20 +190,34 @@ pub fn load_dataset(section: &DataSection) -> Result<Dataset, DataError> {
         Ok(rows)
     };
     let main = load_file(&section.path, 0)?;
-    let valid_rows = section.valid_path.as_deref().map(|p| load_file(p, 1)).transpose()?;
-    let test_rows = section.test_path.as_deref().map(|p| load_file(p, 2)).transpose()?;
+    let valid_rows = section
+        .valid_path
+        .as_deref()
+        .map(|p| load_file(p, 1))
+        .transpose()?;
+    let test_rows = section
+        .test_path
+        .as_deref()
+        .map(|p| load_file(p, 2))
+        .transpose()?;
 
-    let files: Vec<(&Path, &Vec<read::RawRow>)> = std::iter::once((section.path.as_path(), &main))
-        .chain(section.valid_path.as_deref().zip(valid_rows.as_ref()))
-        .chain(section.test_path.as_deref().zip(test_rows.as_ref()))
-        .collect();
-
-    let labels = match (section.problem, &section.labels) {
-        (Problem::Regression, _) => LabelMap::default(),
-        (Problem::Classification, Some(names)) => LabelMap::from_names(names.clone()),
-        (Problem::Classification, None) => LabelMap::infer(
-            files.iter().flat_map(|(_, rows)| rows.iter().filter_map(|r| r.label.as_deref())),
+    let (labels, origin) = match (section.problem, &section.labels) {
+        (Problem::Regression, _) => (LabelMap::default(), String::new()),
+        (Problem::Classification, Some(names)) => (
+            LabelMap::from_names(names.clone()),
+            "declared in [data] labels".to_string(),
         ),
+        (Problem::Classification, None) => {
+            let m = LabelMap::infer(main.iter().filter_map(|r| r.label.as_deref()));
+            if m.len() < 2 {
+                return Err(DataError::Config(format!(
+                    "{} has a single label ({}); classification needs at least two",
+                    section.path.display(),
+                    m.id2label.join(", ")
+                )));
+            }
+            (m, format!("the labels of {}", section.path.display()))
+        }
     };
     let to_examples = |path: &Path, rows: &[read::RawRow]| -> Result<Vec<Example>, DataError> {
         rows.iter()
@@ -209,16 +229,17 @@ pub fn load_dataset(section: &DataSection) -> Result<Dataset, DataError> {
                     column: section.label_column.clone(),
                 })?;
                 let label = match section.problem {
-                    Problem::Classification => Target::Class(labels.id(raw).ok_or_else(|| {
-                        DataError::LabelNotInSet {
+                    Problem::Classification => {
+                        Target::Class(labels.id(raw).ok_or_else(|| DataError::LabelNotInSet {
                             path: path.to_path_buf(),
                             line: r.line,
                             row: r.row,
                             column: section.label_column.clone(),
                             label: raw.to_string(),
-                            allowed: labels.id2label.clone(),
-                        }
-                    })?),
+                            allowed: labels.id2label.clone().into(),
+                            origin: origin.as_str().into(),
+                        })?)
+                    }
                     Problem::Regression => match raw.trim().parse::<f32>() {
                         Ok(v) if v.is_finite() => Target::Value(v),
                         _ => {
@@ -232,7 +253,11 @@ pub fn load_dataset(section: &DataSection) -> Result<Dataset, DataError> {
                         }
                     },
                 };
-                Ok(Example { text: r.text.clone(), text_pair: r.text_pair.clone(), label })
+                Ok(Example {
+                    text: r.text.clone(),
+                    text_pair: r.text_pair.clone(),
+                    label,
+                })
             })
             .collect()
     };
@@ -246,7 +271,10 @@ pub fn load_dataset(section: &DataSection) -> Result<Dataset, DataError> {
         _ => None,
     };
 
-    let strata: Vec<u32> = main_ex.iter().map(|e| e.label.class().unwrap_or(0)).collect();
+    let strata: Vec<u32> = main_ex
+        .iter()
+        .map(|e| e.label.class().unwrap_or(0))
+        .collect();
     let idx = split::stratified_split(&strata, section.split_fractions(), section.split_seed);
     let pick = |ix: &[usize]| ix.iter().map(|&i| main_ex[i].clone()).collect::<Vec<_>>();
     let train = pick(&idx.train);
@@ -255,7 +283,11 @@ pub fn load_dataset(section: &DataSection) -> Result<Dataset, DataError> {
     if train.is_empty() {
         return Err(DataError::EmptySplit {
             split: "train",
-            hint: format!("{} has too few rows for split {:?}", section.path.display(), section.split),
+            hint: format!(
+                "{} has too few rows for split {:?}",
+                section.path.display(),
+                section.split
+            ),
         });
     }
     if valid.is_empty() {
@@ -268,7 +300,14 @@ pub fn load_dataset(section: &DataSection) -> Result<Dataset, DataError> {
             ),
         });
     }
-    Ok(Dataset { train, valid, test, labels, problem: section.problem, report })
+    Ok(Dataset {
+        train,
+        valid,
+        test,
+        labels,
+        problem: section.problem,
+        report,
+    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,51 @@
+//! `sft-search best`: the best COMPLETE trial.
+
+use std::process::ExitCode;
+
+use serde_json::{json, Value};
+
+use super::common::{open_existing, print_out};
+use crate::cli::{BestArgs, TextOrJson};
+use crate::scheduler::display::format_value;
+use crate::trial::best_trial;
+
+pub fn run(args: &BestArgs) -> anyhow::Result<ExitCode> {
+    let open = open_existing(&args.study, args.study_name.as_deref())?;
+    let trials = open.store.trials(open.study.id)?;
+    let Some(b) = best_trial(&trials, open.study.direction) else {
+        anyhow::bail!("study `{}` has no COMPLETE trial yet", open.study.name);
+    };
+    let params: serde_json::Map<String, Value> = b.params.iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
+    match args.format {
+        TextOrJson::Json => {
+            let mut v = json!({"number": b.number, "value": b.value, "params": params});
+            if let Some(test) = b.metrics.get("test") {
+                v["test"] = test.clone();
+            }
+            if b.checkpoint.is_some() || b.metrics.contains_key("test") {
+                v["checkpoint"] = json!(b.checkpoint);
+            }
+            print_out(&format!("{}\n", serde_json::to_string_pretty(&v)?))?;
+        }
+        TextOrJson::Text => {
+            let metric = open.study.user_attrs.get("sft:metric").and_then(|m| m.as_str()).unwrap_or("value");
+            let mut s = format!("best trial: {} ({metric} = {})\n", b.number, b.value.map(format_value).unwrap_or_default());
+            for (k, v) in &b.params {
+                s.push_str(&format!("  {k} = {v}\n"));
+            }
+            if let Some(Value::Object(test)) = b.metrics.get("test") {
+                s.push_str("test split:\n");
+                for (k, v) in test {
+                    if k != "confusion_matrix" {
+                        s.push_str(&format!("  {k} = {}\n", v.as_f64().map(format_value).unwrap_or_else(|| v.to_string())));
+                    }
+                }
+            }
+            if let Some(c) = &b.checkpoint {
+                s.push_str(&format!("checkpoint: {c}\n"));
+            }
+            print_out(&s)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

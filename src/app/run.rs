@@ -1,0 +1,186 @@
+//! `sft-search run`: create or resume a study and run it to its end.
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use super::common::{load_config, shown};
+use super::UsageError;
+use crate::cli::RunArgs;
+use crate::config::{parse_devices, file::DevicesSpec, ObjectiveConfig, SamplerKind, StudyConfig};
+use crate::objective::{CommandRunner, SyntheticRunner};
+use crate::sampler::{GridSampler, RandomSampler, Sampler};
+use crate::scheduler::{run_study, Observer, ProgressDisplay, Silent, StopReason, StopSignal, StudyRun, TrialRunner};
+use crate::storage::{Budget, Store, StudySpec};
+use crate::trial::{best_trial, TrialState};
+
+/// The sampler a study asks for.
+pub fn build_sampler(cfg: &StudyConfig) -> anyhow::Result<Box<dyn Sampler>> {
+    Ok(match cfg.sampler.kind {
+        SamplerKind::Grid => Box::new(GridSampler::new(cfg.sampler.grid_points)),
+        SamplerKind::Random => Box::new(RandomSampler),
+        SamplerKind::Gp => {
+            return Err(UsageError(format!("{}: sampler `gp` is not available in this build yet; use \"random\" or \"grid\"", cfg.path.display())).into())
+        }
+    })
+}
+
+/// The runner that evaluates a study's trials.
+pub fn build_runner(cfg: &StudyConfig) -> anyhow::Result<Box<dyn TrialRunner>> {
+    Ok(match &cfg.objective {
+        ObjectiveConfig::Synthetic { function, noise } => Box::new(SyntheticRunner { function: *function, noise: *noise, seed: cfg.seed }),
+        ObjectiveConfig::Command { argv, cwd } => {
+            Box::new(CommandRunner { argv: argv.clone(), cwd: cwd.clone(), trial_timeout: cfg.execution.trial_timeout })
+        }
+        ObjectiveConfig::Finetune => {
+            return Err(UsageError(format!("{}: objective `finetune` is not available in this build yet", cfg.path.display())).into())
+        }
+    })
+}
+
+pub fn run(args: &RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
+    let mut cfg = load_config(&args.study)?;
+    if let Some(n) = args.n_trials {
+        if n == 0 {
+            return Err(UsageError("--n-trials must be at least 1".into()).into());
+        }
+        cfg.n_trials = Some(n);
+    }
+    if let Some(d) = &args.devices {
+        cfg.execution.devices = parse_devices(&DevicesSpec::List(d.clone())).map_err(|m| UsageError(format!("--devices: {m}")))?;
+    }
+    if let Some(k) = args.trials_per_device {
+        if k == 0 {
+            return Err(UsageError("--trials-per-device must be at least 1".into()).into());
+        }
+        cfg.execution.trials_per_device = k;
+    }
+    let sampler = build_sampler(&cfg)?;
+    let runner = build_runner(&cfg)?;
+    let pruner = crate::pruner::from_config(&cfg.pruner);
+
+    let mut store = Store::open(&cfg.storage).with_context(|| format!("opening the store of study `{}`", cfg.name))?;
+    let study = store
+        .create_or_open_study(&StudySpec {
+            name: &cfg.name,
+            direction: cfg.direction,
+            metric: &cfg.metric,
+            space: &cfg.space,
+            study_text: &cfg.text,
+            allow_space_change: args.allow_space_change,
+        })
+        .map_err(|e| match e {
+            crate::storage::StoreError::SpaceChanged { .. } | crate::storage::StoreError::DirectionChanged { .. } => {
+                anyhow::Error::new(UsageError(e.to_string()))
+            }
+            other => anyhow::Error::new(other),
+        })?;
+    let history = store.trials(study.id)?;
+    let slots = cfg.execution.slots();
+    if !quiet {
+        let done = history.iter().filter(|t| t.state.is_finished()).count();
+        let verb = if history.is_empty() { "starting" } else { "resuming" };
+        eprintln!(
+            "{verb} study `{}` ({} trials recorded) in {} — {} sampler, {} slot(s): {}",
+            cfg.name,
+            done,
+            shown(&cfg.storage),
+            sampler.name(),
+            slots.len(),
+            slots.join(", ")
+        );
+    }
+
+    let stop = StopSignal::new();
+    install_interrupt_handler(&stop, quiet);
+    let display: Box<dyn Observer> = if quiet {
+        Box::new(Silent)
+    } else {
+        Box::new(ProgressDisplay::new(&slots, cfg.n_trials.or(Some(cfg.space.grid_size(cfg.sampler.grid_points) as u64)), cfg.direction, &history))
+    };
+    let run = StudyRun {
+        store_path: cfg.storage.clone(),
+        study_id: study.id,
+        space: &cfg.space,
+        direction: cfg.direction,
+        sampler: sampler.as_ref(),
+        sampler_seed: cfg.sampler.seed,
+        pruner: pruner.as_ref(),
+        runner: runner.as_ref(),
+        slots,
+        budget: Budget { n_trials: cfg.n_trials },
+        timeout: cfg.timeout,
+        max_retries: cfg.execution.max_retries,
+        heartbeat_interval: cfg.execution.heartbeat_interval,
+        heartbeat_timeout: cfg.execution.heartbeat_timeout,
+        artifacts_root: cfg.artifacts_root(),
+        stop: stop.clone(),
+        observer: display.as_ref(),
+    };
+    let summary = run_study(&run);
+    drop(display);
+    let summary = summary?;
+
+    let trials = store.trials(study.id)?;
+    let count = |s: TrialState| trials.iter().filter(|t| t.state == s).count();
+    if !quiet {
+        let why = match summary.reason {
+            StopReason::BudgetReached => "the budget is reached",
+            StopReason::Exhausted => "the grid is exhausted",
+            StopReason::Timeout => "the timeout passed",
+            StopReason::Stopped => "it was stopped (running trials finished)",
+            StopReason::Cancelled => "it was cancelled",
+        };
+        eprintln!(
+            "study `{}` ended because {why}: {} complete, {} pruned, {} failed, {} waiting ({:.1}s)",
+            cfg.name,
+            count(TrialState::Complete),
+            count(TrialState::Pruned),
+            count(TrialState::Fail),
+            count(TrialState::Waiting),
+            summary.wall.as_secs_f64()
+        );
+        match best_trial(&trials, cfg.direction) {
+            Some(b) => eprintln!(
+                "best: trial {} with {} = {}  ({})",
+                b.number,
+                cfg.metric,
+                b.value.map(crate::scheduler::display::format_value).unwrap_or_default(),
+                crate::scheduler::display::format_params(&b.params)
+            ),
+            None => eprintln!("no trial has completed yet"),
+        }
+    }
+    if summary.reason == StopReason::Cancelled {
+        return Ok(ExitCode::from(130));
+    }
+    if count(TrialState::Complete) == 0 && count(TrialState::Fail) > 0 {
+        anyhow::bail!("study `{}` failed: no trial completed (see `sft-search trials {}`)", cfg.name, args.study.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Ctrl-C / SIGTERM once: start no new trials; twice: cancel the running ones.
+fn install_interrupt_handler(stop: &StopSignal, quiet: bool) {
+    let presses = Arc::new(AtomicUsize::new(0));
+    let stop = stop.clone();
+    let result = ctrlc::set_handler(move || {
+        let n = presses.fetch_add(1, Ordering::SeqCst);
+        if n == 0 {
+            stop.stop_new();
+            if !quiet {
+                eprintln!("\nstopping: no new trials; running trials will finish and be recorded (press Ctrl-C again to cancel them)");
+            }
+        } else {
+            stop.cancel_running();
+            if !quiet {
+                eprintln!("\ncancelling running trials…");
+            }
+        }
+    });
+    if let Err(e) = result {
+        tracing::warn!("cannot install the Ctrl-C handler: {e}");
+    }
+}

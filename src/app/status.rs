@@ -1,0 +1,83 @@
+//! `sft-search status`: counts per state, the best trial, what runs where, and the workers.
+
+use std::process::ExitCode;
+
+use serde_json::json;
+
+use super::common::{open_existing, print_out, shown};
+use crate::cli::{StatusArgs, TextOrJson};
+use crate::scheduler::display::{format_params, format_value};
+use crate::storage::{now_text, seconds_between};
+use crate::trial::{best_trial, TrialState};
+
+pub fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
+    let open = open_existing(&args.study, args.study_name.as_deref())?;
+    let trials = open.store.trials(open.study.id)?;
+    let workers = open.store.workers(open.study.id)?;
+    let direction = open.study.direction;
+    let now = now_text();
+    let count = |s: TrialState| trials.iter().filter(|t| t.state == s).count();
+    let best = best_trial(&trials, direction);
+    let running: Vec<_> = trials.iter().filter(|t| t.state == TrialState::Running).collect();
+    let metric = open.study.user_attrs.get("sft:metric").and_then(|m| m.as_str()).unwrap_or("value").to_string();
+
+    if args.format == TextOrJson::Json {
+        let v = json!({
+            "study": open.study.name,
+            "storage": open.store.path().display().to_string(),
+            "direction": format!("{direction:?}").to_lowercase(),
+            "metric": metric,
+            "counts": TrialState::ALL.iter().map(|s| (s.as_str().to_string(), json!(count(*s)))).collect::<serde_json::Map<_, _>>(),
+            "best": best.map(|b| json!({"number": b.number, "value": b.value, "params": b.params.iter().map(|(k, v)| (k.clone(), v.to_json())).collect::<serde_json::Map<_, _>>()})),
+            "running": running.iter().map(|t| json!({
+                "number": t.number,
+                "device": t.device,
+                "elapsed_s": t.started_at.as_deref().and_then(|s| seconds_between(s, &now)),
+                "last_intermediate": t.last_intermediate(),
+            })).collect::<Vec<_>>(),
+            "workers": workers.iter().map(|w| json!({"host": w.host, "pid": w.pid, "slots": w.slots, "state": w.state, "started_at": w.started_at, "last_seen": w.last_seen})).collect::<Vec<_>>(),
+        });
+        print_out(&format!("{}\n", serde_json::to_string_pretty(&v)?))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let mut s = String::new();
+    s.push_str(&format!("study {} in {}\n", open.study.name, shown(open.store.path())));
+    s.push_str(&format!("objective: {} {metric}\n", format!("{direction:?}").to_lowercase()));
+    s.push_str(&format!(
+        "trials: {} complete, {} pruned, {} failed, {} running, {} waiting ({} in all)\n",
+        count(TrialState::Complete),
+        count(TrialState::Pruned),
+        count(TrialState::Fail),
+        count(TrialState::Running),
+        count(TrialState::Waiting),
+        trials.len()
+    ));
+    match best {
+        Some(b) => s.push_str(&format!(
+            "best: trial {} with {metric} = {}\n  {}\n",
+            b.number,
+            b.value.map(format_value).unwrap_or_default(),
+            format_params(&b.params)
+        )),
+        None => s.push_str("best: none yet (no trial has completed)\n"),
+    }
+    if !running.is_empty() {
+        s.push_str("running:\n");
+        for t in &running {
+            let elapsed = t.started_at.as_deref().and_then(|st| seconds_between(st, &now)).map(|e| format!("{e:.0}s")).unwrap_or_default();
+            let last = t.last_intermediate().map(|(k, v)| format!(", step {k}: {}", format_value(v))).unwrap_or_default();
+            s.push_str(&format!("  trial {} on {} for {elapsed}{last}\n", t.number, t.device.as_deref().unwrap_or("?")));
+        }
+    }
+    let live: Vec<_> = workers.iter().filter(|w| w.state == "running").collect();
+    if !live.is_empty() {
+        s.push_str("workers:\n");
+        for w in live {
+            let ago = seconds_between(&w.last_seen, &now).map(|a| format!("{a:.0}s ago")).unwrap_or_default();
+            s.push_str(&format!("  {}:{} slots {} (last seen {ago})\n", w.host, w.pid, w.slots));
+        }
+    }
+    print_out(&s)?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,198 @@
+//! The study file exactly as the user wrote it: serde types with `deny_unknown_fields`,
+//! defaults, and spans on the parts whose errors are found after parsing.
+
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use crate::space::ParamValue;
+
+/// The whole study file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StudyFile {
+    pub study: StudySection,
+    /// Either a path to a search-space file, or a `[space]` table of parameters (which may
+    /// `include` a file and override single parameters of it).
+    pub space: Option<Spanned<SpaceSpec>>,
+    #[serde(default)]
+    pub sampler: SamplerSection,
+    pub objective: ObjectiveSection,
+    #[serde(default)]
+    pub execution: ExecutionSection,
+    #[serde(default)]
+    pub pruner: PrunerSection,
+    /// `[model]`, `[data]` and `[train]` are read by the fine-tuning objective.
+    pub model: Option<Spanned<toml::Table>>,
+    pub data: Option<Spanned<toml::Table>>,
+    pub train: Option<Spanned<toml::Table>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StudySection {
+    pub name: Spanned<String>,
+    pub direction: Option<Spanned<String>>,
+    /// The name of the value being optimised (a validation metric for fine-tuning).
+    pub metric: Option<Spanned<String>>,
+    pub n_trials: Option<Spanned<u64>>,
+    /// e.g. "2h", "30m", "1h30m", "90s".
+    pub timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    pub seed: u64,
+    /// The SQLite file; default `<name>.db` beside the study file.
+    pub storage: Option<Spanned<String>>,
+}
+
+/// `space = "file.toml"`, or a `[space]` table of parameters that may `include = "file.toml"`
+/// and override single parameters of it.
+#[derive(Debug, Clone)]
+pub enum SpaceSpec {
+    File(String),
+    Table { include: Option<String>, params: IndexMap<String, Spanned<ParamDef>> },
+}
+
+impl<'de> Deserialize<'de> for SpaceSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = SpaceSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a search-space file path or a table of parameters")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SpaceSpec, E> {
+                Ok(SpaceSpec::File(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<SpaceSpec, A::Error> {
+                let mut include = None;
+                let mut params = IndexMap::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == "include" {
+                        include = Some(map.next_value::<String>()?);
+                    } else {
+                        let def = map.next_value::<Spanned<ParamDef>>()?;
+                        params.insert(key, def);
+                    }
+                }
+                Ok(SpaceSpec::Table { include, params })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A file of parameter definitions (what `search_spaces/*.toml` hold).
+pub type SpaceFile = IndexMap<String, Spanned<ParamDef>>;
+
+/// One parameter as written.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum ParamDef {
+    Float {
+        low: f64,
+        high: f64,
+        #[serde(default)]
+        log: bool,
+        step: Option<f64>,
+    },
+    Int {
+        low: i64,
+        high: i64,
+        step: Option<i64>,
+        #[serde(default)]
+        log: bool,
+    },
+    Categorical { choices: Vec<ParamValue> },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamplerSection {
+    #[serde(default = "default_sampler_kind")]
+    pub kind: Spanned<String>,
+    /// Defaults to the study seed.
+    pub seed: Option<u64>,
+    /// How many values a float parameter takes in a grid.
+    #[serde(default = "default_grid_points")]
+    pub grid_points: usize,
+    /// Quasi-random trials before the GP takes over.
+    pub n_startup: Option<usize>,
+}
+
+fn default_sampler_kind() -> Spanned<String> {
+    Spanned::new(0..0, "random".to_string())
+}
+fn default_grid_points() -> usize {
+    5
+}
+
+impl Default for SamplerSection {
+    fn default() -> Self {
+        SamplerSection { kind: default_sampler_kind(), seed: None, grid_points: default_grid_points(), n_startup: None }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectiveSection {
+    pub kind: Spanned<String>,
+    /// For `synthetic`: branin, hartmann6, rosenbrock4 or sft-like.
+    pub function: Option<Spanned<String>>,
+    /// For `synthetic`: Gaussian noise sigma added to each value.
+    #[serde(default)]
+    pub noise: f64,
+    /// For `command`: the program and its arguments.
+    pub command: Option<Spanned<Vec<String>>>,
+    /// For `command`: the working directory (default: the study file's folder).
+    pub cwd: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum DevicesSpec {
+    Word(String),
+    List(Vec<String>),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutionSection {
+    pub devices: Option<Spanned<DevicesSpec>>,
+    #[serde(default = "one")]
+    pub trials_per_device: usize,
+    #[serde(default = "one")]
+    pub max_retries: usize,
+    /// A trial that prints nothing for this long is killed ("timeout").
+    pub trial_timeout: Option<Spanned<String>>,
+    /// How often a running trial's heartbeat is written.
+    pub heartbeat_interval: Option<Spanned<String>>,
+    /// A RUNNING trial on another host whose heartbeat is older than this is taken as dead.
+    pub heartbeat_timeout: Option<Spanned<String>>,
+}
+
+fn one() -> usize {
+    1
+}
+
+impl Default for ExecutionSection {
+    fn default() -> Self {
+        ExecutionSection {
+            devices: None,
+            trials_per_device: 1,
+            max_retries: 1,
+            trial_timeout: None,
+            heartbeat_interval: None,
+            heartbeat_timeout: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PrunerSection {
+    pub kind: Option<Spanned<String>>,
+    /// median: trials that must finish before pruning starts.
+    pub n_startup_trials: Option<usize>,
+    /// median: steps of a trial before it may be pruned.
+    pub n_warmup_steps: Option<i64>,
+}

@@ -1,0 +1,573 @@
+//! Study files: reading the TOML, and resolving it into a validated `StudyConfig`.
+//!
+//! Every mistake stops here, before anything is written, with the file, line, column and key
+//! and what was expected. (This module builds the validated `SearchSpace` itself, so the
+//! error for a broken rule can point at the span where the parameter was written.)
+
+pub mod file;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use toml::Spanned;
+
+use crate::objective::SyntheticFunction;
+use crate::space::{Distribution, Param, SearchSpace};
+use crate::trial::Direction;
+use file::{DevicesSpec, ParamDef, SpaceFile, SpaceSpec, StudyFile};
+
+/// A study file that cannot be used, with where and why.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", self.render())]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based line and column, where known.
+    pub position: Option<(usize, usize)>,
+    /// The dotted key, where known (`space.learning_rate`).
+    pub key: Option<String>,
+    pub message: String,
+    /// The offending source line, for display.
+    pub snippet: Option<String>,
+}
+
+impl ConfigError {
+    fn render(&self) -> String {
+        let mut s = self.file.display().to_string();
+        if let Some((l, c)) = self.position {
+            s.push_str(&format!(":{l}:{c}"));
+        }
+        s.push_str(": ");
+        if let Some(k) = &self.key {
+            s.push_str(&format!("`{k}`: "));
+        }
+        s.push_str(&self.message);
+        if let (Some(snip), Some((l, _))) = (&self.snippet, self.position) {
+            s.push_str(&format!("\n    {l} | {snip}"));
+        }
+        s
+    }
+
+    fn plain(file: &Path, key: Option<&str>, message: impl Into<String>) -> Self {
+        ConfigError { file: file.to_path_buf(), position: None, key: key.map(str::to_string), message: message.into(), snippet: None }
+    }
+}
+
+/// The source text of one file, to turn byte spans into line/column and snippets.
+struct Source<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    fn line_col(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.text.len());
+        let before = &self.text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+        (line, col)
+    }
+
+    fn line_text(&self, line: usize) -> Option<String> {
+        self.text.lines().nth(line.saturating_sub(1)).map(|l| l.trim_end().to_string())
+    }
+
+    /// The dotted key at `line`: the nearest `[table]` header above it and the `key =` on it.
+    fn key_at(&self, line: usize) -> Option<String> {
+        let lines: Vec<&str> = self.text.lines().collect();
+        let here = lines.get(line.checked_sub(1)?)?.trim();
+        let mut table = None;
+        for l in lines[..line - 1].iter().rev() {
+            let t = l.trim();
+            if t.starts_with('[') {
+                table = Some(t.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+                break;
+            }
+        }
+        let key = if here.starts_with('[') {
+            None
+        } else {
+            here.split_once('=').map(|(k, _)| k.trim().trim_matches('"').to_string())
+        };
+        match (table, key) {
+            (Some(t), Some(k)) => Some(format!("{t}.{k}")),
+            (Some(t), None) => Some(t),
+            (None, k) => k,
+        }
+    }
+
+    fn error_at(&self, span: std::ops::Range<usize>, key: Option<String>, message: impl Into<String>) -> ConfigError {
+        if span.start == 0 && span.end == 0 {
+            return ConfigError::plain(self.path, key.as_deref(), message);
+        }
+        let (l, c) = self.line_col(span.start);
+        ConfigError {
+            file: self.path.to_path_buf(),
+            position: Some((l, c)),
+            key: key.or_else(|| self.key_at(l)),
+            message: message.into(),
+            snippet: self.line_text(l),
+        }
+    }
+
+    fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, ConfigError> {
+        toml::from_str(self.text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            let (l, c) = self.line_col(span.start);
+            ConfigError {
+                file: self.path.to_path_buf(),
+                position: Some((l, c)),
+                key: self.key_at(l),
+                message: e.message().trim().to_string(),
+                snippet: self.line_text(l),
+            }
+        })
+    }
+}
+
+/// Which sampler the study uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SamplerKind {
+    Grid,
+    Random,
+    Gp,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplerConfig {
+    pub kind: SamplerKind,
+    pub seed: u64,
+    pub grid_points: usize,
+    pub n_startup: Option<usize>,
+}
+
+/// What a trial evaluates.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ObjectiveConfig {
+    Synthetic { function: SyntheticFunction, noise: f64 },
+    Command { argv: Vec<String>, cwd: PathBuf },
+    /// Candle fine-tuning; its settings are in `StudyConfig::{model, data, train}`.
+    Finetune,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecutionConfig {
+    /// One entry per device (`cpu`, `cuda:0`, …); `auto` already expanded.
+    pub devices: Vec<String>,
+    pub trials_per_device: usize,
+    pub max_retries: usize,
+    pub trial_timeout: Option<Duration>,
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
+}
+
+impl ExecutionConfig {
+    /// Every device slot: each device repeated `trials_per_device` times.
+    pub fn slots(&self) -> Vec<String> {
+        self.devices
+            .iter()
+            .flat_map(|d| std::iter::repeat_n(d.clone(), self.trials_per_device.max(1)))
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum PrunerConfig {
+    None,
+    Median { n_startup_trials: usize, n_warmup_steps: i64 },
+}
+
+/// A validated study definition.
+#[derive(Debug, Clone)]
+pub struct StudyConfig {
+    pub path: PathBuf,
+    pub dir: PathBuf,
+    /// The study file's text, stored with the study.
+    pub text: String,
+    pub name: String,
+    pub direction: Direction,
+    pub metric: String,
+    /// `None` only for a grid study, which then runs the whole grid.
+    pub n_trials: Option<u64>,
+    pub timeout: Option<Duration>,
+    pub seed: u64,
+    pub storage: PathBuf,
+    pub space: SearchSpace,
+    pub sampler: SamplerConfig,
+    pub objective: ObjectiveConfig,
+    pub execution: ExecutionConfig,
+    pub pruner: PrunerConfig,
+    pub model: Option<toml::Table>,
+    pub data: Option<toml::Table>,
+    pub train: Option<toml::Table>,
+}
+
+impl StudyConfig {
+    /// Reads and validates a study file.
+    pub fn load(path: &Path) -> Result<StudyConfig, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::plain(path, None, format!("cannot read the study file: {e}")))?;
+        let src = Source { path, text: &text };
+        let file: StudyFile = src.parse()?;
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
+        resolve(&src, file, dir)
+    }
+
+    /// The folder where trials keep their artifacts (checkpoints): beside the database.
+    pub fn artifacts_root(&self) -> PathBuf {
+        let stem = self.storage.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| self.name.clone());
+        self.storage.parent().unwrap_or(Path::new(".")).join(format!("{stem}.trials"))
+    }
+}
+
+/// Expands `${VAR}` from the environment; an unset variable is an error naming it.
+pub fn expand_env(s: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find("${") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 2..];
+        let end = after.find('}').ok_or_else(|| format!("unclosed `${{` in `{s}`"))?;
+        let name = &after[..end];
+        let val = std::env::var(name).map_err(|_| format!("environment variable `{name}` is not set (used in `{s}`)"))?;
+        out.push_str(&val);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Resolves a path written in a study file: `${VAR}` expanded, relative to `base`.
+fn resolve_path(src: &Source, span: std::ops::Range<usize>, key: &str, raw: &str, base: &Path) -> Result<PathBuf, ConfigError> {
+    let expanded = expand_env(raw).map_err(|m| src.error_at(span, Some(key.into()), m))?;
+    let p = PathBuf::from(expanded);
+    Ok(if p.is_absolute() { p } else { base.join(p) })
+}
+
+/// Parses "2h", "30m", "1h30m", "90s", "500ms", "1.5h" or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<f64>() {
+        return (secs >= 0.0 && secs.is_finite()).then(|| Duration::from_secs_f64(secs));
+    }
+    let mut total = 0.0;
+    let mut num = String::new();
+    let mut chars = s.chars().peekable();
+    let mut any = false;
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() || c == '.' {
+            num.push(c);
+            continue;
+        }
+        let mut unit = c.to_string();
+        while let Some(&n) = chars.peek() {
+            if n.is_ascii_alphabetic() {
+                unit.push(n);
+                chars.next();
+            } else {
+                break;
+            }
+        }
+        let v: f64 = num.parse().ok()?;
+        num.clear();
+        let mult = match unit.as_str() {
+            "ms" => 0.001,
+            "s" | "sec" => 1.0,
+            "m" | "min" => 60.0,
+            "h" => 3600.0,
+            "d" => 86400.0,
+            _ => return None,
+        };
+        total += v * mult;
+        any = true;
+    }
+    if !num.is_empty() || !any {
+        return None;
+    }
+    Some(Duration::from_secs_f64(total))
+}
+
+fn duration_field(src: &Source, field: &Option<Spanned<String>>, key: &str) -> Result<Option<Duration>, ConfigError> {
+    match field {
+        None => Ok(None),
+        Some(s) => parse_duration(s.get_ref()).map(Some).ok_or_else(|| {
+            src.error_at(s.span(), Some(key.into()), format!("`{}` is not a duration (expected e.g. \"90s\", \"30m\", \"2h\", \"1h30m\")", s.get_ref()))
+        }),
+    }
+}
+
+fn param_to_dist(def: &ParamDef) -> Distribution {
+    match def {
+        ParamDef::Float { low, high, log, step } => Distribution::Float { low: *low, high: *high, log: *log, step: *step },
+        ParamDef::Int { low, high, step, log } => Distribution::Int { low: *low, high: *high, step: step.unwrap_or(1), log: *log },
+        ParamDef::Categorical { choices } => Distribution::Categorical { choices: choices.clone() },
+    }
+}
+
+/// Reads a search-space file.
+fn load_space_file(path: &Path) -> Result<(String, IndexMap<String, Spanned<ParamDef>>), ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::plain(path, None, format!("cannot read the search-space file: {e}")))?;
+    let src = Source { path, text: &text };
+    let f: SpaceFile = src.parse()?;
+    Ok((text, f))
+}
+
+fn resolve_space(src: &Source, spec: Option<&Spanned<SpaceSpec>>, dir: &Path) -> Result<SearchSpace, ConfigError> {
+    let spec = spec.ok_or_else(|| ConfigError::plain(src.path, Some("space"), "the study has no `[space]` (or `space = \"file.toml\"`)"))?;
+    // Definitions, each with the file they were written in (for error positions).
+    let mut defs: IndexMap<String, (Spanned<ParamDef>, PathBuf, String)> = IndexMap::new();
+    let (include, inline) = match spec.get_ref() {
+        SpaceSpec::File(f) => (Some(f.clone()), IndexMap::new()),
+        SpaceSpec::Table { include, params } => (include.clone(), params.clone()),
+    };
+    if let Some(inc) = include {
+        let path = resolve_path(src, spec.span(), "space", &inc, dir)?;
+        if !path.is_file() {
+            return Err(src.error_at(spec.span(), Some("space".into()), format!("search-space file `{}` not found", path.display())));
+        }
+        let (text, params) = load_space_file(&path)?;
+        for (k, v) in params {
+            defs.insert(k, (v, path.clone(), text.clone()));
+        }
+    }
+    for (k, v) in inline {
+        defs.insert(k, (v, src.path.to_path_buf(), src.text.to_string()));
+    }
+    if defs.is_empty() {
+        return Err(src.error_at(spec.span(), Some("space".into()), "the search space has no parameters"));
+    }
+    let mut params = Vec::new();
+    for (name, (def, file, text)) in &defs {
+        let dist = param_to_dist(def.get_ref());
+        let fsrc = Source { path: file, text };
+        dist.validate(name).map_err(|e| fsrc.error_at(def.span(), Some(format!("space.{name}")), e.to_string()))?;
+        params.push(Param { name: name.clone(), dist });
+    }
+    SearchSpace::new(params).map_err(|e| src.error_at(spec.span(), Some("space".into()), e.to_string()))
+}
+
+fn resolve(src: &Source, f: StudyFile, dir: PathBuf) -> Result<StudyConfig, ConfigError> {
+    let name = f.study.name.get_ref().trim().to_string();
+    if name.is_empty() {
+        return Err(src.error_at(f.study.name.span(), Some("study.name".into()), "the study name must not be empty"));
+    }
+    let space = resolve_space(src, f.space.as_ref(), &dir)?;
+
+    // Objective.
+    let kind = f.objective.kind.get_ref().as_str();
+    let objective = match kind {
+        "synthetic" => {
+            let func = f.objective.function.as_ref().ok_or_else(|| {
+                src.error_at(f.objective.kind.span(), Some("objective.function".into()), "a synthetic objective needs `function` (branin, hartmann6, rosenbrock4 or sft-like)")
+            })?;
+            let function: SyntheticFunction = func
+                .get_ref()
+                .parse()
+                .map_err(|m: String| src.error_at(func.span(), Some("objective.function".into()), m))?;
+            if !(f.objective.noise >= 0.0 && f.objective.noise.is_finite()) {
+                return Err(src.error_at(func.span(), Some("objective.noise".into()), "noise must be a finite sigma >= 0"));
+            }
+            // Every parameter the function needs must be in the space.
+            for p in function.space().params() {
+                if space.get(&p.name).is_none() {
+                    return Err(src.error_at(
+                        func.span(),
+                        Some("space".into()),
+                        format!("function `{}` needs parameter `{}` ({}) in the space", function.name(), p.name, p.dist.describe()),
+                    ));
+                }
+            }
+            ObjectiveConfig::Synthetic { function, noise: f.objective.noise }
+        }
+        "command" => {
+            let cmd = f.objective.command.as_ref().ok_or_else(|| {
+                src.error_at(f.objective.kind.span(), Some("objective.command".into()), "a command objective needs `command = [\"program\", \"arg\", ...]`")
+            })?;
+            if cmd.get_ref().is_empty() || cmd.get_ref()[0].trim().is_empty() {
+                return Err(src.error_at(cmd.span(), Some("objective.command".into()), "`command` must name a program"));
+            }
+            let argv = cmd
+                .get_ref()
+                .iter()
+                .map(|a| expand_env(a).map_err(|m| src.error_at(cmd.span(), Some("objective.command".into()), m)))
+                .collect::<Result<Vec<_>, _>>()?;
+            let cwd = match &f.objective.cwd {
+                Some(c) => resolve_path(src, f.objective.kind.span(), "objective.cwd", c, &dir)?,
+                None => dir.clone(),
+            };
+            ObjectiveConfig::Command { argv, cwd }
+        }
+        "finetune" => ObjectiveConfig::Finetune,
+        other => {
+            return Err(src.error_at(
+                f.objective.kind.span(),
+                Some("objective.kind".into()),
+                format!("unknown objective kind `{other}` (expected synthetic, command or finetune)"),
+            ))
+        }
+    };
+    if objective == ObjectiveConfig::Finetune && (f.model.is_none() || f.data.is_none()) {
+        return Err(src.error_at(f.objective.kind.span(), Some("objective.kind".into()), "a finetune objective needs `[model]` and `[data]` tables"));
+    }
+
+    // Metric and direction.
+    let metric = f.study.metric.as_ref().map(|m| m.get_ref().clone()).unwrap_or_else(|| "value".to_string());
+    let direction = match &f.study.direction {
+        Some(d) => match d.get_ref().to_ascii_lowercase().as_str() {
+            "minimize" | "min" => Direction::Minimize,
+            "maximize" | "max" => Direction::Maximize,
+            other => {
+                return Err(src.error_at(d.span(), Some("study.direction".into()), format!("`{other}` is not a direction (expected \"maximize\" or \"minimize\")")))
+            }
+        },
+        None => match (&objective, metric.as_str()) {
+            (ObjectiveConfig::Synthetic { .. }, _) | (_, "loss") => Direction::Minimize,
+            (ObjectiveConfig::Finetune, _) => Direction::Maximize,
+            _ => {
+                return Err(src.error_at(f.study.name.span(), Some("study.direction".into()), "`direction` is required (\"maximize\" or \"minimize\")"))
+            }
+        },
+    };
+
+    // Sampler.
+    let sampler_kind = match f.sampler.kind.get_ref().as_str() {
+        "grid" => SamplerKind::Grid,
+        "random" => SamplerKind::Random,
+        "gp" => SamplerKind::Gp,
+        other => {
+            return Err(src.error_at(f.sampler.kind.span(), Some("sampler.kind".into()), format!("unknown sampler `{other}` (expected grid, random or gp)")))
+        }
+    };
+    if f.sampler.grid_points == 0 {
+        return Err(ConfigError::plain(src.path, Some("sampler.grid_points"), "grid_points must be at least 1"));
+    }
+    let sampler = SamplerConfig {
+        kind: sampler_kind,
+        seed: f.sampler.seed.unwrap_or(f.study.seed),
+        grid_points: f.sampler.grid_points,
+        n_startup: f.sampler.n_startup,
+    };
+
+    // Budget.
+    let n_trials = match &f.study.n_trials {
+        Some(n) if *n.get_ref() == 0 => return Err(src.error_at(n.span(), Some("study.n_trials".into()), "n_trials must be at least 1")),
+        Some(n) => Some(*n.get_ref()),
+        None if sampler_kind == SamplerKind::Grid => None,
+        None => return Err(src.error_at(f.study.name.span(), Some("study.n_trials".into()), "`n_trials` is required (only a grid study may leave it out, to run the whole grid)")),
+    };
+    let timeout = duration_field(src, &f.study.timeout, "study.timeout")?;
+    let storage = match &f.study.storage {
+        Some(s) => resolve_path(src, s.span(), "study.storage", s.get_ref(), &dir)?,
+        None => dir.join(format!("{name}.db")),
+    };
+
+    // Execution.
+    let e = &f.execution;
+    let devices = match &e.devices {
+        None => vec!["cpu".to_string()],
+        Some(d) => parse_devices(d.get_ref()).map_err(|m| src.error_at(d.span(), Some("execution.devices".into()), m))?,
+    };
+    if e.trials_per_device == 0 {
+        return Err(ConfigError::plain(src.path, Some("execution.trials_per_device"), "trials_per_device must be at least 1"));
+    }
+    let heartbeat_interval = duration_field(src, &e.heartbeat_interval, "execution.heartbeat_interval")?.unwrap_or(Duration::from_secs(5));
+    let heartbeat_timeout = duration_field(src, &e.heartbeat_timeout, "execution.heartbeat_timeout")?
+        .unwrap_or_else(|| (heartbeat_interval * 12).max(Duration::from_secs(60)));
+    let execution = ExecutionConfig {
+        devices,
+        trials_per_device: e.trials_per_device,
+        max_retries: e.max_retries,
+        trial_timeout: duration_field(src, &e.trial_timeout, "execution.trial_timeout")?,
+        heartbeat_interval,
+        heartbeat_timeout,
+    };
+
+    let pruner = match f.pruner.kind.as_ref().map(|k| (k.get_ref().as_str(), k.span())) {
+        None | Some(("none", _)) => PrunerConfig::None,
+        Some(("median", _)) => PrunerConfig::Median {
+            n_startup_trials: f.pruner.n_startup_trials.unwrap_or(5),
+            n_warmup_steps: f.pruner.n_warmup_steps.unwrap_or(0),
+        },
+        Some((other, span)) => {
+            return Err(src.error_at(span, Some("pruner.kind".into()), format!("unknown pruner `{other}` (expected none or median)")))
+        }
+    };
+
+    Ok(StudyConfig {
+        path: src.path.to_path_buf(),
+        dir,
+        text: src.text.to_string(),
+        name,
+        direction,
+        metric,
+        n_trials,
+        timeout,
+        seed: f.study.seed,
+        storage,
+        space,
+        sampler,
+        objective,
+        execution,
+        pruner,
+        model: f.model.map(|m| m.into_inner()),
+        data: f.data.map(|m| m.into_inner()),
+        train: f.train.map(|m| m.into_inner()),
+    })
+}
+
+/// Expands a devices setting into one entry per device.
+pub fn parse_devices(spec: &DevicesSpec) -> Result<Vec<String>, String> {
+    let list = match spec {
+        DevicesSpec::Word(w) if w == "auto" => return Ok(auto_devices()),
+        DevicesSpec::Word(w) => w.split(',').map(|s| s.trim().to_string()).collect::<Vec<_>>(),
+        DevicesSpec::List(l) => l.clone(),
+    };
+    if list.is_empty() {
+        return Err("`devices` must name at least one device".into());
+    }
+    let mut out = Vec::new();
+    for d in list {
+        if d == "auto" {
+            out.extend(auto_devices());
+        } else if d == "cpu" {
+            out.push(d);
+        } else if let Some(k) = d.strip_prefix("cuda:") {
+            if k.parse::<u32>().is_err() {
+                return Err(format!("`{d}` is not a device (expected \"cpu\", \"cuda:N\" or \"auto\")"));
+            }
+            out.push(d);
+        } else {
+            return Err(format!("`{d}` is not a device (expected \"cpu\", \"cuda:N\" or \"auto\")"));
+        }
+    }
+    Ok(out)
+}
+
+/// `auto`: every visible CUDA device in a CUDA build (respecting `CUDA_VISIBLE_DEVICES`),
+/// else one CPU slot.
+pub fn auto_devices() -> Vec<String> {
+    #[cfg(feature = "cuda")]
+    {
+        let n = cuda_device_count();
+        if n > 0 {
+            return (0..n).map(|i| format!("cuda:{i}")).collect();
+        }
+    }
+    vec!["cpu".to_string()]
+}
+
+/// How many CUDA devices this process can use: the entries of `CUDA_VISIBLE_DEVICES` where it
+/// is set, else as many as the driver opens.
+#[cfg(feature = "cuda")]
+fn cuda_device_count() -> usize {
+    if let Ok(v) = std::env::var("CUDA_VISIBLE_DEVICES") {
+        let n = v.split(',').filter(|s| !s.trim().is_empty() && s.trim() != "-1").count();
+        return n;
+    }
+    (0..64).take_while(|i| candle_core::Device::new_cuda(*i).is_ok()).count()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,136 @@
+//! Table-driven tests: every kind of mistake in a study file names file, line, column and key.
+
+use super::*;
+
+const GOOD: &str = r#"
+[study]
+name = "demo"
+direction = "minimize"
+n_trials = 10
+
+[space]
+x1 = { type = "float", low = -5, high = 10 }
+x2 = { type = "float", low = 0.0, high = 15.0 }
+
+[sampler]
+kind = "random"
+
+[objective]
+kind = "synthetic"
+function = "branin"
+"#;
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn a_good_file_resolves() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(dir.path(), "s.toml", GOOD);
+    let c = StudyConfig::load(&p).unwrap();
+    assert_eq!(c.name, "demo");
+    assert_eq!(c.n_trials, Some(10));
+    assert_eq!(c.space.len(), 2);
+    assert_eq!(c.storage, dir.path().join("demo.db"));
+    assert_eq!(c.execution.slots(), vec!["cpu".to_string()]);
+    assert_eq!(c.objective, ObjectiveConfig::Synthetic { function: SyntheticFunction::Branin, noise: 0.0 });
+}
+
+/// (what is broken, the replacement made to GOOD, the line, the key, a piece of the message)
+const CASES: &[(&str, &str, &str, usize, &str, &str)] = &[
+    ("unknown key", "n_trials = 10", "n_trials = 10\nbogus = 1", 6, "study.bogus", "unknown field"),
+    ("wrong type", "n_trials = 10", "n_trials = \"ten\"", 5, "study.n_trials", "invalid type"),
+    ("low >= high", "low = -5, high = 10", "low = 10, high = 10", 8, "space.x1", "must be below high"),
+    ("log with low <= 0", "low = -5, high = 10 }", "low = 0, high = 10, log = true }", 8, "space.x1", "low > 0"),
+    ("empty choices", "x2 = { type = \"float\", low = 0.0, high = 15.0 }", "x2 = { type = \"categorical\", choices = [] }", 9, "space.x2", "must not be empty"),
+    ("unknown function", "function = \"branin\"", "function = \"bran\"", 16, "objective.function", "unknown function"),
+    ("unknown param type", "type = \"float\", low = -5", "type = \"double\", low = -5", 8, "space.x1", "unknown variant"),
+    ("unknown sampler", "kind = \"random\"", "kind = \"tpe\"", 12, "sampler.kind", "unknown sampler"),
+    ("bad direction", "direction = \"minimize\"", "direction = \"down\"", 4, "study.direction", "not a direction"),
+    ("bad timeout", "n_trials = 10", "n_trials = 10\ntimeout = \"soon\"", 6, "study.timeout", "not a duration"),
+    ("bad device", "kind = \"random\"", "kind = \"random\"\n[execution]\ndevices = [\"gpu0\"]", 14, "execution.devices", "not a device"),
+    ("missing include", "[space]\nx1", "[space]\ninclude = \"nope.toml\"\nx1", 7, "space", "not found"),
+    ("unknown param key", "low = 0.0, high = 15.0 }", "low = 0.0, high = 15.0, lg = true }", 9, "space.x2", "unknown field"),
+    ("function param missing", "x2 = { type = \"float\", low = 0.0, high = 15.0 }", "", 16, "space", "needs parameter `x2`"),
+    ("unknown objective", "kind = \"synthetic\"", "kind = \"python\"", 15, "objective.kind", "unknown objective kind"),
+    ("zero trials", "n_trials = 10", "n_trials = 0", 5, "study.n_trials", "at least 1"),
+    ("bad toml", "n_trials = 10", "n_trials = = 10", 5, "study.n_trials", ""),
+];
+
+#[test]
+fn every_mistake_names_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for (what, from, to, line, key, msg) in CASES {
+        assert!(GOOD.contains(from), "{what}: GOOD lacks {from:?}");
+        let p = write(dir.path(), "s.toml", &GOOD.replacen(from, to, 1));
+        let err = match StudyConfig::load(&p) {
+            Err(e) => e,
+            Ok(_) => panic!("{what}: accepted"),
+        };
+        assert_eq!(err.file, p, "{what}");
+        assert_eq!(err.position.map(|p| p.0), Some(*line), "{what}: {err}");
+        assert_eq!(err.key.as_deref(), Some(*key), "{what}: {err}");
+        assert!(err.message.contains(msg), "{what}: {err}");
+        let shown = err.to_string();
+        assert!(shown.starts_with(&format!("{}:{line}:", p.display())), "{what}: {shown}");
+    }
+}
+
+#[test]
+fn include_file_is_relative_and_can_be_overridden() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("spaces")).unwrap();
+    write(
+        &dir.path().join("spaces"),
+        "s.toml",
+        "x1 = { type = \"float\", low = -5, high = 10 }\nx2 = { type = \"float\", low = 0, high = 15 }\n",
+    );
+    let text = GOOD.replace(
+        "[space]\nx1 = { type = \"float\", low = -5, high = 10 }\nx2 = { type = \"float\", low = 0.0, high = 15.0 }",
+        "[space]\ninclude = \"spaces/s.toml\"\nx2 = { type = \"float\", low = 1.0, high = 2.0 }",
+    );
+    let p = write(dir.path(), "study.toml", &text);
+    let c = StudyConfig::load(&p).unwrap();
+    assert_eq!(c.space.get("x2"), Some(&Distribution::Float { low: 1.0, high: 2.0, log: false, step: None }));
+    assert_eq!(c.space.params()[0].name, "x1");
+
+    // An error inside the included file points into that file.
+    write(&dir.path().join("spaces"), "s.toml", "x1 = { type = \"float\", low = 5, high = 1 }\n");
+    let err = StudyConfig::load(&p).unwrap_err();
+    assert_eq!(err.file, dir.path().join("spaces/s.toml"));
+    assert_eq!(err.position.map(|p| p.0), Some(1));
+}
+
+#[test]
+fn env_vars_expand_in_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    std::env::set_var("SFT_TEST_STORE_DIR", "/tmp/somewhere");
+    let p = write(dir.path(), "s.toml", &GOOD.replace("n_trials = 10", "n_trials = 10\nstorage = \"${SFT_TEST_STORE_DIR}/x.db\""));
+    assert_eq!(StudyConfig::load(&p).unwrap().storage, PathBuf::from("/tmp/somewhere/x.db"));
+    let p = write(dir.path(), "s.toml", &GOOD.replace("n_trials = 10", "n_trials = 10\nstorage = \"${SFT_TEST_UNSET_VAR_XYZ}/x.db\""));
+    let err = StudyConfig::load(&p).unwrap_err();
+    assert!(err.message.contains("SFT_TEST_UNSET_VAR_XYZ"), "{err}");
+}
+
+#[test]
+fn durations_parse() {
+    assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
+    assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+    assert_eq!(parse_duration("2h"), Some(Duration::from_secs(7200)));
+    assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+    assert_eq!(parse_duration("12"), Some(Duration::from_secs(12)));
+    assert_eq!(parse_duration("soon"), None);
+    assert_eq!(parse_duration("5 parsecs"), None);
+}
+
+#[test]
+fn grid_without_n_trials_runs_the_grid() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(dir.path(), "s.toml", &GOOD.replace("n_trials = 10\n", "").replace("kind = \"random\"", "kind = \"grid\""));
+    assert_eq!(StudyConfig::load(&p).unwrap().n_trials, None);
+    let p = write(dir.path(), "s.toml", &GOOD.replace("n_trials = 10\n", ""));
+    assert!(StudyConfig::load(&p).unwrap_err().message.contains("n_trials"));
+}

@@ -1,0 +1,347 @@
+//! The study loop: one thread per device slot, each repeating ask → claim → run → tell until
+//! the budget is reached, the timeout passes, the sampler is exhausted or the user stops it;
+//! plus a housekeeping thread that writes heartbeats and fails trials whose owner died.
+//!
+//! Every slot has its own connection to the store; all coordination between slots — and
+//! between processes sharing the database — goes through the store's transactions.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+
+use super::display::Observer;
+use super::runner::{CancelToken, Decision, Progress, Reporter, TrialAssignment, TrialRunner};
+use crate::pruner::Pruner;
+use crate::sampler::{Sampler, SamplerError, SuggestContext};
+use crate::space::SearchSpace;
+use crate::storage::{retry_depth, Budget, Claim, Owner, Store, StoreError};
+use crate::trial::{Direction, Outcome, TrialNumber, TrialState};
+
+/// Asks a running study to stop: first new trials, then running ones.
+#[derive(Debug, Clone, Default)]
+pub struct StopSignal {
+    stop_new: Arc<AtomicBool>,
+    cancel_running: CancelToken,
+}
+
+impl StopSignal {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Start no new trials; running ones finish.
+    pub fn stop_new(&self) {
+        self.stop_new.store(true, Ordering::SeqCst);
+    }
+    /// Stop running trials too (they end FAIL "cancelled").
+    pub fn cancel_running(&self) {
+        self.stop_new();
+        self.cancel_running.cancel();
+    }
+    pub fn is_stopping(&self) -> bool {
+        self.stop_new.load(Ordering::SeqCst)
+    }
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel_running.is_cancelled()
+    }
+    /// The token handed to runners.
+    pub fn running_token(&self) -> CancelToken {
+        self.cancel_running.clone()
+    }
+}
+
+/// Everything the loop needs.
+pub struct StudyRun<'a> {
+    pub store_path: PathBuf,
+    pub study_id: i64,
+    pub space: &'a SearchSpace,
+    pub direction: Direction,
+    pub sampler: &'a dyn Sampler,
+    pub sampler_seed: u64,
+    pub pruner: &'a dyn Pruner,
+    pub runner: &'a dyn TrialRunner,
+    pub slots: Vec<String>,
+    pub budget: Budget,
+    pub timeout: Option<Duration>,
+    pub max_retries: usize,
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
+    /// Trial artifacts go to `artifacts_root/<number>/`.
+    pub artifacts_root: PathBuf,
+    pub stop: StopSignal,
+    pub observer: &'a dyn Observer,
+}
+
+/// What ended the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    BudgetReached,
+    Exhausted,
+    Timeout,
+    Stopped,
+    Cancelled,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    pub reason: StopReason,
+    /// Trials this process ran, by outcome state.
+    pub ran: BTreeMap<&'static str, usize>,
+    pub recovered: usize,
+    pub wall: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoopError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Sampler(#[from] SamplerError),
+    #[error("a slot thread panicked: {0}")]
+    Panic(String),
+}
+
+/// Whether a failure came from outside the trial (and is worth running again), rather than
+/// being the trial's own verdict (an error it reported, a NaN, a non-zero exit).
+pub fn is_retryable(reason: &str) -> bool {
+    ["interrupted", "worker exited: signal", "timeout", "cancelled", "lost track", "out of memory"]
+        .iter()
+        .any(|p| reason.starts_with(p))
+}
+
+/// Runs the study until it ends; returns why it ended.
+pub fn run_study(run: &StudyRun) -> Result<RunSummary, LoopError> {
+    let started = Instant::now();
+    let deadline = run.timeout.map(|t| started + t);
+    let mut owner = Owner::current();
+    let mut store = Store::open(&run.store_path)?;
+    let recovered = store.recover_orphans(run.study_id, run.heartbeat_timeout, run.max_retries)?;
+    for r in &recovered {
+        run.observer.note(&match r.retry {
+            Some(n) => format!("trial {} was interrupted (its owner is gone); it runs again as trial {n}", r.number),
+            None => format!("trial {} was interrupted (its owner is gone); no retries left", r.number),
+        });
+    }
+    let worker_id = store.register_worker(run.study_id, &owner, &run.slots)?;
+    owner.worker_id = Some(worker_id);
+
+    let running: Arc<Mutex<Vec<i64>>> = Arc::new(Mutex::new(Vec::new()));
+    let outcome_counts: Arc<Mutex<BTreeMap<&'static str, usize>>> = Arc::new(Mutex::new(BTreeMap::new()));
+    let slot_reasons: Arc<Mutex<Vec<StopReason>>> = Arc::new(Mutex::new(Vec::new()));
+    let housekeeping_done = Arc::new(AtomicBool::new(false));
+    let first_error: Arc<Mutex<Option<LoopError>>> = Arc::new(Mutex::new(None));
+
+    std::thread::scope(|scope| {
+        // Housekeeping: heartbeats for our trials, recovery of others' dead trials.
+        {
+            let running = Arc::clone(&running);
+            let done = Arc::clone(&housekeeping_done);
+            let path = run.store_path.clone();
+            scope.spawn(move || {
+                let Ok(store) = Store::open(&path) else { return };
+                let mut store = store;
+                let mut last = Instant::now();
+                while !done.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(50));
+                    if last.elapsed() < run.heartbeat_interval {
+                        continue;
+                    }
+                    last = Instant::now();
+                    let ids = running.lock().map(|r| r.clone()).unwrap_or_default();
+                    if let Err(e) = store.heartbeat(&ids) {
+                        tracing::warn!("heartbeat: {e}");
+                    }
+                    let _ = store.touch_worker(worker_id, "running");
+                    match store.recover_orphans(run.study_id, run.heartbeat_timeout, run.max_retries) {
+                        Ok(rec) => {
+                            for r in rec {
+                                run.observer.note(&format!("trial {} lost its owner; marked FAIL (interrupted)", r.number));
+                            }
+                        }
+                        Err(e) => tracing::warn!("recovery: {e}"),
+                    }
+                }
+            });
+        }
+        let mut handles = Vec::new();
+        for (slot_index, device) in run.slots.iter().enumerate() {
+            let running = Arc::clone(&running);
+            let counts = Arc::clone(&outcome_counts);
+            let reasons = Arc::clone(&slot_reasons);
+            let first_error = Arc::clone(&first_error);
+            let owner = owner.clone();
+            handles.push(scope.spawn(move || {
+                let r = slot_loop(run, slot_index, device, &owner, deadline, &running, &counts);
+                match r {
+                    Ok(reason) => {
+                        if let Ok(mut v) = reasons.lock() {
+                            v.push(reason);
+                        }
+                    }
+                    Err(e) => {
+                        // One broken slot stops the others from starting new trials.
+                        run.stop.stop_new();
+                        if let Ok(mut fe) = first_error.lock() {
+                            fe.get_or_insert(e);
+                        }
+                    }
+                }
+            }));
+        }
+        let mut panicked = None;
+        for h in handles {
+            if let Err(p) = h.join() {
+                let msg = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "unknown panic".into());
+                panicked = Some(msg);
+            }
+        }
+        housekeeping_done.store(true, Ordering::SeqCst);
+        if let Some(msg) = panicked {
+            if let Ok(mut fe) = first_error.lock() {
+                fe.get_or_insert(LoopError::Panic(msg));
+            }
+        }
+    });
+
+    let final_state = if run.stop.is_cancelled() { "cancelled" } else { "finished" };
+    let _ = store.touch_worker(worker_id, final_state);
+    if let Some(e) = first_error.lock().ok().and_then(|mut e| e.take()) {
+        return Err(e);
+    }
+    let reasons = slot_reasons.lock().map(|r| r.clone()).unwrap_or_default();
+    let reason = if run.stop.is_cancelled() {
+        StopReason::Cancelled
+    } else if run.stop.is_stopping() {
+        StopReason::Stopped
+    } else if reasons.contains(&StopReason::Timeout) {
+        StopReason::Timeout
+    } else if reasons.contains(&StopReason::Exhausted) {
+        StopReason::Exhausted
+    } else {
+        StopReason::BudgetReached
+    };
+    let ran = outcome_counts.lock().map(|c| c.clone()).unwrap_or_default();
+    Ok(RunSummary { reason, ran, recovered: recovered.len(), wall: started.elapsed() })
+}
+
+fn slot_loop(
+    run: &StudyRun,
+    slot_index: usize,
+    device: &str,
+    owner: &Owner,
+    deadline: Option<Instant>,
+    running: &Mutex<Vec<i64>>,
+    counts: &Mutex<BTreeMap<&'static str, usize>>,
+) -> Result<StopReason, LoopError> {
+    let mut store = Store::open(&run.store_path)?;
+    loop {
+        if run.stop.is_stopping() {
+            return Ok(StopReason::Stopped);
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(StopReason::Timeout);
+        }
+        let claim = store.claim_next(run.study_id, run.space, run.budget, owner, device, |history, number| {
+            let ctx = SuggestContext { space: run.space, direction: run.direction, history, number, seed: run.sampler_seed };
+            run.sampler.suggest(&ctx)
+        })?;
+        let trial = match claim? {
+            Claim::Trial(t) => t,
+            Claim::Wait => {
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+            Claim::BudgetReached => return Ok(StopReason::BudgetReached),
+            Claim::Exhausted => return Ok(StopReason::Exhausted),
+        };
+        if let Ok(mut r) = running.lock() {
+            r.push(trial.id);
+        }
+        let assignment = TrialAssignment {
+            number: trial.number,
+            params: trial.params.clone(),
+            device: device.to_string(),
+            retry_of: trial.retry_of,
+            artifacts_dir: run.artifacts_root.join(trial.number.to_string()),
+            resume_from: trial.retry_of.map(|n| run.artifacts_root.join(n.to_string())),
+        };
+        run.observer.trial_started(slot_index, &assignment);
+        let started = Instant::now();
+        let mut reporter = StoreReporter { run, store: &store, trial_id: trial.id, number: trial.number, slot_index, values: Vec::new(), error: None };
+        let outcome = run.runner.run(&assignment, &mut reporter, &run.stop.running_token());
+        let outcome = match reporter.error.take() {
+            // The trial's record could not be written: say so rather than lose it silently.
+            Some(e) if !matches!(outcome, Outcome::Failed { .. }) => Outcome::Failed { reason: format!("recording failed: {e}") },
+            _ => outcome,
+        };
+        let retry = match &outcome {
+            Outcome::Failed { reason } if is_retryable(reason) => {
+                let history = store.trials(run.study_id)?;
+                history.iter().find(|t| t.id == trial.id).is_some_and(|t| retry_depth(&history, t) < run.max_retries)
+            }
+            _ => false,
+        };
+        let retry_number = store.finish(trial.id, &outcome, retry)?;
+        if let Ok(mut r) = running.lock() {
+            r.retain(|id| *id != trial.id);
+        }
+        if let Ok(mut c) = counts.lock() {
+            *c.entry(outcome.state().as_str()).or_default() += 1;
+        }
+        let history = store.trials(run.study_id)?;
+        run.observer.trial_finished(slot_index, trial.number, &outcome, started.elapsed(), retry_number, &history);
+    }
+}
+
+/// Records what a runner reports, and asks the pruner.
+struct StoreReporter<'a, 'b> {
+    run: &'a StudyRun<'b>,
+    store: &'a Store,
+    trial_id: i64,
+    number: TrialNumber,
+    slot_index: usize,
+    values: Vec<(i64, f64)>,
+    error: Option<StoreError>,
+}
+
+impl Reporter for StoreReporter<'_, '_> {
+    fn intermediate(&mut self, step: i64, value: f64, metrics: &Map<String, Value>) -> Decision {
+        if let Err(e) = self.store.report_intermediate(self.trial_id, step, value, metrics) {
+            tracing::error!("trial {}: {e}", self.number);
+            self.error = Some(e);
+        }
+        self.values.push((step, value));
+        self.run.observer.trial_progress(self.slot_index, self.number, Some((step, value)), None);
+        let history = match self.store.trials(self.run.study_id) {
+            Ok(h) => h,
+            Err(_) => return Decision::Continue,
+        };
+        let others: Vec<_> = history.into_iter().filter(|t| t.id != self.trial_id && t.state != TrialState::Running).collect();
+        self.run.pruner.decide(&self.values, &others, self.run.direction)
+    }
+
+    fn metrics(&mut self, metrics: &Map<String, Value>) {
+        if let Err(e) = self.store.merge_metrics(self.trial_id, metrics) {
+            tracing::error!("trial {}: {e}", self.number);
+            self.error = Some(e);
+        }
+    }
+
+    fn progress(&mut self, progress: &Progress) {
+        self.run.observer.trial_progress(self.slot_index, self.number, None, Some(progress));
+    }
+
+    fn checkpoint(&mut self, path: &std::path::Path) {
+        if let Err(e) = self.store.set_trial_attr(self.trial_id, "checkpoint", &Value::String(path.display().to_string())) {
+            tracing::error!("trial {}: {e}", self.number);
+            self.error = Some(e);
+        }
+    }
+}
