@@ -1,5 +1,5 @@
 //! `sft-search bench train`: times fine-tuning steps of a BERT checkpoint on random token ids
-//! (seeded), padded to the full length: forward (with the loss), backward, AdamW step, with
+//! (seeded), padded to the full length: forward (with the loss), backward, AdamW step (`FusedAdamW`), with
 //! dropout on. Two warm-up steps are not timed. Prints ms per phase, samples/s and peak RSS.
 
 use std::process::ExitCode;
@@ -7,11 +7,11 @@ use std::time::Instant;
 
 use anyhow::Context;
 use candle_core::{Device, Tensor};
-use candle_nn::Optimizer;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::cli::{BenchTrainArgs, TextOrJson};
+use crate::trainer::fused_adamw::{AdamWParams, FusedAdamW};
 use crate::trainer::model::{read_config, BertClassifier, ModelOptions};
 use crate::trainer::perf;
 
@@ -46,8 +46,8 @@ pub fn run(args: &BenchTrainArgs) -> anyhow::Result<ExitCode> {
     let labels: Vec<u32> = (0..b).map(|_| rng.random_range(0..2)).collect();
     let labels = Tensor::from_vec(labels, b, &device)?;
 
-    let vars = model.trainable_vars().into_iter().map(|(_, v)| v).collect();
-    let mut opt = candle_nn::AdamW::new(vars, candle_nn::ParamsAdamW { lr: 5e-5, weight_decay: 0.01, ..Default::default() })?;
+    let hp = AdamWParams { lr: 5e-5, weight_decay: 0.01, ..AdamWParams::default() };
+    let mut opt = FusedAdamW::new(model.trainable_vars(), hp, |name| !name.ends_with(".bias") && !name.contains("LayerNorm"))?;
 
     let (mut fwd, mut bwd, mut optim) = (0.0f64, 0.0f64, 0.0f64);
     let sync = |t: &Tensor| -> anyhow::Result<()> {

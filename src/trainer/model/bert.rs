@@ -31,6 +31,20 @@ pub(crate) struct Linear {
 }
 
 impl Linear {
+    /// `x Wᵀ` without the bias (fused into the following op), shape `[.., out]`.
+    pub fn matmul(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let inner = *dims.last().unwrap_or(&1);
+        let rows = x.elem_count() / inner.max(1);
+        let w = pass.w(&self.weight);
+        let y = x.reshape((rows, inner))?.matmul(&w.t()?)?;
+        let mut out = dims;
+        if let Some(last) = out.last_mut() {
+            *last = w.dim(0)?;
+        }
+        y.reshape(out)
+    }
+
     pub fn forward(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let inner = *dims.last().unwrap_or(&1);
@@ -120,28 +134,28 @@ impl EncoderLayer {
     ) -> Result<Tensor> {
         let (b, s, h) = x.dims3()?;
         let d = h / self.heads;
-        let split = |t: Tensor| -> Result<Tensor> {
-            t.reshape((b, s, self.heads, d))?.transpose(1, 2)?.contiguous()
+        let split = |lin: &Linear| -> Result<Tensor> {
+            ops::bias_split_heads(&lin.matmul(x, pass)?, &pass.w(&lin.bias), self.heads)
         };
-        let q = split(self.query.forward(x, pass)?)?;
-        let k = split(self.key.forward(x, pass)?)?;
-        let v = split(self.value.forward(x, pass)?)?;
+        let q = split(&self.query)?;
+        let k = split(&self.key)?;
+        let v = split(&self.value)?;
         let scores = q.matmul(&k.t()?)?; // [b, heads, s, s]
         let mut probs = ops::masked_softmax(&scores, mask, 1.0 / (d as f64).sqrt())?;
         if pass.train {
             probs = dropout.apply(&probs, p.attention)?;
         }
         let ctx = probs.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((b, s, h))?;
-        let mut a = self.attn_out.forward(&ctx, pass)?;
-        if pass.train {
-            a = dropout.apply(&a, p.hidden)?;
-        }
-        let a = self.attn_norm.forward(&(a + x)?, pass)?;
-        let i = ops::gelu(&self.intermediate.forward(&a, pass)?)?;
-        let mut o = self.output.forward(&i, pass)?;
-        if pass.train {
-            o = dropout.apply(&o, p.hidden)?;
-        }
-        self.out_norm.forward(&(o + a)?, pass)
+        let drop = |prob: f64| if pass.train { dropout.mask(prob) } else { ops::DropMask::none() };
+        let a = ops::bias_dropout_residual(
+            &self.attn_out.matmul(&ctx, pass)?,
+            &pass.w(&self.attn_out.bias),
+            x,
+            drop(p.hidden),
+        )?;
+        let a = self.attn_norm.forward(&a, pass)?;
+        let i = ops::bias_gelu(&self.intermediate.matmul(&a, pass)?, &pass.w(&self.intermediate.bias))?;
+        let o = ops::bias_dropout_residual(&self.output.matmul(&i, pass)?, &pass.w(&self.output.bias), &a, drop(p.hidden))?;
+        self.out_norm.forward(&o, pass)
     }
 }

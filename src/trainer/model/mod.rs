@@ -320,6 +320,19 @@ impl BertClassifier {
         token_type_ids: Option<&Tensor>,
         train: bool,
     ) -> candle_core::Result<Tensor> {
+        let x = self.hidden_states(input_ids, attention_mask, token_type_ids, train)?;
+        let cls = x.narrow(1, 0, 1)?.squeeze(1)?;
+        self.pooler.forward(&cls, Pass { train, frozen: false })?.tanh()
+    }
+
+    /// The last encoder layer's output `[batch, seq, hidden]` (HF `last_hidden_state`).
+    pub fn hidden_states(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        train: bool,
+    ) -> candle_core::Result<Tensor> {
         let (b, s) = input_ids.dims2()?;
         if s > self.config.max_position_embeddings {
             candle_core::bail!(
@@ -352,8 +365,7 @@ impl BertClassifier {
                 x = x.detach(); // the cut: nothing before this point is differentiated
             }
         }
-        let cls = x.narrow(1, 0, 1)?.squeeze(1)?;
-        self.pooler.forward(&cls, Pass { train, frozen: false })?.tanh()
+        Ok(x)
     }
 
     /// Gradients of `loss` for the trainable variables (today `loss.backward()`; the training

@@ -13,6 +13,7 @@ use candle_core::{
     bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D,
 };
 use rand::{RngCore, SeedableRng};
+
 use rand_chacha::ChaCha8Rng;
 
 fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
@@ -74,12 +75,14 @@ impl CustomOp3 for LayerNormOp {
             bail!("layer norm: shapes {:?} {:?} {:?} do not match", l1.shape(), l2.shape(), l3.shape())
         }
         let mut out = vec![0f32; x.len()];
-        for (xr, yr) in x.chunks_exact(h).zip(out.chunks_exact_mut(h)) {
-            let (mean, rstd) = row_stats(xr, self.eps);
-            for i in 0..h {
-                yr[i] = (xr[i] - mean) * rstd * g[i] + b[i];
+        par_rows(&mut out, h, |r0, o| {
+            for (yr, xr) in o.chunks_exact_mut(h).zip(x[r0 * h..].chunks_exact(h)) {
+                let (mean, rstd) = row_stats(xr, self.eps);
+                for i in 0..h {
+                    yr[i] = (xr[i] - mean) * rstd * g[i] + b[i];
+                }
             }
-        }
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -140,27 +143,36 @@ impl CustomOp3 for LayerNormBwdOp {
         let mut out = vec![0f32; n + 2 * h];
         let (dx, rest) = out.split_at_mut(n);
         let (dg, db) = rest.split_at_mut(h);
-        let mut xhat = vec![0f32; h];
-        let mut gdy = vec![0f32; h];
         let inv_h = 1.0 / h as f32;
-        for ((xr, dyr), dxr) in x.chunks_exact(h).zip(dy.chunks_exact(h)).zip(dx.chunks_exact_mut(h)) {
-            let (mean, rstd) = row_stats(xr, self.eps);
-            let mut a = 0f32;
-            let mut c = 0f32;
-            for i in 0..h {
-                let xh = (xr[i] - mean) * rstd;
-                let gd = dyr[i] * g[i];
-                xhat[i] = xh;
-                gdy[i] = gd;
-                a += gd;
-                c += gd * xh;
-                dg[i] += dyr[i] * xh;
-                db[i] += dyr[i];
+        let eps = self.eps;
+        par_rows(dx, h, |r0, o| {
+            let rows = o.len() / h;
+            let xs = &x[r0 * h..(r0 + rows) * h];
+            let ds = &dy[r0 * h..(r0 + rows) * h];
+            for ((xr, dyr), dxr) in xs.chunks_exact(h).zip(ds.chunks_exact(h)).zip(o.chunks_exact_mut(h)) {
+                let (mean, rstd) = row_stats(xr, eps);
+                let mut a = 0f32;
+                let mut c = 0f32;
+                for i in 0..h {
+                    let xh = (xr[i] - mean) * rstd;
+                    let gd = dyr[i] * g[i];
+                    a += gd;
+                    c += gd * xh;
+                }
+                a *= inv_h;
+                c *= inv_h;
+                for i in 0..h {
+                    let xh = (xr[i] - mean) * rstd;
+                    dxr[i] = rstd * (dyr[i] * g[i] - a - xh * c);
+                }
             }
-            a *= inv_h;
-            c *= inv_h;
+        });
+        // dgamma = sum_rows dy * xhat, dbeta = sum_rows dy (serial: a small share of the work).
+        for (xr, dyr) in x.chunks_exact(h).zip(dy.chunks_exact(h)) {
+            let (mean, rstd) = row_stats(xr, eps);
             for i in 0..h {
-                dxr[i] = rstd * (gdy[i] - a - xhat[i] * c);
+                dg[i] += dyr[i] * (xr[i] - mean) * rstd;
+                db[i] += dyr[i];
             }
         }
         Ok((CpuStorage::F32(out), Shape::from(n + 2 * h)))
@@ -178,26 +190,36 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// erf with |error| < 1.2e-7 (Numerical Recipes `erfc` Chebyshev fit), one `exp` per call.
-#[inline]
+/// erf with |error| < 1.2e-7 (Numerical Recipes `erfc` Chebyshev fit) in f32, one [`exp_f`].
+#[inline(always)]
 fn erf(x: f32) -> f32 {
-    let z = x.abs() as f64;
+    let z = x.abs();
     let t = 1.0 / (1.0 + 0.5 * z);
-    let poly = -z * z - 1.265_512_23
-        + t * (1.000_023_68
+    let poly = -z * z - 1.265_512_2
+        + t * (1.000_023_7
             + t * (0.374_091_96
                 + t * (0.096_784_18
                     + t * (-0.186_288_06
                         + t * (0.278_868_07
-                            + t * (-1.135_203_98
-                                + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
-    let erfc = t * poly.exp();
-    let r = (1.0 - erfc) as f32;
+                            + t * (-1.135_203_9 + t * (1.488_515_9 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+    let r = 1.0 - t * exp_f(poly);
     if x >= 0.0 {
         r
     } else {
         -r
     }
+}
+
+/// `exp` for f32 without a libm call (so loops vectorise): Cody-Waite reduction
+/// `x = n ln2 + r`, `|r| <= ln2/2`, degree-6 Taylor polynomial for `e^r`; relative error ~3e-7.
+#[inline(always)]
+pub(crate) fn exp_f(x: f32) -> f32 {
+    let x = x.clamp(-87.0, 88.0);
+    // Round to nearest with the 1.5·2^23 trick (no libm `round`).
+    let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
+    let r = (x - n * 0.693_145_75) - n * 1.428_606_8e-6;
+    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    p * f32::from_bits(((n as i32 + 127) << 23) as u32)
 }
 
 const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
@@ -212,7 +234,12 @@ impl CustomOp1 for GeluOp {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s, l, "gelu")?;
-        let out: Vec<f32> = x.iter().map(|&v| 0.5 * v * (1.0 + erf(v * FRAC_1_SQRT_2))).collect();
+        let mut out = vec![0f32; x.len()];
+        par_elems(&mut out, |off, o| {
+            for (j, v) in o.iter_mut().enumerate() {
+                *v = gelu_f(x[off + j]);
+            }
+        });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -234,15 +261,12 @@ impl CustomOp2 for GeluBwdOp {
         if x.len() != dy.len() {
             bail!("gelu bwd: shapes {:?} {:?}", l1.shape(), l2.shape())
         }
-        let out: Vec<f32> = x
-            .iter()
-            .zip(dy)
-            .map(|(&v, &d)| {
-                let cdf = 0.5 * (1.0 + erf(v * FRAC_1_SQRT_2));
-                let pdf = FRAC_1_SQRT_2PI * (-0.5 * v * v).exp();
-                d * (cdf + v * pdf)
-            })
-            .collect();
+        let mut out = vec![0f32; x.len()];
+        par_elems(&mut out, |off, o| {
+            for (j, v) in o.iter_mut().enumerate() {
+                *v = dy[off + j] * gelu_grad_f(x[off + j]);
+            }
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -283,24 +307,29 @@ impl CustomOp2 for MaskedSoftmaxOp {
         }
         let rows_per_batch = dims[1] * dims[2];
         let mut out = vec![0f32; x.len()];
-        for (r, (xr, yr)) in x.chunks_exact(k).zip(out.chunks_exact_mut(k)).enumerate() {
-            let mr = &m[(r / rows_per_batch) * k..][..k];
-            let mut max = f32::NEG_INFINITY;
-            for i in 0..k {
-                let v = xr[i] * self.scale + mr[i];
-                yr[i] = v;
-                max = max.max(v);
+        let scale = self.scale;
+        par_rows(&mut out, k, |r0, o| {
+            for (j, yr) in o.chunks_exact_mut(k).enumerate() {
+                let r = r0 + j;
+                let xr = &x[r * k..(r + 1) * k];
+                let mr = &m[(r / rows_per_batch) * k..][..k];
+                let mut max = f32::NEG_INFINITY;
+                for i in 0..k {
+                    let v = xr[i] * scale + mr[i];
+                    yr[i] = v;
+                    max = max.max(v);
+                }
+                let mut sum = 0f32;
+                for y in yr.iter_mut() {
+                    *y = exp_f(*y - max);
+                    sum += *y;
+                }
+                let inv = 1.0 / sum;
+                for y in yr.iter_mut() {
+                    *y *= inv;
+                }
             }
-            let mut sum = 0f32;
-            for y in yr.iter_mut() {
-                *y = (*y - max).exp();
-                sum += *y;
-            }
-            let inv = 1.0 / sum;
-            for y in yr.iter_mut() {
-                *y *= inv;
-            }
-        }
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -328,20 +357,26 @@ impl CustomOp2 for SoftmaxBwdOp {
             bail!("softmax bwd: shapes {:?} {:?}", l1.shape(), l2.shape())
         }
         let mut out = vec![0f32; y.len()];
-        for ((yr, dr), or) in y.chunks_exact(k).zip(dy.chunks_exact(k)).zip(out.chunks_exact_mut(k)) {
-            let dot: f32 = yr.iter().zip(dr).map(|(a, b)| a * b).sum();
-            for i in 0..k {
-                or[i] = self.scale * yr[i] * (dr[i] - dot);
+        let scale = self.scale;
+        par_rows(&mut out, k, |r0, o| {
+            let len = o.len();
+            let (ys, ds) = (&y[r0 * k..r0 * k + len], &dy[r0 * k..r0 * k + len]);
+            for ((yr, dr), or) in ys.chunks_exact(k).zip(ds.chunks_exact(k)).zip(o.chunks_exact_mut(k)) {
+                let dot: f32 = yr.iter().zip(dr).map(|(a, b)| a * b).sum();
+                for i in 0..k {
+                    or[i] = scale * yr[i] * (dr[i] - dot);
+                }
             }
-        }
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
 
 // ---------------------------------------------------------------- dropout
 
-/// Seeded dropout: zeroes each element with probability `p` and scales the rest by
-/// `1 / (1 - p)`; the mask comes from a ChaCha8 stream so runs with the same seed repeat.
+/// Seeded dropout. Each call draws a fresh 32-bit key from a ChaCha8 stream; the keep mask is
+/// a hash of (key, element index), so the backward pass regenerates it instead of storing it.
+/// Elements are zeroed with probability `p`, the rest scaled by `1 / (1 - p)`.
 pub struct Dropout {
     rng: Mutex<ChaCha8Rng>,
 }
@@ -351,31 +386,21 @@ impl Dropout {
         Self { rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)) }
     }
 
+    /// A fresh mask for one tensor (identity when `p == 0`).
+    pub fn mask(&self, p: f64) -> DropMask {
+        if p <= 0.0 {
+            return DropMask::none();
+        }
+        let mut rng = match self.rng.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        DropMask::new(p, rng.next_u32())
+    }
+
     /// Applies dropout with probability `p` (identity when `p == 0`).
     pub fn apply(&self, xs: &Tensor, p: f64) -> Result<Tensor> {
-        if p <= 0.0 {
-            return Ok(xs.clone());
-        }
-        if p >= 1.0 {
-            return xs.zeros_like();
-        }
-        let n = xs.elem_count();
-        let threshold = (p * 4_294_967_296.0) as u64;
-        let scale = (1.0 / (1.0 - p)) as f32;
-        let mut mask = vec![0f32; n];
-        {
-            let mut rng = match self.rng.lock() {
-                Ok(g) => g,
-                Err(poisoned) => poisoned.into_inner(),
-            };
-            for m in mask.iter_mut() {
-                if rng.next_u32() as u64 >= threshold {
-                    *m = scale;
-                }
-            }
-        }
-        let mask = Tensor::from_vec(mask, xs.shape(), xs.device())?.to_dtype(xs.dtype())?;
-        xs.mul(&mask)
+        self.mask(p).apply(xs)
     }
 
     /// Restarts the stream from `seed`.
@@ -385,6 +410,441 @@ impl Dropout {
             Err(poisoned) => poisoned.into_inner(),
         };
         *rng = ChaCha8Rng::seed_from_u64(seed);
+    }
+}
+
+/// One dropout mask: keep element `i` iff `hash(key, i) >= threshold`.
+#[derive(Debug, Clone, Copy)]
+pub struct DropMask {
+    threshold: u32,
+    key: u32,
+    scale: f32,
+    p: f64,
+}
+
+#[inline(always)]
+fn hash32(mut x: u32) -> u32 {
+    // lowbias32 (Chris Wellons): a full-avalanche 32-bit integer hash.
+    x ^= x >> 16;
+    x = x.wrapping_mul(0x7feb_352d);
+    x ^= x >> 15;
+    x = x.wrapping_mul(0x846c_a68b);
+    x ^= x >> 16;
+    x
+}
+
+impl DropMask {
+    pub fn none() -> Self {
+        Self { threshold: 0, key: 0, scale: 1.0, p: 0.0 }
+    }
+
+    pub fn new(p: f64, key: u32) -> Self {
+        if p <= 0.0 {
+            return Self::none();
+        }
+        let p = p.min(1.0);
+        let threshold = (p * 4_294_967_296.0).min(4_294_967_295.0) as u32;
+        let scale = if p >= 1.0 { 0.0 } else { (1.0 / (1.0 - p)) as f32 };
+        Self { threshold, key: hash32(key ^ 0x9e37_79b9), scale, p }
+    }
+
+    pub fn is_identity(&self) -> bool {
+        self.p <= 0.0
+    }
+
+    /// The multiplier of element `i` (0 or `1 / (1 - p)`).
+    #[inline(always)]
+    pub fn factor(&self, i: usize) -> f32 {
+        if self.p <= 0.0 {
+            return 1.0;
+        }
+        let h = hash32((i as u32).wrapping_mul(0x9e37_79b9) ^ self.key);
+        if h >= self.threshold {
+            self.scale
+        } else {
+            0.0
+        }
+    }
+
+    /// `xs * mask`, differentiable (the backward multiplies by the same mask).
+    pub fn apply(&self, xs: &Tensor) -> Result<Tensor> {
+        if self.is_identity() {
+            return Ok(xs.clone());
+        }
+        if fast_path(xs) {
+            xs.contiguous()?.apply_op1(DropoutOp { mask: *self })
+        } else {
+            let n = xs.elem_count();
+            let m: Vec<f32> = (0..n).map(|i| self.factor(i)).collect();
+            let m = Tensor::from_vec(m, xs.shape(), xs.device())?.to_dtype(xs.dtype())?;
+            xs.mul(&m)
+        }
+    }
+}
+
+struct DropoutOp {
+    mask: DropMask,
+}
+
+impl CustomOp1 for DropoutOp {
+    fn name(&self) -> &'static str {
+        "sft-dropout"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s, l, "dropout")?;
+        let mut out = vec![0f32; x.len()];
+        par_elems(&mut out, |off, o| {
+            for (j, v) in o.iter_mut().enumerate() {
+                *v = x[off + j] * self.mask.factor(off + j);
+            }
+        });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&DropoutOp { mask: self.mask })?))
+    }
+}
+
+// ---------------------------------------------------------------- parallel helpers
+
+const PAR_MIN: usize = 32 * 1024;
+
+/// Fills `out` in parallel chunks: `f(offset, chunk)`.
+fn par_elems(out: &mut [f32], f: impl Fn(usize, &mut [f32]) + Sync) {
+    let n = out.len();
+    if n < 2 * PAR_MIN {
+        f(0, out);
+        return;
+    }
+    let chunk = PAR_MIN / 2;
+    let units = n.div_ceil(chunk);
+    let ptr = out.as_mut_ptr() as usize;
+    candle_core::utils::barrier_pool().execute_chunked(units, |r| {
+        for u in r {
+            let lo = u * chunk;
+            let hi = n.min(lo + chunk);
+            // SAFETY: units are disjoint ranges of `out`, which outlives the call.
+            let o = unsafe { std::slice::from_raw_parts_mut((ptr as *mut f32).add(lo), hi - lo) };
+            f(lo, o);
+        }
+    });
+}
+
+/// Fills `out` (rows of `k`) in parallel blocks of rows: `f(first_row, rows)`.
+fn par_rows(out: &mut [f32], k: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    let n = out.len();
+    if k == 0 {
+        return;
+    }
+    let rows = n / k;
+    let rows_per_unit = (PAR_MIN / 4 / k).max(1);
+    if n < 2 * PAR_MIN {
+        f(0, out);
+        return;
+    }
+    let units = rows.div_ceil(rows_per_unit);
+    let ptr = out.as_mut_ptr() as usize;
+    candle_core::utils::barrier_pool().execute_chunked(units, |r| {
+        for u in r {
+            let r0 = u * rows_per_unit;
+            let r1 = rows.min(r0 + rows_per_unit);
+            // SAFETY: units are disjoint row blocks of `out`.
+            let o = unsafe { std::slice::from_raw_parts_mut((ptr as *mut f32).add(r0 * k), (r1 - r0) * k) };
+            f(r0, o);
+        }
+    });
+}
+
+/// Column sums of a `[rows, k]` matrix.
+fn col_sums(x: &[f32], k: usize, out: &mut [f32]) {
+    for row in x.chunks_exact(k) {
+        for (o, v) in out.iter_mut().zip(row) {
+            *o += v;
+        }
+    }
+}
+
+// ---------------------------------------------------------------- fused bias epilogues
+
+/// `gelu(xw + b)` for the feed-forward intermediate; `xw` = `x Wᵀ` `[.., n]`, `b` `[n]`.
+pub fn bias_gelu(xw: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if fast_path(xw) {
+        xw.contiguous()?.apply_op2(b, BiasGeluOp)
+    } else {
+        gelu(&xw.broadcast_add(b)?)
+    }
+}
+
+/// `dropout(xw + b) + residual` (attention output and feed-forward output, before LayerNorm).
+pub fn bias_dropout_residual(xw: &Tensor, b: &Tensor, residual: &Tensor, mask: DropMask) -> Result<Tensor> {
+    if fast_path(xw) {
+        xw.contiguous()?.apply_op3(b, &residual.contiguous()?, BiasDropResOp { mask })
+    } else {
+        mask.apply(&xw.broadcast_add(b)?)? + residual
+    }
+}
+
+/// `(xw + b)` `[batch, seq, heads*d]` rearranged to `[batch, heads, seq, d]` (contiguous).
+pub fn bias_split_heads(xw: &Tensor, b: &Tensor, heads: usize) -> Result<Tensor> {
+    let (bs, s, h) = xw.dims3()?;
+    if fast_path(xw) {
+        xw.contiguous()?.apply_op2(b, SplitHeadsOp { heads })
+    } else {
+        xw.broadcast_add(b)?.reshape((bs, s, heads, h / heads))?.transpose(1, 2)?.contiguous()
+    }
+}
+
+struct BiasGeluOp;
+
+impl CustomOp2 for BiasGeluOp {
+    fn name(&self) -> &'static str {
+        "sft-bias-gelu"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "bias gelu x")?;
+        let b = contiguous_f32(s2, l2, "bias gelu b")?;
+        let k = b.len();
+        if k == 0 || x.len() % k != 0 {
+            bail!("bias gelu: shapes {:?} {:?}", l1.shape(), l2.shape())
+        }
+        let mut out = vec![0f32; x.len()];
+        par_rows(&mut out, k, |r0, o| {
+            let xs = &x[r0 * k..r0 * k + o.len()];
+            for (orow, xrow) in o.chunks_exact_mut(k).zip(xs.chunks_exact(k)) {
+                for i in 0..k {
+                    orow[i] = gelu_f(xrow[i] + b[i]);
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let n = x.elem_count();
+        let k = b.elem_count();
+        let packed = x.apply_op3_no_bwd(b, &grad.contiguous()?, &BiasGeluBwdOp)?;
+        let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
+        let db = packed.narrow(0, n, k)?.reshape(b.shape())?;
+        Ok((Some(dx), Some(db)))
+    }
+}
+
+#[inline(always)]
+fn gelu_f(v: f32) -> f32 {
+    0.5 * v * (1.0 + erf(v * FRAC_1_SQRT_2))
+}
+
+#[inline(always)]
+fn gelu_grad_f(v: f32) -> f32 {
+    0.5 * (1.0 + erf(v * FRAC_1_SQRT_2)) + v * FRAC_1_SQRT_2PI * exp_f(-0.5 * v * v)
+}
+
+/// Packed `[dx (n), db (k)]`.
+struct BiasGeluBwdOp;
+
+impl CustomOp3 for BiasGeluBwdOp {
+    fn name(&self) -> &'static str {
+        "sft-bias-gelu-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "bias gelu bwd x")?;
+        let b = contiguous_f32(s2, l2, "bias gelu bwd b")?;
+        let dy = contiguous_f32(s3, l3, "bias gelu bwd grad")?;
+        let (n, k) = (x.len(), b.len());
+        if dy.len() != n || k == 0 {
+            bail!("bias gelu bwd: shapes {:?} {:?}", l1.shape(), l3.shape())
+        }
+        let mut out = vec![0f32; n + k];
+        let (dx, db) = out.split_at_mut(n);
+        par_rows(dx, k, |r0, o| {
+            let xs = &x[r0 * k..r0 * k + o.len()];
+            let ds = &dy[r0 * k..r0 * k + o.len()];
+            for ((orow, xrow), drow) in o.chunks_exact_mut(k).zip(xs.chunks_exact(k)).zip(ds.chunks_exact(k)) {
+                for i in 0..k {
+                    orow[i] = drow[i] * gelu_grad_f(xrow[i] + b[i]);
+                }
+            }
+        });
+        col_sums(dx, k, db);
+        Ok((CpuStorage::F32(out), Shape::from(n + k)))
+    }
+}
+
+struct BiasDropResOp {
+    mask: DropMask,
+}
+
+impl CustomOp3 for BiasDropResOp {
+    fn name(&self) -> &'static str {
+        "sft-bias-dropout-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "bias dropout x")?;
+        let b = contiguous_f32(s2, l2, "bias dropout b")?;
+        let r = contiguous_f32(s3, l3, "bias dropout residual")?;
+        let k = b.len();
+        if k == 0 || x.len() % k != 0 || r.len() != x.len() {
+            bail!("bias dropout residual: shapes {:?} {:?} {:?}", l1.shape(), l2.shape(), l3.shape())
+        }
+        let mut out = vec![0f32; x.len()];
+        let mask = self.mask;
+        par_rows(&mut out, k, |r0, o| {
+            let base = r0 * k;
+            for (j, v) in o.iter_mut().enumerate() {
+                let idx = base + j;
+                *v = (x[idx] + b[j % k]) * mask.factor(idx) + r[idx];
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        b: &Tensor,
+        _r: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let n = x.elem_count();
+        let k = b.elem_count();
+        let packed = grad.contiguous()?.apply_op1_no_bwd(&MaskColSumOp { mask: self.mask, k })?;
+        let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
+        let db = packed.narrow(0, n, k)?.reshape(b.shape())?;
+        Ok((Some(dx), Some(db), Some(grad.clone())))
+    }
+}
+
+/// Packed `[dy * mask (n), column sums of it (k)]`.
+struct MaskColSumOp {
+    mask: DropMask,
+    k: usize,
+}
+
+impl CustomOp1 for MaskColSumOp {
+    fn name(&self) -> &'static str {
+        "sft-mask-colsum"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let dy = contiguous_f32(s, l, "mask colsum")?;
+        let (n, k) = (dy.len(), self.k);
+        if k == 0 || n % k != 0 {
+            bail!("mask colsum: {:?} is not a multiple of {k}", l.shape())
+        }
+        let mut out = vec![0f32; n + k];
+        let (dx, db) = out.split_at_mut(n);
+        let mask = self.mask;
+        par_elems(dx, |off, o| {
+            for (j, v) in o.iter_mut().enumerate() {
+                *v = dy[off + j] * mask.factor(off + j);
+            }
+        });
+        col_sums(dx, k, db);
+        Ok((CpuStorage::F32(out), Shape::from(n + k)))
+    }
+}
+
+struct SplitHeadsOp {
+    heads: usize,
+}
+
+impl CustomOp2 for SplitHeadsOp {
+    fn name(&self) -> &'static str {
+        "sft-bias-split-heads"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "split heads x")?;
+        let b = contiguous_f32(s2, l2, "split heads b")?;
+        let dims = l1.shape().dims();
+        if dims.len() != 3 || b.len() != dims[2] || dims[2] % self.heads != 0 {
+            bail!("split heads: shapes {:?} {:?}", l1.shape(), l2.shape())
+        }
+        let (bs, s, h) = (dims[0], dims[1], dims[2]);
+        let nh = self.heads;
+        let d = h / nh;
+        let mut out = vec![0f32; x.len()];
+        // out[bi, hi, si, :] = x[bi, si, hi*d..] + b[hi*d..]; rows of out are (bi, hi, si).
+        par_rows(&mut out, d, |r0, o| {
+            for (j, orow) in o.chunks_exact_mut(d).enumerate() {
+                let row = r0 + j;
+                let si = row % s;
+                let hi = (row / s) % nh;
+                let bi = row / (s * nh);
+                let src = &x[(bi * s + si) * h + hi * d..][..d];
+                let bb = &b[hi * d..][..d];
+                for i in 0..d {
+                    orow[i] = src[i] + bb[i];
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((bs, nh, s, d))))
+    }
+
+    fn bwd(&self, x: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let n = x.elem_count();
+        let k = b.elem_count();
+        let packed = grad.contiguous()?.apply_op1_no_bwd(&MergeHeadsColSumOp)?;
+        let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
+        let db = packed.narrow(0, n, k)?.reshape(b.shape())?;
+        Ok((Some(dx), Some(db)))
+    }
+}
+
+/// `[b, nh, s, d]` → packed `[merged [b, s, nh*d] (n), column sums (nh*d)]`.
+struct MergeHeadsColSumOp;
+
+impl CustomOp1 for MergeHeadsColSumOp {
+    fn name(&self) -> &'static str {
+        "sft-merge-heads-colsum"
+    }
+
+    fn cpu_fwd(&self, st: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = contiguous_f32(st, l, "merge heads")?;
+        let dims = l.shape().dims();
+        if dims.len() != 4 {
+            bail!("merge heads: expected 4-D, got {:?}", l.shape())
+        }
+        let (_bs, nh, s, d) = (dims[0], dims[1], dims[2], dims[3]);
+        let h = nh * d;
+        let n = g.len();
+        let mut out = vec![0f32; n + h];
+        let (dx, db) = out.split_at_mut(n);
+        // dx rows are (bi, si) of length h.
+        par_rows(dx, h, |r0, o| {
+            for (j, orow) in o.chunks_exact_mut(h).enumerate() {
+                let row = r0 + j;
+                let (bi, si) = (row / s, row % s);
+                for hi in 0..nh {
+                    let src = &g[((bi * nh + hi) * s + si) * d..][..d];
+                    orow[hi * d..(hi + 1) * d].copy_from_slice(src);
+                }
+            }
+        });
+        col_sums(dx, h, db);
+        Ok((CpuStorage::F32(out), Shape::from(n + h)))
     }
 }
 
@@ -434,7 +894,7 @@ mod tests {
         let xs = x.to_vec1::<f32>().unwrap();
         let h = 1e-2f64;
         for (i, &v) in xs.iter().enumerate() {
-            let f = |z: f64| 0.5 * z * (1.0 + erf((z / 2f64.sqrt()) as f32) as f64);
+            let f = |z: f64| 0.5 * z * (1.0 + candle_core::cpu::erf::erf_f64(z / 2f64.sqrt()));
             let fd = (f(v as f64 + h) - f(v as f64 - h)) / (2.0 * h);
             assert!((fd - dx[i] as f64).abs() < 1e-3, "x={v} fd={fd} got={}", dx[i]);
         }
@@ -455,14 +915,79 @@ mod tests {
         assert!(max_abs_diff(g1.get(&s).unwrap(), g2.get(&s).unwrap()) < 1e-5);
     }
 
+    /// Reference: std's `f32::exp`, relative error over [-80, 80].
+    #[test]
+    fn fast_exp_is_accurate() {
+        for i in -8000..=8000 {
+            let x = i as f32 / 100.0;
+            let (a, b) = (exp_f(x), x.exp());
+            assert!(((a - b) / b).abs() < 1e-6, "exp({x}) = {a}, std {b}");
+        }
+    }
+
     #[test]
     fn dropout_zeroes_about_p_and_rescales() {
         let d = Dropout::new(0);
-        let x = Tensor::ones(10_000, DType::F32, &Device::Cpu).unwrap();
+        let x = Tensor::ones(100_000, DType::F32, &Device::Cpu).unwrap();
         let y = d.apply(&x, 0.25).unwrap().to_vec1::<f32>().unwrap();
         let zeros = y.iter().filter(|&&v| v == 0.0).count();
-        assert!((2300..2700).contains(&zeros), "{zeros} zeros");
+        assert!((24_000..26_000).contains(&zeros), "{zeros} zeros");
         assert!(y.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.75).abs() < 1e-6));
-        assert_eq!(d.apply(&x, 0.0).unwrap().to_vec1::<f32>().unwrap(), vec![1f32; 10_000]);
+        let y2 = d.apply(&x, 0.25).unwrap().to_vec1::<f32>().unwrap();
+        assert_ne!(y, y2, "each call draws a new mask");
+        assert_eq!(d.apply(&x, 0.0).unwrap().to_vec1::<f32>().unwrap(), vec![1f32; 100_000]);
+    }
+
+    /// The backward of dropout multiplies by the same mask (gradient zero exactly where dropped).
+    #[test]
+    fn dropout_backward_uses_the_forward_mask() {
+        let x = Var::from_tensor(&randn(&[70_000], 8)).unwrap();
+        let m = DropMask::new(0.3, 99);
+        let y = m.apply(&x).unwrap();
+        let g = y.sum_all().unwrap().backward().unwrap();
+        let g = g.get(&x).unwrap().to_vec1::<f32>().unwrap();
+        let (yv, xv) = (y.to_vec1::<f32>().unwrap(), x.to_vec1::<f32>().unwrap());
+        for i in 0..yv.len() {
+            assert!((yv[i] - xv[i] * g[i]).abs() < 1e-5, "element {i}");
+        }
+    }
+
+    /// Reference: the same computation composed of candle ops, through autograd.
+    #[test]
+    fn fused_bias_epilogues_match_composed_autograd() {
+        let dev = Device::Cpu;
+        let xw = Var::from_tensor(&randn(&[2, 40, 24], 10)).unwrap();
+        let b = Var::from_tensor(&randn(&[24], 11)).unwrap();
+        let r = Var::from_tensor(&randn(&[2, 40, 24], 12)).unwrap();
+        let w = randn(&[2, 40, 24], 13);
+        let w4 = randn(&[2, 4, 40, 6], 14);
+        let mask = DropMask::new(0.2, 5);
+        let mvals: Vec<f32> = (0..2 * 40 * 24).map(|i| mask.factor(i)).collect();
+        let mt = Tensor::from_vec(mvals, (2, 40, 24), &dev).unwrap();
+        let composed = [
+            (gelu(&xw.broadcast_add(&b).unwrap()).unwrap() * &w).unwrap().sum_all().unwrap(),
+            (((xw.broadcast_add(&b).unwrap() * &mt).unwrap() + r.as_tensor()).unwrap() * &w).unwrap().sum_all().unwrap(),
+            (xw.broadcast_add(&b).unwrap().reshape((2, 40, 4, 6)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap() * &w4)
+                .unwrap()
+                .sum_all()
+                .unwrap(),
+        ];
+        let fused = [
+            (bias_gelu(&xw, &b).unwrap() * &w).unwrap().sum_all().unwrap(),
+            (bias_dropout_residual(&xw, &b, &r, mask).unwrap() * &w).unwrap().sum_all().unwrap(),
+            (bias_split_heads(&xw, &b, 4).unwrap() * &w4).unwrap().sum_all().unwrap(),
+        ];
+        for (i, (c, f)) in composed.iter().zip(&fused).enumerate() {
+            let (cv, fv) = (c.to_scalar::<f32>().unwrap(), f.to_scalar::<f32>().unwrap());
+            assert!((cv - fv).abs() < 1e-3, "op {i}: forward {cv} vs {fv}");
+            let (gc, gf) = (c.backward().unwrap(), f.backward().unwrap());
+            for v in [&xw, &b, &r] {
+                match (gc.get(v), gf.get(v)) {
+                    (Some(a), Some(bb)) => assert!(max_abs_diff(a, bb) < 1e-4, "op {i}: grad differs"),
+                    (None, None) => {}
+                    _ => panic!("op {i}: gradient present in one version only"),
+                }
+            }
+        }
     }
 }

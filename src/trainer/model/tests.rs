@@ -267,3 +267,25 @@ fn loss_falls_on_a_separable_toy_set() {
     let last = *losses.last().unwrap();
     assert!(last < 0.5 * losses[0], "loss did not fall: {losses:?}");
 }
+
+/// Reference: candle-transformers' `bert::BertModel` (an independent implementation of HF's
+/// BERT forward) on the same files; eval mode, with padding in the batch.
+#[test]
+fn eval_hidden_states_match_candle_transformers_bert() {
+    use candle_transformers::models::bert as ct;
+    let (dir, vocab) = tiny(2, 32);
+    let model = BertClassifier::load(dir.path(), &ModelOptions::default(), &Device::Cpu).unwrap();
+    let text = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
+    let cfg: ct::Config = serde_json::from_str(&text).unwrap();
+    let vb = unsafe {
+        candle_nn::VarBuilder::from_mmaped_safetensors(&[dir.path().join("model.safetensors")], DType::F32, &Device::Cpu)
+            .unwrap()
+    };
+    let reference = ct::BertModel::load(vb, &cfg).unwrap();
+    let (ids, mask) = batch(3, 7, vocab, 8);
+    let tt = Tensor::zeros((3, 7), DType::U32, &Device::Cpu).unwrap();
+    let ours = model.hidden_states(&ids, &mask, Some(&tt), false).unwrap();
+    let theirs = reference.forward(&ids, &tt, Some(&mask)).unwrap();
+    let d = (ours - theirs).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    assert!(d < 1e-4, "hidden states differ from candle-transformers by {d}");
+}
