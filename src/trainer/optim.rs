@@ -350,6 +350,35 @@ pub fn warmup_steps(ratio: f64, total: usize) -> usize {
     (ratio * total as f64).ceil() as usize
 }
 
+const CHUNK: usize = 32 * 1024;
+
+/// Runs `f(lo..hi)` over `0..n` in chunks on candle's CPU pool (inline when small).
+fn par_chunks(n: usize, f: impl Fn(std::ops::Range<usize>) + Sync) {
+    if n <= 2 * CHUNK {
+        f(0..n);
+        return;
+    }
+    candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(CHUNK), |r| {
+        f(r.start * CHUNK..(r.end * CHUNK).min(n));
+    });
+}
+
+/// The `r` sub-slices of three f32 buffers given by address (`0` = none: empty slice).
+///
+/// # Safety
+/// The addresses must point to live buffers of at least `r.end` values, and no other code
+/// may touch range `r` of them while the slices live.
+unsafe fn chunk3<'a>(p: usize, m: usize, v: usize, r: &std::ops::Range<usize>) -> (&'a mut [f32], &'a mut [f32], &'a mut [f32]) {
+    let s = |a: usize| -> &'a mut [f32] {
+        if a == 0 {
+            &mut []
+        } else {
+            std::slice::from_raw_parts_mut((a as *mut f32).add(r.start), r.len())
+        }
+    };
+    (s(p), s(m), s(v))
+}
+
 fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
     match (s, l.contiguous_offsets()) {
         (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
@@ -434,35 +463,49 @@ impl InplaceOp2 for FusedStep<'_> {
             _ => candle_core::bail!("optimizer step: expected a contiguous f32 parameter of its gradient's size"),
         };
         let mut m = self.m.borrow_mut();
+        let mut v = self.v.borrow_mut();
+        let n = g.len();
+        if m.len() != n || (self.kind == OptimizerKind::Adamw && v.len() != n) {
+            candle_core::bail!("optimizer step: state of {} values for a parameter of {n}", m.len());
+        }
+        // Disjoint chunks of p, m, v on candle's CPU pool (addresses passed as usize).
+        let (pp, mp, vp) = (p.as_mut_ptr() as usize, m.as_mut_ptr() as usize, v.as_mut_ptr() as usize);
         let (lr, gs) = (self.lr, self.gscale);
         match self.kind {
             OptimizerKind::Adamw => {
-                let mut v = self.v.borrow_mut();
                 let (b1, b2, eps) = (self.beta1, self.beta2, self.eps);
                 let decay = 1.0 - lr * self.wd;
                 // step_size and denominator as torch's `_single_tensor_adamw`.
                 let step_size = lr / self.bc1;
                 let bc2_sqrt = self.bc2.sqrt();
-                for (((p, g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-                    let g = g * gs;
-                    *m = b1 * *m + (1.0 - b1) * g;
-                    *v = b2 * *v + (1.0 - b2) * g * g;
-                    let denom = v.sqrt() / bc2_sqrt + eps;
-                    *p = *p * decay - step_size * *m / denom;
-                }
+                par_chunks(n, |r| {
+                    // SAFETY: chunks are disjoint ranges of p, m and v, which outlive the call.
+                    let (p, m, v) = unsafe { chunk3(pp, mp, vp, &r) };
+                    for (((p, g), m), v) in p.iter_mut().zip(&g[r]).zip(m.iter_mut()).zip(v.iter_mut()) {
+                        let g = g * gs;
+                        *m = b1 * *m + (1.0 - b1) * g;
+                        *v = b2 * *v + (1.0 - b2) * g * g;
+                        let denom = v.sqrt() / bc2_sqrt + eps;
+                        *p = *p * decay - step_size * *m / denom;
+                    }
+                });
             }
             OptimizerKind::Sgd => {
                 let (mu, wd, first) = (self.momentum, self.wd, self.first);
-                for ((p, g), b) in p.iter_mut().zip(g).zip(m.iter_mut()) {
-                    let d = g * gs + wd * *p;
-                    let step = if mu > 0.0 {
-                        *b = if first { d } else { mu * *b + d };
-                        *b
-                    } else {
-                        d
-                    };
-                    *p -= lr * step;
-                }
+                par_chunks(n, |r| {
+                    // SAFETY: as above (v is not touched by SGD).
+                    let (p, m, _) = unsafe { chunk3(pp, mp, 0, &r) };
+                    for ((p, g), b) in p.iter_mut().zip(&g[r]).zip(m.iter_mut()) {
+                        let d = g * gs + wd * *p;
+                        let step = if mu > 0.0 {
+                            *b = if first { d } else { mu * *b + d };
+                            *b
+                        } else {
+                            d
+                        };
+                        *p -= lr * step;
+                    }
+                });
             }
         }
         Ok(())
@@ -547,6 +590,23 @@ mod tests {
         opt.step(&g, 0.1, 0.0).unwrap();
         let p = w.as_tensor().to_vec1::<f32>().unwrap();
         assert!((p[0] as f64 - want[0]).abs() < 1e-5 && (p[1] as f64 - want[1]).abs() < 1e-5, "{p:?} vs {want:?}");
+    }
+
+    /// A tensor big enough for the parallel chunked path (and a ragged last chunk): the first
+    /// AdamW step moves each weight by lr·g/(|g|+ε) ≈ lr·sign(g) after the decay factor.
+    #[test]
+    fn parallel_update_covers_every_element() {
+        let n = 5 * CHUNK + 123;
+        let g: Vec<f32> = (0..n).map(|i| if i % 3 == 0 { -0.5 } else { 0.25 }).collect();
+        let (name, w) = var("big.weight", &vec![1.0; n]);
+        let mut opt = Optimizer::new(vec![(name, w.clone())], OptimConfig::new(OptimizerKind::Adamw, 0.1, 0.0)).unwrap();
+        let gr = grads_of(&opt, &[&w], &[&g]);
+        opt.step(&gr, 0.01, 0.0).unwrap();
+        let p = w.as_tensor().to_vec1::<f32>().unwrap();
+        for (i, (&p, &g)) in p.iter().zip(&g).enumerate() {
+            let want = 1.0 * (1.0 - 0.01 * 0.1) - 0.01 * g.signum();
+            assert!((p - want).abs() < 1e-6, "element {i}: {p} vs {want}");
+        }
     }
 
     #[test]
