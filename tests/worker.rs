@@ -199,3 +199,19 @@ mod runner {
         assert!(reason.contains("`batch_size`"), "{reason}");
     }
 }
+
+#[test]
+fn runner_from_study_tables_resolves_relative_paths_and_checks_the_metric() {
+    use sft_search::trainer::runner::FinetuneRunner;
+    use sft_search::trial::Direction;
+    let tmp = tempfile::tempdir().unwrap();
+    write_toy_task(tmp.path(), 20, 1).unwrap();
+    let t = |s: &str| -> toml::Table { toml::from_str(s).unwrap() };
+    let (model, data) = (t("path = \"model\""), t("path = \"data.csv\""));
+    let r = FinetuneRunner::from_tables(&model, &data, Some(&t("epochs = 2")), tmp.path(), "f1_macro", Direction::Maximize).unwrap();
+    assert!(r.model_dir.is_absolute() && r.data.path == tmp.path().join("data.csv"));
+    let e = FinetuneRunner::from_tables(&model, &data, None, tmp.path(), "r2", Direction::Maximize).unwrap_err();
+    assert!(e.to_string().contains("r2"), "{e}");
+    let e = FinetuneRunner::from_tables(&model, &data, Some(&t("epoch = 2")), tmp.path(), "accuracy", Direction::Maximize).unwrap_err();
+    assert!(e.to_string().contains("[train]") && e.to_string().contains("epoch"), "{e}");
+}

@@ -53,7 +53,56 @@ fn is_oom(reason: &str) -> bool {
     r.contains("out of memory") || r.contains("cuda_error_out_of_memory")
 }
 
+/// A study file's `[model]`, `[data]` or `[train]` table that does not parse.
+#[derive(Debug, thiserror::Error)]
+pub enum FinetuneConfigError {
+    #[error("[{table}]: {message}")]
+    Table { table: &'static str, message: String },
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+}
+
 impl FinetuneRunner {
+    /// Builds the runner from the study file's tables (`${VAR}` already expanded): relative
+    /// paths in `[model] path` and `[data]` are taken from `base_dir` (the study file's folder);
+    /// `[train]` may be absent. Checks that `[train]` parses, that the study metric exists for
+    /// the problem, and resolves the model (see [`FinetuneRunner::new`]).
+    pub fn from_tables(
+        model: &toml::Table,
+        data: &toml::Table,
+        train: Option<&toml::Table>,
+        base_dir: &Path,
+        metric: &str,
+        direction: Direction,
+    ) -> Result<Self, FinetuneConfigError> {
+        let err = |table: &'static str| move |e: toml::de::Error| FinetuneConfigError::Table { table, message: e.message().trim().to_string() };
+        let mut model: ModelSection = model.clone().try_into().map_err(err("model"))?;
+        if let Some(p) = model.path.as_mut() {
+            if p.is_relative() {
+                *p = base_dir.join(&*p);
+            }
+        }
+        let mut data: DataSection = data.clone().try_into().map_err(err("data"))?;
+        data.resolve_paths(base_dir);
+        let train: TrainSection = match train {
+            Some(t) => t.clone().try_into().map_err(err("train"))?,
+            None => TrainSection::default(),
+        };
+        TrainSpec::from_params(&train, &Default::default())?;
+        let problem = model.problem.unwrap_or(data.problem);
+        let known: &[&str] = match problem {
+            super::data::Problem::Classification => &super::metrics::CLASSIFICATION_METRICS,
+            super::data::Problem::Regression => &super::metrics::REGRESSION_METRICS,
+        };
+        if !known.contains(&metric) {
+            return Err(FinetuneConfigError::Table {
+                table: "study",
+                message: format!("metric `{metric}` is not one of {} for {problem:?}", known.join(", ")),
+            });
+        }
+        Ok(Self::new(&model, data, train, metric, direction)?)
+    }
+
     /// Resolves `[model]` (Hub download into the standard cache when needed) and keeps the
     /// rest for building jobs. `data` must have its paths resolved already.
     pub fn new(

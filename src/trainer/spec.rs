@@ -567,4 +567,14 @@ mod tests {
         let e = ModelSection { path: Some(tmp.path().join("nope")), ..Default::default() }.resolve().unwrap_err();
         assert!(matches!(e, SpecError::ModelFolder { .. }));
     }
+
+    /// Manual check against a cache laid out by `get-minilm.sh --hf-cache DIR`:
+    /// `SFT_HF_HOME=DIR cargo test --lib real_hub_cache -- --ignored`.
+    #[test]
+    #[ignore]
+    fn real_hub_cache_resolves_minilm_offline() {
+        let home = PathBuf::from(std::env::var("SFT_HF_HOME").expect("set SFT_HF_HOME"));
+        let dir = resolve_hub("sentence-transformers/all-MiniLM-L6-v2", "main", &home.join("hub"), true).unwrap();
+        assert!(dir.join("config.json").is_file() && dir.join("tokenizer.json").is_file());
+    }
 }

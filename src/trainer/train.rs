@@ -250,7 +250,7 @@ pub fn train(job: &TrainJob, reporter: &mut dyn Reporter, stop: &CancelToken) ->
     let mut trial_facts = Map::new();
     if let Some(from) = &job.resume_from {
         if let Some((dir, saved)) = checkpoint::latest(from) {
-            if saved.spec != *spec || saved.labels != labels {
+            if !same_run(&saved.spec, spec) || saved.labels != labels {
                 return Err(TrainError::Setup(format!(
                     "cannot resume from {}: it was trained with other options or labels",
                     dir.display()
@@ -423,6 +423,13 @@ pub fn train(job: &TrainJob, reporter: &mut dyn Reporter, stop: &CancelToken) ->
     Ok(Finish::Complete { value: best.value, metrics: best.metrics })
 }
 
+/// Whether two specs train the same run: everything but how it is executed
+/// (`micro_batch_size`, `threads`, `keep_checkpoints`) must match to resume.
+fn same_run(a: &TrainSpec, b: &TrainSpec) -> bool {
+    let norm = |s: &TrainSpec| TrainSpec { micro_batch_size: 1, threads: None, keep_checkpoints: KeepCheckpoints::Best, ..s.clone() };
+    norm(a) == norm(b)
+}
+
 enum After {
     Continue,
     EarlyStop,
@@ -507,7 +514,8 @@ impl Ctx<'_> {
             if name != "last" {
                 let _ = std::fs::remove_dir_all(arts.join("last"));
                 if improved && keep == KeepCheckpoints::Best {
-                    if let Some(prev) = previous_best.filter(|p| *p != dest) {
+                    // (a best kept by a resumed-from attempt in another folder stays)
+                    if let Some(prev) = previous_best.filter(|p| *p != dest && p.starts_with(arts)) {
                         let _ = std::fs::remove_dir_all(prev);
                     }
                 }

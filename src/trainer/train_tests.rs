@@ -179,3 +179,33 @@ fn micro_batches_accumulate_to_the_full_batch_gradient() {
     assert!(!tmp.path().join("a").exists(), "keep_checkpoints = none writes nothing");
 }
 
+
+#[test]
+fn eval_steps_report_global_steps_and_epoch_ends() {
+    let tmp = tempfile::tempdir().unwrap();
+    let toy = write_toy_task(tmp.path(), 96, 6).unwrap();
+    let mut s = spec(2, 1e-3);
+    s.eval_steps = Some(2);
+    s.keep_checkpoints = KeepCheckpoints::None;
+    let mut rep = Collect::default();
+    train(&job(&toy, &tmp.path().join("a"), s), &mut rep, &CancelToken::new()).unwrap();
+    // 67 train rows / 16 = 5 steps per epoch: every 2nd step, plus each epoch's end
+    assert_eq!(rep.evals.iter().map(|e| e.0).collect::<Vec<_>>(), vec![2, 4, 5, 6, 8, 10]);
+    assert_eq!(f(&rep.evals[2].2, "epoch"), 1.0);
+    assert!((f(&rep.evals[0].2, "epoch") - 0.4).abs() < 1e-9);
+}
+
+#[test]
+fn early_stopping_ends_a_run_that_stopped_improving() {
+    let tmp = tempfile::tempdir().unwrap();
+    let toy = write_toy_task(tmp.path(), 64, 7).unwrap();
+    // learning rate so small nothing changes: the metric never improves after epoch 1
+    let mut s = spec(6, 1e-12);
+    s.early_stopping_patience = Some(2);
+    s.keep_checkpoints = KeepCheckpoints::None;
+    let mut rep = Collect::default();
+    let fin = train(&job(&toy, &tmp.path().join("a"), s), &mut rep, &CancelToken::new()).unwrap();
+    assert!(matches!(fin, Finish::Complete { .. }));
+    assert_eq!(rep.evals.len(), 3, "best at 1, then 2 without improvement");
+    assert_eq!(rep.facts.get("stopped_early"), Some(&json!(true)));
+}
