@@ -159,6 +159,7 @@ pub struct ExecutionConfig {
     pub trial_timeout: Option<Duration>,
     pub heartbeat_interval: Duration,
     pub heartbeat_timeout: Duration,
+    pub max_consecutive_failures: usize,
 }
 
 impl ExecutionConfig {
@@ -482,6 +483,7 @@ fn resolve(src: &Source, f: StudyFile, dir: PathBuf) -> Result<StudyConfig, Conf
         trial_timeout: duration_field(src, &e.trial_timeout, "execution.trial_timeout")?,
         heartbeat_interval,
         heartbeat_timeout,
+        max_consecutive_failures: e.max_consecutive_failures.max(1),
     };
 
     let pruner = match f.pruner.kind.as_ref().map(|k| (k.get_ref().as_str(), k.span())) {
