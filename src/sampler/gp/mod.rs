@@ -1,0 +1,261 @@
+//! Bayesian optimisation with a Gaussian process (`kind = "gp"`).
+//!
+//! Each suggestion is a pure function of the space, the history and the seed:
+//! 1. the first `n_startup` trials are points of a seed-shifted Sobol sequence (indexed by the
+//!    trial number, so parallel workers never get the same one);
+//! 2. afterwards completed trials (minimised values, see [`Direction::to_minimize`]) are
+//!    standardised and a GP with an ARD Matérn-5/2 kernel is fitted by MAP ([`fit`]);
+//! 3. trials still running are added as Kriging-believer fantasies (their posterior mean), so
+//!    the acquisition around them collapses and parallel suggestions differ;
+//! 4. log expected improvement is maximised over the space ([`optimize`]).
+//!
+//! Failed trials are ignored. Pruned trials with a reported value count as observations
+//! whose value is that last report but at least the median of completed values: a pruned
+//! trial was stopped for looking bad, and its early value must neither pose as an incumbent
+//! nor be thrown away (the region it probed is known to be mediocre).
+
+pub mod acquisition;
+pub mod encoding;
+pub mod fit;
+pub mod kernel;
+pub mod linalg;
+pub mod optimize;
+pub mod posterior;
+pub mod quasi;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use self::encoding::Encoding;
+use self::fit::{default_theta, FitData};
+use self::kernel::KernelParams;
+use self::optimize::{Acquisition, SearchEffort};
+use self::posterior::Posterior;
+use super::{splitmix64, Sampler, SamplerError, SuggestContext};
+use crate::space::{ParamSet, SearchSpace};
+use crate::trial::TrialState;
+
+/// Settings of the GP sampler.
+#[derive(Debug, Clone)]
+pub struct GpOptions {
+    /// Quasi-random trials before the GP takes over; `None`: [`default_n_startup`].
+    pub n_startup: Option<usize>,
+    /// At most this many observations are used to fit the kernel hyperparameters (the
+    /// best half and an even spread of the rest); the posterior always uses all of them.
+    pub max_fit_points: usize,
+    /// L-BFGS iterations per hyperparameter start.
+    pub fit_iters: u64,
+    /// Effort spent maximising the acquisition.
+    pub effort: SearchEffort,
+}
+
+impl Default for GpOptions {
+    fn default() -> Self {
+        GpOptions {
+            n_startup: None,
+            max_fit_points: 100,
+            fit_iters: 50,
+            effort: SearchEffort { n_sobol: 512, n_local: 128, n_polish: 3, polish_iters: 25 },
+        }
+    }
+}
+
+/// The default number of start-up trials for a space of `dims` parameters.
+pub fn default_n_startup(dims: usize) -> usize {
+    (2 * dims).max(5)
+}
+
+/// The Gaussian-process sampler.
+#[derive(Debug, Clone, Default)]
+pub struct GpSampler {
+    options: GpOptions,
+}
+
+impl GpSampler {
+    pub fn new(options: GpOptions) -> Self {
+        GpSampler { options }
+    }
+
+    pub fn options(&self) -> &GpOptions {
+        &self.options
+    }
+}
+
+/// The usable part of a history, encoded.
+struct Observations {
+    /// Completed trials: encoded point and minimised value.
+    complete: Vec<(Vec<f64>, f64)>,
+    /// Pruned trials with a value (minimised, before the median floor).
+    pruned: Vec<(Vec<f64>, f64)>,
+    /// Running or waiting trials with parameters.
+    pending: Vec<Vec<f64>>,
+    /// Every parameter set the study holds, to avoid proposing one again.
+    taken: Vec<ParamSet>,
+    /// Parameter sets of pending trials (must never be proposed again).
+    pending_sets: Vec<ParamSet>,
+}
+
+impl Observations {
+    fn collect(ctx: &SuggestContext<'_>, enc: &Encoding) -> Observations {
+        let mut obs = Observations { complete: vec![], pruned: vec![], pending: vec![], taken: vec![], pending_sets: vec![] };
+        for t in ctx.history.iter().filter(|t| t.number != ctx.number) {
+            let Some(x) = enc.encode(&t.params) else { continue };
+            let value = t.value.map(|v| ctx.direction.to_minimize(v)).filter(|v| v.is_finite());
+            match (t.state, value) {
+                (TrialState::Complete, Some(v)) => obs.complete.push((x, v)),
+                (TrialState::Pruned, Some(v)) => obs.pruned.push((x, v)),
+                (TrialState::Running | TrialState::Waiting, _) => {
+                    obs.pending.push(x);
+                    obs.pending_sets.push(t.params.clone());
+                }
+                _ => {}
+            }
+            if t.state != TrialState::Fail {
+                obs.taken.push(t.params.clone());
+            }
+        }
+        obs
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    if n == 0 {
+        return 0.0;
+    }
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        0.5 * (s[n / 2 - 1] + s[n / 2])
+    }
+}
+
+/// Indices of at most `cap` observations for the hyperparameter fit: all when there are
+/// few, else the best `cap/2` and an even spread (by position) of the others.
+fn fit_subset(ys: &[f64], cap: usize) -> Vec<usize> {
+    let n = ys.len();
+    if n <= cap {
+        return (0..n).collect();
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| ys[a].total_cmp(&ys[b]).then(a.cmp(&b)));
+    let best = cap / 2;
+    let mut chosen: Vec<usize> = order[..best].to_vec();
+    let mut rest: Vec<usize> = order[best..].to_vec();
+    rest.sort_unstable();
+    let want = cap - best;
+    for k in 0..want {
+        chosen.push(rest[k * rest.len() / want]);
+    }
+    chosen.sort_unstable();
+    chosen
+}
+
+impl GpSampler {
+    /// A start-up point: Sobol point number `ctx.number` under a seed-derived shift,
+    /// skipping ahead past points the study already holds.
+    fn startup_point(&self, ctx: &SuggestContext<'_>, enc: &Encoding, obs: &Observations) -> ParamSet {
+        let dims = enc.dims();
+        let mut shift_rng = ChaCha8Rng::seed_from_u64(splitmix64(ctx.seed ^ 0x50b0_1d5e_ed00_0001));
+        let shift: Vec<f64> = (0..dims).map(|_| shift_rng.random::<f64>()).collect();
+        let start = usize::try_from(ctx.number).unwrap_or(usize::MAX / 2).min(1 << 30);
+        let mut fallback = ctx.rng();
+        let mut first = None;
+        for k in 0..16 {
+            let u = quasi::shifted_sobol(dims, start + k * 7919, 1, &shift, &mut fallback);
+            let Some(u) = u.into_iter().next() else { break };
+            let set = enc.decode(&enc.from_unit_cube(&u));
+            if !obs.taken.iter().any(|t| SearchSpace::same_point(t, &set)) {
+                return set;
+            }
+            first.get_or_insert(set);
+        }
+        first.unwrap_or_else(|| super::RandomSampler::draw(ctx.space, &mut ctx.rng()))
+    }
+
+    /// The model-based suggestion; `None` when the model cannot be built (the caller falls
+    /// back to a start-up point).
+    fn model_point(&self, ctx: &SuggestContext<'_>, enc: &Encoding, obs: &Observations) -> Option<ParamSet> {
+        let is_cat = enc.is_categorical();
+        let complete_y: Vec<f64> = obs.complete.iter().map(|(_, y)| *y).collect();
+        let floor = median(&complete_y);
+        let mut xs: Vec<Vec<f64>> = obs.complete.iter().map(|(x, _)| x.clone()).collect();
+        let mut ys = complete_y.clone();
+        for (x, y) in &obs.pruned {
+            xs.push(x.clone());
+            ys.push(y.max(floor));
+        }
+        let ys = standardise(&ys);
+
+        let subset = fit_subset(&ys, self.options.max_fit_points);
+        let sub_x: Vec<Vec<f64>> = subset.iter().map(|&i| xs[i].clone()).collect();
+        let sub_y: Vec<f64> = subset.iter().map(|&i| ys[i]).collect();
+        let data = FitData::new(&sub_x, &sub_y, is_cat);
+        let dims = enc.dims();
+        let starts = [default_theta(dims, 1.0), default_theta(dims, 16.0)];
+        let params = fit::fit(&data, &starts, self.options.fit_iters);
+
+        let posterior = Posterior::new(xs.clone(), &ys, params.clone(), is_cat)
+            .or_else(|_| Posterior::new(xs.clone(), &ys, KernelParams { noise_var: 1e-2, ..params.clone() }, is_cat))
+            .ok()?;
+        let n_complete = obs.complete.len();
+        let best = (0..n_complete)
+            .map(|i| posterior.predict(&xs[i]).0)
+            .fold(f64::INFINITY, f64::min);
+        let posterior = if obs.pending.is_empty() {
+            posterior
+        } else {
+            let mut fx = xs.clone();
+            let mut fy = ys.clone();
+            for x in &obs.pending {
+                fx.push(x.clone());
+                fy.push(posterior.predict(x).0);
+            }
+            Posterior::new(fx, &fy, params, is_cat).ok()?
+        };
+
+        let mut order: Vec<usize> = (0..n_complete).collect();
+        order.sort_by(|&a, &b| ys[a].total_cmp(&ys[b]));
+        let near: Vec<Vec<f64>> = order.iter().take(5).map(|&i| xs[i].clone()).collect();
+        let acq = Acquisition { posterior: &posterior, best };
+        let mut rng = ctx.rng();
+        let ranked = optimize::maximize(&acq, enc, &near, &self.options.effort, &mut rng);
+        let sets: Vec<ParamSet> = ranked.iter().map(|(_, x)| enc.decode(x)).collect();
+        // Prefer a point the study has not seen; never one that is running now.
+        sets.iter()
+            .find(|s| !obs.taken.iter().any(|t| SearchSpace::same_point(t, s)))
+            .or_else(|| sets.iter().find(|s| !obs.pending_sets.iter().any(|t| SearchSpace::same_point(t, s))))
+            .cloned()
+    }
+}
+
+/// `(y − mean)/sd`, with sd taken as 1 when the values are all equal.
+fn standardise(ys: &[f64]) -> Vec<f64> {
+    let n = ys.len().max(1) as f64;
+    let mean = ys.iter().sum::<f64>() / n;
+    let var = ys.iter().map(|y| (y - mean) * (y - mean)).sum::<f64>() / n;
+    let sd = if var > 0.0 && var.is_finite() { var.sqrt() } else { 1.0 };
+    ys.iter().map(|y| (y - mean) / sd).collect()
+}
+
+impl Sampler for GpSampler {
+    fn name(&self) -> &'static str {
+        "gp"
+    }
+
+    fn suggest(&self, ctx: &SuggestContext<'_>) -> Result<Option<ParamSet>, SamplerError> {
+        let enc = Encoding::new(ctx.space);
+        let obs = Observations::collect(ctx, &enc);
+        let n_startup = self.options.n_startup.unwrap_or_else(|| default_n_startup(enc.dims()));
+        let seen = obs.complete.len() + obs.pruned.len() + obs.pending.len();
+        if seen < n_startup || obs.complete.len() < 2 {
+            return Ok(Some(self.startup_point(ctx, &enc, &obs)));
+        }
+        match self.model_point(ctx, &enc, &obs) {
+            Some(p) => Ok(Some(p)),
+            None => Ok(Some(self.startup_point(ctx, &enc, &obs))),
+        }
+    }
+}
