@@ -23,6 +23,11 @@ pub mod optimize;
 pub mod posterior;
 pub mod quasi;
 
+use std::collections::hash_map::DefaultHasher;
+use std::collections::VecDeque;
+use std::hash::{Hash, Hasher};
+use std::sync::Mutex;
+
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -47,6 +52,9 @@ pub struct GpOptions {
     pub fit_iters: u64,
     /// Effort spent maximising the acquisition.
     pub effort: SearchEffort,
+    /// Budget of the candidate screening in multiply-adds (`candidates · n²/2`): with many
+    /// observations fewer Sobol candidates are screened, so a suggestion stays cheap.
+    pub screen_budget: f64,
 }
 
 impl Default for GpOptions {
@@ -56,6 +64,7 @@ impl Default for GpOptions {
             max_fit_points: 100,
             fit_iters: 50,
             effort: SearchEffort { n_sobol: 512, n_local: 128, n_polish: 3, polish_iters: 25 },
+            screen_budget: 1.5e7,
         }
     }
 }
@@ -65,15 +74,64 @@ pub fn default_n_startup(dims: usize) -> usize {
     (2 * dims).max(5)
 }
 
+/// Whether the hyperparameters are refitted when the history holds `a` observations: at
+/// every one of the first 20, then every `⌊a/10⌋`-th, so their amortised cost falls as the
+/// history grows. Between two such points the last fit is reused.
+pub fn is_fit_anchor(a: usize) -> bool {
+    a <= 20 || a % (a / 10) == 0
+}
+
+/// The observation count whose fit serves a history of `n` observations.
+pub fn fit_anchor(n: usize) -> usize {
+    (1..=n).rev().find(|&a| is_fit_anchor(a)).unwrap_or(n)
+}
+
+/// Remembers recent hyperparameter fits keyed by a hash of exactly the data they were fitted
+/// to. A fit is a pure function of that data, so the memo changes no suggestion: a resumed
+/// study or another worker recomputes the same fit; it only saves the time to redo it.
+#[derive(Default)]
+struct FitMemo(Mutex<VecDeque<(u64, Vec<f64>)>>);
+
+const FIT_MEMO_LEN: usize = 16;
+
+impl FitMemo {
+    fn get(&self, key: u64) -> Option<Vec<f64>> {
+        let memo = self.0.lock().ok()?;
+        memo.iter().find(|(k, _)| *k == key).map(|(_, t)| t.clone())
+    }
+
+    fn put(&self, key: u64, theta: Vec<f64>) {
+        if let Ok(mut memo) = self.0.lock() {
+            if memo.len() >= FIT_MEMO_LEN {
+                memo.pop_front();
+            }
+            memo.push_back((key, theta));
+        }
+    }
+}
+
+impl Clone for FitMemo {
+    fn clone(&self) -> Self {
+        FitMemo::default()
+    }
+}
+
+impl std::fmt::Debug for FitMemo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FitMemo")
+    }
+}
+
 /// The Gaussian-process sampler.
 #[derive(Debug, Clone, Default)]
 pub struct GpSampler {
     options: GpOptions,
+    memo: FitMemo,
 }
 
 impl GpSampler {
     pub fn new(options: GpOptions) -> Self {
-        GpSampler { options }
+        GpSampler { options, memo: FitMemo::default() }
     }
 
     pub fn options(&self) -> &GpOptions {
@@ -81,12 +139,17 @@ impl GpSampler {
     }
 }
 
-/// The usable part of a history, encoded.
+/// One observation the model learns from.
+struct Observed {
+    x: Vec<f64>,
+    /// Minimised value (for a pruned trial: its last report, before the median floor).
+    y: f64,
+    complete: bool,
+}
+
+/// The usable part of a history, encoded, in trial-number order.
 struct Observations {
-    /// Completed trials: encoded point and minimised value.
-    complete: Vec<(Vec<f64>, f64)>,
-    /// Pruned trials with a value (minimised, before the median floor).
-    pruned: Vec<(Vec<f64>, f64)>,
+    points: Vec<Observed>,
     /// Running or waiting trials with parameters.
     pending: Vec<Vec<f64>>,
     /// Every parameter set the study holds, to avoid proposing one again.
@@ -97,13 +160,13 @@ struct Observations {
 
 impl Observations {
     fn collect(ctx: &SuggestContext<'_>, enc: &Encoding) -> Observations {
-        let mut obs = Observations { complete: vec![], pruned: vec![], pending: vec![], taken: vec![], pending_sets: vec![] };
+        let mut obs = Observations { points: vec![], pending: vec![], taken: vec![], pending_sets: vec![] };
         for t in ctx.history.iter().filter(|t| t.number != ctx.number) {
             let Some(x) = enc.encode(&t.params) else { continue };
             let value = t.value.map(|v| ctx.direction.to_minimize(v)).filter(|v| v.is_finite());
             match (t.state, value) {
-                (TrialState::Complete, Some(v)) => obs.complete.push((x, v)),
-                (TrialState::Pruned, Some(v)) => obs.pruned.push((x, v)),
+                (TrialState::Complete, Some(y)) => obs.points.push(Observed { x, y, complete: true }),
+                (TrialState::Pruned, Some(y)) => obs.points.push(Observed { x, y, complete: false }),
                 (TrialState::Running | TrialState::Waiting, _) => {
                     obs.pending.push(x);
                     obs.pending_sets.push(t.params.clone());
@@ -116,6 +179,19 @@ impl Observations {
         }
         obs
     }
+
+    fn n_complete(&self) -> usize {
+        self.points.iter().filter(|p| p.complete).count()
+    }
+}
+
+/// The training values of `points`: pruned values floored at the median of the completed
+/// ones, then standardised.
+fn training_values(points: &[Observed]) -> Vec<f64> {
+    let complete: Vec<f64> = points.iter().filter(|p| p.complete).map(|p| p.y).collect();
+    let floor = median(&complete);
+    let raw: Vec<f64> = points.iter().map(|p| if p.complete { p.y } else { p.y.max(floor) }).collect();
+    standardise(&raw)
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -153,6 +229,21 @@ fn fit_subset(ys: &[f64], cap: usize) -> Vec<usize> {
     chosen
 }
 
+/// A hash of exactly the data and settings a hyperparameter fit sees.
+fn fit_key(xs: &[Vec<f64>], ys: &[f64], is_cat: &[bool], iters: u64) -> u64 {
+    let mut h = DefaultHasher::new();
+    xs.len().hash(&mut h);
+    is_cat.hash(&mut h);
+    iters.hash(&mut h);
+    for (x, y) in xs.iter().zip(ys) {
+        for c in x {
+            c.to_bits().hash(&mut h);
+        }
+        y.to_bits().hash(&mut h);
+    }
+    h.finish()
+}
+
 impl GpSampler {
     /// A start-up point: Sobol point number `ctx.number` under a seed-derived shift,
     /// skipping ahead past points the study already holds.
@@ -175,38 +266,45 @@ impl GpSampler {
         first.unwrap_or_else(|| super::RandomSampler::draw(ctx.space, &mut ctx.rng()))
     }
 
+    /// Kernel hyperparameters for a history: the MAP fit to the first `fit_anchor(n)`
+    /// observations (at most `max_fit_points` of them), from two fixed starting points.
+    fn hyperparameters(&self, obs: &Observations, is_cat: &[bool]) -> KernelParams {
+        let anchor = fit_anchor(obs.points.len());
+        let head = &obs.points[..anchor];
+        let ys = training_values(head);
+        let subset = fit_subset(&ys, self.options.max_fit_points);
+        let sub_x: Vec<Vec<f64>> = subset.iter().map(|&i| head[i].x.clone()).collect();
+        let sub_y: Vec<f64> = subset.iter().map(|&i| ys[i]).collect();
+        let key = fit_key(&sub_x, &sub_y, is_cat, self.options.fit_iters);
+        if let Some(theta) = self.memo.get(key) {
+            return KernelParams::from_theta(&theta);
+        }
+        let data = FitData::new(&sub_x, &sub_y, is_cat);
+        let dims = is_cat.len();
+        let starts = [default_theta(dims, 1.0), default_theta(dims, 16.0)];
+        let params = fit::fit(&data, &starts, self.options.fit_iters);
+        self.memo.put(key, params.to_theta());
+        params
+    }
+
     /// The model-based suggestion; `None` when the model cannot be built (the caller falls
     /// back to a start-up point).
     fn model_point(&self, ctx: &SuggestContext<'_>, enc: &Encoding, obs: &Observations) -> Option<ParamSet> {
         let is_cat = enc.is_categorical();
-        let complete_y: Vec<f64> = obs.complete.iter().map(|(_, y)| *y).collect();
-        let floor = median(&complete_y);
-        let mut xs: Vec<Vec<f64>> = obs.complete.iter().map(|(x, _)| x.clone()).collect();
-        let mut ys = complete_y.clone();
-        for (x, y) in &obs.pruned {
-            xs.push(x.clone());
-            ys.push(y.max(floor));
-        }
-        let ys = standardise(&ys);
-
-        let subset = fit_subset(&ys, self.options.max_fit_points);
-        let sub_x: Vec<Vec<f64>> = subset.iter().map(|&i| xs[i].clone()).collect();
-        let sub_y: Vec<f64> = subset.iter().map(|&i| ys[i]).collect();
-        let data = FitData::new(&sub_x, &sub_y, is_cat);
-        let dims = enc.dims();
-        let starts = [default_theta(dims, 1.0), default_theta(dims, 16.0)];
-        let params = fit::fit(&data, &starts, self.options.fit_iters);
+        let xs: Vec<Vec<f64>> = obs.points.iter().map(|p| p.x.clone()).collect();
+        let ys = training_values(&obs.points);
+        let params = self.hyperparameters(obs, is_cat);
 
         let posterior = Posterior::new(xs.clone(), &ys, params.clone(), is_cat)
             .or_else(|_| Posterior::new(xs.clone(), &ys, KernelParams { noise_var: 1e-2, ..params.clone() }, is_cat))
             .ok()?;
-        let n_complete = obs.complete.len();
-        let best = (0..n_complete)
-            .map(|i| posterior.predict(&xs[i]).0)
-            .fold(f64::INFINITY, f64::min);
+        let complete: Vec<usize> = (0..xs.len()).filter(|&i| obs.points[i].complete).collect();
+        // The incumbent: the lowest posterior mean at a completed point.
+        let best = complete.iter().map(|&i| posterior.predict(&xs[i]).0).fold(f64::INFINITY, f64::min);
         let posterior = if obs.pending.is_empty() {
             posterior
         } else {
+            // Kriging believer: running trials return their posterior mean.
             let mut fx = xs.clone();
             let mut fy = ys.clone();
             for x in &obs.pending {
@@ -216,12 +314,21 @@ impl GpSampler {
             Posterior::new(fx, &fy, params, is_cat).ok()?
         };
 
-        let mut order: Vec<usize> = (0..n_complete).collect();
+        let mut order = complete.clone();
         order.sort_by(|&a, &b| ys[a].total_cmp(&ys[b]));
         let near: Vec<Vec<f64>> = order.iter().take(5).map(|&i| xs[i].clone()).collect();
         let acq = Acquisition { posterior: &posterior, best };
+        let n = posterior.len() as f64;
+        let mut effort = self.options.effort.clone();
+        let affordable = (self.options.screen_budget / (0.5 * n * n).max(1.0)) as usize;
+        let total = effort.n_sobol + effort.n_local;
+        if affordable < total {
+            let keep = affordable.max(64) as f64 / total as f64;
+            effort.n_sobol = ((effort.n_sobol as f64 * keep) as usize).max(32);
+            effort.n_local = ((effort.n_local as f64 * keep) as usize).max(32);
+        }
         let mut rng = ctx.rng();
-        let ranked = optimize::maximize(&acq, enc, &near, &self.options.effort, &mut rng);
+        let ranked = optimize::maximize(&acq, enc, &near, &effort, &mut rng);
         let sets: Vec<ParamSet> = ranked.iter().map(|(_, x)| enc.decode(x)).collect();
         // Prefer a point the study has not seen; never one that is running now.
         sets.iter()
@@ -249,8 +356,8 @@ impl Sampler for GpSampler {
         let enc = Encoding::new(ctx.space);
         let obs = Observations::collect(ctx, &enc);
         let n_startup = self.options.n_startup.unwrap_or_else(|| default_n_startup(enc.dims()));
-        let seen = obs.complete.len() + obs.pruned.len() + obs.pending.len();
-        if seen < n_startup || obs.complete.len() < 2 {
+        let seen = obs.points.len() + obs.pending.len();
+        if seen < n_startup || obs.n_complete() < 2 {
             return Ok(Some(self.startup_point(ctx, &enc, &obs)));
         }
         match self.model_point(ctx, &enc, &obs) {

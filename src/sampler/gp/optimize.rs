@@ -5,10 +5,10 @@
 //! categorical, every value of a small int range), so categories and ints are always exact
 //! values, never rounded ordered indices.
 //!
-//! L-BFGS here has no bounds, so a numeric coordinate `x ∈ [0, 1]` is optimised through
-//! `x = (1 − cos πz)/2`, which maps the whole line onto the box smoothly.
-
-use std::f64::consts::PI;
+//! L-BFGS here has no bounds, so a numeric coordinate `x ∈ [0, 1]` is optimised through a
+//! reflection of the real line onto [0, 1] (a triangle wave with slope ±1), which keeps a
+//! gradient on the bounds (a smooth map such as `(1 − cos πz)/2` has none there, and a
+//! coordinate that touches a bound would stay stuck on it).
 
 use argmin::core::{CostFunction, Executor, Gradient, State};
 use argmin::solver::linesearch::MoreThuenteLineSearch;
@@ -58,19 +58,31 @@ struct Polish<'a> {
     dims: &'a [usize],
 }
 
-fn z_to_x(z: f64) -> f64 {
-    0.5 * (1.0 - (PI * z).cos())
+/// Reflects the real line onto [0, 1] (a triangle wave): identity on [0, 1], slope ±1
+/// everywhere, so a coordinate sitting on a bound still has a gradient to leave it by.
+fn reflect(z: f64) -> f64 {
+    let t = z.rem_euclid(2.0);
+    if t <= 1.0 {
+        t
+    } else {
+        2.0 - t
+    }
 }
 
-fn x_to_z(x: f64) -> f64 {
-    (1.0 - 2.0 * x.clamp(1e-9, 1.0 - 1e-9)).acos() / PI
+/// `d reflect / dz`.
+fn reflect_slope(z: f64) -> f64 {
+    if z.rem_euclid(2.0) <= 1.0 {
+        1.0
+    } else {
+        -1.0
+    }
 }
 
 impl Polish<'_> {
     fn point(&self, z: &[f64]) -> Vec<f64> {
         let mut x = self.base.to_vec();
         for (k, &d) in self.dims.iter().enumerate() {
-            x[d] = z_to_x(z[k]);
+            x[d] = reflect(z[k]);
         }
         x
     }
@@ -93,7 +105,7 @@ impl Gradient for Polish<'_> {
         let (_, dm, dv) = log_ei(p.mean, p.var, self.acq.best);
         Ok((0..self.dims.len())
             .map(|k| {
-                let dx_dz = 0.5 * PI * (PI * z[k]).sin();
+                let dx_dz = reflect_slope(z[k]);
                 let g = -(dm * p.d_mean[k] + dv * p.d_var[k]) * dx_dz;
                 if g.is_finite() {
                     g
@@ -112,7 +124,7 @@ fn polish_numeric(acq: &Acquisition<'_>, enc: &Encoding, x: &[f64], value: f64, 
         return (x.to_vec(), value);
     }
     let problem = Polish { acq, base: x, dims };
-    let z0: Vec<f64> = dims.iter().map(|&d| x_to_z(x[d])).collect();
+    let z0: Vec<f64> = dims.iter().map(|&d| x[d]).collect();
     let Ok(solver) = LBFGS::new(MoreThuenteLineSearch::new(), 5).with_tolerance_grad(1e-6) else {
         return (x.to_vec(), value);
     };
@@ -185,7 +197,7 @@ fn perturb<R: Rng>(enc: &Encoding, centre: &[f64], scale: f64, rng: &mut R) -> V
                     x[d] = rng.random_range(0..*n) as f64;
                 }
             }
-            _ => x[d] = (x[d] + scale * rng.sample::<f64, _>(StandardNormal)).clamp(0.0, 1.0),
+            _ => x[d] = reflect(x[d] + scale * rng.sample::<f64, _>(StandardNormal)),
         }
     }
     enc.snap(&mut x);
@@ -221,7 +233,13 @@ pub fn maximize<R: Rng>(
 
     let num_dims = numeric_dims(enc);
     let mut out: Vec<(f64, Vec<f64>)> = Vec::new();
-    for (v0, x0) in ranked.iter().take(effort.n_polish) {
+    // Polish the best screened candidates and the best observed point (EI near the
+    // incumbent is where the fine-tuning steps come from).
+    let mut starts: Vec<(f64, Vec<f64>)> = ranked.iter().take(effort.n_polish).cloned().collect();
+    if let Some(x) = near.first() {
+        starts.push((acq.value(x), x.clone()));
+    }
+    for (v0, x0) in starts.iter().filter(|(v, _)| v.is_finite()) {
         let (mut x, mut v) = (x0.clone(), *v0);
         for _round in 0..3 {
             let (nx, nv) = polish_numeric(acq, enc, &x, v, &num_dims, effort.polish_iters);
