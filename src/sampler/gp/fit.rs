@@ -196,9 +196,10 @@ fn lbfgs(data: &FitData, start: &[f64], max_iters: u64) -> (Vec<f64>, f64) {
     }
 }
 
-/// The MAP hyperparameters: L-BFGS from each of `starts`, keeping the best end point. Falls
-/// back to the first start when nothing can be evaluated.
-pub fn fit(data: &FitData, starts: &[Vec<f64>], max_iters: u64) -> KernelParams {
+/// The MAP hyperparameters: L-BFGS from each of `starts`, keeping the best end point, with
+/// its cost (the negative log posterior; infinite when nothing could be evaluated, in which
+/// case the default start is returned).
+pub fn fit(data: &FitData, starts: &[Vec<f64>], max_iters: u64) -> (KernelParams, f64) {
     let mut best: Option<(Vec<f64>, f64)> = None;
     for s in starts {
         let (t, c) = lbfgs(data, s, max_iters);
@@ -207,8 +208,8 @@ pub fn fit(data: &FitData, starts: &[Vec<f64>], max_iters: u64) -> KernelParams 
         }
     }
     match best {
-        Some((t, _)) => KernelParams::from_theta(&t),
-        None => KernelParams::from_theta(&default_theta(data.dims, 1.0)),
+        Some((t, c)) if c < BAD_COST => (KernelParams::from_theta(&t), c),
+        _ => (KernelParams::from_theta(&default_theta(data.dims, 1.0)), f64::INFINITY),
     }
 }
 
@@ -256,7 +257,7 @@ mod tests {
         let data = FitData::new(&xs, &ys, &cat);
         let start = default_theta(3, 1.0);
         let start_cost = data.neg_log_posterior(&start).unwrap().0;
-        let p = fit(&data, &[start], 60);
+        let (p, _) = fit(&data, &[start], 60);
         let end_cost = data.neg_log_posterior(&p.to_theta()).unwrap().0;
         assert!(end_cost < start_cost - 1.0, "{end_cost} vs {start_cost}");
         // sin(6 x0) varies much faster than x1²: x0 needs the shorter lengthscale.

@@ -22,6 +22,7 @@ pub mod linalg;
 pub mod optimize;
 pub mod posterior;
 pub mod quasi;
+pub mod warp;
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::VecDeque;
@@ -36,6 +37,7 @@ use self::fit::{default_theta, FitData};
 use self::kernel::KernelParams;
 use self::optimize::{Acquisition, SearchEffort};
 use self::posterior::Posterior;
+use self::warp::{median, transform, transform_each, OutputWarp};
 use super::{splitmix64, Sampler, SamplerError, SuggestContext};
 use crate::space::{ParamSet, SearchSpace};
 use crate::trial::TrialState;
@@ -90,22 +92,22 @@ pub fn fit_anchor(n: usize) -> usize {
 /// to. A fit is a pure function of that data, so the memo changes no suggestion: a resumed
 /// study or another worker recomputes the same fit; it only saves the time to redo it.
 #[derive(Default)]
-struct FitMemo(Mutex<VecDeque<(u64, Vec<f64>)>>);
+struct FitMemo(Mutex<VecDeque<(u64, OutputWarp, Vec<f64>)>>);
 
 const FIT_MEMO_LEN: usize = 16;
 
 impl FitMemo {
-    fn get(&self, key: u64) -> Option<Vec<f64>> {
+    fn get(&self, key: u64) -> Option<(OutputWarp, Vec<f64>)> {
         let memo = self.0.lock().ok()?;
-        memo.iter().find(|(k, _)| *k == key).map(|(_, t)| t.clone())
+        memo.iter().find(|(k, _, _)| *k == key).map(|(_, w, t)| (*w, t.clone()))
     }
 
-    fn put(&self, key: u64, theta: Vec<f64>) {
+    fn put(&self, key: u64, warp: OutputWarp, theta: Vec<f64>) {
         if let Ok(mut memo) = self.0.lock() {
             if memo.len() >= FIT_MEMO_LEN {
                 memo.pop_front();
             }
-            memo.push_back((key, theta));
+            memo.push_back((key, warp, theta));
         }
     }
 }
@@ -185,27 +187,12 @@ impl Observations {
     }
 }
 
-/// The training values of `points`: pruned values floored at the median of the completed
-/// ones, then standardised.
-fn training_values(points: &[Observed]) -> Vec<f64> {
+/// The values the model learns from, before the output transform: pruned values floored
+/// at the median of the completed ones.
+fn raw_values(points: &[Observed]) -> Vec<f64> {
     let complete: Vec<f64> = points.iter().filter(|p| p.complete).map(|p| p.y).collect();
     let floor = median(&complete);
-    let raw: Vec<f64> = points.iter().map(|p| if p.complete { p.y } else { p.y.max(floor) }).collect();
-    standardise(&raw)
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let n = s.len();
-    if n == 0 {
-        return 0.0;
-    }
-    if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        0.5 * (s[n / 2 - 1] + s[n / 2])
-    }
+    points.iter().map(|p| if p.complete { p.y } else { p.y.max(floor) }).collect()
 }
 
 /// Indices of at most `cap` observations for the hyperparameter fit: all when there are
@@ -248,6 +235,7 @@ impl GpSampler {
     /// A start-up point: Sobol point number `ctx.number` under a seed-derived shift,
     /// skipping ahead past points the study already holds.
     fn startup_point(&self, ctx: &SuggestContext<'_>, enc: &Encoding, obs: &Observations) -> ParamSet {
+        if std::env::var("GP_RANDSTART").is_ok() { return super::RandomSampler::draw(ctx.space, &mut ctx.rng()); }
         let dims = enc.dims();
         let mut shift_rng = ChaCha8Rng::seed_from_u64(splitmix64(ctx.seed ^ 0x50b0_1d5e_ed00_0001));
         let shift: Vec<f64> = (0..dims).map(|_| shift_rng.random::<f64>()).collect();
@@ -266,25 +254,41 @@ impl GpSampler {
         first.unwrap_or_else(|| super::RandomSampler::draw(ctx.space, &mut ctx.rng()))
     }
 
-    /// Kernel hyperparameters for a history: the MAP fit to the first `fit_anchor(n)`
-    /// observations (at most `max_fit_points` of them), from two fixed starting points.
-    fn hyperparameters(&self, obs: &Observations, is_cat: &[bool]) -> KernelParams {
+    /// Output transform and kernel hyperparameters for a history: the MAP fit to the first
+    /// `fit_anchor(n)` observations (at most `max_fit_points` of them), from two fixed
+    /// starting points, under each output transform; the transform under which the raw
+    /// values are most likely wins.
+    fn hyperparameters(&self, obs: &Observations, is_cat: &[bool]) -> (OutputWarp, KernelParams) {
         let anchor = fit_anchor(obs.points.len());
         let head = &obs.points[..anchor];
-        let ys = training_values(head);
-        let subset = fit_subset(&ys, self.options.max_fit_points);
+        let raw = raw_values(head);
+        let subset = fit_subset(&raw, self.options.max_fit_points);
         let sub_x: Vec<Vec<f64>> = subset.iter().map(|&i| head[i].x.clone()).collect();
-        let sub_y: Vec<f64> = subset.iter().map(|&i| ys[i]).collect();
-        let key = fit_key(&sub_x, &sub_y, is_cat, self.options.fit_iters);
-        if let Some(theta) = self.memo.get(key) {
-            return KernelParams::from_theta(&theta);
+        let sub_raw: Vec<f64> = subset.iter().map(|&i| raw[i]).collect();
+        let key = fit_key(&sub_x, &sub_raw, is_cat, self.options.fit_iters);
+        if let Some((warp, theta)) = self.memo.get(key) {
+            return (warp, KernelParams::from_theta(&theta));
         }
-        let data = FitData::new(&sub_x, &sub_y, is_cat);
         let dims = is_cat.len();
         let starts = [default_theta(dims, 1.0), default_theta(dims, 16.0)];
-        let params = fit::fit(&data, &starts, self.options.fit_iters);
-        self.memo.put(key, params.to_theta());
-        params
+        let mut best: Option<(f64, OutputWarp, KernelParams)> = None;
+        for warp in [OutputWarp::Identity, OutputWarp::Log] {
+            let (z, log_jac) = transform_each(&raw, warp);
+            let sub_z: Vec<f64> = subset.iter().map(|&i| z[i]).collect();
+            let data = FitData::new(&sub_x, &sub_z, is_cat);
+            let (params, cost) = fit::fit(&data, &starts, self.options.fit_iters);
+            let score = -cost + subset.iter().map(|&i| log_jac[i]).sum::<f64>();
+            if std::env::var("GP_DEBUG2").is_ok() { eprintln!("n={} {warp:?} cost={cost:.2} score={score:.2} noise={:.1e}", raw.len(), params.noise_var); }
+            if best.as_ref().is_none_or(|(s, _, _)| score > *s) {
+                best = Some((score, warp, params));
+            }
+        }
+        let (warp, params) = match best {
+            Some((_, w, p)) => (w, p),
+            None => (OutputWarp::Identity, KernelParams::from_theta(&default_theta(dims, 1.0))),
+        };
+        self.memo.put(key, warp, params.to_theta());
+        (warp, params)
     }
 
     /// The model-based suggestion; `None` when the model cannot be built (the caller falls
@@ -292,8 +296,9 @@ impl GpSampler {
     fn model_point(&self, ctx: &SuggestContext<'_>, enc: &Encoding, obs: &Observations) -> Option<ParamSet> {
         let is_cat = enc.is_categorical();
         let xs: Vec<Vec<f64>> = obs.points.iter().map(|p| p.x.clone()).collect();
-        let ys = training_values(&obs.points);
-        let params = self.hyperparameters(obs, is_cat);
+        let (warp, params) = self.hyperparameters(obs, is_cat);
+        let ys = transform(&raw_values(&obs.points), warp).0;
+        let params_dbg = params.clone();
 
         let posterior = Posterior::new(xs.clone(), &ys, params.clone(), is_cat)
             .or_else(|_| Posterior::new(xs.clone(), &ys, KernelParams { noise_var: 1e-2, ..params.clone() }, is_cat))
@@ -330,21 +335,16 @@ impl GpSampler {
         let mut rng = ctx.rng();
         let ranked = optimize::maximize(&acq, enc, &near, &effort, &mut rng);
         let sets: Vec<ParamSet> = ranked.iter().map(|(_, x)| enc.decode(x)).collect();
+        if std::env::var("GP_DEBUG").is_ok() {
+            let (m, v) = posterior.predict(&ranked[0].1);
+            eprintln!("n={} w={:?} s2={:.3} noise={:.1e} | best={best:.3} acq={:.3} mean={m:.3} sd={:.3} x={:?}", xs.len(), params_dbg.inv_sq_lengthscales.iter().map(|w| (w * 100.0).round() / 100.0).collect::<Vec<_>>(), params_dbg.signal_var, params_dbg.noise_var, ranked[0].0, v.sqrt(), ranked[0].1.iter().map(|c| (c * 1000.0).round() / 1000.0).collect::<Vec<_>>());
+        }
         // Prefer a point the study has not seen; never one that is running now.
         sets.iter()
             .find(|s| !obs.taken.iter().any(|t| SearchSpace::same_point(t, s)))
             .or_else(|| sets.iter().find(|s| !obs.pending_sets.iter().any(|t| SearchSpace::same_point(t, s))))
             .cloned()
     }
-}
-
-/// `(y − mean)/sd`, with sd taken as 1 when the values are all equal.
-fn standardise(ys: &[f64]) -> Vec<f64> {
-    let n = ys.len().max(1) as f64;
-    let mean = ys.iter().sum::<f64>() / n;
-    let var = ys.iter().map(|y| (y - mean) * (y - mean)).sum::<f64>() / n;
-    let sd = if var > 0.0 && var.is_finite() { var.sqrt() } else { 1.0 };
-    ys.iter().map(|y| (y - mean) / sd).collect()
 }
 
 impl Sampler for GpSampler {
