@@ -29,9 +29,24 @@ const GRID_FLOAT_POINTS: usize = 7;
 
 /// One seed's study.
 struct Run {
-
     best: Vec<f64>,
+    /// Wall-clock time of each suggestion.
     suggest_ms: Vec<f64>,
+    /// CPU time of the suggesting thread for each suggestion: what the suggestion costs
+    /// when it has a core to itself, whatever else the machine is doing.
+    suggest_cpu_ms: Vec<f64>,
+}
+
+/// CPU time consumed by the calling thread, in milliseconds (NaN where unavailable).
+fn thread_cpu_ms() -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec into the valid, exclusively borrowed `ts`.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc == 0 {
+        ts.tv_sec as f64 * 1e3 + ts.tv_nsec as f64 * 1e-6
+    } else {
+        f64::NAN
+    }
 }
 
 fn make_sampler(args: &BenchSamplerArgs) -> anyhow::Result<Box<dyn Sampler>> {
@@ -73,7 +88,7 @@ pub fn run(args: &BenchSamplerArgs) -> anyhow::Result<ExitCode> {
                 json!({
                     "function": function.name(), "sampler": sampler.name(), "seed": seed,
                     "noise": args.noise, "parallel": args.parallel,
-                    "best": r.best, "suggest_ms": r.suggest_ms,
+                    "best": r.best, "suggest_ms": r.suggest_ms, "suggest_cpu_ms": r.suggest_cpu_ms,
                 })
             );
         }
@@ -94,15 +109,16 @@ fn run_seed(args: &BenchSamplerArgs, function: SyntheticFunction, sampler: &dyn 
     let mut running: Vec<(f64, usize)> = Vec::new();
     let mut now = 0.0f64;
     let (mut best_observed, mut best_true) = (f64::INFINITY, f64::NAN);
-    let mut run = Run { best: Vec::with_capacity(args.trials), suggest_ms: Vec::with_capacity(args.trials) };
+    let mut run = Run { best: Vec::with_capacity(args.trials), suggest_ms: Vec::with_capacity(args.trials), suggest_cpu_ms: Vec::with_capacity(args.trials) };
     let mut exhausted = false;
     while run.best.len() < args.trials {
         while !exhausted && running.len() < args.parallel && history.len() < args.trials {
             let number = history.len() as u64;
             let ctx = SuggestContext { space: &space, direction: Direction::Minimize, history: &history, number, seed };
-            let start = Instant::now();
+            let (start, cpu_start) = (Instant::now(), thread_cpu_ms());
             let proposal = sampler.suggest(&ctx).with_context(|| format!("seed {seed}, trial {number}"))?;
             run.suggest_ms.push(start.elapsed().as_secs_f64() * 1e3);
+            run.suggest_cpu_ms.push(thread_cpu_ms() - cpu_start);
             let Some(params) = proposal else {
                 exhausted = true;
                 break;
@@ -153,11 +169,11 @@ fn fmt_num(x: f64) -> String {
 
 /// Mean of the suggestion times of trials `from..=to` (1-based) over runs; NaN when no run
 /// reached them.
-fn mean_ms(runs: &[Run], from: usize, to: usize) -> f64 {
+fn mean_ms(runs: &[Run], from: usize, to: usize, times: fn(&Run) -> &[f64]) -> f64 {
     let v: Vec<f64> = runs
         .iter()
-        .filter(|r| r.suggest_ms.len() >= to)
-        .flat_map(|r| r.suggest_ms[from - 1..to].iter().copied())
+        .filter(|r| times(r).len() >= to)
+        .flat_map(|r| times(r)[from - 1..to].iter().copied())
         .collect();
     if v.is_empty() {
         f64::NAN
@@ -168,8 +184,8 @@ fn mean_ms(runs: &[Run], from: usize, to: usize) -> f64 {
 
 fn print_summary(args: &BenchSamplerArgs, function: SyntheticFunction, sampler: &str, runs: &[Run]) {
     let optimum = function.optimum();
-    println!("| function | noise | sampler | parallel | seeds | trials | regret@10 | regret@25 | regret@50 | regret@100 | ms@50 | ms@100 | mean ms (all) |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| function | noise | sampler | parallel | seeds | trials | regret@10 | regret@25 | regret@50 | regret@100 | ms@50 | ms@100 | mean ms (all) | cpu ms@50 | cpu ms@100 |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let at = |n: usize| {
         let v: Vec<f64> = runs.iter().filter(|r| r.best.len() >= n).map(|r| r.best[n - 1] - optimum).collect();
         if v.is_empty() {
@@ -182,7 +198,7 @@ fn print_summary(args: &BenchSamplerArgs, function: SyntheticFunction, sampler: 
     let mean_all = if all.is_empty() { f64::NAN } else { all.iter().sum::<f64>() / all.len() as f64 };
     let ms = |x: f64| if x.is_nan() { "-".to_string() } else { format!("{x:.2}") };
     println!(
-        "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+        "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
         function.name(),
         args.noise,
         sampler,
@@ -193,9 +209,11 @@ fn print_summary(args: &BenchSamplerArgs, function: SyntheticFunction, sampler: 
         at(25),
         at(50),
         at(100),
-        ms(mean_ms(runs, 41, 50)),
-        ms(mean_ms(runs, 91, 100)),
-        ms(mean_all)
+        ms(mean_ms(runs, 41, 50, |r| &r.suggest_ms)),
+        ms(mean_ms(runs, 91, 100, |r| &r.suggest_ms)),
+        ms(mean_all),
+        ms(mean_ms(runs, 41, 50, |r| &r.suggest_cpu_ms)),
+        ms(mean_ms(runs, 91, 100, |r| &r.suggest_cpu_ms)),
     );
 }
 
@@ -204,6 +222,7 @@ fn run_existing(args: &BenchSamplerArgs, function: SyntheticFunction, sampler: &
     let space = function.space();
     for &n in &args.existing {
         let mut times = Vec::new();
+        let mut cpu = Vec::new();
         for seed in 0..args.seeds {
             let mut rng = ChaCha8Rng::seed_from_u64(splitmix64(seed ^ 0xe815_7111));
             let mut history: Vec<TrialRecord> = Vec::with_capacity(n + args.probe);
@@ -213,27 +232,30 @@ fn run_existing(args: &BenchSamplerArgs, function: SyntheticFunction, sampler: &
                 history.push(TrialRecord::new(number, TrialState::Complete, params, Some(v)));
             }
             let mut seed_times = Vec::new();
+            let mut seed_cpu = Vec::new();
             for _ in 0..args.probe {
                 let number = history.len() as u64;
                 let ctx = SuggestContext { space: &space, direction: Direction::Minimize, history: &history, number, seed };
-                let start = Instant::now();
+                let (start, cpu_start) = (Instant::now(), thread_cpu_ms());
                 let Some(params) = sampler.suggest(&ctx)? else { break };
                 seed_times.push(start.elapsed().as_secs_f64() * 1e3);
+                seed_cpu.push(thread_cpu_ms() - cpu_start);
                 let v = function.evaluate(&params)?;
                 history.push(TrialRecord::new(number, TrialState::Complete, params, Some(v)));
             }
             if !args.summary {
                 println!(
                     "{}",
-                    json!({"mode": "existing", "function": function.name(), "sampler": sampler.name(), "seed": seed, "existing": n, "suggest_ms": seed_times})
+                    json!({"mode": "existing", "function": function.name(), "sampler": sampler.name(), "seed": seed, "existing": n, "suggest_ms": seed_times, "suggest_cpu_ms": seed_cpu})
                 );
             }
             times.extend(seed_times);
+            cpu.extend(seed_cpu);
         }
         if args.summary && !times.is_empty() {
             let mean = times.iter().sum::<f64>() / times.len() as f64;
             println!(
-                "| {} | {} | existing {} | probes {} | mean {:.2} ms | median {:.2} ms | min {:.2} ms | max {:.2} ms |",
+                "| {} | {} | existing {} | probes {} | mean {:.2} ms | median {:.2} ms | min {:.2} ms | max {:.2} ms | cpu mean {:.2} ms |",
                 function.name(),
                 sampler.name(),
                 n,
@@ -241,7 +263,8 @@ fn run_existing(args: &BenchSamplerArgs, function: SyntheticFunction, sampler: &
                 mean,
                 percentile(&times, 50.0),
                 percentile(&times, 0.0),
-                percentile(&times, 100.0)
+                percentile(&times, 100.0),
+                cpu.iter().sum::<f64>() / cpu.len().max(1) as f64
             );
         }
     }

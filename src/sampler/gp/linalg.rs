@@ -79,9 +79,34 @@ impl Cholesky {
         Err(LinalgError::NotPositiveDefinite(jitter / 10.0))
     }
 
+    /// The factor of a matrix whose leading `self.dim()` block is the one `self` factors
+    /// (without jitter): only the new rows are computed, with exactly the arithmetic a
+    /// factorisation from scratch would use, so the result is bit-identical to
+    /// [`Cholesky::new`] whenever that needs no jitter. Only rows `self.dim()..n` of `a` are
+    /// read. `None` when `self` needed jitter or a new pivot is not positive.
+    pub fn extended(&self, a: &[f64], n: usize) -> Option<Cholesky> {
+        let n0 = self.n;
+        if self.jitter != 0.0 || n0 > n || a.len() != n * n {
+            return None;
+        }
+        if a[n0 * n..].iter().any(|v| !v.is_finite()) {
+            return None;
+        }
+        let mut l = vec![0.0; n * n];
+        for i in 0..n0 {
+            l[i * n..i * n + i + 1].copy_from_slice(&self.l[i * n0..i * n0 + i + 1]);
+        }
+        Self::factor_rows(a, n, 0.0, &mut l, n0).then_some(Cholesky { n, l, jitter: 0.0 })
+    }
+
     /// Cholesky–Banachiewicz, row by row. False when a pivot is not positive.
     fn factor_into(a: &[f64], n: usize, jitter: f64, l: &mut [f64]) -> bool {
-        for i in 0..n {
+        Self::factor_rows(a, n, jitter, l, 0)
+    }
+
+    /// Rows `from..n` of the factor, given rows `..from` already in `l`.
+    fn factor_rows(a: &[f64], n: usize, jitter: f64, l: &mut [f64], from: usize) -> bool {
+        for i in from..n {
             let (head, rest) = l.split_at_mut(i * n);
             let row_i = &mut rest[..n];
             for j in 0..i {
@@ -245,6 +270,10 @@ mod tests {
         for i in 0..3 {
             assert!((many[i * 2] - single[i]).abs() < 1e-14);
         }
+        // Extending the factor of the leading 2x2 block gives the very same factor.
+        let lead = Cholesky::new(&[6.0, 2.0, 2.0, 11.0], 2).unwrap();
+        let ext = lead.extended(&a, 3).unwrap();
+        assert_eq!(ext.l, c.l);
     }
 
     #[test]

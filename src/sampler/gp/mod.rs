@@ -35,6 +35,7 @@ use rand_chacha::ChaCha8Rng;
 use self::encoding::Encoding;
 use self::fit::{default_theta, FitData};
 use self::kernel::KernelParams;
+use self::linalg::Cholesky;
 use self::optimize::{Acquisition, SearchEffort};
 use self::posterior::Posterior;
 use self::warp::{median, transform, transform_each, OutputWarp};
@@ -63,8 +64,8 @@ impl Default for GpOptions {
     fn default() -> Self {
         GpOptions {
             n_startup: None,
-            max_fit_points: 100,
-            fit_iters: 50,
+            max_fit_points: 64,
+            fit_iters: 40,
             effort: SearchEffort { n_sobol: 512, n_local: 128, n_polish: 3, polish_iters: 25 },
             screen_budget: 1.5e7,
         }
@@ -88,52 +89,86 @@ pub fn fit_anchor(n: usize) -> usize {
     (1..=n).rev().find(|&a| is_fit_anchor(a)).unwrap_or(n)
 }
 
-/// Remembers recent hyperparameter fits keyed by a hash of exactly the data they were fitted
-/// to. A fit is a pure function of that data, so the memo changes no suggestion: a resumed
-/// study or another worker recomputes the same fit; it only saves the time to redo it.
+/// Remembers recent hyperparameter fits, keyed by a hash of exactly the data they were
+/// fitted to, and the last Cholesky factor, keyed by a hash of its hyperparameters and
+/// points. Both are pure functions of their keys, so the memo changes no suggestion: a
+/// resumed study or another worker recomputes the same values; it only saves the time.
 #[derive(Default)]
-struct FitMemo(Mutex<VecDeque<(u64, OutputWarp, Vec<f64>)>>);
+struct Memo {
+    fits: Mutex<VecDeque<(u64, OutputWarp, KernelParams)>>,
+    factor: Mutex<Option<(u64, Cholesky)>>,
+}
 
 const FIT_MEMO_LEN: usize = 16;
 
-impl FitMemo {
-    fn get(&self, key: u64) -> Option<(OutputWarp, Vec<f64>)> {
-        let memo = self.0.lock().ok()?;
+impl Memo {
+    fn get_fit(&self, key: u64) -> Option<(OutputWarp, KernelParams)> {
+        let memo = self.fits.lock().ok()?;
         memo.iter().find(|(k, _, _)| *k == key).map(|(_, w, t)| (*w, t.clone()))
     }
 
-    fn put(&self, key: u64, warp: OutputWarp, theta: Vec<f64>) {
-        if let Ok(mut memo) = self.0.lock() {
+    fn put_fit(&self, key: u64, warp: OutputWarp, params: KernelParams) {
+        if let Ok(mut memo) = self.fits.lock() {
             if memo.len() >= FIT_MEMO_LEN {
                 memo.pop_front();
             }
-            memo.push_back((key, warp, theta));
+            memo.push_back((key, warp, params));
+        }
+    }
+
+    /// The remembered factor if it factors a leading block of `xs` under `params`.
+    fn factor_prefix(&self, params: &KernelParams, is_cat: &[bool], xs: &[Vec<f64>]) -> Option<Cholesky> {
+        let memo = self.factor.lock().ok()?;
+        let (key, chol) = memo.as_ref()?;
+        let d = chol.dim();
+        (d <= xs.len() && factor_key(params, is_cat, &xs[..d]) == *key).then(|| chol.clone())
+    }
+
+    fn put_factor(&self, key: u64, chol: &Cholesky) {
+        if let Ok(mut memo) = self.factor.lock() {
+            *memo = Some((key, chol.clone()));
         }
     }
 }
 
-impl Clone for FitMemo {
+impl Clone for Memo {
     fn clone(&self) -> Self {
-        FitMemo::default()
+        Memo::default()
     }
 }
 
-impl std::fmt::Debug for FitMemo {
+impl std::fmt::Debug for Memo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("FitMemo")
+        f.write_str("Memo")
     }
+}
+
+/// A hash of the hyperparameters and points a kernel matrix is built from.
+fn factor_key(params: &KernelParams, is_cat: &[bool], xs: &[Vec<f64>]) -> u64 {
+    let mut h = DefaultHasher::new();
+    xs.len().hash(&mut h);
+    is_cat.hash(&mut h);
+    for v in params.to_theta() {
+        v.to_bits().hash(&mut h);
+    }
+    for x in xs {
+        for c in x {
+            c.to_bits().hash(&mut h);
+        }
+    }
+    h.finish()
 }
 
 /// The Gaussian-process sampler.
 #[derive(Debug, Clone, Default)]
 pub struct GpSampler {
     options: GpOptions,
-    memo: FitMemo,
+    memo: Memo,
 }
 
 impl GpSampler {
     pub fn new(options: GpOptions) -> Self {
-        GpSampler { options, memo: FitMemo::default() }
+        GpSampler { options, memo: Memo::default() }
     }
 
     pub fn options(&self) -> &GpOptions {
@@ -266,17 +301,16 @@ impl GpSampler {
         let sub_x: Vec<Vec<f64>> = subset.iter().map(|&i| head[i].x.clone()).collect();
         let sub_raw: Vec<f64> = subset.iter().map(|&i| raw[i]).collect();
         let key = fit_key(&sub_x, &sub_raw, is_cat, self.options.fit_iters);
-        if let Some((warp, theta)) = self.memo.get(key) {
-            return (warp, KernelParams::from_theta(&theta));
+        if let Some(found) = self.memo.get_fit(key) {
+            return found;
         }
         let dims = is_cat.len();
-        let starts = [default_theta(dims, 1.0), default_theta(dims, 16.0)];
         let mut best: Option<(f64, OutputWarp, KernelParams)> = None;
         for warp in [OutputWarp::Identity, OutputWarp::Log] {
             let (z, log_jac) = transform_each(&raw, warp);
             let sub_z: Vec<f64> = subset.iter().map(|&i| z[i]).collect();
             let data = FitData::new(&sub_x, &sub_z, is_cat);
-            let (params, cost) = fit::fit(&data, &starts, self.options.fit_iters);
+            let (params, cost) = fit::fit(&data, &fit::screened_start(&data), self.options.fit_iters);
             let score = -cost + subset.iter().map(|&i| log_jac[i]).sum::<f64>();
             if std::env::var("GP_DEBUG2").is_ok() { eprintln!("n={} {warp:?} cost={cost:.2} score={score:.2} noise={:.1e}", raw.len(), params.noise_var); }
             if best.as_ref().is_none_or(|(s, _, _)| score > *s) {
@@ -287,7 +321,7 @@ impl GpSampler {
             Some((_, w, p)) => (w, p),
             None => (OutputWarp::Identity, KernelParams::from_theta(&default_theta(dims, 1.0))),
         };
-        self.memo.put(key, warp, params.to_theta());
+        self.memo.put_fit(key, warp, params.clone());
         (warp, params)
     }
 
@@ -300,12 +334,14 @@ impl GpSampler {
         let ys = transform(&raw_values(&obs.points), warp).0;
         let params_dbg = params.clone();
 
-        let posterior = Posterior::new(xs.clone(), &ys, params.clone(), is_cat)
+        let prefix = self.memo.factor_prefix(&params, is_cat, &xs);
+        let posterior = Posterior::new_reusing(xs.clone(), &ys, params.clone(), is_cat, prefix.as_ref())
             .or_else(|_| Posterior::new(xs.clone(), &ys, KernelParams { noise_var: 1e-2, ..params.clone() }, is_cat))
             .ok()?;
+        self.memo.put_factor(factor_key(posterior.params(), is_cat, &xs), posterior.factor());
         let complete: Vec<usize> = (0..xs.len()).filter(|&i| obs.points[i].complete).collect();
         // The incumbent: the lowest posterior mean at a completed point.
-        let best = complete.iter().map(|&i| posterior.predict(&xs[i]).0).fold(f64::INFINITY, f64::min);
+        let best = complete.iter().map(|&i| posterior.predict_mean(&xs[i])).fold(f64::INFINITY, f64::min);
         let posterior = if obs.pending.is_empty() {
             posterior
         } else {
@@ -314,7 +350,7 @@ impl GpSampler {
             let mut fy = ys.clone();
             for x in &obs.pending {
                 fx.push(x.clone());
-                fy.push(posterior.predict(x).0);
+                fy.push(posterior.predict_mean(x));
             }
             Posterior::new(fx, &fy, params, is_cat).ok()?
         };
@@ -364,5 +400,149 @@ impl Sampler for GpSampler {
             Some(p) => Ok(Some(p)),
             None => Ok(Some(self.startup_point(ctx, &enc, &obs))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::space::{Distribution, Param, ParamValue};
+    use crate::trial::{Direction, TrialRecord};
+
+    fn float(name: &str, low: f64, high: f64) -> Param {
+        Param { name: name.into(), dist: Distribution::Float { low, high, log: false, step: None } }
+    }
+
+    fn num(p: &ParamSet, k: &str) -> f64 {
+        p[k].as_f64().unwrap_or(f64::NAN)
+    }
+
+    /// Runs `trials` sequential trials of `f` and returns the history.
+    fn run_study(sampler: &GpSampler, space: &SearchSpace, f: &dyn Fn(&ParamSet) -> f64, trials: u64, seed: u64, direction: Direction) -> Vec<TrialRecord> {
+        let mut history = Vec::new();
+        for number in 0..trials {
+            let ctx = SuggestContext { space, direction, history: &history, number, seed };
+            let p = sampler.suggest(&ctx).unwrap().unwrap();
+            assert!(space.validate(&p).is_ok(), "invalid point {p:?}");
+            let v = f(&p);
+            history.push(TrialRecord::new(number, TrialState::Complete, p, Some(v)));
+        }
+        history
+    }
+
+    #[test]
+    fn one_dimensional_quadratic_is_solved_in_15_trials() {
+        // f(x) = (x − 0.7)² + 1 on [−2, 3]: optimum 1 at x = 0.7.
+        let space = SearchSpace::new(vec![float("x", -2.0, 3.0)]).unwrap();
+        let f = |p: &ParamSet| (num(p, "x") - 0.7).powi(2) + 1.0;
+        for seed in [0, 1, 2] {
+            let h = run_study(&GpSampler::default(), &space, &f, 15, seed, Direction::Minimize);
+            let best = h.iter().filter_map(|t| t.value).fold(f64::INFINITY, f64::min);
+            assert!(best <= 1.0 * 1.01, "seed {seed}: best {best}");
+        }
+    }
+
+    #[test]
+    fn maximisation_follows_the_direction() {
+        let space = SearchSpace::new(vec![float("x", -2.0, 3.0)]).unwrap();
+        let f = |p: &ParamSet| -(num(p, "x") - 0.7).powi(2);
+        let h = run_study(&GpSampler::default(), &space, &f, 15, 4, Direction::Maximize);
+        let best = h.iter().filter_map(|t| t.value).fold(f64::NEG_INFINITY, f64::max);
+        assert!(best > -0.01, "best {best}");
+    }
+
+    #[test]
+    fn same_history_and_seed_give_the_same_suggestion_without_any_memo() {
+        // A resumed study (fresh sampler, same history) proposes exactly what the
+        // uninterrupted one (warm memo) did.
+        let space = SearchSpace::new(vec![float("a", 0.0, 1.0), float("b", -1.0, 1.0)]).unwrap();
+        let f = |p: &ParamSet| (3.0 * num(p, "a")).sin() + num(p, "b").powi(2);
+        let warm = GpSampler::default();
+        let h = run_study(&warm, &space, &f, 26, 9, Direction::Minimize);
+        for n in [8usize, 15, 22, 25] {
+            let ctx = SuggestContext { space: &space, direction: Direction::Minimize, history: &h[..n], number: n as u64, seed: 9 };
+            let fresh = GpSampler::default().suggest(&ctx).unwrap().unwrap();
+            assert_eq!(fresh, h[n].params, "trial {n}");
+        }
+    }
+
+    #[test]
+    fn categorical_choices_are_always_valid() {
+        let space = SearchSpace::new(vec![
+            float("x", 0.0, 1.0),
+            Param {
+                name: "kind".into(),
+                dist: Distribution::Categorical { choices: vec![ParamValue::Str("a".into()), ParamValue::Str("b".into()), ParamValue::Str("c".into())] },
+            },
+        ])
+        .unwrap();
+        let f = |p: &ParamSet| {
+            let off = match &p["kind"] {
+                ParamValue::Str(s) if s == "b" => 0.0,
+                ParamValue::Str(s) if s == "a" => 0.5,
+                _ => 1.0,
+            };
+            (num(p, "x") - 0.3).powi(2) + off
+        };
+        let h = run_study(&GpSampler::default(), &space, &f, 25, 3, Direction::Minimize);
+        let mut b_count = 0;
+        for t in &h {
+            match &t.params["kind"] {
+                ParamValue::Str(s) if ["a", "b", "c"].contains(&s.as_str()) => b_count += (s == "b") as usize,
+                other => panic!("invalid category {other:?}"),
+            }
+        }
+        assert!(b_count >= 8, "the model should favour the best category, got {b_count} of 25");
+    }
+
+    #[test]
+    fn pending_trials_get_distinct_suggestions() {
+        let space = SearchSpace::new(vec![float("a", 0.0, 1.0), float("b", 0.0, 1.0)]).unwrap();
+        let f = |p: &ParamSet| (num(p, "a") - 0.2).powi(2) + (num(p, "b") - 0.6).powi(2);
+        let mut h = run_study(&GpSampler::default(), &space, &f, 12, 5, Direction::Minimize);
+        let sampler = GpSampler::default();
+        for _ in 0..4 {
+            let number = h.len() as u64;
+            let ctx = SuggestContext { space: &space, direction: Direction::Minimize, history: &h, number, seed: 5 };
+            let p = sampler.suggest(&ctx).unwrap().unwrap();
+            h.push(TrialRecord::new(number, TrialState::Running, p, None));
+        }
+        let pending: Vec<&ParamSet> = h[12..].iter().map(|t| &t.params).collect();
+        for i in 0..pending.len() {
+            for j in 0..i {
+                let d = (num(pending[i], "a") - num(pending[j], "a")).hypot(num(pending[i], "b") - num(pending[j], "b"));
+                assert!(d > 1e-3, "suggestions {i} and {j} nearly coincide: {:?} {:?}", pending[i], pending[j]);
+            }
+        }
+    }
+
+    #[test]
+    fn failed_trials_are_ignored_and_pruned_ones_floored() {
+        let space = SearchSpace::new(vec![float("x", 0.0, 1.0)]).unwrap();
+        let enc = Encoding::new(&space);
+        let p = |x: f64| -> ParamSet { [("x".to_string(), ParamValue::Float(x))].into_iter().collect() };
+        let history = vec![
+            TrialRecord::new(0, TrialState::Complete, p(0.1), Some(3.0)),
+            TrialRecord::new(1, TrialState::Fail, p(0.2), None),
+            TrialRecord::new(2, TrialState::Pruned, p(0.3), Some(0.5)),
+            TrialRecord::new(3, TrialState::Complete, p(0.4), Some(1.0)),
+            TrialRecord::new(4, TrialState::Running, p(0.5), None),
+        ];
+        let ctx = SuggestContext { space: &space, direction: Direction::Minimize, history: &history, number: 5, seed: 0 };
+        let obs = Observations::collect(&ctx, &enc);
+        assert_eq!(obs.points.len(), 3);
+        assert_eq!(obs.pending.len(), 1);
+        // Median of completed values is 2.0, so the pruned 0.5 counts as 2.0.
+        assert_eq!(raw_values(&obs.points), vec![3.0, 2.0, 1.0]);
+    }
+
+    #[test]
+    fn fit_anchors_thin_out() {
+        assert_eq!(fit_anchor(17), 17);
+        assert_eq!(fit_anchor(57), 55);
+        assert_eq!(fit_anchor(104), 100);
+        // The first 20, then every ⌊a/10⌋-th: 82 refits in 500 observations (counted by hand).
+        let anchors = (1..=500).filter(|&a| is_fit_anchor(a)).count();
+        assert_eq!(anchors, 82);
     }
 }

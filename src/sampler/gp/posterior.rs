@@ -32,22 +32,45 @@ pub struct Prediction {
 impl Posterior {
     /// Conditions the GP with `params` on `(xs, ys)`.
     pub fn new(xs: Vec<Vec<f64>>, ys: &[f64], params: KernelParams, is_cat: &[bool]) -> Result<Posterior, LinalgError> {
+        Self::new_reusing(xs, ys, params, is_cat, None)
+    }
+
+    /// As [`Posterior::new`], reusing `prefix` when it is the factor (with the same
+    /// `params`) of the first `prefix.dim()` points: then only the new rows are factorised,
+    /// O(n²) instead of O(n³), and the result is identical to a factorisation from scratch.
+    pub fn new_reusing(
+        xs: Vec<Vec<f64>>,
+        ys: &[f64],
+        params: KernelParams,
+        is_cat: &[bool],
+        prefix: Option<&Cholesky>,
+    ) -> Result<Posterior, LinalgError> {
         let n = xs.len();
-        let mut k = vec![0.0; n * n];
-        for i in 0..n {
-            for j in 0..i {
-                let v = params.cov(&xs[i], &xs[j], is_cat);
-                k[i * n + j] = v;
-                k[j * n + i] = v;
+        let build = |from: usize| {
+            let mut k = vec![0.0; n * n];
+            for i in from..n {
+                for j in 0..i {
+                    k[i * n + j] = params.cov(&xs[i], &xs[j], is_cat);
+                }
+                k[i * n + i] = params.signal_var + params.noise_var;
             }
-            k[i * n + i] = params.signal_var + params.noise_var;
-        }
-        let chol = Cholesky::new(&k, n)?;
+            k
+        };
+        let extended = prefix.and_then(|p| p.extended(&build(p.dim()), n));
+        let chol = match extended {
+            Some(c) => c,
+            None => Cholesky::new(&build(0), n)?,
+        };
         let alpha = chol.solve(ys);
         if alpha.iter().any(|a| !a.is_finite()) {
             return Err(LinalgError::NonFinite);
         }
         Ok(Posterior { xs, is_cat: is_cat.to_vec(), params, chol, alpha })
+    }
+
+    /// The factor of `K + σ²_n I`.
+    pub fn factor(&self) -> &Cholesky {
+        &self.chol
     }
 
     pub fn params(&self) -> &KernelParams {
@@ -69,6 +92,11 @@ impl Posterior {
     /// Covariances between `x` and every observation.
     fn cross_cov(&self, x: &[f64]) -> Vec<f64> {
         self.xs.iter().map(|xi| self.params.cov(x, xi, &self.is_cat)).collect()
+    }
+
+    /// Latent mean at `x` (O(n), no variance).
+    pub fn predict_mean(&self, x: &[f64]) -> f64 {
+        self.xs.iter().zip(&self.alpha).map(|(xi, a)| a * self.params.cov(x, xi, &self.is_cat)).sum()
     }
 
     /// Latent mean and variance at `x`.
@@ -180,6 +208,7 @@ mod tests {
 
         let (pm, pv) = post.predict(&[q]);
         assert!((pm - mean).abs() < 1e-12, "mean {pm} vs {mean}");
+        assert!((post.predict_mean(&[q]) - mean).abs() < 1e-12);
         assert!((pv - var).abs() < 1e-12, "var {pv} vs {var}");
         let many = post.predict_many(&[vec![q], vec![0.9]]);
         assert!((many[0].0 - mean).abs() < 1e-12 && (many[0].1 - var).abs() < 1e-12);
