@@ -8,7 +8,7 @@
 //! the noise variance (on standardised outputs), floored at [`MIN_NOISE`].
 
 /// The smallest noise variance the model may use (on standardised outputs).
-pub const MIN_NOISE: f64 = 1e-6;
+pub const MIN_NOISE: f64 = 1e-8;
 
 const SQRT5: f64 = 2.236_067_977_499_79;
 

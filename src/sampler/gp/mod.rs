@@ -270,7 +270,6 @@ impl GpSampler {
     /// A start-up point: Sobol point number `ctx.number` under a seed-derived shift,
     /// skipping ahead past points the study already holds.
     fn startup_point(&self, ctx: &SuggestContext<'_>, enc: &Encoding, obs: &Observations) -> ParamSet {
-        if std::env::var("GP_RANDSTART").is_ok() { return super::RandomSampler::draw(ctx.space, &mut ctx.rng()); }
         let dims = enc.dims();
         let mut shift_rng = ChaCha8Rng::seed_from_u64(splitmix64(ctx.seed ^ 0x50b0_1d5e_ed00_0001));
         let shift: Vec<f64> = (0..dims).map(|_| shift_rng.random::<f64>()).collect();
@@ -312,7 +311,6 @@ impl GpSampler {
             let data = FitData::new(&sub_x, &sub_z, is_cat);
             let (params, cost) = fit::fit(&data, &fit::screened_start(&data), self.options.fit_iters);
             let score = -cost + subset.iter().map(|&i| log_jac[i]).sum::<f64>();
-            if std::env::var("GP_DEBUG2").is_ok() { eprintln!("n={} {warp:?} cost={cost:.2} score={score:.2} noise={:.1e}", raw.len(), params.noise_var); }
             if best.as_ref().is_none_or(|(s, _, _)| score > *s) {
                 best = Some((score, warp, params));
             }
@@ -332,7 +330,6 @@ impl GpSampler {
         let xs: Vec<Vec<f64>> = obs.points.iter().map(|p| p.x.clone()).collect();
         let (warp, params) = self.hyperparameters(obs, is_cat);
         let ys = transform(&raw_values(&obs.points), warp).0;
-        let params_dbg = params.clone();
 
         let prefix = self.memo.factor_prefix(&params, is_cat, &xs);
         let posterior = Posterior::new_reusing(xs.clone(), &ys, params.clone(), is_cat, prefix.as_ref())
@@ -342,17 +339,23 @@ impl GpSampler {
         let complete: Vec<usize> = (0..xs.len()).filter(|&i| obs.points[i].complete).collect();
         // The incumbent: the lowest posterior mean at a completed point.
         let best = complete.iter().map(|&i| posterior.predict_mean(&xs[i])).fold(f64::INFINITY, f64::min);
-        let posterior = if obs.pending.is_empty() {
-            posterior
+        let (posterior, best) = if obs.pending.is_empty() {
+            (posterior, best)
         } else {
-            // Kriging believer: running trials return their posterior mean.
+            // Kriging believer: running trials are believed to return their posterior mean,
+            // which also counts towards the incumbent, so no improvement is expected right
+            // next to a running trial.
             let mut fx = xs.clone();
             let mut fy = ys.clone();
+            let mut best = best;
             for x in &obs.pending {
+                let m = posterior.predict_mean(x);
                 fx.push(x.clone());
-                fy.push(posterior.predict_mean(x));
+                fy.push(m);
+                best = best.min(m);
             }
-            Posterior::new(fx, &fy, params, is_cat).ok()?
+            let prefix = posterior.factor().clone();
+            (Posterior::new_reusing(fx, &fy, params, is_cat, Some(&prefix)).ok()?, best)
         };
 
         let mut order = complete.clone();
@@ -371,10 +374,6 @@ impl GpSampler {
         let mut rng = ctx.rng();
         let ranked = optimize::maximize(&acq, enc, &near, &effort, &mut rng);
         let sets: Vec<ParamSet> = ranked.iter().map(|(_, x)| enc.decode(x)).collect();
-        if std::env::var("GP_DEBUG").is_ok() {
-            let (m, v) = posterior.predict(&ranked[0].1);
-            eprintln!("n={} w={:?} s2={:.3} noise={:.1e} | best={best:.3} acq={:.3} mean={m:.3} sd={:.3} x={:?}", xs.len(), params_dbg.inv_sq_lengthscales.iter().map(|w| (w * 100.0).round() / 100.0).collect::<Vec<_>>(), params_dbg.signal_var, params_dbg.noise_var, ranked[0].0, v.sqrt(), ranked[0].1.iter().map(|c| (c * 1000.0).round() / 1000.0).collect::<Vec<_>>());
-        }
         // Prefer a point the study has not seen; never one that is running now.
         sets.iter()
             .find(|s| !obs.taken.iter().any(|t| SearchSpace::same_point(t, s)))

@@ -9,7 +9,7 @@
 //! already-well-behaved objectives stay untransformed.
 
 /// Fraction of `median − min` added before the log.
-const LOG_OFFSET_FRACTION: f64 = 0.1;
+const LOG_OFFSET_FRACTION: f64 = 0.3;
 
 /// Which transform.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -98,7 +98,7 @@ mod tests {
                     }
                     OutputWarp::Log => {
                         let min = 0.5;
-                        let delta = 0.1 * (median(&raw) - min);
+                        let delta = LOG_OFFSET_FRACTION * (median(&raw) - min);
                         let logs: Vec<f64> = raw.iter().map(|y| (y - min + delta).ln()).collect();
                         let sd = standardise(&logs).1;
                         (z[i] + ((up[i] - min + delta).ln() - logs[i]) / sd, z[i])
