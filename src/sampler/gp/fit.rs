@@ -155,7 +155,21 @@ impl FitData {
         if !cost.is_finite() || grad.iter().any(|g| !g.is_finite()) {
             return Err(LinalgError::NonFinite);
         }
-        Ok((cost, grad.into_iter().map(|g| -g).collect()))
+        // Where θ is clamped the cost is flat, so the gradient is zero there too.
+        Ok((
+            cost,
+            grad.into_iter()
+                .enumerate()
+                .map(|(k, g)| {
+                    let (lo, hi) = KernelParams::theta_bounds(k, theta.len());
+                    if (lo..=hi).contains(&theta[k]) {
+                        -g
+                    } else {
+                        0.0
+                    }
+                })
+                .collect(),
+        ))
     }
 }
 
@@ -205,8 +219,8 @@ fn lbfgs(data: &FitData, start: &[f64], max_iters: u64) -> (Vec<f64>, f64) {
     let start_cost = problem.eval(start).0;
     let fallback = (start.to_vec(), start_cost);
     let solver = match LBFGS::new(MoreThuenteLineSearch::new(), 7)
-        .with_tolerance_grad(1e-5)
-        .and_then(|s| s.with_tolerance_cost(1e-9))
+        .with_tolerance_grad(1e-4)
+        .and_then(|s| s.with_tolerance_cost(1e-7))
     {
         Ok(s) => s,
         Err(_) => return fallback,

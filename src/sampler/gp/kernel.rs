@@ -21,14 +21,31 @@ pub struct KernelParams {
     pub noise_var: f64,
 }
 
+/// The box each log-space hyperparameter is clamped to: lengthscale, signal and noise
+/// entries. Below the noise bound the noise excess is a tenth of [`MIN_NOISE`], where the
+/// likelihood is flat anyway.
+pub const THETA_BOUNDS: [(f64, f64); 3] = [(-12.0, 14.0), (-12.0, 12.0), (-20.7, 5.0)];
+
 impl KernelParams {
-    /// Reads the optimiser's log-space vector (see the module docs).
+    /// Where entry `k` of a `len`-long θ is clamped.
+    pub fn theta_bounds(k: usize, len: usize) -> (f64, f64) {
+        let d = len.saturating_sub(2);
+        THETA_BOUNDS[if k < d { 0 } else { 1 + (k - d).min(1) }]
+    }
+
+    /// Reads the optimiser's log-space vector (see the module docs), clamped to
+    /// [`THETA_BOUNDS`].
     pub fn from_theta(theta: &[f64]) -> KernelParams {
-        let d = theta.len().saturating_sub(2);
+        let len = theta.len();
+        let d = len.saturating_sub(2);
+        let at = |k: usize, default: f64| {
+            let (lo, hi) = Self::theta_bounds(k, len);
+            theta.get(k).copied().unwrap_or(default).clamp(lo, hi)
+        };
         KernelParams {
-            inv_sq_lengthscales: theta[..d].iter().map(|t| t.clamp(-12.0, 14.0).exp()).collect(),
-            signal_var: theta.get(d).copied().unwrap_or(0.0).clamp(-12.0, 12.0).exp(),
-            noise_var: MIN_NOISE + theta.get(d + 1).copied().unwrap_or(-10.0).clamp(-30.0, 5.0).exp(),
+            inv_sq_lengthscales: (0..d).map(|k| at(k, 0.0).exp()).collect(),
+            signal_var: at(d, 0.0).exp(),
+            noise_var: MIN_NOISE + at(d + 1, -10.0).exp(),
         }
     }
 
