@@ -10,6 +10,8 @@
 //! gradient on the bounds (a smooth map such as `(1 − cos πz)/2` has none there, and a
 //! coordinate that touches a bound would stay stuck on it).
 
+use std::cell::RefCell;
+
 use argmin::core::{CostFunction, Executor, Gradient, State};
 use argmin::solver::linesearch::MoreThuenteLineSearch;
 use argmin::solver::quasinewton::LBFGS;
@@ -51,13 +53,6 @@ impl Acquisition<'_> {
     }
 }
 
-/// argmin's view of polishing the numeric coordinates `dims` of `base`.
-struct Polish<'a> {
-    acq: &'a Acquisition<'a>,
-    base: &'a [f64],
-    dims: &'a [usize],
-}
-
 /// Reflects the real line onto [0, 1] (a triangle wave): identity on [0, 1], slope ±1
 /// everywhere, so a coordinate sitting on a bound still has a gradient to leave it by.
 fn reflect(z: f64) -> f64 {
@@ -78,6 +73,15 @@ fn reflect_slope(z: f64) -> f64 {
     }
 }
 
+/// argmin's view of polishing the numeric coordinates `dims` of `base`; remembers the last
+/// evaluation because the solver asks for cost and gradient at the same point separately.
+struct Polish<'a> {
+    acq: &'a Acquisition<'a>,
+    base: &'a [f64],
+    dims: &'a [usize],
+    last: RefCell<Option<(Vec<f64>, f64, Vec<f64>)>>,
+}
+
 impl Polish<'_> {
     fn point(&self, z: &[f64]) -> Vec<f64> {
         let mut x = self.base.to_vec();
@@ -86,13 +90,38 @@ impl Polish<'_> {
         }
         x
     }
+
+    /// `−log EI` and its gradient in `z`.
+    fn eval(&self, z: &[f64]) -> (f64, Vec<f64>) {
+        if let Some((lz, c, g)) = self.last.borrow().as_ref() {
+            if lz.as_slice() == z {
+                return (*c, g.clone());
+            }
+        }
+        let x = self.point(z);
+        let p = self.acq.posterior.predict_with_grad(&x, self.dims);
+        let (value, dm, dv) = log_ei(p.mean, p.var, self.acq.best);
+        let grad: Vec<f64> = (0..self.dims.len())
+            .map(|k| {
+                let g = -(dm * p.d_mean[k] + dv * p.d_var[k]) * reflect_slope(z[k]);
+                if g.is_finite() {
+                    g
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let cost = if value.is_finite() { -value } else { f64::MAX / 4.0 };
+        *self.last.borrow_mut() = Some((z.to_vec(), cost, grad.clone()));
+        (cost, grad)
+    }
 }
 
 impl CostFunction for Polish<'_> {
     type Param = Vec<f64>;
     type Output = f64;
     fn cost(&self, z: &Vec<f64>) -> Result<f64, argmin::core::Error> {
-        Ok(-self.acq.value(&self.point(z)))
+        Ok(self.eval(z).0)
     }
 }
 
@@ -100,20 +129,7 @@ impl Gradient for Polish<'_> {
     type Param = Vec<f64>;
     type Gradient = Vec<f64>;
     fn gradient(&self, z: &Vec<f64>) -> Result<Vec<f64>, argmin::core::Error> {
-        let x = self.point(z);
-        let p = self.acq.posterior.predict_with_grad(&x, self.dims);
-        let (_, dm, dv) = log_ei(p.mean, p.var, self.acq.best);
-        Ok((0..self.dims.len())
-            .map(|k| {
-                let dx_dz = reflect_slope(z[k]);
-                let g = -(dm * p.d_mean[k] + dv * p.d_var[k]) * dx_dz;
-                if g.is_finite() {
-                    g
-                } else {
-                    0.0
-                }
-            })
-            .collect())
+        Ok(self.eval(z).1)
     }
 }
 
@@ -123,7 +139,7 @@ fn polish_numeric(acq: &Acquisition<'_>, enc: &Encoding, x: &[f64], value: f64, 
     if dims.is_empty() {
         return (x.to_vec(), value);
     }
-    let problem = Polish { acq, base: x, dims };
+    let problem = Polish { acq, base: x, dims, last: RefCell::new(None) };
     let z0: Vec<f64> = dims.iter().map(|&d| x[d]).collect();
     let Ok(solver) = LBFGS::new(MoreThuenteLineSearch::new(), 5).with_tolerance_grad(1e-6) else {
         return (x.to_vec(), value);
@@ -134,7 +150,7 @@ fn polish_numeric(acq: &Acquisition<'_>, enc: &Encoding, x: &[f64], value: f64, 
     let Some(z) = res.state().get_best_param() else {
         return (x.to_vec(), value);
     };
-    let mut cand = Polish { acq, base: x, dims }.point(z);
+    let mut cand = Polish { acq, base: x, dims, last: RefCell::new(None) }.point(z);
     enc.snap(&mut cand);
     let v = acq.value(&cand);
     if v > value {
