@@ -22,6 +22,7 @@ use super::UsageError;
 use crate::cli::BenchSamplerArgs;
 use crate::objective::SyntheticFunction;
 use crate::sampler::{splitmix64, GpOptions, GpSampler, GridSampler, RandomSampler, Sampler, SuggestContext};
+use crate::space::SearchSpace;
 use crate::trial::{Direction, TrialRecord, TrialState};
 
 /// Grid points per float (7 x 7 on branin, as the Optuna anchors use).
@@ -35,6 +36,8 @@ struct Run {
     /// CPU time of the suggesting thread for each suggestion: what the suggestion costs
     /// when it has a core to itself, whatever else the machine is doing.
     suggest_cpu_ms: Vec<f64>,
+    /// Trials whose parameters equal those of an earlier trial of the run.
+    duplicates: usize,
 }
 
 /// CPU time consumed by the calling thread, in milliseconds (NaN where unavailable).
@@ -88,7 +91,7 @@ pub fn run(args: &BenchSamplerArgs) -> anyhow::Result<ExitCode> {
                 json!({
                     "function": function.name(), "sampler": sampler.name(), "seed": seed,
                     "noise": args.noise, "parallel": args.parallel,
-                    "best": r.best, "suggest_ms": r.suggest_ms, "suggest_cpu_ms": r.suggest_cpu_ms,
+                    "best": r.best, "suggest_ms": r.suggest_ms, "suggest_cpu_ms": r.suggest_cpu_ms, "duplicates": r.duplicates,
                 })
             );
         }
@@ -109,7 +112,7 @@ fn run_seed(args: &BenchSamplerArgs, function: SyntheticFunction, sampler: &dyn 
     let mut running: Vec<(f64, usize)> = Vec::new();
     let mut now = 0.0f64;
     let (mut best_observed, mut best_true) = (f64::INFINITY, f64::NAN);
-    let mut run = Run { best: Vec::with_capacity(args.trials), suggest_ms: Vec::with_capacity(args.trials), suggest_cpu_ms: Vec::with_capacity(args.trials) };
+    let mut run = Run { best: Vec::with_capacity(args.trials), suggest_ms: Vec::with_capacity(args.trials), suggest_cpu_ms: Vec::with_capacity(args.trials), duplicates: 0 };
     let mut exhausted = false;
     while run.best.len() < args.trials {
         while !exhausted && running.len() < args.parallel && history.len() < args.trials {
@@ -141,6 +144,9 @@ fn run_seed(args: &BenchSamplerArgs, function: SyntheticFunction, sampler: &dyn 
         }
         run.best.push(best_true);
     }
+    run.duplicates = (0..history.len())
+        .filter(|&i| history[..i].iter().any(|t| SearchSpace::same_point(&t.params, &history[i].params)))
+        .count();
     Ok(run)
 }
 
@@ -184,8 +190,8 @@ fn mean_ms(runs: &[Run], from: usize, to: usize, times: fn(&Run) -> &[f64]) -> f
 
 fn print_summary(args: &BenchSamplerArgs, function: SyntheticFunction, sampler: &str, runs: &[Run]) {
     let optimum = function.optimum();
-    println!("| function | noise | sampler | parallel | seeds | trials | regret@10 | regret@25 | regret@50 | regret@100 | ms@50 | ms@100 | mean ms (all) | cpu ms@50 | cpu ms@100 |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| function | noise | sampler | parallel | seeds | trials | regret@10 | regret@25 | regret@50 | regret@100 | ms@50 | ms@100 | mean ms (all) | cpu ms@50 | cpu ms@100 | duplicates |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let at = |n: usize| {
         let v: Vec<f64> = runs.iter().filter(|r| r.best.len() >= n).map(|r| r.best[n - 1] - optimum).collect();
         if v.is_empty() {
@@ -198,7 +204,7 @@ fn print_summary(args: &BenchSamplerArgs, function: SyntheticFunction, sampler: 
     let mean_all = if all.is_empty() { f64::NAN } else { all.iter().sum::<f64>() / all.len() as f64 };
     let ms = |x: f64| if x.is_nan() { "-".to_string() } else { format!("{x:.2}") };
     println!(
-        "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+        "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
         function.name(),
         args.noise,
         sampler,
@@ -214,6 +220,7 @@ fn print_summary(args: &BenchSamplerArgs, function: SyntheticFunction, sampler: 
         ms(mean_all),
         ms(mean_ms(runs, 41, 50, |r| &r.suggest_cpu_ms)),
         ms(mean_ms(runs, 91, 100, |r| &r.suggest_cpu_ms)),
+        runs.iter().map(|r| r.duplicates).sum::<usize>(),
     );
 }
 
