@@ -66,7 +66,7 @@ impl Default for GpOptions {
             n_startup: None,
             max_fit_points: 64,
             fit_iters: 40,
-            effort: SearchEffort { n_sobol: 512, n_local: 128, n_polish: 3, polish_iters: 25 },
+            effort: SearchEffort { n_sobol: 512, n_local: 128, n_polish: 3, polish_iters: 20 },
             screen_budget: 1.5e7,
         }
     }

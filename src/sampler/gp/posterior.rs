@@ -159,21 +159,25 @@ impl Posterior {
         let v = self.chol.solve_lower(&k);
         let raw_var = s2 - dot(&v, &v);
         let var = self.floor_var(raw_var);
-        // d var = −2 kᵀ K⁻¹ dk = −2 (L⁻ᵀ v)ᵀ dk.
         let u = self.chol.solve_upper(&v);
-        let mut d_mean = Vec::with_capacity(dims.len());
-        let mut d_var = Vec::with_capacity(dims.len());
-        for &d in dims {
-            let mut gm = 0.0;
-            let mut gv = 0.0;
-            for i in 0..n {
-                // d k_i / d x_d = dk/dr² · 2 w_d (x_d − x_id)
-                let dki = dk_dr2[i] * 2.0 * w[d] * (x[d] - self.xs[i][d]);
-                gm += self.alpha[i] * dki;
-                gv += u[i] * dki;
+        // d k_i / d x_d = dk/dr² · 2 w_d (x_d − x_id): accumulate Σ_i c_i (x_d − x_id) per
+        // coordinate, one pass over the observations, then scale by 2 w_d.
+        let mut d_mean = vec![0.0; dims.len()];
+        let mut d_var = vec![0.0; dims.len()];
+        for (i, xi) in self.xs.iter().enumerate() {
+            let a = self.alpha[i] * dk_dr2[i];
+            let b = u[i] * dk_dr2[i];
+            for (k, &d) in dims.iter().enumerate() {
+                let diff = x[d] - xi[d];
+                d_mean[k] += a * diff;
+                d_var[k] += b * diff;
             }
-            d_mean.push(gm);
-            d_var.push(if raw_var >= var { -2.0 * gv } else { 0.0 });
+        }
+        let floored = raw_var < var;
+        for (k, &d) in dims.iter().enumerate() {
+            d_mean[k] *= 2.0 * w[d];
+            // d var = −2 kᵀ K⁻¹ dk = −2 (L⁻ᵀ v)ᵀ dk; zero where the variance is floored.
+            d_var[k] = if floored { 0.0 } else { -4.0 * w[d] * d_var[k] };
         }
         Prediction { mean, var, d_mean, d_var }
     }
