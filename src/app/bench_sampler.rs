@@ -54,16 +54,7 @@ fn thread_cpu_ms() -> f64 {
 
 fn make_sampler(args: &BenchSamplerArgs) -> anyhow::Result<Box<dyn Sampler>> {
     Ok(match args.sampler.as_str() {
-        "gp" => {
-            // TEMP tuning knobs
-            let mut o = GpOptions { n_startup: args.n_startup, ..GpOptions::default() };
-            let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
-            if let Some(v) = env("GP_NSOBOL") { o.effort.n_sobol = v; }
-            if let Some(v) = env("GP_NLOCAL") { o.effort.n_local = v; }
-            if let Some(v) = env("GP_NPOLISH") { o.effort.n_polish = v; }
-            if let Some(v) = env("GP_FITITERS") { o.fit_iters = v as u64; }
-            Box::new(GpSampler::new(o))
-        }
+        "gp" => Box::new(GpSampler::new(GpOptions { n_startup: args.n_startup, ..GpOptions::default() })),
         "random" => Box::new(RandomSampler),
         "grid" => Box::new(GridSampler::new(GRID_FLOAT_POINTS)),
         other => return Err(UsageError(format!("unknown sampler `{other}` (expected gp, random or grid)")).into()),

@@ -337,48 +337,47 @@ impl GpSampler {
         (warp, params)
     }
 
-    /// The model-based suggestion; `None` when the model cannot be built (the caller falls
-    /// back to a start-up point).
-    fn model_point(&self, ctx: &SuggestContext<'_>, enc: &Encoding, obs: &Observations) -> Option<ParamSet> {
-        let is_cat = enc.is_categorical();
-        let xs: Vec<Vec<f64>> = obs.points.iter().map(|p| p.x.clone()).collect();
-        let (warp, params) = self.hyperparameters(obs, is_cat);
-        let ys = transform(&raw_values(&obs.points), warp).0;
-        // The posterior's constant prior mean sits at the worst observed value (see
-        // `pessimistic`); the hyperparameters were fitted with it at the mean.
-        let ys = pessimistic(&ys);
-
-        let prefix = self.memo.factor_prefix(&params, is_cat, &xs);
-        let posterior = Posterior::new_reusing(xs.clone(), &ys, params.clone(), is_cat, prefix.as_ref())
-            .or_else(|_| Posterior::new(xs.clone(), &ys, KernelParams { noise_var: 1e-2, ..params.clone() }, is_cat))
+    /// The GP conditioned on the observations `(xs, ys)` and on the pending trials, with the
+    /// incumbent (the lowest posterior mean at a completed point).
+    fn conditioned(
+        &self,
+        obs: &Observations,
+        xs: &[Vec<f64>],
+        ys: &[f64],
+        params: &KernelParams,
+        is_cat: &[bool],
+    ) -> Option<(Posterior, f64)> {
+        let prefix = self.memo.factor_prefix(params, is_cat, xs);
+        let posterior = Posterior::new_reusing(xs.to_vec(), ys, params.clone(), is_cat, prefix.as_ref())
+            .or_else(|_| Posterior::new(xs.to_vec(), ys, KernelParams { noise_var: 1e-2, ..params.clone() }, is_cat))
             .ok()?;
-        self.memo.put_factor(factor_key(posterior.params(), is_cat, &xs), posterior.factor());
-        let complete: Vec<usize> = (0..xs.len()).filter(|&i| obs.points[i].complete).collect();
-        // The incumbent: the lowest posterior mean at a completed point.
-        let best = complete.iter().map(|&i| posterior.predict_mean(&xs[i])).fold(f64::INFINITY, f64::min);
-        let (posterior, best) = if obs.pending.is_empty() {
-            (posterior, best)
-        } else {
-            // Kriging believer: running trials are believed to return their posterior mean,
-            // but never better than the incumbent (believing a running trial improves on the
-            // best would make the next suggestion chase that fantasy; in the `--parallel 4`
-            // benchmark this clamp cut regret at 50 trials by 2-4x on branin and sft-like).
-            // The fantasy collapses the variance around a running trial, so the next
-            // suggestion goes elsewhere.
-            let mut fx = xs.clone();
-            let mut fy = ys.clone();
-            for x in &obs.pending {
-                fx.push(x.clone());
-                fy.push(posterior.predict_mean(x).max(best));
-            }
-            let prefix = posterior.factor().clone();
-            (Posterior::new_reusing(fx, &fy, params, is_cat, Some(&prefix)).ok()?, best)
-        };
+        self.memo.put_factor(factor_key(posterior.params(), is_cat, xs), posterior.factor());
+        let best = (0..xs.len())
+            .filter(|&i| obs.points[i].complete)
+            .map(|i| posterior.predict_mean(&xs[i]))
+            .fold(f64::INFINITY, f64::min);
+        if obs.pending.is_empty() {
+            return Some((posterior, best));
+        }
+        // Kriging believer: running trials are believed to return their posterior mean, but
+        // never better than the incumbent (believing a running trial improves on the best
+        // would make the next suggestion chase that fantasy; in the `--parallel 4` benchmark
+        // this clamp cut regret at 50 trials by 2-4x on branin and sft-like). The fantasy
+        // collapses the variance around a running trial, so the next suggestion goes
+        // elsewhere.
+        let mut fx = xs.to_vec();
+        let mut fy = ys.to_vec();
+        for x in &obs.pending {
+            fx.push(x.clone());
+            fy.push(posterior.predict_mean(x).max(best));
+        }
+        let posterior = Posterior::new_reusing(fx, &fy, posterior.params().clone(), is_cat, Some(posterior.factor())).ok()?;
+        Some((posterior, best))
+    }
 
-        let mut order = complete.clone();
-        order.sort_by(|&a, &b| ys[a].total_cmp(&ys[b]));
-        let near: Vec<Vec<f64>> = order.iter().take(5).map(|&i| xs[i].clone()).collect();
-        let acq = Acquisition { posterior: &posterior, best };
+    /// Candidates ranked by log EI under `posterior`, best first.
+    fn rank(&self, ctx: &SuggestContext<'_>, enc: &Encoding, posterior: &Posterior, best: f64, near: &[Vec<f64>]) -> Vec<(f64, Vec<f64>)> {
+        let acq = Acquisition { posterior, best };
         let n = posterior.len() as f64;
         let mut effort = self.options.effort.clone();
         let affordable = (self.options.screen_budget / (0.5 * n * n).max(1.0)) as usize;
@@ -389,7 +388,24 @@ impl GpSampler {
             effort.n_local = ((effort.n_local as f64 * keep) as usize).max(32);
         }
         let mut rng = ctx.rng();
-        let ranked = optimize::maximize(&acq, enc, &near, &effort, &mut rng);
+        optimize::maximize(&acq, enc, near, &effort, &mut rng)
+    }
+
+    /// The model-based suggestion; `None` when the model cannot be built (the caller falls
+    /// back to a start-up point).
+    fn model_point(&self, ctx: &SuggestContext<'_>, enc: &Encoding, obs: &Observations) -> Option<ParamSet> {
+        let is_cat = enc.is_categorical();
+        let xs: Vec<Vec<f64>> = obs.points.iter().map(|p| p.x.clone()).collect();
+        let (warp, params) = self.hyperparameters(obs, is_cat);
+        let centred = transform(&raw_values(&obs.points), warp).0;
+        let mut order: Vec<usize> = (0..xs.len()).filter(|&i| obs.points[i].complete).collect();
+        order.sort_by(|&a, &b| centred[a].total_cmp(&centred[b]));
+        let near: Vec<Vec<f64>> = order.iter().take(5).map(|&i| xs[i].clone()).collect();
+
+        // The posterior's constant prior mean sits at the worst observed value (see
+        // `pessimistic`); the hyperparameters were fitted with it at the mean.
+        let (posterior, best) = self.conditioned(obs, &xs, &pessimistic(&centred), &params, is_cat)?;
+        let ranked = self.rank(ctx, enc, &posterior, best, &near);
         let sets: Vec<ParamSet> = ranked.iter().map(|(_, x)| enc.decode(x)).collect();
         // Prefer a point the study has not seen; never one that is running now.
         sets.iter()
