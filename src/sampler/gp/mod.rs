@@ -1,18 +1,30 @@
 //! Bayesian optimisation with a Gaussian process (`kind = "gp"`).
 //!
 //! Each suggestion is a pure function of the space, the history and the seed:
-//! 1. the first `n_startup` trials are points of a seed-shifted Sobol sequence (indexed by the
-//!    trial number, so parallel workers never get the same one);
-//! 2. afterwards completed trials (minimised values, see [`Direction::to_minimize`]) are
-//!    standardised and a GP with an ARD Matérn-5/2 kernel is fitted by MAP ([`fit`]);
-//! 3. trials still running are added as Kriging-believer fantasies (their posterior mean), so
-//!    the acquisition around them collapses and parallel suggestions differ;
-//! 4. log expected improvement is maximised over the space ([`optimize`]).
+//! 1. the first `n_startup` trials (default `max(5, 2·dims)`) are points of a seed-shifted
+//!    Sobol sequence indexed by the trial number, so parallel workers never get the same one;
+//! 2. afterwards the values of completed trials (minimised through
+//!    [`crate::trial::Direction::to_minimize`]) are standardised, or log-warped and standardised ([`warp`]), and a GP with an ARD
+//!    Matérn-5/2 kernel (Hamming distance for categoricals) is fitted by MAP ([`fit`]) under
+//!    both transforms; the transform under which the raw values are most likely is kept;
+//! 3. the posterior the acquisition sees puts its constant prior mean at the worst observed
+//!    value (see `pessimistic`), and running trials enter it as clamped Kriging-believer
+//!    fantasies, so parallel suggestions differ;
+//! 4. log expected improvement is maximised over the space ([`optimize`]): Sobol and local
+//!    candidates, then L-BFGS on numeric coordinates and exhaustive moves on discrete ones.
+//!
+//! Cost is kept in check without hidden state: hyperparameters are refitted at every one of
+//! the first 20 observations and then every `⌊n/10⌋`-th ([`fit_anchor`]), on at most 64 of
+//! them; between refits the fit of the anchor's data is reused. The fit and the Cholesky
+//! factor of the last call are remembered keyed by a hash of exactly their inputs, so the
+//! memo only saves time: a resumed study (a fresh sampler) computes the same numbers, and a
+//! factor for one more observation is extended by one row (O(n²)) instead of refactorised.
 //!
 //! Failed trials are ignored. Pruned trials with a reported value count as observations
 //! whose value is that last report but at least the median of completed values: a pruned
 //! trial was stopped for looking bad, and its early value must neither pose as an incumbent
-//! nor be thrown away (the region it probed is known to be mediocre).
+//! nor be thrown away (the region it probed is known to be mediocre). Pruned trials never
+//! define the incumbent.
 
 pub mod acquisition;
 pub mod encoding;
