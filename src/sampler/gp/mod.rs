@@ -4,9 +4,10 @@
 //! 1. the first `n_startup` trials (default `max(5, 2·dims)`) are points of a seed-shifted
 //!    Sobol sequence indexed by the trial number, so parallel workers never get the same one;
 //! 2. afterwards the values of completed trials (minimised through
-//!    [`crate::trial::Direction::to_minimize`]) are standardised, or log-warped and standardised ([`warp`]), and a GP with an ARD
-//!    Matérn-5/2 kernel (Hamming distance for categoricals) is fitted by MAP ([`fit`]) under
-//!    both transforms; the transform under which the raw values are most likely is kept;
+//!    [`crate::trial::Direction::to_minimize`]) are standardised, or log-warped and
+//!    standardised ([`warp`]), and a GP with an ARD Matérn-5/2 kernel (Hamming distance for
+//!    categoricals) is fitted by MAP ([`fit`]) under both transforms; the transform under
+//!    which the raw values are most likely is kept;
 //! 3. the posterior the acquisition sees puts its constant prior mean at the worst observed
 //!    value (see `pessimistic`), and running trials enter it as clamped Kriging-believer
 //!    fantasies, so parallel suggestions differ;
