@@ -582,6 +582,50 @@ mod tests {
     }
 
     #[test]
+    fn odd_spaces_and_bad_values_never_break_it() {
+        // Only discrete parameters (nothing for L-BFGS), a wide int (not enumerated), a log
+        // int, a stepped float; values that are NaN, infinite or all equal.
+        let space = SearchSpace::new(vec![
+            Param { name: "c".into(), dist: Distribution::Categorical { choices: vec![ParamValue::Bool(true), ParamValue::Bool(false)] } },
+            Param { name: "wide".into(), dist: Distribution::Int { low: -1000, high: 1000, step: 1, log: false } },
+            Param { name: "logi".into(), dist: Distribution::Int { low: 1, high: 4096, step: 1, log: true } },
+            Param { name: "st".into(), dist: Distribution::Float { low: 0.0, high: 1.0, log: false, step: Some(0.25) } },
+        ])
+        .unwrap();
+        let only_discrete = SearchSpace::new(vec![
+            Param { name: "c".into(), dist: Distribution::Categorical { choices: vec![ParamValue::Int(1), ParamValue::Int(2)] } },
+            Param { name: "i".into(), dist: Distribution::Int { low: 0, high: 2, step: 1, log: false } },
+        ])
+        .unwrap();
+        let values: [&dyn Fn(u64, &ParamSet) -> f64; 3] = [
+            &|n, _| if n % 3 == 0 { f64::NAN } else if n % 5 == 0 { f64::INFINITY } else { n as f64 },
+            &|_, _| 1.0,
+            &|_, p| p.values().filter_map(|v| v.as_f64()).sum::<f64>(),
+        ];
+        for (space, trials) in [(&space, 20u64), (&only_discrete, 8)] {
+            for f in values {
+                let sampler = GpSampler::default();
+                let mut history: Vec<TrialRecord> = Vec::new();
+                for number in 0..trials {
+                    let ctx = SuggestContext { space, direction: Direction::Minimize, history: &history, number, seed: 1 };
+                    let p = sampler.suggest(&ctx).unwrap().unwrap();
+                    assert!(space.validate(&p).is_ok(), "invalid point {p:?}");
+                    let v = f(number, &p);
+                    history.push(TrialRecord::new(number, TrialState::Complete, p, Some(v)));
+                }
+                // The 6-point discrete space is fully explored before any repeat.
+                if space.grid_size(1) == 6 {
+                    for i in 0..6 {
+                        for j in 0..i {
+                            assert!(!SearchSpace::same_point(&history[i].params, &history[j].params));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn fit_anchors_thin_out() {
         assert_eq!(fit_anchor(17), 17);
         assert_eq!(fit_anchor(57), 55);
