@@ -375,9 +375,9 @@ impl GpSampler {
         // Kriging believer: running trials are believed to return their posterior mean, but
         // never better than the incumbent (believing a running trial improves on the best
         // would make the next suggestion chase that fantasy; in the `--parallel 4` benchmark
-        // this clamp cut regret at 50 trials by 2-4x on branin and sft-like). The fantasy
-        // collapses the variance around a running trial, so the next suggestion goes
-        // elsewhere.
+        // this clamp cut regret at 50 trials about 4x on branin and noise-free sft-like).
+        // The fantasy collapses the variance around a running trial, so the next suggestion
+        // goes elsewhere.
         let mut fx = xs.to_vec();
         let mut fy = ys.to_vec();
         for x in &obs.pending {
