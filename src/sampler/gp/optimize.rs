@@ -257,16 +257,11 @@ pub fn maximize<R: Rng>(
     }
     for (v0, x0) in starts.iter().filter(|(v, _)| v.is_finite()) {
         let (mut x, mut v) = (x0.clone(), *v0);
+        // Alternate: numeric polish, then discrete moves; another round only when a
+        // discrete coordinate changed (the numeric optimum may have moved with it).
         for _round in 0..3 {
-            let (nx, nv) = polish_numeric(acq, enc, &x, v, &num_dims, effort.polish_iters);
-            let moved = nv > v + 1e-12;
-            x = nx;
-            v = nv;
-            let swept = sweep_discrete(acq, enc, &mut x, &mut v);
-            if !swept && (!moved || num_dims.is_empty()) {
-                break;
-            }
-            if !swept {
+            (x, v) = polish_numeric(acq, enc, &x, v, &num_dims, effort.polish_iters);
+            if !sweep_discrete(acq, enc, &mut x, &mut v) {
                 break;
             }
         }
