@@ -300,7 +300,9 @@ impl GpSampler {
         let dims = enc.dims();
         let mut shift_rng = ChaCha8Rng::seed_from_u64(splitmix64(ctx.seed ^ 0x50b0_1d5e_ed00_0001));
         let shift: Vec<f64> = (0..dims).map(|_| shift_rng.random::<f64>()).collect();
-        let start = usize::try_from(ctx.number).unwrap_or(usize::MAX / 2).min(1 << 30);
+        // Skipping through the sequence costs O(index); far beyond any start-up phase the index
+        // wraps (points then repeat only up to the duplicate check below).
+        let start = usize::try_from(ctx.number % (1 << 20)).unwrap_or(0);
         let mut fallback = ctx.rng();
         let mut first = None;
         for k in 0..16 {
