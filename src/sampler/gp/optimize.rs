@@ -40,16 +40,19 @@ pub struct SearchEffort {
 pub struct Acquisition<'a> {
     pub posterior: &'a Posterior,
     pub best: f64,
+    /// Variance added to the latent variance (the noise of an observation, when the
+    /// improvement is measured on observations rather than on the latent function).
+    pub extra_var: f64,
 }
 
 impl Acquisition<'_> {
     pub fn value(&self, x: &[f64]) -> f64 {
         let (m, v) = self.posterior.predict(x);
-        log_ei(m, v, self.best).0
+        log_ei(m, v + self.extra_var, self.best).0
     }
 
     pub fn values(&self, xs: &[Vec<f64>]) -> Vec<f64> {
-        self.posterior.predict_many(xs).into_iter().map(|(m, v)| log_ei(m, v, self.best).0).collect()
+        self.posterior.predict_many(xs).into_iter().map(|(m, v)| log_ei(m, v + self.extra_var, self.best).0).collect()
     }
 }
 
@@ -100,7 +103,7 @@ impl Polish<'_> {
         }
         let x = self.point(z);
         let p = self.acq.posterior.predict_with_grad(&x, self.dims);
-        let (value, dm, dv) = log_ei(p.mean, p.var, self.acq.best);
+        let (value, dm, dv) = log_ei(p.mean, p.var + self.acq.extra_var, self.acq.best);
         let grad: Vec<f64> = (0..self.dims.len())
             .map(|k| {
                 let g = -(dm * p.d_mean[k] + dv * p.d_var[k]) * reflect_slope(z[k]);
