@@ -1,6 +1,8 @@
 //! Maximum a posteriori kernel hyperparameters: the log marginal likelihood of standardised
-//! outputs plus weak log priors, maximised with argmin's L-BFGS on the analytic gradient from
-//! a few deterministic starting points.
+//! outputs plus weak log priors, maximised with argmin's L-BFGS on the analytic gradient. The
+//! start is the cheapest-cost one of a few isotropic settings (one Cholesky each), so it is
+//! a function of the data alone; hyperparameters live in a clamped log-space box
+//! ([`crate::sampler::gp::kernel::THETA_BOUNDS`]) where the gradient is zero outside.
 //!
 //! Priors (in the spirit of Optuna's GPSampler): each inverse squared lengthscale `w` gets
 //! `−0.1 (w + 1/w)`, which peaks at a lengthscale of 1 in unit-cube units; the signal variance
