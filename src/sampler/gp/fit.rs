@@ -1,6 +1,6 @@
 //! Maximum a posteriori kernel hyperparameters: the log marginal likelihood of standardised
 //! outputs plus weak log priors, maximised with argmin's L-BFGS on the analytic gradient. The
-//! start is the cheapest-cost one of a few isotropic settings (one Cholesky each), so it is
+//! start is the lowest-cost one of a few isotropic settings (one Cholesky each), so it is
 //! a function of the data alone; hyperparameters live in a clamped log-space box
 //! ([`crate::sampler::gp::kernel::THETA_BOUNDS`]) where the gradient is zero outside.
 //!

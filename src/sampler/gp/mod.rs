@@ -11,8 +11,9 @@
 //! 3. the posterior the acquisition sees puts its constant prior mean at the worst observed
 //!    value (see `pessimistic`), and running trials enter it as clamped Kriging-believer
 //!    fantasies, so parallel suggestions differ;
-//! 4. log expected improvement is maximised over the space ([`optimize`]): Sobol and local
-//!    candidates, then L-BFGS on numeric coordinates and exhaustive moves on discrete ones.
+//! 4. log expected improvement of the next observation over the best observed value is
+//!    maximised over the space ([`optimize`]): Sobol and local candidates, then L-BFGS on
+//!    numeric coordinates and exhaustive moves on discrete ones.
 //!
 //! Cost is kept in check without hidden state: hyperparameters are refitted at every one of
 //! the first 20 observations and then every `⌊n/10⌋`-th ([`fit_anchor`]), on at most 64 of
