@@ -11,7 +11,7 @@ use super::UsageError;
 use crate::cli::RunArgs;
 use crate::config::{parse_devices, file::DevicesSpec, ObjectiveConfig, SamplerKind, StudyConfig};
 use crate::objective::{CommandRunner, SyntheticRunner};
-use crate::sampler::{GridSampler, RandomSampler, Sampler};
+use crate::sampler::{GpOptions, GpSampler, GridSampler, RandomSampler, Sampler};
 use crate::scheduler::{run_study, Observer, ProgressDisplay, Silent, StopReason, StopSignal, StudyRun, TrialRunner};
 use crate::storage::{Budget, Store, StudySpec};
 use crate::trial::{best_trial, TrialState};
@@ -21,9 +21,7 @@ pub fn build_sampler(cfg: &StudyConfig) -> anyhow::Result<Box<dyn Sampler>> {
     Ok(match cfg.sampler.kind {
         SamplerKind::Grid => Box::new(GridSampler::new(cfg.sampler.grid_points)),
         SamplerKind::Random => Box::new(RandomSampler),
-        SamplerKind::Gp => {
-            return Err(UsageError(format!("{}: sampler `gp` is not available in this build yet; use \"random\" or \"grid\"", cfg.path.display())).into())
-        }
+        SamplerKind::Gp => Box::new(GpSampler::new(GpOptions { n_startup: cfg.sampler.n_startup, ..GpOptions::default() })),
     })
 }
 
@@ -115,6 +113,7 @@ pub fn run(args: &RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         max_retries: cfg.execution.max_retries,
         heartbeat_interval: cfg.execution.heartbeat_interval,
         heartbeat_timeout: cfg.execution.heartbeat_timeout,
+        max_consecutive_failures: cfg.execution.max_consecutive_failures,
         artifacts_root: cfg.artifacts_root(),
         stop: stop.clone(),
         observer: display.as_ref(),
@@ -132,6 +131,7 @@ pub fn run(args: &RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
             StopReason::Timeout => "the timeout passed",
             StopReason::Stopped => "it was stopped (running trials finished)",
             StopReason::Cancelled => "it was cancelled",
+            StopReason::Failing => "too many trials failed in a row",
         };
         eprintln!(
             "study `{}` ended because {why}: {} complete, {} pruned, {} failed, {} waiting ({:.1}s)",
