@@ -6,6 +6,7 @@
 
 use candle_core::{Result, Tensor, Var};
 
+use super::attention;
 use super::ops::{self, Dropout};
 
 /// How one forward pass runs.
@@ -132,7 +133,7 @@ impl EncoderLayer {
         p: DropoutProbs,
         dropout: &Dropout,
     ) -> Result<Tensor> {
-        let (b, s, h) = x.dims3()?;
+        let h = x.dim(2)?;
         let d = h / self.heads;
         let split = |lin: &Linear| -> Result<Tensor> {
             ops::bias_split_heads(&lin.matmul(x, pass)?, &pass.w(&lin.bias), self.heads)
@@ -140,13 +141,8 @@ impl EncoderLayer {
         let q = split(&self.query)?;
         let k = split(&self.key)?;
         let v = split(&self.value)?;
-        let scores = q.matmul(&k.t()?)?; // [b, heads, s, s]
-        let mut probs = ops::masked_softmax(&scores, mask, 1.0 / (d as f64).sqrt())?;
-        if pass.train {
-            probs = dropout.apply(&probs, p.attention)?;
-        }
-        let ctx = probs.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((b, s, h))?;
         let drop = |prob: f64| if pass.train { dropout.mask(prob) } else { ops::DropMask::none() };
+        let ctx = attention::attention(&q, &k, &v, mask, 1.0 / (d as f64).sqrt(), drop(p.attention))?;
         let a = ops::bias_dropout_residual(
             &self.attn_out.matmul(&ctx, pass)?,
             &pass.w(&self.attn_out.bias),

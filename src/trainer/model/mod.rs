@@ -26,7 +26,9 @@
 //! * Checkpoints without the `bert.` prefix (sentence-transformers) load too; a missing pooler
 //!   or classifier is initialised N(0, initializer_range) (logged with `tracing::info!`).
 
+pub mod attention;
 mod bert;
+mod kernels;
 pub mod config;
 pub mod error;
 pub mod ops;
