@@ -7,6 +7,7 @@
 use candle_core::{Result, Tensor, Var};
 
 use super::attention;
+use super::linear;
 use super::ops::{self, Dropout};
 
 /// How one forward pass runs.
@@ -34,16 +35,7 @@ pub(crate) struct Linear {
 impl Linear {
     /// `x Wᵀ` without the bias (fused into the following op), shape `[.., out]`.
     pub fn matmul(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let inner = *dims.last().unwrap_or(&1);
-        let rows = x.elem_count() / inner.max(1);
-        let w = pass.w(&self.weight);
-        let y = x.reshape((rows, inner))?.matmul(&w.t()?)?;
-        let mut out = dims;
-        if let Some(last) = out.last_mut() {
-            *last = w.dim(0)?;
-        }
-        y.reshape(out)
+        linear::matmul_wt(x, &pass.w(&self.weight))
     }
 
     pub fn forward(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {

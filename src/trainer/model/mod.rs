@@ -29,6 +29,7 @@
 pub mod attention;
 mod bert;
 mod kernels;
+pub mod linear;
 pub mod config;
 pub mod error;
 pub mod ops;
