@@ -4,7 +4,7 @@
 //! candle's batched matmul calls gemm once per (batch, head) with its thread pool, so the
 //! ~200 tiny products per layer pay a thread dispatch each, and the `[batch, heads, seq, seq]`
 //! scores, probabilities and their gradients are materialised as tensors. Here each
-//! (batch, head) is one unit of work on candle's CPU pool, its products run single-threaded
+//! (batch, head) is one unit of work on the shared CPU pool (`trainer::perf::par_ranges`), its products run single-threaded
 //! gemm on a per-unit scratch, and the backward recomputes the probabilities instead of storing
 //! them (dropout masks are regenerated from their hash). Other devices use the composed ops.
 
@@ -90,10 +90,10 @@ unsafe fn mm(
     )
 }
 
-/// Runs `f(unit, scratch)` for every unit in `0..units` on candle's CPU pool; each worker gets
+/// Runs `f(unit, scratch)` for every unit in `0..units` on the shared CPU pool (`trainer::perf::par_ranges`); each worker gets
 /// its own zeroed scratch of `scratch_len` floats.
 fn par_units(units: usize, scratch_len: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
-    candle_core::utils::barrier_pool().execute_chunked(units, |r| {
+    crate::trainer::perf::par_ranges(units, |r| {
         let mut scratch = vec![0f32; scratch_len];
         for u in r {
             f(u, &mut scratch);

@@ -2,7 +2,7 @@
 //! Hugging Face's `"gelu"`), scaled + masked softmax, seeded dropout, and the bias epilogues of
 //! the linear layers (bias + GELU, bias + dropout + residual, bias + split into heads) — each a
 //! candle custom op with a one-pass forward and its own one-pass backward over the
-//! [`kernels`](super::kernels), parallel on candle's CPU pool.
+//! [`kernels`](super::kernels), parallel on the shared CPU pool (`trainer::perf::par_ranges`).
 //!
 //! candle-nn's fused `layer_norm` has no backward (gradients silently stop there) and composed
 //! ops allocate a tensor and a gradient per elementary step; these kernels avoid both. On other
@@ -46,7 +46,7 @@ fn par_elems(out: &mut [f32], f: impl Fn(usize, &mut [f32]) + Sync) {
     let chunk = PAR_MIN / 2;
     let units = n.div_ceil(chunk);
     let ptr = out.as_mut_ptr() as usize;
-    candle_core::utils::barrier_pool().execute_chunked(units, |r| {
+    crate::trainer::perf::par_ranges(units, |r| {
         for u in r {
             let lo = u * chunk;
             let hi = n.min(lo + chunk);
@@ -71,7 +71,7 @@ fn par_rows(out: &mut [f32], k: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
     let rows_per_unit = (PAR_MIN / 4 / k).max(1);
     let units = rows.div_ceil(rows_per_unit);
     let ptr = out.as_mut_ptr() as usize;
-    candle_core::utils::barrier_pool().execute_chunked(units, |r| {
+    crate::trainer::perf::par_ranges(units, |r| {
         for u in r {
             let r0 = u * rows_per_unit;
             let r1 = rows.min(r0 + rows_per_unit);
