@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
 use super::kernels;
 use super::ops::{masked_softmax, DropMask};
@@ -36,6 +36,179 @@ pub fn attention_composed(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, sca
     let scores = q.matmul(&k.t()?)?;
     let probs = drop.apply(&masked_softmax(&scores, mask, scale)?)?;
     probs.matmul(v)?.transpose(1, 2)?.contiguous()?.reshape((b, s, h * d))
+}
+
+/// Attention straight from the fused projection `xw = x [Wq; Wk; Wv]ᵀ` `[b, s, 3·h]` plus its
+/// bias `[3·h]`: splits into heads, attends, merges → `[b, s, h]`. One op and one backward.
+pub fn attention_qkv(xw: &Tensor, bias: &Tensor, heads: usize, mask: &Tensor, scale: f64, drop: DropMask) -> Result<Tensor> {
+    let (b, s, h3) = xw.dims3()?;
+    if h3 % (3 * heads) != 0 {
+        bail!("attention: projection width {h3} is not 3 x heads ({heads}) x d")
+    }
+    if xw.device().is_cpu() && xw.dtype() == DType::F32 {
+        let mask: Vec<f32> = mask.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        if mask.len() != b * s {
+            bail!("attention: mask has {} elements, expected {}", mask.len(), b * s)
+        }
+        let op = QkvAttentionOp { inner: AttentionOp { mask: Arc::new(mask), scale: scale as f32, drop }, heads };
+        xw.contiguous()?.apply_op2(&bias.contiguous()?, op)
+    } else {
+        attention_qkv_composed(xw, bias, heads, mask, scale, drop)
+    }
+}
+
+/// [`attention_qkv`] with candle ops (autograd); the reference in tests.
+pub fn attention_qkv_composed(xw: &Tensor, bias: &Tensor, heads: usize, mask: &Tensor, scale: f64, drop: DropMask) -> Result<Tensor> {
+    let (b, s, h3) = xw.dims3()?;
+    let h = h3 / 3;
+    let x = xw.broadcast_add(bias)?;
+    let part = |i: usize| -> Result<Tensor> {
+        x.narrow(2, i * h, h)?.reshape((b, s, heads, h / heads))?.transpose(1, 2)?.contiguous()
+    };
+    attention_composed(&part(0)?, &part(1)?, &part(2)?, mask, scale, drop)
+}
+
+struct QkvAttentionOp {
+    inner: AttentionOp,
+    heads: usize,
+}
+
+/// Copies head `hi` of part `part` (0 q, 1 k, 2 v) of batch row `bi` from `xw [b, s, 3h]`
+/// plus its bias into `dst [s, d]`.
+#[allow(clippy::too_many_arguments)]
+fn gather_head(xw: &[f32], bias: &[f32], bi: usize, hi: usize, part: usize, s: usize, h: usize, d: usize, dst: &mut [f32]) {
+    let col = part * h + hi * d;
+    let bb = &bias[col..col + d];
+    for (i, row) in dst.chunks_exact_mut(d).enumerate().take(s) {
+        let src = &xw[(bi * s + i) * 3 * h + col..][..d];
+        for l in 0..d {
+            row[l] = src[l] + bb[l];
+        }
+    }
+}
+
+impl CustomOp2 for QkvAttentionOp {
+    fn name(&self) -> &'static str {
+        "sft-attention-qkv"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let xw = contiguous(s1, l1)?;
+        let bias = contiguous(s2, l2)?;
+        let (b, s, h3) = l1.shape().dims3()?;
+        let (h, nh) = (h3 / 3, self.heads);
+        let d = h / nh;
+        if bias.len() != h3 {
+            bail!("attention: bias {:?} for projection {:?}", l2.shape(), l1.shape())
+        }
+        let mut out = vec![0f32; b * s * h];
+        let out_ptr = out.as_mut_ptr() as usize;
+        let att = &self.inner;
+        par_units(b * nh, s * s + 3 * s * d, |u, scratch| {
+            let (bi, hi) = (u / nh, u % nh);
+            let (p, rest) = scratch.split_at_mut(s * s);
+            let (q, rest) = rest.split_at_mut(s * d);
+            let (k, v) = rest.split_at_mut(s * d);
+            gather_head(xw, bias, bi, hi, 0, s, h, d, q);
+            gather_head(xw, bias, bi, hi, 1, s, h, d, k);
+            gather_head(xw, bias, bi, hi, 2, s, h, d, v);
+            // SAFETY: scratch slices have the sizes used; each unit writes its own
+            // (batch rows, head columns) block of `out`.
+            unsafe {
+                mm(s, s, d, p.as_mut_ptr(), s, q.as_ptr(), d, 1, k.as_ptr(), 1, d);
+                att.softmax_rows(p, s, u, bi, true);
+                let dst = (out_ptr as *mut f32).add(bi * s * h + hi * d);
+                mm(s, d, s, dst, h, p.as_ptr(), s, 1, v.as_ptr(), d, 1);
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((b, s, h))))
+    }
+
+    fn bwd(&self, xw: &Tensor, bias: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let op = QkvAttentionBwdOp {
+            inner: AttentionOp { mask: self.inner.mask.clone(), scale: self.inner.scale, drop: self.inner.drop },
+            heads: self.heads,
+        };
+        let packed = xw.apply_op3_no_bwd(bias, &grad.contiguous()?, &op)?;
+        let n = xw.elem_count();
+        let dxw = packed.narrow(0, 0, n)?.reshape(xw.shape())?;
+        let db = packed.narrow(0, n, bias.elem_count())?.reshape(bias.shape())?;
+        Ok((Some(dxw), Some(db)))
+    }
+}
+
+/// Backward of [`QkvAttentionOp`]: `(xw, bias, dO)` → packed `[dxw, dbias]`.
+struct QkvAttentionBwdOp {
+    inner: AttentionOp,
+    heads: usize,
+}
+
+impl CustomOp3 for QkvAttentionBwdOp {
+    fn name(&self) -> &'static str {
+        "sft-attention-qkv-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let xw = contiguous(s1, l1)?;
+        let bias = contiguous(s2, l2)?;
+        let go = contiguous(s3, l3)?;
+        let (b, s, h3) = l1.shape().dims3()?;
+        let (h, nh) = (h3 / 3, self.heads);
+        let d = h / nh;
+        let n = xw.len();
+        if bias.len() != h3 || go.len() != b * s * h {
+            bail!("attention bwd: shapes {:?} {:?} {:?}", l1.shape(), l2.shape(), l3.shape())
+        }
+        let mut out = vec![0f32; n + h3];
+        let out_ptr = out.as_mut_ptr() as usize;
+        let att = &self.inner;
+        par_units(b * nh, 3 * s * s + 3 * s * d, |u, scratch| {
+            let (bi, hi) = (u / nh, u % nh);
+            let (p, rest) = scratch.split_at_mut(s * s);
+            let (pd, rest) = rest.split_at_mut(s * s);
+            let (dp, rest) = rest.split_at_mut(s * s);
+            let (q, rest) = rest.split_at_mut(s * d);
+            let (k, v) = rest.split_at_mut(s * d);
+            gather_head(xw, bias, bi, hi, 0, s, h, d, q);
+            gather_head(xw, bias, bi, hi, 1, s, h, d, k);
+            gather_head(xw, bias, bi, hi, 2, s, h, d, v);
+            let go_u = go[bi * s * h + hi * d..].as_ptr();
+            // SAFETY: scratch slices have the sizes used; each unit writes only its own
+            // (batch rows, head columns) blocks of dxw.
+            unsafe {
+                let row0 = (out_ptr as *mut f32).add(bi * s * h3 + hi * d);
+                let (dq, dk, dv) = (row0, row0.add(h), row0.add(2 * h));
+                mm(s, s, d, p.as_mut_ptr(), s, q.as_ptr(), d, 1, k.as_ptr(), 1, d);
+                att.softmax_rows(p, s, u, bi, false);
+                let base = u * s * s;
+                let dr = att.drop;
+                if dr.is_identity() {
+                    pd.copy_from_slice(p);
+                } else {
+                    kernels::drop_mul(p, pd, base, dr.key, dr.threshold, dr.scale);
+                }
+                mm(s, d, s, dv, h3, pd.as_ptr(), 1, s, go_u, h, 1);
+                mm(s, s, d, dp.as_mut_ptr(), s, go_u, h, 1, v.as_ptr(), 1, d);
+                if !dr.is_identity() {
+                    kernels::drop_mul_inplace(dp, base, dr.key, dr.threshold, dr.scale);
+                }
+                kernels::softmax_bwd_rows(p, dp, s, att.scale, pd);
+                mm(s, d, s, dq, h3, pd.as_ptr(), s, 1, k.as_ptr(), d, 1);
+                mm(s, d, s, dk, h3, pd.as_ptr(), 1, s, q.as_ptr(), d, 1);
+            }
+        });
+        let (dx, db) = out.split_at_mut(n);
+        kernels::col_sums(dx, db);
+        Ok((CpuStorage::F32(out), Shape::from(n + h3)))
+    }
 }
 
 struct AttentionOp {
@@ -295,6 +468,32 @@ mod tests {
             let ga = (&a * &w).unwrap().sum_all().unwrap().backward().unwrap();
             let gb = (&b * &w).unwrap().sum_all().unwrap().backward().unwrap();
             for t in [&q, &k, &v] {
+                let d = max_abs_diff(ga.get(t).unwrap(), gb.get(t).unwrap());
+                assert!(d < 1e-5, "gradient differs by {d}");
+            }
+        }
+    }
+
+    /// Reference: `attention_qkv_composed` (bias add, split into heads with candle ops, then the
+    /// composed attention) through autograd.
+    #[test]
+    fn fused_qkv_attention_matches_composed_autograd() {
+        let xw = Var::from_tensor(&randn(&[2, 9, 36], 5)).unwrap();
+        let bias = Var::from_tensor(&randn(&[36], 6)).unwrap();
+        let mut m = vec![0f32; 18];
+        m[8] = -1e9;
+        m[16] = -1e9;
+        m[17] = -1e9;
+        let mask = Tensor::from_vec(m, (2, 9), &Device::Cpu).unwrap();
+        let w = randn(&[2, 9, 12], 7);
+        for drop in [DropMask::none(), DropMask::new(0.25, 3)] {
+            let a = attention_qkv(&xw, &bias, 3, &mask, 0.4, drop).unwrap();
+            let b = attention_qkv_composed(&xw, &bias, 3, &mask, 0.4, drop).unwrap();
+            assert_eq!(a.dims(), &[2, 9, 12]);
+            assert!(max_abs_diff(&a, &b) < 1e-5, "forward differs by {}", max_abs_diff(&a, &b));
+            let ga = (&a * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let gb = (&b * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            for t in [&xw, &bias] {
                 let d = max_abs_diff(ga.get(t).unwrap(), gb.get(t).unwrap());
                 assert!(d < 1e-5, "gradient differs by {d}");
             }

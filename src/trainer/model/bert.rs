@@ -127,14 +127,12 @@ impl EncoderLayer {
     ) -> Result<Tensor> {
         let h = x.dim(2)?;
         let d = h / self.heads;
-        let split = |lin: &Linear| -> Result<Tensor> {
-            ops::bias_split_heads(&lin.matmul(x, pass)?, &pass.w(&lin.bias), self.heads)
-        };
-        let q = split(&self.query)?;
-        let k = split(&self.key)?;
-        let v = split(&self.value)?;
         let drop = |prob: f64| if pass.train { dropout.mask(prob) } else { ops::DropMask::none() };
-        let ctx = attention::attention(&q, &k, &v, mask, 1.0 / (d as f64).sqrt(), drop(p.attention))?;
+        // One projection for q, k and v (a [3h, h] weight built from the three HF tensors).
+        let w_qkv = Tensor::cat(&[&pass.w(&self.query.weight), &pass.w(&self.key.weight), &pass.w(&self.value.weight)], 0)?;
+        let b_qkv = Tensor::cat(&[&pass.w(&self.query.bias), &pass.w(&self.key.bias), &pass.w(&self.value.bias)], 0)?;
+        let xw = linear::matmul_wt(x, &w_qkv)?;
+        let ctx = attention::attention_qkv(&xw, &b_qkv, self.heads, mask, 1.0 / (d as f64).sqrt(), drop(p.attention))?;
         let a = ops::bias_dropout_residual(
             &self.attn_out.matmul(&ctx, pass)?,
             &pass.w(&self.attn_out.bias),

@@ -25,6 +25,14 @@
 //!   `attention_probs_dropout_prob`; active only with `train = true`; seeded by `opts.seed`.
 //! * Checkpoints without the `bert.` prefix (sentence-transformers) load too; a missing pooler
 //!   or classifier is initialised N(0, initializer_range) (logged with `tracing::info!`).
+//! * Speed: call [`crate::trainer::perf::tune_for_training`] once at the start of a training
+//!   process (malloc tuning, one thread pool). On the CPU the encoder runs on fused kernels with
+//!   their own backward: `linear` (gemm, direct `dW`), `attention` (q/k/v from one projection,
+//!   per-head gemm, probabilities recomputed in the backward), `ops` (layer norm, GELU, dropout
+//!   and bias epilogues) over vectorised `kernels`; other devices use composed candle ops.
+//!
+//! Files: `config.rs` (HF config), `error.rs`, `bert.rs` (blocks), `ops.rs`, `attention.rs`,
+//! `linear.rs`, `kernels.rs`, `tests.rs`.
 
 pub mod attention;
 mod bert;
@@ -220,6 +228,17 @@ impl BertClassifier {
                 "freeze_layers = {} but the model has {n_layers} layers",
                 opts.freeze_layers
             )));
+        }
+        if config.hidden_act != "gelu" {
+            return Err(ModelError::Options(format!(
+                "hidden_act `{}` is not supported (only \"gelu\", the erf form)",
+                config.hidden_act
+            )));
+        }
+        if let Some(kind) = config.extra.get("position_embedding_type").and_then(|v| v.as_str()) {
+            if kind != "absolute" {
+                return Err(ModelError::Options(format!("position_embedding_type `{kind}` is not supported")));
+            }
         }
         if opts.num_labels == 0 {
             return Err(ModelError::Options("num_labels must be at least 1".into()));
