@@ -25,8 +25,8 @@
 //!   `attention_probs_dropout_prob`; active only with `train = true`; seeded by `opts.seed`.
 //! * Checkpoints without the `bert.` prefix (sentence-transformers) load too; a missing pooler
 //!   or classifier is initialised N(0, initializer_range) (logged with `tracing::info!`).
-//! * Speed: call [`crate::trainer::perf::tune_for_training`] once at the start of a training
-//!   process (malloc tuning, one thread pool). On the CPU the encoder runs on fused kernels with
+//! * Speed: [`crate::trainer::perf::tune_for_training`] (malloc tuning, one thread pool) runs
+//!   on the first `load`; call it earlier yourself if the process does heavy candle work first. On the CPU the encoder runs on fused kernels with
 //!   their own backward: `linear` (gemm, direct `dW`), `attention` (q/k/v from one projection,
 //!   per-head gemm, probabilities recomputed in the backward), `ops` (layer norm, GELU, dropout
 //!   and bias epilogues) over vectorised `kernels`; other devices use composed candle ops.
@@ -203,7 +203,10 @@ pub fn read_config(dir: &Path) -> Result<BertConfig, ModelError> {
 
 impl BertClassifier {
     /// Loads `dir/config.json` and `dir/model.safetensors` onto `device`.
+    /// Also applies [`crate::trainer::perf::tune_for_training`] (once per process) so a training
+    /// process gets the fast CPU settings by default.
     pub fn load(dir: &Path, opts: &ModelOptions, device: &Device) -> Result<Self, ModelError> {
+        crate::trainer::perf::tune_for_training();
         let config = read_config(dir)?;
         let path = dir.join("model.safetensors");
         if !path.is_file() {
