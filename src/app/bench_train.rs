@@ -100,11 +100,12 @@ pub fn run(args: &BenchTrainArgs) -> anyhow::Result<ExitCode> {
         }
         TextOrJson::Text => {
             println!(
-                "model {} | batch {b} seq {s} | freeze_layers {} | {} trainable tensors | device {}",
+                "model {} | batch {b} seq {s} | freeze_layers {} | {} trainable tensors | device {} | {} threads",
                 args.model.display(),
                 args.freeze_layers,
                 model.trainable_vars().len(),
-                args.device
+                args.device,
+                rayon::current_num_threads()
             );
             println!("forward    {forward_ms:9.1} ms/step");
             println!("backward   {backward_ms:9.1} ms/step");

@@ -1,6 +1,6 @@
 //! AdamW with a fused, allocation-free CPU update (decoupled weight decay, bias correction, as
 //! `torch.optim.AdamW`): per parameter, one pass updates both moments and one pass the weights,
-//! in place, split over candle's CPU worker pool. candle-nn's `AdamW` runs about a dozen
+//! in place, split over the shared CPU pool. candle-nn's `AdamW` runs about a dozen
 //! allocating tensor ops per parameter, which dominated the step for a 22M-parameter BERT.
 //! Other devices use the same formula in tensor ops.
 //!
@@ -142,14 +142,14 @@ fn slice_f32_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> Result<&'a mut [f32]>
 
 const CHUNK: usize = 32 * 1024;
 
-/// Runs `f(lo..hi)` over `0..n` in chunks on candle's CPU pool.
+/// Runs `f(lo..hi)` over `0..n` in chunks on the shared CPU pool (`trainer::perf::par_ranges`).
 fn par_chunks(n: usize, f: impl Fn(std::ops::Range<usize>) + Sync) {
     if n <= 2 * CHUNK {
         f(0..n);
         return;
     }
     let units = n.div_ceil(CHUNK);
-    candle_core::utils::barrier_pool().execute_chunked(units, |r| {
+    crate::trainer::perf::par_ranges(units, |r| {
         f(r.start * CHUNK..(r.end * CHUNK).min(n));
     });
 }

@@ -138,3 +138,32 @@ enum Init {
     Zeros,
     Ones,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The written folder is what a HF loader expects: tokenizer.json loads with the
+    /// `tokenizers` crate and wraps texts as `[CLS] … [SEP]`, vocab.txt lists the vocabulary in
+    /// id order, config.json parses as a BERT config with the vocabulary's size.
+    #[test]
+    fn writes_a_loadable_tokenizer_vocab_and_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let texts: Vec<String> = ["Good film, great fun", "bad film and awful fun"].iter().map(|s| s.to_string()).collect();
+        let info = write_tiny_bert(dir.path(), &texts, 1, 8, 1).unwrap();
+        let tok = tokenizers::Tokenizer::from_file(dir.path().join("tokenizer.json")).unwrap();
+        let enc = tok.encode("good film", true).unwrap();
+        let ids = enc.get_ids();
+        assert_eq!(ids.first(), Some(&2), "[CLS] first: {ids:?}");
+        assert_eq!(ids.last(), Some(&3), "[SEP] last: {ids:?}");
+        assert!(!ids[1..ids.len() - 1].contains(&1), "known words must not be [UNK]: {ids:?}");
+        let pair = tok.encode(("good", "bad"), true).unwrap();
+        assert_eq!(pair.get_type_ids().last(), Some(&1));
+        let vocab = std::fs::read_to_string(dir.path().join("vocab.txt")).unwrap();
+        let lines: Vec<&str> = vocab.lines().collect();
+        assert_eq!(&lines[..5], &SPECIAL_TOKENS);
+        assert_eq!(lines.len(), info.vocab_size);
+        let cfg = crate::trainer::model::read_config(dir.path()).unwrap();
+        assert_eq!((cfg.vocab_size, cfg.hidden_size, cfg.num_hidden_layers), (info.vocab_size, 8, 1));
+    }
+}

@@ -6,6 +6,8 @@
 
 use candle_core::{Result, Tensor, Var};
 
+use super::attention;
+use super::linear;
 use super::ops::{self, Dropout};
 
 /// How one forward pass runs.
@@ -33,16 +35,7 @@ pub(crate) struct Linear {
 impl Linear {
     /// `x Wᵀ` without the bias (fused into the following op), shape `[.., out]`.
     pub fn matmul(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let inner = *dims.last().unwrap_or(&1);
-        let rows = x.elem_count() / inner.max(1);
-        let w = pass.w(&self.weight);
-        let y = x.reshape((rows, inner))?.matmul(&w.t()?)?;
-        let mut out = dims;
-        if let Some(last) = out.last_mut() {
-            *last = w.dim(0)?;
-        }
-        y.reshape(out)
+        linear::matmul_wt(x, &pass.w(&self.weight))
     }
 
     pub fn forward(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
@@ -132,21 +125,14 @@ impl EncoderLayer {
         p: DropoutProbs,
         dropout: &Dropout,
     ) -> Result<Tensor> {
-        let (b, s, h) = x.dims3()?;
+        let h = x.dim(2)?;
         let d = h / self.heads;
-        let split = |lin: &Linear| -> Result<Tensor> {
-            ops::bias_split_heads(&lin.matmul(x, pass)?, &pass.w(&lin.bias), self.heads)
-        };
-        let q = split(&self.query)?;
-        let k = split(&self.key)?;
-        let v = split(&self.value)?;
-        let scores = q.matmul(&k.t()?)?; // [b, heads, s, s]
-        let mut probs = ops::masked_softmax(&scores, mask, 1.0 / (d as f64).sqrt())?;
-        if pass.train {
-            probs = dropout.apply(&probs, p.attention)?;
-        }
-        let ctx = probs.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((b, s, h))?;
         let drop = |prob: f64| if pass.train { dropout.mask(prob) } else { ops::DropMask::none() };
+        // One projection for q, k and v (a [3h, h] weight built from the three HF tensors).
+        let w_qkv = Tensor::cat(&[&pass.w(&self.query.weight), &pass.w(&self.key.weight), &pass.w(&self.value.weight)], 0)?;
+        let b_qkv = Tensor::cat(&[&pass.w(&self.query.bias), &pass.w(&self.key.bias), &pass.w(&self.value.bias)], 0)?;
+        let xw = linear::matmul_wt(x, &w_qkv)?;
+        let ctx = attention::attention_qkv(&xw, &b_qkv, self.heads, mask, 1.0 / (d as f64).sqrt(), drop(p.attention))?;
         let a = ops::bias_dropout_residual(
             &self.attn_out.matmul(&ctx, pass)?,
             &pass.w(&self.attn_out.bias),

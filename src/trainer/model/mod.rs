@@ -25,8 +25,19 @@
 //!   `attention_probs_dropout_prob`; active only with `train = true`; seeded by `opts.seed`.
 //! * Checkpoints without the `bert.` prefix (sentence-transformers) load too; a missing pooler
 //!   or classifier is initialised N(0, initializer_range) (logged with `tracing::info!`).
+//! * Speed: [`crate::trainer::perf::tune_for_training`] (malloc tuning, one thread pool) runs
+//!   on the first `load`; call it earlier yourself if the process does heavy candle work first. On the CPU the encoder runs on fused kernels with
+//!   their own backward: `linear` (gemm, direct `dW`), `attention` (q/k/v from one projection,
+//!   per-head gemm, probabilities recomputed in the backward), `ops` (layer norm, GELU, dropout
+//!   and bias epilogues) over vectorised `kernels`; other devices use composed candle ops.
+//!
+//! Files: `config.rs` (HF config), `error.rs`, `bert.rs` (blocks), `ops.rs`, `attention.rs`,
+//! `linear.rs`, `kernels.rs`, `tests.rs`.
 
+pub mod attention;
 mod bert;
+mod kernels;
+pub mod linear;
 pub mod config;
 pub mod error;
 pub mod ops;
@@ -192,7 +203,10 @@ pub fn read_config(dir: &Path) -> Result<BertConfig, ModelError> {
 
 impl BertClassifier {
     /// Loads `dir/config.json` and `dir/model.safetensors` onto `device`.
+    /// Also applies [`crate::trainer::perf::tune_for_training`] (once per process) so a training
+    /// process gets the fast CPU settings by default.
     pub fn load(dir: &Path, opts: &ModelOptions, device: &Device) -> Result<Self, ModelError> {
+        crate::trainer::perf::tune_for_training();
         let config = read_config(dir)?;
         let path = dir.join("model.safetensors");
         if !path.is_file() {
@@ -217,6 +231,17 @@ impl BertClassifier {
                 "freeze_layers = {} but the model has {n_layers} layers",
                 opts.freeze_layers
             )));
+        }
+        if config.hidden_act != "gelu" {
+            return Err(ModelError::Options(format!(
+                "hidden_act `{}` is not supported (only \"gelu\", the erf form)",
+                config.hidden_act
+            )));
+        }
+        if let Some(kind) = config.extra.get("position_embedding_type").and_then(|v| v.as_str()) {
+            if kind != "absolute" {
+                return Err(ModelError::Options(format!("position_embedding_type `{kind}` is not supported")));
+            }
         }
         if opts.num_labels == 0 {
             return Err(ModelError::Options("num_labels must be at least 1".into()));

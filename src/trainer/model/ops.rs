@@ -1,9 +1,11 @@
-//! Differentiable fused operations for training on the CPU: layer norm, GELU (erf form, as
-//! Hugging Face's `"gelu"`), and scaled + masked softmax, each a candle custom op with a single
-//! pass forward and its own single pass backward, plus seeded dropout.
+//! Differentiable fused operations for training on the CPU — layer norm, GELU (erf form, as
+//! Hugging Face's `"gelu"`), scaled + masked softmax, seeded dropout, and the bias epilogues of
+//! the linear layers (bias + GELU, bias + dropout + residual, bias + split into heads) — each a
+//! candle custom op with a one-pass forward and its own one-pass backward over the
+//! [`kernels`](super::kernels), parallel on the shared CPU pool (`trainer::perf::par_ranges`).
 //!
-//! candle-nn's fused `layer_norm` has no backward (gradients silently stop there) and its
-//! composed ops allocate a tensor per elementary step; these kernels avoid both. On other
+//! candle-nn's fused `layer_norm` has no backward (gradients silently stop there) and composed
+//! ops allocate a tensor and a gradient per elementary step; these kernels avoid both. On other
 //! devices (CUDA) or dtypes each function falls back to a composition of candle ops that
 //! autograd differentiates.
 
@@ -13,8 +15,10 @@ use candle_core::{
     bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D,
 };
 use rand::{RngCore, SeedableRng};
-
 use rand_chacha::ChaCha8Rng;
+
+use super::kernels as k;
+pub use super::kernels::exp_f;
 
 fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let data = s.as_slice::<f32>()?;
@@ -26,6 +30,68 @@ fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [
 
 fn fast_path(xs: &Tensor) -> bool {
     xs.device().is_cpu() && xs.dtype() == DType::F32
+}
+
+// ---------------------------------------------------------------- parallel helpers
+
+const PAR_MIN: usize = 32 * 1024;
+
+/// Fills `out` in parallel chunks: `f(offset, chunk)`.
+fn par_elems(out: &mut [f32], f: impl Fn(usize, &mut [f32]) + Sync) {
+    let n = out.len();
+    if n < 2 * PAR_MIN {
+        f(0, out);
+        return;
+    }
+    let chunk = PAR_MIN / 2;
+    let units = n.div_ceil(chunk);
+    let ptr = out.as_mut_ptr() as usize;
+    crate::trainer::perf::par_ranges(units, |r| {
+        for u in r {
+            let lo = u * chunk;
+            let hi = n.min(lo + chunk);
+            // SAFETY: units are disjoint ranges of `out`, which outlives the call.
+            let o = unsafe { std::slice::from_raw_parts_mut((ptr as *mut f32).add(lo), hi - lo) };
+            f(lo, o);
+        }
+    });
+}
+
+/// Fills `out` (rows of `k`) in parallel blocks of whole rows: `f(first_row, rows)`.
+fn par_rows(out: &mut [f32], k: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    let n = out.len();
+    if k == 0 {
+        return;
+    }
+    if n < 2 * PAR_MIN {
+        f(0, out);
+        return;
+    }
+    let rows = n / k;
+    let rows_per_unit = (PAR_MIN / 4 / k).max(1);
+    let units = rows.div_ceil(rows_per_unit);
+    let ptr = out.as_mut_ptr() as usize;
+    crate::trainer::perf::par_ranges(units, |r| {
+        for u in r {
+            let r0 = u * rows_per_unit;
+            let r1 = rows.min(r0 + rows_per_unit);
+            // SAFETY: units are disjoint row blocks of `out`.
+            let o = unsafe { std::slice::from_raw_parts_mut((ptr as *mut f32).add(r0 * k), (r1 - r0) * k) };
+            f(r0, o);
+        }
+    });
+}
+
+/// Splits a packed 1-D result into tensors of the given shapes.
+fn unpack(packed: &Tensor, shapes: &[&Shape]) -> Result<Vec<Tensor>> {
+    let mut off = 0;
+    let mut out = Vec::with_capacity(shapes.len());
+    for s in shapes {
+        let n = s.elem_count();
+        out.push(packed.narrow(0, off, n)?.reshape(*s)?);
+        off += n;
+    }
+    Ok(out)
 }
 
 // ---------------------------------------------------------------- layer norm
@@ -75,14 +141,7 @@ impl CustomOp3 for LayerNormOp {
             bail!("layer norm: shapes {:?} {:?} {:?} do not match", l1.shape(), l2.shape(), l3.shape())
         }
         let mut out = vec![0f32; x.len()];
-        par_rows(&mut out, h, |r0, o| {
-            for (yr, xr) in o.chunks_exact_mut(h).zip(x[r0 * h..].chunks_exact(h)) {
-                let (mean, rstd) = row_stats(xr, self.eps);
-                for i in 0..h {
-                    yr[i] = (xr[i] - mean) * rstd * g[i] + b[i];
-                }
-            }
-        });
+        par_rows(&mut out, h, |r0, o| k::layer_norm_rows(&x[r0 * h..r0 * h + o.len()], g, b, self.eps, o));
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -94,26 +153,14 @@ impl CustomOp3 for LayerNormOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let h = gamma.elem_count();
-        let n = x.elem_count();
         let packed = x.apply_op3_no_bwd(gamma, &grad.contiguous()?, &LayerNormBwdOp { eps: self.eps })?;
-        let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
-        let dg = packed.narrow(0, n, h)?.reshape(gamma.shape())?;
-        let db = packed.narrow(0, n + h, h)?.reshape(gamma.shape())?;
-        Ok((Some(dx), Some(dg), Some(db)))
+        let mut v = unpack(&packed, &[x.shape(), gamma.shape(), gamma.shape()])?.into_iter();
+        Ok((v.next(), v.next(), v.next()))
     }
 }
 
-#[inline]
-fn row_stats(xr: &[f32], eps: f32) -> (f32, f32) {
-    let h = xr.len() as f32;
-    let mean = xr.iter().sum::<f32>() / h;
-    let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / h;
-    (mean, 1.0 / (var + eps).sqrt())
-}
-
-/// Backward of [`LayerNormOp`]: returns `dx` (flattened), then `dgamma`, then `dbeta`, packed
-/// in one 1-D tensor so one pass computes all three.
+/// Backward of [`LayerNormOp`]: `dx` (flattened), then `dgamma`, then `dbeta`, packed in one
+/// 1-D tensor so one op computes all three.
 struct LayerNormBwdOp {
     eps: f32,
 }
@@ -137,44 +184,18 @@ impl CustomOp3 for LayerNormBwdOp {
         let dy = contiguous_f32(s3, l3, "layer norm bwd grad")?;
         let h = g.len();
         let n = x.len();
-        if dy.len() != n {
+        if dy.len() != n || h == 0 || n % h != 0 {
             bail!("layer norm bwd: grad shape {:?} vs x {:?}", l3.shape(), l1.shape())
         }
         let mut out = vec![0f32; n + 2 * h];
         let (dx, rest) = out.split_at_mut(n);
         let (dg, db) = rest.split_at_mut(h);
-        let inv_h = 1.0 / h as f32;
-        let eps = self.eps;
         par_rows(dx, h, |r0, o| {
-            let rows = o.len() / h;
-            let xs = &x[r0 * h..(r0 + rows) * h];
-            let ds = &dy[r0 * h..(r0 + rows) * h];
-            for ((xr, dyr), dxr) in xs.chunks_exact(h).zip(ds.chunks_exact(h)).zip(o.chunks_exact_mut(h)) {
-                let (mean, rstd) = row_stats(xr, eps);
-                let mut a = 0f32;
-                let mut c = 0f32;
-                for i in 0..h {
-                    let xh = (xr[i] - mean) * rstd;
-                    let gd = dyr[i] * g[i];
-                    a += gd;
-                    c += gd * xh;
-                }
-                a *= inv_h;
-                c *= inv_h;
-                for i in 0..h {
-                    let xh = (xr[i] - mean) * rstd;
-                    dxr[i] = rstd * (dyr[i] * g[i] - a - xh * c);
-                }
-            }
+            let len = o.len();
+            k::layer_norm_bwd_rows(&x[r0 * h..r0 * h + len], g, &dy[r0 * h..r0 * h + len], self.eps, o)
         });
-        // dgamma = sum_rows dy * xhat, dbeta = sum_rows dy (serial: a small share of the work).
-        for (xr, dyr) in x.chunks_exact(h).zip(dy.chunks_exact(h)) {
-            let (mean, rstd) = row_stats(xr, eps);
-            for i in 0..h {
-                dg[i] += dyr[i] * (xr[i] - mean) * rstd;
-                db[i] += dyr[i];
-            }
-        }
+        let mut scratch = vec![0f32; h];
+        k::layer_norm_param_grads(x, dy, h, self.eps, dg, db, &mut scratch);
         Ok((CpuStorage::F32(out), Shape::from(n + 2 * h)))
     }
 }
@@ -190,41 +211,6 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// erf with |error| < 1.2e-7 (Numerical Recipes `erfc` Chebyshev fit) in f32, one [`exp_f`].
-#[inline(always)]
-fn erf(x: f32) -> f32 {
-    let z = x.abs();
-    let t = 1.0 / (1.0 + 0.5 * z);
-    let poly = -z * z - 1.265_512_2
-        + t * (1.000_023_7
-            + t * (0.374_091_96
-                + t * (0.096_784_18
-                    + t * (-0.186_288_06
-                        + t * (0.278_868_07
-                            + t * (-1.135_203_9 + t * (1.488_515_9 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
-    let r = 1.0 - t * exp_f(poly);
-    if x >= 0.0 {
-        r
-    } else {
-        -r
-    }
-}
-
-/// `exp` for f32 without a libm call (so loops vectorise): Cody-Waite reduction
-/// `x = n ln2 + r`, `|r| <= ln2/2`, degree-6 Taylor polynomial for `e^r`; relative error ~3e-7.
-#[inline(always)]
-pub(crate) fn exp_f(x: f32) -> f32 {
-    let x = x.clamp(-87.0, 88.0);
-    // Round to nearest with the 1.5·2^23 trick (no libm `round`).
-    let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
-    let r = (x - n * 0.693_145_75) - n * 1.428_606_8e-6;
-    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    p * f32::from_bits(((n as i32 + 127) << 23) as u32)
-}
-
-const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
-const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
-
 struct GeluOp;
 
 impl CustomOp1 for GeluOp {
@@ -235,11 +221,7 @@ impl CustomOp1 for GeluOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s, l, "gelu")?;
         let mut out = vec![0f32; x.len()];
-        par_elems(&mut out, |off, o| {
-            for (j, v) in o.iter_mut().enumerate() {
-                *v = gelu_f(x[off + j]);
-            }
-        });
+        par_elems(&mut out, |off, o| k::gelu_slice(&x[off..off + o.len()], &[], o));
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -263,9 +245,8 @@ impl CustomOp2 for GeluBwdOp {
         }
         let mut out = vec![0f32; x.len()];
         par_elems(&mut out, |off, o| {
-            for (j, v) in o.iter_mut().enumerate() {
-                *v = dy[off + j] * gelu_grad_f(x[off + j]);
-            }
+            let len = o.len();
+            k::gelu_slice(&x[off..off + len], &dy[off..off + len], o)
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -301,33 +282,17 @@ impl CustomOp2 for MaskedSoftmaxOp {
         if dims.len() != 4 {
             bail!("masked softmax: scores must be 4-D, got {:?}", l1.shape())
         }
-        let (b, k) = (dims[0], dims[3]);
-        if m.len() != b * k {
+        let (b, kk) = (dims[0], dims[3]);
+        if m.len() != b * kk {
             bail!("masked softmax: mask {:?} does not match scores {:?}", l2.shape(), l1.shape())
         }
         let rows_per_batch = dims[1] * dims[2];
-        let mut out = vec![0f32; x.len()];
-        let scale = self.scale;
-        par_rows(&mut out, k, |r0, o| {
-            for (j, yr) in o.chunks_exact_mut(k).enumerate() {
+        let mut out = x.to_vec();
+        par_rows(&mut out, kk, |r0, o| {
+            for (j, row) in o.chunks_exact_mut(kk).enumerate() {
                 let r = r0 + j;
-                let xr = &x[r * k..(r + 1) * k];
-                let mr = &m[(r / rows_per_batch) * k..][..k];
-                let mut max = f32::NEG_INFINITY;
-                for i in 0..k {
-                    let v = xr[i] * scale + mr[i];
-                    yr[i] = v;
-                    max = max.max(v);
-                }
-                let mut sum = 0f32;
-                for y in yr.iter_mut() {
-                    *y = exp_f(*y - max);
-                    sum += *y;
-                }
-                let inv = 1.0 / sum;
-                for y in yr.iter_mut() {
-                    *y *= inv;
-                }
+                let mr = &m[(r / rows_per_batch) * kk..][..kk];
+                k::softmax_row(row, mr, self.scale, 0, 0, 0, 1.0);
             }
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
@@ -352,21 +317,14 @@ impl CustomOp2 for SoftmaxBwdOp {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let y = contiguous_f32(s1, l1, "softmax bwd y")?;
         let dy = contiguous_f32(s2, l2, "softmax bwd grad")?;
-        let k = *l1.shape().dims().last().unwrap_or(&1);
-        if y.len() != dy.len() || k == 0 {
+        let kk = *l1.shape().dims().last().unwrap_or(&1);
+        if y.len() != dy.len() || kk == 0 {
             bail!("softmax bwd: shapes {:?} {:?}", l1.shape(), l2.shape())
         }
         let mut out = vec![0f32; y.len()];
-        let scale = self.scale;
-        par_rows(&mut out, k, |r0, o| {
+        par_rows(&mut out, kk, |r0, o| {
             let len = o.len();
-            let (ys, ds) = (&y[r0 * k..r0 * k + len], &dy[r0 * k..r0 * k + len]);
-            for ((yr, dr), or) in ys.chunks_exact(k).zip(ds.chunks_exact(k)).zip(o.chunks_exact_mut(k)) {
-                let dot: f32 = yr.iter().zip(dr).map(|(a, b)| a * b).sum();
-                for i in 0..k {
-                    or[i] = scale * yr[i] * (dr[i] - dot);
-                }
-            }
+            k::softmax_bwd_rows(&y[r0 * kk..r0 * kk + len], &dy[r0 * kk..r0 * kk + len], kk, self.scale, o)
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -413,56 +371,39 @@ impl Dropout {
     }
 }
 
-/// One dropout mask: keep element `i` iff `hash(key, i) >= threshold`.
+/// One dropout mask: element `i` is kept iff `hash(i, key) >= threshold`.
 #[derive(Debug, Clone, Copy)]
 pub struct DropMask {
-    threshold: u32,
-    key: u32,
-    scale: f32,
-    p: f64,
-}
-
-#[inline(always)]
-fn hash32(mut x: u32) -> u32 {
-    // lowbias32 (Chris Wellons): a full-avalanche 32-bit integer hash.
-    x ^= x >> 16;
-    x = x.wrapping_mul(0x7feb_352d);
-    x ^= x >> 15;
-    x = x.wrapping_mul(0x846c_a68b);
-    x ^= x >> 16;
-    x
+    pub(crate) threshold: u32,
+    pub(crate) key: u32,
+    pub(crate) scale: f32,
 }
 
 impl DropMask {
     pub fn none() -> Self {
-        Self { threshold: 0, key: 0, scale: 1.0, p: 0.0 }
+        Self { threshold: 0, key: 0, scale: 1.0 }
     }
 
     pub fn new(p: f64, key: u32) -> Self {
-        if p <= 0.0 {
+        let threshold = (p.min(1.0) * 4_294_967_296.0).min(4_294_967_295.0) as u32;
+        if p <= 0.0 || threshold == 0 {
             return Self::none();
         }
-        let p = p.min(1.0);
-        let threshold = (p * 4_294_967_296.0).min(4_294_967_295.0) as u32;
         let scale = if p >= 1.0 { 0.0 } else { (1.0 / (1.0 - p)) as f32 };
-        Self { threshold, key: hash32(key ^ 0x9e37_79b9), scale, p }
+        Self { threshold, key: k::keep_hash(key, 0x2545_f491), scale }
     }
 
     pub fn is_identity(&self) -> bool {
-        self.p <= 0.0
+        self.threshold == 0
     }
 
     /// The multiplier of element `i` (0 or `1 / (1 - p)`).
     #[inline(always)]
     pub fn factor(&self, i: usize) -> f32 {
-        if self.p <= 0.0 {
-            return 1.0;
-        }
-        let h = hash32((i as u32).wrapping_mul(0x9e37_79b9) ^ self.key);
-        if h >= self.threshold {
-            self.scale
+        if self.threshold == 0 {
+            1.0
         } else {
-            0.0
+            k::drop_factor(i, self.key, self.threshold, self.scale)
         }
     }
 
@@ -494,75 +435,13 @@ impl CustomOp1 for DropoutOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s, l, "dropout")?;
         let mut out = vec![0f32; x.len()];
-        par_elems(&mut out, |off, o| {
-            for (j, v) in o.iter_mut().enumerate() {
-                *v = x[off + j] * self.mask.factor(off + j);
-            }
-        });
+        let m = self.mask;
+        par_elems(&mut out, |off, o| k::drop_mul(&x[off..off + o.len()], o, off, m.key, m.threshold, m.scale));
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&DropoutOp { mask: self.mask })?))
-    }
-}
-
-// ---------------------------------------------------------------- parallel helpers
-
-const PAR_MIN: usize = 32 * 1024;
-
-/// Fills `out` in parallel chunks: `f(offset, chunk)`.
-fn par_elems(out: &mut [f32], f: impl Fn(usize, &mut [f32]) + Sync) {
-    let n = out.len();
-    if n < 2 * PAR_MIN {
-        f(0, out);
-        return;
-    }
-    let chunk = PAR_MIN / 2;
-    let units = n.div_ceil(chunk);
-    let ptr = out.as_mut_ptr() as usize;
-    candle_core::utils::barrier_pool().execute_chunked(units, |r| {
-        for u in r {
-            let lo = u * chunk;
-            let hi = n.min(lo + chunk);
-            // SAFETY: units are disjoint ranges of `out`, which outlives the call.
-            let o = unsafe { std::slice::from_raw_parts_mut((ptr as *mut f32).add(lo), hi - lo) };
-            f(lo, o);
-        }
-    });
-}
-
-/// Fills `out` (rows of `k`) in parallel blocks of rows: `f(first_row, rows)`.
-fn par_rows(out: &mut [f32], k: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
-    let n = out.len();
-    if k == 0 {
-        return;
-    }
-    let rows = n / k;
-    let rows_per_unit = (PAR_MIN / 4 / k).max(1);
-    if n < 2 * PAR_MIN {
-        f(0, out);
-        return;
-    }
-    let units = rows.div_ceil(rows_per_unit);
-    let ptr = out.as_mut_ptr() as usize;
-    candle_core::utils::barrier_pool().execute_chunked(units, |r| {
-        for u in r {
-            let r0 = u * rows_per_unit;
-            let r1 = rows.min(r0 + rows_per_unit);
-            // SAFETY: units are disjoint row blocks of `out`.
-            let o = unsafe { std::slice::from_raw_parts_mut((ptr as *mut f32).add(r0 * k), (r1 - r0) * k) };
-            f(r0, o);
-        }
-    });
-}
-
-/// Column sums of a `[rows, k]` matrix.
-fn col_sums(x: &[f32], k: usize, out: &mut [f32]) {
-    for row in x.chunks_exact(k) {
-        for (o, v) in out.iter_mut().zip(row) {
-            *o += v;
-        }
     }
 }
 
@@ -606,40 +485,20 @@ impl CustomOp2 for BiasGeluOp {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s1, l1, "bias gelu x")?;
         let b = contiguous_f32(s2, l2, "bias gelu b")?;
-        let k = b.len();
-        if k == 0 || x.len() % k != 0 {
+        let kk = b.len();
+        if kk == 0 || x.len() % kk != 0 {
             bail!("bias gelu: shapes {:?} {:?}", l1.shape(), l2.shape())
         }
         let mut out = vec![0f32; x.len()];
-        par_rows(&mut out, k, |r0, o| {
-            let xs = &x[r0 * k..r0 * k + o.len()];
-            for (orow, xrow) in o.chunks_exact_mut(k).zip(xs.chunks_exact(k)) {
-                for i in 0..k {
-                    orow[i] = gelu_f(xrow[i] + b[i]);
-                }
-            }
-        });
+        par_rows(&mut out, kk, |r0, o| k::bias_gelu_rows(&x[r0 * kk..r0 * kk + o.len()], b, o));
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
     fn bwd(&self, x: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let n = x.elem_count();
-        let k = b.elem_count();
         let packed = x.apply_op3_no_bwd(b, &grad.contiguous()?, &BiasGeluBwdOp)?;
-        let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
-        let db = packed.narrow(0, n, k)?.reshape(b.shape())?;
-        Ok((Some(dx), Some(db)))
+        let mut v = unpack(&packed, &[x.shape(), b.shape()])?.into_iter();
+        Ok((v.next(), v.next()))
     }
-}
-
-#[inline(always)]
-fn gelu_f(v: f32) -> f32 {
-    0.5 * v * (1.0 + erf(v * FRAC_1_SQRT_2))
-}
-
-#[inline(always)]
-fn gelu_grad_f(v: f32) -> f32 {
-    0.5 * (1.0 + erf(v * FRAC_1_SQRT_2)) + v * FRAC_1_SQRT_2PI * exp_f(-0.5 * v * v)
 }
 
 /// Packed `[dx (n), db (k)]`.
@@ -662,23 +521,18 @@ impl CustomOp3 for BiasGeluBwdOp {
         let x = contiguous_f32(s1, l1, "bias gelu bwd x")?;
         let b = contiguous_f32(s2, l2, "bias gelu bwd b")?;
         let dy = contiguous_f32(s3, l3, "bias gelu bwd grad")?;
-        let (n, k) = (x.len(), b.len());
-        if dy.len() != n || k == 0 {
+        let (n, kk) = (x.len(), b.len());
+        if dy.len() != n || kk == 0 || n % kk != 0 {
             bail!("bias gelu bwd: shapes {:?} {:?}", l1.shape(), l3.shape())
         }
-        let mut out = vec![0f32; n + k];
+        let mut out = vec![0f32; n + kk];
         let (dx, db) = out.split_at_mut(n);
-        par_rows(dx, k, |r0, o| {
-            let xs = &x[r0 * k..r0 * k + o.len()];
-            let ds = &dy[r0 * k..r0 * k + o.len()];
-            for ((orow, xrow), drow) in o.chunks_exact_mut(k).zip(xs.chunks_exact(k)).zip(ds.chunks_exact(k)) {
-                for i in 0..k {
-                    orow[i] = drow[i] * gelu_grad_f(xrow[i] + b[i]);
-                }
-            }
+        par_rows(dx, kk, |r0, o| {
+            let len = o.len();
+            k::bias_gelu_bwd_rows(&x[r0 * kk..r0 * kk + len], b, &dy[r0 * kk..r0 * kk + len], o)
         });
-        col_sums(dx, k, db);
-        Ok((CpuStorage::F32(out), Shape::from(n + k)))
+        k::col_sums(dx, db);
+        Ok((CpuStorage::F32(out), Shape::from(n + kk)))
     }
 }
 
@@ -703,18 +557,15 @@ impl CustomOp3 for BiasDropResOp {
         let x = contiguous_f32(s1, l1, "bias dropout x")?;
         let b = contiguous_f32(s2, l2, "bias dropout b")?;
         let r = contiguous_f32(s3, l3, "bias dropout residual")?;
-        let k = b.len();
-        if k == 0 || x.len() % k != 0 || r.len() != x.len() {
+        let kk = b.len();
+        if kk == 0 || x.len() % kk != 0 || r.len() != x.len() {
             bail!("bias dropout residual: shapes {:?} {:?} {:?}", l1.shape(), l2.shape(), l3.shape())
         }
         let mut out = vec![0f32; x.len()];
-        let mask = self.mask;
-        par_rows(&mut out, k, |r0, o| {
-            let base = r0 * k;
-            for (j, v) in o.iter_mut().enumerate() {
-                let idx = base + j;
-                *v = (x[idx] + b[j % k]) * mask.factor(idx) + r[idx];
-            }
+        let m = self.mask;
+        par_rows(&mut out, kk, |r0, o| {
+            let (lo, hi) = (r0 * kk, r0 * kk + o.len());
+            k::bias_drop_res_rows(&x[lo..hi], b, &r[lo..hi], o, lo, m.key, m.threshold, m.scale)
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -727,12 +578,9 @@ impl CustomOp3 for BiasDropResOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let n = x.elem_count();
-        let k = b.elem_count();
-        let packed = grad.contiguous()?.apply_op1_no_bwd(&MaskColSumOp { mask: self.mask, k })?;
-        let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
-        let db = packed.narrow(0, n, k)?.reshape(b.shape())?;
-        Ok((Some(dx), Some(db), Some(grad.clone())))
+        let packed = grad.contiguous()?.apply_op1_no_bwd(&MaskColSumOp { mask: self.mask, k: b.elem_count() })?;
+        let mut v = unpack(&packed, &[x.shape(), b.shape()])?.into_iter();
+        Ok((v.next(), v.next(), Some(grad.clone())))
     }
 }
 
@@ -749,20 +597,20 @@ impl CustomOp1 for MaskColSumOp {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let dy = contiguous_f32(s, l, "mask colsum")?;
-        let (n, k) = (dy.len(), self.k);
-        if k == 0 || n % k != 0 {
-            bail!("mask colsum: {:?} is not a multiple of {k}", l.shape())
+        let (n, kk) = (dy.len(), self.k);
+        if kk == 0 || n % kk != 0 {
+            bail!("mask colsum: {:?} is not a multiple of {kk}", l.shape())
         }
-        let mut out = vec![0f32; n + k];
+        let mut out = vec![0f32; n + kk];
         let (dx, db) = out.split_at_mut(n);
-        let mask = self.mask;
-        par_elems(dx, |off, o| {
-            for (j, v) in o.iter_mut().enumerate() {
-                *v = dy[off + j] * mask.factor(off + j);
-            }
-        });
-        col_sums(dx, k, db);
-        Ok((CpuStorage::F32(out), Shape::from(n + k)))
+        let m = self.mask;
+        if m.is_identity() {
+            dx.copy_from_slice(dy);
+        } else {
+            par_elems(dx, |off, o| k::drop_mul(&dy[off..off + o.len()], o, off, m.key, m.threshold, m.scale));
+        }
+        k::col_sums(dx, db);
+        Ok((CpuStorage::F32(out), Shape::from(n + kk)))
     }
 }
 
@@ -804,12 +652,9 @@ impl CustomOp2 for SplitHeadsOp {
     }
 
     fn bwd(&self, x: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let n = x.elem_count();
-        let k = b.elem_count();
         let packed = grad.contiguous()?.apply_op1_no_bwd(&MergeHeadsColSumOp)?;
-        let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
-        let db = packed.narrow(0, n, k)?.reshape(b.shape())?;
-        Ok((Some(dx), Some(db)))
+        let mut v = unpack(&packed, &[x.shape(), b.shape()])?.into_iter();
+        Ok((v.next(), v.next()))
     }
 }
 
@@ -823,11 +668,7 @@ impl CustomOp1 for MergeHeadsColSumOp {
 
     fn cpu_fwd(&self, st: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = contiguous_f32(st, l, "merge heads")?;
-        let dims = l.shape().dims();
-        if dims.len() != 4 {
-            bail!("merge heads: expected 4-D, got {:?}", l.shape())
-        }
-        let (_bs, nh, s, d) = (dims[0], dims[1], dims[2], dims[3]);
+        let (_bs, nh, s, d) = l.shape().dims4()?;
         let h = nh * d;
         let n = g.len();
         let mut out = vec![0f32; n + h];
@@ -843,7 +684,7 @@ impl CustomOp1 for MergeHeadsColSumOp {
                 }
             }
         });
-        col_sums(dx, h, db);
+        k::col_sums(dx, db);
         Ok((CpuStorage::F32(out), Shape::from(n + h)))
     }
 }
@@ -913,16 +754,6 @@ mod tests {
         let g1 = (&y1 * &w).unwrap().sum_all().unwrap().backward().unwrap();
         let g2 = (&y2 * &w).unwrap().sum_all().unwrap().backward().unwrap();
         assert!(max_abs_diff(g1.get(&s).unwrap(), g2.get(&s).unwrap()) < 1e-5);
-    }
-
-    /// Reference: std's `f32::exp`, relative error over [-80, 80].
-    #[test]
-    fn fast_exp_is_accurate() {
-        for i in -8000..=8000 {
-            let x = i as f32 / 100.0;
-            let (a, b) = (exp_f(x), x.exp());
-            assert!(((a - b) / b).abs() < 1e-6, "exp({x}) = {a}, std {b}");
-        }
     }
 
     #[test]
