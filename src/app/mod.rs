@@ -7,6 +7,7 @@ pub mod bench_train;
 pub mod best;
 pub mod common;
 pub mod enqueue;
+pub mod finetune;
 pub mod run;
 pub mod status;
 pub mod trials;
