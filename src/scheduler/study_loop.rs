@@ -19,7 +19,7 @@ use crate::pruner::Pruner;
 use crate::sampler::{Sampler, SamplerError, SuggestContext};
 use crate::space::SearchSpace;
 use crate::storage::{retry_depth, Budget, Claim, Owner, Store, StoreError};
-use crate::trial::{Direction, Outcome, TrialNumber, TrialState};
+use crate::trial::{Direction, Outcome, PruningRecord, TrialNumber};
 
 /// Asks a running study to stop: first new trials, then running ones.
 #[derive(Debug, Clone, Default)]
@@ -286,7 +286,7 @@ fn slot_loop(
         };
         run.observer.trial_started(slot_index, &assignment);
         let started = Instant::now();
-        let mut reporter = StoreReporter { run, store: &store, trial_id: trial.id, number: trial.number, slot_index, values: Vec::new(), error: None };
+        let mut reporter = StoreReporter { pruning: PruningRecord::default(), run, store: &store, trial_id: trial.id, number: trial.number, slot_index, values: Vec::new(), error: None };
         let outcome = run.runner.run(&assignment, &mut reporter, &run.stop.running_token());
         let outcome = match reporter.error.take() {
             // The trial's record could not be written: say so rather than lose it silently.
@@ -324,6 +324,8 @@ fn slot_loop(
 
 /// Records what a runner reports, and asks the pruner.
 struct StoreReporter<'a, 'b> {
+    /// What the pruner last said to record about this trial (written when it changes).
+    pruning: PruningRecord,
     run: &'a StudyRun<'b>,
     store: &'a Store,
     trial_id: i64,
@@ -331,6 +333,32 @@ struct StoreReporter<'a, 'b> {
     slot_index: usize,
     values: Vec<(i64, f64)>,
     error: Option<StoreError>,
+}
+
+impl StoreReporter<'_, '_> {
+    /// Writes the rungs (and bracket) the pruner reports for this trial, when they change.
+    fn record_pruning(&mut self) {
+        let rec = self.run.pruner.record(self.number, &self.values);
+        if rec == self.pruning {
+            return;
+        }
+        let mut result = Ok(());
+        if rec.bracket != self.pruning.bracket {
+            if let Some(b) = rec.bracket {
+                result = self.store.set_trial_attr(self.trial_id, "bracket", &Value::from(b));
+            }
+        }
+        if result.is_ok() && rec.rungs != self.pruning.rungs {
+            result = self.store.set_trial_attr(self.trial_id, "rungs", &serde_json::to_value(&rec.rungs).unwrap_or(Value::Null));
+        }
+        match result {
+            Ok(()) => self.pruning = rec,
+            Err(e) => {
+                tracing::error!("trial {}: {e}", self.number);
+                self.error = Some(e);
+            }
+        }
+    }
 }
 
 impl Reporter for StoreReporter<'_, '_> {
@@ -341,12 +369,21 @@ impl Reporter for StoreReporter<'_, '_> {
         }
         self.values.push((step, value));
         self.run.observer.trial_progress(self.slot_index, self.number, Some((step, value)), None);
-        let history = match self.store.trials(self.run.study_id) {
-            Ok(h) => h,
-            Err(_) => return Decision::Continue,
+        let pruner = self.run.pruner;
+        let decision = if pruner.needs_history(self.number, &self.values) {
+            match self.store.trials(self.run.study_id) {
+                // Every other trial, running ones included (ASHA compares with them).
+                Ok(h) => {
+                    let others: Vec<_> = h.into_iter().filter(|t| t.id != self.trial_id).collect();
+                    pruner.decide(self.number, &self.values, &others, self.run.direction)
+                }
+                Err(_) => Decision::Continue,
+            }
+        } else {
+            pruner.decide(self.number, &self.values, &[], self.run.direction)
         };
-        let others: Vec<_> = history.into_iter().filter(|t| t.id != self.trial_id && t.state != TrialState::Running).collect();
-        self.run.pruner.decide(&self.values, &others, self.run.direction)
+        self.record_pruning();
+        decision
     }
 
     fn metrics(&mut self, metrics: &Map<String, Value>) {
