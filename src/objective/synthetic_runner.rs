@@ -12,6 +12,7 @@
 //! The last step reports exactly the trial's final value (the function's value plus the
 //! configured noise, from the same stream as without a curve), so a curve changes nothing
 //! about what a trial ends with. `step_time` sleeps that long per step, like a real trial.
+//! A prune verdict at the last step is ignored: the work is done, and the trial completes.
 
 use std::time::Duration;
 
@@ -103,14 +104,17 @@ impl TrialRunner for SyntheticRunner {
         }
         if let Some(curve) = &self.curve {
             let none = serde_json::Map::new();
-            for (step, v) in self.curve_values(curve, a, clean, value) {
+            let values = self.curve_values(curve, a, clean, value);
+            let last = values.last().map(|v| v.0);
+            for (step, v) in values {
                 if !curve.step_time.is_zero() {
                     std::thread::sleep(curve.step_time);
                 }
                 if cancel.is_cancelled() {
                     return Outcome::Failed { reason: "cancelled".into() };
                 }
-                if reporter.intermediate(step, v, &none) == Decision::Prune {
+                // A prune at the last step comes too late to save anything: the trial is done.
+                if reporter.intermediate(step, v, &none) == Decision::Prune && Some(step) != last {
                     return Outcome::Pruned { step, value: Some(v) };
                 }
             }
@@ -201,6 +205,9 @@ mod tests {
         let out = runner(Some(curve), 0.0).run(&sft(0, 5e-5, 4), &mut rec, &CancelToken::new());
         assert_eq!(out, Outcome::Pruned { step: 4, value: Some(rec.values[3].1) });
         assert_eq!(rec.values.len(), 4);
+        let mut rec = Rec { prune_at: Some(12), ..Default::default() };
+        let out = runner(Some(curve), 0.0).run(&sft(0, 5e-5, 4), &mut rec, &CancelToken::new());
+        assert!(matches!(out, Outcome::Complete { .. }), "a prune at the last step is too late: {out:?}");
         let other = SyntheticRunner { function: SyntheticFunction::Branin, noise: 0.0, seed: 1, curve: Some(curve) };
         assert_eq!(other.total_steps(&curve, &ParamSet::new()), 3);
     }
