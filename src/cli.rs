@@ -149,9 +149,12 @@ pub struct BenchPruningArgs {
     /// Completed-or-pruned trials per study.
     #[arg(long, default_value_t = 60)]
     pub trials: u64,
-    /// Seeds 0..N; each runs one study without pruning and one with each pruner.
+    /// How many seeds; each runs one study without pruning and one with each pruner.
     #[arg(long, default_value_t = 5)]
     pub seeds: u64,
+    /// The first seed (seeds are first..first+N), to check settings on fresh seeds.
+    #[arg(long, default_value_t = 0)]
+    pub first_seed: u64,
     /// Pruners to compare with `none` (repeat or comma-separate).
     #[arg(long, value_delimiter = ',', default_value = "asha")]
     pub pruner: Vec<String>,

@@ -99,7 +99,7 @@ pub fn run(args: &BenchPruningArgs) -> anyhow::Result<ExitCode> {
         kinds.iter().map(|k| pruner_table(k, args, max_resource).map(|t| (k.clone(), t))).collect::<Result<_, _>>()?;
 
     let mut results: Vec<(u64, String, Outcome)> = Vec::new();
-    for seed in 0..args.seeds {
+    for seed in args.first_seed..args.first_seed.saturating_add(args.seeds) {
         for (kind, table) in &tables {
             let dir = TempFolder::new("bench-pruning")?;
             let path = dir.0.join("study.toml");
@@ -151,13 +151,16 @@ pub fn run(args: &BenchPruningArgs) -> anyhow::Result<ExitCode> {
             ]);
         }
         print_out(&format!(
-            "{} with a learning curve of {} steps{}, {} completed-or-pruned trials, seeds 0..{}, {} slot(s):\n{}",
+            "{} with a learning curve of {} steps{}, {} completed-or-pruned trials, seeds {}..{}, {} slot(s), pruners' first rung at step {}, η = {}:\n{}",
             function.name(),
             args.steps,
             if function == SyntheticFunction::SftLike { " per epoch" } else { "" },
             args.trials,
-            args.seeds,
+            args.first_seed,
+            args.first_seed.saturating_add(args.seeds),
             args.slots,
+            args.min_resource.unwrap_or(i64::from(args.steps)),
+            args.reduction_factor,
             render_table(&rows)
         ))?;
     }
