@@ -49,8 +49,9 @@ impl Pruner for NoPruner {
 }
 
 /// Optuna's `MedianPruner`: prune when the trial's best value so far is worse than the median
-/// of the finished trials' values at the same step, once `n_startup_trials` trials have
-/// finished and the trial has passed `n_warmup_steps`.
+/// of the COMPLETE trials' values at the same step, once `n_startup_trials` trials have
+/// completed and the trial has passed `n_warmup_steps`. (Like Optuna, pruned trials do not
+/// count: they would drag the median towards the trials that were stopped.)
 #[derive(Debug, Clone)]
 pub struct MedianPruner {
     pub n_startup_trials: usize,
@@ -67,8 +68,7 @@ impl Pruner for MedianPruner {
         if step < self.n_warmup_steps {
             return Decision::Continue;
         }
-        let finished: Vec<&TrialRecord> =
-            history.iter().filter(|t| matches!(t.state, TrialState::Complete | TrialState::Pruned)).collect();
+        let finished: Vec<&TrialRecord> = history.iter().filter(|t| t.state == TrialState::Complete).collect();
         if finished.len() < self.n_startup_trials.max(1) {
             return Decision::Continue;
         }
@@ -144,5 +144,17 @@ mod tests {
         // Minimising flips it.
         assert_eq!(p.decide(9, &[(0, 0.1), (1, 0.65)], &hist, Direction::Minimize), Decision::Continue);
         assert_eq!(NoPruner.decide(9, &[(5, -1e9)], &hist, max), Decision::Continue);
+        // Only COMPLETE trials count, as in Optuna: pruned and running ones neither make up the
+        // startup count nor move the median.
+        let mut others = hist[..2].to_vec();
+        for (i, state) in [TrialState::Pruned, TrialState::Running].into_iter().enumerate() {
+            let mut t = done(3 + i as u64, &[0.0, 0.0]);
+            t.state = state;
+            others.push(t);
+        }
+        assert_eq!(p.decide(9, &[(0, 0.1), (1, 0.65)], &others, max), Decision::Continue, "startup: 2 complete");
+        let mut others3 = hist.clone();
+        others3.extend(others[2..].iter().cloned());
+        assert_eq!(p.decide(9, &[(0, 0.1), (1, 0.65)], &others3, max), Decision::Prune, "median of 0.6, 0.7, 0.8 only");
     }
 }
