@@ -388,7 +388,8 @@ fn resolve(src: &Source, f: StudyFile, dir: PathBuf) -> Result<StudyConfig, Conf
             let step_time = duration_field(src, &f.objective.step_time, "objective.step_time")?;
             let curve = match &f.objective.steps {
                 None if step_time.is_some() => {
-                    return Err(ConfigError::plain(src.path, Some("objective.step_time"), "`step_time` needs `steps` (the learning curve's length)"))
+                    let span = f.objective.step_time.as_ref().map(|s| s.span()).unwrap_or(0..0);
+                    return Err(src.error_at(span, Some("objective.step_time".into()), "`step_time` needs `steps` (the learning curve's length)"));
                 }
                 None => None,
                 Some(n) => match u32::try_from(*n.get_ref()) {
@@ -573,7 +574,7 @@ fn resolve_pruner(src: &Source, p: &file::PrunerSection, study_name: &str) -> Re
         "median" => PrunerConfig::Median { n_startup_trials: p.n_startup_trials.as_ref().map(|v| *v.get_ref()).unwrap_or(5), n_warmup_steps: p.n_warmup_steps.as_ref().map(|v| *v.get_ref()).unwrap_or(0) },
         "asha" => {
             let min_resource = int(&p.min_resource, "min_resource", 1, Some(1))?.unwrap_or(1);
-            let max_resource = int(&p.max_resource, "max_resource", min_resource + 1, None)?;
+            let max_resource = int(&p.max_resource, "max_resource", min_resource.saturating_add(1), None)?;
             let rate = int(&p.min_early_stopping_rate, "min_early_stopping_rate", 0, Some(0))?.unwrap_or(0);
             PrunerConfig::Asha {
                 min_resource,
@@ -585,7 +586,7 @@ fn resolve_pruner(src: &Source, p: &file::PrunerSection, study_name: &str) -> Re
         }
         "hyperband" => {
             let min_resource = int(&p.min_resource, "min_resource", 1, Some(1))?.unwrap_or(1);
-            let max_resource = int(&p.max_resource, "max_resource", min_resource + 1, None)?.ok_or_else(|| {
+            let max_resource = int(&p.max_resource, "max_resource", min_resource.saturating_add(1), None)?.ok_or_else(|| {
                 src.error_at(kind_span.clone(), Some("pruner.max_resource".into()), "a hyperband pruner needs `max_resource` (the steps of a full trial)")
             })?;
             PrunerConfig::Hyperband {

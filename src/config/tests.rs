@@ -63,6 +63,9 @@ const CASES: &[(&str, &str, &str, usize, &str, &str)] = &[
     ("pruner key of another kind", "function = \"branin\"", "function = \"branin\"\n[pruner]\nkind = \"asha\"\nn_warmup_steps = 3", 19, "pruner.n_warmup_steps", "does not apply"),
     ("bad reduction factor", "function = \"branin\"", "function = \"branin\"\n[pruner]\nkind = \"asha\"\nreduction_factor = 1", 19, "pruner.reduction_factor", "at least 2"),
     ("hyperband without max", "function = \"branin\"", "function = \"branin\"\n[pruner]\nkind = \"hyperband\"\nmin_resource = 2", 18, "pruner.max_resource", "needs `max_resource`"),
+    ("zero min_resource", "function = \"branin\"", "function = \"branin\"\n[pruner]\nkind = \"hyperband\"\nmin_resource = 0\nmax_resource = 9", 19, "pruner.min_resource", "at least 1"),
+    ("max_resource not above min", "function = \"branin\"", "function = \"branin\"\n[pruner]\nkind = \"asha\"\nmin_resource = 9223372036854775807\nmax_resource = 5", 20, "pruner.max_resource", "at least"),
+    ("step_time without steps", "function = \"branin\"", "function = \"branin\"\nstep_time = \"10ms\"", 17, "objective.step_time", "needs `steps`"),
     ("unknown pruner key", "function = \"branin\"", "function = \"branin\"\n[pruner]\nkind = \"asha\"\nrungz = 3", 19, "pruner.rungz", "unknown field"),
 ];
 

@@ -39,7 +39,7 @@ impl HyperbandPruner {
         let budgets = (0..n)
             .map(|i| {
                 let s = n - 1 - i;
-                let num = u64::from(n) * u64::from(eta).saturating_pow(s);
+                let num = u64::from(n).saturating_mul(u64::from(eta).saturating_pow(s));
                 num.div_ceil(u64::from(s) + 1)
             })
             .collect();
@@ -52,7 +52,7 @@ impl HyperbandPruner {
 
     /// The bracket of trial `number`.
     pub fn bracket_of(&self, number: TrialNumber) -> u32 {
-        let total: u64 = self.budgets.iter().sum();
+        let total: u64 = self.budgets.iter().fold(0u64, |a, b| a.saturating_add(*b));
         if total == 0 {
             return 0;
         }
@@ -139,6 +139,11 @@ mod tests {
         assert_eq!(h.brackets[3].rung_step(0), None, "the last bracket never prunes");
         assert_eq!(n_brackets(1, 26, 3), 3);
         assert_eq!(HyperbandPruner::new(4, 4, 3, 0, "s").n_brackets(), 1);
+        // Extreme settings neither overflow nor panic.
+        let huge = HyperbandPruner::new(1, i64::MAX, 2, 0, "s");
+        assert_eq!(huge.n_brackets(), 63);
+        assert!(huge.bracket_of(5) < 63);
+        assert_eq!(HyperbandPruner::new(1, i64::MAX, u32::MAX, 0, "s").n_brackets(), 2);
     }
 
     #[test]
