@@ -220,6 +220,19 @@ impl StudyConfig {
         resolve(&src, file, dir)
     }
 
+    /// Reads tables of the study file into types defined by other layers (the fine-tuning
+    /// objective's `[model]`, `[data]`, `[train]`), with the same file:line:column errors as
+    /// the rest of the file. `T` should not deny unknown fields at its top level.
+    pub fn parse_tables<T: serde::de::DeserializeOwned>(&self) -> Result<T, ConfigError> {
+        Source { path: &self.path, text: &self.text }.parse()
+    }
+
+    /// Resolves a path value of the study file: `${VAR}` expanded, relative to the file.
+    pub fn resolve_path(&self, key: &str, raw: &str) -> Result<PathBuf, ConfigError> {
+        let src = Source { path: &self.path, text: &self.text };
+        resolve_path(&src, 0..0, key, raw, &self.dir)
+    }
+
     /// The folder where trials keep their artifacts (checkpoints): beside the database.
     pub fn artifacts_root(&self) -> PathBuf {
         let stem = self.storage.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| self.name.clone());

@@ -111,7 +111,7 @@ pub enum LoopError {
 /// Whether a failure came from outside the trial (and is worth running again), rather than
 /// being the trial's own verdict (an error it reported, a NaN, a non-zero exit).
 pub fn is_retryable(reason: &str) -> bool {
-    ["interrupted", "worker exited: signal", "timeout", "cancelled", "lost track", "out of memory"]
+    ["interrupted", "worker exited: signal", "timeout", "cancelled", "lost track"]
         .iter()
         .any(|p| reason.starts_with(p))
 }
@@ -286,7 +286,17 @@ fn slot_loop(
         };
         run.observer.trial_started(slot_index, &assignment);
         let started = Instant::now();
-        let mut reporter = StoreReporter { pruning: PruningRecord::default(), run, store: &store, trial_id: trial.id, number: trial.number, slot_index, values: Vec::new(), error: None };
+        let mut reporter = StoreReporter {
+            run,
+            store: &store,
+            trial_id: trial.id,
+            number: trial.number,
+            slot_index,
+            values: Vec::new(),
+            error: None,
+            progress_saved: None,
+            pruning: PruningRecord::default(),
+        };
         let outcome = run.runner.run(&assignment, &mut reporter, &run.stop.running_token());
         let outcome = match reporter.error.take() {
             // The trial's record could not be written: say so rather than lose it silently.
@@ -333,7 +343,12 @@ struct StoreReporter<'a, 'b> {
     slot_index: usize,
     values: Vec<(i64, f64)>,
     error: Option<StoreError>,
+    /// When live progress was last written to the store (for `status` in other processes).
+    progress_saved: Option<Instant>,
 }
+
+/// How often live progress is written to the store.
+const PROGRESS_SAVE_INTERVAL: Duration = Duration::from_secs(2);
 
 impl StoreReporter<'_, '_> {
     /// Writes the rungs (and bracket) the pruner reports for this trial, when they change.
@@ -395,6 +410,15 @@ impl Reporter for StoreReporter<'_, '_> {
 
     fn progress(&mut self, progress: &Progress) {
         self.run.observer.trial_progress(self.slot_index, self.number, None, Some(progress));
+        if self.progress_saved.is_none_or(|t| t.elapsed() >= PROGRESS_SAVE_INTERVAL) {
+            self.progress_saved = Some(Instant::now());
+            if let Ok(v) = serde_json::to_value(progress) {
+                // Best effort: live progress is shown, not kept.
+                if let Err(e) = self.store.set_trial_attr(self.trial_id, "progress", &v) {
+                    tracing::debug!("trial {}: progress not saved: {e}", self.number);
+                }
+            }
+        }
     }
 
     fn checkpoint(&mut self, path: &std::path::Path) {

@@ -104,3 +104,77 @@ fn a_hanging_trial_is_killed_after_the_trial_timeout() {
         assert!(t["error"].as_str().unwrap().starts_with("timeout"), "{t}");
     }
 }
+
+/// The soak test of issue 4: 200 trials over 8 slots, a fifth of the commands crash, and the
+/// orchestrator is SIGKILLed every few seconds and restarted. At the end exactly `n_trials`
+/// trials are COMPLETE, no number repeats, and every failure says why.
+#[test]
+fn soak_crashing_trials_and_a_killed_orchestrator() {
+    let d = StudyDir::new();
+    d.write(
+        "objective.sh",
+        "read -r params\nr=$((RANDOM % 10))\nsleep 0.$((RANDOM % 5 + 1))\nif [ $r -eq 0 ]; then kill -9 $$; fi\nif [ $r -eq 1 ]; then echo \"crashed on purpose\" >&2; exit 3; fi\necho \"{\\\"value\\\": $SFT_PARAM_X}\"\n",
+    );
+    let study = command_study("soak", 200, "[\"cpu\", \"cpu\", \"cpu\", \"cpu\", \"cpu\", \"cpu\", \"cpu\", \"cpu\"]", "max_retries = 2\nmax_consecutive_failures = 1000")
+        .replace("[\"python3\", \"objective.py\"]", "[\"bash\", \"objective.sh\"]");
+    d.write("s.toml", &study);
+    let mut rng_state: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = || {
+        rng_state ^= rng_state << 13;
+        rng_state ^= rng_state >> 7;
+        rng_state ^= rng_state << 17;
+        rng_state
+    };
+    let mut kills = 0;
+    let start = std::time::Instant::now();
+    loop {
+        assert!(start.elapsed() < Duration::from_secs(300), "soak did not finish");
+        let mut child = d.spawn(&["-q", "run", "s.toml"]);
+        let wait_ms = 700 + next() % 800;
+        let deadline = std::time::Instant::now() + Duration::from_millis(wait_ms);
+        let mut exited = None;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = child.try_wait().unwrap() {
+                exited = Some(status);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        match exited {
+            Some(status) => {
+                assert!(status.success(), "run failed: {}", {
+                    let mut s = String::new();
+                    if let Some(mut e) = child.stderr.take() {
+                        use std::io::Read;
+                        let _ = e.read_to_string(&mut s);
+                    }
+                    s
+                });
+                break;
+            }
+            None => {
+                signal(&child, libc::SIGKILL);
+                let _ = child.wait();
+                kills += 1;
+            }
+        }
+    }
+    let trials = d.trials("s.toml");
+    assert_numbers_unique(&trials);
+    assert_eq!(count(&trials, "COMPLETE"), 200, "after {kills} kills");
+    assert_eq!(count(&trials, "RUNNING"), 0);
+    for t in trials.iter().filter(|t| state(t) == "FAIL") {
+        let e = t["error"].as_str().unwrap_or("");
+        assert!(
+            e == "interrupted" || e.starts_with("worker exited: signal 9") || e.contains("crashed on purpose"),
+            "failure without a clear reason: {t}"
+        );
+    }
+    // Every retry re-runs its original's parameters.
+    for t in trials.iter().filter(|t| !t["retry_of"].is_null()) {
+        let orig = trials.iter().find(|o| o["number"] == t["retry_of"]).unwrap();
+        assert_eq!(orig["params"], t["params"]);
+        assert_eq!(state(orig), "FAIL");
+    }
+    assert!(kills >= 3, "the orchestrator should have been killed a few times, was {kills}");
+}

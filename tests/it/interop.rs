@@ -109,3 +109,52 @@ s.optimize(f, n_trials=5)
     let best = d.run(&["best", "optuna.db", "--format", "json"]);
     assert!(best.status.success());
 }
+
+#[test]
+fn optuna_dashboard_serves_our_study() {
+    if !have_optuna() {
+        return;
+    }
+    let d = StudyDir::new();
+    d.python("objective.py", "import json, sys\np = json.load(sys.stdin)\nprint(json.dumps({'step': 1, 'value': p['x'] * 2}))\nprint(json.dumps({'value': p['x']}))\n");
+    d.write("s.toml", &command_study("dash", 4, "[\"cuda:1\"]", ""));
+    assert!(d.run(&["run", "s.toml"]).status.success());
+    // The dashboard's own WSGI app, called in-process (no server, no network).
+    let script = r#"
+import io, json
+from optuna_dashboard import wsgi
+app = wsgi("sqlite:///study.db")
+def get(path):
+    status = {}
+    def start_response(s, headers, exc_info=None):
+        status["s"] = s
+    env = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": "", "SERVER_NAME": "localhost",
+           "SERVER_PORT": "80", "wsgi.input": io.BytesIO(b""), "wsgi.url_scheme": "http", "wsgi.errors": io.StringIO()}
+    body = b"".join(app(env, start_response))
+    assert status["s"].startswith("200"), (path, status, body[:500])
+    return json.loads(body)
+summaries = get("/api/studies")["study_summaries"]
+detail = get("/api/studies/%d" % summaries[0]["study_id"])
+print(json.dumps({"name": summaries[0]["study_name"], "trials": [
+    {"number": t["number"], "state": t["state"], "values": t["values"], "device": {a["key"]: a["value"] for a in t["user_attrs"]}.get("device"),
+     "steps": [iv["step"] for iv in t["intermediate_values"]]} for t in detail["trials"]]}))
+"#;
+    let have_dashboard = Command::new("python3").args(["-c", "import optuna_dashboard"]).output().is_ok_and(|o| o.status.success());
+    if !have_dashboard {
+        assert!(std::env::var("SFT_REQUIRE_OPTUNA").is_err(), "SFT_REQUIRE_OPTUNA is set but optuna_dashboard is missing");
+        eprintln!("skipped: python3 cannot import optuna_dashboard");
+        return;
+    }
+    let o = Command::new("python3").args(["-c", script]).current_dir(d.path()).output().unwrap();
+    assert!(o.status.success(), "dashboard failed: {}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["name"], "dash");
+    let trials = v["trials"].as_array().unwrap();
+    assert_eq!(trials.len(), 4);
+    for t in trials {
+        assert_eq!(t["state"], "Complete");
+        assert_eq!(t["device"], "cuda:1");
+        assert_eq!(t["steps"], serde_json::json!([1]));
+        assert_eq!(t["values"].as_array().unwrap().len(), 1);
+    }
+}

@@ -70,3 +70,36 @@ fn four_gpu_slots_never_share_and_stay_busy() {
     assert!(fraction > 0.85, "slots were held only {fraction:.2} of the study's time");
     assert!(median_gap < 0.2, "median gap between trials on a slot {median_gap:.3}s");
 }
+
+#[test]
+fn status_shows_live_progress_per_device_from_another_process() {
+    let d = StudyDir::new();
+    d.python(
+        "objective.py",
+        "import json, sys, time\np = json.load(sys.stdin)\nfor i in range(40):\n    print(json.dumps({'progress': {'epoch': i / 10, 'step': i, 'total_steps': 40, 'samples_per_s': 12.5, 'loss': 0.5}}), flush=True)\n    time.sleep(0.1)\nprint(json.dumps({'value': p['x']}))\n",
+    );
+    d.write("s.toml", &command_study("live", 2, "[\"cuda:0\", \"cuda:1\"]", ""));
+    let child = d.spawn(&["run", "s.toml"]);
+    let start = std::time::Instant::now();
+    let seen = loop {
+        assert!(start.elapsed() < Duration::from_secs(30), "no progress shown");
+        let out = d.run(&["status", "s.toml", "--format", "json"]);
+        if out.status.success() {
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let running = v["running"].as_array().cloned().unwrap_or_default();
+            if running.len() == 2 && running.iter().all(|r| r["progress"]["samples_per_s"].as_f64() == Some(12.5)) {
+                break running;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut devices: Vec<String> = seen.iter().map(|r| r["device"].as_str().unwrap().to_string()).collect();
+    devices.sort();
+    assert_eq!(devices, vec!["cuda:0", "cuda:1"]);
+    let text = d.run(&["status", "s.toml"]);
+    let text = String::from_utf8_lossy(&text.stdout).to_string();
+    assert!(text.contains("samples/s") && text.contains("cuda:0"), "{text}");
+    signal(&child, libc::SIGINT);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+}
