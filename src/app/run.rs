@@ -28,7 +28,9 @@ pub fn build_sampler(cfg: &StudyConfig) -> anyhow::Result<Box<dyn Sampler>> {
 /// The runner that evaluates a study's trials.
 pub fn build_runner(cfg: &StudyConfig, quiet: bool) -> anyhow::Result<Box<dyn TrialRunner>> {
     Ok(match &cfg.objective {
-        ObjectiveConfig::Synthetic { function, noise } => Box::new(SyntheticRunner { function: *function, noise: *noise, seed: cfg.seed }),
+        ObjectiveConfig::Synthetic { function, noise, curve } => {
+            Box::new(SyntheticRunner { function: *function, noise: *noise, seed: cfg.seed, curve: *curve })
+        }
         ObjectiveConfig::Command { argv, cwd } => {
             Box::new(CommandRunner { argv: argv.clone(), cwd: cwd.clone(), trial_timeout: cfg.execution.trial_timeout })
         }

@@ -9,4 +9,5 @@ mod finetune;
 mod gp;
 mod interop;
 mod parallel;
+mod pruning;
 mod study;
