@@ -121,13 +121,14 @@ impl ContourPlot {
             .x_label_formatter(&xf)
             .y_label_formatter(&yf)
             .draw()?;
-        let dx = (xhi - xlo) / GRID as f64 / 2.0;
-        let dy = (yhi - ylo) / GRID as f64 / 2.0;
+        // Cells overlap a little so no anti-aliasing seams show between them.
+        let dx = (xhi - xlo) / GRID as f64 * 0.6;
+        let dy = (yhi - ylo) / GRID as f64 * 0.6;
         let g = |v: f64| goodness(v, self.value_min, self.value_max, self.direction);
         for (j, row) in self.grid.iter().enumerate() {
             chart.draw_series(row.iter().enumerate().map(|(i, &v)| {
                 let (cx, cy) = (self.xs[i], self.ys[j]);
-                Rectangle::new([(cx - dx, cy - dy), (cx + dx, cy + dy)], value_color(g(v)).mix(0.85).filled())
+                Rectangle::new([(cx - dx, cy - dy), (cx + dx, cy + dy)], value_color(g(v)).filled())
             }))?;
         }
         chart.draw_series(self.points.iter().map(|&(x, y, _)| Circle::new((x, y), 4, BLACK.filled())))?;

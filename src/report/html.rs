@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 
 use super::axis::short_number;
-use super::render::PlotSet;
+use super::render::{Plot, PlotSet};
 use super::study::StudyData;
 use super::ReportError;
 use crate::config::StudyConfig;
@@ -111,7 +111,8 @@ table.sortable th[data-dir=asc]::after{content:' \\25B2'}table.sortable th[data-
 td.num{text-align:right;font-variant-numeric:tabular-nums}.kv th{width:14em}
 tr.COMPLETE td:nth-child(2){color:#1f77b4}tr.PRUNED td:nth-child(2){color:#d9700b}tr.FAIL td:nth-child(2){color:#d62728}
 tr.best{background:#eaf7ea}.scroll{overflow-x:auto}
-.plots{display:flex;flex-wrap:wrap;gap:16px}figure{margin:0;border:1px solid #e4e4e4;padding:8px;max-width:100%}
+.plots{display:flex;flex-wrap:wrap;gap:16px}figure{margin:0;border:1px solid #e4e4e4;padding:8px;flex:0 1 610px;max-width:100%;box-sizing:border-box}
+figure.wide{flex:1 1 100%}
 figure svg{max-width:100%;height:auto;display:block}figcaption{font-weight:600;margin-bottom:4px}
 .missing{color:#777;font-style:italic;padding:1em}.err{color:#b00;max-width:30em}pre{background:#f6f6f6;padding:8px;overflow-x:auto}";
 
@@ -135,7 +136,9 @@ pub fn render_html(data: &StudyData, plots: &PlotSet) -> Result<String, ReportEr
     trials_section(&mut h, data);
     h.push_str("<h2>Plots</h2>\n<div class=\"plots\">\n");
     for item in &plots.items {
-        let _ = write!(h, "<figure id=\"plot-{}\"><figcaption>{}</figcaption>\n", esc(&item.stem), esc(&item.title));
+        let wide = matches!(item.plot, Ok(Plot::Parallel(_) | Plot::Timeline(_)));
+        let class = if wide { " class=\"wide\"" } else { "" };
+        let _ = write!(h, "<figure id=\"plot-{}\"{class}><figcaption>{}</figcaption>\n", esc(&item.stem), esc(&item.title));
         match &item.plot {
             Ok(p) => {
                 let svg = p.to_svg(&item.stem)?;

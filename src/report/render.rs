@@ -99,15 +99,15 @@ impl Plot {
     /// Width and height in pixels.
     pub fn size(&self) -> (u32, u32) {
         match self {
-            Plot::Parallel(p) => ((260 + 170 * p.axes.len() as u32).clamp(700, 1400), 520),
-            Plot::Contour(_) => (860, 640),
-            Plot::Importance(p) => (900, (140 + 40 * p.items.len() as u32).max(260)),
-            Plot::Timeline(t) => (1000, (130 + 34 * t.lanes.len() as u32).max(240)),
+            Plot::Parallel(p) => ((200 + 150 * p.axes.len() as u32).clamp(700, 1250), 480),
+            Plot::Contour(_) => (760, 580),
+            Plot::Importance(p) => (760, (140 + 40 * p.items.len() as u32).max(260)),
+            Plot::Timeline(t) => (1200, (130 + 34 * t.lanes.len() as u32).max(240)),
             Plot::Confusion(c) => {
                 let s = (260 + 70 * c.labels.len() as u32).clamp(420, 1000);
                 (s + 60, s)
             }
-            _ => (900, 500),
+            _ => (760, 460),
         }
     }
 
