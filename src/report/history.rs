@@ -123,6 +123,7 @@ impl HistoryPlot {
         }
         chart
             .configure_series_labels()
+            .label_font(("sans-serif", 14))
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK.mix(0.3))
             .position(SeriesLabelPosition::UpperRight)

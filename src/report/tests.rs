@@ -441,4 +441,65 @@ fn the_report_renders_in_headless_chromium() {
     if let Ok(keep) = std::env::var("SFT_KEEP_SCREENSHOT") {
         let _ = std::fs::copy(&shot, keep);
     }
+
+    // The table sorts in the browser: two clicks on the value column sort it descending,
+    // trials without a value last.
+    let html = std::fs::read_to_string(&out).expect("read report");
+    let clicks = "<script>var h=document.querySelectorAll('#trials th')[2];h.click();h.click();</script></body>";
+    let sorted = dir.path().join("sorted.html");
+    std::fs::write(&sorted, html.replace("</body>", clicks)).expect("write");
+    let dom = std::process::Command::new(browser)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--dump-dom"])
+        .arg(format!("--user-data-dir={}", dir.path().join("profile").display()))
+        .arg(format!("file://{}", sorted.display()))
+        .output()
+        .expect("run chromium");
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    let order: Vec<String> = dom
+        .split("<tr class=\"")
+        .skip(1)
+        .filter_map(|r| {
+            let cell = r.split("<td class=\"num\">").nth(1)?;
+            Some(cell[..cell.find('<')?].to_string())
+        })
+        .collect();
+    assert_eq!(order, ["5", "3", "2", "1", "0", "4"], "rows after sorting by value, descending");
+}
+
+#[test]
+fn plot_and_report_commands_write_their_files() {
+    use crate::cli::{ImageFormat, PlotArgs, ReportArgs};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("s.db");
+    drop(store_fixture(&db));
+    let out = dir.path().join("plots");
+    let args = PlotArgs { study: db.clone(), study_name: None, out: Some(out.clone()), format: ImageFormat::Png, params: Some(vec!["epochs".into(), "batch_size".into()]) };
+    crate::app::plot::run(&args, true).expect("plot");
+    let mut files: Vec<String> = std::fs::read_dir(&out).expect("dir").filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().to_string()).collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "confusion.png", "contour.png", "history.png", "importance.png", "learning_curves.png", "parallel.png", "slice_batch_size.png",
+            "slice_epochs.png", "slice_learning_rate.png", "timeline.png", "train_valid_loss.png",
+        ]
+    );
+    for f in &files {
+        let bytes = std::fs::read(out.join(f)).expect("read");
+        assert_eq!(&bytes[..4], b"\x89PNG", "{f}");
+    }
+    // SVG into the default folder beside the database.
+    let args = PlotArgs { study: db.clone(), study_name: None, out: None, format: ImageFormat::Svg, params: None };
+    crate::app::plot::run(&args, true).expect("plot");
+    let svg = std::fs::read_to_string(dir.path().join("s-plots").join("contour.svg")).expect("contour.svg");
+    assert!(svg.contains("inverse-distance"));
+    // A wrong --params is a usage error.
+    let args = PlotArgs { study: db.clone(), study_name: None, out: Some(out), format: ImageFormat::Svg, params: Some(vec!["epochs".into()]) };
+    let err = crate::app::plot::run(&args, true).err().map(|e| format!("{e:#}")).unwrap_or_default();
+    assert!(err.contains("two parameter names"), "{err}");
+
+    let args = ReportArgs { study: db, study_name: None, out: None };
+    crate::app::report::run(&args, true).expect("report");
+    let html = std::fs::read_to_string(dir.path().join("s-report.html")).expect("report file");
+    assert!(html.contains("<table class=\"sortable\""));
 }
