@@ -123,6 +123,8 @@ pub struct TrialRecord {
     /// The number of the trial this one re-runs.
     pub retry_of: Option<TrialNumber>,
     pub checkpoint: Option<String>,
+    /// The last live progress a running trial reported (epoch, step, throughput, memory).
+    pub progress: Option<serde_json::Value>,
 }
 
 impl TrialRecord {
@@ -142,6 +144,7 @@ impl TrialRecord {
             error: None,
             retry_of: None,
             checkpoint: None,
+            progress: None,
         }
     }
 

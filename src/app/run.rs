@@ -115,6 +115,7 @@ pub fn run(args: &RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         max_retries: cfg.execution.max_retries,
         heartbeat_interval: cfg.execution.heartbeat_interval,
         heartbeat_timeout: cfg.execution.heartbeat_timeout,
+        max_consecutive_failures: cfg.execution.max_consecutive_failures,
         artifacts_root: cfg.artifacts_root(),
         stop: stop.clone(),
         observer: display.as_ref(),
@@ -132,6 +133,7 @@ pub fn run(args: &RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
             StopReason::Timeout => "the timeout passed",
             StopReason::Stopped => "it was stopped (running trials finished)",
             StopReason::Cancelled => "it was cancelled",
+            StopReason::Failing => "too many trials failed in a row",
         };
         eprintln!(
             "study `{}` ended because {why}: {} complete, {} pruned, {} failed, {} waiting ({:.1}s)",

@@ -10,6 +10,35 @@ use crate::scheduler::display::{format_params, format_value};
 use crate::storage::{now_text, seconds_between};
 use crate::trial::{best_trial, TrialState};
 
+/// `, epoch 1.50, step 120/400, 55.1 samples/s, loss 0.4100, GPU 812 MiB` from live progress.
+fn progress_text(p: Option<&serde_json::Value>) -> String {
+    let Some(p) = p else { return String::new() };
+    let f = |k: &str| p.get(k).and_then(|v| v.as_f64());
+    let mut parts = Vec::new();
+    if let Some(e) = f("epoch") {
+        parts.push(format!("epoch {e:.2}"));
+    }
+    match (f("step"), f("total_steps")) {
+        (Some(s), Some(t)) => parts.push(format!("step {s}/{t}")),
+        (Some(s), None) => parts.push(format!("step {s}")),
+        _ => {}
+    }
+    if let Some(x) = f("samples_per_s") {
+        parts.push(format!("{x:.1} samples/s"));
+    }
+    if let Some(l) = f("loss") {
+        parts.push(format!("loss {l:.4}"));
+    }
+    if let Some(m) = f("gpu_memory_mb") {
+        parts.push(format!("GPU {m:.0} MiB"));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(", {}", parts.join(", "))
+    }
+}
+
 pub fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
     let open = open_existing(&args.study, args.study_name.as_deref())?;
     let trials = open.store.trials(open.study.id)?;
@@ -34,6 +63,7 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
                 "device": t.device,
                 "elapsed_s": t.started_at.as_deref().and_then(|s| seconds_between(s, &now)),
                 "last_intermediate": t.last_intermediate(),
+                "progress": t.progress,
             })).collect::<Vec<_>>(),
             "workers": workers.iter().map(|w| json!({"host": w.host, "pid": w.pid, "slots": w.slots, "state": w.state, "started_at": w.started_at, "last_seen": w.last_seen})).collect::<Vec<_>>(),
         });
@@ -67,7 +97,7 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
         for t in &running {
             let elapsed = t.started_at.as_deref().and_then(|st| seconds_between(st, &now)).map(|e| format!("{e:.0}s")).unwrap_or_default();
             let last = t.last_intermediate().map(|(k, v)| format!(", step {k}: {}", format_value(v))).unwrap_or_default();
-            s.push_str(&format!("  trial {} on {} for {elapsed}{last}\n", t.number, t.device.as_deref().unwrap_or("?")));
+            s.push_str(&format!("  {:<7} trial {} for {elapsed}{last}{}\n", t.device.as_deref().unwrap_or("?"), t.number, progress_text(t.progress.as_ref())));
         }
     }
     let live: Vec<_> = workers.iter().filter(|w| w.state == "running").collect();

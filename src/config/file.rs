@@ -168,6 +168,13 @@ pub struct ExecutionSection {
     pub heartbeat_interval: Option<Spanned<String>>,
     /// A RUNNING trial on another host whose heartbeat is older than this is taken as dead.
     pub heartbeat_timeout: Option<Spanned<String>>,
+    /// Stop starting trials after this many failures in a row (a broken objective).
+    #[serde(default = "ten")]
+    pub max_consecutive_failures: usize,
+}
+
+fn ten() -> usize {
+    10
 }
 
 fn one() -> usize {
@@ -183,6 +190,7 @@ impl Default for ExecutionSection {
             trial_timeout: None,
             heartbeat_interval: None,
             heartbeat_timeout: None,
+            max_consecutive_failures: ten(),
         }
     }
 }

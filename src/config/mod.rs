@@ -159,6 +159,7 @@ pub struct ExecutionConfig {
     pub trial_timeout: Option<Duration>,
     pub heartbeat_interval: Duration,
     pub heartbeat_timeout: Duration,
+    pub max_consecutive_failures: usize,
 }
 
 impl ExecutionConfig {
@@ -212,6 +213,19 @@ impl StudyConfig {
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
         resolve(&src, file, dir)
+    }
+
+    /// Reads tables of the study file into types defined by other layers (the fine-tuning
+    /// objective's `[model]`, `[data]`, `[train]`), with the same file:line:column errors as
+    /// the rest of the file. `T` should not deny unknown fields at its top level.
+    pub fn parse_tables<T: serde::de::DeserializeOwned>(&self) -> Result<T, ConfigError> {
+        Source { path: &self.path, text: &self.text }.parse()
+    }
+
+    /// Resolves a path value of the study file: `${VAR}` expanded, relative to the file.
+    pub fn resolve_path(&self, key: &str, raw: &str) -> Result<PathBuf, ConfigError> {
+        let src = Source { path: &self.path, text: &self.text };
+        resolve_path(&src, 0..0, key, raw, &self.dir)
     }
 
     /// The folder where trials keep their artifacts (checkpoints): beside the database.
@@ -482,6 +496,7 @@ fn resolve(src: &Source, f: StudyFile, dir: PathBuf) -> Result<StudyConfig, Conf
         trial_timeout: duration_field(src, &e.trial_timeout, "execution.trial_timeout")?,
         heartbeat_interval,
         heartbeat_timeout,
+        max_consecutive_failures: e.max_consecutive_failures.max(1),
     };
 
     let pruner = match f.pruner.kind.as_ref().map(|k| (k.get_ref().as_str(), k.span())) {

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -69,6 +69,8 @@ pub struct StudyRun<'a> {
     pub max_retries: usize,
     pub heartbeat_interval: Duration,
     pub heartbeat_timeout: Duration,
+    /// Stop starting trials after this many failures in a row.
+    pub max_consecutive_failures: usize,
     /// Trial artifacts go to `artifacts_root/<number>/`.
     pub artifacts_root: PathBuf,
     pub stop: StopSignal,
@@ -83,6 +85,8 @@ pub enum StopReason {
     Timeout,
     Stopped,
     Cancelled,
+    /// Too many trials failed in a row.
+    Failing,
 }
 
 #[derive(Debug, Clone)]
@@ -133,6 +137,7 @@ pub fn run_study(run: &StudyRun) -> Result<RunSummary, LoopError> {
     let slot_reasons: Arc<Mutex<Vec<StopReason>>> = Arc::new(Mutex::new(Vec::new()));
     let housekeeping_done = Arc::new(AtomicBool::new(false));
     let first_error: Arc<Mutex<Option<LoopError>>> = Arc::new(Mutex::new(None));
+    let failures_in_a_row = AtomicUsize::new(0);
 
     std::thread::scope(|scope| {
         // Housekeeping: heartbeats for our trials, recovery of others' dead trials.
@@ -173,8 +178,9 @@ pub fn run_study(run: &StudyRun) -> Result<RunSummary, LoopError> {
             let reasons = Arc::clone(&slot_reasons);
             let first_error = Arc::clone(&first_error);
             let owner = owner.clone();
+            let failures_in_a_row = &failures_in_a_row;
             handles.push(scope.spawn(move || {
-                let r = slot_loop(run, slot_index, device, &owner, deadline, &running, &counts);
+                let r = slot_loop(run, slot_index, device, &owner, deadline, &running, &counts, failures_in_a_row);
                 match r {
                     Ok(reason) => {
                         if let Ok(mut v) = reasons.lock() {
@@ -218,6 +224,8 @@ pub fn run_study(run: &StudyRun) -> Result<RunSummary, LoopError> {
     let reasons = slot_reasons.lock().map(|r| r.clone()).unwrap_or_default();
     let reason = if run.stop.is_cancelled() {
         StopReason::Cancelled
+    } else if reasons.contains(&StopReason::Failing) {
+        StopReason::Failing
     } else if run.stop.is_stopping() {
         StopReason::Stopped
     } else if reasons.contains(&StopReason::Timeout) {
@@ -239,9 +247,13 @@ fn slot_loop(
     deadline: Option<Instant>,
     running: &Mutex<Vec<i64>>,
     counts: &Mutex<BTreeMap<&'static str, usize>>,
+    failures_in_a_row: &AtomicUsize,
 ) -> Result<StopReason, LoopError> {
     let mut store = Store::open(&run.store_path)?;
     loop {
+        if failures_in_a_row.load(Ordering::SeqCst) >= run.max_consecutive_failures {
+            return Ok(StopReason::Failing);
+        }
         if run.stop.is_stopping() {
             return Ok(StopReason::Stopped);
         }
@@ -274,7 +286,16 @@ fn slot_loop(
         };
         run.observer.trial_started(slot_index, &assignment);
         let started = Instant::now();
-        let mut reporter = StoreReporter { run, store: &store, trial_id: trial.id, number: trial.number, slot_index, values: Vec::new(), error: None };
+        let mut reporter = StoreReporter {
+            run,
+            store: &store,
+            trial_id: trial.id,
+            number: trial.number,
+            slot_index,
+            values: Vec::new(),
+            error: None,
+            progress_saved: None,
+        };
         let outcome = run.runner.run(&assignment, &mut reporter, &run.stop.running_token());
         let outcome = match reporter.error.take() {
             // The trial's record could not be written: say so rather than lose it silently.
@@ -295,6 +316,16 @@ fn slot_loop(
         if let Ok(mut c) = counts.lock() {
             *c.entry(outcome.state().as_str()).or_default() += 1;
         }
+        match &outcome {
+            Outcome::Failed { reason } if !is_retryable(reason) => {
+                let n = failures_in_a_row.fetch_add(1, Ordering::SeqCst) + 1;
+                if n == run.max_consecutive_failures {
+                    run.observer.note(&format!("{n} trials failed in a row; starting no more (the objective looks broken — see `sft-search trials`)"));
+                }
+            }
+            Outcome::Failed { .. } => {}
+            _ => failures_in_a_row.store(0, Ordering::SeqCst),
+        }
         let history = store.trials(run.study_id)?;
         run.observer.trial_finished(slot_index, trial.number, &outcome, started.elapsed(), retry_number, &history);
     }
@@ -309,7 +340,12 @@ struct StoreReporter<'a, 'b> {
     slot_index: usize,
     values: Vec<(i64, f64)>,
     error: Option<StoreError>,
+    /// When live progress was last written to the store (for `status` in other processes).
+    progress_saved: Option<Instant>,
 }
+
+/// How often live progress is written to the store.
+const PROGRESS_SAVE_INTERVAL: Duration = Duration::from_secs(2);
 
 impl Reporter for StoreReporter<'_, '_> {
     fn intermediate(&mut self, step: i64, value: f64, metrics: &Map<String, Value>) -> Decision {
@@ -336,6 +372,15 @@ impl Reporter for StoreReporter<'_, '_> {
 
     fn progress(&mut self, progress: &Progress) {
         self.run.observer.trial_progress(self.slot_index, self.number, None, Some(progress));
+        if self.progress_saved.is_none_or(|t| t.elapsed() >= PROGRESS_SAVE_INTERVAL) {
+            self.progress_saved = Some(Instant::now());
+            if let Ok(v) = serde_json::to_value(progress) {
+                // Best effort: live progress is shown, not kept.
+                if let Err(e) = self.store.set_trial_attr(self.trial_id, "progress", &v) {
+                    tracing::debug!("trial {}: progress not saved: {e}", self.number);
+                }
+            }
+        }
     }
 
     fn checkpoint(&mut self, path: &std::path::Path) {

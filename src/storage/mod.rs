@@ -905,6 +905,7 @@ fn read_trials(conn: &Connection, study_id: i64) -> std::result::Result<Vec<Tria
             "error" => t.error = v.as_str().map(str::to_string),
             "retry_of" => t.retry_of = v.as_u64(),
             "checkpoint" => t.checkpoint = v.as_str().map(str::to_string),
+            "progress" => t.progress = Some(v),
             "metrics" => {
                 if let Value::Object(m) = v {
                     t.metrics = m;

@@ -1,0 +1,10 @@
+//! End-to-end tests through the real `sft-search` binary: one test binary, shared helpers in
+//! `util`, one module per area.
+
+mod util;
+
+mod config_errors;
+mod faults;
+mod interop;
+mod parallel;
+mod study;

@@ -1,0 +1,183 @@
+//! Whole studies on objectives that need no training.
+
+use serde_json::Value;
+use sft_search::objective::SyntheticFunction;
+use sft_search::space::{Distribution, Param, SearchSpace};
+
+use crate::util::*;
+
+const BRANIN_GRID: &str = r#"[study]
+name = "branin-grid"
+direction = "minimize"
+storage = "study.db"
+
+[space]
+x1 = { type = "float", low = -5, high = 10 }
+x2 = { type = "float", low = 0, high = 15 }
+
+[sampler]
+kind = "grid"
+grid_points = 7
+
+[objective]
+kind = "synthetic"
+function = "branin"
+
+[execution]
+devices = ["cpu", "cpu"]
+"#;
+
+#[test]
+fn grid_study_runs_the_whole_grid_and_best_is_the_grid_minimum() {
+    let d = StudyDir::new();
+    d.write("s.toml", BRANIN_GRID);
+    let out = d.run(&["run", "s.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let trials = d.trials("s.toml");
+    assert_eq!(trials.len(), 49);
+    assert_eq!(count(&trials, "COMPLETE"), 49);
+    assert_numbers_unique(&trials);
+    // No grid point twice.
+    let mut points: Vec<(String, String)> = trials.iter().map(|t| (t["params"]["x1"].to_string(), t["params"]["x2"].to_string())).collect();
+    points.sort();
+    points.dedup();
+    assert_eq!(points.len(), 49);
+    // The best is the minimum of branin over the same 7x7 grid, computed here independently.
+    let space = SearchSpace::new(vec![
+        Param { name: "x1".into(), dist: Distribution::Float { low: -5.0, high: 10.0, log: false, step: None } },
+        Param { name: "x2".into(), dist: Distribution::Float { low: 0.0, high: 15.0, log: false, step: None } },
+    ])
+    .unwrap();
+    let grid_min = space.grid(7).iter().map(|p| SyntheticFunction::Branin.evaluate(p).unwrap()).fold(f64::INFINITY, f64::min);
+    assert!((grid_min - 2.196106).abs() < 1e-5, "regret 1.798 on the 7x7 grid, as Optuna's anchor");
+    let best = d.run(&["best", "s.toml", "--format", "json"]);
+    let best: Value = serde_json::from_slice(&best.stdout).unwrap();
+    assert!((best["value"].as_f64().unwrap() - grid_min).abs() < 1e-12);
+    assert_eq!(best.as_object().unwrap().keys().cloned().collect::<Vec<_>>(), vec!["number", "params", "value"]);
+    // Running again does nothing more: the grid is exhausted.
+    let out = d.run(&["run", "s.toml"]);
+    assert!(out.status.success());
+    assert_eq!(d.trials("s.toml").len(), 49);
+}
+
+#[test]
+fn trials_json_has_exactly_the_documented_keys() {
+    let d = StudyDir::new();
+    d.write("s.toml", &BRANIN_GRID.replace("grid_points = 7", "grid_points = 2"));
+    assert!(d.run(&["run", "s.toml"]).status.success());
+    let trials = d.trials("s.toml");
+    let keys: Vec<String> = trials[0].as_object().unwrap().keys().cloned().collect();
+    let mut expected = vec!["number", "state", "params", "value", "metrics", "intermediate", "device", "started_at", "finished_at", "error", "retry_of"];
+    expected.sort();
+    assert_eq!(keys, expected);
+    assert_eq!(trials[0]["device"], "cpu");
+    // CSV and table formats carry every trial too.
+    let csv = d.run(&["trials", "s.toml", "--format", "csv"]);
+    assert_eq!(String::from_utf8_lossy(&csv.stdout).lines().count(), 5);
+    let table = d.run(&["trials", "s.toml"]);
+    assert!(String::from_utf8_lossy(&table.stdout).contains("COMPLETE"));
+}
+
+#[test]
+fn random_study_is_deterministic_whatever_the_number_of_workers() {
+    let study = |slots: &str| {
+        let d = StudyDir::new();
+        d.write(
+            "s.toml",
+            &format!(
+                "[study]\nname = \"r\"\nn_trials = 12\nseed = 11\nstorage = \"study.db\"\n[space]\nlearning_rate = {{ type = \"float\", low = 1e-6, high = 1e-2, log = true }}\nbatch_size = {{ type = \"categorical\", choices = [8, 16, 32, 64] }}\nepochs = {{ type = \"int\", low = 1, high = 10 }}\nfreeze_layers = {{ type = \"int\", low = 0, high = 12 }}\n[objective]\nkind = \"synthetic\"\nfunction = \"sft-like\"\n[execution]\ndevices = {slots}\n"
+            ),
+        );
+        assert!(d.run(&["run", "s.toml"]).status.success());
+        let mut t: Vec<(u64, Value)> = d.trials("s.toml").into_iter().map(|t| (t["number"].as_u64().unwrap(), t["params"].clone())).collect();
+        t.sort_by_key(|x| x.0);
+        t
+    };
+    let one = study("[\"cpu\"]");
+    let four = study("[\"cpu\", \"cpu\", \"cpu\", \"cpu\"]");
+    assert_eq!(one.len(), 12);
+    assert_eq!(one, four);
+}
+
+#[test]
+fn enqueued_trial_runs_first_with_its_parameters() {
+    let d = StudyDir::new();
+    d.write("s.toml", &BRANIN_GRID.replace("kind = \"grid\"", "kind = \"random\"").replace("grid_points = 7", "").replace("storage = \"study.db\"", "storage = \"study.db\"\nn_trials = 3"));
+    let out = d.run(&["enqueue", "s.toml", "--param", "x1=3.14159", "--param", "x2=2.275"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let bad = d.run(&["enqueue", "s.toml", "--param", "x1=30", "--param", "x2=2"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("x1") && stderr(&bad).contains("not allowed"), "{}", stderr(&bad));
+    assert!(d.run(&["run", "s.toml"]).status.success());
+    let trials = d.trials("s.toml");
+    assert_eq!(trials.len(), 3);
+    assert_eq!(trials[0]["params"]["x1"], Value::from(3.14159));
+    assert!((trials[0]["value"].as_f64().unwrap() - 0.397887).abs() < 1e-3);
+}
+
+#[test]
+fn a_failing_command_fails_its_trial_and_the_study_goes_on() {
+    let d = StudyDir::new();
+    d.python(
+        "objective.py",
+        "import json, sys\np = json.load(sys.stdin)\nif p['k'] == 2:\n    print('boom: k is 2', file=sys.stderr)\n    sys.exit(3)\nfor s in range(3):\n    print(json.dumps({'step': s, 'value': p['x'] + 1.0 / (s + 1)}))\nprint(json.dumps({'value': p['x'], 'metrics': {'k_seen': p['k']}}))\n",
+    );
+    d.write("s.toml", &command_study("cmd", 10, "[\"cpu\", \"cpu\"]", ""));
+    let out = d.run(&["run", "s.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let trials = d.trials("s.toml");
+    assert_eq!(count(&trials, "COMPLETE"), 10);
+    let failed: Vec<&Value> = trials.iter().filter(|t| state(t) == "FAIL").collect();
+    assert!(!failed.is_empty(), "with 10+ random draws of k in 1..4 some have k = 2");
+    for f in &failed {
+        assert_eq!(f["params"]["k"], 2);
+        let e = f["error"].as_str().unwrap();
+        assert!(e.contains("exit status 3") && e.contains("boom: k is 2"), "{e}");
+        assert!(f["retry_of"].is_null());
+    }
+    // A trial's own failure is not retried.
+    assert!(trials.iter().all(|t| t["retry_of"].is_null()));
+    let ok = trials.iter().find(|t| state(t) == "COMPLETE").unwrap();
+    assert_eq!(ok["intermediate"].as_array().unwrap().len(), 3);
+    assert_eq!(ok["metrics"]["k_seen"], ok["params"]["k"]);
+    assert_numbers_unique(&trials);
+}
+
+#[test]
+fn nan_and_missing_results_fail_the_trial() {
+    let d = StudyDir::new();
+    d.python("objective.py", "import json, sys\np = json.load(sys.stdin)\nif p['k'] % 2:\n    print('{\"value\": NaN}')\nelse:\n    print('no json here')\n");
+    d.write("s.toml", &command_study("nan", 2, "[\"cpu\"]", "max_retries = 0\nmax_consecutive_failures = 4"));
+    let out = d.run(&["run", "s.toml"]);
+    // Nothing completed: the study failed, and says so.
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no trial completed"), "{}", stderr(&out));
+    let trials = d.trials("s.toml");
+    assert_eq!(trials.len(), 4, "stops after 4 failures in a row");
+    for t in &trials {
+        assert_eq!(state(t), "FAIL");
+        let e = t["error"].as_str().unwrap();
+        if t["params"]["k"].as_i64().unwrap() % 2 == 1 {
+            assert!(e.contains("NaN"), "{e}");
+        } else {
+            assert!(e.contains("no result line"), "{e}");
+        }
+    }
+}
+
+#[test]
+fn params_reach_the_command_as_env_and_stdin() {
+    let d = StudyDir::new();
+    d.python(
+        "objective.py",
+        "import json, os, sys\np = json.load(sys.stdin)\nassert float(os.environ['SFT_PARAM_X']) == p['x']\nassert int(os.environ['SFT_PARAM_K']) == p['k']\nprint(json.dumps({'value': p['x'], 'metrics': {'trial': int(os.environ['SFT_TRIAL_NUMBER']), 'device': os.environ['SFT_DEVICE'], 'cvd': os.environ.get('CUDA_VISIBLE_DEVICES', '')}}))\n",
+    );
+    d.write("s.toml", &command_study("env", 3, "[\"cuda:3\"]", ""));
+    assert!(d.run(&["run", "s.toml"]).status.success());
+    for t in d.trials("s.toml") {
+        assert_eq!(state(&t), "COMPLETE", "{t}");
+        assert_eq!(t["metrics"]["trial"], t["number"]);
+        assert_eq!(t["metrics"]["device"], "cuda:3");
+        assert_eq!(t["metrics"]["cvd"], "3");
+    }
+}
