@@ -7,4 +7,5 @@ mod config_errors;
 mod faults;
 mod interop;
 mod parallel;
+mod report;
 mod study;
