@@ -110,6 +110,23 @@ impl ParamAxis {
         }
     }
 
+    /// How many tick labels to ask plotters for: one per decade on a log axis spanning two
+    /// or more (so ticks land on powers of ten), one per choice on a categorical axis.
+    pub fn label_count(&self) -> usize {
+        match &self.scale {
+            Scale::Log => {
+                let decades = self.max.log10() - self.min.log10();
+                if decades >= 2.0 {
+                    (decades.ceil() as usize + 1).clamp(2, 12)
+                } else {
+                    6
+                }
+            }
+            Scale::Categorical(labels) => labels.len() + 2,
+            Scale::Linear => 10,
+        }
+    }
+
     /// The axis title: the name, with "(log)" where log-scaled.
     pub fn title(&self) -> String {
         if self.is_log() {

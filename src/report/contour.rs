@@ -118,6 +118,8 @@ impl ContourPlot {
             .disable_mesh()
             .x_desc(format!("{}   [{}]", self.x.title(), self.method))
             .y_desc(self.y.title())
+            .x_labels(self.x.label_count())
+            .y_labels(self.y.label_count())
             .x_label_formatter(&xf)
             .y_label_formatter(&yf)
             .draw()?;

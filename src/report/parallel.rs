@@ -119,6 +119,19 @@ impl ParallelCoordinates {
                         let m = labels.len().saturating_sub(1).max(1) as f64;
                         labels.iter().enumerate().map(|(k, l)| (if labels.len() == 1 { 0.5 } else { k as f64 / m }, l.clone())).collect()
                     }
+                    Scale::Log if a.max.log10() - a.min.log10() >= 1.0 => {
+                        // Powers of ten, and the extremes where they are not too close to one.
+                        let (lo, hi) = (a.min.log10(), a.max.log10());
+                        let decades: Vec<f64> = ((lo.ceil() as i32)..=(hi.floor() as i32)).map(f64::from).collect();
+                        let mut t: Vec<(f64, String)> = decades.iter().map(|&k| ((k - lo) / (hi - lo), a.label_at(k))).collect();
+                        for c in [lo, hi] {
+                            let u = (c - lo) / (hi - lo);
+                            if t.iter().all(|(v, _)| (v - u).abs() > 0.08) {
+                                t.push((u, a.label_at(c)));
+                            }
+                        }
+                        t
+                    }
                     _ => {
                         let (lo, hi) = if a.is_log() { (a.min.log10(), a.max.log10()) } else { (a.min, a.max) };
                         (0..=4)

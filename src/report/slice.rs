@@ -4,7 +4,7 @@
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use super::axis::{pad, short_number, ParamAxis, Scale};
+use super::axis::{pad, short_number, ParamAxis};
 use super::render::{number_color, DrawResult};
 use super::study::StudyData;
 use super::NotEnoughData;
@@ -67,9 +67,7 @@ impl SlicePlot {
         let mut mesh = chart.configure_mesh();
         mesh.label_style(("sans-serif", 14)).axis_desc_style(("sans-serif", 15));
         mesh.x_desc(format!("{}   (colour: trial number, darker = later)", self.axis.title())).y_desc(self.metric.as_str()).x_label_formatter(&xfmt).y_label_formatter(&yfmt);
-        if let Scale::Categorical(labels) = &self.axis.scale {
-            mesh.x_labels(labels.len() + 2);
-        }
+        mesh.x_labels(self.axis.label_count());
         mesh.light_line_style(WHITE.mix(0.0)).draw()?;
         chart.draw_series(self.points.iter().map(|p| {
             Circle::new((p.x, p.value), 5, number_color(p.number, self.last_number).mix(0.85).filled())
