@@ -154,7 +154,7 @@ pub fn short_number(x: f64) -> String {
         return x.to_string();
     }
     let a = x.abs();
-    if a != 0.0 && (a < 1e-3 || a >= 1e5) {
+    if a != 0.0 && !(1e-3..1e5).contains(&a) {
         let s = format!("{x:.2e}");
         // 1.00e-5 → 1e-5
         s.replace(".00e", "e").replace("0e", "e")

@@ -129,8 +129,8 @@ rows.forEach(function(r){body.appendChild(r);});});});});";
 pub fn render_html(data: &StudyData, plots: &PlotSet) -> Result<String, ReportError> {
     let mut h = String::new();
     let title = format!("sft-search report: {}", data.name);
-    let _ = write!(h, "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title>\n<style>{CSS}</style></head><body>\n", esc(&title));
-    let _ = write!(h, "<h1>{}</h1>\n", esc(&title));
+    let _ = writeln!(h, "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title>\n<style>{CSS}</style></head><body>", esc(&title));
+    let _ = writeln!(h, "<h1>{}</h1>", esc(&title));
     summary_section(&mut h, data);
     best_section(&mut h, data);
     trials_section(&mut h, data);
@@ -138,7 +138,7 @@ pub fn render_html(data: &StudyData, plots: &PlotSet) -> Result<String, ReportEr
     for item in &plots.items {
         let wide = matches!(item.plot, Ok(Plot::Parallel(_) | Plot::Timeline(_)));
         let class = if wide { " class=\"wide\"" } else { "" };
-        let _ = write!(h, "<figure id=\"plot-{}\"{class}><figcaption>{}</figcaption>\n", esc(&item.stem), esc(&item.title));
+        let _ = writeln!(h, "<figure id=\"plot-{}\"{class}><figcaption>{}</figcaption>", esc(&item.stem), esc(&item.title));
         match &item.plot {
             Ok(p) => {
                 let svg = p.to_svg(&item.stem)?;
@@ -152,10 +152,10 @@ pub fn render_html(data: &StudyData, plots: &PlotSet) -> Result<String, ReportEr
     }
     h.push_str("</div>\n");
     if let Some(text) = stored_study_file(data) {
-        let _ = write!(h, "<h2>Study file</h2>\n<pre>{}</pre>\n", esc(&text));
+        let _ = writeln!(h, "<h2>Study file</h2>\n<pre>{}</pre>", esc(&text));
     }
-    let _ = write!(h, "<p style=\"color:#888;font-size:.8em\">Written by sft-search {} at {}.</p>\n", env!("CARGO_PKG_VERSION"), esc(&crate::storage::now_text()));
-    let _ = write!(h, "<script>{JS}</script>\n</body></html>\n");
+    let _ = writeln!(h, "<p style=\"color:#888;font-size:.8em\">Written by sft-search {} at {}.</p>", env!("CARGO_PKG_VERSION"), esc(&crate::storage::now_text()));
+    let _ = writeln!(h, "<script>{JS}</script>\n</body></html>");
     Ok(h)
 }
 
@@ -174,7 +174,7 @@ fn summary_section(h: &mut String, data: &StudyData) {
     let s = Summary::compute(data);
     h.push_str("<h2>Summary</h2>\n<table class=\"kv\">\n");
     let mut row = |k: &str, v: String| {
-        let _ = write!(h, "<tr><th>{}</th><td>{}</td></tr>\n", esc(k), esc(&v));
+        let _ = writeln!(h, "<tr><th>{}</th><td>{}</td></tr>", esc(k), esc(&v));
     };
     row("study", data.name.clone());
     row("objective", format!("{} {}", data.direction.as_optuna().to_lowercase(), data.metric));
@@ -211,10 +211,10 @@ fn best_section(h: &mut String, data: &StudyData) {
         h.push_str("<p class=\"missing\">No COMPLETE trial yet.</p>\n");
         return;
     };
-    let _ = write!(h, "<p>Trial <b>{}</b>: {} = <b>{}</b></p>\n", b.number, esc(&data.metric), b.value.map(short_number).unwrap_or_default());
+    let _ = writeln!(h, "<p>Trial <b>{}</b>: {} = <b>{}</b></p>", b.number, esc(&data.metric), b.value.map(short_number).unwrap_or_default());
     h.push_str("<table class=\"kv\">\n");
     for (k, v) in &b.params {
-        let _ = write!(h, "<tr><th>{}</th><td>{}</td></tr>\n", esc(k), esc(&v.to_string()));
+        let _ = writeln!(h, "<tr><th>{}</th><td>{}</td></tr>", esc(k), esc(&v.to_string()));
     }
     h.push_str("</table>\n");
     // Valid metrics: the trial-wide set, else the last epoch's.
@@ -228,9 +228,9 @@ fn best_section(h: &mut String, data: &StudyData) {
         if entries.is_empty() {
             return;
         }
-        let _ = write!(h, "<h3>{}</h3>\n<table class=\"kv\">\n", esc(title));
+        let _ = writeln!(h, "<h3>{}</h3>\n<table class=\"kv\">", esc(title));
         for (k, v) in entries {
-            let _ = write!(h, "<tr><th>{}</th><td class=\"num\">{}</td></tr>\n", esc(k), esc(v));
+            let _ = writeln!(h, "<tr><th>{}</th><td class=\"num\">{}</td></tr>", esc(k), esc(v));
         }
         h.push_str("</table>\n");
     };
@@ -277,9 +277,9 @@ fn trials_section(h: &mut String, data: &StudyData) {
             Some(s) => write!(h, "<td class=\"num\" data-sort=\"{s}\">{}</td>", fmt_duration(s)),
             None => write!(h, "<td data-sort=\"\"></td>"),
         };
-        let _ = write!(
+        let _ = writeln!(
             h,
-            "<td>{}</td><td>{}</td><td class=\"err\">{}</td></tr>\n",
+            "<td>{}</td><td>{}</td><td class=\"err\">{}</td></tr>",
             esc(t.device.as_deref().unwrap_or("")),
             esc(&fit_of(t).unwrap_or_default()),
             esc(t.error.as_deref().unwrap_or(""))
