@@ -62,6 +62,15 @@ pub fn run(args: &PlotArgs, quiet: bool) -> anyhow::Result<ExitCode> {
                 text.push_str(&format!("{}\n", shown(&path)));
             }
             Err(e) => {
+                // A file left from an earlier call would no longer match the study.
+                let ext = match args.format {
+                    ImageFormat::Svg => "svg",
+                    ImageFormat::Png => "png",
+                };
+                let stale = out.join(format!("{}.{ext}", item.stem));
+                if stale.is_file() {
+                    std::fs::remove_file(&stale).with_context(|| format!("removing the outdated {}", stale.display()))?;
+                }
                 if !quiet {
                     eprintln!("skipped {}: {e}", item.stem);
                 }

@@ -49,7 +49,7 @@ impl ConfusionMatrix {
     /// Correct predictions over all.
     pub fn accuracy(&self) -> Option<f64> {
         let total: u64 = self.cells.iter().flatten().sum();
-        let right: u64 = (0..self.cells.len()).map(|i| self.cells[i][i]).sum();
+        let right: u64 = self.cells.iter().enumerate().filter_map(|(i, r)| r.get(i)).sum();
         (total > 0).then(|| right as f64 / total as f64)
     }
 

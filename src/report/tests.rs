@@ -493,6 +493,18 @@ fn plot_and_report_commands_write_their_files() {
     crate::app::plot::run(&args, true).expect("plot");
     let svg = std::fs::read_to_string(dir.path().join("s-plots").join("contour.svg")).expect("contour.svg");
     assert!(svg.contains("inverse-distance"));
+    // A plot that no longer has data loses its old file.
+    std::fs::write(dir.path().join("s-plots").join("confusion.svg"), "stale").expect("write");
+    let store = Store::open_existing(&db).expect("open");
+    let study = store.study("s").expect("study");
+    for t in store.trials(study.id).expect("trials") {
+        store.merge_metrics(t.id, &Map::from_iter([("test".to_string(), json!({}))])).expect("metrics");
+    }
+    drop(store);
+    let args = PlotArgs { study: db.clone(), study_name: None, out: None, format: ImageFormat::Svg, params: None };
+    crate::app::plot::run(&args, true).expect("plot");
+    assert!(!dir.path().join("s-plots").join("confusion.svg").exists());
+    assert!(dir.path().join("s-plots").join("history.svg").exists());
     // A wrong --params is a usage error.
     let args = PlotArgs { study: db.clone(), study_name: None, out: Some(out), format: ImageFormat::Svg, params: Some(vec!["epochs".into()]) };
     let err = crate::app::plot::run(&args, true).err().map(|e| format!("{e:#}")).unwrap_or_default();
