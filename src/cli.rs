@@ -186,6 +186,13 @@ pub struct BenchSamplerArgs {
     /// suggest time, instead of one line per seed.
     #[arg(long)]
     pub summary: bool,
+    /// Time suggestions with a pre-filled history instead: for each N given, N uniform random
+    /// completed trials, then `--probe` timed suggest/tell cycles (e.g. `--existing 100,500`).
+    #[arg(long, value_delimiter = ',')]
+    pub existing: Vec<usize>,
+    /// Timed suggestions per `--existing` history.
+    #[arg(long, default_value_t = 5)]
+    pub probe: usize,
 }
 
 #[derive(Debug, Args)]

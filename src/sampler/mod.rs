@@ -4,6 +4,7 @@
 //! clock, so the trial it proposes depends only on the space, the history and the seed — which
 //! is what makes a resumed or multi-worker study propose what an uninterrupted one would.
 
+pub mod gp;
 pub mod grid;
 pub mod random;
 
@@ -13,6 +14,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::space::{ParamSet, SearchSpace};
 use crate::trial::{Direction, TrialNumber, TrialRecord};
 
+pub use gp::{GpOptions, GpSampler};
 pub use grid::GridSampler;
 pub use random::RandomSampler;
 

@@ -111,7 +111,7 @@ pub enum LoopError {
 /// Whether a failure came from outside the trial (and is worth running again), rather than
 /// being the trial's own verdict (an error it reported, a NaN, a non-zero exit).
 pub fn is_retryable(reason: &str) -> bool {
-    ["interrupted", "worker exited: signal", "timeout", "cancelled", "lost track", "out of memory"]
+    ["interrupted", "worker exited: signal", "timeout", "cancelled", "lost track"]
         .iter()
         .any(|p| reason.starts_with(p))
 }

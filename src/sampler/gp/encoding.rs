@@ -1,0 +1,194 @@
+//! How points of a search space become vectors the GP works with, and back.
+//!
+//! Every parameter is one coordinate. Floats and ints sit in [0, 1] through
+//! [`Distribution::to_unit`] (log scale where `log`; ints and stepped floats widened by half a
+//! step so every lattice value owns an equal cell, and encoded at the centre of that cell). A
+//! categorical coordinate holds the index of its choice; the kernel compares such coordinates
+//! only for equality.
+
+use crate::space::{Distribution, ParamSet, ParamValue, SearchSpace};
+
+/// Discrete coordinates with at most this many values are optimised by trying every value.
+pub const MAX_ENUMERATED: usize = 64;
+
+/// What kind of coordinate a parameter is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DimKind {
+    /// A float without step: any point of [0, 1].
+    Continuous,
+    /// An int or stepped float: one point per lattice value. `units` lists the unit position
+    /// of every value when there are at most [`MAX_ENUMERATED`] of them.
+    Lattice { units: Option<Vec<f64>> },
+    /// A categorical with `n` choices: the coordinate is the choice index.
+    Categorical { n: usize },
+}
+
+/// The encoding of one search space.
+#[derive(Debug, Clone)]
+pub struct Encoding {
+    names: Vec<String>,
+    dists: Vec<Distribution>,
+    kinds: Vec<DimKind>,
+    is_cat: Vec<bool>,
+}
+
+impl Encoding {
+    pub fn new(space: &SearchSpace) -> Encoding {
+        let names = space.params().iter().map(|p| p.name.clone()).collect();
+        let dists: Vec<Distribution> = space.params().iter().map(|p| p.dist.clone()).collect();
+        let kinds: Vec<DimKind> = dists.iter().map(kind_of).collect();
+        let is_cat = kinds.iter().map(|k| matches!(k, DimKind::Categorical { .. })).collect();
+        Encoding { names, dists, kinds, is_cat }
+    }
+
+    pub fn dims(&self) -> usize {
+        self.kinds.len()
+    }
+
+    pub fn kinds(&self) -> &[DimKind] {
+        &self.kinds
+    }
+
+    /// Which coordinates are categorical (what the kernel needs).
+    pub fn is_categorical(&self) -> &[bool] {
+        &self.is_cat
+    }
+
+    /// The vector of a point, or `None` when it lacks a parameter or holds a value the space
+    /// does not know (e.g. a trial from before the space changed).
+    pub fn encode(&self, set: &ParamSet) -> Option<Vec<f64>> {
+        let mut x = Vec::with_capacity(self.dims());
+        for (name, dist) in self.names.iter().zip(&self.dists) {
+            let v = set.get(name)?;
+            let c = match dist {
+                Distribution::Categorical { .. } => dist.to_internal(v)?,
+                _ => {
+                    let u = dist.to_unit(v)?;
+                    // Values snapped onto their lattice, so an int always encodes the same.
+                    dist.to_unit(&dist.from_unit(u))?
+                }
+            };
+            if !c.is_finite() {
+                return None;
+            }
+            x.push(c);
+        }
+        Some(x)
+    }
+
+    /// The parameter values of a vector (rounded onto lattices, clamped to bounds).
+    pub fn decode(&self, x: &[f64]) -> ParamSet {
+        self.names
+            .iter()
+            .zip(&self.dists)
+            .zip(x)
+            .map(|((name, dist), &c)| {
+                let v = match dist {
+                    Distribution::Categorical { choices } => {
+                        let i = if c.is_finite() { c.round().clamp(0.0, (choices.len() - 1) as f64) as usize } else { 0 };
+                        choices[i].clone()
+                    }
+                    _ => dist.from_unit(c),
+                };
+                (name.clone(), v)
+            })
+            .collect()
+    }
+
+    /// Moves coordinate `d` of a vector onto a value it may take.
+    pub fn snap_dim(&self, d: usize, c: f64) -> f64 {
+        match &self.kinds[d] {
+            DimKind::Continuous => c.clamp(0.0, 1.0),
+            DimKind::Lattice { .. } => self.dists[d].to_unit(&self.dists[d].from_unit(c)).unwrap_or(0.5),
+            DimKind::Categorical { n } => {
+                if c.is_finite() {
+                    c.round().clamp(0.0, (*n - 1) as f64)
+                } else {
+                    0.0
+                }
+            }
+        }
+    }
+
+    /// Moves every coordinate onto a value it may take.
+    pub fn snap(&self, x: &mut [f64]) {
+        for (d, c) in x.iter_mut().enumerate() {
+            *c = self.snap_dim(d, *c);
+        }
+    }
+
+    /// The encoded point of a point `u` of the unit cube (a Sobol or uniform draw): numeric
+    /// coordinates snapped onto their lattice, categoricals picking choice `floor(u · n)`.
+    pub fn from_unit_cube(&self, u: &[f64]) -> Vec<f64> {
+        u.iter()
+            .enumerate()
+            .map(|(d, &ud)| match &self.kinds[d] {
+                DimKind::Categorical { n } => ((ud.clamp(0.0, 1.0) * *n as f64) as usize).min(n - 1) as f64,
+                _ => self.snap_dim(d, ud),
+            })
+            .collect()
+    }
+}
+
+/// Number of lattice values of an int or stepped float (`None` for other kinds).
+fn lattice_size(dist: &Distribution) -> Option<u64> {
+    match dist {
+        Distribution::Int { low, high, step, .. } => Some(((high - low) / step) as u64 + 1),
+        Distribution::Float { low, high, step: Some(s), .. } => Some(((high - low) / s + 1e-9).floor() as u64 + 1),
+        _ => None,
+    }
+}
+
+fn kind_of(dist: &Distribution) -> DimKind {
+    match dist {
+        Distribution::Categorical { choices } => DimKind::Categorical { n: choices.len() },
+        Distribution::Float { step: None, .. } => DimKind::Continuous,
+        _ => {
+            let size = lattice_size(dist).unwrap_or(u64::MAX);
+            let units = (size as usize <= MAX_ENUMERATED).then(|| {
+                let mut u: Vec<f64> = (0..size)
+                    .filter_map(|k| {
+                        let v = match dist {
+                            Distribution::Int { low, step, .. } => ParamValue::Int(low + k as i64 * step),
+                            Distribution::Float { low, step: Some(s), .. } => ParamValue::Float(low + k as f64 * s),
+                            _ => return None,
+                        };
+                        dist.to_unit(&dist.from_unit(dist.to_unit(&v)?))
+                    })
+                    .collect();
+                u.dedup();
+                u
+            });
+            DimKind::Lattice { units }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::space::Param;
+
+    #[test]
+    fn round_trip_and_lattice_centres() {
+        let space = SearchSpace::new(vec![
+            Param { name: "lr".into(), dist: Distribution::Float { low: 1e-5, high: 1e-1, log: true, step: None } },
+            Param { name: "ep".into(), dist: Distribution::Int { low: 1, high: 4, step: 1, log: false } },
+            Param { name: "bs".into(), dist: Distribution::Categorical { choices: vec![ParamValue::Int(8), ParamValue::Str("x".into())] } },
+        ])
+        .unwrap();
+        let e = Encoding::new(&space);
+        assert_eq!(e.is_categorical(), &[false, false, true]);
+        // ep in [0.5, 4.5]: 1..4 sit at 1/8, 3/8, 5/8, 7/8.
+        assert_eq!(e.kinds()[1], DimKind::Lattice { units: Some(vec![0.125, 0.375, 0.625, 0.875]) });
+        let p: ParamSet = [("lr".to_string(), ParamValue::Float(1e-3)), ("ep".into(), ParamValue::Int(3)), ("bs".into(), ParamValue::Str("x".into()))]
+            .into_iter()
+            .collect();
+        let x = e.encode(&p).unwrap();
+        assert!((x[0] - 0.5).abs() < 1e-12 && x[1] == 0.625 && x[2] == 1.0);
+        assert!(SearchSpace::same_point(&e.decode(&x), &p));
+        let mut y = vec![0.51, 0.3, 1.7];
+        e.snap(&mut y);
+        assert_eq!(&y[1..], &[0.375, 1.0]);
+    }
+}

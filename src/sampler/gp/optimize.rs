@@ -1,0 +1,277 @@
+//! Maximising the acquisition over the search space: many quasi-random candidates (a
+//! shifted Sobol set) plus perturbations of the best observed points are screened in one
+//! batched prediction; the best few are polished by alternating argmin's L-BFGS over the
+//! numeric coordinates with exhaustive moves over the discrete ones (every choice of a
+//! categorical, every value of a small int range), so categories and ints are always exact
+//! values, never rounded ordered indices.
+//!
+//! L-BFGS here has no bounds, so a numeric coordinate `x ∈ [0, 1]` is optimised through a
+//! reflection of the real line onto [0, 1] (a triangle wave with slope ±1), which keeps a
+//! gradient on the bounds (a smooth map such as `(1 − cos πz)/2` has none there, and a
+//! coordinate that touches a bound would stay stuck on it).
+
+use std::cell::RefCell;
+
+use argmin::core::{CostFunction, Executor, Gradient, State};
+use argmin::solver::linesearch::MoreThuenteLineSearch;
+use argmin::solver::quasinewton::LBFGS;
+use rand::Rng;
+use rand_distr::StandardNormal;
+
+use super::acquisition::log_ei;
+use super::encoding::{DimKind, Encoding};
+use super::posterior::Posterior;
+use super::quasi::shifted_sobol;
+
+/// How hard to search.
+#[derive(Debug, Clone)]
+pub struct SearchEffort {
+    /// Sobol candidates screened.
+    pub n_sobol: usize,
+    /// Perturbations of the best observed points screened.
+    pub n_local: usize,
+    /// Best screened candidates that get polished.
+    pub n_polish: usize,
+    /// L-BFGS iterations per polishing round.
+    pub polish_iters: u64,
+}
+
+/// The acquisition of one point: log EI of the posterior against `best`.
+pub struct Acquisition<'a> {
+    pub posterior: &'a Posterior,
+    pub best: f64,
+    /// Variance added to the latent variance (the noise of an observation, when the
+    /// improvement is measured on observations rather than on the latent function).
+    pub extra_var: f64,
+}
+
+impl Acquisition<'_> {
+    pub fn value(&self, x: &[f64]) -> f64 {
+        let (m, v) = self.posterior.predict(x);
+        log_ei(m, v + self.extra_var, self.best).0
+    }
+
+    pub fn values(&self, xs: &[Vec<f64>]) -> Vec<f64> {
+        self.posterior.predict_many(xs).into_iter().map(|(m, v)| log_ei(m, v + self.extra_var, self.best).0).collect()
+    }
+}
+
+/// Reflects the real line onto [0, 1] (a triangle wave): identity on [0, 1], slope ±1
+/// everywhere, so a coordinate sitting on a bound still has a gradient to leave it by.
+fn reflect(z: f64) -> f64 {
+    let t = z.rem_euclid(2.0);
+    if t <= 1.0 {
+        t
+    } else {
+        2.0 - t
+    }
+}
+
+/// `d reflect / dz`.
+fn reflect_slope(z: f64) -> f64 {
+    if z.rem_euclid(2.0) <= 1.0 {
+        1.0
+    } else {
+        -1.0
+    }
+}
+
+/// argmin's view of polishing the numeric coordinates `dims` of `base`; remembers the last
+/// evaluation because the solver asks for cost and gradient at the same point separately.
+struct Polish<'a> {
+    acq: &'a Acquisition<'a>,
+    base: &'a [f64],
+    dims: &'a [usize],
+    last: RefCell<Option<(Vec<f64>, f64, Vec<f64>)>>,
+}
+
+impl Polish<'_> {
+    fn point(&self, z: &[f64]) -> Vec<f64> {
+        let mut x = self.base.to_vec();
+        for (k, &d) in self.dims.iter().enumerate() {
+            x[d] = reflect(z[k]);
+        }
+        x
+    }
+
+    /// `−log EI` and its gradient in `z`.
+    fn eval(&self, z: &[f64]) -> (f64, Vec<f64>) {
+        if let Some((lz, c, g)) = self.last.borrow().as_ref() {
+            if lz.as_slice() == z {
+                return (*c, g.clone());
+            }
+        }
+        let x = self.point(z);
+        let p = self.acq.posterior.predict_with_grad(&x, self.dims);
+        let (value, dm, dv) = log_ei(p.mean, p.var + self.acq.extra_var, self.acq.best);
+        let grad: Vec<f64> = (0..self.dims.len())
+            .map(|k| {
+                let g = -(dm * p.d_mean[k] + dv * p.d_var[k]) * reflect_slope(z[k]);
+                if g.is_finite() {
+                    g
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let cost = if value.is_finite() { -value } else { f64::MAX / 4.0 };
+        *self.last.borrow_mut() = Some((z.to_vec(), cost, grad.clone()));
+        (cost, grad)
+    }
+}
+
+impl CostFunction for Polish<'_> {
+    type Param = Vec<f64>;
+    type Output = f64;
+    fn cost(&self, z: &Vec<f64>) -> Result<f64, argmin::core::Error> {
+        Ok(self.eval(z).0)
+    }
+}
+
+impl Gradient for Polish<'_> {
+    type Param = Vec<f64>;
+    type Gradient = Vec<f64>;
+    fn gradient(&self, z: &Vec<f64>) -> Result<Vec<f64>, argmin::core::Error> {
+        Ok(self.eval(z).1)
+    }
+}
+
+/// L-BFGS over the numeric coordinates `dims` of `x`; returns the improved point (snapped)
+/// and its value, or `x` itself when nothing better is found.
+fn polish_numeric(acq: &Acquisition<'_>, enc: &Encoding, x: &[f64], value: f64, dims: &[usize], iters: u64) -> (Vec<f64>, f64) {
+    if dims.is_empty() {
+        return (x.to_vec(), value);
+    }
+    let problem = Polish { acq, base: x, dims, last: RefCell::new(None) };
+    let z0: Vec<f64> = dims.iter().map(|&d| x[d]).collect();
+    let Ok(solver) = LBFGS::new(MoreThuenteLineSearch::new(), 5).with_tolerance_grad(1e-6) else {
+        return (x.to_vec(), value);
+    };
+    let Ok(res) = Executor::new(problem, solver).configure(|s| s.param(z0).max_iters(iters)).run() else {
+        return (x.to_vec(), value);
+    };
+    let Some(z) = res.state().get_best_param() else {
+        return (x.to_vec(), value);
+    };
+    let mut cand = Polish { acq, base: x, dims, last: RefCell::new(None) }.point(z);
+    enc.snap(&mut cand);
+    let v = acq.value(&cand);
+    if v > value {
+        (cand, v)
+    } else {
+        (x.to_vec(), value)
+    }
+}
+
+/// One sweep of exhaustive moves: each discrete coordinate in turn takes the value that
+/// maximises the acquisition with the others fixed.
+fn sweep_discrete(acq: &Acquisition<'_>, enc: &Encoding, x: &mut Vec<f64>, value: &mut f64) -> bool {
+    let mut improved = false;
+    for (d, kind) in enc.kinds().iter().enumerate() {
+        let options: Vec<f64> = match kind {
+            DimKind::Categorical { n } => (0..*n).map(|i| i as f64).collect(),
+            DimKind::Lattice { units: Some(u) } => u.clone(),
+            _ => continue,
+        };
+        let current = x[d];
+        let trials: Vec<Vec<f64>> = options
+            .iter()
+            .filter(|&&o| o != current)
+            .map(|&o| {
+                let mut y = x.clone();
+                y[d] = o;
+                y
+            })
+            .collect();
+        for (y, v) in trials.iter().zip(acq.values(&trials)) {
+            if v > *value + 1e-12 {
+                *value = v;
+                *x = y.clone();
+                improved = true;
+            }
+        }
+    }
+    improved
+}
+
+/// Coordinates L-BFGS moves: floats, and ints too many to enumerate.
+fn numeric_dims(enc: &Encoding) -> Vec<usize> {
+    enc.kinds()
+        .iter()
+        .enumerate()
+        .filter(|(_, k)| matches!(k, DimKind::Continuous | DimKind::Lattice { units: None }))
+        .map(|(d, _)| d)
+        .collect()
+}
+
+/// Random perturbations of `centre`: numeric coordinates moved by a normal step of `scale`,
+/// each discrete coordinate redrawn with probability 1/dims.
+fn perturb<R: Rng>(enc: &Encoding, centre: &[f64], scale: f64, rng: &mut R) -> Vec<f64> {
+    let dims = enc.dims().max(1);
+    let mut x = centre.to_vec();
+    for (d, kind) in enc.kinds().iter().enumerate() {
+        match kind {
+            DimKind::Categorical { n } => {
+                if rng.random::<f64>() < 1.0 / dims as f64 {
+                    x[d] = rng.random_range(0..*n) as f64;
+                }
+            }
+            _ => x[d] = reflect(x[d] + scale * rng.sample::<f64, _>(StandardNormal)),
+        }
+    }
+    enc.snap(&mut x);
+    x
+}
+
+/// Candidate points ranked by acquisition, best first: the polished ones and the best
+/// screened ones (so a caller can skip a point it must not repeat).
+pub fn maximize<R: Rng>(
+    acq: &Acquisition<'_>,
+    enc: &Encoding,
+    near: &[Vec<f64>],
+    effort: &SearchEffort,
+    rng: &mut R,
+) -> Vec<(f64, Vec<f64>)> {
+    let dims = enc.dims();
+    let shift: Vec<f64> = (0..dims).map(|_| rng.random::<f64>()).collect();
+    let mut cands: Vec<Vec<f64>> = shifted_sobol(dims, 0, effort.n_sobol, &shift, rng)
+        .into_iter()
+        .map(|u| enc.from_unit_cube(&u))
+        .collect();
+    if !near.is_empty() {
+        for k in 0..effort.n_local {
+            let centre = &near[k % near.len()];
+            let scale = if k % 2 == 0 { 0.02 } else { 0.1 };
+            cands.push(perturb(enc, centre, scale, rng));
+        }
+    }
+    let values = acq.values(&cands);
+    let mut ranked: Vec<(f64, Vec<f64>)> = values.into_iter().zip(cands).filter(|(v, _)| v.is_finite()).collect();
+    ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
+    ranked.dedup_by(|a, b| a.1 == b.1);
+
+    let num_dims = numeric_dims(enc);
+    let mut out: Vec<(f64, Vec<f64>)> = Vec::new();
+    // Polish the best screened candidates and the best observed point (EI near the
+    // incumbent is where the fine-tuning steps come from).
+    let mut starts: Vec<(f64, Vec<f64>)> = ranked.iter().take(effort.n_polish).cloned().collect();
+    if let Some(x) = near.first() {
+        starts.push((acq.value(x), x.clone()));
+    }
+    for (v0, x0) in starts.iter().filter(|(v, _)| v.is_finite()) {
+        let (mut x, mut v) = (x0.clone(), *v0);
+        // Alternate: numeric polish, then discrete moves; another round only when a
+        // discrete coordinate changed (the numeric optimum may have moved with it).
+        for _round in 0..3 {
+            (x, v) = polish_numeric(acq, enc, &x, v, &num_dims, effort.polish_iters);
+            if !sweep_discrete(acq, enc, &mut x, &mut v) {
+                break;
+            }
+        }
+        out.push((v, x));
+    }
+    out.extend(ranked.into_iter().take(effort.n_polish.max(8) * 2));
+    out.sort_by(|a, b| b.0.total_cmp(&a.0));
+    out.dedup_by(|a, b| a.1 == b.1);
+    out
+}
