@@ -1,9 +1,13 @@
-//! Parameter importance by fANOVA (Hutter et al. 2014) on a random forest fitted to the
-//! COMPLETE trials, with the `fanova` crate (the one optuna-dashboard uses). Features are the
-//! parameters' unit positions (log10 where log-scaled, choice index for categoricals); the
-//! per-parameter variance fractions are normalised to sum to 1, as Optuna reports them. For
-//! a study whose sampler is a Gaussian process the method is still fANOVA (the GP's
-//! lengthscales are not stored), and the plot says so.
+//! Parameter importance, by one of two methods, named on the plot:
+//!
+//! - **fANOVA** (Hutter et al. 2014) on a random forest fitted to the COMPLETE trials, with
+//!   the `fanova` crate (the one optuna-dashboard uses). Features are the parameters' unit
+//!   positions (log10 where log-scaled, choice index for categoricals); the per-parameter
+//!   variance fractions are normalised to sum to 1, as Optuna reports them.
+//! - **GP lengthscales**, for a study whose sampler is `gp`: the GP sampler's own model (ARD
+//!   Matérn-5/2 on its encoding, MAP hyperparameters) is fitted to the COMPLETE trials
+//!   (standardised, direction-adjusted values) and each parameter's relevance `1/ℓ²` is
+//!   normalised to sum to 1. When that fit is not possible, fANOVA is used and the plot says so.
 
 use std::num::NonZeroUsize;
 
@@ -15,7 +19,11 @@ use super::axis::ParamAxis;
 use super::render::{DrawResult, COMPLETE};
 use super::study::StudyData;
 use super::NotEnoughData;
-use crate::trial::TrialState;
+use crate::sampler::gp::encoding::Encoding;
+use crate::sampler::gp::fit::{self, FitData};
+use crate::sampler::gp::warp::standardise;
+use crate::space::{Param, SearchSpace};
+use crate::trial::{TrialRecord, TrialState};
 
 /// Trees in the forest.
 pub const TREES: usize = 64;
@@ -27,12 +35,15 @@ pub const MIN_TRIALS: usize = 4;
 pub enum ImportanceMethod {
     /// fANOVA on a random forest of the observed trials.
     Fanova,
+    /// Relevance `1/ℓ²` of the GP sampler's fitted ARD kernel.
+    GpLengthscales,
 }
 
 impl ImportanceMethod {
     pub fn describe(self) -> String {
         match self {
             ImportanceMethod::Fanova => format!("fANOVA, random forest of {TREES} trees"),
+            ImportanceMethod::GpLengthscales => "GP lengthscales, 1/ℓ² of the fitted kernel".to_string(),
         }
     }
 }
@@ -43,9 +54,10 @@ pub struct Importance {
     pub name: String,
     /// Share of the summed single-parameter importances (all shares sum to 1).
     pub share: f64,
-    /// fANOVA's fraction of variance explained by this parameter alone (mean over trees).
+    /// fANOVA: the fraction of variance explained by this parameter alone (mean over trees);
+    /// GP: the inverse squared lengthscale.
     pub fraction: f64,
-    /// Its standard deviation over trees.
+    /// fANOVA: its standard deviation over trees; GP: 0.
     pub stddev: f64,
 }
 
@@ -89,6 +101,21 @@ impl ImportancePlot {
         if hi <= lo {
             return Err(NotEnoughData::new("every COMPLETE trial has the same value"));
         }
+        let mut note = None;
+        if data.sampler_is_gp {
+            match gp_relevance(data, &done) {
+                Ok(items) => {
+                    return Ok(ImportancePlot {
+                        metric: data.metric.clone(),
+                        method: ImportanceMethod::GpLengthscales,
+                        note: None,
+                        trials_used: done.len(),
+                        items,
+                    })
+                }
+                Err(why) => note = Some(format!("gp study, but {why}; fANOVA instead")),
+            }
+        }
         let trees = NonZeroUsize::new(TREES).ok_or_else(|| NotEnoughData::new("no trees"))?;
         let mut fanova = FanovaOptions::new()
             .random_forest(RandomForestOptions::new().seed(0).trees(trees))
@@ -110,7 +137,6 @@ impl ImportancePlot {
             })
             .collect();
         items.sort_by(|a, b| b.share.total_cmp(&a.share));
-        let note = data.sampler_is_gp.then(|| "the study's sampler is gp; importance is fANOVA on the trials, not GP lengthscales".to_string());
         Ok(ImportancePlot { metric: data.metric.clone(), method: ImportanceMethod::Fanova, note, trials_used: done.len(), items })
     }
 
@@ -160,4 +186,38 @@ impl ImportancePlot {
         )?;
         Ok(())
     }
+}
+
+/// Per-parameter relevance from the GP sampler's model fitted to `done` (most relevant
+/// first), or why it could not be fitted.
+fn gp_relevance(data: &StudyData, done: &[&TrialRecord]) -> Result<Vec<Importance>, String> {
+    let params: Vec<Param> = data.params.iter().map(|(n, d)| Param { name: n.clone(), dist: d.clone() }).collect();
+    let space = SearchSpace::new(params).map_err(|e| format!("its space is unusable ({e})"))?;
+    let enc = Encoding::new(&space);
+    let mut xs = Vec::new();
+    let mut ys = Vec::new();
+    for t in done {
+        if let (Some(x), Some(v)) = (enc.encode(&t.params), t.value) {
+            xs.push(x);
+            ys.push(data.direction.to_minimize(v));
+        }
+    }
+    if xs.len() < MIN_TRIALS || enc.dims() != data.params.len() {
+        return Err("too few trials fit its encoding".into());
+    }
+    let (z, _) = standardise(&ys);
+    let fit_data = FitData::new(&xs, &z, enc.is_categorical());
+    let (kernel, cost) = fit::fit(&fit_data, &fit::screened_start(&fit_data), 200);
+    let total: f64 = kernel.inv_sq_lengthscales.iter().sum();
+    if !cost.is_finite() || !total.is_finite() || total <= 0.0 {
+        return Err("its kernel could not be fitted".into());
+    }
+    let mut items: Vec<Importance> = space
+        .params()
+        .iter()
+        .zip(&kernel.inv_sq_lengthscales)
+        .map(|(p, &w)| Importance { name: p.name.clone(), share: w / total, fraction: w, stddev: 0.0 })
+        .collect();
+    items.sort_by(|a, b| b.share.total_cmp(&a.share));
+    Ok(items)
 }

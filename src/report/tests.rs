@@ -151,6 +151,30 @@ fn importance_ranks_the_dominant_parameter_first_and_sums_to_one() {
     assert!(imp.method.describe().contains("fANOVA"));
 }
 
+#[test]
+fn importance_of_a_gp_study_comes_from_its_lengthscales() {
+    let mut s = 11u64;
+    let trials = (0..30)
+        .map(|n| {
+            let lr = 10f64.powf(-6.0 + 4.0 * lcg(&mut s));
+            let bs = [8, 16, 32][(lcg(&mut s) * 3.0) as usize % 3];
+            let ep = 1 + (lcg(&mut s) * 10.0) as i64 % 10;
+            let v = (lr.log10() + 4.0).powi(2) + 0.01 * ep as f64;
+            trial(n, TrialState::Complete, Some(v), params(lr, bs, ep))
+        })
+        .collect();
+    let mut d = data(Direction::Minimize, trials);
+    d.sampler_is_gp = true;
+    let imp = ImportancePlot::compute(&d).expect("importance");
+    assert_eq!(imp.method, super::importance::ImportanceMethod::GpLengthscales);
+    assert!(imp.method.describe().contains("GP lengthscales"));
+    assert_eq!(imp.items[0].name, "learning_rate", "{:?}", imp.items);
+    let sum: f64 = imp.items.iter().map(|i| i.share).sum();
+    assert!((sum - 1.0).abs() < 1e-9);
+    let svg = Plot::Importance(imp).to_svg("importance").expect("svg");
+    assert!(svg.contains("GP lengthscales"));
+}
+
 fn timed(n: u64, dev: &str, start: u32, end: Option<u32>, state: TrialState) -> TrialRecord {
     let mut t = trial(n, state, Some(1.0), params(1e-4, 8, 1));
     t.device = Some(dev.into());
@@ -406,7 +430,7 @@ fn the_report_is_self_contained_with_rows_and_inline_plots() {
         let end = rest.find("</figure>").unwrap_or(rest.len());
         assert!(rest[..end].contains("<svg"), "{id} is drawn inline");
     }
-    assert!(html.contains("fANOVA"));
+    assert!(html.contains("GP lengthscales"), "a gp study's importance comes from the GP");
     let external = html.replace("xmlns=\"http://www.w3.org/2000/svg\"", "");
     assert!(!external.contains("http://") && !external.contains("https://"), "no external resources");
     assert!(!external.contains("<script src") && !external.contains("<link"));
