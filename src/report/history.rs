@@ -1,6 +1,6 @@
 //! Optimisation history: every finished trial's value by trial number, the best-so-far line
-//! over COMPLETE trials, pruned trials (with their last value) and failed trials (no value,
-//! marked on the x axis) told apart.
+//! over COMPLETE trials, pruned trials (with their value, else their last intermediate value)
+//! and failed trials (no value, marked on the x axis) told apart.
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -37,8 +37,13 @@ impl HistoryPlot {
         let mut points = Vec::new();
         let mut best_so_far: Vec<(TrialNumber, f64)> = Vec::new();
         for t in data.trials.iter().filter(|t| t.state.is_finished()) {
-            let value = t.value.filter(|v| v.is_finite());
-            let value = if t.state == TrialState::Fail { None } else { value };
+            // A pruned trial without a stored value is shown at its last intermediate value.
+            let value = match t.state {
+                TrialState::Fail => None,
+                TrialState::Pruned => t.value.or(t.last_intermediate().map(|l| l.1)),
+                _ => t.value,
+            };
+            let value = value.filter(|v| v.is_finite());
             points.push(HistoryPoint { number: t.number, state: t.state, value });
             if let (TrialState::Complete, Some(v)) = (t.state, value) {
                 let best = match best_so_far.last() {

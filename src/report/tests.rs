@@ -86,6 +86,15 @@ fn history_best_so_far_and_marks() {
     assert_eq!(h.points.iter().find(|p| p.number == 3).and_then(|p| p.value), None);
     assert_eq!(h.points.len(), 6);
 
+    // A pruned trial without a value (as Optuna may store it) shows its last intermediate value.
+    let mut d = six();
+    if let Some(t) = d.trials.iter_mut().find(|t| t.number == 2) {
+        t.value = None;
+        t.intermediate = vec![(0, 9.0), (1, 7.5)];
+    }
+    let h = HistoryPlot::compute(&d).expect("history");
+    assert_eq!(h.points.iter().find(|p| p.number == 2).and_then(|p| p.value), Some(7.5));
+
     let mut max = six();
     max.direction = Direction::Maximize;
     let h = HistoryPlot::compute(&max).expect("history");
