@@ -25,6 +25,11 @@ pub fn write_report(store: &Store, study: &StudyInfo, config: Option<&StudyConfi
     Ok(out.to_path_buf())
 }
 
+/// Where a study's report goes by default: `<study name>-report.html` beside the study file.
+pub fn default_report_path(config: &StudyConfig) -> PathBuf {
+    config.dir.join(format!("{}-report.html", config.name))
+}
+
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
     let io = |source| ReportError::Io { path: path.to_path_buf(), source };

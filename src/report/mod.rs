@@ -21,7 +21,7 @@ pub mod train_valid;
 
 use std::path::PathBuf;
 
-pub use html::write_report;
+pub use html::{default_report_path, write_report};
 pub use render::{Plot, PlotSet};
 pub use study::StudyData;
 
