@@ -11,7 +11,7 @@ use super::UsageError;
 use crate::cli::RunArgs;
 use crate::config::{parse_devices, file::DevicesSpec, ObjectiveConfig, SamplerKind, StudyConfig};
 use crate::objective::{CommandRunner, SyntheticRunner};
-use crate::sampler::{GridSampler, RandomSampler, Sampler};
+use crate::sampler::{GpOptions, GpSampler, GridSampler, RandomSampler, Sampler};
 use crate::scheduler::{run_study, Observer, ProgressDisplay, Silent, StopReason, StopSignal, StudyRun, TrialRunner};
 use crate::storage::{Budget, Store, StudySpec};
 use crate::trial::{best_trial, TrialState};
@@ -21,9 +21,7 @@ pub fn build_sampler(cfg: &StudyConfig) -> anyhow::Result<Box<dyn Sampler>> {
     Ok(match cfg.sampler.kind {
         SamplerKind::Grid => Box::new(GridSampler::new(cfg.sampler.grid_points)),
         SamplerKind::Random => Box::new(RandomSampler),
-        SamplerKind::Gp => {
-            return Err(UsageError(format!("{}: sampler `gp` is not available in this build yet; use \"random\" or \"grid\"", cfg.path.display())).into())
-        }
+        SamplerKind::Gp => Box::new(GpSampler::new(GpOptions { n_startup: cfg.sampler.n_startup, ..GpOptions::default() })),
     })
 }
 

@@ -1,4 +1,20 @@
-//! The fine-tuning trainer: data pipeline, metrics, model and training loop.
+//! Candle fine-tuning of pretrained transformers: the data pipeline (`data`), metrics and fit
+//! diagnosis (`metrics`), the trainable BERT classifier (`model`), a fused AdamW for the
+//! benchmark (`fused_adamw`), a tiny-model writer for tests (`tiny`), process-level speed
+//! settings (`perf`), the trial's spec (`spec`), loss, the trial optimizer with saveable state
+//! (`optim`), checkpoints, the training loop (`train`), the runner that drives a worker
+//! process per trial (`runner`) and a toy task for tests (`toy`).
 
+pub mod checkpoint;
 pub mod data;
+pub mod fused_adamw;
+pub mod loss;
 pub mod metrics;
+pub mod model;
+pub mod optim;
+pub mod perf;
+pub mod runner;
+pub mod spec;
+pub mod tiny;
+pub mod toy;
+pub mod train;

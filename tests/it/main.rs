@@ -5,6 +5,7 @@ mod util;
 
 mod config_errors;
 mod faults;
+mod gp;
 mod interop;
 mod parallel;
 mod report;

@@ -1,0 +1,130 @@
+//! Checkpoint folders of a trial, written so that a crash never leaves a half one: everything
+//! goes into a temporary sibling folder which is renamed into place at the end.
+//!
+//! A folder holds what Hugging Face can load (`config.json`, `model.safetensors`, the
+//! tokenizer files copied from the pretrained folder) and what resuming needs
+//! (`optimizer.safetensors`: moments and step count; `trainer_state.json`: position in the
+//! run, history, best so far, label names). Dropout, shuffling and augmentation are seeded
+//! from (seed, epoch, step), so the position is all the RNG state there is.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::spec::TrainSpec;
+use crate::trial::Direction;
+
+pub const TRAINER_STATE: &str = "trainer_state.json";
+pub const OPTIMIZER_STATE: &str = "optimizer.safetensors";
+pub const WEIGHTS: &str = "model.safetensors";
+/// Tokenizer files copied into each checkpoint when the pretrained folder has them.
+pub const TOKENIZER_FILES: &[&str] = &["tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"];
+
+/// One evaluation on the valid split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalRecord {
+    /// The reported step: the epoch number (1..) or, with `eval_steps`, the optimizer step.
+    pub step: i64,
+    /// Epochs done, fractional between epoch ends.
+    pub epoch: f64,
+    pub global_step: u64,
+    /// The study metric.
+    pub value: f64,
+    /// All valid metrics plus `train_loss`.
+    pub metrics: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Where a run stands, written with every checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    pub spec: TrainSpec,
+    pub metric: String,
+    pub direction: Direction,
+    /// Class names by id (empty for regression).
+    pub labels: Vec<String>,
+    pub num_labels: usize,
+    /// Completed epochs before the current one.
+    pub epoch: usize,
+    /// Batches of the current epoch already trained (0 at an epoch boundary).
+    pub batch_in_epoch: usize,
+    pub global_step: u64,
+    pub steps_per_epoch: usize,
+    pub history: Vec<EvalRecord>,
+    pub best: Option<EvalRecord>,
+    /// The folder holding the best weights, when kept.
+    pub best_checkpoint: Option<PathBuf>,
+    /// Evaluations since the best one (early stopping).
+    pub evals_without_improvement: usize,
+    /// Sum of training losses (times rows) and rows in the current epoch so far.
+    pub epoch_loss_sum: f64,
+    pub epoch_rows: usize,
+    pub epoch_correct: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("checkpoint {path}: {why}")]
+    Io { path: PathBuf, why: String },
+}
+
+fn io_err(path: &Path, e: impl std::fmt::Display) -> CheckpointError {
+    CheckpointError::Io { path: path.to_path_buf(), why: e.to_string() }
+}
+
+/// Writes a checkpoint folder at `dest` atomically. `fill` writes the files into the
+/// temporary folder it is given; then the state and tokenizer files are added and the
+/// folder renamed over `dest` (an older `dest` is removed first).
+pub fn write_atomic(
+    dest: &Path,
+    pretrained: &Path,
+    state: &TrainerState,
+    fill: impl FnOnce(&Path) -> Result<(), String>,
+) -> Result<(), CheckpointError> {
+    let parent = dest.parent().ok_or_else(|| io_err(dest, "no parent folder"))?;
+    std::fs::create_dir_all(parent).map_err(|e| io_err(parent, e))?;
+    let name = dest.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = parent.join(format!(".tmp-{name}-{}", std::process::id()));
+    let result = (|| {
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(|e| io_err(&tmp, e))?;
+        }
+        std::fs::create_dir_all(&tmp).map_err(|e| io_err(&tmp, e))?;
+        fill(&tmp).map_err(|e| io_err(dest, e))?;
+        for f in TOKENIZER_FILES {
+            let src = pretrained.join(f);
+            if src.is_file() {
+                std::fs::copy(&src, tmp.join(f)).map_err(|e| io_err(&tmp.join(f), e))?;
+            }
+        }
+        let text = serde_json::to_string_pretty(state).map_err(|e| io_err(dest, e))?;
+        std::fs::write(tmp.join(TRAINER_STATE), text).map_err(|e| io_err(&tmp.join(TRAINER_STATE), e))?;
+        if dest.exists() {
+            std::fs::remove_dir_all(dest).map_err(|e| io_err(dest, e))?;
+        }
+        std::fs::rename(&tmp, dest).map_err(|e| io_err(dest, e))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+/// Reads `dir/trainer_state.json`.
+pub fn read_state(dir: &Path) -> Result<TrainerState, CheckpointError> {
+    let p = dir.join(TRAINER_STATE);
+    let text = std::fs::read_to_string(&p).map_err(|e| io_err(&p, e))?;
+    serde_json::from_str(&text).map_err(|e| io_err(&p, e))
+}
+
+/// The most advanced complete checkpoint under `artifacts` (by global step), if any:
+/// the folder to resume from.
+pub fn latest(artifacts: &Path) -> Option<(PathBuf, TrainerState)> {
+    let entries = std::fs::read_dir(artifacts).ok()?;
+    entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.is_dir() && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+        .filter(|p| p.join(OPTIMIZER_STATE).is_file() && p.join(WEIGHTS).is_file())
+        .filter_map(|p| read_state(&p).ok().map(|s| (p, s)))
+        .max_by_key(|(_, s)| s.global_step)
+}

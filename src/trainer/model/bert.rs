@@ -1,0 +1,147 @@
+//! The BERT encoder blocks (embeddings, self-attention, feed-forward, pooler) over `Var`s,
+//! structured like Hugging Face's `BertModel` so every weight has its HF name.
+//!
+//! Each block's forward takes a [`Pass`]: in training mode dropout is on; a `frozen` block reads
+//! its weights detached so candle records no graph for it at all.
+
+use candle_core::{Result, Tensor, Var};
+
+use super::attention;
+use super::linear;
+use super::ops::{self, Dropout};
+
+/// How one forward pass runs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pass {
+    pub train: bool,
+    pub frozen: bool,
+}
+
+impl Pass {
+    fn w(&self, v: &Var) -> Tensor {
+        if self.frozen {
+            v.as_tensor().detach()
+        } else {
+            v.as_tensor().clone()
+        }
+    }
+}
+
+pub(crate) struct Linear {
+    pub weight: Var, // [out, in]
+    pub bias: Var,   // [out]
+}
+
+impl Linear {
+    /// `x Wᵀ` without the bias (fused into the following op), shape `[.., out]`.
+    pub fn matmul(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
+        linear::matmul_wt(x, &pass.w(&self.weight))
+    }
+
+    pub fn forward(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let inner = *dims.last().unwrap_or(&1);
+        let rows = x.elem_count() / inner.max(1);
+        let w = pass.w(&self.weight);
+        let y = x.reshape((rows, inner))?.matmul(&w.t()?)?.broadcast_add(&pass.w(&self.bias))?;
+        let mut out = dims;
+        if let Some(last) = out.last_mut() {
+            *last = w.dim(0)?;
+        }
+        y.reshape(out)
+    }
+}
+
+pub(crate) struct LayerNorm {
+    pub weight: Var,
+    pub bias: Var,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn forward(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
+        ops::layer_norm(x, &pass.w(&self.weight), &pass.w(&self.bias), self.eps)
+    }
+}
+
+pub(crate) struct Embeddings {
+    pub word: Var,
+    pub position: Var,
+    pub token_type: Var,
+    pub norm: LayerNorm,
+}
+
+impl Embeddings {
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        token_types: &Tensor,
+        pass: Pass,
+        p: f64,
+        dropout: &Dropout,
+    ) -> Result<Tensor> {
+        let (b, s) = ids.dims2()?;
+        let word = pass.w(&self.word);
+        let h = word.dim(1)?;
+        let we = word.index_select(&ids.flatten_all()?, 0)?.reshape((b, s, h))?;
+        let te = pass.w(&self.token_type).index_select(&token_types.flatten_all()?, 0)?.reshape((b, s, h))?;
+        let pe = pass.w(&self.position).narrow(0, 0, s)?;
+        let x = (we + te)?.broadcast_add(&pe)?;
+        let x = self.norm.forward(&x, pass)?;
+        if pass.train {
+            dropout.apply(&x, p)
+        } else {
+            Ok(x)
+        }
+    }
+}
+
+pub(crate) struct EncoderLayer {
+    pub query: Linear,
+    pub key: Linear,
+    pub value: Linear,
+    pub attn_out: Linear,
+    pub attn_norm: LayerNorm,
+    pub intermediate: Linear,
+    pub output: Linear,
+    pub out_norm: LayerNorm,
+    pub heads: usize,
+}
+
+/// Dropout probabilities of one forward pass.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DropoutProbs {
+    pub hidden: f64,
+    pub attention: f64,
+}
+
+impl EncoderLayer {
+    /// `x`: `[batch, seq, hidden]`; `mask`: additive key mask `[batch, seq]`.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        mask: &Tensor,
+        pass: Pass,
+        p: DropoutProbs,
+        dropout: &Dropout,
+    ) -> Result<Tensor> {
+        let h = x.dim(2)?;
+        let d = h / self.heads;
+        let drop = |prob: f64| if pass.train { dropout.mask(prob) } else { ops::DropMask::none() };
+        // One projection for q, k and v (a [3h, h] weight built from the three HF tensors).
+        let w_qkv = Tensor::cat(&[&pass.w(&self.query.weight), &pass.w(&self.key.weight), &pass.w(&self.value.weight)], 0)?;
+        let b_qkv = Tensor::cat(&[&pass.w(&self.query.bias), &pass.w(&self.key.bias), &pass.w(&self.value.bias)], 0)?;
+        let xw = linear::matmul_wt(x, &w_qkv)?;
+        let ctx = attention::attention_qkv(&xw, &b_qkv, self.heads, mask, 1.0 / (d as f64).sqrt(), drop(p.attention))?;
+        let a = ops::bias_dropout_residual(
+            &self.attn_out.matmul(&ctx, pass)?,
+            &pass.w(&self.attn_out.bias),
+            x,
+            drop(p.hidden),
+        )?;
+        let a = self.attn_norm.forward(&a, pass)?;
+        let i = ops::bias_gelu(&self.intermediate.matmul(&a, pass)?, &pass.w(&self.intermediate.bias))?;
+        let o = ops::bias_dropout_residual(&self.output.matmul(&i, pass)?, &pass.w(&self.output.bias), &a, drop(p.hidden))?;
+        self.out_norm.forward(&o, pass)
+    }
+}

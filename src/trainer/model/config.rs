@@ -1,0 +1,56 @@
+//! The Hugging Face `BertConfig` fields we read from `config.json`; unknown fields are kept so
+//! the config can be re-emitted unchanged next to an exported checkpoint.
+
+use serde::{Deserialize, Serialize};
+
+fn default_eps() -> f64 {
+    1e-12
+}
+fn default_init() -> f64 {
+    0.02
+}
+fn default_dropout() -> f64 {
+    0.1
+}
+fn default_act() -> String {
+    "gelu".to_string()
+}
+fn default_type_vocab() -> usize {
+    2
+}
+
+/// A BERT configuration as written by Hugging Face `transformers`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    #[serde(default = "default_dropout")]
+    pub hidden_dropout_prob: f64,
+    #[serde(default = "default_dropout")]
+    pub attention_probs_dropout_prob: f64,
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_type_vocab")]
+    pub type_vocab_size: usize,
+    #[serde(default = "default_init")]
+    pub initializer_range: f64,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default)]
+    pub pad_token_id: usize,
+    #[serde(default)]
+    pub model_type: Option<String>,
+    /// Every other field of the file, kept for re-emission.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl BertConfig {
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+}

@@ -1,0 +1,471 @@
+//! A trainable BERT for sequence classification, written for fine-tuning with Candle and laid
+//! out exactly like Hugging Face's `BertForSequenceClassification` (embeddings → encoder layers
+//! → pooler (dense + tanh on `[CLS]`) → dropout → classifier linear), so every weight maps 1:1
+//! to its HF name (`bert.embeddings.word_embeddings.weight`, …, `bert.pooler.dense.weight`,
+//! `classifier.weight`).
+//!
+//! # API for the training loop
+//! ```ignore
+//! let opts = ModelOptions { num_labels: 2, freeze_layers: 2, ..ModelOptions::default() };
+//! let model = BertClassifier::load(dir, &opts, &device)?;      // config.json + model.safetensors
+//! let logits = model.forward(&ids, &mask, None, /*train=*/ true)?; // [batch, num_labels], f32
+//! let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
+//! let grads = model.backward(&loss)?;                    // use this rather than loss.backward()
+//! for (name, var) in model.trainable_vars() { let g = grads.get(&var); /* update */ }
+//! model.save_safetensors(&path)?;                          // HF names, atomic (tmp + rename)
+//! ```
+//! * Inputs: `input_ids`, `attention_mask` (1 keep / 0 pad) and optional `token_type_ids`, all
+//!   `[batch, seq]` integer tensors (u32 or i64; the mask may also be f32).
+//! * `problem = "regression"`: pass `num_labels = 1` and use MSE on the single output.
+//! * Freezing: `freeze_layers = k` freezes the embeddings and the first k encoder layers
+//!   (`k = num_hidden_layers` → only pooler + classifier train); `freeze_embeddings` freezes the
+//!   embeddings alone. Frozen blocks run on detached weights, so no graph and no gradient work is
+//!   spent there; [`BertClassifier::trainable_vars`] lists what the optimizer may update.
+//! * Dropout: `opts.dropout` overrides config.json's `hidden_dropout_prob` and
+//!   `attention_probs_dropout_prob`; active only with `train = true`; seeded by `opts.seed`.
+//! * Checkpoints without the `bert.` prefix (sentence-transformers) load too; a missing pooler
+//!   or classifier is initialised N(0, initializer_range) (logged with `tracing::info!`).
+//! * Speed: [`crate::trainer::perf::tune_for_training`] (malloc tuning, one thread pool) runs
+//!   on the first `load`; call it earlier yourself if the process does heavy candle work first. On the CPU the encoder runs on fused kernels with
+//!   their own backward: `linear` (gemm, direct `dW`), `attention` (q/k/v from one projection,
+//!   per-head gemm, probabilities recomputed in the backward), `ops` (layer norm, GELU, dropout
+//!   and bias epilogues) over vectorised `kernels`; other devices use composed candle ops.
+//!
+//! Files: `config.rs` (HF config), `error.rs`, `bert.rs` (blocks), `ops.rs`, `attention.rs`,
+//! `linear.rs`, `kernels.rs`, `tests.rs`.
+
+pub mod attention;
+mod bert;
+mod kernels;
+pub mod linear;
+pub mod config;
+pub mod error;
+pub mod ops;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarMap;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Normal};
+
+use bert::{DropoutProbs, Embeddings, EncoderLayer, LayerNorm, Linear, Pass};
+pub use config::BertConfig;
+pub use error::ModelError;
+use ops::Dropout;
+
+/// What the caller decides about the model (everything else comes from config.json).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelOptions {
+    /// Outputs of the classifier (1 for regression).
+    pub num_labels: usize,
+    /// Dropout probability for hidden states and attention; `None` = config.json's values.
+    pub dropout: Option<f64>,
+    /// Freeze the embeddings and the first `freeze_layers` encoder layers.
+    pub freeze_layers: usize,
+    /// Freeze the embeddings (implied by `freeze_layers > 0`).
+    pub freeze_embeddings: bool,
+    /// Seeds the head initialisation and the dropout masks.
+    pub seed: u64,
+}
+
+impl Default for ModelOptions {
+    fn default() -> Self {
+        Self { num_labels: 2, dropout: None, freeze_layers: 0, freeze_embeddings: false, seed: 0 }
+    }
+}
+
+/// One named weight and whether the optimizer may update it.
+struct Param {
+    name: String,
+    var: Var,
+    trainable: bool,
+}
+
+/// BERT + pooler + dropout + classifier, `BertForSequenceClassification`-compatible.
+pub struct BertClassifier {
+    config: BertConfig,
+    opts: ModelOptions,
+    embeddings: Embeddings,
+    layers: Vec<EncoderLayer>,
+    pooler: Linear,
+    classifier: Linear,
+    params: Vec<Param>,
+    varmap: VarMap,
+    dropout: Dropout,
+    probs: DropoutProbs,
+    device: Device,
+}
+
+/// Reads tensors by HF name from one safetensors file, with or without the `bert.` prefix.
+struct Loader<'a> {
+    path: PathBuf,
+    tensors: HashMap<String, Tensor>,
+    device: &'a Device,
+    rng: ChaCha8Rng,
+    init_std: f64,
+    params: Vec<Param>,
+}
+
+impl Loader<'_> {
+    fn find(&mut self, name: &str) -> Option<Tensor> {
+        let bare = name.strip_prefix("bert.").unwrap_or(name);
+        let legacy = bare.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta");
+        for cand in [name.to_string(), bare.to_string(), format!("bert.{legacy}"), legacy] {
+            if let Some(t) = self.tensors.remove(&cand) {
+                return Some(t);
+            }
+        }
+        None
+    }
+
+    fn register(&mut self, name: &str, t: Tensor) -> Result<Var, ModelError> {
+        let var = Var::from_tensor(&t.to_dtype(DType::F32)?.to_device(self.device)?)?;
+        self.params.push(Param { name: name.to_string(), var: var.clone(), trainable: true });
+        Ok(var)
+    }
+
+    /// A weight that must be in the file, with this shape.
+    fn take(&mut self, name: &str, shape: &[usize]) -> Result<Var, ModelError> {
+        let t = self.find(name).ok_or_else(|| ModelError::MissingTensor {
+            path: self.path.clone(),
+            name: name.strip_prefix("bert.").unwrap_or(name).to_string(),
+        })?;
+        if t.dims() != shape {
+            return Err(ModelError::ShapeMismatch {
+                path: self.path.clone(),
+                name: name.to_string(),
+                expected: shape.to_vec(),
+                found: t.dims().to_vec(),
+            });
+        }
+        self.register(name, t)
+    }
+
+    /// A linear layer that may be absent (pooler, classifier): loaded when present with the
+    /// right shape, otherwise initialised like HF (weight N(0, initializer_range), bias 0).
+    fn take_or_init_linear(&mut self, prefix: &str, out: usize, inp: usize) -> Result<Linear, ModelError> {
+        let (wn, bn) = (format!("{prefix}.weight"), format!("{prefix}.bias"));
+        let (w, b) = (self.find(&wn), self.find(&bn));
+        if let (Some(w), Some(b)) = (w, b) {
+            if w.dims() == [out, inp] && b.dims() == [out] {
+                return Ok(Linear { weight: self.register(&wn, w)?, bias: self.register(&bn, b)? });
+            }
+            tracing::info!("{}: `{prefix}` has shape {:?}, need [{out}, {inp}]; initialising it", self.path.display(), w.dims());
+        } else {
+            tracing::info!("{}: no `{prefix}` weights; initialising them (normal, std {})", self.path.display(), self.init_std);
+        }
+        let normal = Normal::new(0.0f32, self.init_std as f32)
+            .map_err(|e| ModelError::Options(format!("initializer_range {}: {e}", self.init_std)))?;
+        let data: Vec<f32> = (0..out * inp).map(|_| normal.sample(&mut self.rng)).collect();
+        let w = Tensor::from_vec(data, (out, inp), &Device::Cpu)?;
+        let b = Tensor::zeros(out, DType::F32, &Device::Cpu)?;
+        Ok(Linear { weight: self.register(&wn, w)?, bias: self.register(&bn, b)? })
+    }
+
+    fn linear(&mut self, prefix: &str, out: usize, inp: usize) -> Result<Linear, ModelError> {
+        Ok(Linear {
+            weight: self.take(&format!("{prefix}.weight"), &[out, inp])?,
+            bias: self.take(&format!("{prefix}.bias"), &[out])?,
+        })
+    }
+
+    fn norm(&mut self, prefix: &str, h: usize, eps: f64) -> Result<LayerNorm, ModelError> {
+        Ok(LayerNorm {
+            weight: self.take(&format!("{prefix}.weight"), &[h])?,
+            bias: self.take(&format!("{prefix}.bias"), &[h])?,
+            eps,
+        })
+    }
+}
+
+/// Reads and parses `dir/config.json`.
+pub fn read_config(dir: &Path) -> Result<BertConfig, ModelError> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| ModelError::Config { path: path.clone(), reason: e.to_string() })?;
+    let config: BertConfig =
+        serde_json::from_str(&text).map_err(|e| ModelError::Config { path: path.clone(), reason: e.to_string() })?;
+    if config.num_attention_heads == 0 || config.hidden_size % config.num_attention_heads != 0 {
+        return Err(ModelError::Config {
+            path,
+            reason: format!(
+                "hidden_size {} is not a multiple of num_attention_heads {}",
+                config.hidden_size, config.num_attention_heads
+            ),
+        });
+    }
+    Ok(config)
+}
+
+impl BertClassifier {
+    /// Loads `dir/config.json` and `dir/model.safetensors` onto `device`.
+    /// Also applies [`crate::trainer::perf::tune_for_training`] (once per process) so a training
+    /// process gets the fast CPU settings by default.
+    pub fn load(dir: &Path, opts: &ModelOptions, device: &Device) -> Result<Self, ModelError> {
+        crate::trainer::perf::tune_for_training();
+        let config = read_config(dir)?;
+        let path = dir.join("model.safetensors");
+        if !path.is_file() {
+            return Err(ModelError::Weights { path, reason: "file not found".into() });
+        }
+        let tensors = candle_core::safetensors::load(&path, &Device::Cpu)
+            .map_err(|e| ModelError::Weights { path: path.clone(), reason: e.to_string() })?;
+        Self::from_tensors(config, tensors, path, opts, device)
+    }
+
+    /// Builds the model from named tensors (`path` only names the source in errors).
+    pub fn from_tensors(
+        config: BertConfig,
+        tensors: HashMap<String, Tensor>,
+        path: PathBuf,
+        opts: &ModelOptions,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
+        let n_layers = config.num_hidden_layers;
+        if opts.freeze_layers > n_layers {
+            return Err(ModelError::Options(format!(
+                "freeze_layers = {} but the model has {n_layers} layers",
+                opts.freeze_layers
+            )));
+        }
+        if config.hidden_act != "gelu" {
+            return Err(ModelError::Options(format!(
+                "hidden_act `{}` is not supported (only \"gelu\", the erf form)",
+                config.hidden_act
+            )));
+        }
+        if let Some(kind) = config.extra.get("position_embedding_type").and_then(|v| v.as_str()) {
+            if kind != "absolute" {
+                return Err(ModelError::Options(format!("position_embedding_type `{kind}` is not supported")));
+            }
+        }
+        if opts.num_labels == 0 {
+            return Err(ModelError::Options("num_labels must be at least 1".into()));
+        }
+        if let Some(p) = opts.dropout {
+            if !(0.0..1.0).contains(&p) {
+                return Err(ModelError::Options(format!("dropout {p} is not in [0, 1)")));
+            }
+        }
+        let (h, inter, eps) = (config.hidden_size, config.intermediate_size, config.layer_norm_eps);
+        let mut ld = Loader {
+            path,
+            tensors,
+            device,
+            rng: ChaCha8Rng::seed_from_u64(opts.seed ^ 0x5eed_1417),
+            init_std: config.initializer_range,
+            params: Vec::new(),
+        };
+        let e = "bert.embeddings";
+        let embeddings = Embeddings {
+            word: ld.take(&format!("{e}.word_embeddings.weight"), &[config.vocab_size, h])?,
+            position: ld.take(&format!("{e}.position_embeddings.weight"), &[config.max_position_embeddings, h])?,
+            token_type: ld.take(&format!("{e}.token_type_embeddings.weight"), &[config.type_vocab_size, h])?,
+            norm: ld.norm(&format!("{e}.LayerNorm"), h, eps)?,
+        };
+        let mut layers = Vec::with_capacity(n_layers);
+        for i in 0..n_layers {
+            let p = format!("bert.encoder.layer.{i}");
+            layers.push(EncoderLayer {
+                query: ld.linear(&format!("{p}.attention.self.query"), h, h)?,
+                key: ld.linear(&format!("{p}.attention.self.key"), h, h)?,
+                value: ld.linear(&format!("{p}.attention.self.value"), h, h)?,
+                attn_out: ld.linear(&format!("{p}.attention.output.dense"), h, h)?,
+                attn_norm: ld.norm(&format!("{p}.attention.output.LayerNorm"), h, eps)?,
+                intermediate: ld.linear(&format!("{p}.intermediate.dense"), inter, h)?,
+                output: ld.linear(&format!("{p}.output.dense"), h, inter)?,
+                out_norm: ld.norm(&format!("{p}.output.LayerNorm"), h, eps)?,
+                heads: config.num_attention_heads,
+            });
+        }
+        let pooler = ld.take_or_init_linear("bert.pooler.dense", h, h)?;
+        let classifier = ld.take_or_init_linear("classifier", opts.num_labels, h)?;
+
+        let embeddings_frozen = opts.freeze_embeddings || opts.freeze_layers > 0;
+        let varmap = VarMap::new();
+        let mut params = ld.params;
+        for p in params.iter_mut() {
+            p.trainable = if p.name.starts_with("bert.embeddings.") {
+                !embeddings_frozen
+            } else if let Some(rest) = p.name.strip_prefix("bert.encoder.layer.") {
+                let idx: usize = rest.split('.').next().and_then(|s| s.parse().ok()).unwrap_or(usize::MAX);
+                idx >= opts.freeze_layers
+            } else {
+                true
+            };
+            if let Ok(mut data) = varmap.data().lock() {
+                data.insert(p.name.clone(), p.var.clone());
+            }
+        }
+        let probs = DropoutProbs {
+            hidden: opts.dropout.unwrap_or(config.hidden_dropout_prob),
+            attention: opts.dropout.unwrap_or(config.attention_probs_dropout_prob),
+        };
+        Ok(Self {
+            dropout: Dropout::new(opts.seed),
+            config,
+            opts: opts.clone(),
+            embeddings,
+            layers,
+            pooler,
+            classifier,
+            params,
+            varmap,
+            probs,
+            device: device.clone(),
+        })
+    }
+
+    /// Logits `[batch, num_labels]` (f32). `train = true` turns dropout on.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        train: bool,
+    ) -> candle_core::Result<Tensor> {
+        let pooled = self.encode(input_ids, attention_mask, token_type_ids, train)?;
+        let pass = Pass { train, frozen: false };
+        let mut x = pooled;
+        if train {
+            x = self.dropout.apply(&x, self.probs.hidden)?;
+        }
+        self.classifier.forward(&x, pass)
+    }
+
+    /// The pooled `[CLS]` representation `[batch, hidden]` (pooler dense + tanh).
+    pub fn encode(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        train: bool,
+    ) -> candle_core::Result<Tensor> {
+        let x = self.hidden_states(input_ids, attention_mask, token_type_ids, train)?;
+        let cls = x.narrow(1, 0, 1)?.squeeze(1)?;
+        self.pooler.forward(&cls, Pass { train, frozen: false })?.tanh()
+    }
+
+    /// The last encoder layer's output `[batch, seq, hidden]` (HF `last_hidden_state`).
+    pub fn hidden_states(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        train: bool,
+    ) -> candle_core::Result<Tensor> {
+        let (b, s) = input_ids.dims2()?;
+        if s > self.config.max_position_embeddings {
+            candle_core::bail!(
+                "sequence length {s} exceeds max_position_embeddings {}",
+                self.config.max_position_embeddings
+            )
+        }
+        let zeros;
+        let tt = match token_type_ids {
+            Some(t) => t,
+            None => {
+                zeros = Tensor::zeros((b, s), DType::U32, input_ids.device())?;
+                &zeros
+            }
+        };
+        // Additive key mask: 0 where attended, -1e9 on padding.
+        let mask = attention_mask.to_dtype(DType::F32)?.affine(1e9, -1e9)?;
+        let frozen_emb = self.opts.freeze_embeddings || self.opts.freeze_layers > 0;
+        let mut x = self.embeddings.forward(
+            input_ids,
+            tt,
+            Pass { train, frozen: frozen_emb },
+            self.probs.hidden,
+            &self.dropout,
+        )?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let frozen = i < self.opts.freeze_layers;
+            x = layer.forward(&x, &mask, Pass { train, frozen }, self.probs, &self.dropout)?;
+            if frozen && i + 1 == self.opts.freeze_layers {
+                x = x.detach(); // the cut: nothing before this point is differentiated
+            }
+        }
+        Ok(x)
+    }
+
+    /// Gradients of `loss` for the trainable variables (today `loss.backward()`; the training
+    /// loop should call this so a faster hand-written backward can replace it transparently).
+    pub fn backward(&self, loss: &Tensor) -> candle_core::Result<GradStore> {
+        loss.backward()
+    }
+
+    /// The variables the optimizer may update, in load order, with their HF names.
+    pub fn trainable_vars(&self) -> Vec<(String, Var)> {
+        self.params.iter().filter(|p| p.trainable).map(|p| (p.name.clone(), p.var.clone())).collect()
+    }
+
+    /// Every variable, trainable or frozen, with its HF name.
+    pub fn all_vars(&self) -> Vec<(String, Var)> {
+        self.params.iter().map(|p| (p.name.clone(), p.var.clone())).collect()
+    }
+
+    /// The variables by name (the same `Var`s as [`Self::all_vars`]).
+    pub fn varmap(&self) -> &VarMap {
+        &self.varmap
+    }
+
+    /// The parsed HF config (re-emit it with [`Self::save_pretrained`]).
+    pub fn config(&self) -> &BertConfig {
+        &self.config
+    }
+
+    pub fn options(&self) -> &ModelOptions {
+        &self.opts
+    }
+
+    pub fn num_labels(&self) -> usize {
+        self.opts.num_labels
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Restarts the dropout stream (e.g. per trial or per epoch for reproducibility).
+    pub fn reseed_dropout(&self, seed: u64) {
+        self.dropout.reseed(seed)
+    }
+
+    /// Writes every weight under its HF name (`bert.` prefix) to `path` atomically: a temporary
+    /// file in the same folder, then a rename.
+    pub fn save_safetensors(&self, path: &Path) -> Result<(), ModelError> {
+        let map: HashMap<String, Tensor> =
+            self.params.iter().map(|p| (p.name.clone(), p.var.as_tensor().clone())).collect();
+        let file_name = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let tmp = path.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
+        let save_err = |reason: String| ModelError::Save { path: path.to_path_buf(), reason };
+        candle_core::safetensors::save(&map, &tmp).map_err(|e| save_err(e.to_string()))?;
+        std::fs::rename(&tmp, path).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            save_err(e.to_string())
+        })
+    }
+
+    /// Writes `dir/config.json` (the loaded config plus `num_labels`) and `dir/model.safetensors`,
+    /// a folder [`Self::load`] and Hugging Face can read.
+    pub fn save_pretrained(&self, dir: &Path) -> Result<(), ModelError> {
+        let save_err = |reason: String| ModelError::Save { path: dir.join("config.json"), reason };
+        std::fs::create_dir_all(dir).map_err(|e| save_err(e.to_string()))?;
+        let mut config = self.config.clone();
+        config.extra.insert("num_labels".into(), serde_json::json!(self.opts.num_labels));
+        config.extra.insert("architectures".into(), serde_json::json!(["BertForSequenceClassification"]));
+        let text = serde_json::to_string_pretty(&config).map_err(|e| save_err(e.to_string()))?;
+        let cfg = dir.join("config.json");
+        let tmp = dir.join(".config.json.tmp");
+        std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &cfg)).map_err(|e| save_err(e.to_string()))?;
+        self.save_safetensors(&dir.join("model.safetensors"))
+    }
+}
+
+#[cfg(test)]
+mod tests;

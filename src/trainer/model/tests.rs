@@ -1,0 +1,291 @@
+//! Tests of the classifier on tiny random BERTs written by `trainer::tiny`.
+
+use super::*;
+use crate::trainer::tiny::write_tiny_bert;
+use candle_core::IndexOp;
+
+fn texts() -> Vec<String> {
+    [
+        "the movie was good and fun",
+        "a bad and boring film",
+        "great acting, lovely story",
+        "terrible plot; awful pacing",
+        "i liked it a lot",
+        "i hated every minute",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn tiny(layers: usize, hidden: usize) -> (tempfile::TempDir, usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let info = write_tiny_bert(dir.path(), &texts(), layers, hidden, 7).unwrap();
+    (dir, info.vocab_size)
+}
+
+/// Deterministic ids in [5, vocab) with [CLS]=2 first, the last two positions of row 1 padded.
+fn batch(b: usize, s: usize, vocab: usize, seed: u32) -> (Tensor, Tensor) {
+    let mut ids = Vec::with_capacity(b * s);
+    let mut mask = Vec::with_capacity(b * s);
+    let mut st = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    for r in 0..b {
+        for c in 0..s {
+            st ^= st << 13;
+            st ^= st >> 17;
+            st ^= st << 5;
+            let pad = r == 1 && c + 2 >= s;
+            ids.push(if c == 0 { 2 } else if pad { 0 } else { 5 + st % (vocab as u32 - 5) });
+            mask.push(u32::from(!pad));
+        }
+    }
+    (
+        Tensor::from_vec(ids, (b, s), &Device::Cpu).unwrap(),
+        Tensor::from_vec(mask, (b, s), &Device::Cpu).unwrap(),
+    )
+}
+
+fn sgd_step(model: &BertClassifier, grads: &GradStore, lr: f64) {
+    for (_, v) in model.trainable_vars() {
+        if let Some(g) = grads.get(&v) {
+            v.set(&(v.as_tensor() - (g * lr).unwrap()).unwrap()).unwrap();
+        }
+    }
+}
+
+fn snapshot(model: &BertClassifier) -> HashMap<String, Vec<f32>> {
+    model
+        .all_vars()
+        .into_iter()
+        .map(|(n, v)| (n, v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+        .collect()
+}
+
+fn one_step_check(freeze_layers: usize) {
+    let (dir, vocab) = tiny(2, 32);
+    let opts = ModelOptions { num_labels: 3, freeze_layers, ..ModelOptions::default() };
+    let model = BertClassifier::load(dir.path(), &opts, &Device::Cpu).unwrap();
+    let before = snapshot(&model);
+    let (ids, mask) = batch(4, 10, vocab, 1);
+    let labels = Tensor::new(&[0u32, 1, 2, 1], &Device::Cpu).unwrap();
+    let logits = model.forward(&ids, &mask, None, true).unwrap();
+    assert_eq!(logits.dims(), &[4, 3]);
+    let loss = candle_nn::loss::cross_entropy(&logits, &labels).unwrap();
+    let grads = model.backward(&loss).unwrap();
+    let trainable: Vec<String> = model.trainable_vars().into_iter().map(|(n, _)| n).collect();
+    for (name, var) in model.all_vars() {
+        if trainable.contains(&name) {
+            let g = grads.get(&var).unwrap_or_else(|| panic!("no gradient for {name}"));
+            let norm = g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(norm > 0.0, "zero gradient for {name}");
+        } else {
+            assert!(grads.get(&var).is_none(), "frozen {name} got a gradient (graph not cut)");
+        }
+    }
+    sgd_step(&model, &grads, 0.1);
+    let after = snapshot(&model);
+    for (name, _) in model.all_vars() {
+        if trainable.contains(&name) {
+            assert_ne!(before[&name], after[&name], "{name} did not change");
+        } else {
+            let same = before[&name].iter().zip(&after[&name]).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "frozen {name} changed");
+        }
+    }
+    let n_frozen = model.all_vars().len() - trainable.len();
+    // 5 embedding tensors + 16 per encoder layer.
+    let expected_frozen = if freeze_layers > 0 { 5 + 16 * freeze_layers } else { 0 };
+    assert_eq!(n_frozen, expected_frozen);
+}
+
+#[test]
+fn one_step_full_fine_tuning_updates_every_tensor() {
+    one_step_check(0);
+}
+
+#[test]
+fn one_step_freeze_one_layer_keeps_frozen_bit_identical() {
+    one_step_check(1);
+}
+
+#[test]
+fn freeze_all_layers_trains_only_the_head() {
+    let (dir, _) = tiny(2, 32);
+    let opts = ModelOptions { freeze_layers: 2, ..ModelOptions::default() };
+    let model = BertClassifier::load(dir.path(), &opts, &Device::Cpu).unwrap();
+    let names: Vec<String> = model.trainable_vars().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(
+        names,
+        ["bert.pooler.dense.weight", "bert.pooler.dense.bias", "classifier.weight", "classifier.bias"]
+    );
+    let opts = ModelOptions { freeze_embeddings: true, ..ModelOptions::default() };
+    let model = BertClassifier::load(dir.path(), &opts, &Device::Cpu).unwrap();
+    assert!(model.trainable_vars().iter().all(|(n, _)| !n.starts_with("bert.embeddings.")));
+    assert_eq!(model.trainable_vars().len(), 2 * 16 + 4);
+    let too_many = ModelOptions { freeze_layers: 3, ..ModelOptions::default() };
+    assert!(matches!(BertClassifier::load(dir.path(), &too_many, &Device::Cpu), Err(ModelError::Options(_))));
+}
+
+#[test]
+fn dropout_is_active_in_train_mode_and_off_in_eval() {
+    let (dir, vocab) = tiny(2, 32);
+    let model = BertClassifier::load(dir.path(), &ModelOptions::default(), &Device::Cpu).unwrap();
+    let (ids, mask) = batch(3, 8, vocab, 2);
+    let e1 = model.forward(&ids, &mask, None, false).unwrap().to_vec2::<f32>().unwrap();
+    let e2 = model.forward(&ids, &mask, None, false).unwrap().to_vec2::<f32>().unwrap();
+    assert_eq!(e1, e2, "eval must be deterministic");
+    let t1 = model.forward(&ids, &mask, None, true).unwrap().to_vec2::<f32>().unwrap();
+    let t2 = model.forward(&ids, &mask, None, true).unwrap().to_vec2::<f32>().unwrap();
+    assert_ne!(t1, t2, "train-mode dropout must change the output between calls");
+    assert_ne!(t1, e1);
+    // dropout = 0 makes train mode equal to eval.
+    let opts = ModelOptions { dropout: Some(0.0), ..ModelOptions::default() };
+    let model0 = BertClassifier::load(dir.path(), &opts, &Device::Cpu).unwrap();
+    let a = model0.forward(&ids, &mask, None, true).unwrap();
+    let b = model0.forward(&ids, &mask, None, false).unwrap();
+    assert_eq!(a.to_vec2::<f32>().unwrap(), b.to_vec2::<f32>().unwrap());
+}
+
+#[test]
+fn padding_positions_do_not_change_the_logits() {
+    let (dir, vocab) = tiny(2, 32);
+    let model = BertClassifier::load(dir.path(), &ModelOptions::default(), &Device::Cpu).unwrap();
+    let (ids, mask) = batch(2, 8, vocab, 3);
+    let base = model.forward(&ids, &mask, None, false).unwrap().i(1).unwrap();
+    // Row 1 has its last two positions padded: other ids there must not matter.
+    let mut v = ids.to_vec2::<u32>().unwrap();
+    v[1][6] = 9;
+    v[1][7] = 11;
+    let ids2 = Tensor::new(v, &Device::Cpu).unwrap();
+    let other = model.forward(&ids2, &mask, None, false).unwrap().i(1).unwrap();
+    let d = (base - other).unwrap().abs().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    assert!(d < 1e-6, "padding leaked into the logits: {d}");
+}
+
+#[test]
+fn save_and_reload_give_the_same_logits() {
+    let (dir, vocab) = tiny(2, 32);
+    let opts = ModelOptions { num_labels: 3, ..ModelOptions::default() };
+    let model = BertClassifier::load(dir.path(), &opts, &Device::Cpu).unwrap();
+    // One training step so the saved weights differ from the files we started with.
+    let (ids, mask) = batch(4, 9, vocab, 4);
+    let labels = Tensor::new(&[0u32, 1, 2, 0], &Device::Cpu).unwrap();
+    let loss = candle_nn::loss::cross_entropy(&model.forward(&ids, &mask, None, true).unwrap(), &labels).unwrap();
+    sgd_step(&model, &model.backward(&loss).unwrap(), 0.5);
+    let out = tempfile::tempdir().unwrap();
+    model.save_pretrained(out.path()).unwrap();
+    let names: Vec<String> = {
+        let t = candle_core::safetensors::load(out.path().join("model.safetensors"), &Device::Cpu).unwrap();
+        t.keys().cloned().collect()
+    };
+    assert!(names.contains(&"bert.pooler.dense.weight".to_string()));
+    assert!(names.contains(&"classifier.weight".to_string()));
+    assert!(names.iter().all(|n| n.starts_with("bert.") || n.starts_with("classifier.")));
+    let reloaded = BertClassifier::load(out.path(), &opts, &Device::Cpu).unwrap();
+    let a = model.forward(&ids, &mask, None, false).unwrap();
+    let b = reloaded.forward(&ids, &mask, None, false).unwrap();
+    let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    assert!(d <= 1e-6, "reloaded logits differ by {d}");
+    assert_eq!(reloaded.config().hidden_size, 32);
+}
+
+#[test]
+fn checkpoint_without_bert_prefix_or_pooler_loads_and_initialises_the_pooler() {
+    let (dir, vocab) = tiny(1, 16);
+    let path = dir.path().join("model.safetensors");
+    let tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    let stripped: HashMap<String, Tensor> = tensors
+        .into_iter()
+        .filter(|(n, _)| !n.contains("pooler"))
+        .map(|(n, t)| (n.trim_start_matches("bert.").to_string(), t))
+        .collect();
+    candle_core::safetensors::save(&stripped, &path).unwrap();
+    let model = BertClassifier::load(dir.path(), &ModelOptions::default(), &Device::Cpu).unwrap();
+    let names: Vec<String> = model.all_vars().into_iter().map(|(n, _)| n).collect();
+    assert!(names.contains(&"bert.embeddings.word_embeddings.weight".to_string()));
+    assert!(names.contains(&"bert.pooler.dense.weight".to_string()));
+    let (ids, mask) = batch(2, 5, vocab, 5);
+    assert_eq!(model.forward(&ids, &mask, None, false).unwrap().dims(), &[2, 2]);
+}
+
+#[test]
+fn loading_errors_name_the_file_and_the_tensor() {
+    let empty = tempfile::tempdir().unwrap();
+    let err = BertClassifier::load(empty.path(), &ModelOptions::default(), &Device::Cpu).err().unwrap();
+    assert!(matches!(err, ModelError::Config { .. }));
+    assert!(err.to_string().contains("config.json"), "{err}");
+
+    let (dir, _) = tiny(1, 16);
+    let path = dir.path().join("model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    tensors.remove("bert.encoder.layer.0.intermediate.dense.weight");
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+    let err = BertClassifier::load(dir.path(), &ModelOptions::default(), &Device::Cpu).err().unwrap();
+    let msg = err.to_string();
+    assert!(msg.contains("model.safetensors") && msg.contains("encoder.layer.0.intermediate.dense.weight"), "{msg}");
+
+    tensors.insert(
+        "bert.encoder.layer.0.intermediate.dense.weight".into(),
+        Tensor::zeros((3, 3), DType::F32, &Device::Cpu).unwrap(),
+    );
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+    let err = BertClassifier::load(dir.path(), &ModelOptions::default(), &Device::Cpu).err().unwrap();
+    assert!(matches!(err, ModelError::ShapeMismatch { ref found, .. } if found == &vec![3, 3]), "{err}");
+
+    std::fs::write(&path, b"not a safetensors file").unwrap();
+    let err = BertClassifier::load(dir.path(), &ModelOptions::default(), &Device::Cpu).err().unwrap();
+    assert!(matches!(err, ModelError::Weights { .. }) && err.to_string().contains("model.safetensors"), "{err}");
+}
+
+/// Label = whether token 10 or token 11 follows [CLS]; the rest is noise. A few SGD steps on
+/// one batch must bring the loss down (from about ln 2).
+#[test]
+fn loss_falls_on_a_separable_toy_set() {
+    let (dir, vocab) = tiny(2, 32);
+    let opts = ModelOptions { num_labels: 2, dropout: Some(0.0), seed: 3, ..ModelOptions::default() };
+    let model = BertClassifier::load(dir.path(), &opts, &Device::Cpu).unwrap();
+    let (ids, mask) = batch(8, 6, vocab, 6);
+    let mut v = ids.to_vec2::<u32>().unwrap();
+    let labels: Vec<u32> = (0..8).map(|i| (i % 2) as u32).collect();
+    for (row, &l) in v.iter_mut().zip(&labels) {
+        row[1] = 10 + l;
+    }
+    let ids = Tensor::new(v, &Device::Cpu).unwrap();
+    let labels = Tensor::new(labels, &Device::Cpu).unwrap();
+    let mut losses = Vec::new();
+    let mut opt = candle_nn::AdamW::new(
+        model.trainable_vars().into_iter().map(|(_, v)| v).collect(),
+        candle_nn::ParamsAdamW { lr: 3e-3, ..Default::default() },
+    )
+    .unwrap();
+    use candle_nn::Optimizer;
+    for _ in 0..15 {
+        let loss = candle_nn::loss::cross_entropy(&model.forward(&ids, &mask, None, true).unwrap(), &labels).unwrap();
+        losses.push(loss.to_scalar::<f32>().unwrap());
+        opt.step(&model.backward(&loss).unwrap()).unwrap();
+    }
+    let last = *losses.last().unwrap();
+    assert!(last < 0.5 * losses[0], "loss did not fall: {losses:?}");
+}
+
+/// Reference: candle-transformers' `bert::BertModel` (an independent implementation of HF's
+/// BERT forward) on the same files; eval mode, with padding in the batch.
+#[test]
+fn eval_hidden_states_match_candle_transformers_bert() {
+    use candle_transformers::models::bert as ct;
+    let (dir, vocab) = tiny(2, 32);
+    let model = BertClassifier::load(dir.path(), &ModelOptions::default(), &Device::Cpu).unwrap();
+    let text = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
+    let cfg: ct::Config = serde_json::from_str(&text).unwrap();
+    let vb = unsafe {
+        candle_nn::VarBuilder::from_mmaped_safetensors(&[dir.path().join("model.safetensors")], DType::F32, &Device::Cpu)
+            .unwrap()
+    };
+    let reference = ct::BertModel::load(vb, &cfg).unwrap();
+    let (ids, mask) = batch(3, 7, vocab, 8);
+    let tt = Tensor::zeros((3, 7), DType::U32, &Device::Cpu).unwrap();
+    let ours = model.hidden_states(&ids, &mask, Some(&tt), false).unwrap();
+    let theirs = reference.forward(&ids, &tt, Some(&mask)).unwrap();
+    let d = (ours - theirs).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    assert!(d < 1e-4, "hidden states differ from candle-transformers by {d}");
+}

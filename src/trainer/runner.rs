@@ -1,0 +1,245 @@
+//! `FinetuneRunner`: the `TrialRunner` of `[objective] kind = "finetune"`. Each trial runs in
+//! a child process (`sft-search worker`) that gets a [`WorkerJob`] as one JSON line on stdin
+//! and speaks the JSON-lines protocol of `scheduler::child`, so a panic, an out-of-memory
+//! kill or a NaN in one trial never ends the study.
+//!
+//! A trial whose worker runs out of (GPU) memory is retried once with half the micro-batch
+//! (gradient accumulation keeps the effective batch size).
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::data::DataSection;
+use super::spec::{ModelSection, SpecError, TrainSection, TrainSpec};
+use super::train::{TestJob, TrainJob};
+use crate::scheduler::child::{run_child, ChildSpec};
+use crate::scheduler::{CancelToken, Decision, Progress, Reporter, TrialAssignment, TrialRunner};
+use crate::trial::{Direction, Outcome};
+
+/// The one line a worker reads first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum WorkerJob {
+    /// Train a trial; prints progress, evaluations, checkpoints and the result.
+    Train(TrainJob),
+    /// Evaluate a checkpoint on the test split; prints `{"test": {...}}`.
+    Test(TestJob),
+}
+
+/// Runs fine-tuning trials in worker processes.
+#[derive(Debug, Clone)]
+pub struct FinetuneRunner {
+    /// The `sft-search` binary (by default the running one).
+    pub program: PathBuf,
+    /// The pretrained folder, resolved once for the study.
+    pub model_dir: PathBuf,
+    pub data: DataSection,
+    pub train: TrainSection,
+    pub metric: String,
+    pub direction: Direction,
+    /// A worker silent for this long is killed (FAIL "timeout").
+    pub idle_timeout: Option<Duration>,
+    /// How long a worker may take to stop after prune/cancel before it is killed.
+    pub grace: Duration,
+}
+
+/// How the child protocol says a worker ran out of memory.
+fn is_oom(reason: &str) -> bool {
+    let r = reason.to_ascii_lowercase();
+    r.contains("out of memory") || r.contains("cuda_error_out_of_memory")
+}
+
+/// A study file's `[model]`, `[data]` or `[train]` table that does not parse.
+#[derive(Debug, thiserror::Error)]
+pub enum FinetuneConfigError {
+    #[error("[{table}]: {message}")]
+    Table { table: &'static str, message: String },
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+}
+
+impl FinetuneRunner {
+    /// Builds the runner from the study file's tables (`${VAR}` already expanded): relative
+    /// paths in `[model] path` and `[data]` are taken from `base_dir` (the study file's folder);
+    /// `[train]` may be absent. Checks that `[train]` parses, that the study metric exists for
+    /// the problem, and resolves the model (see [`FinetuneRunner::new`]).
+    pub fn from_tables(
+        model: &toml::Table,
+        data: &toml::Table,
+        train: Option<&toml::Table>,
+        base_dir: &Path,
+        metric: &str,
+        direction: Direction,
+    ) -> Result<Self, FinetuneConfigError> {
+        let err = |table: &'static str| move |e: toml::de::Error| FinetuneConfigError::Table { table, message: e.message().trim().to_string() };
+        let mut model: ModelSection = model.clone().try_into().map_err(err("model"))?;
+        if let Some(p) = model.path.as_mut() {
+            if p.is_relative() {
+                *p = base_dir.join(&*p);
+            }
+        }
+        let mut data: DataSection = data.clone().try_into().map_err(err("data"))?;
+        data.resolve_paths(base_dir);
+        let train: TrainSection = match train {
+            Some(t) => t.clone().try_into().map_err(err("train"))?,
+            None => TrainSection::default(),
+        };
+        TrainSpec::from_params(&train, &Default::default())?;
+        let problem = model.problem.unwrap_or(data.problem);
+        let known: &[&str] = match problem {
+            super::data::Problem::Classification => &super::metrics::CLASSIFICATION_METRICS,
+            super::data::Problem::Regression => &super::metrics::REGRESSION_METRICS,
+        };
+        if !known.contains(&metric) {
+            return Err(FinetuneConfigError::Table {
+                table: "study",
+                message: format!("metric `{metric}` is not one of {} for {problem:?}", known.join(", ")),
+            });
+        }
+        Ok(Self::new(&model, data, train, metric, direction)?)
+    }
+
+    /// Resolves `[model]` (Hub download into the standard cache when needed) and keeps the
+    /// rest for building jobs. `data` must have its paths resolved already.
+    pub fn new(
+        model: &ModelSection,
+        mut data: DataSection,
+        train: TrainSection,
+        metric: impl Into<String>,
+        direction: Direction,
+    ) -> Result<Self, SpecError> {
+        let model_dir = model.resolve()?;
+        let model_dir = std::fs::canonicalize(&model_dir).unwrap_or(model_dir);
+        if let Some(p) = model.problem {
+            data.problem = p;
+        }
+        let program = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("sft-search"));
+        Ok(FinetuneRunner {
+            program,
+            model_dir,
+            data,
+            train,
+            metric: metric.into(),
+            direction,
+            idle_timeout: Some(Duration::from_secs(600)),
+            grace: Duration::from_secs(20),
+        })
+    }
+
+    /// The job of a trial (the spec error names the bad parameter).
+    pub fn job(&self, a: &TrialAssignment) -> Result<TrainJob, SpecError> {
+        let spec = TrainSpec::from_params(&self.train, &a.params)?;
+        Ok(TrainJob {
+            trial: a.number as u64,
+            model_dir: self.model_dir.clone(),
+            data: self.data.clone(),
+            spec,
+            metric: self.metric.clone(),
+            direction: self.direction,
+            device: worker_device(&a.device),
+            artifacts_dir: absolute(&a.artifacts_dir),
+            resume_from: a.resume_from.as_deref().map(absolute),
+        })
+    }
+
+    fn child(&self, job: &WorkerJob, device: &str) -> ChildSpec {
+        let mut c = ChildSpec::new(self.program.clone().into_os_string());
+        c.args = vec![OsString::from("worker")];
+        if let Some(k) = device.strip_prefix("cuda:") {
+            c.env.push(("CUDA_VISIBLE_DEVICES".into(), k.to_string()));
+        }
+        c.stdin_payload = serde_json::to_string(job).unwrap_or_default();
+        c.keep_stdin_open = true;
+        c.idle_timeout = self.idle_timeout;
+        c.grace = self.grace;
+        c
+    }
+
+    /// Evaluates `checkpoint` once on the test split (in a worker): the test metrics with
+    /// `confusion_matrix`, or why it failed.
+    pub fn run_test(&self, checkpoint: &Path, device: &str) -> Result<Map<String, Value>, String> {
+        let job = WorkerJob::Test(TestJob {
+            checkpoint: absolute(checkpoint),
+            data: self.data.clone(),
+            device: worker_device(device),
+        });
+        let mut cap = TestCapture::default();
+        let outcome = run_child(&self.child(&job, device), &mut cap, &CancelToken::new());
+        match (cap.test, outcome) {
+            (Some(t), _) => Ok(t),
+            (None, Outcome::Failed { reason }) => Err(reason),
+            (None, _) => Err("the worker printed no test metrics".into()),
+        }
+    }
+}
+
+/// The device name inside the worker: a CUDA slot becomes `cuda:0` of its own
+/// `CUDA_VISIBLE_DEVICES`.
+fn worker_device(slot: &str) -> String {
+    if slot.starts_with("cuda") {
+        "cuda:0".into()
+    } else {
+        slot.to_string()
+    }
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf())
+    }
+}
+
+impl TrialRunner for FinetuneRunner {
+    fn run(&self, a: &TrialAssignment, reporter: &mut dyn Reporter, cancel: &CancelToken) -> Outcome {
+        let mut job = match self.job(a) {
+            Ok(j) => j,
+            Err(e) => return Outcome::Failed { reason: e.to_string() },
+        };
+        let outcome = run_child(&self.child(&WorkerJob::Train(job.clone()), &a.device), reporter, cancel);
+        match outcome {
+            Outcome::Failed { reason } if is_oom(&reason) && job.spec.micro_batch_size > 1 && !cancel.is_cancelled() => {
+                let half = job.spec.micro_batch_size / 2;
+                tracing::warn!(
+                    "trial {}: out of memory with micro_batch_size {}; retrying once with {half}",
+                    a.number,
+                    job.spec.micro_batch_size
+                );
+                job.spec.micro_batch_size = half;
+                let mut m = Map::new();
+                m.insert("oom_retry_micro_batch_size".into(), Value::from(half));
+                reporter.metrics(&m);
+                match run_child(&self.child(&WorkerJob::Train(job), &a.device), reporter, cancel) {
+                    Outcome::Failed { reason } if is_oom(&reason) => Outcome::Failed {
+                        reason: format!("out of memory twice (micro_batch_size {half} after a retry): {reason}"),
+                    },
+                    other => other,
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+#[derive(Default)]
+struct TestCapture {
+    test: Option<Map<String, Value>>,
+}
+
+impl Reporter for TestCapture {
+    fn intermediate(&mut self, _: i64, _: f64, _: &Map<String, Value>) -> Decision {
+        Decision::Continue
+    }
+    fn metrics(&mut self, m: &Map<String, Value>) {
+        if let Some(Value::Object(t)) = m.get("test") {
+            self.test = Some(t.clone());
+        }
+    }
+    fn progress(&mut self, _: &Progress) {}
+    fn checkpoint(&mut self, _: &Path) {}
+}

@@ -1,0 +1,169 @@
+//! Writes a tiny random BERT as a Hugging Face folder, for tests: a WordPiece tokenizer trained
+//! with the `tokenizers` crate on the given texts (`tokenizer.json`, `vocab.txt`), a
+//! `config.json` with BertConfig fields and `model.safetensors` with random weights under HF
+//! names (`bert.` prefix, no classifier). Runs in well under a second.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Normal};
+use tokenizers::models::wordpiece::{WordPiece, WordPieceTrainerBuilder};
+use tokenizers::normalizers::bert::BertNormalizer;
+use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+use tokenizers::processors::template::TemplateProcessing;
+use tokenizers::{AddedToken, TokenizerImpl};
+
+/// What [`write_tiny_bert`] produced.
+#[derive(Debug, Clone)]
+pub struct TinyBert {
+    pub vocab_size: usize,
+    pub hidden: usize,
+    pub layers: usize,
+    pub max_position_embeddings: usize,
+}
+
+pub const SPECIAL_TOKENS: [&str; 5] = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
+
+/// Writes `tokenizer.json`, `vocab.txt`, `config.json` and `model.safetensors` into `dir`.
+/// `hidden` must be a multiple of 4 (4 attention heads).
+pub fn write_tiny_bert(dir: &Path, texts: &[String], layers: usize, hidden: usize, seed: u64) -> anyhow::Result<TinyBert> {
+    anyhow::ensure!(hidden >= 4 && hidden % 4 == 0, "hidden {hidden} must be a positive multiple of 4");
+    std::fs::create_dir_all(dir)?;
+
+    // Tokenizer.
+    type Tok = TokenizerImpl<WordPiece, BertNormalizer, BertPreTokenizer, TemplateProcessing, tokenizers::decoders::wordpiece::WordPiece>;
+    let mut tok: Tok = TokenizerImpl::new(WordPiece::default());
+    tok.with_normalizer(Some(BertNormalizer::new(true, true, None, true)));
+    tok.with_pre_tokenizer(Some(BertPreTokenizer));
+    tok.with_decoder(Some(tokenizers::decoders::wordpiece::WordPiece::default()));
+    let mut trainer = WordPieceTrainerBuilder::new()
+        .show_progress(false)
+        .vocab_size(2000)
+        .min_frequency(1)
+        .special_tokens(SPECIAL_TOKENS.iter().map(|t| AddedToken::from(*t, true)).collect())
+        .build();
+    tok.train(&mut trainer, texts.iter()).map_err(|e| anyhow::anyhow!("training WordPiece: {e}"))?;
+    let id = |t: &str| tok.token_to_id(t).ok_or_else(|| anyhow::anyhow!("special token {t} missing"));
+    let (cls, sep) = (id("[CLS]")?, id("[SEP]")?);
+    let template = TemplateProcessing::builder()
+        .try_single("[CLS] $A [SEP]")
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .try_pair("[CLS] $A [SEP] $B:1 [SEP]:1")
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .special_tokens(vec![("[CLS]", cls), ("[SEP]", sep)])
+        .build()?;
+    tok.with_post_processor(Some(template));
+    tok.save(dir.join("tokenizer.json"), true).map_err(|e| anyhow::anyhow!("saving tokenizer.json: {e}"))?;
+    let mut vocab: Vec<(String, u32)> = tok.get_vocab(true).into_iter().collect();
+    vocab.sort_by_key(|(_, i)| *i);
+    let vocab_size = vocab.len();
+    let mut text = String::new();
+    for (t, _) in &vocab {
+        text.push_str(t);
+        text.push('\n');
+    }
+    std::fs::write(dir.join("vocab.txt"), text)?;
+
+    // Config.
+    let max_pos = 128;
+    let inter = hidden * 4;
+    let config = serde_json::json!({
+        "architectures": ["BertModel"],
+        "model_type": "bert",
+        "vocab_size": vocab_size,
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 4,
+        "intermediate_size": inter,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1,
+        "attention_probs_dropout_prob": 0.1,
+        "max_position_embeddings": max_pos,
+        "type_vocab_size": 2,
+        "initializer_range": 0.02,
+        "layer_norm_eps": 1e-12,
+        "pad_token_id": 0,
+    });
+    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config)?)?;
+
+    // Weights.
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let normal = Normal::new(0.0f32, 0.02)?;
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    let mut put = |name: String, shape: &[usize], kind: Init| -> anyhow::Result<()> {
+        let n: usize = shape.iter().product();
+        let data: Vec<f32> = match kind {
+            Init::Normal => (0..n).map(|_| normal.sample(&mut rng)).collect(),
+            Init::Zeros => vec![0.0; n],
+            Init::Ones => vec![1.0; n],
+        };
+        tensors.insert(name, Tensor::from_vec(data, shape, &Device::Cpu)?);
+        Ok(())
+    };
+    let e = "bert.embeddings";
+    put(format!("{e}.word_embeddings.weight"), &[vocab_size, hidden], Init::Normal)?;
+    put(format!("{e}.position_embeddings.weight"), &[max_pos, hidden], Init::Normal)?;
+    put(format!("{e}.token_type_embeddings.weight"), &[2, hidden], Init::Normal)?;
+    put(format!("{e}.LayerNorm.weight"), &[hidden], Init::Ones)?;
+    put(format!("{e}.LayerNorm.bias"), &[hidden], Init::Zeros)?;
+    for i in 0..layers {
+        let p = format!("bert.encoder.layer.{i}");
+        for (name, out, inp) in [
+            ("attention.self.query", hidden, hidden),
+            ("attention.self.key", hidden, hidden),
+            ("attention.self.value", hidden, hidden),
+            ("attention.output.dense", hidden, hidden),
+            ("intermediate.dense", inter, hidden),
+            ("output.dense", hidden, inter),
+        ] {
+            put(format!("{p}.{name}.weight"), &[out, inp], Init::Normal)?;
+            put(format!("{p}.{name}.bias"), &[out], Init::Zeros)?;
+        }
+        for name in ["attention.output.LayerNorm", "output.LayerNorm"] {
+            put(format!("{p}.{name}.weight"), &[hidden], Init::Ones)?;
+            put(format!("{p}.{name}.bias"), &[hidden], Init::Zeros)?;
+        }
+    }
+    put("bert.pooler.dense.weight".into(), &[hidden, hidden], Init::Normal)?;
+    put("bert.pooler.dense.bias".into(), &[hidden], Init::Zeros)?;
+    candle_core::safetensors::save(&tensors, dir.join("model.safetensors"))?;
+    Ok(TinyBert { vocab_size, hidden, layers, max_position_embeddings: max_pos })
+}
+
+enum Init {
+    Normal,
+    Zeros,
+    Ones,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The written folder is what a HF loader expects: tokenizer.json loads with the
+    /// `tokenizers` crate and wraps texts as `[CLS] … [SEP]`, vocab.txt lists the vocabulary in
+    /// id order, config.json parses as a BERT config with the vocabulary's size.
+    #[test]
+    fn writes_a_loadable_tokenizer_vocab_and_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let texts: Vec<String> = ["Good film, great fun", "bad film and awful fun"].iter().map(|s| s.to_string()).collect();
+        let info = write_tiny_bert(dir.path(), &texts, 1, 8, 1).unwrap();
+        let tok = tokenizers::Tokenizer::from_file(dir.path().join("tokenizer.json")).unwrap();
+        let enc = tok.encode("good film", true).unwrap();
+        let ids = enc.get_ids();
+        assert_eq!(ids.first(), Some(&2), "[CLS] first: {ids:?}");
+        assert_eq!(ids.last(), Some(&3), "[SEP] last: {ids:?}");
+        assert!(!ids[1..ids.len() - 1].contains(&1), "known words must not be [UNK]: {ids:?}");
+        let pair = tok.encode(("good", "bad"), true).unwrap();
+        assert_eq!(pair.get_type_ids().last(), Some(&1));
+        let vocab = std::fs::read_to_string(dir.path().join("vocab.txt")).unwrap();
+        let lines: Vec<&str> = vocab.lines().collect();
+        assert_eq!(&lines[..5], &SPECIAL_TOKENS);
+        assert_eq!(lines.len(), info.vocab_size);
+        let cfg = crate::trainer::model::read_config(dir.path()).unwrap();
+        assert_eq!((cfg.vocab_size, cfg.hidden_size, cfg.num_hidden_layers), (info.vocab_size, 8, 1));
+    }
+}

@@ -1,0 +1,53 @@
+//! A separable toy task for tests: a CSV of short sentences whose label is decided by one
+//! sentiment word among neutral filler, and a tiny random BERT (`trainer::tiny`) whose
+//! tokenizer is trained on those sentences. Written into a folder in well under a second.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::tiny::write_tiny_bert;
+
+const POSITIVE: &[&str] = &["good", "great", "lovely", "superb", "nice"];
+const NEGATIVE: &[&str] = &["bad", "awful", "boring", "poor", "dull"];
+const FILLER: &[&str] = &["the", "movie", "film", "was", "really", "quite", "plot", "story", "acting", "and", "it", "a"];
+
+/// Where the toy files are.
+#[derive(Debug, Clone)]
+pub struct ToyTask {
+    pub model_dir: PathBuf,
+    pub csv: PathBuf,
+}
+
+/// Writes `dir/model/` (tiny BERT, 2 layers, hidden 32) and `dir/data.csv` with `rows`
+/// balanced rows (`text,label`, labels `neg`/`pos`).
+pub fn write_toy_task(dir: &Path, rows: usize, seed: u64) -> anyhow::Result<ToyTask> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut texts = Vec::with_capacity(rows);
+    let mut csv = String::from("text,label\n");
+    for i in 0..rows {
+        let pos = i % 2 == 0;
+        let words = if pos { POSITIVE } else { NEGATIVE };
+        let n = rng.random_range(3..8);
+        let at = rng.random_range(0..=n);
+        let mut s = Vec::with_capacity(n + 1);
+        for j in 0..=n {
+            if j == at {
+                s.push(words[rng.random_range(0..words.len())]);
+            } else {
+                s.push(FILLER[rng.random_range(0..FILLER.len())]);
+            }
+        }
+        let text = s.join(" ");
+        writeln!(csv, "{text},{}", if pos { "pos" } else { "neg" })?;
+        texts.push(text);
+    }
+    std::fs::create_dir_all(dir)?;
+    let csv_path = dir.join("data.csv");
+    std::fs::write(&csv_path, csv)?;
+    let model_dir = dir.join("model");
+    write_tiny_bert(&model_dir, &texts, 2, 32, seed)?;
+    Ok(ToyTask { model_dir, csv: csv_path })
+}

@@ -1,0 +1,588 @@
+//! The training loop of one fine-tuning trial: data → tokenizer → model → epochs of
+//! seeded-shuffled batches (micro-batches accumulated) → loss → backward → clipped optimizer
+//! step on the schedule; evaluation on the valid split after every epoch (and every
+//! `eval_steps`), early stopping, NaN/inf detection, checkpoints of the best weights with
+//! everything needed to resume, and a cooperative stop flag checked between batches.
+//!
+//! Everything the trial learns goes to a [`Reporter`] (the worker prints it as JSON lines),
+//! so the loop runs the same in a worker process and in tests.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, D};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use super::checkpoint::{self, CheckpointError, EvalRecord, TrainerState};
+use super::data::{self, batch_indices, collate, epoch_seed, DataError, DataSection, Encoded, Problem, TextEncoder};
+use super::loss::Loss;
+use super::metrics::{self, diagnose_fit, EpochRecord, Metrics};
+use super::model::{BertClassifier, ModelError, ModelOptions};
+use super::optim::{lr_factor, warmup_steps, OptimConfig, OptimError, Optimizer};
+use super::spec::{ClassWeights, KeepCheckpoints, TrainSpec};
+use crate::scheduler::{CancelToken, Decision, Progress, Reporter};
+use crate::trial::Direction;
+
+/// Seconds between progress reports.
+const PROGRESS_EVERY_S: f64 = 2.0;
+/// Rows per evaluation batch (sorted by length, so little padding).
+const EVAL_BATCH: usize = 64;
+
+/// Everything a worker needs to train one trial.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainJob {
+    pub trial: u64,
+    /// The pretrained Hugging Face folder (already resolved from `[model]`).
+    pub model_dir: PathBuf,
+    /// `[data]` with paths resolved.
+    pub data: DataSection,
+    pub spec: TrainSpec,
+    /// The study metric (`accuracy`, `f1_macro`, `loss`, ...).
+    pub metric: String,
+    pub direction: Direction,
+    /// `cpu`, `cuda` or `cuda:k`.
+    pub device: String,
+    /// The trial's folder for checkpoints.
+    pub artifacts_dir: PathBuf,
+    /// A folder holding an earlier attempt's checkpoints to continue from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_from: Option<PathBuf>,
+}
+
+/// Evaluate a kept checkpoint once on the test split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestJob {
+    pub checkpoint: PathBuf,
+    pub data: DataSection,
+    pub device: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("tensor error: {0}")]
+    Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Optim(#[from] OptimError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("{what} at epoch {epoch} step {step} (learning_rate={lr:e})")]
+    /// `lr` is the configured (peak) learning rate.
+    NonFinite { what: &'static str, epoch: usize, step: u64, lr: f64 },
+    #[error("metrics: {0}")]
+    Metrics(#[from] metrics::MetricsError),
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// How a run ended without error.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Finish {
+    /// The study metric at the best evaluation, with that evaluation's metrics.
+    Complete { value: f64, metrics: Map<String, Value> },
+    /// Stopped on request (stop flag, or the reporter said prune) after `step`.
+    Stopped { step: i64, pruned: bool },
+}
+
+/// `cpu`, `cuda`, `cuda:k`.
+pub fn parse_device(s: &str) -> Result<Device, TrainError> {
+    let s = s.trim();
+    if s == "cpu" {
+        return Ok(Device::Cpu);
+    }
+    let ordinal = match s.strip_prefix("cuda") {
+        Some("") => 0,
+        Some(rest) => rest
+            .strip_prefix(':')
+            .and_then(|k| k.parse::<usize>().ok())
+            .ok_or_else(|| TrainError::Setup(format!("device `{s}`: expected cpu, cuda or cuda:K")))?,
+        None => return Err(TrainError::Setup(format!("device `{s}`: expected cpu, cuda or cuda:K"))),
+    };
+    Device::new_cuda(ordinal).map_err(|e| TrainError::Setup(format!("device `{s}`: {e}")))
+}
+
+fn mix(a: u64, b: u64) -> u64 {
+    epoch_seed(a, b as usize)
+}
+
+/// Predictions of the model on one split.
+pub struct Predictions {
+    /// Per row (in split order): class probabilities, or the single regression output.
+    pub outputs: Vec<Vec<f32>>,
+    /// Class ids (classification) or targets (regression), as f32.
+    pub targets: Vec<f32>,
+    /// Mean loss (plain cross-entropy, or MSE).
+    pub loss: f64,
+}
+
+/// Runs `model` over `rows` in evaluation mode (no dropout).
+pub fn predict(model: &BertClassifier, rows: &[Encoded], problem: Problem, pad_id: u32, device: &Device) -> Result<Predictions, TrainError> {
+    let lengths: Vec<usize> = rows.iter().map(Encoded::len).collect();
+    let plan = batch_indices(&lengths, EVAL_BATCH, None, true);
+    let k = model.num_labels();
+    let mut outputs = vec![Vec::new(); rows.len()];
+    let mut targets = vec![0f32; rows.len()];
+    let loss_fn = match problem {
+        Problem::Classification => Loss::CrossEntropy { label_smoothing: 0.0, weights: None },
+        Problem::Regression => Loss::Mse,
+    };
+    let mut loss_sum = 0.0;
+    for idx in &plan {
+        let b = collate(rows, idx, pad_id, device)?;
+        let logits = model.forward(&b.input_ids, &b.attention_mask, Some(&b.token_type_ids), false)?.detach();
+        loss_sum += loss_fn.compute(&logits, &b.labels)?.to_scalar::<f32>()? as f64 * idx.len() as f64;
+        let out = match problem {
+            Problem::Classification => candle_nn::ops::softmax(&logits, D::Minus1)?,
+            Problem::Regression => logits,
+        };
+        let out: Vec<Vec<f32>> = out.to_dtype(DType::F32)?.to_vec2()?;
+        let y: Vec<f32> = b.labels.to_dtype(DType::F32)?.to_vec1()?;
+        for ((&i, o), y) in idx.iter().zip(out).zip(y) {
+            debug_assert_eq!(o.len(), k);
+            outputs[i] = o;
+            targets[i] = y;
+        }
+    }
+    let n = rows.len().max(1) as f64;
+    Ok(Predictions { outputs, targets, loss: loss_sum / n })
+}
+
+/// The valid (or test) metrics of `p`, keyed by the study-metric names (scikit-learn
+/// definitions, see `trainer::metrics`), and the confusion matrix for classification.
+pub fn metrics_of(p: &Predictions, problem: Problem, num_labels: usize) -> Result<(Map<String, Value>, Option<Vec<Vec<u64>>>), TrainError> {
+    let (map, cm) = match problem {
+        Problem::Classification => {
+            let flat: Vec<f32> = p.outputs.iter().flatten().copied().collect();
+            let y: Vec<u32> = p.targets.iter().map(|&t| t as u32).collect();
+            let m = metrics::classification_metrics(&flat, num_labels, &y)?;
+            let cm = m.confusion_matrix.clone();
+            (Metrics::Classification(m).to_map(), Some(cm))
+        }
+        Problem::Regression => {
+            let pred: Vec<f32> = p.outputs.iter().map(|o| o.first().copied().unwrap_or(f32::NAN)).collect();
+            (Metrics::Regression(metrics::regression_metrics(&pred, &p.targets)?).to_map(), None)
+        }
+    };
+    Ok((map.into_iter().map(|(k, v)| (k, num(v))).collect(), cm))
+}
+
+fn num(x: f64) -> Value {
+    serde_json::Number::from_f64(x).map(Value::Number).unwrap_or(Value::Null)
+}
+
+/// Trains one trial. Errors are the trial's failure reason.
+pub fn train(job: &TrainJob, reporter: &mut dyn Reporter, stop: &CancelToken) -> Result<Finish, TrainError> {
+    let spec = &job.spec;
+    spec.validate().map_err(|e| TrainError::Setup(e.to_string()))?;
+    let device = parse_device(&job.device)?;
+    let t_setup = Instant::now();
+
+    let dataset = data::load_dataset(&job.data)?;
+    if dataset.train.is_empty() || dataset.valid.is_empty() {
+        return Err(TrainError::Setup(format!(
+            "the train and valid splits need rows (train {}, valid {})",
+            dataset.train.len(),
+            dataset.valid.len()
+        )));
+    }
+    let problem = dataset.problem;
+    let num_labels = dataset.num_labels();
+    let encoder = TextEncoder::from_model_dir(&job.model_dir, spec.max_length)?;
+    let pad = encoder.pad_id();
+    let train_rows = encoder.encode(&dataset.train)?;
+    let valid_rows = encoder.encode(&dataset.valid)?;
+
+    let opts = ModelOptions {
+        num_labels,
+        dropout: spec.dropout,
+        freeze_layers: spec.freeze_layers,
+        freeze_embeddings: spec.freeze_embeddings,
+        seed: spec.seed,
+    };
+    let model = BertClassifier::load(&job.model_dir, &opts, &device)?;
+    let trainable = model.trainable_vars();
+    let n_trainable: usize = trainable.iter().map(|(_, v)| v.elem_count()).sum();
+    let mut opt = Optimizer::new(trainable, OptimConfig::new(spec.optimizer, spec.weight_decay, spec.momentum))?;
+
+    let loss_fn = match problem {
+        Problem::Regression => Loss::Mse,
+        Problem::Classification => {
+            let w = match spec.class_weights {
+                ClassWeights::Balanced => Some(dataset.balanced_class_weights()),
+                ClassWeights::None => None,
+            };
+            Loss::cross_entropy(spec.label_smoothing, w.as_deref(), &device)?
+        }
+    };
+
+    let steps_per_epoch = spec.steps_per_epoch(train_rows.len());
+    let total_steps = steps_per_epoch * spec.epochs;
+    let warmup = warmup_steps(spec.warmup_ratio, total_steps);
+    let labels: Vec<String> = dataset.labels.id2label.clone();
+    let chance = dataset.chance_level(&dataset.train);
+
+    let mut state = TrainerState {
+        spec: spec.clone(),
+        metric: job.metric.clone(),
+        direction: job.direction,
+        labels: labels.clone(),
+        num_labels,
+        epoch: 0,
+        batch_in_epoch: 0,
+        global_step: 0,
+        steps_per_epoch,
+        history: Vec::new(),
+        best: None,
+        best_checkpoint: None,
+        evals_without_improvement: 0,
+        epoch_loss_sum: 0.0,
+        epoch_rows: 0,
+        epoch_correct: 0,
+    };
+
+    // Resume from the latest checkpoint of an earlier attempt.
+    let mut trial_facts = Map::new();
+    if let Some(from) = &job.resume_from {
+        if let Some((dir, saved)) = checkpoint::latest(from) {
+            if !same_run(&saved.spec, spec) || saved.labels != labels {
+                return Err(TrainError::Setup(format!(
+                    "cannot resume from {}: it was trained with other options or labels",
+                    dir.display()
+                )));
+            }
+            let weights = candle_core::safetensors::load(dir.join(checkpoint::WEIGHTS), &device)?;
+            for (name, var) in model.all_vars() {
+                let t = weights
+                    .get(&name)
+                    .ok_or_else(|| TrainError::Setup(format!("cannot resume from {}: `{name}` is missing", dir.display())))?;
+                var.set(t)?;
+            }
+            opt.load(&dir.join(checkpoint::OPTIMIZER_STATE))?;
+            state = saved;
+            tracing::info!("resuming from {} at step {}", dir.display(), state.global_step);
+            trial_facts.insert("resumed_from_step".into(), json!(state.global_step));
+            if let Some(best) = &state.best_checkpoint {
+                if best.is_dir() {
+                    reporter.checkpoint(best);
+                }
+            }
+        }
+    }
+
+    trial_facts.insert("trainable_params".into(), json!(n_trainable));
+    trial_facts.insert("total_params".into(), json!(model.all_vars().iter().map(|(_, v)| v.elem_count()).sum::<usize>()));
+    trial_facts.insert("labels".into(), json!(labels));
+    trial_facts.insert("cleaning".into(), serde_json::to_value(&dataset.report).unwrap_or(Value::Null));
+    trial_facts.insert(
+        "rows".into(),
+        json!({"train": dataset.train.len(), "valid": dataset.valid.len(), "test": dataset.test.len()}),
+    );
+    trial_facts.insert("setup_s".into(), num(t_setup.elapsed().as_secs_f64()));
+    reporter.metrics(&trial_facts);
+
+    let ctx = Ctx { job, spec, model: &model, device: &device, valid_rows: &valid_rows, problem, num_labels, pad };
+    let t_train = Instant::now();
+    let mut trained_rows = 0usize;
+    let mut last_progress = Instant::now();
+    let mut epoch_start = Instant::now();
+    let mut epoch_rows_timed = 0usize;
+
+    while state.epoch < spec.epochs {
+        let epoch = state.epoch;
+        // This epoch's rows: augmented copies (seeded by seed and epoch) or the originals.
+        let augmented;
+        let rows: &[Encoded] = if spec.augment_prob > 0.0 {
+            let ex = data::augment_examples(&dataset.train, spec.augment_prob, spec.seed, epoch);
+            augmented = encoder.encode(&ex)?;
+            &augmented
+        } else {
+            &train_rows
+        };
+        let lengths: Vec<usize> = rows.iter().map(Encoded::len).collect();
+        let plan = batch_indices(&lengths, spec.batch_size, Some(epoch_seed(spec.seed, epoch)), spec.length_bucketing);
+        if state.batch_in_epoch == 0 {
+            state.epoch_loss_sum = 0.0;
+            state.epoch_rows = 0;
+            state.epoch_correct = 0;
+        }
+        for (bi, idx) in plan.iter().enumerate().skip(state.batch_in_epoch) {
+            if stop.is_cancelled() {
+                return Ok(Finish::Stopped { step: state.history.last().map_or(0, |r| r.step), pruned: false });
+            }
+            let lr = spec.learning_rate * lr_factor(spec.scheduler, state.global_step as usize, warmup, total_steps);
+            model.reseed_dropout(mix(spec.seed, state.global_step));
+            let mut grads = opt.grads();
+            for micro in idx.chunks(spec.micro_batch_size) {
+                let b = collate(rows, micro, pad, &device)?;
+                let logits = model.forward(&b.input_ids, &b.attention_mask, Some(&b.token_type_ids), true)?;
+                let loss = loss_fn.compute(&logits, &b.labels)?;
+                let l = loss.to_scalar::<f32>()? as f64;
+                if !l.is_finite() {
+                    return Err(TrainError::NonFinite { what: if l.is_nan() { "NaN loss" } else { "infinite loss" }, epoch: epoch + 1, step: state.global_step + 1, lr: spec.learning_rate });
+                }
+                if problem == Problem::Classification {
+                    let correct = logits.detach().argmax(D::Minus1)?.eq(&b.labels)?.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?;
+                    state.epoch_correct += correct as usize;
+                }
+                state.epoch_loss_sum += l * micro.len() as f64;
+                state.epoch_rows += micro.len();
+                let scaled = if micro.len() == idx.len() { loss } else { (loss * (micro.len() as f64 / idx.len() as f64))? };
+                let g = model.backward(&scaled)?;
+                opt.accumulate(&mut grads, g)?;
+            }
+            let info = opt.step(&grads, lr, spec.max_grad_norm)?;
+            drop(grads);
+            if !info.grad_norm.is_finite() {
+                return Err(TrainError::NonFinite { what: "non-finite gradient", epoch: epoch + 1, step: state.global_step + 1, lr: spec.learning_rate });
+            }
+            state.global_step += 1;
+            state.batch_in_epoch = bi + 1;
+            trained_rows += idx.len();
+            epoch_rows_timed += idx.len();
+            if last_progress.elapsed().as_secs_f64() >= PROGRESS_EVERY_S {
+                last_progress = Instant::now();
+                reporter.progress(&Progress {
+                    epoch: Some(epoch as f64 + state.batch_in_epoch as f64 / plan.len() as f64),
+                    step: Some(state.global_step),
+                    total_steps: Some(total_steps as u64),
+                    samples_per_s: Some(epoch_rows_timed as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9)),
+                    loss: Some(state.epoch_loss_sum / state.epoch_rows.max(1) as f64),
+                    gpu_memory_mb: None,
+                });
+            }
+            let at_epoch_end = bi + 1 == plan.len();
+            let eval_now = spec.eval_steps.is_some_and(|k| state.global_step % k as u64 == 0) || at_epoch_end;
+            if eval_now {
+                if at_epoch_end {
+                    state.epoch += 1;
+                    state.batch_in_epoch = 0;
+                }
+                let step = if spec.eval_steps.is_some() { state.global_step as i64 } else { state.epoch as i64 };
+                let frac_epoch = if at_epoch_end { state.epoch as f64 } else { epoch as f64 + state.batch_in_epoch as f64 / plan.len() as f64 };
+                let train_secs = epoch_start.elapsed().as_secs_f64();
+                match ctx.evaluate(&mut state, &mut opt, step, frac_epoch, lr, reporter)? {
+                    After::Continue => {}
+                    After::EarlyStop => {
+                        tracing::info!("early stopping after step {step}");
+                        trial_facts.insert("stopped_early".into(), json!(true));
+                        state.epoch = spec.epochs;
+                        break;
+                    }
+                    After::Prune => return Ok(Finish::Stopped { step, pruned: true }),
+                }
+                if at_epoch_end {
+                    let sps = epoch_rows_timed as f64 / train_secs.max(1e-9);
+                    reporter.progress(&Progress {
+                        epoch: Some(state.epoch as f64),
+                        step: Some(state.global_step),
+                        total_steps: Some(total_steps as u64),
+                        samples_per_s: Some(sps),
+                        loss: state.history.last().and_then(|r| r.metrics.get("train_loss")).and_then(Value::as_f64),
+                        gpu_memory_mb: None,
+                    });
+                    epoch_start = Instant::now();
+                    epoch_rows_timed = 0;
+                }
+            }
+        }
+    }
+
+    let best = state.best.clone().ok_or_else(|| TrainError::Setup("no evaluation was made".into()))?;
+    // The resume-only checkpoint is not needed once the run is complete.
+    let _ = std::fs::remove_dir_all(job.artifacts_dir.join("last"));
+    if spec.keep_checkpoints == KeepCheckpoints::All {
+        if let Some(b) = &state.best_checkpoint {
+            reporter.checkpoint(b);
+        }
+    }
+    let train_s = t_train.elapsed().as_secs_f64();
+    let mut facts = Map::new();
+    facts.insert("best_step".into(), json!(best.step));
+    facts.insert("best_epoch".into(), num(best.epoch));
+    facts.insert("epochs_run".into(), num(state.history.last().map_or(0.0, |r| r.epoch)));
+    facts.insert("train_s".into(), num(train_s));
+    facts.insert("samples_per_s".into(), num(trained_rows as f64 / train_s.max(1e-9)));
+    if let Some(b) = &state.best_checkpoint {
+        facts.insert("best_checkpoint".into(), json!(b));
+    }
+    facts.insert("fit".into(), json!(diagnose(&state.history, chance, problem)));
+    facts.insert(
+        "history".into(),
+        Value::Array(state.history.iter().map(|r| json!({"step": r.step, "epoch": r.epoch, "value": num(r.value), "metrics": r.metrics})).collect()),
+    );
+    if let Some(v) = trial_facts.get("stopped_early") {
+        facts.insert("stopped_early".into(), v.clone());
+    }
+    reporter.metrics(&facts);
+    Ok(Finish::Complete { value: best.value, metrics: best.metrics })
+}
+
+/// Whether two specs train the same run: everything but how it is executed
+/// (`micro_batch_size`, `threads`, `keep_checkpoints`) must match to resume.
+fn same_run(a: &TrainSpec, b: &TrainSpec) -> bool {
+    let norm = |s: &TrainSpec| TrainSpec { micro_batch_size: 1, threads: None, keep_checkpoints: KeepCheckpoints::Best, ..s.clone() };
+    norm(a) == norm(b)
+}
+
+enum After {
+    Continue,
+    EarlyStop,
+    Prune,
+}
+
+struct Ctx<'a> {
+    job: &'a TrainJob,
+    spec: &'a TrainSpec,
+    model: &'a BertClassifier,
+    device: &'a Device,
+    valid_rows: &'a [Encoded],
+    problem: Problem,
+    num_labels: usize,
+    pad: u32,
+}
+
+impl Ctx<'_> {
+    /// Evaluates on the valid split, records, reports, checkpoints.
+    #[allow(clippy::too_many_arguments)]
+    fn evaluate(
+        &self,
+        state: &mut TrainerState,
+        opt: &mut Optimizer,
+        step: i64,
+        epoch: f64,
+        lr: f64,
+        reporter: &mut dyn Reporter,
+    ) -> Result<After, TrainError> {
+        let p = predict(self.model, self.valid_rows, self.problem, self.pad, self.device)?;
+        if !p.loss.is_finite() || p.outputs.iter().flatten().any(|x| !x.is_finite()) {
+            let what = if p.loss.is_nan() || p.outputs.iter().flatten().any(|x| x.is_nan()) { "NaN valid loss" } else { "infinite valid loss" };
+            let epoch = epoch.ceil().max(1.0) as usize;
+            return Err(TrainError::NonFinite { what, epoch, step: state.global_step, lr: self.spec.learning_rate });
+        }
+        let (mut metrics, _) = metrics_of(&p, self.problem, self.num_labels)?;
+        let value = metrics.get(&self.job.metric).and_then(Value::as_f64).ok_or_else(|| {
+            TrainError::Setup(format!(
+                "the study metric `{}` is not computed for this problem (available: {})",
+                self.job.metric,
+                metrics.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))
+        })?;
+        let train_loss = state.epoch_loss_sum / state.epoch_rows.max(1) as f64;
+        metrics.insert("train_loss".into(), num(train_loss));
+        if self.problem == Problem::Classification {
+            metrics.insert("train_accuracy".into(), num(state.epoch_correct as f64 / state.epoch_rows.max(1) as f64));
+        }
+        metrics.insert("epoch".into(), num(epoch));
+        metrics.insert("learning_rate".into(), num(lr));
+        let rec = EvalRecord { step, epoch, global_step: state.global_step, value, metrics: metrics.clone() };
+        let improved = match &state.best {
+            None => value.is_finite(),
+            Some(b) => self.job.direction.is_better(value, b.value),
+        };
+        state.history.push(rec.clone());
+        if improved {
+            state.best = Some(rec);
+            state.evals_without_improvement = 0;
+        } else {
+            state.evals_without_improvement += 1;
+        }
+
+        let decision = reporter.intermediate(step, value, &metrics);
+
+        // Checkpoints.
+        let keep = self.spec.keep_checkpoints;
+        if keep != KeepCheckpoints::None {
+            let arts = &self.job.artifacts_dir;
+            let name = if improved || keep == KeepCheckpoints::All { format!("checkpoint-{step}") } else { "last".to_string() };
+            let dest = arts.join(&name);
+            let previous_best = state.best_checkpoint.clone();
+            if improved {
+                state.best_checkpoint = Some(dest.clone());
+            }
+            let model = self.model;
+            let write = |dir: &Path| -> Result<(), String> {
+                model.save_pretrained(dir).map_err(|e| e.to_string())?;
+                opt.save(&dir.join(checkpoint::OPTIMIZER_STATE)).map_err(|e| e.to_string())
+            };
+            checkpoint::write_atomic(&dest, &self.job.model_dir, state, write)?;
+            if name != "last" {
+                let _ = std::fs::remove_dir_all(arts.join("last"));
+                if improved && keep == KeepCheckpoints::Best {
+                    // (a best kept by a resumed-from attempt in another folder stays)
+                    if let Some(prev) = previous_best.filter(|p| *p != dest && p.starts_with(arts)) {
+                        let _ = std::fs::remove_dir_all(prev);
+                    }
+                }
+                if improved {
+                    reporter.checkpoint(&dest);
+                }
+            }
+        }
+        if decision == Decision::Prune {
+            return Ok(After::Prune);
+        }
+        if let Some(patience) = self.spec.early_stopping_patience {
+            if patience > 0 && state.evals_without_improvement >= patience {
+                return Ok(After::EarlyStop);
+            }
+        }
+        Ok(After::Continue)
+    }
+}
+
+/// Over/under-fitting from the evaluation history (`trainer::metrics::fit` rules).
+pub fn diagnose(history: &[EvalRecord], chance: f64, problem: Problem) -> String {
+    let get = |r: &EvalRecord, k: &str| r.metrics.get(k).and_then(Value::as_f64);
+    let recs: Vec<EpochRecord> = history
+        .iter()
+        .map(|r| EpochRecord {
+            train_loss: get(r, "train_loss").unwrap_or(f64::NAN),
+            valid_loss: get(r, "loss").unwrap_or(f64::NAN),
+            train_accuracy: get(r, "train_accuracy"),
+            valid_accuracy: get(r, "accuracy"),
+            valid_metric: r.value,
+        })
+        .collect();
+    let chance = if problem == Problem::Classification { chance } else { 0.0 };
+    diagnose_fit(&recs, chance).to_string()
+}
+
+/// Evaluates a kept checkpoint once on the test split of `job.data`: the metrics and the
+/// confusion matrix (`[[..]]`, rows = true class, columns = predicted).
+pub fn evaluate_test(job: &TestJob) -> Result<Map<String, Value>, TrainError> {
+    let device = parse_device(&job.device)?;
+    let state = checkpoint::read_state(&job.checkpoint)?;
+    let dataset = data::load_dataset(&job.data)?;
+    if dataset.test.is_empty() {
+        return Err(TrainError::Setup("the data has no test split (set `test_path` or a third `split` fraction)".into()));
+    }
+    if dataset.labels.id2label != state.labels {
+        return Err(TrainError::Setup(format!(
+            "the checkpoint was trained on labels {:?}, the data has {:?}",
+            state.labels, dataset.labels.id2label
+        )));
+    }
+    let encoder = TextEncoder::from_model_dir(&job.checkpoint, state.spec.max_length)?;
+    let rows = encoder.encode(&dataset.test)?;
+    let opts = ModelOptions { num_labels: state.num_labels, dropout: None, freeze_layers: 0, freeze_embeddings: false, seed: 0 };
+    let model = BertClassifier::load(&job.checkpoint, &opts, &device)?;
+    let p = predict(&model, &rows, dataset.problem, encoder.pad_id(), &device)?;
+    let (mut m, cm) = metrics_of(&p, dataset.problem, state.num_labels)?;
+    if let Some(cm) = cm {
+        m.insert("confusion_matrix".into(), json!(cm));
+        m.insert("labels".into(), json!(state.labels));
+    }
+    m.insert("rows".into(), json!(rows.len()));
+    Ok(m)
+}
+
+
+#[cfg(test)]
+#[path = "train_tests.rs"]
+mod tests;

@@ -1,0 +1,211 @@
+//! Tests of the training loop on the toy task (tiny BERT, separable sentences).
+
+use super::*;
+use crate::trainer::spec::TrainSpec;
+use crate::trainer::toy::{write_toy_task, ToyTask};
+
+#[derive(Default)]
+struct Collect {
+    evals: Vec<(i64, f64, Map<String, Value>)>,
+    facts: Map<String, Value>,
+    checkpoints: Vec<PathBuf>,
+    progress: usize,
+    /// Trip this token after that many evaluations.
+    stop_after: Option<(usize, CancelToken)>,
+}
+
+impl Reporter for Collect {
+    fn intermediate(&mut self, step: i64, value: f64, metrics: &Map<String, Value>) -> Decision {
+        self.evals.push((step, value, metrics.clone()));
+        if let Some((n, tok)) = &self.stop_after {
+            if self.evals.len() >= *n {
+                tok.cancel();
+            }
+        }
+        Decision::Continue
+    }
+    fn metrics(&mut self, m: &Map<String, Value>) {
+        self.facts.extend(m.clone());
+    }
+    fn progress(&mut self, _: &Progress) {
+        self.progress += 1;
+    }
+    fn checkpoint(&mut self, p: &Path) {
+        self.checkpoints.push(p.to_path_buf());
+    }
+}
+
+fn job(toy: &ToyTask, arts: &Path, spec: TrainSpec) -> TrainJob {
+    let mut data = DataSection::new(&toy.csv);
+    data.split = vec![0.7, 0.3];
+    TrainJob {
+        trial: 0,
+        model_dir: toy.model_dir.clone(),
+        data,
+        spec,
+        metric: "accuracy".into(),
+        direction: Direction::Maximize,
+        device: "cpu".into(),
+        artifacts_dir: arts.to_path_buf(),
+        resume_from: None,
+    }
+}
+
+fn spec(epochs: usize, lr: f64) -> TrainSpec {
+    TrainSpec { epochs, learning_rate: lr, batch_size: 16, micro_batch_size: 16, max_length: 16, dropout: Some(0.0), ..TrainSpec::default() }
+}
+
+fn f(m: &Map<String, Value>, k: &str) -> f64 {
+    m.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN)
+}
+
+#[test]
+fn loss_falls_and_the_toy_task_is_learned() {
+    let tmp = tempfile::tempdir().unwrap();
+    let toy = write_toy_task(tmp.path(), 160, 1).unwrap();
+    let mut sp = spec(6, 3e-3);
+    sp.batch_size = 8;
+    sp.micro_batch_size = 8;
+    let j = job(&toy, &tmp.path().join("arts"), sp);
+    let mut rep = Collect::default();
+    let fin = train(&j, &mut rep, &CancelToken::new()).unwrap();
+    let Finish::Complete { value, metrics } = fin else { panic!("not complete: {fin:?}") };
+    assert_eq!(rep.evals.len(), 6, "one evaluation per epoch");
+    assert_eq!(rep.evals.iter().map(|e| e.0).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5, 6]);
+    let first = f(&rep.evals[0].2, "train_loss");
+    let last = f(&rep.evals[5].2, "train_loss");
+    assert!(last < 0.5 * first, "train loss {first} → {last}");
+    assert!(value >= 0.9, "valid accuracy {value}");
+    for k in ["loss", "accuracy", "f1_macro", "roc_auc", "train_loss"] {
+        assert!(metrics.contains_key(k), "missing {k} in {metrics:?}");
+    }
+    assert_eq!(rep.facts.get("labels"), Some(&json!(["neg", "pos"])));
+    assert!(rep.facts.contains_key("fit") && rep.facts.contains_key("best_epoch"));
+    // exactly one kept checkpoint (the best), complete, no temp folders or `last` left
+    let best = rep.checkpoints.last().unwrap().clone();
+    assert!(best.join("model.safetensors").is_file() && best.join("optimizer.safetensors").is_file());
+    let names: Vec<String> = std::fs::read_dir(tmp.path().join("arts")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+}
+
+#[test]
+fn nan_loss_fails_the_trial_with_a_clear_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let toy = write_toy_task(tmp.path(), 64, 2).unwrap();
+    // weight decay 0.01 (a usual setting): p *= 1 - lr·wd = -9999 each step overflows f32
+    let mut sp = spec(3, 1e6);
+    sp.weight_decay = 0.01;
+    let j = job(&toy, &tmp.path().join("arts"), sp);
+    let err = train(&j, &mut Collect::default(), &CancelToken::new()).unwrap_err();
+    assert!(matches!(err, TrainError::NonFinite { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("learning_rate=1e6") && msg.contains("epoch 1"), "{msg}");
+}
+
+/// The kept checkpoint reloads (config, weights, tokenizer from the folder alone) to the
+/// same predictions: its valid loss equals the one recorded at the best epoch.
+#[test]
+fn checkpoint_reloads_to_the_same_predictions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let toy = write_toy_task(tmp.path(), 96, 3).unwrap();
+    let j = job(&toy, &tmp.path().join("arts"), spec(2, 3e-3));
+    let mut rep = Collect::default();
+    let Finish::Complete { metrics, .. } = train(&j, &mut rep, &CancelToken::new()).unwrap() else { panic!() };
+    let ckpt = rep.checkpoints.last().unwrap();
+    let state = checkpoint::read_state(ckpt).unwrap();
+    let ds = data::load_dataset(&j.data).unwrap();
+    let enc = TextEncoder::from_model_dir(ckpt, state.spec.max_length).unwrap();
+    let rows = enc.encode(&ds.valid).unwrap();
+    let opts = ModelOptions { num_labels: 2, ..ModelOptions::default() };
+    let model = BertClassifier::load(ckpt, &opts, &Device::Cpu).unwrap();
+    let p = predict(&model, &rows, Problem::Classification, enc.pad_id(), &Device::Cpu).unwrap();
+    let (m, _) = metrics_of(&p, Problem::Classification, 2).unwrap();
+    assert!((f(&m, "loss") - f(&metrics, "loss")).abs() < 1e-6, "{m:?} vs {metrics:?}");
+    // and the test job on that checkpoint gives a confusion matrix over all test rows
+    let mut data = j.data.clone();
+    data.split = vec![0.6, 0.2, 0.2];
+    let t = evaluate_test(&TestJob { checkpoint: ckpt.clone(), data, device: "cpu".into() }).unwrap();
+    let cm: Vec<Vec<u64>> = serde_json::from_value(t["confusion_matrix"].clone()).unwrap();
+    assert_eq!(cm.iter().flatten().sum::<u64>() as usize, t["rows"].as_u64().unwrap() as usize);
+}
+
+/// Stopped after epoch 1 and resumed from its checkpoint, a run ends with the same metrics
+/// as an uninterrupted one (weights, optimizer moments, schedule position and RNG restored).
+#[test]
+fn resume_from_checkpoint_matches_an_uninterrupted_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let toy = write_toy_task(tmp.path(), 96, 4).unwrap();
+    let mut s = spec(3, 2e-3);
+    s.dropout = Some(0.1); // dropout RNG must be restored too
+    s.keep_checkpoints = KeepCheckpoints::All;
+    s.warmup_ratio = 0.2;
+    let full = job(&toy, &tmp.path().join("full"), s.clone());
+    let mut rep_full = Collect::default();
+    train(&full, &mut rep_full, &CancelToken::new()).unwrap();
+
+    let first = job(&toy, &tmp.path().join("a"), s.clone());
+    let tok = CancelToken::new();
+    let mut rep_a = Collect { stop_after: Some((1, tok.clone())), ..Default::default() };
+    let fin = train(&first, &mut rep_a, &tok).unwrap();
+    assert!(matches!(fin, Finish::Stopped { pruned: false, .. }), "{fin:?}");
+    let mut second = job(&toy, &tmp.path().join("b"), s);
+    second.resume_from = Some(tmp.path().join("a"));
+    let mut rep_b = Collect::default();
+    train(&second, &mut rep_b, &CancelToken::new()).unwrap();
+    // 96 rows, split 0.7 → 67 train rows → 5 steps of 16 per epoch; stopped after epoch 1
+    assert_eq!(rep_b.facts.get("resumed_from_step").and_then(Value::as_u64), Some(5));
+    assert_eq!(rep_b.evals.len(), 2, "epochs 2 and 3 only");
+    let (a, b) = (rep_full.evals.last().unwrap(), rep_b.evals.last().unwrap());
+    assert_eq!(a.0, b.0);
+    assert!((f(&a.2, "loss") - f(&b.2, "loss")).abs() < 1e-5, "{} vs {}", f(&a.2, "loss"), f(&b.2, "loss"));
+    assert!((f(&a.2, "train_loss") - f(&b.2, "train_loss")).abs() < 1e-5);
+}
+
+#[test]
+fn micro_batches_accumulate_to_the_full_batch_gradient() {
+    // Same run with micro-batches of 4 and of 16 (dropout off): same result up to float noise.
+    let tmp = tempfile::tempdir().unwrap();
+    let toy = write_toy_task(tmp.path(), 64, 5).unwrap();
+    let run = |micro: usize, dir: &str| {
+        let mut s = spec(1, 1e-3);
+        s.micro_batch_size = micro;
+        s.keep_checkpoints = KeepCheckpoints::None;
+        let mut rep = Collect::default();
+        train(&job(&toy, &tmp.path().join(dir), s), &mut rep, &CancelToken::new()).unwrap();
+        f(&rep.evals[0].2, "loss")
+    };
+    let (a, b) = (run(16, "a"), run(4, "b"));
+    assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+    assert!(!tmp.path().join("a").exists(), "keep_checkpoints = none writes nothing");
+}
+
+
+#[test]
+fn eval_steps_report_global_steps_and_epoch_ends() {
+    let tmp = tempfile::tempdir().unwrap();
+    let toy = write_toy_task(tmp.path(), 96, 6).unwrap();
+    let mut s = spec(2, 1e-3);
+    s.eval_steps = Some(2);
+    s.keep_checkpoints = KeepCheckpoints::None;
+    let mut rep = Collect::default();
+    train(&job(&toy, &tmp.path().join("a"), s), &mut rep, &CancelToken::new()).unwrap();
+    // 67 train rows / 16 = 5 steps per epoch: every 2nd step, plus each epoch's end
+    assert_eq!(rep.evals.iter().map(|e| e.0).collect::<Vec<_>>(), vec![2, 4, 5, 6, 8, 10]);
+    assert_eq!(f(&rep.evals[2].2, "epoch"), 1.0);
+    assert!((f(&rep.evals[0].2, "epoch") - 0.4).abs() < 1e-9);
+}
+
+#[test]
+fn early_stopping_ends_a_run_that_stopped_improving() {
+    let tmp = tempfile::tempdir().unwrap();
+    let toy = write_toy_task(tmp.path(), 64, 7).unwrap();
+    // learning rate so small nothing changes: the metric never improves after epoch 1
+    let mut s = spec(6, 1e-12);
+    s.early_stopping_patience = Some(2);
+    s.keep_checkpoints = KeepCheckpoints::None;
+    let mut rep = Collect::default();
+    let fin = train(&job(&toy, &tmp.path().join("a"), s), &mut rep, &CancelToken::new()).unwrap();
+    assert!(matches!(fin, Finish::Complete { .. }));
+    assert_eq!(rep.evals.len(), 3, "best at 1, then 2 without improvement");
+    assert_eq!(rep.facts.get("stopped_early"), Some(&json!(true)));
+}

@@ -1,0 +1,54 @@
+//! The GP sampler through the binary: end to end, history-determined resume, several workers.
+
+use serde_json::Value;
+
+use crate::util::*;
+
+fn gp_study(n: u64, devices: &str) -> String {
+    format!(
+        "[study]\nname = \"gp\"\ndirection = \"minimize\"\nn_trials = {n}\nseed = 5\nstorage = \"study.db\"\n[space]\nx1 = {{ type = \"float\", low = -5, high = 10 }}\nx2 = {{ type = \"float\", low = 0, high = 15 }}\n[sampler]\nkind = \"gp\"\nn_startup = 5\n[objective]\nkind = \"synthetic\"\nfunction = \"branin\"\n[execution]\ndevices = {devices}\n"
+    )
+}
+
+fn params_by_number(d: &StudyDir) -> Vec<(u64, Value)> {
+    let mut v: Vec<(u64, Value)> = d.trials("s.toml").into_iter().map(|t| (t["number"].as_u64().unwrap(), t["params"].clone())).collect();
+    v.sort_by_key(|x| x.0);
+    v
+}
+
+#[test]
+fn gp_study_finds_branin_and_a_resumed_study_proposes_what_an_uninterrupted_one_would() {
+    let whole = StudyDir::new();
+    whole.write("s.toml", &gp_study(16, "[\"cpu\"]"));
+    let out = whole.run(&["run", "s.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let best = whole.run(&["best", "s.toml", "--format", "json"]);
+    let best: Value = serde_json::from_slice(&best.stdout).unwrap();
+    assert!(best["value"].as_f64().unwrap() < 0.397887 + 0.5, "GP should get near branin's optimum in 16 trials: {best}");
+
+    // The same study stopped after 9 trials and run again.
+    let split = StudyDir::new();
+    split.write("s.toml", &gp_study(16, "[\"cpu\"]"));
+    assert!(split.run(&["run", "s.toml", "--n-trials", "9"]).status.success());
+    assert!(split.run(&["run", "s.toml"]).status.success());
+    assert_eq!(params_by_number(&whole), params_by_number(&split));
+}
+
+#[test]
+fn gp_with_two_workers_never_repeats_a_point() {
+    let d = StudyDir::new();
+    d.python("objective.py", "import json, sys, time\np = json.load(sys.stdin)\ntime.sleep(0.2)\nprint(json.dumps({'value': (p['x'] - 0.3) ** 2 + 0.1 * p['k']}))\n");
+    d.write("s.toml", &command_study("gp2", 14, "[\"cpu\", \"cpu\"]", "").replace("kind = \"random\"", "kind = \"gp\"\nn_startup = 4"));
+    let a = d.spawn(&["run", "s.toml"]);
+    let b = d.spawn(&["run", "s.toml"]);
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(a.status.success(), "{}", stderr(&a));
+    assert!(b.status.success(), "{}", stderr(&b));
+    let trials = d.trials("s.toml");
+    assert_numbers_unique(&trials);
+    assert_eq!(count(&trials, "COMPLETE"), 14);
+    let mut points: Vec<String> = trials.iter().map(|t| t["params"].to_string()).collect();
+    points.sort();
+    points.dedup();
+    assert_eq!(points.len(), 14, "four slots over two processes never received one point twice");
+}
