@@ -44,7 +44,7 @@ impl Drop for TempFolder {
 pub fn run_study_file(path: &Path) -> anyhow::Result<(Vec<TrialRecord>, RunSummary)> {
     let cfg = load_config(path)?;
     let sampler = build_sampler(&cfg)?;
-    let runner = build_runner(&cfg)?;
+    let runner = build_runner(&cfg, true)?;
     let pruner = crate::pruner::from_config(&cfg.pruner);
     let mut store = Store::open(&cfg.storage)?;
     let study = store.create_or_open_study(&StudySpec {

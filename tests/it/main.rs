@@ -3,6 +3,7 @@
 
 mod util;
 
+
 mod config_errors;
 mod faults;
 mod finetune;
@@ -10,4 +11,6 @@ mod gp;
 mod interop;
 mod parallel;
 mod pruning;
+mod report;
 mod study;
+mod worker;
