@@ -15,3 +15,4 @@ pub mod config;
 pub mod cli;
 pub mod scheduler;
 pub mod trainer;
+pub mod export;

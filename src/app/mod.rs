@@ -7,6 +7,8 @@ pub mod bench_train;
 pub mod best;
 pub mod common;
 pub mod enqueue;
+pub mod export;
+pub mod predict;
 pub mod run;
 pub mod status;
 pub mod trials;
@@ -70,5 +72,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::Sampler(args)) => bench_sampler::run(&args),
         Command::Bench(BenchCommand::Train(args)) => bench_train::run(&args),
         Command::Worker(args) => worker::run(&args),
+        Command::Export(args) => export::run(&args, quiet),
+        Command::Predict(args) => predict::run(&args, quiet),
     }
 }
