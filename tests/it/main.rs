@@ -4,6 +4,7 @@
 mod util;
 
 mod config_errors;
+mod export;
 mod faults;
 mod gp;
 mod interop;
