@@ -38,8 +38,9 @@ impl Reporter for Collect {
 }
 
 /// `root/toy.db` with one COMPLETE finetune trial of the toy task.
-fn study(root: &Path) -> PathBuf {
+fn study(root: &Path, model: Option<PathBuf>, epochs: usize) -> PathBuf {
     let toy = write_toy_task(root, 96, 5).unwrap();
+    let model_dir = model.unwrap_or(toy.model_dir.clone());
     let db = root.join("toy.db");
     let mut store = Store::open(&db).unwrap();
     let space = SearchSpace::new(vec![Param {
@@ -63,9 +64,9 @@ fn study(root: &Path) -> PathBuf {
     data.split = vec![0.7, 0.3];
     let job = TrainJob {
         trial: 0,
-        model_dir: toy.model_dir.clone(),
+        model_dir,
         data,
-        spec: TrainSpec { epochs: 3, learning_rate: 3e-3, batch_size: 8, micro_batch_size: 8, max_length: 16, ..TrainSpec::default() },
+        spec: TrainSpec { epochs, learning_rate: 3e-3, batch_size: 8, micro_batch_size: 8, max_length: 16, ..TrainSpec::default() },
         metric: "accuracy".into(),
         direction: Direction::Maximize,
         device: "cpu".into(),
@@ -95,8 +96,20 @@ fn sft(dir: &Path, args: &[&str]) -> std::process::Output {
 #[test]
 fn export_then_predict_then_transformers_parity() {
     let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path();
-    study(root);
+    export_predict_parity(tmp.path(), None, 3);
+}
+
+/// The same with a real model: `SFT_MINILM_DIR=/work/minilm cargo test --test it -- --ignored minilm_export`.
+#[test]
+#[ignore]
+fn minilm_export_parity() {
+    let dir = PathBuf::from(std::env::var("SFT_MINILM_DIR").expect("set SFT_MINILM_DIR"));
+    let tmp = tempfile::tempdir().unwrap();
+    export_predict_parity(tmp.path(), Some(dir), 1);
+}
+
+fn export_predict_parity(root: &Path, model: Option<PathBuf>, epochs: usize) {
+    study(root, model, epochs);
     let out = sft(root, &["export", "toy.db", "--out", "model-out"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let said = String::from_utf8_lossy(&out.stdout);
