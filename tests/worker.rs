@@ -215,3 +215,51 @@ fn runner_from_study_tables_resolves_relative_paths_and_checks_the_metric() {
     let e = FinetuneRunner::from_tables(&model, &data, Some(&t("epoch = 2")), tmp.path(), "accuracy", Direction::Maximize).unwrap_err();
     assert!(e.to_string().contains("[train]") && e.to_string().contains("epoch"), "{e}");
 }
+
+/// `sft-search run` on a finetune study of the toy task: every trial completes through a
+/// worker and `best` knows the value.
+#[test]
+fn a_finetune_study_runs_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_toy_task(tmp.path(), 80, 21).unwrap();
+    let study = tmp.path().join("study.toml");
+    std::fs::write(
+        &study,
+        r#"
+[study]
+name = "toy-finetune"
+direction = "maximize"
+metric = "accuracy"
+n_trials = 2
+seed = 3
+
+[space]
+learning_rate = { type = "float", low = 1e-3, high = 1e-2, log = true }
+
+[sampler]
+kind = "random"
+
+[objective]
+kind = "finetune"
+
+[model]
+path = "model"
+
+[data]
+path = "data.csv"
+split = [0.7, 0.3]
+
+[train]
+epochs = 2
+batch_size = 8
+max_length = 16
+"#,
+    )
+    .unwrap();
+    let out = Command::new(assert_cmd::cargo::cargo_bin("sft-search")).arg("run").arg(&study).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stderr: {err}\nstdout: {}", String::from_utf8_lossy(&out.stdout));
+    let best = Command::new(assert_cmd::cargo::cargo_bin("sft-search")).args(["best", "--format", "json"]).arg(&study).output().unwrap();
+    let v: Value = serde_json::from_slice(&best.stdout).unwrap_or(Value::Null);
+    assert!(v["value"].as_f64().is_some(), "best: {} {}", String::from_utf8_lossy(&best.stdout), String::from_utf8_lossy(&best.stderr));
+}

@@ -1,6 +1,7 @@
 //! `sft-search bench train`: times fine-tuning steps of a BERT checkpoint on random token ids
 //! (seeded), padded to the full length: forward (with the loss), backward, AdamW step (`FusedAdamW`), with
-//! dropout on. Two warm-up steps are not timed. Prints ms per phase, samples/s and peak RSS.
+//! dropout on. Two warm-up steps are not timed. Prints ms per phase, samples/s and peak RSS;
+//! the text output adds the process CPU time per step, a steadier figure on a shared machine.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -16,6 +17,18 @@ use crate::trainer::model::{read_config, BertClassifier, ModelOptions};
 use crate::trainer::perf;
 
 const WARMUP: usize = 2;
+
+/// CPU time of the whole process (all threads), in seconds.
+fn process_cpu_s() -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    if rc == 0 {
+        ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+    } else {
+        f64::NAN
+    }
+}
 
 /// Parses `cpu`, `cuda` or `cuda:K`.
 pub fn parse_device(s: &str) -> anyhow::Result<Device> {
@@ -56,7 +69,11 @@ pub fn run(args: &BenchTrainArgs) -> anyhow::Result<ExitCode> {
         Ok(())
     };
     let mut last_loss = f32::NAN;
+    let mut cpu_start = f64::NAN;
     for step in 0..WARMUP + args.steps {
+        if step == WARMUP {
+            cpu_start = process_cpu_s();
+        }
         let t0 = Instant::now();
         let logits = model.forward(&ids, &mask, None, true)?;
         let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
@@ -82,6 +99,7 @@ pub fn run(args: &BenchTrainArgs) -> anyhow::Result<ExitCode> {
         tracing::debug!(step, loss = last_loss, "bench step");
     }
     let n = args.steps as f64;
+    let cpu_ms = (process_cpu_s() - cpu_start) / n * 1e3;
     let (forward_ms, backward_ms, optimizer_ms) = (fwd / n * 1e3, bwd / n * 1e3, optim / n * 1e3);
     let step_ms = forward_ms + backward_ms + optimizer_ms;
     let samples_per_s = b as f64 / (step_ms / 1e3);
@@ -115,6 +133,7 @@ pub fn run(args: &BenchTrainArgs) -> anyhow::Result<ExitCode> {
                 Some(m) => println!("peak RSS   {m:9.0} MiB"),
                 None => println!("peak RSS   unavailable"),
             }
+            println!("cpu time   {cpu_ms:9.1} ms/step (all threads; compare with step time on a busy machine)");
             println!("last loss  {last_loss:.4}");
         }
     }

@@ -14,6 +14,7 @@ use crate::objective::{CommandRunner, SyntheticRunner};
 use crate::sampler::{GpOptions, GpSampler, GridSampler, RandomSampler, Sampler};
 use crate::scheduler::{run_study, Observer, ProgressDisplay, Silent, StopReason, StopSignal, StudyRun, TrialRunner};
 use crate::storage::{Budget, Store, StudySpec};
+use crate::trainer::runner::FinetuneRunner;
 use crate::trial::{best_trial, TrialState};
 
 /// The sampler a study asks for.
@@ -33,7 +34,15 @@ pub fn build_runner(cfg: &StudyConfig) -> anyhow::Result<Box<dyn TrialRunner>> {
             Box::new(CommandRunner { argv: argv.clone(), cwd: cwd.clone(), trial_timeout: cfg.execution.trial_timeout })
         }
         ObjectiveConfig::Finetune => {
-            return Err(UsageError(format!("{}: objective `finetune` is not available in this build yet", cfg.path.display())).into())
+            let (Some(model), Some(data)) = (&cfg.model, &cfg.data) else {
+                return Err(UsageError(format!("{}: a finetune objective needs `[model]` and `[data]`", cfg.path.display())).into());
+            };
+            let mut r = FinetuneRunner::from_tables(model, data, cfg.train.as_ref(), &cfg.dir, &cfg.metric, cfg.direction)
+                .map_err(|e| UsageError(format!("{}: {e}", cfg.path.display())))?;
+            if cfg.execution.trial_timeout.is_some() {
+                r.idle_timeout = cfg.execution.trial_timeout;
+            }
+            Box::new(r)
         }
     })
 }

@@ -6,7 +6,9 @@
 //! * One thread pool: gemm and our kernels run on rayon's global pool (`RAYON_NUM_THREADS`,
 //!   default one thread per core); candle's own spinning barrier pool for element-wise ops is
 //!   sized to the calling thread only (`CANDLE_NUM_THREADS=1` unless the user set it), because
-//!   two pools spinning on 2 cores take the cores from each other.
+//!   two pools spinning on 2 cores take the cores from each other. Measured on the 2-core dev
+//!   box (busy, so indicative): MiniLM, batch 16, seq 64, 2 threads: 2.5 s/step with our kernels
+//!   on candle's barrier pool beside gemm's rayon pool, 1.0 s with everything on rayon.
 
 /// Applies the settings once; later calls do nothing. Call it at the start of a process that
 /// trains (the `bench train` and `worker` commands do).
@@ -15,7 +17,8 @@ pub fn tune_for_training() {
     ONCE.call_once(|| {
         tune_malloc();
         if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-            // Runs before any candle op creates its pool (the pools read this lazily).
+            // Runs before any candle op creates its pool (the pools read this lazily). Done once,
+            // through std's environment lock, which candle's own reads also take.
             std::env::set_var("CANDLE_NUM_THREADS", "1");
         }
     });

@@ -30,7 +30,7 @@ pub const SPECIAL_TOKENS: [&str; 5] = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MAS
 /// Writes `tokenizer.json`, `vocab.txt`, `config.json` and `model.safetensors` into `dir`.
 /// `hidden` must be a multiple of 4 (4 attention heads).
 pub fn write_tiny_bert(dir: &Path, texts: &[String], layers: usize, hidden: usize, seed: u64) -> anyhow::Result<TinyBert> {
-    anyhow::ensure!(hidden >= 4 && hidden % 4 == 0, "hidden {hidden} must be a positive multiple of 4");
+    anyhow::ensure!(hidden >= 4 && hidden.is_multiple_of(4), "hidden {hidden} must be a positive multiple of 4");
     std::fs::create_dir_all(dir)?;
 
     // Tokenizer.

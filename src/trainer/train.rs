@@ -345,7 +345,7 @@ pub fn train(job: &TrainJob, reporter: &mut dyn Reporter, stop: &CancelToken) ->
             state.batch_in_epoch = bi + 1;
             trained_rows += idx.len();
             epoch_rows_timed += idx.len();
-            if last_progress.elapsed().as_secs_f64() >= PROGRESS_EVERY_S {
+            if bi + 1 < plan.len() && last_progress.elapsed().as_secs_f64() >= PROGRESS_EVERY_S {
                 last_progress = Instant::now();
                 reporter.progress(&Progress {
                     epoch: Some(epoch as f64 + state.batch_in_epoch as f64 / plan.len() as f64),

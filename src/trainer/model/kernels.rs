@@ -69,7 +69,7 @@ const MAGIC: f32 = 12_582_912.0; // 1.5 · 2^23: adding it rounds to an integer 
 /// degree-6 Taylor polynomial for `e^r`; relative error below 3e-7. Vectorises.
 #[inline(always)]
 pub fn exp_f(x: f32) -> f32 {
-    let x = x.max(-87.0).min(88.0);
+    let x = x.clamp(-87.0, 88.0);
     let t = x * std::f32::consts::LOG2_E + MAGIC;
     let n = t - MAGIC;
     let ni = (t.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
@@ -89,7 +89,7 @@ pub fn erf(x: f32) -> f32 {
                 + t * (0.096_784_18
                     + t * (-0.186_288_06
                         + t * (0.278_868_07
-                            + t * (-1.135_203_9 + t * (1.488_515_9 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+                            + t * (-1.135_204 + t * (1.488_515_9 + t * (-0.822_152_2 + t * 0.170_872_77))))))));
     let r = 1.0 - t * exp_f(poly);
     r.copysign(x)
 }

@@ -116,16 +116,20 @@ impl CustomOp2 for MatmulWt {
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let packed = x.apply_op3_no_bwd(w, &grad.contiguous()?, &MatmulWtBwd)?;
-        let n = x.elem_count();
-        let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
+        // An input outside the graph (the first layer after a frozen block) needs no `dx`.
+        let need_dx = x.track_op();
+        let packed = x.apply_op3_no_bwd(w, &grad.contiguous()?, &MatmulWtBwd { need_dx })?;
+        let n = if need_dx { x.elem_count() } else { 0 };
+        let dx = if need_dx { Some(packed.narrow(0, 0, n)?.reshape(x.shape())?) } else { None };
         let dw = packed.narrow(0, n, w.elem_count())?.reshape(w.shape())?;
-        Ok((Some(dx), Some(dw)))
+        Ok((dx, Some(dw)))
     }
 }
 
-/// Packed `[dx = dY W (rows·in), dW = dYᵀ X (out·in)]`.
-struct MatmulWtBwd;
+/// Packed `[dx = dY W (rows·in), dW = dYᵀ X (out·in)]` (`dx` left out unless `need_dx`).
+struct MatmulWtBwd {
+    need_dx: bool,
+}
 
 impl CustomOp3 for MatmulWtBwd {
     fn name(&self) -> &'static str {
@@ -148,14 +152,17 @@ impl CustomOp3 for MatmulWtBwd {
         if dy.len() != rows * out {
             bail!("linear bwd: grad {:?} for {rows} rows x {out}", l3.shape())
         }
-        let mut buf = vec![0f32; rows * inp + out * inp];
-        let (dx, dw) = buf.split_at_mut(rows * inp);
+        let n_dx = if self.need_dx { rows * inp } else { 0 };
+        let mut buf = vec![0f32; n_dx + out * inp];
+        let (dx, dw) = buf.split_at_mut(n_dx);
         // SAFETY: the buffers have the sizes checked above.
         unsafe {
-            mm(rows, inp, out, dx.as_mut_ptr(), inp, dy.as_ptr(), out, 1, w.as_ptr(), inp, 1);
+            if self.need_dx {
+                mm(rows, inp, out, dx.as_mut_ptr(), inp, dy.as_ptr(), out, 1, w.as_ptr(), inp, 1);
+            }
             mm(out, inp, rows, dw.as_mut_ptr(), inp, dy.as_ptr(), 1, out, x.as_ptr(), inp, 1);
         }
-        Ok((CpuStorage::F32(buf), Shape::from(rows * inp + out * inp)))
+        Ok((CpuStorage::F32(buf), Shape::from(n_dx + out * inp)))
     }
 }
 
@@ -187,5 +194,9 @@ mod tests {
         let gb = (&b * &g).unwrap().sum_all().unwrap().backward().unwrap();
         assert!(diff(ga.get(&x).unwrap(), gb.get(&x).unwrap()) < 1e-5);
         assert!(diff(ga.get(&w).unwrap(), gb.get(&w).unwrap()) < 1e-5);
+        // With an input outside the graph only the weight gets a gradient, the same one.
+        let c = matmul_wt(&x.as_tensor().detach(), &w).unwrap();
+        let gc = (&c * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(diff(gc.get(&w).unwrap(), gb.get(&w).unwrap()) < 1e-5);
     }
 }

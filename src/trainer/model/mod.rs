@@ -189,7 +189,7 @@ pub fn read_config(dir: &Path) -> Result<BertConfig, ModelError> {
         .map_err(|e| ModelError::Config { path: path.clone(), reason: e.to_string() })?;
     let config: BertConfig =
         serde_json::from_str(&text).map_err(|e| ModelError::Config { path: path.clone(), reason: e.to_string() })?;
-    if config.num_attention_heads == 0 || config.hidden_size % config.num_attention_heads != 0 {
+    if config.num_attention_heads == 0 || !config.hidden_size.is_multiple_of(config.num_attention_heads) {
         return Err(ModelError::Config {
             path,
             reason: format!(

@@ -627,7 +627,7 @@ impl CustomOp2 for SplitHeadsOp {
         let x = contiguous_f32(s1, l1, "split heads x")?;
         let b = contiguous_f32(s2, l2, "split heads b")?;
         let dims = l1.shape().dims();
-        if dims.len() != 3 || b.len() != dims[2] || dims[2] % self.heads != 0 {
+        if dims.len() != 3 || b.len() != dims[2] || !dims[2].is_multiple_of(self.heads) {
             bail!("split heads: shapes {:?} {:?}", l1.shape(), l2.shape())
         }
         let (bs, s, h) = (dims[0], dims[1], dims[2]);

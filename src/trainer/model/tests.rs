@@ -289,3 +289,58 @@ fn eval_hidden_states_match_candle_transformers_bert() {
     let d = (ours - theirs).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
     assert!(d < 1e-4, "hidden states differ from candle-transformers by {d}");
 }
+
+/// Reference: central finite differences of the loss (f64 arithmetic on f32 losses, dropout
+/// off) for single elements of tensors along the whole chain: embeddings, a LayerNorm, q/k/v
+/// (fused projection), attention output, feed-forward, pooler.
+#[test]
+fn whole_model_gradients_match_finite_differences() {
+    let (dir, vocab) = tiny(2, 16);
+    let opts = ModelOptions { num_labels: 3, dropout: Some(0.0), ..ModelOptions::default() };
+    let model = BertClassifier::load(dir.path(), &opts, &Device::Cpu).unwrap();
+    // Scale the N(0, 0.02) weights up to std ~0.25 (≈ 1/sqrt(hidden)) so gradients are large
+    // enough for f32 finite differences to test anything.
+    for (name, var) in model.all_vars() {
+        if !name.contains("LayerNorm") && !name.ends_with(".bias") {
+            var.set(&(var.as_tensor() * 12.0).unwrap()).unwrap();
+        }
+    }
+    let (ids, mask) = batch(3, 6, vocab, 9);
+    let labels = Tensor::new(&[0u32, 2, 1], &Device::Cpu).unwrap();
+    let loss_of = |m: &BertClassifier| -> f64 {
+        let logits = m.forward(&ids, &mask, None, false).unwrap();
+        candle_nn::loss::cross_entropy(&logits, &labels).unwrap().to_scalar::<f32>().unwrap() as f64
+    };
+    let loss = candle_nn::loss::cross_entropy(&model.forward(&ids, &mask, None, true).unwrap(), &labels).unwrap();
+    let grads = model.backward(&loss).unwrap();
+    let vars: HashMap<String, Var> = model.all_vars().into_iter().collect();
+    let first_id = ids.to_vec2::<u32>().unwrap()[0][1] as usize;
+    let probes = [
+        ("bert.embeddings.word_embeddings.weight", first_id * 16 + 3),
+        ("bert.embeddings.LayerNorm.weight", 5),
+        ("bert.encoder.layer.0.attention.self.query.weight", 17),
+        ("bert.encoder.layer.0.attention.self.key.weight", 21),
+        ("bert.encoder.layer.0.attention.self.value.weight", 40),
+        ("bert.encoder.layer.1.attention.output.dense.weight", 7),
+        ("bert.encoder.layer.1.intermediate.dense.bias", 11),
+        ("bert.encoder.layer.1.output.LayerNorm.bias", 4),
+        ("bert.pooler.dense.weight", 9),
+    ];
+    let h = 5e-3f32;
+    for (name, idx) in probes {
+        let var = &vars[name];
+        let g = grads.get(var).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()[idx] as f64;
+        let orig = var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let eval = |delta: f32| {
+            let mut v = orig.clone();
+            v[idx] += delta;
+            var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap()).unwrap();
+            loss_of(&model)
+        };
+        let fd = (eval(h) - eval(-h)) / (2.0 * h as f64);
+        var.set(&Tensor::from_vec(orig, var.shape(), &Device::Cpu).unwrap()).unwrap();
+        assert!(g.abs() > 1e-4, "{name}[{idx}]: gradient {g:e} too small to test");
+        let tol = 1e-4 + 0.05 * fd.abs().max(g.abs());
+        assert!((fd - g).abs() < tol, "{name}[{idx}]: autograd {g:.6e} vs finite difference {fd:.6e}");
+    }
+}
