@@ -121,6 +121,63 @@ pub enum BenchCommand {
     Sampler(BenchSamplerArgs),
     /// Time of one fine-tuning step (forward, backward, optimizer) and peak memory.
     Train(BenchTrainArgs),
+    /// How busy the device slots stay: a study of sleeping commands, busy fraction and gaps.
+    Scheduler(BenchSchedulerArgs),
+    /// Best value and total compute (steps) with and without a pruner, on a learning curve.
+    Pruning(BenchPruningArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchSchedulerArgs {
+    /// Device slots (fake `cuda:k` devices, so each slot's trials can be told apart).
+    #[arg(long, default_value_t = 4)]
+    pub slots: usize,
+    #[arg(long, default_value_t = 40)]
+    pub trials: u64,
+    /// Shortest and longest trial, in seconds (drawn uniformly per trial).
+    #[arg(long, default_value_t = 0.2)]
+    pub min_time: f64,
+    #[arg(long, default_value_t = 2.0)]
+    pub max_time: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: TextOrJson,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchPruningArgs {
+    /// A synthetic function (sft-like, branin, hartmann6, rosenbrock4).
+    #[arg(long, default_value = "sft-like")]
+    pub function: String,
+    /// Completed-or-pruned trials per study.
+    #[arg(long, default_value_t = 60)]
+    pub trials: u64,
+    /// How many seeds; each runs one study without pruning and one with each pruner.
+    #[arg(long, default_value_t = 5)]
+    pub seeds: u64,
+    /// The first seed (seeds are first..first+N), to check settings on fresh seeds.
+    #[arg(long, default_value_t = 0)]
+    pub first_seed: u64,
+    /// Pruners to compare with `none` (repeat or comma-separate).
+    #[arg(long, value_delimiter = ',', default_value = "asha")]
+    pub pruner: Vec<String>,
+    /// Learning-curve steps (per epoch for sft-like).
+    #[arg(long, default_value_t = 4)]
+    pub steps: u32,
+    /// ASHA/Hyperband: the first rung's step (default: one epoch, i.e. `--steps`).
+    #[arg(long)]
+    pub min_resource: Option<i64>,
+    #[arg(long, default_value_t = 3)]
+    pub reduction_factor: u32,
+    /// Noise sigma on the final value.
+    #[arg(long, default_value_t = 0.0)]
+    pub noise: f64,
+    /// Device slots per study (1 keeps every run reproducible).
+    #[arg(long, default_value_t = 1)]
+    pub slots: usize,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: TextOrJson,
 }
 
 #[derive(Debug, Args)]

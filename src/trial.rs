@@ -125,6 +125,35 @@ pub struct TrialRecord {
     pub checkpoint: Option<String>,
     /// The last live progress a running trial reported (epoch, step, throughput, memory).
     pub progress: Option<serde_json::Value>,
+    /// What the pruner recorded about the trial (rungs reached, bracket, where it stopped).
+    pub pruning: PruningRecord,
+}
+
+/// One rung of successive halving a trial reached: the rung's index, the step at which the
+/// trial crossed it, and its value there.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RungRecord {
+    pub rung: u32,
+    pub step: i64,
+    pub value: f64,
+}
+
+/// What a pruner recorded about one trial (stored as trial user attributes `rungs`,
+/// `bracket` and `pruned_at_step`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PruningRecord {
+    /// The Hyperband bracket the trial was assigned to.
+    pub bracket: Option<u32>,
+    /// The ASHA rungs the trial reached, in order (a pruned trial stopped at the last one).
+    pub rungs: Vec<RungRecord>,
+    /// The step at which the trial was pruned.
+    pub pruned_at_step: Option<i64>,
+}
+
+impl PruningRecord {
+    pub fn is_empty(&self) -> bool {
+        self.bracket.is_none() && self.rungs.is_empty() && self.pruned_at_step.is_none()
+    }
 }
 
 impl TrialRecord {
@@ -145,6 +174,7 @@ impl TrialRecord {
             retry_of: None,
             checkpoint: None,
             progress: None,
+            pruning: PruningRecord::default(),
         }
     }
 

@@ -2,12 +2,15 @@
 //! runners and reports together. One file per subcommand; each converts its arguments and
 //! calls the library. Errors carry context here (anyhow); library layers use thiserror.
 
+pub mod bench_pruning;
 pub mod bench_sampler;
+pub mod bench_scheduler;
 pub mod bench_train;
 pub mod best;
 pub mod common;
 pub mod enqueue;
 pub mod export;
+pub mod finetune;
 pub mod predict;
 pub mod run;
 pub mod status;
@@ -71,6 +74,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Enqueue(args) => enqueue::run(&args, quiet),
         Command::Bench(BenchCommand::Sampler(args)) => bench_sampler::run(&args),
         Command::Bench(BenchCommand::Train(args)) => bench_train::run(&args),
+        Command::Bench(BenchCommand::Scheduler(args)) => bench_scheduler::run(&args),
+        Command::Bench(BenchCommand::Pruning(args)) => bench_pruning::run(&args),
         Command::Worker(args) => worker::run(&args),
         Command::Export(args) => export::run(&args, quiet),
         Command::Predict(args) => predict::run(&args, quiet),

@@ -14,7 +14,6 @@ use crate::objective::{CommandRunner, SyntheticRunner};
 use crate::sampler::{GpOptions, GpSampler, GridSampler, RandomSampler, Sampler};
 use crate::scheduler::{run_study, Observer, ProgressDisplay, Silent, StopReason, StopSignal, StudyRun, TrialRunner};
 use crate::storage::{Budget, Store, StudySpec};
-use crate::trainer::runner::FinetuneRunner;
 use crate::trial::{best_trial, TrialState};
 
 /// The sampler a study asks for.
@@ -27,22 +26,20 @@ pub fn build_sampler(cfg: &StudyConfig) -> anyhow::Result<Box<dyn Sampler>> {
 }
 
 /// The runner that evaluates a study's trials.
-pub fn build_runner(cfg: &StudyConfig) -> anyhow::Result<Box<dyn TrialRunner>> {
+pub fn build_runner(cfg: &StudyConfig, quiet: bool) -> anyhow::Result<Box<dyn TrialRunner>> {
     Ok(match &cfg.objective {
-        ObjectiveConfig::Synthetic { function, noise } => Box::new(SyntheticRunner { function: *function, noise: *noise, seed: cfg.seed }),
+        ObjectiveConfig::Synthetic { function, noise, curve } => {
+            Box::new(SyntheticRunner { function: *function, noise: *noise, seed: cfg.seed, curve: *curve })
+        }
         ObjectiveConfig::Command { argv, cwd } => {
             Box::new(CommandRunner { argv: argv.clone(), cwd: cwd.clone(), trial_timeout: cfg.execution.trial_timeout })
         }
         ObjectiveConfig::Finetune => {
-            let (Some(model), Some(data)) = (&cfg.model, &cfg.data) else {
-                return Err(UsageError(format!("{}: a finetune objective needs `[model]` and `[data]`", cfg.path.display())).into());
-            };
-            let mut r = FinetuneRunner::from_tables(model, data, cfg.train.as_ref(), &cfg.dir, &cfg.metric, cfg.direction)
-                .map_err(|e| UsageError(format!("{}: {e}", cfg.path.display())))?;
-            if cfg.execution.trial_timeout.is_some() {
-                r.idle_timeout = cfg.execution.trial_timeout;
+            let mut runner = super::finetune::build(cfg, quiet)?;
+            if let Some(t) = cfg.execution.trial_timeout {
+                runner.idle_timeout = Some(t);
             }
-            Box::new(r)
+            Box::new(runner)
         }
     })
 }
@@ -65,7 +62,12 @@ pub fn run(args: &RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         cfg.execution.trials_per_device = k;
     }
     let sampler = build_sampler(&cfg)?;
-    let runner = build_runner(&cfg)?;
+    let runner = build_runner(&cfg, quiet)?;
+    // The fine-tuning runner again, typed, for the test evaluation at the end.
+    let finetune = match cfg.objective {
+        ObjectiveConfig::Finetune => Some(super::finetune::build(&cfg, true)?),
+        _ => None,
+    };
     let pruner = crate::pruner::from_config(&cfg.pruner);
 
     let mut store = Store::open(&cfg.storage).with_context(|| format!("opening the store of study `{}`", cfg.name))?;
@@ -165,10 +167,45 @@ pub fn run(args: &RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     if summary.reason == StopReason::Cancelled {
         return Ok(ExitCode::from(130));
     }
+    if let Some(ft) = &finetune {
+        evaluate_best_on_test(&cfg, &store, study.id, ft, quiet)?;
+    }
     if count(TrialState::Complete) == 0 && count(TrialState::Fail) > 0 {
         anyhow::bail!("study `{}` failed: no trial completed (see `sft-search trials {}`)", cfg.name, args.study.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Evaluates the best trial's checkpoint once on the test split (never used for selection)
+/// and stores the test metrics and confusion matrix in its `metrics.test`.
+fn evaluate_best_on_test(cfg: &StudyConfig, store: &Store, study_id: i64, ft: &crate::trainer::runner::FinetuneRunner, quiet: bool) -> anyhow::Result<()> {
+    let trials = store.trials(study_id)?;
+    let Some(best) = best_trial(&trials, cfg.direction) else { return Ok(()) };
+    if best.metrics.contains_key("test") {
+        return Ok(());
+    }
+    let Some(ckpt) = &best.checkpoint else {
+        if !quiet {
+            eprintln!("trial {} kept no checkpoint (keep_checkpoints = \"none\"): no test evaluation", best.number);
+        }
+        return Ok(());
+    };
+    let device = cfg.execution.devices.first().cloned().unwrap_or_else(|| "cpu".into());
+    match ft.run_test(std::path::Path::new(ckpt), &device) {
+        Ok(test) => {
+            let mut m = serde_json::Map::new();
+            m.insert("test".into(), serde_json::Value::Object(test.clone()));
+            store.merge_metrics(best.id, &m)?;
+            if !quiet {
+                let show = |k: &str| test.get(k).and_then(|v| v.as_f64()).map(|v| format!("{k} {v:.4}"));
+                let parts: Vec<String> = ["accuracy", "f1_macro", "roc_auc", "loss"].iter().filter_map(|k| show(k)).collect();
+                eprintln!("test split (trial {}, evaluated once): {}", best.number, parts.join(", "));
+                eprintln!("checkpoint: {ckpt}");
+            }
+        }
+        Err(e) => eprintln!("warning: the test evaluation of trial {} failed: {e}", best.number),
+    }
+    Ok(())
 }
 
 /// Ctrl-C / SIGTERM once: start no new trials; twice: cancel the running ones.

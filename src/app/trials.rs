@@ -35,7 +35,30 @@ pub fn trial_json(t: &TrialRecord, with_checkpoint: bool) -> Value {
     if with_checkpoint {
         m.insert("checkpoint".into(), json!(t.checkpoint));
     }
+    if !t.pruning.is_empty() {
+        let p = &t.pruning;
+        m.insert(
+            "pruning".into(),
+            json!({"bracket": p.bracket, "pruned_at_step": p.pruned_at_step, "rungs": p.rungs.iter().map(|r| json!({"rung": r.rung, "step": r.step, "value": serde_json::Number::from_f64(r.value).map(Value::Number).unwrap_or(Value::Null)})).collect::<Vec<_>>()}),
+        );
+    }
     Value::Object(m)
+}
+
+/// The pruning note of the trials table: "pruned at step 12 (rung 1); bracket 0".
+pub fn pruning_note(t: &TrialRecord) -> Option<String> {
+    let p = &t.pruning;
+    let mut parts = Vec::new();
+    match (p.pruned_at_step, p.rungs.last()) {
+        (Some(step), Some(r)) if r.step == step => parts.push(format!("pruned at step {step} (rung {})", r.rung)),
+        (Some(step), _) => parts.push(format!("pruned at step {step}")),
+        (None, Some(r)) => parts.push(format!("rungs 0..={} passed", r.rung)),
+        (None, None) => {}
+    }
+    if let Some(b) = p.bracket {
+        parts.push(format!("bracket {b}"));
+    }
+    (!parts.is_empty()).then(|| parts.join(", "))
 }
 
 fn duration(t: &TrialRecord) -> Option<f64> {
@@ -100,6 +123,9 @@ pub fn run(args: &TrialsArgs) -> anyhow::Result<ExitCode> {
                 if let Some(r) = t.retry_of {
                     note.push(format!("retry of {r}"));
                 }
+                if let Some(p) = pruning_note(t) {
+                    note.push(p);
+                }
                 if let Some(f) = t.metrics.get("fit").and_then(|f| f.as_str()) {
                     note.push(f.to_string());
                 }
@@ -114,6 +140,27 @@ pub fn run(args: &TrialsArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::space::ParamSet;
+    use crate::trial::{RungRecord, TrialState};
+
+    #[test]
+    fn pruned_trials_show_their_rungs() {
+        let mut t = TrialRecord::new(3, TrialState::Pruned, ParamSet::new(), Some(0.9));
+        assert_eq!(pruning_note(&t), None);
+        assert!(trial_json(&t, false).get("pruning").is_none());
+        t.pruning.rungs = vec![RungRecord { rung: 0, step: 2, value: 0.7 }, RungRecord { rung: 1, step: 6, value: 0.9 }];
+        t.pruning.pruned_at_step = Some(6);
+        t.pruning.bracket = Some(1);
+        assert_eq!(pruning_note(&t).as_deref(), Some("pruned at step 6 (rung 1), bracket 1"));
+        assert_eq!(trial_json(&t, false)["pruning"]["rungs"][1]["step"], 6);
+        t.pruning.pruned_at_step = None;
+        assert_eq!(pruning_note(&t).as_deref(), Some("rungs 0..=1 passed, bracket 1"));
+    }
 }
 
 /// Left-aligned columns separated by two spaces.

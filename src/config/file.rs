@@ -145,6 +145,11 @@ pub struct ObjectiveSection {
     pub command: Option<Spanned<Vec<String>>>,
     /// For `command`: the working directory (default: the study file's folder).
     pub cwd: Option<String>,
+    /// For `synthetic`: report a learning curve of this many steps (per epoch for
+    /// `sft-like`, in all for the others), so pruners have intermediate values to work on.
+    pub steps: Option<Spanned<i64>>,
+    /// For `synthetic` with `steps`: how long each step sleeps, e.g. "10ms".
+    pub step_time: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -200,7 +205,17 @@ impl Default for ExecutionSection {
 pub struct PrunerSection {
     pub kind: Option<Spanned<String>>,
     /// median: trials that must finish before pruning starts.
-    pub n_startup_trials: Option<usize>,
+    pub n_startup_trials: Option<Spanned<usize>>,
     /// median: steps of a trial before it may be pruned.
-    pub n_warmup_steps: Option<i64>,
+    pub n_warmup_steps: Option<Spanned<i64>>,
+    /// asha, hyperband: the step of the first rung.
+    pub min_resource: Option<Spanned<i64>>,
+    /// asha, hyperband: η, one trial in η goes on at each rung (default 3).
+    pub reduction_factor: Option<Spanned<i64>>,
+    /// asha: no rung at or past this step (optional); hyperband: a full trial's steps (required).
+    pub max_resource: Option<Spanned<i64>>,
+    /// asha: shift the rungs up by this many powers of η (default 0).
+    pub min_early_stopping_rate: Option<Spanned<i64>>,
+    /// asha, hyperband: prune at a rung until more than this many trials have reached it (default 0).
+    pub bootstrap_count: Option<Spanned<usize>>,
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use indexmap::IndexMap;
 use toml::Spanned;
 
+use crate::objective::synthetic_runner::Curve;
 use crate::objective::SyntheticFunction;
 use crate::space::{Distribution, Param, SearchSpace};
 use crate::trial::Direction;
@@ -144,7 +145,8 @@ pub struct SamplerConfig {
 /// What a trial evaluates.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ObjectiveConfig {
-    Synthetic { function: SyntheticFunction, noise: f64 },
+    /// `curve`: report a per-step learning curve (`[objective] steps`), for pruning.
+    Synthetic { function: SyntheticFunction, noise: f64, curve: Option<Curve> },
     Command { argv: Vec<String>, cwd: PathBuf },
     /// Candle fine-tuning; its settings are in `StudyConfig::{model, data, train}`.
     Finetune,
@@ -176,6 +178,9 @@ impl ExecutionConfig {
 pub enum PrunerConfig {
     None,
     Median { n_startup_trials: usize, n_warmup_steps: i64 },
+    Asha { min_resource: i64, reduction_factor: u32, max_resource: Option<i64>, min_early_stopping_rate: u32, bootstrap_count: usize },
+    /// `study_name` salts the trial → bracket hash, as Optuna's does.
+    Hyperband { min_resource: i64, max_resource: i64, reduction_factor: u32, bootstrap_count: usize, study_name: String },
 }
 
 /// A validated study definition.
@@ -393,7 +398,19 @@ fn resolve(src: &Source, f: StudyFile, dir: PathBuf) -> Result<StudyConfig, Conf
                     ));
                 }
             }
-            ObjectiveConfig::Synthetic { function, noise: f.objective.noise }
+            let step_time = duration_field(src, &f.objective.step_time, "objective.step_time")?;
+            let curve = match &f.objective.steps {
+                None if step_time.is_some() => {
+                    let span = f.objective.step_time.as_ref().map(|s| s.span()).unwrap_or(0..0);
+                    return Err(src.error_at(span, Some("objective.step_time".into()), "`step_time` needs `steps` (the learning curve's length)"));
+                }
+                None => None,
+                Some(n) => match u32::try_from(*n.get_ref()) {
+                    Ok(steps) if steps >= 1 => Some(Curve { steps, step_time: step_time.unwrap_or_default() }),
+                    _ => return Err(src.error_at(n.span(), Some("objective.steps".into()), format!("steps must be between 1 and {} (got {})", u32::MAX, n.get_ref()))),
+                },
+            };
+            ObjectiveConfig::Synthetic { function, noise: f.objective.noise, curve }
         }
         "command" => {
             let cmd = f.objective.command.as_ref().ok_or_else(|| {
@@ -499,16 +516,7 @@ fn resolve(src: &Source, f: StudyFile, dir: PathBuf) -> Result<StudyConfig, Conf
         max_consecutive_failures: e.max_consecutive_failures.max(1),
     };
 
-    let pruner = match f.pruner.kind.as_ref().map(|k| (k.get_ref().as_str(), k.span())) {
-        None | Some(("none", _)) => PrunerConfig::None,
-        Some(("median", _)) => PrunerConfig::Median {
-            n_startup_trials: f.pruner.n_startup_trials.unwrap_or(5),
-            n_warmup_steps: f.pruner.n_warmup_steps.unwrap_or(0),
-        },
-        Some((other, span)) => {
-            return Err(src.error_at(span, Some("pruner.kind".into()), format!("unknown pruner `{other}` (expected none or median)")))
-        }
-    };
+    let pruner = resolve_pruner(src, &f.pruner, &name)?;
 
     Ok(StudyConfig {
         path: src.path.to_path_buf(),
@@ -529,6 +537,80 @@ fn resolve(src: &Source, f: StudyFile, dir: PathBuf) -> Result<StudyConfig, Conf
         model: f.model.map(|m| m.into_inner()),
         data: f.data.map(|m| m.into_inner()),
         train: f.train.map(|m| m.into_inner()),
+    })
+}
+
+/// The `[pruner]` table: its kind, and the keys that kind takes (a key meant for another kind
+/// is an error rather than silently ignored).
+fn resolve_pruner(src: &Source, p: &file::PrunerSection, study_name: &str) -> Result<PrunerConfig, ConfigError> {
+    let kind = p.kind.as_ref().map(|k| k.get_ref().as_str()).unwrap_or("none");
+    let kind_span = p.kind.as_ref().map(|k| k.span()).unwrap_or(0..0);
+    let given: [(&str, Option<std::ops::Range<usize>>); 7] = [
+        ("n_startup_trials", p.n_startup_trials.as_ref().map(|v| v.span())),
+        ("n_warmup_steps", p.n_warmup_steps.as_ref().map(|v| v.span())),
+        ("min_resource", p.min_resource.as_ref().map(|v| v.span())),
+        ("reduction_factor", p.reduction_factor.as_ref().map(|v| v.span())),
+        ("max_resource", p.max_resource.as_ref().map(|v| v.span())),
+        ("min_early_stopping_rate", p.min_early_stopping_rate.as_ref().map(|v| v.span())),
+        ("bootstrap_count", p.bootstrap_count.as_ref().map(|v| v.span())),
+    ];
+    let allowed: &[&str] = match kind {
+        "none" => &[],
+        "median" => &["n_startup_trials", "n_warmup_steps"],
+        "asha" => &["min_resource", "reduction_factor", "max_resource", "min_early_stopping_rate", "bootstrap_count"],
+        "hyperband" => &["min_resource", "reduction_factor", "max_resource", "bootstrap_count"],
+        other => {
+            return Err(src.error_at(kind_span, Some("pruner.kind".into()), format!("unknown pruner `{other}` (expected none, median, asha or hyperband)")))
+        }
+    };
+    for (key, span) in &given {
+        if let Some(span) = span {
+            if !allowed.contains(key) {
+                return Err(src.error_at(span.clone(), Some(format!("pruner.{key}")), format!("`{key}` does not apply to pruner `{kind}`")));
+            }
+        }
+    }
+    let int = |v: &Option<Spanned<i64>>, key: &str, min: i64, default: Option<i64>| -> Result<Option<i64>, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(x) if *x.get_ref() < min => {
+                Err(src.error_at(x.span(), Some(format!("pruner.{key}")), format!("{key} must be at least {min} (got {})", x.get_ref())))
+            }
+            Some(x) => Ok(Some(*x.get_ref())),
+        }
+    };
+    let eta = |v: &Option<Spanned<i64>>| -> Result<u32, ConfigError> {
+        let e = int(v, "reduction_factor", 2, Some(3))?.unwrap_or(3);
+        u32::try_from(e).map_err(|_| ConfigError::plain(src.path, Some("pruner.reduction_factor"), "reduction_factor is too large"))
+    };
+    Ok(match kind {
+        "median" => PrunerConfig::Median { n_startup_trials: p.n_startup_trials.as_ref().map(|v| *v.get_ref()).unwrap_or(5), n_warmup_steps: p.n_warmup_steps.as_ref().map(|v| *v.get_ref()).unwrap_or(0) },
+        "asha" => {
+            let min_resource = int(&p.min_resource, "min_resource", 1, Some(1))?.unwrap_or(1);
+            let max_resource = int(&p.max_resource, "max_resource", min_resource.saturating_add(1), None)?;
+            let rate = int(&p.min_early_stopping_rate, "min_early_stopping_rate", 0, Some(0))?.unwrap_or(0);
+            PrunerConfig::Asha {
+                min_resource,
+                reduction_factor: eta(&p.reduction_factor)?,
+                max_resource,
+                min_early_stopping_rate: u32::try_from(rate).unwrap_or(u32::MAX),
+                bootstrap_count: p.bootstrap_count.as_ref().map(|v| *v.get_ref()).unwrap_or(0),
+            }
+        }
+        "hyperband" => {
+            let min_resource = int(&p.min_resource, "min_resource", 1, Some(1))?.unwrap_or(1);
+            let max_resource = int(&p.max_resource, "max_resource", min_resource.saturating_add(1), None)?.ok_or_else(|| {
+                src.error_at(kind_span.clone(), Some("pruner.max_resource".into()), "a hyperband pruner needs `max_resource` (the steps of a full trial)")
+            })?;
+            PrunerConfig::Hyperband {
+                min_resource,
+                max_resource,
+                reduction_factor: eta(&p.reduction_factor)?,
+                bootstrap_count: p.bootstrap_count.as_ref().map(|v| *v.get_ref()).unwrap_or(0),
+                study_name: study_name.to_string(),
+            }
+        }
+        _ => PrunerConfig::None,
     })
 }
 

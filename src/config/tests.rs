@@ -36,7 +36,7 @@ fn a_good_file_resolves() {
     assert_eq!(c.space.len(), 2);
     assert_eq!(c.storage, dir.path().join("demo.db"));
     assert_eq!(c.execution.slots(), vec!["cpu".to_string()]);
-    assert_eq!(c.objective, ObjectiveConfig::Synthetic { function: SyntheticFunction::Branin, noise: 0.0 });
+    assert_eq!(c.objective, ObjectiveConfig::Synthetic { function: SyntheticFunction::Branin, noise: 0.0, curve: None });
 }
 
 /// (what is broken, the replacement made to GOOD, the line, the key, a piece of the message)
@@ -58,6 +58,15 @@ const CASES: &[(&str, &str, &str, usize, &str, &str)] = &[
     ("unknown objective", "kind = \"synthetic\"", "kind = \"python\"", 15, "objective.kind", "unknown objective kind"),
     ("zero trials", "n_trials = 10", "n_trials = 0", 5, "study.n_trials", "at least 1"),
     ("bad toml", "n_trials = 10", "n_trials = = 10", 5, "study.n_trials", ""),
+    ("zero curve steps", "function = \"branin\"", "function = \"branin\"\nsteps = 0", 17, "objective.steps", "steps must be"),
+    ("unknown pruner", "function = \"branin\"", "function = \"branin\"\n[pruner]\nkind = \"sha\"", 18, "pruner.kind", "unknown pruner"),
+    ("pruner key of another kind", "function = \"branin\"", "function = \"branin\"\n[pruner]\nkind = \"asha\"\nn_warmup_steps = 3", 19, "pruner.n_warmup_steps", "does not apply"),
+    ("bad reduction factor", "function = \"branin\"", "function = \"branin\"\n[pruner]\nkind = \"asha\"\nreduction_factor = 1", 19, "pruner.reduction_factor", "at least 2"),
+    ("hyperband without max", "function = \"branin\"", "function = \"branin\"\n[pruner]\nkind = \"hyperband\"\nmin_resource = 2", 18, "pruner.max_resource", "needs `max_resource`"),
+    ("zero min_resource", "function = \"branin\"", "function = \"branin\"\n[pruner]\nkind = \"hyperband\"\nmin_resource = 0\nmax_resource = 9", 19, "pruner.min_resource", "at least 1"),
+    ("max_resource not above min", "function = \"branin\"", "function = \"branin\"\n[pruner]\nkind = \"asha\"\nmin_resource = 9223372036854775807\nmax_resource = 5", 20, "pruner.max_resource", "at least"),
+    ("step_time without steps", "function = \"branin\"", "function = \"branin\"\nstep_time = \"10ms\"", 17, "objective.step_time", "needs `steps`"),
+    ("unknown pruner key", "function = \"branin\"", "function = \"branin\"\n[pruner]\nkind = \"asha\"\nrungz = 3", 19, "pruner.rungz", "unknown field"),
 ];
 
 #[test]
@@ -124,6 +133,25 @@ fn durations_parse() {
     assert_eq!(parse_duration("12"), Some(Duration::from_secs(12)));
     assert_eq!(parse_duration("soon"), None);
     assert_eq!(parse_duration("5 parsecs"), None);
+}
+
+#[test]
+fn pruners_resolve_with_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let with = |table: &str| {
+        let p = write(dir.path(), "s.toml", &format!("{GOOD}\n[pruner]\n{table}\n"));
+        StudyConfig::load(&p).unwrap().pruner
+    };
+    assert_eq!(with("kind = \"none\""), PrunerConfig::None);
+    assert_eq!(with("kind = \"median\""), PrunerConfig::Median { n_startup_trials: 5, n_warmup_steps: 0 });
+    assert_eq!(
+        with("kind = \"asha\"\nmin_resource = 4"),
+        PrunerConfig::Asha { min_resource: 4, reduction_factor: 3, max_resource: None, min_early_stopping_rate: 0, bootstrap_count: 0 }
+    );
+    assert_eq!(
+        with("kind = \"hyperband\"\nmin_resource = 1\nmax_resource = 27\nreduction_factor = 2"),
+        PrunerConfig::Hyperband { min_resource: 1, max_resource: 27, reduction_factor: 2, bootstrap_count: 0, study_name: "demo".into() }
+    );
 }
 
 #[test]

@@ -124,17 +124,23 @@ impl SyntheticFunction {
                 let bs = self.get(p, "batch_size")?;
                 let ep = self.get(p, "epochs")?;
                 let fr = self.get(p, "freeze_layers")?;
-                let u = lr.log10();
-                let u_opt = -4.3 + (bs / 16.0).log10();
-                let d = u - u_opt;
-                let l_lr = 0.30 * d * d + 0.05 * d.max(0.0).powi(3);
-                let l_bs = 0.02 * (bs / 16.0).log2().powi(2);
-                let l_ep = 0.60 * ((-0.75 * (ep - 1.0)).exp() - (-0.75f64 * 3.0).exp()) + 0.05 * (ep - 4.0).max(0.0).powi(2);
-                let l_fr = 0.004 * (fr - 4.0).powi(2);
-                0.35 + l_lr + l_bs + l_ep + l_fr
+                sft_like(lr, bs, ep, fr)
             }
         })
     }
+}
+
+/// `sft-like` at a learning rate, batch size, number of epochs (fractional ones allowed: the
+/// loss after part of the training, which is how its learning curve is drawn) and frozen layers.
+pub fn sft_like(lr: f64, bs: f64, ep: f64, fr: f64) -> f64 {
+    let u = lr.log10();
+    let u_opt = -4.3 + (bs / 16.0).log10();
+    let d = u - u_opt;
+    let l_lr = 0.30 * d * d + 0.05 * d.max(0.0).powi(3);
+    let l_bs = 0.02 * (bs / 16.0).log2().powi(2);
+    let l_ep = 0.60 * ((-0.75 * (ep - 1.0)).exp() - (-0.75f64 * 3.0).exp()) + 0.05 * (ep - 4.0).max(0.0).powi(2);
+    let l_fr = 0.004 * (fr - 4.0).powi(2);
+    0.35 + l_lr + l_bs + l_ep + l_fr
 }
 
 impl FromStr for SyntheticFunction {

@@ -243,7 +243,10 @@ fn wait_with_grace(child: &mut Child, grace: Duration) -> Option<ExitStatus> {
                     kill_group(child);
                     return child.wait().ok();
                 }
-                std::thread::sleep(Duration::from_millis(10));
+                // The process usually exits right after closing its stdout: poll finely at
+                // first, so its slot is not held idle for a whole coarse tick.
+                let tick = if start.elapsed() < Duration::from_millis(100) { 1 } else { 10 };
+                std::thread::sleep(Duration::from_millis(tick));
             }
             Err(_) => return None,
         }

@@ -19,7 +19,7 @@ use crate::pruner::Pruner;
 use crate::sampler::{Sampler, SamplerError, SuggestContext};
 use crate::space::SearchSpace;
 use crate::storage::{retry_depth, Budget, Claim, Owner, Store, StoreError};
-use crate::trial::{Direction, Outcome, TrialNumber, TrialState};
+use crate::trial::{Direction, Outcome, PruningRecord, TrialNumber};
 
 /// Asks a running study to stop: first new trials, then running ones.
 #[derive(Debug, Clone, Default)]
@@ -295,6 +295,7 @@ fn slot_loop(
             values: Vec::new(),
             error: None,
             progress_saved: None,
+            pruning: PruningRecord::default(),
         };
         let outcome = run.runner.run(&assignment, &mut reporter, &run.stop.running_token());
         let outcome = match reporter.error.take() {
@@ -333,6 +334,8 @@ fn slot_loop(
 
 /// Records what a runner reports, and asks the pruner.
 struct StoreReporter<'a, 'b> {
+    /// What the pruner last said to record about this trial (written when it changes).
+    pruning: PruningRecord,
     run: &'a StudyRun<'b>,
     store: &'a Store,
     trial_id: i64,
@@ -347,6 +350,32 @@ struct StoreReporter<'a, 'b> {
 /// How often live progress is written to the store.
 const PROGRESS_SAVE_INTERVAL: Duration = Duration::from_secs(2);
 
+impl StoreReporter<'_, '_> {
+    /// Writes the rungs (and bracket) the pruner reports for this trial, when they change.
+    fn record_pruning(&mut self) {
+        let rec = self.run.pruner.record(self.number, &self.values);
+        if rec == self.pruning {
+            return;
+        }
+        let mut result = Ok(());
+        if rec.bracket != self.pruning.bracket {
+            if let Some(b) = rec.bracket {
+                result = self.store.set_trial_attr(self.trial_id, "bracket", &Value::from(b));
+            }
+        }
+        if result.is_ok() && rec.rungs != self.pruning.rungs {
+            result = self.store.set_trial_attr(self.trial_id, "rungs", &serde_json::to_value(&rec.rungs).unwrap_or(Value::Null));
+        }
+        match result {
+            Ok(()) => self.pruning = rec,
+            Err(e) => {
+                tracing::error!("trial {}: {e}", self.number);
+                self.error = Some(e);
+            }
+        }
+    }
+}
+
 impl Reporter for StoreReporter<'_, '_> {
     fn intermediate(&mut self, step: i64, value: f64, metrics: &Map<String, Value>) -> Decision {
         if let Err(e) = self.store.report_intermediate(self.trial_id, step, value, metrics) {
@@ -355,12 +384,21 @@ impl Reporter for StoreReporter<'_, '_> {
         }
         self.values.push((step, value));
         self.run.observer.trial_progress(self.slot_index, self.number, Some((step, value)), None);
-        let history = match self.store.trials(self.run.study_id) {
-            Ok(h) => h,
-            Err(_) => return Decision::Continue,
+        let pruner = self.run.pruner;
+        let decision = if pruner.needs_history(self.number, &self.values) {
+            match self.store.trials(self.run.study_id) {
+                // Every other trial, running ones included (ASHA compares with them).
+                Ok(h) => {
+                    let others: Vec<_> = h.into_iter().filter(|t| t.id != self.trial_id).collect();
+                    pruner.decide(self.number, &self.values, &others, self.run.direction)
+                }
+                Err(_) => Decision::Continue,
+            }
+        } else {
+            pruner.decide(self.number, &self.values, &[], self.run.direction)
         };
-        let others: Vec<_> = history.into_iter().filter(|t| t.id != self.trial_id && t.state != TrialState::Running).collect();
-        self.run.pruner.decide(&self.values, &others, self.run.direction)
+        self.record_pruning();
+        decision
     }
 
     fn metrics(&mut self, metrics: &Map<String, Value>) {

@@ -905,6 +905,9 @@ fn read_trials(conn: &Connection, study_id: i64) -> std::result::Result<Vec<Tria
             "retry_of" => t.retry_of = v.as_u64(),
             "checkpoint" => t.checkpoint = v.as_str().map(str::to_string),
             "progress" => t.progress = Some(v),
+            "pruned_at_step" => t.pruning.pruned_at_step = v.as_i64(),
+            "bracket" => t.pruning.bracket = v.as_u64().and_then(|b| u32::try_from(b).ok()),
+            "rungs" => t.pruning.rungs = serde_json::from_value(v).unwrap_or_default(),
             "metrics" => {
                 if let Value::Object(m) = v {
                     t.metrics = m;

@@ -1,0 +1,77 @@
+//! Builds the fine-tuning objective of a study (`[objective] kind = "finetune"`): reads
+//! `[model]`, `[data]` and `[train]` with file:line:column errors, expands `${VAR}` in their
+//! paths, checks the metric and the searched parameters, loads the data once (so a missing
+//! column or a bad label stops the study before any trial), and resolves the model.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::UsageError;
+use crate::config::StudyConfig;
+use crate::trainer::data::{load_dataset, DataSection, Problem};
+use crate::trainer::metrics::{CLASSIFICATION_METRICS, REGRESSION_METRICS};
+use crate::trainer::runner::FinetuneRunner;
+use crate::trainer::spec::{ModelSection, TrainSection, TrainSpec, TRAIN_OPTIONS};
+
+/// The fine-tuning tables of a study file (other tables are read elsewhere).
+#[derive(Debug, Deserialize)]
+struct FinetuneTables {
+    model: Option<ModelSection>,
+    data: Option<DataSection>,
+    #[serde(default)]
+    train: TrainSection,
+}
+
+fn usage(cfg: &StudyConfig, msg: impl std::fmt::Display) -> anyhow::Error {
+    UsageError(format!("{}: {msg}", cfg.path.display())).into()
+}
+
+fn expand(cfg: &StudyConfig, key: &str, p: &Path) -> anyhow::Result<PathBuf> {
+    cfg.resolve_path(key, &p.to_string_lossy()).map_err(|e| UsageError(e.to_string()).into())
+}
+
+/// The runner of a finetune study, after every check that can be made before a trial runs.
+pub fn build(cfg: &StudyConfig, quiet: bool) -> anyhow::Result<FinetuneRunner> {
+    let tables: FinetuneTables = cfg.parse_tables().map_err(|e| UsageError(e.to_string()))?;
+    let mut model = tables.model.ok_or_else(|| usage(cfg, "a finetune study needs a `[model]` table (`path` or `hub`)"))?;
+    let mut data = tables.data.ok_or_else(|| usage(cfg, "a finetune study needs a `[data]` table (`path` = a CSV, TSV or JSON Lines file)"))?;
+    if let Some(p) = &model.path {
+        model.path = Some(expand(cfg, "model.path", p)?);
+    }
+    data.path = expand(cfg, "data.path", &data.path)?;
+    if let Some(p) = &data.valid_path {
+        data.valid_path = Some(expand(cfg, "data.valid_path", p)?);
+    }
+    if let Some(p) = &data.test_path {
+        data.test_path = Some(expand(cfg, "data.test_path", p)?);
+    }
+    // Every searched parameter must be a training option.
+    for p in cfg.space.params() {
+        if !TRAIN_OPTIONS.contains(&p.name.as_str()) {
+            return Err(usage(cfg, format!("`space.{}` is not a training option (expected one of: {})", p.name, TRAIN_OPTIONS.join(", "))));
+        }
+    }
+    TrainSpec::from_params(&tables.train, &Default::default()).map_err(|e| usage(cfg, format!("[train]: {e}")))?;
+    let problem = model.problem.unwrap_or(data.problem);
+    let known: &[&str] = match problem {
+        Problem::Classification => &CLASSIFICATION_METRICS,
+        Problem::Regression => &REGRESSION_METRICS,
+    };
+    if !known.contains(&cfg.metric.as_str()) {
+        return Err(usage(cfg, format!("`study.metric` = \"{}\" is not a metric of a {problem:?} study (expected one of: {})", cfg.metric, known.join(", "))));
+    }
+    // Load the data once: its errors name the file, row and column.
+    let dataset = load_dataset(&data).map_err(|e| UsageError(format!("{}: [data]: {e}", cfg.path.display())))?;
+    if !quiet {
+        eprintln!(
+            "data: {} train, {} valid, {} test rows, {} labels ({})",
+            dataset.train.len(),
+            dataset.valid.len(),
+            dataset.test.len(),
+            dataset.num_labels(),
+            dataset.report
+        );
+    }
+    FinetuneRunner::new(&model, data, tables.train, cfg.metric.clone(), cfg.direction).map_err(|e| usage(cfg, format!("[model]: {e}")))
+}

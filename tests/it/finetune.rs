@@ -1,0 +1,135 @@
+//! Fine-tuning studies through the binary, on a tiny BERT made on the fly.
+
+use serde_json::Value;
+use sft_search::trainer::toy::write_toy_task;
+
+use crate::util::*;
+
+fn finetune_study(model: &str, csv: &str, n: u64, extra: &str) -> String {
+    format!(
+        r#"[study]
+name = "ft"
+direction = "maximize"
+metric = "accuracy"
+n_trials = {n}
+seed = 1
+storage = "study.db"
+
+[space]
+learning_rate = {{ type = "float", low = 1e-3, high = 5e-3, log = true }}
+freeze_layers = {{ type = "int", low = 0, high = 1 }}
+
+[sampler]
+kind = "random"
+
+[objective]
+kind = "finetune"
+
+[model]
+path = "{model}"
+
+[data]
+path = "{csv}"
+
+[train]
+epochs = 2
+batch_size = 8
+max_length = 16
+{extra}
+"#
+    )
+}
+
+#[test]
+fn a_finetune_study_trains_records_epochs_keeps_checkpoints_and_tests_the_best_once() {
+    let d = StudyDir::new();
+    let toy = write_toy_task(&d.path().join("toy"), 120, 7).unwrap();
+    d.write("s.toml", &finetune_study(&toy.model_dir.display().to_string(), &toy.csv.display().to_string(), 2, ""));
+    let out = d.run(&["run", "s.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("test split (trial"), "{err}");
+    let trials = d.trials("s.toml");
+    assert_eq!(count(&trials, "COMPLETE"), 2);
+    for t in &trials {
+        // One intermediate value per epoch, the study metric; the trial's value is its best.
+        let inter = t["intermediate"].as_array().unwrap();
+        assert_eq!(inter.len(), 2, "{t}");
+        let best_epoch = inter.iter().map(|p| p[1].as_f64().unwrap()).fold(f64::MIN, f64::max);
+        assert_eq!(t["value"].as_f64().unwrap(), best_epoch);
+        assert!(t["metrics"]["fit"].is_string(), "fit diagnosis recorded: {t}");
+        let ckpt = t["checkpoint"].as_str().expect("a checkpoint per trial (keep_checkpoints = best)");
+        assert!(std::path::Path::new(ckpt).join("model.safetensors").is_file());
+    }
+    let best = d.run(&["best", "s.toml", "--format", "json"]);
+    let best: Value = serde_json::from_slice(&best.stdout).unwrap();
+    let test = &best["test"];
+    assert!(test["accuracy"].as_f64().is_some(), "{best}");
+    let cm = test["confusion_matrix"].as_array().unwrap();
+    assert_eq!(cm.len(), 2);
+    let total: u64 = cm.iter().flat_map(|r| r.as_array().unwrap().iter().map(|c| c.as_u64().unwrap())).sum();
+    assert!(total > 0);
+    assert!(best["checkpoint"].is_string());
+    // Running again does not evaluate the test split a second time.
+    let again = d.run(&["run", "s.toml"]);
+    assert!(!stderr(&again).contains("test split (trial"), "{}", stderr(&again));
+}
+
+#[test]
+fn data_and_model_mistakes_stop_before_any_trial() {
+    let d = StudyDir::new();
+    let toy = write_toy_task(&d.path().join("toy"), 40, 3).unwrap();
+    let model = toy.model_dir.display().to_string();
+    // A missing column names the file and the columns that exist.
+    let bad_csv = d.write("bad.csv", "sentence,label\nhello there,0\nbye now,1\n");
+    d.write("s.toml", &finetune_study(&model, &bad_csv.display().to_string(), 1, ""));
+    let out = d.run(&["run", "s.toml"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("bad.csv") && stderr(&out).contains("text"), "{}", stderr(&out));
+    assert!(!d.path().join("study.db").exists());
+    // A label outside the declared set names its row.
+    let csv = d.write("labels.csv", "text,label\ngood film,pos\nbad film,neg\nodd film,meh\n");
+    let study = finetune_study(&model, &csv.display().to_string(), 1, "").replace("[train]", "labels = [\"neg\", \"pos\"]\n\n[train]");
+    d.write("s.toml", &study);
+    let out = d.run(&["run", "s.toml"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("meh") && stderr(&out).contains("labels.csv"), "{}", stderr(&out));
+    // An unreadable checkpoint folder.
+    d.write("s.toml", &finetune_study(&d.path().join("nowhere").display().to_string(), &toy.csv.display().to_string(), 1, ""));
+    let out = d.run(&["run", "s.toml"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("nowhere"), "{}", stderr(&out));
+    // A searched parameter that is not a training option, and an unknown metric.
+    d.write("s.toml", &finetune_study(&model, &toy.csv.display().to_string(), 1, "").replace("[sampler]", "bogus = { type = \"int\", low = 0, high = 2 }\n\n[sampler]"));
+    let out = d.run(&["run", "s.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("space.bogus"), "{}", stderr(&out));
+    d.write("s.toml", &finetune_study(&model, &toy.csv.display().to_string(), 1, "").replace("metric = \"accuracy\"", "metric = \"acc\""));
+    let out = d.run(&["run", "s.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("`study.metric`"), "{}", stderr(&out));
+    // An unknown [train] key points at its line.
+    d.write("s.toml", &finetune_study(&model, &toy.csv.display().to_string(), 1, "learnin_rate = 0.1"));
+    let out = d.run(&["run", "s.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("s.toml:29:1") && stderr(&out).contains("learnin_rate"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_nan_loss_fails_the_trial_and_the_study_goes_on() {
+    let d = StudyDir::new();
+    let toy = write_toy_task(&d.path().join("toy"), 60, 5).unwrap();
+    let study = finetune_study(&toy.model_dir.display().to_string(), &toy.csv.display().to_string(), 2, "")
+        .replace("learning_rate = { type = \"float\", low = 1e-3, high = 5e-3, log = true }", "learning_rate = { type = \"categorical\", choices = [1e6, 3e-3] }")
+        .replace("freeze_layers = { type = \"int\", low = 0, high = 1 }", "freeze_layers = { type = \"categorical\", choices = [0] }");
+    d.write("s.toml", &study);
+    d.run(&["enqueue", "s.toml", "--param", "learning_rate=1e6", "--param", "freeze_layers=0"]);
+    let out = d.run(&["run", "s.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let trials = d.trials("s.toml");
+    let first = &trials[0];
+    assert_eq!(state(first), "FAIL");
+    let e = first["error"].as_str().unwrap().to_lowercase();
+    assert!(e.contains("nan") || e.contains("inf"), "{e}");
+    assert_eq!(count(&trials, "COMPLETE"), 2);
+}
