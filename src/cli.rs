@@ -31,6 +31,11 @@ pub enum Command {
     Best(BestArgs),
     /// Queue a trial with given parameters; it runs before any sampled one.
     Enqueue(EnqueueArgs),
+    /// Write the study's plots (history, parallel coordinates, slices, contour, importance,
+    /// learning curves, train vs valid loss, device timeline, confusion matrix), one file each.
+    Plot(PlotArgs),
+    /// Write the study report: one self-contained HTML file with summary, trials and plots.
+    Report(ReportArgs),
     /// Benchmarks that print figures (samplers, training step).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -113,6 +118,42 @@ pub struct EnqueueArgs {
     /// `name=value`, once per parameter of the space.
     #[arg(long = "param", required = true)]
     pub params: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum ImageFormat {
+    Svg,
+    Png,
+}
+
+#[derive(Debug, Args)]
+pub struct PlotArgs {
+    /// The study file (TOML), or a SQLite file made by sft-search or Optuna.
+    pub study: PathBuf,
+    /// Which study, when a SQLite file holds several.
+    #[arg(long = "study")]
+    pub study_name: Option<String>,
+    /// Output folder (default: `<study name>-plots/` beside the study file or database).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "svg")]
+    pub format: ImageFormat,
+    /// The contour's two parameters, `a,b` (default: the two most important).
+    #[arg(long, value_delimiter = ',', num_args = 1)]
+    pub params: Option<Vec<String>>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The study file (TOML), or a SQLite file made by sft-search or Optuna.
+    pub study: PathBuf,
+    /// Which study, when a SQLite file holds several.
+    #[arg(long = "study")]
+    pub study_name: Option<String>,
+    /// The HTML file to write (default: `<study name>-report.html` beside the study file or
+    /// database).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

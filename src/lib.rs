@@ -16,3 +16,4 @@ pub mod cli;
 pub mod scheduler;
 pub mod trainer;
 pub mod export;
+pub mod report;

@@ -11,7 +11,9 @@ pub mod common;
 pub mod enqueue;
 pub mod export;
 pub mod finetune;
+pub mod plot;
 pub mod predict;
+pub mod report;
 pub mod run;
 pub mod status;
 pub mod trials;
@@ -72,6 +74,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Trials(args) => trials::run(&args),
         Command::Best(args) => best::run(&args),
         Command::Enqueue(args) => enqueue::run(&args, quiet),
+        Command::Plot(args) => plot::run(&args, quiet),
+        Command::Report(args) => report::run(&args, quiet),
         Command::Bench(BenchCommand::Sampler(args)) => bench_sampler::run(&args),
         Command::Bench(BenchCommand::Train(args)) => bench_train::run(&args),
         Command::Bench(BenchCommand::Scheduler(args)) => bench_scheduler::run(&args),

@@ -170,6 +170,17 @@ pub fn run(args: &RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     if let Some(ft) = &finetune {
         evaluate_best_on_test(&cfg, &store, study.id, ft, quiet)?;
     }
+    // The HTML report is refreshed at the end of every run; a failure to write it is
+    // reported but does not fail the study.
+    let study_now = store.study(&cfg.name)?;
+    match crate::report::write_report(&store, &study_now, Some(&cfg), &crate::report::default_report_path(&cfg)) {
+        Ok(path) => {
+            if !quiet {
+                eprintln!("report: {}", shown(&path));
+            }
+        }
+        Err(e) => eprintln!("warning: the report could not be written: {e}"),
+    }
     if count(TrialState::Complete) == 0 && count(TrialState::Fail) > 0 {
         anyhow::bail!("study `{}` failed: no trial completed (see `sft-search trials {}`)", cfg.name, args.study.display());
     }

@@ -10,6 +10,7 @@
 //! attribute `sft:owner` (host, pid, process start) and Optuna's own `fixed_params` for queued
 //! trials; study user attributes `sft:*` — and `sft_` tables for per-step metrics and workers.
 
+mod read_extra;
 pub mod schema;
 
 use std::collections::HashMap;

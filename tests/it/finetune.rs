@@ -119,7 +119,9 @@ fn data_and_model_mistakes_stop_before_any_trial() {
 fn a_nan_loss_fails_the_trial_and_the_study_goes_on() {
     let d = StudyDir::new();
     let toy = write_toy_task(&d.path().join("toy"), 60, 5).unwrap();
-    let study = finetune_study(&toy.model_dir.display().to_string(), &toy.csv.display().to_string(), 2, "")
+    // Weight decay 0.01 with lr 1e6 multiplies every weight by -9999 per step: f32 overflows.
+    let study = finetune_study(&toy.model_dir.display().to_string(), &toy.csv.display().to_string(), 2, "weight_decay = 0.01\nepochs = 3")
+        .replace("epochs = 2\n", "")
         .replace("learning_rate = { type = \"float\", low = 1e-3, high = 5e-3, log = true }", "learning_rate = { type = \"categorical\", choices = [1e6, 3e-3] }")
         .replace("freeze_layers = { type = \"int\", low = 0, high = 1 }", "freeze_layers = { type = \"categorical\", choices = [0] }");
     d.write("s.toml", &study);

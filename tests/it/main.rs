@@ -3,6 +3,7 @@
 
 mod util;
 
+
 mod config_errors;
 mod export;
 mod faults;
@@ -11,4 +12,6 @@ mod gp;
 mod interop;
 mod parallel;
 mod pruning;
+mod report;
 mod study;
+mod worker;

@@ -1,4 +1,4 @@
-//! End-to-end tests of `sft-search worker`: a job piped on stdin, JSON lines read back.
+//! `sft-search worker` on its own: a job piped on stdin, JSON lines read back.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
