@@ -42,6 +42,10 @@ pub enum Command {
     /// Runs one trial; spoken to by `run` over stdin/stdout (JSON lines). Not for direct use.
     #[command(hide = true)]
     Worker(WorkerArgs),
+    /// Write the best (or a chosen) trial's checkpoint as a Hugging Face model folder.
+    Export(ExportArgs),
+    /// Predict labels for a CSV/TSV/JSONL file with an exported (or any compatible) model.
+    Predict(PredictArgs),
 }
 
 #[derive(Debug, Args)]
@@ -274,3 +278,51 @@ pub struct BenchTrainArgs {
 
 #[derive(Debug, Args)]
 pub struct WorkerArgs {}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The study file (TOML), or its SQLite file.
+    pub study: PathBuf,
+    /// The folder to write (refused when it exists and is not empty, unless --force).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Export this trial instead of the best COMPLETE one.
+    #[arg(long)]
+    pub trial: Option<u64>,
+    /// Replace an existing --out folder (the old one is removed once the new one is in place).
+    #[arg(long)]
+    pub force: bool,
+    /// Which study, when a SQLite file holds several.
+    #[arg(long = "study")]
+    pub study_name: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    /// A Hugging Face BertForSequenceClassification folder (e.g. made by `export`).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Rows to classify: .csv, .tsv or .jsonl.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Where to write the input columns plus the predictions (.csv, .tsv or .jsonl); stdout
+    /// (in the input's format) when absent.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    #[arg(long, default_value = "text")]
+    pub text_column: String,
+    /// Second text column for sentence-pair models.
+    #[arg(long)]
+    pub text_pair_column: Option<String>,
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// cpu, cuda or cuda:k.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Truncate to this many tokens (default: the model's `model_max_length`).
+    #[arg(long)]
+    pub max_length: Option<usize>,
+    /// Also write the raw logits, one `logit_<label>` column per class.
+    #[arg(long, hide = true)]
+    pub logits: bool,
+}

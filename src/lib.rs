@@ -15,4 +15,5 @@ pub mod config;
 pub mod cli;
 pub mod scheduler;
 pub mod trainer;
+pub mod export;
 pub mod report;

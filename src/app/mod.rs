@@ -9,8 +9,10 @@ pub mod bench_train;
 pub mod best;
 pub mod common;
 pub mod enqueue;
+pub mod export;
 pub mod finetune;
 pub mod plot;
+pub mod predict;
 pub mod report;
 pub mod run;
 pub mod status;
@@ -79,5 +81,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::Scheduler(args)) => bench_scheduler::run(&args),
         Command::Bench(BenchCommand::Pruning(args)) => bench_pruning::run(&args),
         Command::Worker(args) => worker::run(&args),
+        Command::Export(args) => export::run(&args, quiet),
+        Command::Predict(args) => predict::run(&args, quiet),
     }
 }

@@ -5,6 +5,7 @@ mod util;
 
 
 mod config_errors;
+mod export;
 mod faults;
 mod finetune;
 mod gp;

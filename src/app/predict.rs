@@ -1,0 +1,119 @@
+//! `sft-search predict`: batch inference with a Hugging Face classification folder over a
+//! CSV/TSV/JSONL file; writes the input columns plus `predicted_label` and one
+//! `prob_<label>` column per class (regression: `prediction`), to a file or stdout.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::Value;
+
+use super::common::shown;
+use super::UsageError;
+use crate::cli::PredictArgs;
+use crate::export::predict::{argmax, softmax, Predictor, TextInput};
+use crate::export::table::{read_table, Format, TableWriter};
+use crate::trainer::data::Problem;
+use crate::trainer::train::parse_device;
+
+fn usage(e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::Error::new(UsageError(e.to_string()))
+}
+
+fn num(x: f64) -> Value {
+    serde_json::Number::from_f64(x).map(Value::Number).unwrap_or(Value::Null)
+}
+
+pub fn run(args: &PredictArgs, quiet: bool) -> anyhow::Result<ExitCode> {
+    if args.batch_size == 0 {
+        return Err(usage("--batch-size must be at least 1"));
+    }
+    let table = read_table(&args.input).map_err(usage)?;
+    let ti = table.column(&args.text_column).map_err(usage)?;
+    let pi = args.text_pair_column.as_deref().map(|c| table.column(c)).transpose().map_err(usage)?;
+    let out_format = match &args.output {
+        Some(p) => Format::of(p).map_err(usage)?,
+        None => table.format,
+    };
+    let device = parse_device(&args.device).map_err(usage)?;
+    let predictor = Predictor::load(&args.model, &device, args.max_length)
+        .with_context(|| format!("loading the model folder {}", shown(&args.model)))?;
+    let head = predictor.head().clone();
+    let rows: Vec<TextInput> = (0..table.rows.len())
+        .map(|r| TextInput { text: table.text(r, ti), pair: pi.map(|c| table.text(r, c)) })
+        .collect();
+
+    let pb = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::with_draw_target(Some(rows.len() as u64), ProgressDrawTarget::stderr())
+    };
+    pb.set_style(
+        ProgressStyle::with_template("predicting [{bar:30}] {pos}/{len} rows  {per_sec}  eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let logits = predictor.logits(&rows, args.batch_size, &mut |done| pb.set_position(done as u64));
+    pb.finish_and_clear();
+    let logits = logits.context("running the model")?;
+
+    let mut columns = table.columns.clone();
+    match head.problem {
+        Problem::Classification => {
+            columns.push("predicted_label".into());
+            columns.extend(head.labels.iter().map(|l| format!("prob_{l}")));
+        }
+        Problem::Regression => columns.push("prediction".into()),
+    }
+    if args.logits && head.problem == Problem::Classification {
+        columns.extend(head.labels.iter().map(|l| format!("logit_{l}")));
+    }
+
+    let (sink, tmp): (Box<dyn Write>, Option<std::path::PathBuf>) = match &args.output {
+        Some(p) => {
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let tmp = p.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+            let f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+            (Box::new(std::io::BufWriter::new(f)), Some(tmp))
+        }
+        None => (Box::new(std::io::BufWriter::new(std::io::stdout().lock())), None),
+    };
+    let written = (|| -> anyhow::Result<()> {
+        let mut w = TableWriter::new(sink, out_format, columns)?;
+        for (row, l) in table.rows.iter().zip(&logits) {
+            let mut cells = row.clone();
+            match head.problem {
+                Problem::Classification => {
+                    let label = head.labels.get(argmax(l)).cloned().unwrap_or_default();
+                    cells.push(Value::String(label));
+                    cells.extend(softmax(l).into_iter().map(num));
+                }
+                Problem::Regression => cells.push(num(l.first().copied().unwrap_or(f32::NAN) as f64)),
+            }
+            if args.logits && head.problem == Problem::Classification {
+                cells.extend(l.iter().map(|&x| num(x as f64)));
+            }
+            w.write_row(&cells)?;
+        }
+        w.finish()?.flush()?;
+        Ok(())
+    })();
+    match (&args.output, tmp) {
+        (Some(out), Some(tmp)) => {
+            if let Err(e) = written {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e.context(format!("writing {}", out.display())));
+            }
+            std::fs::rename(&tmp, out).with_context(|| format!("writing {}", out.display()))?;
+            if !quiet {
+                eprintln!("wrote {} predictions to {}", logits.len(), shown(out));
+            }
+        }
+        _ => match written {
+            Err(e) if e.chain().any(|c| c.to_string().contains("Broken pipe")) => {}
+            other => other.context("writing to stdout")?,
+        },
+    }
+    Ok(ExitCode::SUCCESS)
+}
