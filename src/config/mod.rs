@@ -217,6 +217,8 @@ impl StudyConfig {
         let file: StudyFile = src.parse()?;
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
+        // Absolute, so paths stored in the database (checkpoints) mean the same from anywhere.
+        let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
         resolve(&src, file, dir)
     }
 
