@@ -18,8 +18,8 @@ use serde_json::json;
 use super::common::{load_config, print_out};
 use super::run::{build_runner, build_sampler};
 use crate::cli::{BenchSchedulerArgs, TextOrJson};
-use crate::scheduler::{run_study, RunSummary, Silent, StopSignal, StudyRun};
-use crate::storage::{parse_time, Budget, Store, StudySpec};
+use crate::scheduler::{run_study, RunSummary, Silent, StopSignal};
+use crate::storage::{parse_time, Store};
 use crate::trial::TrialRecord;
 
 /// A folder under the system temp dir, removed when dropped.
@@ -47,34 +47,8 @@ pub fn run_study_file(path: &Path) -> anyhow::Result<(Vec<TrialRecord>, RunSumma
     let runner = build_runner(&cfg, true)?;
     let pruner = crate::pruner::from_config(&cfg.pruner);
     let mut store = Store::open(&cfg.storage)?;
-    let study = store.create_or_open_study(&StudySpec {
-        name: &cfg.name,
-        direction: cfg.direction,
-        metric: &cfg.metric,
-        space: &cfg.space,
-        study_text: &cfg.text,
-        allow_space_change: false,
-    })?;
-    let run = StudyRun {
-        store_path: cfg.storage.clone(),
-        study_id: study.id,
-        space: &cfg.space,
-        direction: cfg.direction,
-        sampler: sampler.as_ref(),
-        sampler_seed: cfg.sampler.seed,
-        pruner: pruner.as_ref(),
-        runner: runner.as_ref(),
-        slots: cfg.execution.slots(),
-        budget: Budget { n_trials: cfg.n_trials },
-        timeout: cfg.timeout,
-        max_retries: cfg.execution.max_retries,
-        heartbeat_interval: cfg.execution.heartbeat_interval,
-        heartbeat_timeout: cfg.execution.heartbeat_timeout,
-        max_consecutive_failures: cfg.execution.max_consecutive_failures,
-        artifacts_root: cfg.artifacts_root(),
-        stop: StopSignal::new(),
-        observer: &Silent,
-    };
+    let study = store.create_or_open_study(&super::run::study_spec(&cfg, false))?;
+    let run = super::run::study_run(&cfg, study.id, sampler.as_ref(), pruner.as_ref(), runner.as_ref(), StopSignal::new(), &Silent);
     let summary = run_study(&run)?;
     Ok((store.trials(study.id)?, summary))
 }

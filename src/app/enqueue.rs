@@ -5,21 +5,14 @@ use std::process::ExitCode;
 use super::common::load_config;
 use super::UsageError;
 use crate::cli::EnqueueArgs;
-use crate::storage::{Store, StudySpec};
+use crate::storage::Store;
 
 pub fn run(args: &EnqueueArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     let cfg = load_config(&args.study)?;
     let params = cfg.space.parse_assignments(&args.params).map_err(|e| UsageError(format!("--param: {e}")))?;
     let mut store = Store::open(&cfg.storage)?;
     let study = store
-        .create_or_open_study(&StudySpec {
-            name: &cfg.name,
-            direction: cfg.direction,
-            metric: &cfg.metric,
-            space: &cfg.space,
-            study_text: &cfg.text,
-            allow_space_change: false,
-        })
+        .create_or_open_study(&super::run::study_spec(&cfg, false))
         .map_err(|e| UsageError(e.to_string()))?;
     let number = store.enqueue(study.id, &cfg.space, &params)?;
     if !quiet {

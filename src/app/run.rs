@@ -44,6 +44,50 @@ pub fn build_runner(cfg: &StudyConfig, quiet: bool) -> anyhow::Result<Box<dyn Tr
     })
 }
 
+/// The study's description as the store keeps it.
+pub fn study_spec(cfg: &StudyConfig, allow_space_change: bool) -> StudySpec<'_> {
+    StudySpec {
+        name: &cfg.name,
+        direction: cfg.direction,
+        metric: &cfg.metric,
+        space: &cfg.space,
+        study_text: &cfg.text,
+        allow_space_change,
+    }
+}
+
+/// The study loop's settings, all taken from the study file (after command-line overrides).
+pub fn study_run<'a>(
+    cfg: &'a StudyConfig,
+    study_id: i64,
+    sampler: &'a dyn Sampler,
+    pruner: &'a dyn crate::pruner::Pruner,
+    runner: &'a dyn TrialRunner,
+    stop: StopSignal,
+    observer: &'a dyn Observer,
+) -> StudyRun<'a> {
+    StudyRun {
+        store_path: cfg.storage.clone(),
+        study_id,
+        space: &cfg.space,
+        direction: cfg.direction,
+        sampler,
+        sampler_seed: cfg.sampler.seed,
+        pruner,
+        runner,
+        slots: cfg.execution.slots(),
+        budget: Budget { n_trials: cfg.n_trials },
+        timeout: cfg.timeout,
+        max_retries: cfg.execution.max_retries,
+        heartbeat_interval: cfg.execution.heartbeat_interval,
+        heartbeat_timeout: cfg.execution.heartbeat_timeout,
+        max_consecutive_failures: cfg.execution.max_consecutive_failures,
+        artifacts_root: cfg.artifacts_root(),
+        stop,
+        observer,
+    }
+}
+
 pub fn run(args: &RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     let mut cfg = load_config(&args.study)?;
     if let Some(n) = args.n_trials {
@@ -72,14 +116,7 @@ pub fn run(args: &RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
 
     let mut store = Store::open(&cfg.storage).with_context(|| format!("opening the store of study `{}`", cfg.name))?;
     let study = store
-        .create_or_open_study(&StudySpec {
-            name: &cfg.name,
-            direction: cfg.direction,
-            metric: &cfg.metric,
-            space: &cfg.space,
-            study_text: &cfg.text,
-            allow_space_change: args.allow_space_change,
-        })
+        .create_or_open_study(&study_spec(&cfg, args.allow_space_change))
         .map_err(|e| match e {
             crate::storage::StoreError::SpaceChanged { .. } | crate::storage::StoreError::DirectionChanged { .. } => {
                 anyhow::Error::new(UsageError(e.to_string()))
@@ -109,26 +146,7 @@ pub fn run(args: &RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     } else {
         Box::new(ProgressDisplay::new(&slots, cfg.n_trials.or(Some(cfg.space.grid_size(cfg.sampler.grid_points) as u64)), cfg.direction, &history))
     };
-    let run = StudyRun {
-        store_path: cfg.storage.clone(),
-        study_id: study.id,
-        space: &cfg.space,
-        direction: cfg.direction,
-        sampler: sampler.as_ref(),
-        sampler_seed: cfg.sampler.seed,
-        pruner: pruner.as_ref(),
-        runner: runner.as_ref(),
-        slots,
-        budget: Budget { n_trials: cfg.n_trials },
-        timeout: cfg.timeout,
-        max_retries: cfg.execution.max_retries,
-        heartbeat_interval: cfg.execution.heartbeat_interval,
-        heartbeat_timeout: cfg.execution.heartbeat_timeout,
-        max_consecutive_failures: cfg.execution.max_consecutive_failures,
-        artifacts_root: cfg.artifacts_root(),
-        stop: stop.clone(),
-        observer: display.as_ref(),
-    };
+    let run = study_run(&cfg, study.id, sampler.as_ref(), pruner.as_ref(), runner.as_ref(), stop.clone(), display.as_ref());
     let summary = run_study(&run);
     drop(display);
     let summary = summary?;
