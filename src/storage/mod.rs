@@ -86,6 +86,15 @@ impl Owner {
     }
 }
 
+/// Whether SQLite said the database is busy or locked.
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
 /// This machine's host name.
 pub fn hostname() -> String {
     gethostname::gethostname().to_string_lossy().to_string()
@@ -220,7 +229,11 @@ impl Store {
 
     fn configure(conn: &Connection) -> rusqlite::Result<()> {
         conn.busy_timeout(Duration::from_secs(60))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // Switching to WAL needs an exclusive lock; only the first opener has to do it.
+        let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+        }
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         Ok(())
@@ -261,8 +274,20 @@ impl Store {
             }
             None => {}
         }
-        Self::configure(&conn).map_err(sq)?;
-        schema::migrate(&mut conn).map_err(sq)?;
+        // Several processes may create the same new file at once: the journal-mode switch and
+        // the first migration can then meet SQLITE_BUSY without the busy handler; try again.
+        let started = std::time::Instant::now();
+        let mut attempt: u64 = 0;
+        loop {
+            match Self::configure(&conn).and_then(|_| schema::migrate(&mut conn)) {
+                Ok(()) => break,
+                Err(e) if is_busy(&e) && started.elapsed() < Duration::from_secs(60) => {
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_millis(5 + (attempt * 7 + u64::from(std::process::id())) % 40));
+                }
+                Err(e) => return Err(sq(e)),
+            }
+        }
         Ok(Store { conn, path: path.to_path_buf() })
     }
 

@@ -231,3 +231,31 @@ fn two_writers_never_share_a_number() {
     all.sort();
     assert_eq!(all, (0..40).collect::<Vec<_>>());
 }
+
+/// Regression: two `run` processes starting on a new database at the same moment — one got
+/// "database is locked" from the switch to WAL, which bypasses the busy handler.
+#[test]
+fn many_openers_of_a_new_file_at_once_all_succeed() {
+    for round in 0..20 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(format!("new-{round}.db"));
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let path = path.clone();
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    let mut store = Store::open(&path).map_err(|e| e.to_string())?;
+                    let sp = space();
+                    let spec = StudySpec { name: "s", direction: Direction::Minimize, metric: "v", space: &sp, study_text: "", allow_space_change: false };
+                    store.create_or_open_study(&spec).map(|s| s.id).map_err(|e| e.to_string())
+                })
+            })
+            .collect();
+        let ids: Vec<std::result::Result<i64, String>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        for id in &ids {
+            assert_eq!(id, &Ok(1), "{ids:?}");
+        }
+    }
+}
