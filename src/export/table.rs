@@ -115,6 +115,19 @@ fn read_delimited(path: &Path, bytes: &[u8], delim: u8, quoting: bool) -> Result
         if rec.iter().all(|c| c.trim().is_empty()) {
             continue; // blank line
         }
+        if rec.len() > columns.len() && rec.iter().skip(columns.len()).any(|c| !c.trim().is_empty()) {
+            let line = rec.position().map(|p| p.line()).unwrap_or(0);
+            return Err(TableError::Parse {
+                path: path.to_path_buf(),
+                line,
+                message: format!(
+                    "this row has {} fields but the header has {} (a text with an unquoted {:?}? quote it)",
+                    rec.len(),
+                    columns.len(),
+                    delim as char
+                ),
+            });
+        }
         let mut row: Vec<Value> = rec.iter().take(columns.len()).map(|c| Value::String(c.to_string())).collect();
         row.resize(columns.len(), Value::Null);
         rows.push(row);
@@ -215,6 +228,14 @@ mod tests {
         let p = dir.join(name);
         std::fs::write(&p, text).unwrap();
         p
+    }
+
+    #[test]
+    fn an_unquoted_comma_in_a_text_is_an_error_naming_the_line() {
+        let d = tempfile::tempdir().unwrap();
+        let err = read_table(&file(d.path(), "new.csv", "text\nfine film\nwhat a wonderful, moving film\n")).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("new.csv") && msg.contains("2 fields") && msg.contains('3'), "{msg}");
     }
 
     #[test]
