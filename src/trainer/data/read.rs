@@ -154,6 +154,18 @@ fn read_delimited(
             .position()
             .map(|p| line_of(p.byte() as usize))
             .unwrap_or(0);
+        if rec.len() > headers.len() && rec.iter().skip(headers.len()).any(|f| !f.trim().is_empty()) {
+            return Err(DataError::Parse {
+                path: path.to_path_buf(),
+                line,
+                message: format!(
+                    "row {row} has {} fields but the header has {} (a text with an unquoted {:?}? quote it)",
+                    rec.len(),
+                    headers.len(),
+                    delim as char
+                ),
+            });
+        }
         let cell = |i: usize, name: &str| {
             rec.get(i)
                 .map(|s| s.to_string())
@@ -271,6 +283,14 @@ mod tests {
         let p = dir.path().join(name);
         std::fs::write(&p, body).unwrap();
         p
+    }
+
+    #[test]
+    fn an_unquoted_comma_in_a_text_is_an_error_with_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(&dir, "train.csv", "text,label\nfine film,1\ngood, but long,0\n");
+        let msg = read_rows(&p, COLS).unwrap_err().to_string();
+        assert!(msg.contains("train.csv") && msg.contains("3 fields") && msg.contains("unquoted"), "{msg}");
     }
 
     #[test]
