@@ -425,10 +425,7 @@ impl Store {
 
     /// Every trial of the study, in number order, with everything stored about it.
     pub fn trials(&self, study_id: i64) -> Result<Vec<TrialRecord>> {
-        read_trials(&self.conn, study_id).map_err(|e| match e {
-            ReadError::Sql(s) => self.err(s),
-            ReadError::Corrupt(number, what) => StoreError::Corrupt { number, what },
-        })
+        read_trials(&self.conn, study_id).map_err(|e| e.into_store(&self.path))
     }
 
     /// Per-step metrics of one trial: step → (name → value).
@@ -469,10 +466,7 @@ impl Store {
         let path = self.path.clone();
         let sq = |source| StoreError::Sqlite { path: path.clone(), source };
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sq)?;
-        let history = read_trials(&tx, study_id).map_err(|e| match e {
-            ReadError::Sql(s) => sq(s),
-            ReadError::Corrupt(number, what) => StoreError::Corrupt { number, what },
-        })?;
+        let history = read_trials(&tx, study_id).map_err(|e| e.into_store(&path))?;
         let count = |s: TrialState| history.iter().filter(|t| t.state == s).count() as u64;
         let done = count(TrialState::Complete) + count(TrialState::Pruned);
         let running = count(TrialState::Running);
@@ -606,10 +600,7 @@ impl Store {
         let path = self.path.clone();
         let sq = |source| StoreError::Sqlite { path: path.clone(), source };
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sq)?;
-        let r = finish_in(&tx, trial_id, outcome, retry).map_err(|e| match e {
-            FinishError::Sql(s) => sq(s),
-            FinishError::Transition(number, from, to) => StoreError::Transition { number, from, to },
-        })?;
+        let r = finish_in(&tx, trial_id, outcome, retry).map_err(|e| e.into_store(&path))?;
         tx.commit().map_err(sq)?;
         Ok(r)
     }
@@ -621,10 +612,7 @@ impl Store {
         let path = self.path.clone();
         let sq = |source| StoreError::Sqlite { path: path.clone(), source };
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sq)?;
-        let history = read_trials(&tx, study_id).map_err(|e| match e {
-            ReadError::Sql(s) => sq(s),
-            ReadError::Corrupt(number, what) => StoreError::Corrupt { number, what },
-        })?;
+        let history = read_trials(&tx, study_id).map_err(|e| e.into_store(&path))?;
         let now = chrono::Local::now().naive_local();
         let mut out = Vec::new();
         for t in history.iter().filter(|t| t.state == TrialState::Running) {
@@ -653,10 +641,7 @@ impl Store {
             }
             let retry = max_retries > retry_depth(&history, t);
             let outcome = Outcome::Failed { reason: "interrupted".into() };
-            let r = finish_in(&tx, t.id, &outcome, retry).map_err(|e| match e {
-                FinishError::Sql(s) => sq(s),
-                FinishError::Transition(number, from, to) => StoreError::Transition { number, from, to },
-            })?;
+            let r = finish_in(&tx, t.id, &outcome, retry).map_err(|e| e.into_store(&path))?;
             out.push(Recovered { number: t.number, retry: r });
         }
         tx.commit().map_err(sq)?;
@@ -792,6 +777,15 @@ enum FinishError {
     Transition(TrialNumber, TrialState, TrialState),
 }
 
+impl FinishError {
+    fn into_store(self, path: &Path) -> StoreError {
+        match self {
+            FinishError::Sql(source) => StoreError::Sqlite { path: path.to_path_buf(), source },
+            FinishError::Transition(number, from, to) => StoreError::Transition { number, from, to },
+        }
+    }
+}
+
 impl From<rusqlite::Error> for FinishError {
     fn from(e: rusqlite::Error) -> Self {
         FinishError::Sql(e)
@@ -859,6 +853,15 @@ fn finish_in(tx: &Transaction, trial_id: i64, outcome: &Outcome, retry: bool) ->
 enum ReadError {
     Sql(rusqlite::Error),
     Corrupt(TrialNumber, String),
+}
+
+impl ReadError {
+    fn into_store(self, path: &Path) -> StoreError {
+        match self {
+            ReadError::Sql(source) => StoreError::Sqlite { path: path.to_path_buf(), source },
+            ReadError::Corrupt(number, what) => StoreError::Corrupt { number, what },
+        }
+    }
 }
 
 impl From<rusqlite::Error> for ReadError {
