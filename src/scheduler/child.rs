@@ -507,12 +507,13 @@ mod tests {
         let mut r = Recorder { prune_at: Some(1), ..Default::default() };
         let start = Instant::now();
         let out = run_child(
-            &sh(r#"for i in 0 1 2 3 4 5; do echo "{\"step\": $i, \"value\": $i}"; sleep 0.3; done; echo '{"value": 9}'"#),
+            &sh(r#"for i in 0 1 2 3 4 5; do echo "{\"step\": $i, \"value\": $i}"; sleep 1; done; echo '{"value": 9}'"#),
             &mut r,
             &CancelToken::new(),
         );
         assert_eq!(out, Outcome::Pruned { step: 1, value: Some(1.0) });
-        assert!(start.elapsed() < Duration::from_secs(1), "took {:?}", start.elapsed());
+        // Run to its end the command would take 6 s; pruned it stops after step 1 (~1 s).
+        assert!(start.elapsed() < Duration::from_secs(4), "took {:?}", start.elapsed());
     }
 
     #[test]
