@@ -21,8 +21,21 @@ pub fn build_sampler(cfg: &StudyConfig) -> anyhow::Result<Box<dyn Sampler>> {
     Ok(match cfg.sampler.kind {
         SamplerKind::Grid => Box::new(GridSampler::new(cfg.sampler.grid_points)),
         SamplerKind::Random => Box::new(RandomSampler),
-        SamplerKind::Gp => Box::new(GpSampler::new(GpOptions { n_startup: cfg.sampler.n_startup, ..GpOptions::default() })),
+        SamplerKind::Gp => Box::new(GpSampler::new(GpOptions { n_startup: Some(gp_n_startup(cfg)), ..GpOptions::default() })),
     })
+}
+
+/// Start-up trials of a GP study: `[sampler] n_startup` when given, else the sampler's
+/// default for the space but at most half of `n_trials` (and at least 3), so a small budget —
+/// 8 fine-tuning trials over 4 parameters — still gets model-guided trials instead of
+/// spending all of them on quasi-random points.
+pub fn gp_n_startup(cfg: &StudyConfig) -> usize {
+    let default = crate::sampler::gp::default_n_startup(cfg.space.len());
+    match (cfg.sampler.n_startup, cfg.n_trials) {
+        (Some(n), _) => n,
+        (None, Some(budget)) => default.min(((budget / 2) as usize).max(3)),
+        (None, None) => default,
+    }
 }
 
 /// The runner that evaluates a study's trials.
@@ -257,5 +270,29 @@ fn install_interrupt_handler(stop: &StopSignal, quiet: bool) {
     });
     if let Err(e) = result {
         tracing::warn!("cannot install the Ctrl-C handler: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(sampler: &str, n_trials: &str) -> StudyConfig {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.toml");
+        let text = format!(
+            "[study]\nname = \"s\"\ndirection = \"minimize\"\nmetric = \"v\"\n{n_trials}\n\n[space]\na = {{ type = \"float\", low = 0, high = 1 }}\nb = {{ type = \"float\", low = 0, high = 1 }}\nc = {{ type = \"int\", low = 0, high = 6 }}\nd = {{ type = \"categorical\", choices = [16, 32] }}\n\n[sampler]\nkind = \"gp\"\n{sampler}\n\n[objective]\nkind = \"command\"\ncommand = [\"true\"]\n"
+        );
+        std::fs::write(&p, text).unwrap();
+        StudyConfig::load(&p).unwrap()
+    }
+
+    #[test]
+    fn gp_start_up_is_capped_by_half_the_budget() {
+        // 4 parameters: the sampler's default is 8.
+        assert_eq!(gp_n_startup(&config("", "n_trials = 100")), 8);
+        assert_eq!(gp_n_startup(&config("", "n_trials = 8")), 4);
+        assert_eq!(gp_n_startup(&config("", "n_trials = 4")), 3);
+        assert_eq!(gp_n_startup(&config("n_startup = 6", "n_trials = 8")), 6);
     }
 }

@@ -15,7 +15,7 @@ use anyhow::Context;
 use serde_json::{json, Map, Value};
 
 use crate::cli::WorkerArgs;
-use crate::scheduler::{CancelToken, Decision, Progress, Reporter};
+use crate::scheduler::{CancelToken, Decision, Progress, Reporter, IO_ERROR_PREFIX};
 use crate::trainer::runner::WorkerJob;
 use crate::trainer::train::{self, Finish};
 
@@ -62,6 +62,12 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 }
 
 pub fn run(_args: &WorkerArgs) -> anyhow::Result<ExitCode> {
+    // A file-size limit (`ulimit -f`, quota-like setups) must make a checkpoint write fail
+    // with an error the trial records and cleans up after, not kill the worker mid-file.
+    // SAFETY: setting a signal's disposition to "ignore" before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     let stdin = std::io::stdin();
     let mut input = stdin.lock();
     let mut line = String::new();
@@ -128,6 +134,12 @@ pub fn run(_args: &WorkerArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Ok(Ok(None)) => Ok(ExitCode::SUCCESS),
+        Ok(Err(e @ train::TrainError::Checkpoint(_))) => {
+            // Not the trial's verdict: the disk (full, unwritable). Worth a retry from the
+            // last complete checkpoint.
+            emit(&json!({"error": format!("{IO_ERROR_PREFIX}{e}")}));
+            Ok(ExitCode::from(1))
+        }
         Ok(Err(e)) => {
             emit(&json!({"error": e.to_string()}));
             Ok(ExitCode::from(1))

@@ -108,10 +108,15 @@ pub enum LoopError {
     Panic(String),
 }
 
+/// How a trial process's error starts when the machine failed it rather than the trial (a
+/// checkpoint that could not be written: disk full, folder unwritable). Kept as the reason
+/// as is, and retried.
+pub const IO_ERROR_PREFIX: &str = "io error: ";
+
 /// Whether a failure came from outside the trial (and is worth running again), rather than
 /// being the trial's own verdict (an error it reported, a NaN, a non-zero exit).
 pub fn is_retryable(reason: &str) -> bool {
-    ["interrupted", "worker exited: signal", "timeout", "cancelled", "lost track"]
+    ["interrupted", "worker exited: signal", "timeout", "cancelled", "lost track", IO_ERROR_PREFIX]
         .iter()
         .any(|p| reason.starts_with(p))
 }

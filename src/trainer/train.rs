@@ -181,6 +181,7 @@ pub fn train(job: &TrainJob, reporter: &mut dyn Reporter, stop: &CancelToken) ->
     let spec = &job.spec;
     spec.validate().map_err(|e| TrainError::Setup(e.to_string()))?;
     let device = parse_device(&job.device)?;
+    let mut gpu_memory = super::gpu_memory::GpuMemoryProbe::for_device(&job.device);
     let t_setup = Instant::now();
 
     let dataset = data::load_dataset(&job.data)?;
@@ -353,7 +354,7 @@ pub fn train(job: &TrainJob, reporter: &mut dyn Reporter, stop: &CancelToken) ->
                     total_steps: Some(total_steps as u64),
                     samples_per_s: Some(epoch_rows_timed as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9)),
                     loss: Some(state.epoch_loss_sum / state.epoch_rows.max(1) as f64),
-                    gpu_memory_mb: None,
+                    gpu_memory_mb: gpu_memory.mib(),
                 });
             }
             let at_epoch_end = bi + 1 == plan.len();
@@ -384,7 +385,7 @@ pub fn train(job: &TrainJob, reporter: &mut dyn Reporter, stop: &CancelToken) ->
                         total_steps: Some(total_steps as u64),
                         samples_per_s: Some(sps),
                         loss: state.history.last().and_then(|r| r.metrics.get("train_loss")).and_then(Value::as_f64),
-                        gpu_memory_mb: None,
+                        gpu_memory_mb: gpu_memory.mib(),
                     });
                     epoch_start = Instant::now();
                     epoch_rows_timed = 0;

@@ -178,3 +178,193 @@ fn soak_crashing_trials_and_a_killed_orchestrator() {
     }
     assert!(kills >= 3, "the orchestrator should have been killed a few times, was {kills}");
 }
+
+/// A fine-tuning study of one trial with fixed options, long enough (several epochs of a
+/// few seconds) to be interrupted between two epochs.
+fn long_finetune_study(model: &str, csv: &str, extra: &str) -> String {
+    format!(
+        r#"[study]
+name = "ftkill"
+direction = "maximize"
+metric = "accuracy"
+n_trials = 1
+seed = 3
+storage = "study.db"
+
+[space]
+learning_rate = {{ type = "float", low = 1e-3, high = 3e-3, log = true }}
+
+[sampler]
+kind = "random"
+
+[objective]
+kind = "finetune"
+
+[model]
+path = "{model}"
+
+[data]
+path = "{csv}"
+
+[train]
+epochs = 4
+batch_size = 8
+max_length = 16
+threads = 1
+{extra}
+"#
+    )
+}
+
+fn epochs_seen(t: &Value) -> usize {
+    t["intermediate"].as_array().map_or(0, Vec::len)
+}
+
+/// Fault 1: the orchestrator is SIGKILLed during a fine-tuning trial; `run` again continues
+/// that trial from its last checkpoint and ends exactly where an uninterrupted run ends.
+#[test]
+fn sigkill_during_a_finetune_trial_resumes_from_its_checkpoint_with_equal_metrics() {
+    let toy_dir = tempfile::tempdir().unwrap();
+    let toy = sft_search::trainer::toy::write_toy_task(toy_dir.path(), 3000, 11).unwrap();
+    let study = long_finetune_study(&toy.model_dir.display().to_string(), &toy.csv.display().to_string(), "");
+
+    // The uninterrupted run.
+    let reference = StudyDir::new();
+    reference.write("s.toml", &study);
+    let out = reference.run(&["-q", "run", "s.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let reference = reference.trials("s.toml");
+    assert_eq!(reference.len(), 1);
+    assert_eq!(state(&reference[0]), "COMPLETE");
+
+    // The same study, killed after its first epoch.
+    let d = StudyDir::new();
+    d.write("s.toml", &study);
+    let mut child = d.spawn(&["-q", "run", "s.toml"]);
+    let before = d.wait_for("s.toml", Duration::from_secs(120), "trial 0 past its first epoch", |t| {
+        t.len() == 1 && state(&t[0]) == "RUNNING" && epochs_seen(&t[0]) >= 1
+    });
+    signal(&child, libc::SIGKILL);
+    let _ = child.wait();
+    let seen_at_kill = epochs_seen(&before[0]);
+    assert!(seen_at_kill < 4, "the trial ended before the kill; make the epochs longer");
+    // The worker notices its parent is gone (stdin EOF) and stops.
+    std::thread::sleep(Duration::from_millis(500));
+
+    let out = d.run(&["run", "s.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let trials = d.trials("s.toml");
+    assert_eq!(trials.len(), 2, "the interrupted trial and its retry");
+    assert_eq!(state(&trials[0]), "FAIL");
+    assert_eq!(trials[0]["error"], "interrupted");
+    let retry = &trials[1];
+    assert_eq!(state(retry), "COMPLETE");
+    assert_eq!(retry["retry_of"], 0);
+    assert_eq!(retry["params"], reference[0]["params"]);
+    let resumed = retry["metrics"]["resumed_from_step"].as_u64().expect("the retry resumed from a checkpoint");
+    assert!(resumed > 0, "{retry}");
+    eprintln!("killed after {seen_at_kill} epoch(s); resumed from step {resumed}");
+
+    // Same run: every epoch's valid metrics and the value agree with the uninterrupted run.
+    let close = |a: &Value, b: &Value, what: &str| {
+        let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+        assert!((a - b).abs() <= 1e-4 * (1.0 + a.abs()), "{what}: resumed {a} vs uninterrupted {b}");
+    };
+    close(&retry["value"], &reference[0]["value"], "value");
+    let h_retry = retry["metrics"]["history"].as_array().expect("history");
+    let h_ref = reference[0]["metrics"]["history"].as_array().expect("history");
+    assert_eq!(h_retry.len(), h_ref.len());
+    for (a, b) in h_retry.iter().zip(h_ref) {
+        assert_eq!(a["step"], b["step"]);
+        for k in ["loss", "accuracy", "f1_macro", "train_loss"] {
+            close(&a["metrics"][k], &b["metrics"][k], &format!("epoch {} {k}", a["step"]));
+        }
+    }
+}
+
+/// The processes whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: comm may hold spaces, so read after the last ')'.
+        let ppid =
+            stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)).and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            out.push(child);
+        }
+    }
+    out
+}
+
+/// Every file and folder under `dir`.
+fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        out.push(p.clone());
+        if p.is_dir() {
+            walk(&p, out);
+        }
+    }
+}
+
+/// Fault 4: the disk "fills" while a checkpoint is written (the worker's file-size limit is
+/// cut to 16 KiB after its first epoch, so the next write fails as on a full disk; tests run
+/// as root, for whom a read-only folder is no obstacle). The trial fails with the write
+/// error, no partial checkpoint remains, the store is intact, and the retry resumes from
+/// the last complete checkpoint.
+#[test]
+fn a_failed_checkpoint_write_fails_the_trial_and_leaves_no_half_files() {
+    let toy_dir = tempfile::tempdir().unwrap();
+    let toy = sft_search::trainer::toy::write_toy_task(toy_dir.path(), 3000, 12).unwrap();
+    let d = StudyDir::new();
+    d.write("s.toml", &long_finetune_study(&toy.model_dir.display().to_string(), &toy.csv.display().to_string(), ""));
+    let child = d.spawn(&["-q", "run", "s.toml"]);
+    d.wait_for("s.toml", Duration::from_secs(120), "trial 0 past its first epoch", |t| {
+        t.len() == 1 && state(&t[0]) == "RUNNING" && epochs_seen(&t[0]) >= 1
+    });
+    let workers = children_of(child.id());
+    assert_eq!(workers.len(), 1, "one worker process: {workers:?}");
+    let limit = libc::rlimit { rlim_cur: 16 * 1024, rlim_max: 16 * 1024 };
+    // SAFETY: prlimit(2) on a process of ours, with a valid struct.
+    let rc = unsafe { libc::prlimit(workers[0] as libc::pid_t, libc::RLIMIT_FSIZE, &limit, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let trials = d.trials("s.toml");
+    assert_eq!(state(&trials[0]), "FAIL", "{:?}", trials[0]);
+    let error = trials[0]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with("io error: checkpoint") && error.contains("File too large"),
+        "the reason names the write: {error}"
+    );
+    // The retry resumes from the last complete checkpoint and finishes.
+    let retry = trials.iter().find(|t| t["retry_of"] == 0).expect("a retry");
+    assert_eq!(state(retry), "COMPLETE", "{retry}");
+    assert!(retry["metrics"]["resumed_from_step"].as_u64().unwrap_or(0) > 0, "{retry}");
+
+    // No temporary or partial checkpoint anywhere; every kept checkpoint loads.
+    let mut all = Vec::new();
+    walk(d.path(), &mut all);
+    for p in &all {
+        let name = p.file_name().unwrap().to_string_lossy();
+        assert!(!name.starts_with(".tmp-"), "a temporary checkpoint remains: {}", p.display());
+        if name == "model.safetensors" {
+            let dir = p.parent().unwrap();
+            candle_core::safetensors::load(p, &candle_core::Device::Cpu)
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            for f in ["config.json", "trainer_state.json", "optimizer.safetensors"] {
+                assert!(dir.join(f).is_file() || f != "config.json", "{} lacks {f}", dir.display());
+            }
+        }
+    }
+    let db = rusqlite::Connection::open(d.path().join("study.db")).unwrap();
+    let check: String = db.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    assert_eq!(check, "ok");
+}

@@ -189,6 +189,46 @@ mod runner {
         assert!(test["accuracy"].is_number() && test["confusion_matrix"].is_array(), "{test:?}");
     }
 
+    /// A worker program that fails as CUDA does when out of memory for the micro-batch sizes
+    /// in `oom_at` and otherwise runs the real worker on the job it was given.
+    fn oom_worker(dir: &Path, oom_at: &[usize]) -> std::path::PathBuf {
+        let cases: Vec<String> = oom_at.iter().map(|m| format!("*'\"micro_batch_size\":{m},'*")).collect();
+        let script = format!(
+            "#!/bin/bash\nread -r job\ncase \"$job\" in\n  {})\n    echo 'CUDA_ERROR_OUT_OF_MEMORY: out of memory' >&2\n    echo '{{\"error\": \"DriverError(CUDA_ERROR_OUT_OF_MEMORY, \\\"out of memory\\\")\"}}'\n    exit 1;;\nesac\nexec {} \"$@\" < <(printf '%s\\n' \"$job\"; exec cat 2>/dev/null)\n",
+            cases.join(" | "),
+            assert_cmd::cargo::cargo_bin("sft-search").display()
+        );
+        let p = dir.join("oom-worker.sh");
+        std::fs::write(&p, script).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
+    #[test]
+    fn out_of_memory_is_retried_once_with_half_the_micro_batch() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut r = runner(tmp.path());
+        r.program = oom_worker(tmp.path(), &[8]);
+        let params: ParamSet = [("learning_rate".to_string(), ParamValue::Float(3e-3))].into_iter().collect();
+        let mut rec = Rec::default();
+        let out = r.run(&assignment(tmp.path(), params), &mut rec, &CancelToken::new());
+        let Outcome::Complete { .. } = out else { panic!("{out:?}") };
+        assert_eq!(rec.metrics["oom_retry_micro_batch_size"], 4, "{:?}", rec.metrics);
+        assert_eq!(rec.steps.len(), 2, "the retry trained both epochs");
+    }
+
+    #[test]
+    fn out_of_memory_twice_fails_the_trial_saying_so() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut r = runner(tmp.path());
+        r.program = oom_worker(tmp.path(), &[8, 4]);
+        let params: ParamSet = [("learning_rate".to_string(), ParamValue::Float(3e-3))].into_iter().collect();
+        let out = r.run(&assignment(tmp.path(), params), &mut Rec::default(), &CancelToken::new());
+        let Outcome::Failed { reason } = out else { panic!("{out:?}") };
+        assert!(reason.starts_with("out of memory twice (micro_batch_size 4 after a retry)"), "{reason}");
+    }
+
     #[test]
     fn a_bad_parameter_fails_the_trial_naming_it() {
         let tmp = tempfile::tempdir().unwrap();
