@@ -95,7 +95,7 @@ impl Predictor {
             None => default_max_length(dir, bert.max_position_embeddings),
         };
         let encoder = TextEncoder::from_model_dir(dir, max_length)?;
-        let opts = ModelOptions { num_labels: n, dropout: None, freeze_layers: 0, freeze_embeddings: false, seed: 0 };
+        let opts = ModelOptions { num_labels: n, ..ModelOptions::default() };
         let model = BertClassifier::load(dir, &opts, device)?;
         Ok(Predictor { model, encoder, head, device: device.clone() })
     }

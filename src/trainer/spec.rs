@@ -35,6 +35,28 @@ pub struct ModelSection {
     pub problem: Option<Problem>,
 }
 
+/// Numeric precision of a trial's forward and backward passes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Everything in f32.
+    #[default]
+    Fp32,
+    /// Mixed precision: activations and matmuls in bf16; weights (the master copy), their
+    /// gradients, the optimizer state, layer norms, softmax, logits and loss in f32. Made for
+    /// GPUs; on the CPU candle emulates bf16 matmuls, so it is slower there than fp32.
+    Bf16,
+}
+
+impl Precision {
+    pub fn dtype(self) -> candle_core::DType {
+        match self {
+            Precision::Fp32 => candle_core::DType::F32,
+            Precision::Bf16 => candle_core::DType::BF16,
+        }
+    }
+}
+
 /// Learning-rate schedule after warm-up.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -122,6 +144,8 @@ pub struct TrainSection {
     /// CPU threads for the tensor kernels; a default suited to the machine when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threads: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<Precision>,
 }
 
 /// The names a `[space]` parameter may take to drive a training option.
@@ -149,6 +173,7 @@ pub const TRAIN_OPTIONS: &[&str] = &[
     "keep_checkpoints",
     "length_bucketing",
     "threads",
+    "precision",
 ];
 
 /// The resolved training options of one trial.
@@ -185,6 +210,9 @@ pub struct TrainSpec {
     pub length_bucketing: bool,
     /// `None`: pick for the machine.
     pub threads: Option<usize>,
+    /// fp32 or bf16 mixed precision (absent in checkpoints written before it existed: fp32).
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 impl Default for TrainSpec {
@@ -214,6 +242,7 @@ impl Default for TrainSpec {
             keep_checkpoints: KeepCheckpoints::Best,
             length_bucketing: false,
             threads: None,
+            precision: Precision::Fp32,
         }
     }
 }
@@ -321,6 +350,7 @@ impl TrainSpec {
             keep_checkpoints: pick!(keep_checkpoints, |n, v| as_enum(n, v, "\"best\", \"all\" or \"none\"")).unwrap_or(d.keep_checkpoints),
             length_bucketing: pick!(length_bucketing, as_bool).unwrap_or(d.length_bucketing),
             threads: pick!(threads, as_count),
+            precision: pick!(precision, |n, v| as_enum(n, v, "\"fp32\" or \"bf16\"")).unwrap_or(d.precision),
         };
         spec.validate()?;
         Ok(spec)

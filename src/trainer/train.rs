@@ -205,7 +205,11 @@ pub fn train(job: &TrainJob, reporter: &mut dyn Reporter, stop: &CancelToken) ->
         freeze_layers: spec.freeze_layers,
         freeze_embeddings: spec.freeze_embeddings,
         seed: spec.seed,
+        compute_dtype: spec.precision.dtype(),
     };
+    if spec.precision == super::spec::Precision::Bf16 && device.is_cpu() {
+        tracing::warn!("precision = \"bf16\" on the CPU: candle emulates bf16 matmuls there, so this is slower than fp32");
+    }
     let model = BertClassifier::load(&job.model_dir, &opts, &device)?;
     let trainable = model.trainable_vars();
     let n_trainable: usize = trainable.iter().map(|(_, v)| v.elem_count()).sum();
@@ -571,7 +575,7 @@ pub fn evaluate_test(job: &TestJob) -> Result<Map<String, Value>, TrainError> {
     }
     let encoder = TextEncoder::from_model_dir(&job.checkpoint, state.spec.max_length)?;
     let rows = encoder.encode(&dataset.test)?;
-    let opts = ModelOptions { num_labels: state.num_labels, dropout: None, freeze_layers: 0, freeze_embeddings: false, seed: 0 };
+    let opts = ModelOptions { num_labels: state.num_labels, ..ModelOptions::default() };
     let model = BertClassifier::load(&job.checkpoint, &opts, &device)?;
     let p = predict(&model, &rows, dataset.problem, encoder.pad_id(), &device)?;
     let (mut m, cm) = metrics_of(&p, dataset.problem, state.num_labels)?;

@@ -60,6 +60,28 @@ fn f(m: &Map<String, Value>, k: &str) -> f64 {
 }
 
 #[test]
+fn bf16_mixed_precision_learns_the_toy_task_too() {
+    let tmp = tempfile::tempdir().unwrap();
+    let toy = write_toy_task(tmp.path(), 160, 1).unwrap();
+    let mut sp = spec(6, 3e-3);
+    sp.batch_size = 8;
+    sp.micro_batch_size = 8;
+    sp.precision = crate::trainer::spec::Precision::Bf16;
+    let j = job(&toy, &tmp.path().join("arts"), sp);
+    let mut rep = Collect::default();
+    let fin = train(&j, &mut rep, &CancelToken::new()).unwrap();
+    let Finish::Complete { value, .. } = fin else { panic!("not complete: {fin:?}") };
+    let first = f(&rep.evals[0].2, "train_loss");
+    let last = f(&rep.evals[5].2, "train_loss");
+    assert!(last < 0.5 * first, "train loss {first} → {last}");
+    assert!(value >= 0.9, "valid accuracy {value}");
+    // The checkpoint holds the f32 master weights.
+    let ckpt = rep.checkpoints.last().expect("a checkpoint");
+    let w = candle_core::safetensors::load(ckpt.join("model.safetensors"), &candle_core::Device::Cpu).unwrap();
+    assert!(w.values().all(|t| t.dtype() == candle_core::DType::F32));
+}
+
+#[test]
 fn loss_falls_and_the_toy_task_is_learned() {
     let tmp = tempfile::tempdir().unwrap();
     let toy = write_toy_task(tmp.path(), 160, 1).unwrap();

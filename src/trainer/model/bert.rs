@@ -4,7 +4,7 @@
 //! Each block's forward takes a [`Pass`]: in training mode dropout is on; a `frozen` block reads
 //! its weights detached so candle records no graph for it at all.
 
-use candle_core::{Result, Tensor, Var};
+use candle_core::{DType, Result, Tensor, Var};
 
 use super::attention;
 use super::linear;
@@ -15,10 +15,25 @@ use super::ops::{self, Dropout};
 pub(crate) struct Pass {
     pub train: bool,
     pub frozen: bool,
+    /// The dtype of activations and matmuls (f32, or bf16 for mixed precision); the weights
+    /// stay f32 (the master copy) and are cast on use, which autograd differentiates, so
+    /// their gradients arrive in f32.
+    pub dtype: DType,
 }
 
 impl Pass {
+    /// The weight as the computation uses it (cast to `dtype`).
     fn w(&self, v: &Var) -> Tensor {
+        let t = self.w32(v);
+        if t.dtype() == self.dtype {
+            t
+        } else {
+            t.to_dtype(self.dtype).unwrap_or(t)
+        }
+    }
+
+    /// The weight in its stored f32 (layer norms and embeddings compute in f32).
+    fn w32(&self, v: &Var) -> Tensor {
         if self.frozen {
             v.as_tensor().detach()
         } else {
@@ -59,8 +74,14 @@ pub(crate) struct LayerNorm {
 }
 
 impl LayerNorm {
+    /// Normalises in f32 whatever the input's dtype, and returns the input's dtype.
     pub fn forward(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
-        ops::layer_norm(x, &pass.w(&self.weight), &pass.w(&self.bias), self.eps)
+        if x.dtype() == DType::F32 {
+            ops::layer_norm(x, &pass.w32(&self.weight), &pass.w32(&self.bias), self.eps)
+        } else {
+            ops::layer_norm(&x.to_dtype(DType::F32)?, &pass.w32(&self.weight), &pass.w32(&self.bias), self.eps)?
+                .to_dtype(x.dtype())
+        }
     }
 }
 
@@ -81,13 +102,17 @@ impl Embeddings {
         dropout: &Dropout,
     ) -> Result<Tensor> {
         let (b, s) = ids.dims2()?;
-        let word = pass.w(&self.word);
+        // Gathered and normalised in f32, then cast to the compute dtype.
+        let word = pass.w32(&self.word);
         let h = word.dim(1)?;
         let we = word.index_select(&ids.flatten_all()?, 0)?.reshape((b, s, h))?;
-        let te = pass.w(&self.token_type).index_select(&token_types.flatten_all()?, 0)?.reshape((b, s, h))?;
-        let pe = pass.w(&self.position).narrow(0, 0, s)?;
+        let te = pass.w32(&self.token_type).index_select(&token_types.flatten_all()?, 0)?.reshape((b, s, h))?;
+        let pe = pass.w32(&self.position).narrow(0, 0, s)?;
         let x = (we + te)?.broadcast_add(&pe)?;
-        let x = self.norm.forward(&x, pass)?;
+        let mut x = self.norm.forward(&x, pass)?;
+        if x.dtype() != pass.dtype {
+            x = x.to_dtype(pass.dtype)?;
+        }
         if pass.train {
             dropout.apply(&x, p)
         } else {

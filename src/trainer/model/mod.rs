@@ -70,11 +70,14 @@ pub struct ModelOptions {
     pub freeze_embeddings: bool,
     /// Seeds the head initialisation and the dropout masks.
     pub seed: u64,
+    /// Activations and matmuls in f32, or bf16 (mixed precision: weights, gradients, layer
+    /// norms, softmax and the logits stay f32).
+    pub compute_dtype: DType,
 }
 
 impl Default for ModelOptions {
     fn default() -> Self {
-        Self { num_labels: 2, dropout: None, freeze_layers: 0, freeze_embeddings: false, seed: 0 }
+        Self { num_labels: 2, dropout: None, freeze_layers: 0, freeze_embeddings: false, seed: 0, compute_dtype: DType::F32 }
     }
 }
 
@@ -329,12 +332,12 @@ impl BertClassifier {
         train: bool,
     ) -> candle_core::Result<Tensor> {
         let pooled = self.encode(input_ids, attention_mask, token_type_ids, train)?;
-        let pass = Pass { train, frozen: false };
+        let pass = self.pass(train, false);
         let mut x = pooled;
         if train {
             x = self.dropout.apply(&x, self.probs.hidden)?;
         }
-        self.classifier.forward(&x, pass)
+        self.classifier.forward(&x, pass)?.to_dtype(DType::F32)
     }
 
     /// The pooled `[CLS]` representation `[batch, hidden]` (pooler dense + tanh).
@@ -347,7 +350,7 @@ impl BertClassifier {
     ) -> candle_core::Result<Tensor> {
         let x = self.hidden_states(input_ids, attention_mask, token_type_ids, train)?;
         let cls = x.narrow(1, 0, 1)?.squeeze(1)?;
-        self.pooler.forward(&cls, Pass { train, frozen: false })?.tanh()
+        self.pooler.forward(&cls, self.pass(train, false))?.tanh()
     }
 
     /// The last encoder layer's output `[batch, seq, hidden]` (HF `last_hidden_state`).
@@ -379,18 +382,22 @@ impl BertClassifier {
         let mut x = self.embeddings.forward(
             input_ids,
             tt,
-            Pass { train, frozen: frozen_emb },
+            self.pass(train, frozen_emb),
             self.probs.hidden,
             &self.dropout,
         )?;
         for (i, layer) in self.layers.iter().enumerate() {
             let frozen = i < self.opts.freeze_layers;
-            x = layer.forward(&x, &mask, Pass { train, frozen }, self.probs, &self.dropout)?;
+            x = layer.forward(&x, &mask, self.pass(train, frozen), self.probs, &self.dropout)?;
             if frozen && i + 1 == self.opts.freeze_layers {
                 x = x.detach(); // the cut: nothing before this point is differentiated
             }
         }
         Ok(x)
+    }
+
+    fn pass(&self, train: bool, frozen: bool) -> Pass {
+        Pass { train, frozen, dtype: self.opts.compute_dtype }
     }
 
     /// Gradients of `loss` for the trainable variables (today `loss.backward()`; the training

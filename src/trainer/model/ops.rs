@@ -260,9 +260,11 @@ pub fn masked_softmax(scores: &Tensor, mask: &Tensor, scale: f64) -> Result<Tens
     if fast_path(scores) {
         scores.contiguous()?.apply_op2(&mask.contiguous()?, MaskedSoftmaxOp { scale: scale as f32 })
     } else {
+        // In f32 whatever the scores' dtype (bf16 softmax loses the small probabilities).
         let (b, _, _, k) = scores.dims4()?;
-        let x = (scores * scale)?.broadcast_add(&mask.reshape((b, 1, 1, k))?)?;
-        candle_nn::ops::softmax(&x, D::Minus1)
+        let mask = mask.to_dtype(DType::F32)?.reshape((b, 1, 1, k))?;
+        let x = (scores.to_dtype(DType::F32)? * scale)?.broadcast_add(&mask)?;
+        candle_nn::ops::softmax(&x, D::Minus1)?.to_dtype(scores.dtype())
     }
 }
 

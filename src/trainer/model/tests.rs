@@ -62,8 +62,12 @@ fn snapshot(model: &BertClassifier) -> HashMap<String, Vec<f32>> {
 }
 
 fn one_step_check(freeze_layers: usize) {
+    one_step_check_in(freeze_layers, DType::F32);
+}
+
+fn one_step_check_in(freeze_layers: usize, compute_dtype: DType) {
     let (dir, vocab) = tiny(2, 32);
-    let opts = ModelOptions { num_labels: 3, freeze_layers, ..ModelOptions::default() };
+    let opts = ModelOptions { num_labels: 3, freeze_layers, compute_dtype, ..ModelOptions::default() };
     let model = BertClassifier::load(dir.path(), &opts, &Device::Cpu).unwrap();
     let before = snapshot(&model);
     let (ids, mask) = batch(4, 10, vocab, 1);
@@ -106,6 +110,30 @@ fn one_step_full_fine_tuning_updates_every_tensor() {
 #[test]
 fn one_step_freeze_one_layer_keeps_frozen_bit_identical() {
     one_step_check(1);
+}
+
+#[test]
+fn bf16_one_step_updates_every_trainable_tensor_and_keeps_frozen_ones() {
+    // Mixed precision: the f32 master weights get f32 gradients through the casts.
+    one_step_check_in(0, DType::BF16);
+    one_step_check_in(1, DType::BF16);
+}
+
+#[test]
+fn bf16_logits_are_f32_and_close_to_the_fp32_ones() {
+    let (dir, vocab) = tiny(2, 32);
+    let (ids, mask) = batch(4, 10, vocab, 5);
+    let f32_model = BertClassifier::load(dir.path(), &ModelOptions::default(), &Device::Cpu).unwrap();
+    let bf16_opts = ModelOptions { compute_dtype: DType::BF16, ..ModelOptions::default() };
+    let bf16_model = BertClassifier::load(dir.path(), &bf16_opts, &Device::Cpu).unwrap();
+    let a = f32_model.forward(&ids, &mask, None, false).unwrap();
+    let b = bf16_model.forward(&ids, &mask, None, false).unwrap();
+    assert_eq!(b.dtype(), DType::F32);
+    let diff = (&a - &b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let scale = a.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    // bf16 keeps 8 bits of mantissa: a relative error of a few 1e-3 per op.
+    assert!(diff <= 0.05 * scale.max(1e-3), "bf16 logits differ by {diff} (scale {scale})");
+    assert!(diff > 0.0, "the bf16 model must actually compute in bf16");
 }
 
 #[test]

@@ -1,0 +1,242 @@
+#!/usr/bin/env bash
+# The GPU check of issue 6, in one go: training-step throughput (ours beside PyTorch's) and the
+# search race (our GP study against transformers + Optuna TPE on SST-2), printed as one table.
+#
+#   scripts/gpu-check.sh --prepare [--bin target-cuda/release/sft-search]   # here: fill gpu-payload/
+#   scripts/gpu-check.sh                                                     # on the GPU machine
+#   scripts/gpu-check.sh --cpu                                               # here: the same path on
+#                                                                            # the CPU, on a tiny subset
+#
+# --prepare (on the build machine) copies into the ignored folder gpu-payload/: the binary
+# (xz-compressed), all-MiniLM-L6-v2 stored as fp16 safetensors (loaded as f32), the SST-2 train
+# and dev CSVs, and the PyTorch anchors — everything the GPU machine needs, under 64 MiB.
+# The run writes gpu-payload/out/ (JSON lines, the study database, the table) and prints the
+# table; copy it into the README with the date and the card.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+payload="$here/gpu-payload"
+mode=gpu
+bin=""
+shared="${SFT_SHARED:-$here/../shared}"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --prepare) mode=prepare ;;
+    --cpu) mode=cpu ;;
+    --bin) bin="$2"; shift ;;
+    --shared) shared="$2"; shift ;;
+    --payload) payload="$2"; shift ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    *) echo "gpu-check: unknown argument $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+log() { echo "[gpu-check $(date +%H:%M:%S)] $*" >&2; }
+
+if [ "$mode" = prepare ]; then
+  [ -n "$bin" ] || bin="$here/target-cuda/release/sft-search"
+  [ -x "$bin" ] || { echo "gpu-check: no binary at $bin (build it: see README, GPUs)" >&2; exit 1; }
+  minilm="${SFT_MINILM:-}"
+  if [ -z "$minilm" ]; then
+    minilm="$payload/.minilm-f32"
+    [ -f "$minilm/model.safetensors" ] || bash "$shared/scripts/get-minilm.sh" "$minilm"
+  fi
+  rm -rf "$payload/bin" "$payload/minilm" "$payload/data" "$payload/anchors"
+  mkdir -p "$payload/bin" "$payload/minilm" "$payload/data/sst2_train" "$payload/data/sst2_dev" "$payload/anchors"
+  log "compressing $bin"
+  xz -T0 -9 -c "$bin" > "$payload/bin/sft-search.xz"
+  log "MiniLM as fp16 safetensors"
+  python3 - "$minilm" "$payload/minilm" <<'EOF'
+import shutil, sys
+from pathlib import Path
+from safetensors.numpy import load_file, save_file
+src, dst = Path(sys.argv[1]), Path(sys.argv[2])
+t = load_file(src / "model.safetensors")
+save_file({k: (v.astype("float16") if v.dtype.kind == "f" else v) for k, v in t.items()}, dst / "model.safetensors")
+for f in ["config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"]:
+    if (src / f).exists():
+        shutil.copy(src / f, dst / f)
+EOF
+  cp "$shared/data/sst2_train/data.csv" "$payload/data/sst2_train/"
+  cp "$shared/data/sst2_dev/data.csv" "$payload/data/sst2_dev/"
+  cp "$shared/anchors/torch-gpu-h200.jsonl" "$shared/anchors/torch_finetune_bench.py" "$payload/anchors/"
+  cp "$shared/anchors/gpu-hpo/sst2-minilm-h200.jsonl" "$payload/anchors/"
+  cp "$shared/scripts/run-with-gpu-libs.sh" "$payload/bin/"
+  du -sh "$payload" | sed 's/^/payload: /' >&2
+  total=$(du -sb --exclude=.minilm-f32 --exclude=out "$payload" | cut -f1)
+  [ "$total" -le $((64 * 1024 * 1024)) ] || { echo "gpu-check: payload is $total bytes, over 64 MiB" >&2; exit 1; }
+  exit 0
+fi
+
+out="$payload/out"
+mkdir -p "$out"
+# The binary: the payload's (GPU machine) or the local build (--cpu).
+if [ -z "$bin" ]; then
+  if [ -f "$payload/bin/sft-search.xz" ] && [ "$mode" = gpu ]; then
+    xz -d -c "$payload/bin/sft-search.xz" > "$out/sft-search" && chmod +x "$out/sft-search"
+    bin="$out/sft-search"
+  else
+    bin="$here/target/release/sft-search"
+    [ -x "$bin" ] || bin="$here/target/debug/sft-search"
+  fi
+fi
+[ -x "$bin" ] || { echo "gpu-check: no sft-search binary (pass --bin)" >&2; exit 1; }
+run() {
+  if [ "$mode" = gpu ] && [ -f "$payload/bin/run-with-gpu-libs.sh" ]; then
+    bash "$payload/bin/run-with-gpu-libs.sh" "$bin" "$@"
+  else
+    "$bin" "$@"
+  fi
+}
+
+# Data, model and anchors: the payload's, else ../shared and a MiniLM folder.
+data="$payload/data"
+[ -f "$data/sst2_train/data.csv" ] || data="$shared/data"
+anchors="$payload/anchors"
+[ -f "$anchors/torch-gpu-h200.jsonl" ] || anchors="$shared/anchors"
+minilm="${SFT_MINILM:-$payload/minilm}"
+[ -f "$minilm/model.safetensors" ] || { echo "gpu-check: no MiniLM at $minilm (set SFT_MINILM or run --prepare)" >&2; exit 1; }
+
+if [ "$mode" = gpu ]; then
+  device=cuda:0
+  card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 || echo "unknown GPU")
+  batches="32 64"; seq=128; steps=20
+else
+  device=cpu
+  card="CPU ($(nproc) cores, --cpu: tiny subset)"
+  batches="4"; seq=32; steps=2
+fi
+log "device $device: $card"
+
+# 1. A BERT-base-sized model with random weights (throughput does not depend on the values).
+base="$out/bert-base-random"
+if [ ! -f "$base/model.safetensors" ]; then
+  python3 - "$base" "$minilm" <<'EOF'
+import shutil, sys
+from pathlib import Path
+from transformers import BertConfig, BertForSequenceClassification
+dst, minilm = Path(sys.argv[1]), Path(sys.argv[2])
+BertForSequenceClassification(BertConfig(num_labels=2)).save_pretrained(dst, safe_serialization=True)
+for f in ["tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"]:
+    if (minilm / f).exists():
+        shutil.copy(minilm / f, dst / f)
+EOF
+fi
+
+# 2. Training-step throughput: ours, fp32 and bf16.
+bench="$out/bench-train.jsonl"
+: > "$bench"
+for model in minilm-l6 bert-base; do
+  dir=$minilm; [ "$model" = bert-base ] && dir=$base
+  for precision in fp32 bf16; do
+    for b in $batches; do
+      log "bench train $model $precision batch $b seq $seq"
+      line=$(run bench train --model "$dir" --batch-size "$b" --seq-len "$seq" --steps "$steps" \
+        --device "$device" --precision "$precision" --format json)
+      echo "{\"model\": \"$model\", \"dtype\": \"$precision\", \"batch\": $b, \"seq\": $seq, \"ours\": $line}" >> "$bench"
+    done
+  done
+done
+
+# PyTorch beside it on the same card when there is time (torch is installed on the GPU machine).
+torch_fresh="$out/torch-gpu.jsonl"
+: > "$torch_fresh"
+if [ "$mode" = gpu ]; then
+  log "PyTorch anchor (torch_finetune_bench.py), at most 150 s"
+  timeout 150 python3 "$anchors/torch_finetune_bench.py" --device cuda > "$torch_fresh" 2> "$out/torch-gpu.err" || true
+fi
+
+# 3. The search race: the protocol of ../shared/anchors/gpu-hpo/ with our GP sampler and
+#    several trials per GPU.
+study="$out/race.toml"
+if [ "$mode" = gpu ]; then
+  extra_data=""; n_trials=8; per_device=4; precision=bf16; devices='["cuda:0"]'
+else
+  extra_data="max_rows = 600"; n_trials=3; per_device=1; precision=fp32; devices='["cpu"]'
+fi
+rm -rf "$out/race.db" "$out/race.db-wal" "$out/race.db-shm" "$out/race.trials"
+cat > "$study" <<EOF
+[study]
+name = "gpu-race"
+direction = "maximize"
+metric = "accuracy"
+n_trials = $n_trials
+seed = 0
+storage = "race.db"
+
+[space]
+learning_rate = { type = "float", low = 1e-5, high = 2e-4, log = true }
+batch_size = { type = "categorical", choices = [32, 64] }
+epochs = { type = "int", low = 1, high = 2 }
+freeze_layers = { type = "int", low = 0, high = 6 }
+
+[sampler]
+kind = "gp"
+
+[objective]
+kind = "finetune"
+
+[model]
+path = "$minilm"
+
+[data]
+path = "$data/sst2_train/data.csv"
+test_path = "$data/sst2_dev/data.csv"
+split = [0.95, 0.05]
+split_seed = 42
+$extra_data
+
+[train]
+max_length = 64
+weight_decay = 0.01
+warmup_ratio = 0.06
+precision = "$precision"
+keep_checkpoints = "best"
+
+[execution]
+devices = $devices
+trials_per_device = $per_device
+EOF
+log "search race: $n_trials trials, $per_device per device"
+start=$(date +%s.%N)
+run -q run "$study"
+end=$(date +%s.%N)
+race_s=$(python3 -c "print(round($end - $start, 1))")
+run best "$study" --format json > "$out/race-best.json"
+
+# 4. The table.
+python3 - "$bench" "$torch_fresh" "$anchors" "$out/race-best.json" "$race_s" "$card" "$mode" "$n_trials" "$per_device" "$precision" <<'EOF' | tee "$out/table.md"
+import json, sys
+from pathlib import Path
+bench, fresh, anchors, best, race_s, card, mode, n_trials, per_device, precision = sys.argv[1:]
+def lines(p):
+    p = Path(p)
+    return [json.loads(l) for l in p.read_text().splitlines() if l.strip().startswith("{")] if p.exists() else []
+ref = {}
+for r in lines(Path(anchors) / "torch-gpu-h200.jsonl"):
+    ref[(r["model"], r["dtype"], r["batch"], r["seq"])] = ("anchor H200", r["samples_per_s"])
+for r in lines(fresh):
+    ref[(r["model"], r["dtype"], r["batch"], r["seq"])] = ("same card", r["samples_per_s"])
+print(f"## GPU check on {card}\n")
+print("| model | precision | batch | seq | ours samples/s | ours step ms | PyTorch samples/s | ratio |")
+print("|---|---|---|---|---|---|---|---|")
+for r in lines(bench):
+    o = r["ours"]
+    k = (r["model"], r["dtype"], r["batch"], r["seq"])
+    src, t = ref.get(k, ("-", None))
+    ratio = f"{o['samples_per_s'] / t:.2f}x" if t else "-"
+    ts = f"{t:,.0f} ({src})" if t else "-"
+    print(f"| {r['model']} | {r['dtype']} | {r['batch']} | {r['seq']} | {o['samples_per_s']:,.0f} | {o['step_ms']:.1f} | {ts} | {ratio} |")
+b = json.loads(Path(best).read_text())
+test = b.get("test") or {}
+print("\n| search | trials | wall s | best valid accuracy | test accuracy |")
+print("|---|---|---|---|---|")
+print("| transformers + Optuna TPE, bf16, one trial at a time (anchor, H200) | 8 | 383 | 0.9510 | 0.8968 |")
+acc = test.get("accuracy")
+acc = f"{acc:.4f}" if isinstance(acc, (int, float)) else "-"
+val = b.get("value")
+val = f"{val:.4f}" if isinstance(val, (int, float)) else "-"
+print(f"| sft-search GP, {precision}, {per_device} trials per device ({mode}) | {n_trials} | {race_s} | {val} | {acc} |")
+EOF
+log "done: $out/table.md"
