@@ -416,6 +416,14 @@ impl DropMask {
         }
         if fast_path(xs) {
             xs.contiguous()?.apply_op1(DropoutOp { mask: *self })
+        } else if !xs.device().is_cpu() {
+            // On a GPU the mask is drawn there (the device's generator): building it on the
+            // host and copying it over would cost more than the layer. Autograd keeps it for
+            // the backward. (GPU runs are not bit-reproducible anyway.)
+            let keep_p = 1.0 - self.threshold as f64 / 4_294_967_296.0;
+            let u = Tensor::rand(0f32, 1f32, xs.shape(), xs.device())?;
+            let m = (u.lt(keep_p)?.to_dtype(DType::F32)? * self.scale as f64)?.to_dtype(xs.dtype())?;
+            xs.mul(&m)
         } else {
             let n = xs.elem_count();
             let m: Vec<f32> = (0..n).map(|i| self.factor(i)).collect();
