@@ -30,7 +30,7 @@ pub fn build_sampler(cfg: &StudyConfig) -> anyhow::Result<Box<dyn Sampler>> {
 /// 8 fine-tuning trials over 4 parameters — still gets model-guided trials instead of
 /// spending all of them on quasi-random points.
 pub fn gp_n_startup(cfg: &StudyConfig) -> usize {
-    let default = crate::sampler::gp::default_n_startup(cfg.space.len());
+    let default = crate::sampler::gp::default_n_startup(crate::sampler::gp::encoding::Encoding::new(&cfg.space).kinds());
     match (cfg.sampler.n_startup, cfg.n_trials) {
         (Some(n), _) => n,
         (None, Some(budget)) => default.min(((budget / 2) as usize).max(3)),
@@ -289,8 +289,8 @@ mod tests {
 
     #[test]
     fn gp_start_up_is_capped_by_half_the_budget() {
-        // 4 parameters: the sampler's default is 8.
-        assert_eq!(gp_n_startup(&config("", "n_trials = 100")), 8);
+        // 2 discrete parameters (c, d): the sampler's default is 5 + 2 = 7.
+        assert_eq!(gp_n_startup(&config("", "n_trials = 100")), 7);
         assert_eq!(gp_n_startup(&config("", "n_trials = 8")), 4);
         assert_eq!(gp_n_startup(&config("", "n_trials = 4")), 3);
         assert_eq!(gp_n_startup(&config("n_startup = 6", "n_trials = 8")), 6);

@@ -498,10 +498,10 @@ impl Ctx<'_> {
             state.evals_without_improvement += 1;
         }
 
-        let decision = reporter.intermediate(step, value, &metrics);
-
-        // Checkpoints.
+        // Checkpoints first, then the report: once the study has recorded an evaluation, a
+        // retry can resume from it.
         let keep = self.spec.keep_checkpoints;
+        let mut saved_best = None;
         if keep != KeepCheckpoints::None {
             let arts = &self.job.artifacts_dir;
             let name = if improved || keep == KeepCheckpoints::All { format!("checkpoint-{step}") } else { "last".to_string() };
@@ -525,9 +525,13 @@ impl Ctx<'_> {
                     }
                 }
                 if improved {
-                    reporter.checkpoint(&dest);
+                    saved_best = Some(dest);
                 }
             }
+        }
+        let decision = reporter.intermediate(step, value, &metrics);
+        if let Some(dest) = saved_best {
+            reporter.checkpoint(&dest);
         }
         if decision == Decision::Prune {
             return Ok(After::Prune);
