@@ -42,10 +42,13 @@ if [ "$mode" = prepare ]; then
     minilm="$payload/.minilm-f32"
     [ -f "$minilm/model.safetensors" ] || bash "$shared/scripts/get-minilm.sh" "$minilm"
   fi
-  rm -rf "$payload/bin" "$payload/minilm" "$payload/data" "$payload/anchors"
+  rm -rf "$payload/bin" "$payload/minilm" "$payload/data" "$payload/anchors" "$payload/out"
   mkdir -p "$payload/bin" "$payload/minilm" "$payload/data/sst2_train" "$payload/data/sst2_dev" "$payload/anchors"
-  log "compressing $bin"
-  xz -T0 -9 -c "$bin" > "$payload/bin/sft-search.xz"
+  log "stripping and compressing $bin"
+  stripped="$payload/.sft-search-stripped"
+  strip -o "$stripped" "$bin" 2>/dev/null || cp "$bin" "$stripped"
+  xz -T0 -9 -c "$stripped" > "$payload/bin/sft-search.xz"
+  rm -f "$stripped"
   log "MiniLM as fp16 safetensors"
   python3 - "$minilm" "$payload/minilm" <<'EOF'
 import shutil, sys
