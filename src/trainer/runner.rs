@@ -4,7 +4,7 @@
 //! kill or a NaN in one trial never ends the study.
 //!
 //! A trial whose worker runs out of (GPU) memory is retried once with half the micro-batch
-//! (gradient accumulation keeps the effective batch size).
+//! (gradient accumulation keeps the effective batch size), from the last checkpoint it wrote.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -211,6 +211,11 @@ impl TrialRunner for FinetuneRunner {
                     job.spec.micro_batch_size
                 );
                 job.spec.micro_batch_size = half;
+                // Continue from the last checkpoint this attempt wrote (the micro-batch is an
+                // execution detail: the run it resumes is the same), not from scratch.
+                if super::checkpoint::latest(&job.artifacts_dir).is_some() {
+                    job.resume_from = Some(job.artifacts_dir.clone());
+                }
                 let mut m = Map::new();
                 m.insert("oom_retry_micro_batch_size".into(), Value::from(half));
                 reporter.metrics(&m);

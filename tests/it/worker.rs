@@ -219,6 +219,31 @@ mod runner {
     }
 
     #[test]
+    fn out_of_memory_after_a_checkpoint_resumes_from_it_with_half_the_micro_batch() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut r = runner(tmp.path());
+        // At micro-batch 8 the real worker runs until its first checkpoint, then "runs out of
+        // memory"; at 4 it runs normally.
+        let script = format!(
+            "#!/bin/bash\nread -r job\ncase \"$job\" in\n  *'\"micro_batch_size\":8,'*)\n    coproc W {{ exec {real} worker; }}\n    printf '%s\\n' \"$job\" >&\"${{W[1]}}\"\n    while IFS= read -r line <&\"${{W[0]}}\"; do\n      echo \"$line\"\n      case \"$line\" in *'\"checkpoint\"'*) kill $W_PID; echo '{{\"error\": \"CUDA out of memory\"}}'; exit 1;; esac\n    done\n    exit 1;;\nesac\nexec {real} \"$@\" < <(printf '%s\\n' \"$job\"; exec cat 2>/dev/null)\n",
+            real = assert_cmd::cargo::cargo_bin("sft-search").display()
+        );
+        let p = tmp.path().join("oom-late.sh");
+        std::fs::write(&p, script).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        r.program = p;
+        let params: ParamSet = [("learning_rate".to_string(), ParamValue::Float(3e-3))].into_iter().collect();
+        let mut rec = Rec::default();
+        let out = r.run(&assignment(tmp.path(), params), &mut rec, &CancelToken::new());
+        let Outcome::Complete { .. } = out else { panic!("{out:?}") };
+        assert_eq!(rec.metrics["oom_retry_micro_batch_size"], 4, "{:?}", rec.metrics);
+        assert!(rec.metrics.get("resumed_from_step").and_then(Value::as_u64).unwrap_or(0) > 0, "resumed: {:?}", rec.metrics);
+        let steps: Vec<i64> = rec.steps.iter().map(|s| s.0).collect();
+        assert_eq!(steps, vec![1, 2], "epoch 1 from the first attempt, epoch 2 from the resumed one");
+    }
+
+    #[test]
     fn out_of_memory_twice_fails_the_trial_saying_so() {
         let tmp = tempfile::tempdir().unwrap();
         let mut r = runner(tmp.path());
