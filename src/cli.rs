@@ -274,16 +274,9 @@ pub struct BenchTrainArgs {
     pub device: String,
     /// fp32, or bf16 mixed precision (bf16 activations and matmuls, f32 weights and optimizer).
     #[arg(long, value_enum, default_value = "fp32")]
-    pub precision: PrecisionArg,
+    pub precision: crate::trainer::spec::Precision,
     #[arg(long, value_enum, default_value = "text")]
     pub format: TextOrJson,
-}
-
-/// `--precision` of `bench train`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum PrecisionArg {
-    Fp32,
-    Bf16,
 }
 
 #[derive(Debug, Args)]

@@ -47,11 +47,13 @@ pub fn run(args: &BenchTrainArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.steps > 0 && args.batch_size > 0 && args.seq_len > 0, "steps, batch size and seq len must be positive");
     let device = parse_device(&args.device)?;
     let config = read_config(&args.model)?;
-    let compute_dtype = match args.precision {
-        crate::cli::PrecisionArg::Fp32 => candle_core::DType::F32,
-        crate::cli::PrecisionArg::Bf16 => candle_core::DType::BF16,
+    let opts = ModelOptions {
+        num_labels: 2,
+        freeze_layers: args.freeze_layers,
+        seed: 0,
+        compute_dtype: args.precision.dtype(),
+        ..ModelOptions::default()
     };
-    let opts = ModelOptions { num_labels: 2, freeze_layers: args.freeze_layers, seed: 0, compute_dtype, ..ModelOptions::default() };
     let model = BertClassifier::load(&args.model, &opts, &device)?;
     let (b, s) = (args.batch_size, args.seq_len);
 
@@ -117,7 +119,7 @@ pub fn run(args: &BenchTrainArgs) -> anyhow::Result<ExitCode> {
                 "step_ms": step_ms,
                 "samples_per_s": samples_per_s,
                 "peak_rss_mb": peak_rss_mb,
-                "precision": format!("{:?}", args.precision).to_lowercase(),
+                "precision": args.precision,
             });
             println!("{out}");
         }

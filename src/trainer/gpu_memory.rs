@@ -69,7 +69,7 @@ impl GpuMemoryProbe {
         }
         let v = query(program, std::process::id());
         if v.is_none() && self.last.is_none() {
-            // No nvidia-smi, or it does not list this process: stop asking.
+            // No nvidia-smi, or it does not list this process: said once; asked again later.
             tracing::debug!("no GPU memory figure from {}", program.display());
         }
         self.last = Some((Instant::now(), v));

@@ -35,8 +35,9 @@ pub struct ModelSection {
     pub problem: Option<Problem>,
 }
 
-/// Numeric precision of a trial's forward and backward passes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Numeric precision of a trial's forward and backward passes (`[train] precision`, and
+/// `bench train --precision`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// Everything in f32.

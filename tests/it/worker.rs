@@ -189,20 +189,29 @@ mod runner {
         assert!(test["accuracy"].is_number() && test["confusion_matrix"].is_array(), "{test:?}");
     }
 
-    /// A worker program that fails as CUDA does when out of memory for the micro-batch sizes
-    /// in `oom_at` and otherwise runs the real worker on the job it was given.
-    fn oom_worker(dir: &Path, oom_at: &[usize]) -> std::path::PathBuf {
-        let cases: Vec<String> = oom_at.iter().map(|m| format!("*'\"micro_batch_size\":{m},'*")).collect();
+    /// An executable `dir/name` that reads the job line, runs `case_arms` (shell `case` arms
+    /// over `$job`, `$REAL` = the real binary) and otherwise hands the job to the real worker.
+    fn wrapper_worker(dir: &Path, name: &str, case_arms: &str) -> std::path::PathBuf {
         let script = format!(
-            "#!/bin/bash\nread -r job\ncase \"$job\" in\n  {})\n    echo 'CUDA_ERROR_OUT_OF_MEMORY: out of memory' >&2\n    echo '{{\"error\": \"DriverError(CUDA_ERROR_OUT_OF_MEMORY, \\\"out of memory\\\")\"}}'\n    exit 1;;\nesac\nexec {} \"$@\" < <(printf '%s\\n' \"$job\"; exec cat 2>/dev/null)\n",
-            cases.join(" | "),
+            "#!/bin/bash\nREAL={}\nread -r job\ncase \"$job\" in\n{case_arms}\nesac\nexec \"$REAL\" \"$@\" < <(printf '%s\\n' \"$job\"; exec cat 2>/dev/null)\n",
             assert_cmd::cargo::cargo_bin("sft-search").display()
         );
-        let p = dir.join("oom-worker.sh");
+        let p = dir.join(name);
         std::fs::write(&p, script).unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
         p
+    }
+
+    /// A worker program that fails as CUDA does when out of memory for the micro-batch sizes
+    /// in `oom_at` and otherwise runs the real worker on the job it was given.
+    fn oom_worker(dir: &Path, oom_at: &[usize]) -> std::path::PathBuf {
+        let cases: Vec<String> = oom_at.iter().map(|m| format!("*'\"micro_batch_size\":{m},'*")).collect();
+        let arm = format!(
+            "  {})\n    echo 'CUDA_ERROR_OUT_OF_MEMORY: out of memory' >&2\n    echo '{{\"error\": \"DriverError(CUDA_ERROR_OUT_OF_MEMORY, \\\"out of memory\\\")\"}}'\n    exit 1;;",
+            cases.join(" | ")
+        );
+        wrapper_worker(dir, "oom-worker.sh", &arm)
     }
 
     #[test]
@@ -224,15 +233,8 @@ mod runner {
         let mut r = runner(tmp.path());
         // At micro-batch 8 the real worker runs until its first checkpoint, then "runs out of
         // memory"; at 4 it runs normally.
-        let script = format!(
-            "#!/bin/bash\nread -r job\ncase \"$job\" in\n  *'\"micro_batch_size\":8,'*)\n    coproc W {{ exec {real} worker; }}\n    printf '%s\\n' \"$job\" >&\"${{W[1]}}\"\n    while IFS= read -r line <&\"${{W[0]}}\"; do\n      echo \"$line\"\n      case \"$line\" in *'\"checkpoint\"'*) kill $W_PID; echo '{{\"error\": \"CUDA out of memory\"}}'; exit 1;; esac\n    done\n    exit 1;;\nesac\nexec {real} \"$@\" < <(printf '%s\\n' \"$job\"; exec cat 2>/dev/null)\n",
-            real = assert_cmd::cargo::cargo_bin("sft-search").display()
-        );
-        let p = tmp.path().join("oom-late.sh");
-        std::fs::write(&p, script).unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-        r.program = p;
+        let arm = "  *'\"micro_batch_size\":8,'*)\n    coproc W { exec \"$REAL\" worker; }\n    printf '%s\\n' \"$job\" >&\"${W[1]}\"\n    while IFS= read -r line <&\"${W[0]}\"; do\n      echo \"$line\"\n      case \"$line\" in *'\"checkpoint\"'*) kill $W_PID; echo '{\"error\": \"CUDA out of memory\"}'; exit 1;; esac\n    done\n    exit 1;;";
+        r.program = wrapper_worker(tmp.path(), "oom-late.sh", arm);
         let params: ParamSet = [("learning_rate".to_string(), ParamValue::Float(3e-3))].into_iter().collect();
         let mut rec = Rec::default();
         let out = r.run(&assignment(tmp.path(), params), &mut rec, &CancelToken::new());

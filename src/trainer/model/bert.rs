@@ -22,14 +22,9 @@ pub(crate) struct Pass {
 }
 
 impl Pass {
-    /// The weight as the computation uses it (cast to `dtype`).
-    fn w(&self, v: &Var) -> Tensor {
-        let t = self.w32(v);
-        if t.dtype() == self.dtype {
-            t
-        } else {
-            t.to_dtype(self.dtype).unwrap_or(t)
-        }
+    /// The weight as the computation uses it (cast to `dtype`; a no-op clone in f32).
+    fn w(&self, v: &Var) -> Result<Tensor> {
+        self.w32(v).to_dtype(self.dtype)
     }
 
     /// The weight in its stored f32 (layer norms and embeddings compute in f32).
@@ -50,15 +45,15 @@ pub(crate) struct Linear {
 impl Linear {
     /// `x Wᵀ` without the bias (fused into the following op), shape `[.., out]`.
     pub fn matmul(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
-        linear::matmul_wt(x, &pass.w(&self.weight))
+        linear::matmul_wt(x, &pass.w(&self.weight)?)
     }
 
     pub fn forward(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let inner = *dims.last().unwrap_or(&1);
         let rows = x.elem_count() / inner.max(1);
-        let w = pass.w(&self.weight);
-        let y = x.reshape((rows, inner))?.matmul(&w.t()?)?.broadcast_add(&pass.w(&self.bias))?;
+        let w = pass.w(&self.weight)?;
+        let y = x.reshape((rows, inner))?.matmul(&w.t()?)?.broadcast_add(&pass.w(&self.bias)?)?;
         let mut out = dims;
         if let Some(last) = out.last_mut() {
             *last = w.dim(0)?;
@@ -76,12 +71,8 @@ pub(crate) struct LayerNorm {
 impl LayerNorm {
     /// Normalises in f32 whatever the input's dtype, and returns the input's dtype.
     pub fn forward(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
-        if x.dtype() == DType::F32 {
-            ops::layer_norm(x, &pass.w32(&self.weight), &pass.w32(&self.bias), self.eps)
-        } else {
-            ops::layer_norm(&x.to_dtype(DType::F32)?, &pass.w32(&self.weight), &pass.w32(&self.bias), self.eps)?
-                .to_dtype(x.dtype())
-        }
+        ops::layer_norm(&x.to_dtype(DType::F32)?, &pass.w32(&self.weight), &pass.w32(&self.bias), self.eps)?
+            .to_dtype(x.dtype())
     }
 }
 
@@ -109,10 +100,7 @@ impl Embeddings {
         let te = pass.w32(&self.token_type).index_select(&token_types.flatten_all()?, 0)?.reshape((b, s, h))?;
         let pe = pass.w32(&self.position).narrow(0, 0, s)?;
         let x = (we + te)?.broadcast_add(&pe)?;
-        let mut x = self.norm.forward(&x, pass)?;
-        if x.dtype() != pass.dtype {
-            x = x.to_dtype(pass.dtype)?;
-        }
+        let x = self.norm.forward(&x, pass)?.to_dtype(pass.dtype)?;
         if pass.train {
             dropout.apply(&x, p)
         } else {
@@ -154,19 +142,19 @@ impl EncoderLayer {
         let d = h / self.heads;
         let drop = |prob: f64| if pass.train { dropout.mask(prob) } else { ops::DropMask::none() };
         // One projection for q, k and v (a [3h, h] weight built from the three HF tensors).
-        let w_qkv = Tensor::cat(&[&pass.w(&self.query.weight), &pass.w(&self.key.weight), &pass.w(&self.value.weight)], 0)?;
-        let b_qkv = Tensor::cat(&[&pass.w(&self.query.bias), &pass.w(&self.key.bias), &pass.w(&self.value.bias)], 0)?;
+        let w_qkv = Tensor::cat(&[&pass.w(&self.query.weight)?, &pass.w(&self.key.weight)?, &pass.w(&self.value.weight)?], 0)?;
+        let b_qkv = Tensor::cat(&[&pass.w(&self.query.bias)?, &pass.w(&self.key.bias)?, &pass.w(&self.value.bias)?], 0)?;
         let xw = linear::matmul_wt(x, &w_qkv)?;
         let ctx = attention::attention_qkv(&xw, &b_qkv, self.heads, mask, 1.0 / (d as f64).sqrt(), drop(p.attention))?;
         let a = ops::bias_dropout_residual(
             &self.attn_out.matmul(&ctx, pass)?,
-            &pass.w(&self.attn_out.bias),
+            &pass.w(&self.attn_out.bias)?,
             x,
             drop(p.hidden),
         )?;
         let a = self.attn_norm.forward(&a, pass)?;
-        let i = ops::bias_gelu(&self.intermediate.matmul(&a, pass)?, &pass.w(&self.intermediate.bias))?;
-        let o = ops::bias_dropout_residual(&self.output.matmul(&i, pass)?, &pass.w(&self.output.bias), &a, drop(p.hidden))?;
+        let i = ops::bias_gelu(&self.intermediate.matmul(&a, pass)?, &pass.w(&self.intermediate.bias)?)?;
+        let o = ops::bias_dropout_residual(&self.output.matmul(&i, pass)?, &pass.w(&self.output.bias)?, &a, drop(p.hidden))?;
         self.out_norm.forward(&o, pass)
     }
 }
