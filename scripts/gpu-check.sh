@@ -6,33 +6,47 @@
 #   scripts/gpu-check.sh                                                     # on the GPU machine
 #   scripts/gpu-check.sh --cpu                                               # here: the same path on
 #                                                                            # the CPU, on a tiny subset
+#   scripts/gpu-check.sh --quick                                             # on the GPU machine: a
+#                                                                            # smoke run (~2 min)
 #
 # --prepare (on the build machine) copies into the ignored folder gpu-payload/: the binary
 # (xz-compressed), all-MiniLM-L6-v2 stored as fp16 safetensors (loaded as f32), the SST-2 train
 # and dev CSVs, and the PyTorch anchors — everything the GPU machine needs, under 64 MiB.
 # The run writes gpu-payload/out/ (JSON lines, the study database, the table) and prints the
-# table; copy it into the README with the date and the card.
+# table; copy it into the README with the date and the card. Where $OUT is set (the device
+# tool), the small result files are copied there after every stage, so a run cut short still
+# returns what it measured.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
 payload="$here/gpu-payload"
 mode=gpu
+quick=0
 bin=""
 shared="${SFT_SHARED:-$here/../shared}"
 while [ $# -gt 0 ]; do
   case "$1" in
     --prepare) mode=prepare ;;
     --cpu) mode=cpu ;;
+    --quick) quick=1 ;;
     --bin) bin="$2"; shift ;;
     --shared) shared="$2"; shift ;;
     --payload) payload="$2"; shift ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "gpu-check: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
 done
 
 log() { echo "[gpu-check $(date +%H:%M:%S)] $*" >&2; }
+# Copies the small result files to $OUT (the device tool returns at most 8 files).
+save() {
+  [ -n "${OUT:-}" ] || return 0
+  for f in table.md bench-train.jsonl torch-gpu.jsonl race-best.json race.db dmon.log race.log torch-gpu.err; do
+    [ -f "$out/$f" ] && cp "$out/$f" "$OUT/" 2>/dev/null
+  done
+  return 0
+}
 
 if [ "$mode" = prepare ]; then
   [ -n "$bin" ] || bin="$here/target-cuda/release/sft-search"
@@ -85,11 +99,14 @@ if [ -z "$bin" ]; then
   fi
 fi
 [ -x "$bin" ] || { echo "gpu-check: no sft-search binary (pass --bin)" >&2; exit 1; }
+# Runs the binary (under `timeout $limit` when limit is set), with the GPU machine's libraries.
 run() {
+  local t=()
+  [ -n "${limit:-}" ] && t=(timeout "$limit")
   if [ "$mode" = gpu ] && [ -f "$payload/bin/run-with-gpu-libs.sh" ]; then
-    bash "$payload/bin/run-with-gpu-libs.sh" "$bin" "$@"
+    "${t[@]}" bash "$payload/bin/run-with-gpu-libs.sh" "$bin" "$@"
   else
-    "$bin" "$@"
+    "${t[@]}" "$bin" "$@"
   fi
 }
 
@@ -105,6 +122,7 @@ if [ "$mode" = gpu ]; then
   device=cuda:0
   card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 || echo "unknown GPU")
   batches="32 64"; seq=128; steps=20
+  [ "$quick" = 1 ] && { batches="32"; steps=10; }
 else
   device=cpu
   card="CPU ($(nproc) cores, --cpu: tiny subset)"
@@ -135,9 +153,13 @@ for model in minilm-l6 bert-base; do
   for precision in fp32 bf16; do
     for b in $batches; do
       log "bench train $model $precision batch $b seq $seq"
-      line=$(run bench train --model "$dir" --batch-size "$b" --seq-len "$seq" --steps "$steps" \
-        --device "$device" --precision "$precision" --format json)
-      echo "{\"model\": \"$model\", \"dtype\": \"$precision\", \"batch\": $b, \"seq\": $seq, \"ours\": $line}" >> "$bench"
+      if line=$(limit=120 run bench train --model "$dir" --batch-size "$b" --seq-len "$seq" --steps "$steps" \
+          --device "$device" --precision "$precision" --format json); then
+        echo "{\"model\": \"$model\", \"dtype\": \"$precision\", \"batch\": $b, \"seq\": $seq, \"ours\": $line}" >> "$bench"
+      else
+        log "bench train $model $precision batch $b failed"
+      fi
+      save
     done
   done
 done
@@ -145,7 +167,7 @@ done
 # PyTorch beside it on the same card when there is time (torch is installed on the GPU machine).
 torch_fresh="$out/torch-gpu.jsonl"
 : > "$torch_fresh"
-if [ "$mode" = gpu ]; then
+if [ "$mode" = gpu ] && [ "$quick" = 0 ]; then
   log "PyTorch anchor (torch_finetune_bench.py), at most 150 s"
   timeout 150 python3 "$anchors/torch_finetune_bench.py" --device cuda > "$torch_fresh" 2> "$out/torch-gpu.err" || true
 fi
@@ -154,9 +176,10 @@ fi
 #    several trials per GPU.
 study="$out/race.toml"
 if [ "$mode" = gpu ]; then
-  extra_data=""; n_trials=8; per_device=4; precision=bf16; devices='["cuda:0"]'
+  extra_data=""; n_trials=8; per_device=4; precision=bf16; devices='["cuda:0"]'; race_limit=450
+  [ "$quick" = 1 ] && { extra_data="max_rows = 4000"; n_trials=4; race_limit=100; }
 else
-  extra_data="max_rows = 600"; n_trials=3; per_device=1; precision=fp32; devices='["cpu"]'
+  extra_data="max_rows = 600"; n_trials=3; per_device=1; precision=fp32; devices='["cpu"]'; race_limit=600
 fi
 rm -rf "$out/race.db" "$out/race.db-wal" "$out/race.db-shm" "$out/race.trials"
 cat > "$study" <<EOF
@@ -202,11 +225,19 @@ devices = $devices
 trials_per_device = $per_device
 EOF
 log "search race: $n_trials trials, $per_device per device"
+dmon_pid=""
+if [ "$mode" = gpu ] && command -v nvidia-smi >/dev/null; then
+  nvidia-smi dmon -s um -d 1 > "$out/dmon.log" 2>&1 &
+  dmon_pid=$!
+fi
 start=$(date +%s.%N)
-run -q run "$study"
+limit=$race_limit run run "$study" > "$out/race.log" 2>&1 || log "the race failed or ran out of time (see race.log)"
 end=$(date +%s.%N)
+[ -n "$dmon_pid" ] && kill "$dmon_pid" 2>/dev/null
 race_s=$(python3 -c "print(round($end - $start, 1))")
-run best "$study" --format json > "$out/race-best.json"
+run best "$study" --format json > "$out/race-best.json" || echo '{}' > "$out/race-best.json"
+run trials "$study" >> "$out/race.log" 2>&1 || true
+save
 
 # 4. The table.
 python3 - "$bench" "$torch_fresh" "$anchors" "$out/race-best.json" "$race_s" "$card" "$mode" "$n_trials" "$per_device" "$precision" <<'EOF' | tee "$out/table.md"
@@ -242,4 +273,5 @@ val = b.get("value")
 val = f"{val:.4f}" if isinstance(val, (int, float)) else "-"
 print(f"| sft-search GP, {precision}, {per_device} trials per device ({mode}) | {n_trials} | {race_s} | {val} | {acc} |")
 EOF
+save
 log "done: $out/table.md"
