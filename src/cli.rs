@@ -166,6 +166,20 @@ pub enum BenchCommand {
     Scheduler(BenchSchedulerArgs),
     /// Best value and total compute (steps) with and without a pruner, on a learning curve.
     Pruning(BenchPruningArgs),
+    /// A device's fused training kernels (and a model's training step) against the CPU.
+    Kernels(BenchKernelsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchKernelsArgs {
+    /// cpu or cuda:k.
+    #[arg(long, default_value = "cuda:0")]
+    pub device: String,
+    /// Also compare one training forward/backward of this Hugging Face model folder.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: TextOrJson,
 }
 
 #[derive(Debug, Args)]

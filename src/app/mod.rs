@@ -2,6 +2,7 @@
 //! runners and reports together. One file per subcommand; each converts its arguments and
 //! calls the library. Errors carry context here (anyhow); library layers use thiserror.
 
+pub mod bench_kernels;
 pub mod bench_pruning;
 pub mod bench_sampler;
 pub mod bench_scheduler;
@@ -80,6 +81,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::Train(args)) => bench_train::run(&args),
         Command::Bench(BenchCommand::Scheduler(args)) => bench_scheduler::run(&args),
         Command::Bench(BenchCommand::Pruning(args)) => bench_pruning::run(&args),
+        Command::Bench(BenchCommand::Kernels(args)) => bench_kernels::run(&args),
         Command::Worker(args) => worker::run(&args),
         Command::Export(args) => export::run(&args, quiet),
         Command::Predict(args) => predict::run(&args, quiet),

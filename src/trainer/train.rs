@@ -104,7 +104,7 @@ pub fn parse_device(s: &str) -> Result<Device, TrainError> {
             .ok_or_else(|| TrainError::Setup(format!("device `{s}`: expected cpu, cuda or cuda:K")))?,
         None => return Err(TrainError::Setup(format!("device `{s}`: expected cpu, cuda or cuda:K"))),
     };
-    Device::new_cuda(ordinal).map_err(|e| TrainError::Setup(format!("device `{s}`: {e}")))
+    crate::trainer::model::open_cuda(ordinal).map_err(|e| TrainError::Setup(format!("device `{s}`: {e}")))
 }
 
 fn mix(a: u64, b: u64) -> u64 {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
 use super::kernels;
-use super::ops::{masked_softmax, DropMask};
+use super::ops::{masked_softmax_dropout, DropMask};
 
 /// `[b, h, s, d]` q, k, v and an additive key mask `[b, s]` → `[b, s, h·d]`.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64, drop: DropMask) -> Result<Tensor> {
@@ -34,7 +34,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64, 
 pub fn attention_composed(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64, drop: DropMask) -> Result<Tensor> {
     let (b, h, s, d) = q.dims4()?;
     let scores = q.matmul(&k.t()?)?;
-    let probs = drop.apply(&masked_softmax(&scores, mask, scale)?)?;
+    let probs = masked_softmax_dropout(&scores, mask, scale, drop)?;
     probs.matmul(v)?.transpose(1, 2)?.contiguous()?.reshape((b, s, h * d))
 }
 

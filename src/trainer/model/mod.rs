@@ -36,9 +36,12 @@
 
 pub mod attention;
 mod bert;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
 mod kernels;
 pub mod linear;
 pub mod config;
+pub mod device_check;
 pub mod error;
 pub mod ops;
 
@@ -471,6 +474,19 @@ impl BertClassifier {
         let tmp = dir.join(".config.json.tmp");
         std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &cfg)).map_err(|e| save_err(e.to_string()))?;
         self.save_safetensors(&dir.join("model.safetensors"))
+    }
+}
+
+/// Opens CUDA device `ordinal` for training (with the `cuda` feature; an error without it).
+/// The fused kernels run on one stream, so cudarc's per-allocation event tracking is off.
+pub fn open_cuda(ordinal: usize) -> candle_core::Result<Device> {
+    #[cfg(feature = "cuda")]
+    {
+        cuda::open_device(ordinal)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        Device::new_cuda(ordinal)
     }
 }
 

@@ -5,9 +5,10 @@
 //! [`kernels`](super::kernels), parallel on the shared CPU pool (`trainer::perf::par_ranges`).
 //!
 //! candle-nn's fused `layer_norm` has no backward (gradients silently stop there) and composed
-//! ops allocate a tensor and a gradient per elementary step; these kernels avoid both. On other
-//! devices (CUDA) or dtypes each function falls back to a composition of candle ops that
-//! autograd differentiates.
+//! ops allocate a tensor and a gradient per elementary step; these kernels avoid both. On CUDA
+//! (the `cuda` feature) the same ops run the kernels of [`super::cuda`] (f32 or bf16
+//! activations); on other devices or dtypes each function falls back to a composition of
+//! candle ops that autograd differentiates.
 
 use std::sync::Mutex;
 
@@ -31,6 +32,23 @@ fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [
 fn fast_path(xs: &Tensor) -> bool {
     xs.device().is_cpu() && xs.dtype() == DType::F32
 }
+
+/// CUDA with the fused kernels: f32 or bf16 tensors, all of one dtype.
+fn gpu_path(xs: &[&Tensor]) -> bool {
+    cfg!(feature = "cuda")
+        && xs.first().is_some_and(|x| x.device().is_cuda() && matches!(x.dtype(), DType::F32 | DType::BF16))
+        && xs.iter().all(|x| x.dtype() == xs[0].dtype())
+}
+
+/// Either fused path: the CPU's (f32) or CUDA's.
+fn fused(xs: &[&Tensor]) -> bool {
+    xs.first().is_some_and(|x| fast_path(x)) || gpu_path(xs)
+}
+
+#[cfg(feature = "cuda")]
+use candle_core::CudaStorage;
+#[cfg(feature = "cuda")]
+use super::cuda as gpu;
 
 // ---------------------------------------------------------------- parallel helpers
 
@@ -98,8 +116,8 @@ fn unpack(packed: &Tensor, shapes: &[&Shape]) -> Result<Vec<Tensor>> {
 
 /// Layer norm over the last dimension with affine weight `gamma` and bias `beta`.
 pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
-    if fast_path(x) {
-        x.contiguous()?.apply_op3(gamma, beta, LayerNormOp { eps: eps as f32 })
+    if fused(&[x, gamma, beta]) && x.dtype() == DType::F32 {
+        x.contiguous()?.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, LayerNormOp { eps: eps as f32 })
     } else {
         layer_norm_composed(x, gamma, beta, eps)
     }
@@ -143,6 +161,19 @@ impl CustomOp3 for LayerNormOp {
         let mut out = vec![0f32; x.len()];
         par_rows(&mut out, h, |r0, o| k::layer_norm_rows(&x[r0 * h..r0 * h + o.len()], g, b, self.eps, o));
         Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        Ok((gpu::layer_norm((s1, l1), (s2, l2), (s3, l3), self.eps)?, l1.shape().clone()))
     }
 
     fn bwd(
@@ -197,6 +228,20 @@ impl CustomOp3 for LayerNormBwdOp {
         let mut scratch = vec![0f32; h];
         k::layer_norm_param_grads(x, dy, h, self.eps, dg, db, &mut scratch);
         Ok((CpuStorage::F32(out), Shape::from(n + 2 * h)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let n = l1.shape().elem_count() + 2 * l2.shape().elem_count();
+        Ok((gpu::layer_norm_bwd((s1, l1), (s2, l2), (s3, l3), self.eps)?, Shape::from(n)))
     }
 }
 
@@ -265,6 +310,130 @@ pub fn masked_softmax(scores: &Tensor, mask: &Tensor, scale: f64) -> Result<Tens
         let mask = mask.to_dtype(DType::F32)?.reshape((b, 1, 1, k))?;
         let x = (scores.to_dtype(DType::F32)? * scale)?.broadcast_add(&mask)?;
         candle_nn::ops::softmax(&x, D::Minus1)?.to_dtype(scores.dtype())
+    }
+}
+
+/// `dropout(softmax(scores * scale + mask))`: attention probabilities with their dropout. On
+/// CUDA one kernel, and one for the backward (which recomputes the probabilities from the
+/// scores instead of keeping them); elsewhere [`masked_softmax`] then [`DropMask::apply`].
+pub fn masked_softmax_dropout(scores: &Tensor, mask: &Tensor, scale: f64, drop: DropMask) -> Result<Tensor> {
+    if gpu_path(&[scores]) {
+        masked_softmax_dropout_fused(scores, mask, scale, drop)
+    } else {
+        drop.apply(&masked_softmax(scores, mask, scale)?)
+    }
+}
+
+/// [`masked_softmax_dropout`] as one custom op on any device (the CPU's version is the
+/// reference of the CUDA kernel's tests).
+pub(crate) fn masked_softmax_dropout_fused(scores: &Tensor, mask: &Tensor, scale: f64, drop: DropMask) -> Result<Tensor> {
+    let (b, _, _, k) = scores.dims4()?;
+    let mask = mask.to_dtype(DType::F32)?.reshape((b, k))?.contiguous()?;
+    scores.contiguous()?.apply_op2(&mask, MaskedSoftmaxDropOp { scale: scale as f32, drop })
+}
+
+struct MaskedSoftmaxDropOp {
+    scale: f32,
+    drop: DropMask,
+}
+
+/// Rows of `[b, h, q, k]` scores: (rows, k, rows per batch), checking the mask is `[b, k]`.
+fn softmax_dims(scores: &Shape, mask_len: usize) -> Result<(usize, usize, usize)> {
+    let dims = scores.dims();
+    if dims.len() != 4 {
+        bail!("masked softmax: scores must be 4-D, got {scores:?}")
+    }
+    let (b, kk) = (dims[0], dims[3]);
+    if mask_len != b * kk {
+        bail!("masked softmax: a mask of {mask_len} elements does not match scores {scores:?}")
+    }
+    Ok((b * dims[1] * dims[2], kk, dims[1] * dims[2]))
+}
+
+impl CustomOp2 for MaskedSoftmaxDropOp {
+    fn name(&self) -> &'static str {
+        "sft-masked-softmax-dropout"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "softmax scores")?;
+        let m = contiguous_f32(s2, l2, "softmax mask")?;
+        let (_, kk, rows_per_batch) = softmax_dims(l1.shape(), m.len())?;
+        let d = self.drop;
+        let mut out = x.to_vec();
+        for (r, row) in out.chunks_exact_mut(kk.max(1)).enumerate() {
+            let mr = &m[(r / rows_per_batch) * kk..][..kk];
+            k::softmax_row(row, mr, self.scale, r * kk, d.key, d.threshold, d.scale);
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> Result<(CudaStorage, Shape)> {
+        let d = self.drop;
+        Ok((gpu::masked_softmax_drop((s1, l1), (s2, l2), self.scale, d.key, d.threshold, d.scale)?, l1.shape().clone()))
+    }
+
+    fn bwd(&self, scores: &Tensor, mask: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let op = MaskedSoftmaxDropBwdOp { scale: self.scale, drop: self.drop };
+        Ok((Some(scores.apply_op3_no_bwd(mask, &grad.contiguous()?, &op)?), None))
+    }
+}
+
+/// `dx = scale * y * (dy·mask - Σ(dy·mask * y))` with `y` the softmax recomputed from the scores.
+struct MaskedSoftmaxDropBwdOp {
+    scale: f32,
+    drop: DropMask,
+}
+
+impl CustomOp3 for MaskedSoftmaxDropBwdOp {
+    fn name(&self) -> &'static str {
+        "sft-masked-softmax-dropout-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "softmax bwd scores")?;
+        let m = contiguous_f32(s2, l2, "softmax bwd mask")?;
+        let dy = contiguous_f32(s3, l3, "softmax bwd grad")?;
+        let (_, kk, rows_per_batch) = softmax_dims(l1.shape(), m.len())?;
+        if dy.len() != x.len() {
+            bail!("masked softmax bwd: grad {:?} vs scores {:?}", l3.shape(), l1.shape())
+        }
+        let d = self.drop;
+        let mut out = x.to_vec();
+        for (r, row) in out.chunks_exact_mut(kk.max(1)).enumerate() {
+            let mr = &m[(r / rows_per_batch) * kk..][..kk];
+            k::softmax_row(row, mr, self.scale, 0, 0, 0, 1.0);
+            let g = &dy[r * kk..][..kk];
+            let dot: f32 = (0..kk).map(|j| g[j] * d.factor(r * kk + j) * row[j]).sum();
+            for j in 0..kk {
+                row[j] = self.scale * row[j] * (g[j] * d.factor(r * kk + j) - dot);
+            }
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let d = self.drop;
+        let dx = gpu::masked_softmax_drop_bwd((s1, l1), (s2, l2), (s3, l3), self.scale, d.key, d.threshold, d.scale)?;
+        Ok((dx, l1.shape().clone()))
     }
 }
 
@@ -414,12 +583,12 @@ impl DropMask {
         if self.is_identity() {
             return Ok(xs.clone());
         }
-        if fast_path(xs) {
+        if fused(&[xs]) {
             xs.contiguous()?.apply_op1(DropoutOp { mask: *self })
         } else if !xs.device().is_cpu() {
-            // On a GPU the mask is drawn there (the device's generator): building it on the
+            // Other GPUs: the mask is drawn there (the device's generator): building it on the
             // host and copying it over would cost more than the layer. Autograd keeps it for
-            // the backward. (GPU runs are not bit-reproducible anyway.)
+            // the backward.
             let keep_p = 1.0 - self.threshold as f64 / 4_294_967_296.0;
             let u = Tensor::rand(0f32, 1f32, xs.shape(), xs.device())?;
             let m = (u.lt(keep_p)?.to_dtype(DType::F32)? * self.scale as f64)?.to_dtype(xs.dtype())?;
@@ -450,6 +619,12 @@ impl CustomOp1 for DropoutOp {
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+        let m = self.mask;
+        Ok((gpu::drop_mul((s, l), m.key, m.threshold, m.scale)?, l.shape().clone()))
+    }
+
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&DropoutOp { mask: self.mask })?))
     }
@@ -459,8 +634,8 @@ impl CustomOp1 for DropoutOp {
 
 /// `gelu(xw + b)` for the feed-forward intermediate; `xw` = `x Wᵀ` `[.., n]`, `b` `[n]`.
 pub fn bias_gelu(xw: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if fast_path(xw) {
-        xw.contiguous()?.apply_op2(b, BiasGeluOp)
+    if fused(&[xw, b]) {
+        xw.contiguous()?.apply_op2(&b.contiguous()?, BiasGeluOp)
     } else {
         gelu(&xw.broadcast_add(b)?)
     }
@@ -468,8 +643,8 @@ pub fn bias_gelu(xw: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 /// `dropout(xw + b) + residual` (attention output and feed-forward output, before LayerNorm).
 pub fn bias_dropout_residual(xw: &Tensor, b: &Tensor, residual: &Tensor, mask: DropMask) -> Result<Tensor> {
-    if fast_path(xw) {
-        xw.contiguous()?.apply_op3(b, &residual.contiguous()?, BiasDropResOp { mask })
+    if fused(&[xw, b, residual]) {
+        xw.contiguous()?.apply_op3(&b.contiguous()?, &residual.contiguous()?, BiasDropResOp { mask })
     } else {
         mask.apply(&xw.broadcast_add(b)?)? + residual
     }
@@ -502,6 +677,11 @@ impl CustomOp2 for BiasGeluOp {
         let mut out = vec![0f32; x.len()];
         par_rows(&mut out, kk, |r0, o| k::bias_gelu_rows(&x[r0 * kk..r0 * kk + o.len()], b, o));
         Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> Result<(CudaStorage, Shape)> {
+        Ok((gpu::bias_gelu((s1, l1), (s2, l2))?, l1.shape().clone()))
     }
 
     fn bwd(&self, x: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
@@ -544,6 +724,20 @@ impl CustomOp3 for BiasGeluBwdOp {
         k::col_sums(dx, db);
         Ok((CpuStorage::F32(out), Shape::from(n + kk)))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let n = l1.shape().elem_count() + l2.shape().elem_count();
+        Ok((gpu::bias_gelu_bwd((s1, l1), (s2, l2), (s3, l3))?, Shape::from(n)))
+    }
 }
 
 struct BiasDropResOp {
@@ -578,6 +772,20 @@ impl CustomOp3 for BiasDropResOp {
             k::bias_drop_res_rows(&x[lo..hi], b, &r[lo..hi], o, lo, m.key, m.threshold, m.scale)
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let m = self.mask;
+        Ok((gpu::bias_drop_res((s1, l1), (s2, l2), (s3, l3), m.key, m.threshold, m.scale)?, l1.shape().clone()))
     }
 
     fn bwd(
@@ -621,6 +829,13 @@ impl CustomOp1 for MaskColSumOp {
         }
         k::col_sums(dx, db);
         Ok((CpuStorage::F32(out), Shape::from(n + kk)))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+        let m = self.mask;
+        let n = l.shape().elem_count() + self.k;
+        Ok((gpu::mask_colsum((s, l), self.k, m.key, m.threshold, m.scale)?, Shape::from(n)))
     }
 }
 

@@ -372,3 +372,44 @@ fn whole_model_gradients_match_finite_differences() {
         assert!((fd - g).abs() < tol, "{name}[{idx}]: autograd {g:.6e} vs finite difference {fd:.6e}");
     }
 }
+
+/// The fused masked-softmax-with-dropout op (the CUDA kernel's CPU twin) against softmax then
+/// dropout composed of candle ops: forward and the gradient of the scores.
+#[test]
+fn fused_masked_softmax_dropout_matches_the_composed_ops() {
+    use ops::{masked_softmax, masked_softmax_dropout_fused, DropMask};
+    let (b, h, s) = (2, 3, 7);
+    let vals: Vec<f32> = (0..b * h * s * s).map(|i| ((i * 37 % 101) as f32 / 25.0) - 2.0).collect();
+    let mut mask = vec![0f32; b * s];
+    for m in mask.iter_mut().skip(s + 4) {
+        *m = -1e9; // batch row 1 pads its last 3 keys
+    }
+    let mask = Tensor::from_vec(mask, (b, s), &Device::Cpu).unwrap();
+    let w: Vec<f32> = (0..b * h * s * s).map(|i| ((i * 53 % 97) as f32 / 50.0) - 1.0).collect();
+    let w = Tensor::from_vec(w, (b, h, s, s), &Device::Cpu).unwrap();
+    for p in [0.0, 0.25] {
+        let drop = DropMask::new(p, 99);
+        let run = |fused: bool| -> (Vec<f32>, Vec<f32>) {
+            let x = Var::from_vec(vals.clone(), (b, h, s, s), &Device::Cpu).unwrap();
+            let y = if fused {
+                masked_softmax_dropout_fused(x.as_tensor(), &mask, 0.5, drop).unwrap()
+            } else {
+                drop.apply(&masked_softmax(x.as_tensor(), &mask, 0.5).unwrap()).unwrap()
+            };
+            let g = (&y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let gx = g.get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            (y.flatten_all().unwrap().to_vec1().unwrap(), gx)
+        };
+        let (yf, gf) = run(true);
+        let (yc, gc) = run(false);
+        for (a, c) in yf.iter().zip(&yc).chain(gf.iter().zip(&gc)) {
+            assert!((a - c).abs() < 1e-5, "p {p}: fused {a} vs composed {c}");
+        }
+        let zeros = yf.iter().filter(|v| **v == 0.0).count();
+        if p > 0.0 {
+            assert!(zeros > 10, "dropout zeroed only {zeros} probabilities");
+        }
+        // Padded keys get no probability.
+        assert!(yf[(h * s) * s + s - 1].abs() < 1e-12);
+    }
+}
