@@ -343,7 +343,7 @@ pub fn train(job: &TrainJob, reporter: &mut dyn Reporter, stop: &CancelToken) ->
             }
             let info = opt.step(&grads, lr, spec.max_grad_norm)?;
             drop(grads);
-            if !info.grad_norm.is_finite() {
+            if !info.grad_norm.value()?.is_finite() {
                 return Err(TrainError::NonFinite { what: "non-finite gradient", epoch: epoch + 1, step: state.global_step + 1, lr: spec.learning_rate });
             }
             state.global_step += 1;
