@@ -1,7 +1,15 @@
 //! `sft-search bench train`: times fine-tuning steps of a BERT checkpoint on random token ids
-//! (seeded), padded to the full length: forward (with the loss), backward, AdamW step (`FusedAdamW`), with
-//! dropout on. Two warm-up steps are not timed. Prints ms per phase, samples/s and peak RSS;
-//! the text output adds the process CPU time per step, a steadier figure on a shared machine.
+//! (seeded), padded to the full length, with dropout on: forward (with the loss), backward and
+//! the trainer's optimizer step (`optim::Optimizer`: AdamW, learning rate 5e-5, weight decay
+//! 0.01 except on biases and LayerNorm, gradients clipped at the trainer's default norm).
+//!
+//! After two warm-up steps, `--steps` steps run back to back with one device synchronisation
+//! (and a scalar read) at the end, as PyTorch's anchor (`torch_finetune_bench.py`) times them:
+//! that gives `step_ms` and `samples_per_s`. The split into forward, backward and optimizer
+//! comes from a few more steps with a synchronisation after each phase; on the CPU, where
+//! nothing runs asynchronously, from the timed steps themselves. Prints ms per phase,
+//! samples/s and peak RSS; the text output adds the process CPU time per step, a steadier
+//! figure on a shared machine.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -12,11 +20,15 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::cli::{BenchTrainArgs, TextOrJson};
-use crate::trainer::fused_adamw::{AdamWParams, FusedAdamW};
 use crate::trainer::model::{read_config, BertClassifier, ModelOptions};
+use crate::trainer::optim::{OptimConfig, Optimizer};
 use crate::trainer::perf;
+use crate::trainer::spec::{OptimizerKind, TrainSpec};
 
 const WARMUP: usize = 2;
+/// Steps timed phase by phase (a synchronisation after each) on an asynchronous device.
+const PHASE_STEPS: usize = 3;
+const LEARNING_RATE: f64 = 5e-5;
 
 /// CPU time of the whole process (all threads), in seconds.
 fn process_cpu_s() -> f64 {
@@ -65,49 +77,71 @@ pub fn run(args: &BenchTrainArgs) -> anyhow::Result<ExitCode> {
     let labels: Vec<u32> = (0..b).map(|_| rng.random_range(0..2)).collect();
     let labels = Tensor::from_vec(labels, b, &device)?;
 
-    let hp = AdamWParams { lr: 5e-5, weight_decay: 0.01, ..AdamWParams::default() };
-    let mut opt = FusedAdamW::new(model.trainable_vars(), hp, |name| !name.ends_with(".bias") && !name.contains("LayerNorm"))?;
+    let mut opt = Optimizer::new(model.trainable_vars(), OptimConfig::new(OptimizerKind::Adamw, 0.01, 0.0))?;
+    let max_grad_norm = TrainSpec::default().max_grad_norm;
 
-    let (mut fwd, mut bwd, mut optim) = (0.0f64, 0.0f64, 0.0f64);
-    let sync = |t: &Tensor| -> anyhow::Result<()> {
-        // Reading a scalar waits for asynchronous devices.
-        let _ = t.to_dtype(candle_core::DType::F32)?.sum_all()?.to_scalar::<f32>()?;
-        Ok(())
-    };
-    let mut last_loss = f32::NAN;
-    let mut cpu_start = f64::NAN;
-    for step in 0..WARMUP + args.steps {
-        if step == WARMUP {
-            cpu_start = process_cpu_s();
-        }
+    // One step: the (detached) loss, and the seconds of each phase (meaningful with `phases`, which waits
+    // for the device after each).
+    let mut train_step = |phases: bool| -> anyhow::Result<(Tensor, [f64; 3])> {
         let t0 = Instant::now();
         let logits = model.forward(&ids, &mask, None, true)?;
         let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
-        sync(&loss)?;
+        if phases {
+            device.synchronize()?;
+        }
         let t1 = Instant::now();
-        let grads = model.backward(&loss)?;
-        if !device.is_cpu() {
+        let mut grads = opt.grads();
+        opt.accumulate(&mut grads, model.backward(&loss)?)?;
+        if phases {
             device.synchronize()?;
         }
         let t2 = Instant::now();
-        opt.step(&grads)?;
-        if !device.is_cpu() {
+        opt.step(&grads, LEARNING_RATE, max_grad_norm)?;
+        drop(grads);
+        if phases {
             device.synchronize()?;
         }
-        drop(grads);
         let t3 = Instant::now();
-        last_loss = loss.to_scalar::<f32>()?;
-        if step >= WARMUP {
-            fwd += (t1 - t0).as_secs_f64();
-            bwd += (t2 - t1).as_secs_f64();
-            optim += (t3 - t2).as_secs_f64();
-        }
-        tracing::debug!(step, loss = last_loss, "bench step");
+        Ok((loss.detach(), [(t1 - t0).as_secs_f64(), (t2 - t1).as_secs_f64(), (t3 - t2).as_secs_f64()]))
+    };
+
+    let cpu = device.is_cpu();
+    for _ in 0..WARMUP {
+        train_step(false)?;
     }
+    device.synchronize()?;
+    let cpu_start = process_cpu_s();
+    let t_start = Instant::now();
+    let mut phase = [0.0f64; 3];
+    let mut last = None;
+    for step in 0..args.steps {
+        let (loss, secs) = train_step(cpu)?;
+        if cpu {
+            phase.iter_mut().zip(secs).for_each(|(a, s)| *a += s);
+        }
+        tracing::debug!(step, "bench step");
+        last = Some(loss);
+    }
+    device.synchronize()?;
+    let last_loss = match &last {
+        Some(l) => l.to_scalar::<f32>()?,
+        None => f32::NAN,
+    };
+    let elapsed = t_start.elapsed().as_secs_f64();
     let n = args.steps as f64;
     let cpu_ms = (process_cpu_s() - cpu_start) / n * 1e3;
-    let (forward_ms, backward_ms, optimizer_ms) = (fwd / n * 1e3, bwd / n * 1e3, optim / n * 1e3);
-    let step_ms = forward_ms + backward_ms + optimizer_ms;
+    let phase_steps = if cpu {
+        args.steps
+    } else {
+        for _ in 0..PHASE_STEPS {
+            let (_, secs) = train_step(true)?;
+            phase.iter_mut().zip(secs).for_each(|(a, s)| *a += s);
+        }
+        PHASE_STEPS
+    };
+    let per = |s: f64| s / phase_steps as f64 * 1e3;
+    let (forward_ms, backward_ms, optimizer_ms) = (per(phase[0]), per(phase[1]), per(phase[2]));
+    let step_ms = elapsed / n * 1e3;
     let samples_per_s = b as f64 / (step_ms / 1e3);
     let peak_rss_mb = perf::peak_rss_mb();
     match args.format {
@@ -133,10 +167,11 @@ pub fn run(args: &BenchTrainArgs) -> anyhow::Result<ExitCode> {
                 args.device,
                 rayon::current_num_threads()
             );
-            println!("forward    {forward_ms:9.1} ms/step");
+            let split = if cpu { "of the timed steps".to_string() } else { format!("{PHASE_STEPS} more steps, synchronised after each phase") };
+            println!("forward    {forward_ms:9.1} ms/step   (phases: {split})");
             println!("backward   {backward_ms:9.1} ms/step");
             println!("optimizer  {optimizer_ms:9.1} ms/step");
-            println!("step       {step_ms:9.1} ms/step   ({samples_per_s:.1} samples/s, {} timed steps after {WARMUP} warm-up)", args.steps);
+            println!("step       {step_ms:9.1} ms/step   ({samples_per_s:.1} samples/s, {} steps after {WARMUP} warm-up, one synchronisation at the end)", args.steps);
             match peak_rss_mb {
                 Some(m) => println!("peak RSS   {m:9.0} MiB"),
                 None => println!("peak RSS   unavailable"),

@@ -2,7 +2,9 @@
 //! seeded-shuffled batches (micro-batches accumulated) → loss → backward → clipped optimizer
 //! step on the schedule; evaluation on the valid split after every epoch (and every
 //! `eval_steps`), early stopping, NaN/inf detection, checkpoints of the best weights with
-//! everything needed to resume, and a cooperative stop flag checked between batches.
+//! everything needed to resume, and a cooperative stop flag checked between batches. The
+//! losses, correct counts and gradient norm of an optimizer step are read back from the device
+//! together, once per step.
 //!
 //! Everything the trial learns goes to a [`Reporter`] (the worker prints it as JSON lines),
 //! so the loop runs the same in a worker process and in tests.
@@ -10,7 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{DType, Device, D};
+use candle_core::{DType, Device, Tensor, D};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
@@ -19,7 +21,7 @@ use super::data::{self, batch_indices, collate, epoch_seed, DataError, DataSecti
 use super::loss::Loss;
 use super::metrics::{self, diagnose_fit, EpochRecord, Metrics};
 use super::model::{BertClassifier, ModelError, ModelOptions};
-use super::optim::{lr_factor, warmup_steps, OptimConfig, OptimError, Optimizer};
+use super::optim::{lr_factor, warmup_steps, GradNorm, OptimConfig, OptimError, Optimizer};
 use super::spec::{ClassWeights, KeepCheckpoints, TrainSpec};
 use crate::scheduler::{CancelToken, Decision, Progress, Reporter};
 use crate::trial::Direction;
@@ -323,27 +325,49 @@ pub fn train(job: &TrainJob, reporter: &mut dyn Reporter, stop: &CancelToken) ->
             let lr = spec.learning_rate * lr_factor(spec.scheduler, state.global_step as usize, warmup, total_steps);
             model.reseed_dropout(mix(spec.seed, state.global_step));
             let mut grads = opt.grads();
-            for micro in idx.chunks(spec.micro_batch_size) {
+            // The micro-batch losses (and correct counts) stay tensors until the step is done,
+            // then are read with the gradient norm in one transfer: on a GPU each read waits for
+            // the device, so there is one such wait per optimizer step.
+            let micros: Vec<&[usize]> = idx.chunks(spec.micro_batch_size).collect();
+            let per_micro = if problem == Problem::Classification { 2 } else { 1 };
+            let mut pending = Vec::with_capacity(per_micro * micros.len() + 1);
+            for micro in &micros {
                 let b = collate(rows, micro, pad, &device)?;
                 let logits = model.forward(&b.input_ids, &b.attention_mask, Some(&b.token_type_ids), true)?;
                 let loss = loss_fn.compute(&logits, &b.labels)?;
-                let l = loss.to_scalar::<f32>()? as f64;
-                if !l.is_finite() {
-                    return Err(TrainError::NonFinite { what: if l.is_nan() { "NaN loss" } else { "infinite loss" }, epoch: epoch + 1, step: state.global_step + 1, lr: spec.learning_rate });
-                }
+                pending.push(loss.detach().to_dtype(DType::F32)?);
                 if problem == Problem::Classification {
-                    let correct = logits.detach().argmax(D::Minus1)?.eq(&b.labels)?.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?;
-                    state.epoch_correct += correct as usize;
+                    pending.push(logits.detach().argmax(D::Minus1)?.eq(&b.labels)?.to_dtype(DType::F32)?.sum_all()?);
                 }
-                state.epoch_loss_sum += l * micro.len() as f64;
-                state.epoch_rows += micro.len();
                 let scaled = if micro.len() == idx.len() { loss } else { (loss * (micro.len() as f64 / idx.len() as f64))? };
                 let g = model.backward(&scaled)?;
                 opt.accumulate(&mut grads, g)?;
             }
             let info = opt.step(&grads, lr, spec.max_grad_norm)?;
             drop(grads);
-            if !info.grad_norm.is_finite() {
+            let host_norm = match &info.grad_norm {
+                GradNorm::Host(x) => Some(*x),
+                GradNorm::Device(t) => {
+                    pending.push(t.to_dtype(DType::F32)?.to_device(&device)?);
+                    None
+                }
+            };
+            let read = Tensor::stack(&pending, 0)?.to_vec1::<f32>()?;
+            // The checks come after the step's update (the loss is not read before it): a
+            // non-finite value fails the trial, so the updated weights are never used.
+            for (k, micro) in micros.iter().enumerate() {
+                let l = read[k * per_micro] as f64;
+                if !l.is_finite() {
+                    return Err(TrainError::NonFinite { what: if l.is_nan() { "NaN loss" } else { "infinite loss" }, epoch: epoch + 1, step: state.global_step + 1, lr: spec.learning_rate });
+                }
+                if problem == Problem::Classification {
+                    state.epoch_correct += read[k * per_micro + 1] as usize;
+                }
+                state.epoch_loss_sum += l * micro.len() as f64;
+                state.epoch_rows += micro.len();
+            }
+            let grad_norm = host_norm.unwrap_or_else(|| read[per_micro * micros.len()] as f64);
+            if !grad_norm.is_finite() {
                 return Err(TrainError::NonFinite { what: "non-finite gradient", epoch: epoch + 1, step: state.global_step + 1, lr: spec.learning_rate });
             }
             state.global_step += 1;

@@ -223,3 +223,75 @@ fn early_stopping_ends_a_run_that_stopped_improving() {
     assert_eq!(rep.evals.len(), 3, "best at 1, then 2 without improvement");
     assert_eq!(rep.facts.get("stopped_early"), Some(&json!(true)));
 }
+
+/// While alive, optimizers made on this thread use the flat device path (the GPU's) on the CPU.
+struct ForceFlat;
+
+impl ForceFlat {
+    fn on() -> Self {
+        crate::trainer::optim::FORCE_FLAT.with(|f| f.set(true));
+        ForceFlat
+    }
+}
+
+impl Drop for ForceFlat {
+    fn drop(&mut self) {
+        crate::trainer::optim::FORCE_FLAT.with(|f| f.set(false));
+    }
+}
+
+/// The loop with the optimizer's flat device path (gradient norm a device scalar, read with
+/// the micro-batch losses and correct counts once per step) trains as the CPU path does, and
+/// a checkpoint written on one path resumes on the other.
+#[test]
+fn flat_optimizer_path_trains_and_resumes_like_the_host_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let toy = write_toy_task(tmp.path(), 160, 8).unwrap();
+    let mut s = spec(3, 3e-3);
+    s.batch_size = 8;
+    s.micro_batch_size = 4; // two micro-batches per step
+    s.weight_decay = 0.01;
+    s.max_grad_norm = 0.5;
+    s.keep_checkpoints = KeepCheckpoints::All;
+    let run = |flat: bool, dir: &str, stop_after: Option<usize>, resume: Option<&str>| {
+        let _force = flat.then(ForceFlat::on);
+        let mut j = job(&toy, &tmp.path().join(dir), s.clone());
+        j.resume_from = resume.map(|r| tmp.path().join(r));
+        let tok = CancelToken::new();
+        let mut rep = Collect { stop_after: stop_after.map(|n| (n, tok.clone())), ..Default::default() };
+        train(&j, &mut rep, &tok).unwrap();
+        rep
+    };
+    let close = |a: &Collect, b: &Collect, what: &str| {
+        let (a, b) = (a.evals.last().unwrap(), b.evals.last().unwrap());
+        assert_eq!(a.0, b.0, "{what}");
+        for k in ["loss", "train_loss"] {
+            let (x, y) = (f(&a.2, k), f(&b.2, k));
+            assert!(x.is_finite() && (x - y).abs() < 1e-5, "{what}: {k} {x} vs {y}");
+        }
+    };
+    let host = run(false, "host", None, None);
+    let flat = run(true, "flat", None, None);
+    assert_eq!(host.evals.len(), 3);
+    close(&host, &flat, "flat vs host");
+    assert!(f(&flat.evals[0].2, "train_accuracy") > 0.0);
+    // a flat-path checkpoint after epoch 1, resumed on the host path, and the other way
+    run(true, "flat-a", Some(1), None);
+    close(&host, &run(false, "host-b", None, Some("flat-a")), "flat checkpoint resumed on the host path");
+    run(false, "host-a", Some(1), None);
+    close(&host, &run(true, "flat-b", None, Some("host-a")), "host checkpoint resumed on the flat path");
+}
+
+#[test]
+fn nan_loss_fails_the_trial_on_the_flat_path_too() {
+    let _force = ForceFlat::on();
+    let tmp = tempfile::tempdir().unwrap();
+    let toy = write_toy_task(tmp.path(), 64, 2).unwrap();
+    let mut sp = spec(3, 1e6);
+    sp.weight_decay = 0.01;
+    let j = job(&toy, &tmp.path().join("arts"), sp);
+    let err = train(&j, &mut Collect::default(), &CancelToken::new()).unwrap_err();
+    assert!(matches!(err, TrainError::NonFinite { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("NaN") && msg.contains("learning_rate=1e6") && msg.contains(" step "), "{msg}");
+}
