@@ -8,6 +8,8 @@
 #                                                                            # the CPU, on a tiny subset
 #   scripts/gpu-check.sh --quick                                             # on the GPU machine: a
 #                                                                            # smoke run (~2 min)
+#   scripts/gpu-check.sh --only kernels,race                                 # some stages only
+#                                                                            # (kernels, bench, torch, race)
 #
 # --prepare (on the build machine) copies into the ignored folder gpu-payload/: the binary
 # (xz-compressed), all-MiniLM-L6-v2 stored as fp16 safetensors (loaded as f32), the SST-2 train
@@ -22,6 +24,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 payload="$here/gpu-payload"
 mode=gpu
 quick=0
+only="kernels,bench,torch,race"
 bin=""
 shared="${SFT_SHARED:-$here/../shared}"
 while [ $# -gt 0 ]; do
@@ -29,20 +32,22 @@ while [ $# -gt 0 ]; do
     --prepare) mode=prepare ;;
     --cpu) mode=cpu ;;
     --quick) quick=1 ;;
+    --only) only="$2"; shift ;;
     --bin) bin="$2"; shift ;;
     --shared) shared="$2"; shift ;;
     --payload) payload="$2"; shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "gpu-check: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
 done
 
 log() { echo "[gpu-check $(date +%H:%M:%S)] $*" >&2; }
+stage() { case ",$only," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 # Copies the small result files to $OUT (the device tool returns at most 8 files).
 save() {
   [ -n "${OUT:-}" ] || return 0
-  for f in table.md bench-train.jsonl torch-gpu.jsonl race-best.json race.db dmon.log race.log torch-gpu.err; do
+  for f in table.md kernels.txt bench-train.jsonl torch-gpu.jsonl race-best.json race.db dmon.log race.log; do
     [ -f "$out/$f" ] && cp "$out/$f" "$OUT/" 2>/dev/null
   done
   return 0
@@ -130,57 +135,27 @@ else
 fi
 log "device $device: $card"
 
-# 1. A BERT-base-sized model with random weights (throughput does not depend on the values).
-base="$out/bert-base-random"
-if [ ! -f "$base/model.safetensors" ]; then
-  python3 - "$base" "$minilm" <<'EOF'
-import shutil, sys
-from pathlib import Path
-from transformers import BertConfig, BertForSequenceClassification
-dst, minilm = Path(sys.argv[1]), Path(sys.argv[2])
-BertForSequenceClassification(BertConfig(num_labels=2)).save_pretrained(dst, safe_serialization=True)
-for f in ["tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"]:
-    if (minilm / f).exists():
-        shutil.copy(minilm / f, dst / f)
-EOF
+# 0. The fused kernels against the CPU (every op forward and backward, and MiniLM's training step).
+if stage kernels; then
+  log "bench kernels (the device's fused kernels against the CPU)"
+  limit=120 run bench kernels --device "$device" --model "$minilm" > "$out/kernels.txt" 2>&1 \
+    || log "bench kernels failed: see kernels.txt"
+  grep -v '^LD_LIBRARY_PATH\|^\s*lib' "$out/kernels.txt" | tail -8 >&2 || true
+  save
 fi
 
-# 2. Training-step throughput: ours, fp32 and bf16.
-bench="$out/bench-train.jsonl"
-: > "$bench"
-for model in minilm-l6 bert-base; do
-  dir=$minilm; [ "$model" = bert-base ] && dir=$base
-  for precision in fp32 bf16; do
-    for b in $batches; do
-      log "bench train $model $precision batch $b seq $seq"
-      if line=$(limit=120 run bench train --model "$dir" --batch-size "$b" --seq-len "$seq" --steps "$steps" \
-          --device "$device" --precision "$precision" --format json); then
-        echo "{\"model\": \"$model\", \"dtype\": \"$precision\", \"batch\": $b, \"seq\": $seq, \"ours\": $line}" >> "$bench"
-      else
-        log "bench train $model $precision batch $b failed"
-      fi
-      save
-    done
-  done
-done
-
-# PyTorch beside it on the same card when there is time (torch is installed on the GPU machine).
-torch_fresh="$out/torch-gpu.jsonl"
-: > "$torch_fresh"
-if [ "$mode" = gpu ] && [ "$quick" = 0 ]; then
-  log "PyTorch anchor (torch_finetune_bench.py), at most 150 s"
-  timeout 150 python3 "$anchors/torch_finetune_bench.py" --device cuda > "$torch_fresh" 2> "$out/torch-gpu.err" || true
-fi
-
-# 3. The search race: the protocol of ../shared/anchors/gpu-hpo/ with our GP sampler and
+# 1. The search race: the protocol of ../shared/anchors/gpu-hpo/ with our GP sampler and
 #    several trials per GPU.
 study="$out/race.toml"
 if [ "$mode" = gpu ]; then
-  extra_data=""; n_trials=8; per_device=4; precision=bf16; devices='["cuda:0"]'; race_limit=450
+  extra_data=""; n_trials=8; per_device=4; race_precision=bf16; devices='["cuda:0"]'; race_limit=${RACE_LIMIT:-450}
   [ "$quick" = 1 ] && { extra_data="max_rows = 4000"; n_trials=4; race_limit=100; }
 else
-  extra_data="max_rows = 600"; n_trials=3; per_device=1; precision=fp32; devices='["cpu"]'; race_limit=600
+  extra_data="max_rows = 600"; n_trials=3; per_device=1; race_precision=fp32; devices='["cpu"]'; race_limit=600
 fi
+race_s="-"
+echo '{}' > "$out/race-best.json"
+if stage race; then
 rm -rf "$out/race.db" "$out/race.db-wal" "$out/race.db-shm" "$out/race.trials"
 cat > "$study" <<EOF
 [study]
@@ -217,7 +192,7 @@ $extra_data
 max_length = 64
 weight_decay = 0.01
 warmup_ratio = 0.06
-precision = "$precision"
+precision = "$race_precision"
 keep_checkpoints = "best"
 
 [execution]
@@ -237,10 +212,56 @@ end=$(date +%s.%N)
 race_s=$(python3 -c "print(round($end - $start, 1))")
 run best "$study" --format json > "$out/race-best.json" || echo '{}' > "$out/race-best.json"
 run trials "$study" >> "$out/race.log" 2>&1 || true
+tail -4 "$out/race.log" >&2
 save
+fi
+
+# 2. A BERT-base-sized model with random weights (throughput does not depend on the values).
+base="$out/bert-base-random"
+if stage bench && [ ! -f "$base/model.safetensors" ]; then
+  python3 - "$base" "$minilm" <<'EOF'
+import shutil, sys
+from pathlib import Path
+from transformers import BertConfig, BertForSequenceClassification
+dst, minilm = Path(sys.argv[1]), Path(sys.argv[2])
+BertForSequenceClassification(BertConfig(num_labels=2)).save_pretrained(dst, safe_serialization=True)
+for f in ["tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"]:
+    if (minilm / f).exists():
+        shutil.copy(minilm / f, dst / f)
+EOF
+fi
+
+# 3. Training-step throughput: ours, fp32 and bf16.
+bench="$out/bench-train.jsonl"
+: > "$bench"
+stage bench || models=""
+for model in ${models-minilm-l6 bert-base}; do
+  dir=$minilm; [ "$model" = bert-base ] && dir=$base
+  for precision in fp32 bf16; do
+    for b in $batches; do
+      log "bench train $model $precision batch $b seq $seq"
+      if line=$(limit=120 run bench train --model "$dir" --batch-size "$b" --seq-len "$seq" --steps "$steps" \
+          --device "$device" --precision "$precision" --format json); then
+        echo "{\"model\": \"$model\", \"dtype\": \"$precision\", \"batch\": $b, \"seq\": $seq, \"ours\": $line}" >> "$bench"
+      else
+        log "bench train $model $precision batch $b failed"
+      fi
+      save
+    done
+  done
+done
+
+# PyTorch beside it on the same card when there is time (torch is installed on the GPU machine).
+torch_fresh="$out/torch-gpu.jsonl"
+: > "$torch_fresh"
+if [ "$mode" = gpu ] && [ "$quick" = 0 ] && stage torch; then
+  log "PyTorch anchor (torch_finetune_bench.py), at most 150 s"
+  timeout 150 python3 "$anchors/torch_finetune_bench.py" --device cuda > "$torch_fresh" 2> "$out/torch-gpu.err" \
+    || { log "PyTorch anchor failed or ran out of time:"; tail -3 "$out/torch-gpu.err" >&2; }
+fi
 
 # 4. The table.
-python3 - "$bench" "$torch_fresh" "$anchors" "$out/race-best.json" "$race_s" "$card" "$mode" "$n_trials" "$per_device" "$precision" <<'EOF' | tee "$out/table.md"
+python3 - "$bench" "$torch_fresh" "$anchors" "$out/race-best.json" "$race_s" "$card" "$mode" "$n_trials" "$per_device" "$race_precision" <<'EOF' | tee "$out/table.md"
 import json, sys
 from pathlib import Path
 bench, fresh, anchors, best, race_s, card, mode, n_trials, per_device, precision = sys.argv[1:]

@@ -46,9 +46,9 @@ fn process_cpu_s() -> f64 {
 pub fn parse_device(s: &str) -> anyhow::Result<Device> {
     match s {
         "cpu" => Ok(Device::Cpu),
-        "cuda" => Ok(Device::new_cuda(0)?),
+        "cuda" => Ok(crate::trainer::model::open_cuda(0)?),
         _ => match s.strip_prefix("cuda:") {
-            Some(k) => Ok(Device::new_cuda(k.parse().with_context(|| format!("device `{s}`"))?)?),
+            Some(k) => Ok(crate::trainer::model::open_cuda(k.parse().with_context(|| format!("device `{s}`"))?)?),
             None => anyhow::bail!("unknown device `{s}` (use cpu or cuda:K)"),
         },
     }
