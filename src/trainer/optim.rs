@@ -494,6 +494,10 @@ impl Optimizer {
 impl Group {
     /// The update of every member from the group's concatenated gradient `g` (clipped).
     fn update_flat(&mut self, slots: &[Slot], g: Tensor, cfg: &OptimConfig, lr: f64, t: i32) -> Result<(), OptimError> {
+        #[cfg(feature = "cuda")]
+        if self.update_fused_cuda(slots, &g, cfg, lr, t)? {
+            return Ok(());
+        }
         let parts = self.members.iter().map(|&(i, _)| slots[i].var.as_tensor().flatten_all()?.to_dtype(DType::F32)).collect::<candle_core::Result<Vec<_>>>()?;
         let p = Tensor::cat(&parts, 0)?;
         let wd = if self.decay { cfg.weight_decay } else { 0.0 };
@@ -505,6 +509,42 @@ impl Group {
         self.m = m2;
         self.v = v2;
         Ok(())
+    }
+
+    /// AdamW on CUDA as one kernel over every member (`model::cuda::adamw_multi`): the
+    /// parameters and the flat moments are updated in place, with no concatenation of the
+    /// parameters and no write-back copies. `false` when the group does not qualify (SGD, not
+    /// CUDA, or a parameter that is not contiguous f32): the tensor-op update then runs.
+    #[cfg(feature = "cuda")]
+    fn update_fused_cuda(&mut self, slots: &[Slot], g: &Tensor, cfg: &OptimConfig, lr: f64, t: i32) -> Result<bool, OptimError> {
+        let Some(v) = &self.v else { return Ok(false) };
+        if cfg.kind != OptimizerKind::Adamw || !self.device.is_cuda() {
+            return Ok(false);
+        }
+        let params: Vec<&Tensor> = self.members.iter().map(|&(i, _)| slots[i].var.as_tensor()).collect();
+        if !params.iter().all(|p| p.dtype() == DType::F32 && p.is_contiguous()) {
+            return Ok(false);
+        }
+        let mut offsets: Vec<u64> = self.members.iter().map(|&(_, o)| o as u64).collect();
+        offsets.push(g.elem_count() as u64);
+        if offsets.windows(2).zip(&params).any(|(w, p)| (w[1] - w[0]) as usize != p.elem_count()) {
+            return Ok(false);
+        }
+        let (g, m, v) = (g.contiguous()?, self.m.contiguous()?, v.contiguous()?);
+        let wd = if self.decay { cfg.weight_decay } else { 0.0 };
+        let step = crate::trainer::model::cuda::AdamWStep {
+            lr: lr as f32,
+            beta1: cfg.beta1 as f32,
+            beta2: cfg.beta2 as f32,
+            eps: cfg.eps as f32,
+            weight_decay: wd as f32,
+            bc1: (1.0 - cfg.beta1.powi(t)) as f32,
+            bc2: (1.0 - cfg.beta2.powi(t)) as f32,
+        };
+        crate::trainer::model::cuda::adamw_multi(&params, &offsets, &g, &m, &v, None, step)?;
+        self.m = m;
+        self.v = Some(v);
+        Ok(true)
     }
 
     /// The fallback when some member has no gradient this step: the same update parameter by

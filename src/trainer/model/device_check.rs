@@ -1,6 +1,7 @@
 //! Checks a device's training kernels against the CPU's: each fused op (layer norm, bias + GELU,
 //! bias + dropout + residual, dropout, masked softmax with dropout) forward and backward on
-//! random inputs, and one training forward/backward of a whole model, in f32 and bf16, compared
+//! random inputs, three optimizer steps (AdamW, SGD), and one training forward/backward of a
+//! whole model, in f32 and bf16, compared
 //! with the CPU in f32 by relative L2 error (‖device − cpu‖ / ‖cpu‖). Dropout masks are a hash
 //! of the element index on every device, so dropout is on in the comparison.
 //! `sft-search bench kernels` prints the table; the GPU check script runs it first.
@@ -12,6 +13,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::ops::{self, DropMask};
+use crate::trainer::optim::{OptimConfig, Optimizer};
+use crate::trainer::spec::OptimizerKind;
 use super::{BertClassifier, ModelOptions};
 
 /// One compared output.
@@ -108,6 +111,30 @@ fn cases() -> Vec<(&'static str, Vec<(Vec<usize>, f32)>, bool, OpFn)> {
     ]
 }
 
+/// Three optimizer steps (weight decay on the weights, not on the bias; the gradient norm
+/// clipped in the first two) from fixed values and gradients, on `device` (the CPU: the host
+/// path; CUDA: the flat path and its fused AdamW kernel). Returns the parameters after.
+fn optimizer_steps(device: &Device, kind: OptimizerKind) -> anyhow::Result<Vec<(String, Tensor)>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let shapes: [(&str, &[usize]); 3] = [("layer.dense.weight", &[48, 40]), ("layer.dense.bias", &[48]), ("embeddings.word.weight", &[300, 16])];
+    let mut vars = Vec::new();
+    for (name, shape) in shapes {
+        vars.push((name.to_string(), Var::from_tensor(&random(shape, &mut rng, 1.0)?.to_device(device)?)?));
+    }
+    let mut opt = Optimizer::new(vars.clone(), OptimConfig::new(kind, 0.01, 0.9))?;
+    for step in 0..3 {
+        let mut loss = Tensor::zeros((), DType::F32, device)?;
+        for (_, v) in &vars {
+            let g = random(v.dims(), &mut rng, if step == 2 { 0.01 } else { 1.0 })?.to_device(device)?;
+            loss = (loss + (v.as_tensor() * g)?.sum_all()?)?;
+        }
+        let mut grads = opt.grads();
+        opt.accumulate(&mut grads, loss.backward()?)?;
+        opt.step(&grads, 1e-2, 1.0)?;
+    }
+    vars.into_iter().map(|(n, v)| Ok((n, v.as_tensor().to_device(&Device::Cpu)?))).collect()
+}
+
 /// Compares `device` with the CPU on every op case and, when `model_dir` is given, on one
 /// training step's logits and gradients of that model (batch 4, 32 tokens, dropout on).
 pub fn compare(device: &Device, model_dir: Option<&Path>) -> anyhow::Result<Vec<CheckRow>> {
@@ -127,6 +154,14 @@ pub fn compare(device: &Device, model_dir: Option<&Path>) -> anyhow::Result<Vec<
             for (i, (g, r)) in grads.iter().zip(&ref_grads).enumerate() {
                 push(&mut rows, name, dt, format!("grad of input {i}"), rel_err(g, r)?);
             }
+        }
+    }
+    for kind in [OptimizerKind::Adamw, OptimizerKind::Sgd] {
+        let reference = optimizer_steps(&Device::Cpu, kind)?;
+        let on_device = optimizer_steps(device, kind)?;
+        let name = if kind == OptimizerKind::Adamw { "adamw, 3 steps" } else { "sgd momentum, 3 steps" };
+        for ((pname, a), (_, b)) in on_device.iter().zip(&reference) {
+            rows.push(row(name, DType::F32, format!("parameter {pname}"), rel_err(a, b)?, 1e-5));
         }
     }
     if let Some(dir) = model_dir {
@@ -212,5 +247,17 @@ mod tests {
         let a = random(&[100], &mut ChaCha8Rng::seed_from_u64(1), 1.0).unwrap();
         let e = rel_err(&(&a * 1.01).unwrap(), &a).unwrap();
         assert!((e - 0.01).abs() < 1e-6, "{e}");
+    }
+
+    /// The same check on the GPU (a CUDA build on a machine with one; the GPU check script runs
+    /// it as `sft-search bench kernels`, since that machine has no Rust toolchain).
+    #[cfg(feature = "cuda")]
+    #[test]
+    #[ignore = "needs an NVIDIA GPU"]
+    fn cuda_kernels_match_the_cpu() {
+        let device = crate::trainer::model::open_cuda(0).unwrap();
+        let rows = compare(&device, None).unwrap();
+        let bad: Vec<&CheckRow> = rows.iter().filter(|r| !r.ok).collect();
+        assert!(bad.is_empty(), "{bad:?}");
     }
 }

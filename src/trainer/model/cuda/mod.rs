@@ -308,3 +308,79 @@ pub fn open_device(ordinal: usize) -> Result<candle_core::Device> {
     }
     Ok(device)
 }
+
+// ---------------------------------------------------------------- optimizer
+
+/// The device address of `t`'s first element (f32, contiguous, on CUDA).
+fn f32_ptr(t: &candle_core::Tensor, what: &str) -> Result<u64> {
+    use candle_core::cuda_backend::cudarc::driver::DevicePtr;
+    if t.dtype() != candle_core::DType::F32 || !t.is_contiguous() {
+        bail!("{what}: AdamW kernel needs contiguous f32, got {:?}", t.dtype())
+    }
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cuda(cs) => {
+            let s = cs.as_cuda_slice::<f32>()?;
+            let stream = cs.device.cuda_stream();
+            let (ptr, _sync) = s.device_ptr(&stream);
+            Ok(ptr + (layout.start_offset() * std::mem::size_of::<f32>()) as u64)
+        }
+        _ => bail!("{what}: not on a CUDA device"),
+    }
+}
+
+/// Scalars of one AdamW step (f32, rounded as `optim::tensor_update` rounds them).
+#[derive(Debug, Clone, Copy)]
+pub struct AdamWStep {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    /// 1 − β₁ᵗ and 1 − β₂ᵗ.
+    pub bc1: f32,
+    pub bc2: f32,
+}
+
+/// One AdamW step of every tensor in `params` (f32, updated in place) from the flat gradient
+/// `g` (their gradients concatenated in order, `offsets[i]..offsets[i+1]` for tensor i) and the
+/// flat moments `m`, `v` (updated in place), the gradient scaled by the device scalar `gscale`.
+pub fn adamw_multi(params: &[&candle_core::Tensor], offsets: &[u64], g: &candle_core::Tensor, m: &candle_core::Tensor, v: &candle_core::Tensor, gscale: Option<&candle_core::Tensor>, s: AdamWStep) -> Result<()> {
+    if params.is_empty() {
+        return Ok(());
+    }
+    if offsets.len() != params.len() + 1 {
+        bail!("adamw: {} offsets for {} tensors", offsets.len(), params.len())
+    }
+    let total = offsets[params.len()] as usize;
+    for (what, t) in [("gradient", g), ("first moment", m), ("second moment", v)] {
+        if t.elem_count() != total {
+            bail!("adamw: the flat {what} has {} elements, the parameters {total}", t.elem_count())
+        }
+    }
+    let dev = match g.device() {
+        candle_core::Device::Cuda(d) => d.clone(),
+        _ => bail!("adamw: the gradient is not on a CUDA device"),
+    };
+    let ptrs: Vec<u64> = params.iter().map(|p| f32_ptr(p, "parameter")).collect::<Result<_>>()?;
+    let ptrs = dev.clone_htod(&ptrs)?;
+    let offs = dev.clone_htod(offsets)?;
+    let (gp, mp, vp) = (f32_ptr(g, "gradient")?, f32_ptr(m, "first moment")?, f32_ptr(v, "second moment")?);
+    let sp = match gscale {
+        Some(t) => f32_ptr(t, "clip factor")?,
+        None => 0,
+    };
+    let longest = offsets.windows(2).map(|w| (w[1] - w[0]) as usize).max().unwrap_or(0);
+    let cfg = LaunchConfig { grid_dim: (longest.div_ceil(256).clamp(1, 1024) as u32, params.len() as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    let (one_minus_b1, one_minus_b2) = (1.0f32 - s.beta1, 1.0f32 - s.beta2);
+    let decay = 1.0f32 - s.lr * s.weight_decay;
+    let step_size = s.lr / s.bc1;
+    let inv_sqrt_bc2 = 1.0f32 / s.bc2.sqrt();
+    launch!(
+        dev,
+        "sft_adamw_multi_f32".to_string(),
+        cfg,
+        &ptrs, &offs, &gp, &mp, &vp, &sp, &s.lr, &s.beta1, &one_minus_b1, &s.beta2, &one_minus_b2, &s.eps, &decay, &step_size, &inv_sqrt_bc2
+    );
+    Ok(())
+}
