@@ -102,11 +102,11 @@ fn loss_falls_and_the_toy_task_is_learned() {
     assert_eq!(names.len(), 1, "{names:?}");
 }
 
-#[test]
-fn nan_loss_fails_the_trial_with_a_clear_message() {
+/// A learning rate of 1e6 with weight decay 0.01 (a usual setting: p *= 1 - lr·wd = -9999 each
+/// step overflows f32) fails the trial with an error naming the NaN, the rate and the step.
+fn assert_nan_loss_fails_the_trial() {
     let tmp = tempfile::tempdir().unwrap();
     let toy = write_toy_task(tmp.path(), 64, 2).unwrap();
-    // weight decay 0.01 (a usual setting): p *= 1 - lr·wd = -9999 each step overflows f32
     let mut sp = spec(3, 1e6);
     sp.weight_decay = 0.01;
     let j = job(&toy, &tmp.path().join("arts"), sp);
@@ -114,6 +114,11 @@ fn nan_loss_fails_the_trial_with_a_clear_message() {
     assert!(matches!(err, TrainError::NonFinite { .. }), "{err}");
     let msg = err.to_string();
     assert!(msg.contains("NaN") && msg.contains("learning_rate=1e6") && msg.contains(" step "), "{msg}");
+}
+
+#[test]
+fn nan_loss_fails_the_trial_with_a_clear_message() {
+    assert_nan_loss_fails_the_trial();
 }
 
 /// The kept checkpoint reloads (config, weights, tokenizer from the folder alone) to the
@@ -285,13 +290,5 @@ fn flat_optimizer_path_trains_and_resumes_like_the_host_path() {
 #[test]
 fn nan_loss_fails_the_trial_on_the_flat_path_too() {
     let _force = ForceFlat::on();
-    let tmp = tempfile::tempdir().unwrap();
-    let toy = write_toy_task(tmp.path(), 64, 2).unwrap();
-    let mut sp = spec(3, 1e6);
-    sp.weight_decay = 0.01;
-    let j = job(&toy, &tmp.path().join("arts"), sp);
-    let err = train(&j, &mut Collect::default(), &CancelToken::new()).unwrap_err();
-    assert!(matches!(err, TrainError::NonFinite { .. }), "{err}");
-    let msg = err.to_string();
-    assert!(msg.contains("NaN") && msg.contains("learning_rate=1e6") && msg.contains(" step "), "{msg}");
+    assert_nan_loss_fails_the_trial();
 }
