@@ -10,7 +10,8 @@ use crate::scheduler::display::{format_params, format_value};
 use crate::storage::{now_text, seconds_between};
 use crate::trial::{best_trial, TrialState};
 
-/// `, epoch 1.50, step 120/400, 55.1 samples/s, loss 0.4100, GPU 812 MiB` from live progress.
+/// `, epoch 1.50, step 120/400, 55.1 samples/s, loss 0.4100, GPU 812 MiB, GPU busy 31%` from
+/// live progress.
 fn progress_text(p: Option<&serde_json::Value>) -> String {
     let Some(p) = p else { return String::new() };
     let f = |k: &str| p.get(k).and_then(|v| v.as_f64());
@@ -31,6 +32,9 @@ fn progress_text(p: Option<&serde_json::Value>) -> String {
     }
     if let Some(m) = f("gpu_memory_mb") {
         parts.push(format!("GPU {m:.0} MiB"));
+    }
+    if let Some(b) = f("gpu_sm_percent") {
+        parts.push(format!("GPU busy {b:.0}%"));
     }
     if parts.is_empty() {
         String::new()
@@ -110,4 +114,17 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
     }
     print_out(&s)?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::progress_text;
+
+    #[test]
+    fn progress_line_shows_what_the_worker_measured() {
+        let p = serde_json::json!({"epoch": 1.5, "step": 120, "total_steps": 400, "samples_per_s": 55.12, "loss": 0.41, "gpu_memory_mb": 812.0, "gpu_sm_percent": 31.4});
+        assert_eq!(progress_text(Some(&p)), ", epoch 1.50, step 120/400, 55.1 samples/s, loss 0.4100, GPU 812 MiB, GPU busy 31%");
+        assert_eq!(progress_text(Some(&serde_json::json!({"loss": 0.5}))), ", loss 0.5000");
+        assert_eq!(progress_text(None), "");
+    }
 }

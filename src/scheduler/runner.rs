@@ -47,6 +47,9 @@ pub struct Progress {
     pub loss: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu_memory_mb: Option<f64>,
+    /// The share of the GPU's time this trial's kernels ran, at the last sample.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_sm_percent: Option<f64>,
 }
 
 /// Where a runner sends what it learns while it runs.

@@ -1,13 +1,13 @@
 //! Candle fine-tuning of pretrained transformers: the data pipeline (`data`), metrics and fit
 //! diagnosis (`metrics`), the trainable BERT classifier (`model`), a tiny-model writer for
-//! tests (`tiny`), process-level speed settings (`perf`), the GPU memory a run holds
-//! (`gpu_memory`), the trial's spec (`spec`), loss, the trial optimizer with saveable state
+//! tests (`tiny`), process-level speed settings (`perf`), the GPU memory and time a run
+//! uses (`gpu_usage`), the trial's spec (`spec`), loss, the trial optimizer with saveable state
 //! (`optim`), checkpoints, the training loop (`train`), the runner that drives a worker
 //! process per trial (`runner`) and a toy task for tests (`toy`).
 
 pub mod checkpoint;
 pub mod data;
-pub mod gpu_memory;
+pub mod gpu_usage;
 pub mod loss;
 pub mod metrics;
 pub mod model;

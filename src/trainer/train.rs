@@ -183,7 +183,7 @@ pub fn train(job: &TrainJob, reporter: &mut dyn Reporter, stop: &CancelToken) ->
     let spec = &job.spec;
     spec.validate().map_err(|e| TrainError::Setup(e.to_string()))?;
     let device = parse_device(&job.device)?;
-    let mut gpu_memory = super::gpu_memory::GpuMemoryProbe::for_device(&job.device);
+    let gpu_usage = super::gpu_usage::GpuUsageProbe::for_device(&job.device);
     let t_setup = Instant::now();
 
     let dataset = data::load_dataset(&job.data)?;
@@ -382,7 +382,8 @@ pub fn train(job: &TrainJob, reporter: &mut dyn Reporter, stop: &CancelToken) ->
                     total_steps: Some(total_steps as u64),
                     samples_per_s: Some(epoch_rows_timed as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9)),
                     loss: Some(state.epoch_loss_sum / state.epoch_rows.max(1) as f64),
-                    gpu_memory_mb: gpu_memory.mib(),
+                    gpu_memory_mb: gpu_usage.usage().memory_mib,
+                    gpu_sm_percent: gpu_usage.usage().sm_percent,
                 });
             }
             let at_epoch_end = bi + 1 == plan.len();
@@ -413,7 +414,8 @@ pub fn train(job: &TrainJob, reporter: &mut dyn Reporter, stop: &CancelToken) ->
                         total_steps: Some(total_steps as u64),
                         samples_per_s: Some(sps),
                         loss: state.history.last().and_then(|r| r.metrics.get("train_loss")).and_then(Value::as_f64),
-                        gpu_memory_mb: gpu_memory.mib(),
+                        gpu_memory_mb: gpu_usage.usage().memory_mib,
+                    gpu_sm_percent: gpu_usage.usage().sm_percent,
                     });
                     epoch_start = Instant::now();
                     epoch_rows_timed = 0;
@@ -437,6 +439,12 @@ pub fn train(job: &TrainJob, reporter: &mut dyn Reporter, stop: &CancelToken) ->
     facts.insert("epochs_run".into(), num(state.history.last().map_or(0.0, |r| r.epoch)));
     facts.insert("train_s".into(), num(train_s));
     facts.insert("samples_per_s".into(), num(trained_rows as f64 / train_s.max(1e-9)));
+    // The GPU's time spent on this trial (its kernels running), from nvidia-smi's samples.
+    let usage = gpu_usage.usage();
+    if let Some(mean) = usage.mean_sm_percent() {
+        facts.insert("gpu_busy_s".into(), num(usage.busy_s));
+        facts.insert("gpu_sm_mean_percent".into(), num(mean));
+    }
     if let Some(b) = &state.best_checkpoint {
         facts.insert("best_checkpoint".into(), json!(b));
     }
