@@ -78,9 +78,11 @@ fn run_case(
 }
 
 type OpFn = Box<dyn Fn(&[Tensor]) -> candle_core::Result<Tensor>>;
+/// A case: its name, its inputs' shapes with their value scales, whether bf16 applies, the op.
+type OpCase = (&'static str, Vec<(Vec<usize>, f32)>, bool, OpFn);
 
-/// The op cases: name, input shapes (with value scales), whether bf16 applies, the op.
-fn cases() -> Vec<(&'static str, Vec<(Vec<usize>, f32)>, bool, OpFn)> {
+/// The op cases.
+fn cases() -> Vec<OpCase> {
     let drop = DropMask::new(0.1, 12345);
     let mut mask = vec![0f32; 2 * 24];
     for (i, m) in mask.iter_mut().enumerate() {
