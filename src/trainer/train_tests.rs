@@ -292,3 +292,13 @@ fn nan_loss_fails_the_trial_on_the_flat_path_too() {
     let _force = ForceFlat::on();
     assert_nan_loss_fails_the_trial();
 }
+
+/// Asking a build without the `cuda` feature for a GPU says which device and how to build one.
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn a_cuda_device_in_a_cpu_build_says_how_to_build_for_gpus() {
+    let err = parse_device("cuda:1").unwrap_err().to_string();
+    assert!(err.contains("`cuda:1`") && err.contains("--features cuda"), "{err}");
+    assert!(parse_device("cpu").is_ok());
+    assert!(parse_device("tpu").unwrap_err().to_string().contains("expected cpu, cuda or cuda:K"));
+}

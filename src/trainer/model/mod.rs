@@ -486,7 +486,10 @@ pub fn open_cuda(ordinal: usize) -> candle_core::Result<Device> {
     }
     #[cfg(not(feature = "cuda"))]
     {
-        Device::new_cuda(ordinal)
+        let _ = ordinal;
+        Err(candle_core::Error::Msg(
+            "this sft-search was built without CUDA: build it with `cargo build --release --features cuda` (README, GPUs)".into(),
+        ))
     }
 }
 
