@@ -14,8 +14,7 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::Context;
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -23,6 +22,7 @@ use crate::cli::{BenchTrainArgs, TextOrJson};
 use crate::trainer::model::{read_config, BertClassifier, ModelOptions};
 use crate::trainer::optim::{OptimConfig, Optimizer};
 use crate::trainer::perf;
+use crate::trainer::train::parse_device;
 use crate::trainer::spec::{OptimizerKind, TrainSpec};
 
 const WARMUP: usize = 2;
@@ -39,18 +39,6 @@ fn process_cpu_s() -> f64 {
         ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
     } else {
         f64::NAN
-    }
-}
-
-/// Parses `cpu`, `cuda` or `cuda:K`.
-pub fn parse_device(s: &str) -> anyhow::Result<Device> {
-    match s {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => Ok(crate::trainer::model::open_cuda(0)?),
-        _ => match s.strip_prefix("cuda:") {
-            Some(k) => Ok(crate::trainer::model::open_cuda(k.parse().with_context(|| format!("device `{s}`"))?)?),
-            None => anyhow::bail!("unknown device `{s}` (use cpu or cuda:K)"),
-        },
     }
 }
 

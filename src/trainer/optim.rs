@@ -271,17 +271,6 @@ impl Optimizer {
         Ok(())
     }
 
-    /// The global L2 norm of `grads` (read back from the device where there is one).
-    pub fn grad_norm(&self, grads: &Grads) -> Result<f64, OptimError> {
-        let (_, sums) = self.flat_grads(grads)?;
-        let host = self.host_sum_sq(grads)?;
-        Ok(match device_total(&sums)? {
-            Some(t) => host + t.to_scalar::<f32>()? as f64,
-            None => host,
-        }
-        .sqrt())
-    }
-
     /// Σ g² (f64) over the gradients of the parameters on the CPU fast path.
     fn host_sum_sq(&self, grads: &Grads) -> Result<f64, OptimError> {
         let mut sum = 0.0f64;
@@ -541,7 +530,7 @@ impl Group {
             bc1: (1.0 - cfg.beta1.powi(t)) as f32,
             bc2: (1.0 - cfg.beta2.powi(t)) as f32,
         };
-        crate::trainer::model::cuda::adamw_multi(&params, &offsets, &g, &m, &v, None, step)?;
+        crate::trainer::model::cuda::adamw_multi(&params, &offsets, &g, &m, &v, step)?;
         self.m = m;
         self.v = Some(v);
         Ok(true)

@@ -376,14 +376,15 @@ pub fn train(job: &TrainJob, reporter: &mut dyn Reporter, stop: &CancelToken) ->
             epoch_rows_timed += idx.len();
             if bi + 1 < plan.len() && last_progress.elapsed().as_secs_f64() >= PROGRESS_EVERY_S {
                 last_progress = Instant::now();
+                let gpu = gpu_usage.usage();
                 reporter.progress(&Progress {
                     epoch: Some(epoch as f64 + state.batch_in_epoch as f64 / plan.len() as f64),
                     step: Some(state.global_step),
                     total_steps: Some(total_steps as u64),
                     samples_per_s: Some(epoch_rows_timed as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9)),
                     loss: Some(state.epoch_loss_sum / state.epoch_rows.max(1) as f64),
-                    gpu_memory_mb: gpu_usage.usage().memory_mib,
-                    gpu_sm_percent: gpu_usage.usage().sm_percent,
+                    gpu_memory_mb: gpu.memory_mib,
+                    gpu_sm_percent: gpu.sm_percent,
                 });
             }
             let at_epoch_end = bi + 1 == plan.len();
@@ -408,14 +409,15 @@ pub fn train(job: &TrainJob, reporter: &mut dyn Reporter, stop: &CancelToken) ->
                 }
                 if at_epoch_end {
                     let sps = epoch_rows_timed as f64 / train_secs.max(1e-9);
+                    let gpu = gpu_usage.usage();
                     reporter.progress(&Progress {
                         epoch: Some(state.epoch as f64),
                         step: Some(state.global_step),
                         total_steps: Some(total_steps as u64),
                         samples_per_s: Some(sps),
                         loss: state.history.last().and_then(|r| r.metrics.get("train_loss")).and_then(Value::as_f64),
-                        gpu_memory_mb: gpu_usage.usage().memory_mib,
-                    gpu_sm_percent: gpu_usage.usage().sm_percent,
+                        gpu_memory_mb: gpu.memory_mib,
+                        gpu_sm_percent: gpu.sm_percent,
                     });
                     epoch_start = Instant::now();
                     epoch_rows_timed = 0;

@@ -237,22 +237,20 @@ ELEMWISE_ENTRIES(bf16, __nv_bfloat16)
 // ------------------------------------------------------------------ AdamW over many tensors
 
 // One launch updates every parameter of a group: block row y is tensor y (its f32 values at
-// params[y], its elements offsets[y]..offsets[y+1] of the flat gradient g and moments m, v);
-// the gradient is multiplied by *gscale (the clipping factor) when gscale is not null. The rule
-// of torch's single-tensor AdamW, as `optim::tensor_update`: m = b1 m + (1-b1) g,
-// v = b2 v + (1-b2) g², p = p (1 - lr wd) - (lr / bc1) m / (√v / √bc2 + eps).
+// params[y], its elements offsets[y]..offsets[y+1] of the flat, already clipped gradient g and
+// moments m, v). The rule of torch's single-tensor AdamW, as `optim::tensor_update`:
+// m = b1 m + (1-b1) g, v = b2 v + (1-b2) g², p = p decay - step_size m / (√v inv_sqrt_bc2 + eps)
+// with decay = 1 - lr wd, step_size = lr / bc1, inv_sqrt_bc2 = 1 / √bc2.
 extern "C" __global__ void sft_adamw_multi_f32(const u64* params, const u64* offsets, const float* g, float* m, float* v,
-                                               const float* gscale, float lr, float b1, float one_minus_b1, float b2,
-                                               float one_minus_b2, float eps, float decay, float step_size,
-                                               float inv_sqrt_bc2) {
+                                               float b1, float one_minus_b1, float b2, float one_minus_b2, float eps,
+                                               float decay, float step_size, float inv_sqrt_bc2) {
     u32 t = blockIdx.y;
     u64 lo = offsets[t];
     u64 n = offsets[t + 1] - lo;
     float* p = (float*)params[t];
-    float s = gscale ? *gscale : 1.0f;
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)blockDim.x * gridDim.x) {
         u64 j = lo + i;
-        float gi = g[j] * s;
+        float gi = g[j];
         float mi = b1 * m[j] + one_minus_b1 * gi;
         float vi = b2 * v[j] + one_minus_b2 * (gi * gi);
         m[j] = mi;

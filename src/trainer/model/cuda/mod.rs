@@ -138,8 +138,8 @@ fn bias_gelu_bwd_t<T: Elem>(x: Arg, b: Arg, dy: Arg) -> Result<CudaStorage> {
 
 /// For a packed `[dx (n), db (k)]` buffer whose `dx` is written: `db = column sums of dx`.
 fn col_sums_of_head<T: Elem>(dev: &CudaDevice, out: &mut candle_core::cuda_backend::cudarc::driver::CudaSlice<T>, n: u64, k: u64) -> Result<()> {
-    // A copy of the view's handle: the partial pass reads dx while the finish pass writes db,
-    // two disjoint ranges of the same buffer, in stream order.
+    // dx (read by the partial pass) and db (written by the finish pass) are disjoint ranges
+    // of the one buffer.
     let (head, mut tail) = out.split_at_mut(n as usize);
     let head = head.slice(0..n as usize);
     colsum_into(dev, &head, n / k.max(1), k, &mut tail)
@@ -342,10 +342,10 @@ pub struct AdamWStep {
     pub bc2: f32,
 }
 
-/// One AdamW step of every tensor in `params` (f32, updated in place) from the flat gradient
-/// `g` (their gradients concatenated in order, `offsets[i]..offsets[i+1]` for tensor i) and the
-/// flat moments `m`, `v` (updated in place), the gradient scaled by the device scalar `gscale`.
-pub fn adamw_multi(params: &[&candle_core::Tensor], offsets: &[u64], g: &candle_core::Tensor, m: &candle_core::Tensor, v: &candle_core::Tensor, gscale: Option<&candle_core::Tensor>, s: AdamWStep) -> Result<()> {
+/// One AdamW step of every tensor in `params` (f32, updated in place) from the flat, clipped
+/// gradient `g` (their gradients concatenated in order, `offsets[i]..offsets[i+1]` for tensor
+/// i) and the flat moments `m`, `v` (updated in place).
+pub fn adamw_multi(params: &[&candle_core::Tensor], offsets: &[u64], g: &candle_core::Tensor, m: &candle_core::Tensor, v: &candle_core::Tensor, s: AdamWStep) -> Result<()> {
     if params.is_empty() {
         return Ok(());
     }
@@ -366,10 +366,6 @@ pub fn adamw_multi(params: &[&candle_core::Tensor], offsets: &[u64], g: &candle_
     let ptrs = dev.clone_htod(&ptrs)?;
     let offs = dev.clone_htod(offsets)?;
     let (gp, mp, vp) = (f32_ptr(g, "gradient")?, f32_ptr(m, "first moment")?, f32_ptr(v, "second moment")?);
-    let sp = match gscale {
-        Some(t) => f32_ptr(t, "clip factor")?,
-        None => 0,
-    };
     let longest = offsets.windows(2).map(|w| (w[1] - w[0]) as usize).max().unwrap_or(0);
     let cfg = LaunchConfig { grid_dim: (longest.div_ceil(256).clamp(1, 1024) as u32, params.len() as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     let (one_minus_b1, one_minus_b2) = (1.0f32 - s.beta1, 1.0f32 - s.beta2);
@@ -380,7 +376,7 @@ pub fn adamw_multi(params: &[&candle_core::Tensor], offsets: &[u64], g: &candle_
         dev,
         "sft_adamw_multi_f32".to_string(),
         cfg,
-        &ptrs, &offs, &gp, &mp, &vp, &sp, &s.lr, &s.beta1, &one_minus_b1, &s.beta2, &one_minus_b2, &s.eps, &decay, &step_size, &inv_sqrt_bc2
+        &ptrs, &offs, &gp, &mp, &vp, &s.beta1, &one_minus_b1, &s.beta2, &one_minus_b2, &s.eps, &decay, &step_size, &inv_sqrt_bc2
     );
     Ok(())
 }
