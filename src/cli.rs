@@ -42,7 +42,7 @@ pub enum Command {
     /// Runs one trial; spoken to by `run` over stdin/stdout (JSON lines). Not for direct use.
     #[command(hide = true)]
     Worker(WorkerArgs),
-    /// Write the best (or a chosen) trial's checkpoint as a Hugging Face model folder.
+    /// Write the best trial's checkpoint (or the study's model soup, or a chosen trial's) as a Hugging Face model folder.
     Export(ExportArgs),
     /// Predict labels for a CSV/TSV/JSONL file with an exported (or any compatible) model.
     Predict(PredictArgs),
@@ -303,7 +303,7 @@ pub struct ExportArgs {
     /// The folder to write (refused when it exists and is not empty, unless --force).
     #[arg(long)]
     pub out: PathBuf,
-    /// Export this trial instead of the best COMPLETE one.
+    /// Export this trial instead of the best COMPLETE one (or the model soup, when the study kept one).
     #[arg(long)]
     pub trial: Option<u64>,
     /// Replace an existing --out folder (the old one is removed once the new one is in place).

@@ -28,14 +28,16 @@ pub fn run(args: &ExportArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     })?;
     if !quiet {
         let value = s.value.map(format_value).unwrap_or_else(|| "-".into());
-        let mut text = format!(
-            "exported trial {} of study `{}` ({} = {value}) from {}\nto {}:\n",
-            s.trial,
-            s.study,
-            s.metric,
-            shown(&s.checkpoint),
-            shown(&s.out_dir)
-        );
+        let what = match &s.soup {
+            Some(trials) => format!(
+                "the model soup of trials {} (best trial {}, {} = {value} alone)",
+                trials.iter().map(u64::to_string).collect::<Vec<_>>().join(", "),
+                s.trial,
+                s.metric
+            ),
+            None => format!("trial {} ({} = {value})", s.trial, s.metric),
+        };
+        let mut text = format!("exported {what} of study `{}` from {}\nto {}:\n", s.study, shown(&s.checkpoint), shown(&s.out_dir));
         for (name, bytes) in &s.files {
             text.push_str(&format!("  {name:<26} {:>10}\n", size(*bytes)));
         }

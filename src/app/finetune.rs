@@ -12,6 +12,7 @@ use crate::config::StudyConfig;
 use crate::trainer::data::{load_dataset, DataSection, Problem};
 use crate::trainer::metrics::{CLASSIFICATION_METRICS, REGRESSION_METRICS};
 use crate::trainer::runner::FinetuneRunner;
+use crate::trainer::soup::{SoupKind, SoupSection};
 use crate::trainer::spec::{ModelSection, TrainSection, TrainSpec, TRAIN_OPTIONS};
 
 /// The fine-tuning tables of a study file (other tables are read elsewhere).
@@ -21,6 +22,8 @@ struct FinetuneTables {
     data: Option<DataSection>,
     #[serde(default)]
     train: TrainSection,
+    #[serde(default)]
+    soup: SoupSection,
 }
 
 fn usage(cfg: &StudyConfig, msg: impl std::fmt::Display) -> anyhow::Error {
@@ -73,5 +76,10 @@ pub fn build(cfg: &StudyConfig, quiet: bool) -> anyhow::Result<FinetuneRunner> {
             dataset.report
         );
     }
-    FinetuneRunner::new(&model, data, tables.train, cfg.metric.clone(), cfg.direction).map_err(|e| usage(cfg, format!("[model]: {e}")))
+    if tables.soup.kind == SoupKind::Greedy && tables.soup.candidates < 2 {
+        return Err(usage(cfg, "`soup.candidates` must be at least 2 (the best trial and one more)"));
+    }
+    let mut runner = FinetuneRunner::new(&model, data, tables.train, cfg.metric.clone(), cfg.direction).map_err(|e| usage(cfg, format!("[model]: {e}")))?;
+    runner.soup = tables.soup;
+    Ok(runner)
 }

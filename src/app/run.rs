@@ -200,6 +200,7 @@ pub fn run(args: &RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     }
     if let Some(ft) = &finetune {
         evaluate_best_on_test(&cfg, &store, study.id, ft, quiet)?;
+        make_soup(&cfg, &store, study.id, ft, quiet)?;
     }
     // The HTML report is refreshed at the end of every run; a failure to write it is
     // reported but does not fail the study.
@@ -248,6 +249,114 @@ fn evaluate_best_on_test(cfg: &StudyConfig, store: &Store, study_id: i64, ft: &c
         Err(e) => eprintln!("warning: the test evaluation of trial {} failed: {e}", best.number),
     }
     Ok(())
+}
+
+/// With `[soup] kind = "greedy"`: the greedy soup of the best COMPLETE trials' checkpoints,
+/// chosen on the valid split (in a worker), stored under `trainer::soup::STUDY_ATTR`, and — when more than
+/// the best trial joined — evaluated once on the test split. A soup already built from the
+/// same candidates is kept as it is (a resumed or re-run study does not redo it).
+fn make_soup(cfg: &StudyConfig, store: &Store, study_id: i64, ft: &crate::trainer::runner::FinetuneRunner, quiet: bool) -> anyhow::Result<()> {
+    use crate::trainer::soup::{SoupCandidate, SoupKind, STUDY_ATTR as SOUP_ATTR};
+    use serde_json::{json, Value};
+    if ft.soup.kind != SoupKind::Greedy {
+        return Ok(());
+    }
+    let trials = store.trials(study_id)?;
+    let mut done: Vec<_> = trials
+        .iter()
+        .filter(|t| t.state == TrialState::Complete && t.checkpoint.is_some())
+        .filter_map(|t| t.value.filter(|v| v.is_finite()).map(|v| (t, v)))
+        .collect();
+    // Best first; ties keep trial order, so the first is `best_trial`.
+    done.sort_by(|a, b| {
+        let (x, y) = (cfg.direction.to_minimize(a.1), cfg.direction.to_minimize(b.1));
+        x.partial_cmp(&y).unwrap_or(std::cmp::Ordering::Equal)
+    });
+    done.truncate(ft.soup.candidates);
+    if done.len() < 2 {
+        if !quiet {
+            eprintln!("model soup: needs two COMPLETE trials with kept checkpoints ({} here); the best trial is the study's model", done.len());
+        }
+        return Ok(());
+    }
+    let numbers: Vec<u64> = done.iter().map(|(t, _)| t.number as u64).collect();
+    let study = store.study(&cfg.name)?;
+    let mut soup = match study.user_attrs.get(SOUP_ATTR) {
+        Some(Value::Object(old)) if old.get("candidates") == Some(&json!(numbers)) && soup_checkpoint_present(old) => old.clone(),
+        _ => {
+            let candidates = done
+                .iter()
+                .filter_map(|(t, _)| t.checkpoint.as_ref().map(|c| SoupCandidate { trial: t.number as u64, checkpoint: c.into() }))
+                .collect();
+            let device = cfg.execution.devices.first().cloned().unwrap_or_else(|| "cpu".into());
+            if !quiet {
+                eprintln!("model soup: averaging the best of trials {} where the valid split says so…", join(&numbers));
+            }
+            let mut m = match ft.run_soup(candidates, &cfg.artifacts_root().join("soup"), &device) {
+                Ok(m) => m,
+                Err(e) => {
+                    eprintln!("warning: the model soup failed (the best trial stays the study's model): {e}");
+                    return Ok(());
+                }
+            };
+            m.insert("kind".into(), json!("greedy"));
+            m.insert("candidates".into(), json!(numbers));
+            store.set_study_attr(study_id, SOUP_ATTR, &Value::Object(m.clone()))?;
+            m
+        }
+    };
+    let ingredients: Vec<u64> = soup.get("ingredients").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_u64).collect()).unwrap_or_default();
+    let fmt = |k: &str| soup.get(k).and_then(Value::as_f64).map(crate::scheduler::display::format_value).unwrap_or_default();
+    let Some(ckpt) = soup.get("checkpoint").and_then(Value::as_str).map(str::to_string) else {
+        if !quiet {
+            eprintln!(
+                "model soup: no other trial kept {} = {} of trial {} alone on the valid split; the best trial stays the study's model",
+                cfg.metric,
+                fmt("best_single"),
+                numbers[0]
+            );
+        }
+        return Ok(());
+    };
+    if !quiet {
+        eprintln!(
+            "model soup of trials {}: valid {} = {} (trial {} alone: {})",
+            join(&ingredients),
+            cfg.metric,
+            fmt("value"),
+            numbers[0],
+            fmt("best_single")
+        );
+    }
+    if soup.contains_key("test") {
+        return Ok(());
+    }
+    let device = cfg.execution.devices.first().cloned().unwrap_or_else(|| "cpu".into());
+    match ft.run_test(std::path::Path::new(&ckpt), &device) {
+        Ok(test) => {
+            if !quiet {
+                let show = |k: &str| test.get(k).and_then(|v| v.as_f64()).map(|v| format!("{k} {v:.4}"));
+                let parts: Vec<String> = ["accuracy", "f1_macro", "roc_auc", "loss"].iter().filter_map(|k| show(k)).collect();
+                eprintln!("test split (model soup, evaluated once): {}", parts.join(", "));
+                eprintln!("soup checkpoint: {ckpt} (what `export` writes)");
+            }
+            soup.insert("test".into(), Value::Object(test));
+            store.set_study_attr(study_id, SOUP_ATTR, &Value::Object(soup))?;
+        }
+        Err(e) => eprintln!("warning: the test evaluation of the model soup failed: {e}"),
+    }
+    Ok(())
+}
+
+fn soup_checkpoint_present(soup: &serde_json::Map<String, serde_json::Value>) -> bool {
+    match soup.get("checkpoint").and_then(|c| c.as_str()) {
+        Some(c) => std::path::Path::new(c).join(crate::trainer::checkpoint::WEIGHTS).is_file(),
+        None => true,
+    }
+}
+
+fn join(xs: &[u64]) -> String {
+    xs.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
 }
 
 /// Ctrl-C / SIGTERM once: start no new trials; twice: cancel the running ones.

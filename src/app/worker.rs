@@ -121,6 +121,13 @@ pub fn run(_args: &WorkerArgs) -> anyhow::Result<ExitCode> {
             emit(&json!({ "test": m }));
             None
         }),
+        WorkerJob::Soup(s) => crate::trainer::soup::greedy_soup(s, |trial, value, kept| {
+            tracing::info!("soup: with trial {trial} the valid value is {value}: {}", if kept { "kept" } else { "left out" });
+        })
+        .map(|r| {
+            emit(&json!({ "metrics": { "soup": r.to_json() } }));
+            None
+        }),
     }));
     match result {
         Ok(Ok(Some(Finish::Complete { value, metrics }))) => {

@@ -26,6 +26,8 @@ pub struct StudyFile {
     pub model: Option<Spanned<toml::Table>>,
     pub data: Option<Spanned<toml::Table>>,
     pub train: Option<Spanned<toml::Table>>,
+    /// `[soup]`, read by the fine-tuning objective (`trainer::soup::SoupSection`).
+    pub soup: Option<Spanned<toml::Table>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -444,6 +444,9 @@ fn resolve(src: &Source, f: StudyFile, dir: PathBuf) -> Result<StudyConfig, Conf
     if objective == ObjectiveConfig::Finetune && (f.model.is_none() || f.data.is_none()) {
         return Err(src.error_at(f.objective.kind.span(), Some("objective.kind".into()), "a finetune objective needs `[model]` and `[data]` tables"));
     }
+    if let (Some(soup), false) = (&f.soup, objective == ObjectiveConfig::Finetune) {
+        return Err(src.error_at(soup.span(), Some("soup".into()), "`[soup]` averages fine-tuned checkpoints: it needs `[objective] kind = \"finetune\"`"));
+    }
 
     // Metric and direction.
     let metric = f.study.metric.as_ref().map(|m| m.get_ref().clone()).unwrap_or_else(|| "value".to_string());

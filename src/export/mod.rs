@@ -76,6 +76,8 @@ pub struct ExportSummary {
     pub checkpoint: PathBuf,
     /// Files written, with their sizes in bytes, sorted by name.
     pub files: Vec<(String, u64)>,
+    /// When the study's model soup was exported: its trials (`trial` is the best of them).
+    pub soup: Option<Vec<u64>>,
 }
 
 /// The trial to export: `number`, or the best COMPLETE one.
@@ -223,13 +225,30 @@ pub fn export_trial(
 ) -> Result<ExportSummary, ExportError> {
     let trials = store.trials(study.id)?;
     let t = pick_trial(study, &trials, trial)?;
-    let ckpt = checkpoint_dir(store, study, t)?;
+    // Without --trial, a study that kept a model soup exports the soup.
+    let soup = match trial {
+        None => crate::trainer::soup::stored_with_checkpoint(&study.user_attrs),
+        Some(_) => None,
+    };
+    let ckpt = match soup.and_then(|s| s.get("checkpoint")).and_then(Value::as_str) {
+        Some(c) if Path::new(c).is_dir() => PathBuf::from(c),
+        Some(c) => return Err(ExportError::CheckpointGone { number: t.number, path: PathBuf::from(c) }),
+        None => checkpoint_dir(store, study, t)?,
+    };
     folder::check_dest(out_dir, force)?;
     let state = checkpoint::read_state(&ckpt).map_err(|e| match e {
         CheckpointError::Io { why, path } => ExportError::Checkpoint { number: t.number, why: format!("{}: {why}", path.display()) },
     })?;
     let source = std::fs::canonicalize(&ckpt).unwrap_or_else(|_| ckpt.clone());
-    let prov = provenance(study, t, &state, &source);
+    let mut prov = provenance(study, t, &state, &source);
+    let mut soup_trials = None;
+    if let Some(soup) = soup {
+        // The soup's own valid and test figures; `trial` stays the best single trial.
+        prov["valid"] = json!({"value": soup.get("value"), "metrics": soup.get("metrics")});
+        prov["test"] = soup.get("test").cloned().unwrap_or(Value::Null);
+        prov["soup"] = json!({"kind": soup.get("kind"), "ingredients": soup.get("ingredients"), "best_single": soup.get("best_single")});
+        soup_trials = soup.get("ingredients").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_u64).collect());
+    }
     folder::write_atomic(out_dir, force, |dir| write_export(dir, &ckpt, &state, &prov, t.number))?;
     let mut files: Vec<(String, u64)> = std::fs::read_dir(out_dir)
         .map_err(|e| FolderError::Io { path: out_dir.to_path_buf(), source: e })?
@@ -245,6 +264,7 @@ pub fn export_trial(
         value: t.value,
         checkpoint: source,
         files,
+        soup: soup_trials,
     })
 }
 

@@ -3,7 +3,7 @@
 //! tests (`tiny`), process-level speed settings (`perf`), the GPU memory and time a run
 //! uses (`gpu_usage`), the trial's spec (`spec`), loss, the trial optimizer with saveable state
 //! (`optim`), checkpoints, the training loop (`train`), the runner that drives a worker
-//! process per trial (`runner`) and a toy task for tests (`toy`).
+//! process per trial (`runner`), greedy model soups of the best trials (`soup`) and a toy task for tests (`toy`).
 
 pub mod checkpoint;
 pub mod data;
@@ -14,6 +14,7 @@ pub mod model;
 pub mod optim;
 pub mod perf;
 pub mod runner;
+pub mod soup;
 pub mod spec;
 pub mod tiny;
 pub mod toy;

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::data::DataSection;
+use super::soup::{SoupCandidate, SoupJob};
 use super::spec::{ModelSection, SpecError, TrainSection, TrainSpec};
 use super::train::{TestJob, TrainJob};
 use crate::scheduler::child::{run_child, ChildSpec};
@@ -28,6 +29,8 @@ pub enum WorkerJob {
     Train(TrainJob),
     /// Evaluate a checkpoint on the test split; prints `{"test": {...}}`.
     Test(TestJob),
+    /// Build a greedy model soup; prints `{"metrics": {"soup": {...}}}`.
+    Soup(SoupJob),
 }
 
 /// Runs fine-tuning trials in worker processes.
@@ -45,6 +48,8 @@ pub struct FinetuneRunner {
     pub idle_timeout: Option<Duration>,
     /// How long a worker may take to stop after prune/cancel before it is killed.
     pub grace: Duration,
+    /// `[soup]`: whether the study ends with a greedy model soup of its best trials.
+    pub soup: super::soup::SoupSection,
 }
 
 /// How the child protocol says a worker ran out of memory.
@@ -127,6 +132,7 @@ impl FinetuneRunner {
             direction,
             idle_timeout: Some(Duration::from_secs(600)),
             grace: Duration::from_secs(20),
+            soup: Default::default(),
         })
     }
 
@@ -167,12 +173,32 @@ impl FinetuneRunner {
             data: self.data.clone(),
             device: worker_device(device),
         });
-        let mut cap = TestCapture::default();
-        let outcome = run_child(&self.child(&job, device), &mut cap, &CancelToken::new());
-        match (cap.test, outcome) {
+        self.capture(&job, device, "test")
+    }
+
+    /// Builds a greedy model soup of `candidates` (best first) in a worker, written to
+    /// `out_dir` when more than one trial joins: the worker's `SoupResult` as JSON, or why it
+    /// failed.
+    pub fn run_soup(&self, candidates: Vec<SoupCandidate>, out_dir: &Path, device: &str) -> Result<Map<String, Value>, String> {
+        let job = WorkerJob::Soup(SoupJob {
+            candidates: candidates.into_iter().map(|c| SoupCandidate { trial: c.trial, checkpoint: absolute(&c.checkpoint) }).collect(),
+            data: self.data.clone(),
+            metric: self.metric.clone(),
+            direction: self.direction,
+            device: worker_device(device),
+            out_dir: absolute(out_dir),
+        });
+        self.capture(&job, device, "soup")
+    }
+
+    /// Runs `job` in a worker and returns the object it printed under `key`.
+    fn capture(&self, job: &WorkerJob, device: &str, key: &'static str) -> Result<Map<String, Value>, String> {
+        let mut cap = Capture { key, found: None };
+        let outcome = run_child(&self.child(job, device), &mut cap, &CancelToken::new());
+        match (cap.found, outcome) {
             (Some(t), _) => Ok(t),
             (None, Outcome::Failed { reason }) => Err(reason),
-            (None, _) => Err("the worker printed no test metrics".into()),
+            (None, _) => Err(format!("the worker printed no `{key}` result")),
         }
     }
 }
@@ -231,18 +257,19 @@ impl TrialRunner for FinetuneRunner {
     }
 }
 
-#[derive(Default)]
-struct TestCapture {
-    test: Option<Map<String, Value>>,
+/// Keeps the object a worker printed under `key` (in its metrics).
+struct Capture {
+    key: &'static str,
+    found: Option<Map<String, Value>>,
 }
 
-impl Reporter for TestCapture {
+impl Reporter for Capture {
     fn intermediate(&mut self, _: i64, _: f64, _: &Map<String, Value>) -> Decision {
         Decision::Continue
     }
     fn metrics(&mut self, m: &Map<String, Value>) {
-        if let Some(Value::Object(t)) = m.get("test") {
-            self.test = Some(t.clone());
+        if let Some(Value::Object(t)) = m.get(self.key) {
+            self.found = Some(t.clone());
         }
     }
     fn progress(&mut self, _: &Progress) {}

@@ -135,3 +135,97 @@ fn a_nan_loss_fails_the_trial_and_the_study_goes_on() {
     assert!(e.contains("nan") || e.contains("inf"), "{e}");
     assert_eq!(count(&trials, "COMPLETE"), 2);
 }
+
+#[test]
+fn a_greedy_soup_is_chosen_on_valid_averages_its_trials_is_tested_once_and_exported() {
+    let d = StudyDir::new();
+    let toy = write_toy_task(&d.path().join("toy"), 120, 7).unwrap();
+    let soup = "\n[soup]\nkind = \"greedy\"\ncandidates = 3\n";
+    let text = finetune_study(&toy.model_dir.display().to_string(), &toy.csv.display().to_string(), 4, soup).replace("epochs = 2", "epochs = 6");
+    d.write("s.toml", &text);
+    let out = d.run(&["run", "s.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("model soup: averaging the best of trials"), "{}", stderr(&out));
+    let best = d.run(&["best", "s.toml", "--format", "json"]);
+    let best: Value = serde_json::from_slice(&best.stdout).unwrap();
+    let soup = &best["soup"];
+    // Candidates: the 3 best COMPLETE trials, best first (the first is the best trial).
+    let trials = d.trials("s.toml");
+    let mut by_value: Vec<(u64, f64)> = trials.iter().map(|t| (t["number"].as_u64().unwrap(), t["value"].as_f64().unwrap())).collect();
+    by_value.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap());
+    let candidates: Vec<u64> = soup["candidates"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+    assert_eq!(candidates, by_value.iter().take(3).map(|p| p.0).collect::<Vec<_>>(), "{soup}");
+    assert_eq!(candidates[0], best["number"].as_u64().unwrap());
+    // The greedy rule, replayed from what was recorded: a candidate joins when the soup with
+    // it is at least as good on valid as the soup without it.
+    let mut value = soup["best_single"].as_f64().unwrap();
+    let mut expect = vec![candidates[0]];
+    for t in soup["tried"].as_array().unwrap() {
+        let v = t["value"].as_f64().unwrap();
+        if v >= value {
+            expect.push(t["trial"].as_u64().unwrap());
+            value = v;
+        }
+    }
+    let ingredients: Vec<u64> = soup["ingredients"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+    assert_eq!(ingredients, expect, "{soup}");
+    assert_eq!(soup["value"].as_f64().unwrap(), value);
+    assert_eq!(soup["tried"].as_array().unwrap().len(), 2, "every other candidate is tried: {soup}");
+    assert!(ingredients.len() > 1, "this seeded toy study keeps a soup: {soup}");
+
+    // The soup's weights are the mean of its ingredients' kept weights.
+    let load = |dir: &str| candle_core::safetensors::load(std::path::Path::new(dir).join("model.safetensors"), &candle_core::Device::Cpu).unwrap();
+    let soup_w = load(soup["checkpoint"].as_str().unwrap());
+    let parts: Vec<_> = ingredients
+        .iter()
+        .map(|n| load(trials.iter().find(|t| t["number"].as_u64() == Some(*n)).unwrap()["checkpoint"].as_str().unwrap()))
+        .collect();
+    for name in ["classifier.weight", "bert.encoder.layer.1.output.dense.weight", "bert.embeddings.word_embeddings.weight"] {
+        let got: Vec<f32> = soup_w[name].flatten_all().unwrap().to_vec1().unwrap();
+        let ws: Vec<Vec<f32>> = parts.iter().map(|p| p[name].flatten_all().unwrap().to_vec1().unwrap()).collect();
+        for (i, g) in got.iter().enumerate() {
+            let mean = ws.iter().map(|w| w[i]).sum::<f32>() / ws.len() as f32;
+            assert!((g - mean).abs() < 1e-5, "{name}[{i}]: {g} vs mean {mean}");
+        }
+    }
+    // Tested once; the best trial's own test evaluation is still there.
+    assert!(soup["test"]["accuracy"].as_f64().is_some(), "{soup}");
+    assert!(best["test"]["accuracy"].as_f64().is_some(), "{best}");
+    let text = d.run(&["best", "s.toml"]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains(&format!("model soup of trials {}", ingredients.iter().map(u64::to_string).collect::<Vec<_>>().join(", "))), "{}", String::from_utf8_lossy(&text.stdout));
+    // A second run keeps the soup as it is.
+    let again = d.run(&["run", "s.toml"]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(!stderr(&again).contains("averaging"), "{}", stderr(&again));
+    assert!(!stderr(&again).contains("test split (model soup"), "{}", stderr(&again));
+
+    // `export` writes the soup unless a trial is named.
+    let out = d.run(&["export", "s.toml", "--out", "soup-model"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("the model soup of trials"), "{}", String::from_utf8_lossy(&out.stdout));
+    let prov: Value = serde_json::from_str(&std::fs::read_to_string(d.path().join("soup-model/sft_search.json")).unwrap()).unwrap();
+    assert_eq!(prov["soup"]["ingredients"], soup["ingredients"]);
+    assert_eq!(prov["test"], soup["test"]);
+    let exported = load(d.path().join("soup-model").to_str().unwrap());
+    assert_eq!(
+        exported["classifier.weight"].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        soup_w["classifier.weight"].flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    );
+    let n = candidates[0].to_string();
+    let out = d.run(&["export", "s.toml", "--out", "best-trial", "--trial", &n]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let prov: Value = serde_json::from_str(&std::fs::read_to_string(d.path().join("best-trial/sft_search.json")).unwrap()).unwrap();
+    assert!(prov["soup"].is_null(), "{prov}");
+}
+
+#[test]
+fn a_soup_table_needs_a_finetune_objective() {
+    let d = StudyDir::new();
+    d.write(
+        "s.toml",
+        "[study]\nname = \"c\"\nn_trials = 1\n\n[space]\nx = { type = \"float\", low = 0, high = 1 }\n\n[objective]\nkind = \"command\"\ncommand = [\"true\"]\n\n[soup]\nkind = \"greedy\"\n",
+    );
+    let out = d.run(&["run", "s.toml"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("`[soup]` averages fine-tuned checkpoints"), "{}", stderr(&out));
+}

@@ -1,0 +1,298 @@
+//! Greedy model soups (Wortsman et al., "Model soups: averaging weights of multiple fine-tuned
+//! models improves accuracy without increasing inference time", ICML 2022): after a study,
+//! the kept checkpoints of its best trials — all fine-tuned from the same pretrained weights —
+//! are averaged weight by weight, greedily. Candidates are visited best value first; each is
+//! added to the soup when the averaged model is at least as good **on the valid split** as
+//! the soup without it. The test split plays no part. The result is one model of the same
+//! architecture (inference costs what one trial's model costs), written as a checkpoint
+//! folder that `evaluate_test` and `export` read like any trial's.
+//!
+//! A [`SoupJob`] runs in a worker process (`WorkerJob::Soup`), like a trial.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use super::checkpoint::{self, WEIGHTS};
+use super::data::{self, DataSection, TextEncoder};
+use super::model::{read_config, BertClassifier, ModelError, ModelOptions};
+use super::train::{metrics_of, parse_device, predict, TrainError};
+use crate::trial::Direction;
+
+/// The study user attribute holding a study's soup: [`SoupResult::to_json`] plus `kind`,
+/// `candidates` (the trial numbers considered, best first) and, once evaluated, `test`.
+pub const STUDY_ATTR: &str = "sft:soup";
+
+/// The stored soup of a study, when one has a checkpoint (more than one ingredient).
+pub fn stored_with_checkpoint(user_attrs: &Map<String, Value>) -> Option<&Map<String, Value>> {
+    let s = user_attrs.get(STUDY_ATTR)?.as_object()?;
+    s.get("checkpoint").and_then(Value::as_str).map(|_| s)
+}
+
+/// `[soup]` of a study file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SoupSection {
+    /// `none` (the default: the best trial is the study's model) or `greedy`.
+    #[serde(default)]
+    pub kind: SoupKind,
+    /// How many of the best COMPLETE trials are candidates (default 8).
+    #[serde(default = "default_candidates")]
+    pub candidates: usize,
+}
+
+fn default_candidates() -> usize {
+    8
+}
+
+impl Default for SoupSection {
+    fn default() -> Self {
+        SoupSection { kind: SoupKind::None, candidates: default_candidates() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SoupKind {
+    #[default]
+    None,
+    Greedy,
+}
+
+/// One candidate: a trial's kept checkpoint and its recorded value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SoupCandidate {
+    pub trial: u64,
+    pub checkpoint: PathBuf,
+}
+
+/// Build a greedy soup from `candidates` (best first) and write it to `out_dir` when it has
+/// more than one ingredient.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SoupJob {
+    pub candidates: Vec<SoupCandidate>,
+    pub data: DataSection,
+    pub metric: String,
+    pub direction: Direction,
+    pub device: String,
+    pub out_dir: PathBuf,
+}
+
+/// What a soup job found.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SoupResult {
+    /// Trials in the soup, in the order they were added (the first is the best trial).
+    pub ingredients: Vec<u64>,
+    /// Every candidate tried after the first: the trial and the valid value of the soup with it.
+    pub tried: Vec<(u64, f64)>,
+    /// Candidates skipped (and why): a different architecture or label set, an unreadable file.
+    pub skipped: Vec<(u64, String)>,
+    /// The valid value of the best trial alone, re-evaluated.
+    pub best_single: f64,
+    /// The valid value of the soup, and all its valid metrics.
+    pub value: f64,
+    pub metrics: Map<String, Value>,
+    /// The soup's checkpoint folder; `None` when no candidate joined (the best trial stays
+    /// the study's model).
+    pub checkpoint: Option<PathBuf>,
+}
+
+impl SoupResult {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "ingredients": self.ingredients,
+            "tried": self.tried.iter().map(|(t, v)| json!({"trial": t, "value": v})).collect::<Vec<_>>(),
+            "skipped": self.skipped.iter().map(|(t, why)| json!({"trial": t, "why": why})).collect::<Vec<_>>(),
+            "best_single": self.best_single,
+            "value": self.value,
+            "metrics": self.metrics,
+            "checkpoint": self.checkpoint,
+        })
+    }
+}
+
+/// Named f32 tensors on the CPU.
+type Weights = HashMap<String, Tensor>;
+
+fn read_weights(dir: &Path) -> Result<Weights, TrainError> {
+    let path = dir.join(WEIGHTS);
+    let tensors = candle_core::safetensors::load(&path, &Device::Cpu)
+        .map_err(|e| TrainError::Model(ModelError::Weights { path: path.clone(), reason: e.to_string() }))?;
+    tensors
+        .into_iter()
+        .map(|(k, t)| Ok((k, t.to_dtype(DType::F32)?)))
+        .collect::<candle_core::Result<Weights>>()
+        .map_err(TrainError::from)
+}
+
+/// Why `w` cannot be averaged with `reference` (other names or shapes), if it cannot.
+fn mismatch(reference: &Weights, w: &Weights) -> Option<String> {
+    if reference.len() != w.len() {
+        return Some(format!("{} tensors instead of {}", w.len(), reference.len()));
+    }
+    for (k, t) in reference {
+        match w.get(k) {
+            None => return Some(format!("no tensor `{k}`")),
+            Some(u) if u.dims() != t.dims() => return Some(format!("`{k}` has shape {:?}, not {:?}", u.dims(), t.dims())),
+            Some(_) => {}
+        }
+    }
+    None
+}
+
+/// `(sum + extra) / n`, tensor by tensor (`extra` absent: `sum / n`).
+fn average(sum: &Weights, extra: Option<&Weights>, n: usize) -> Result<Weights, TrainError> {
+    let scale = 1.0 / n as f64;
+    let mut out = Weights::with_capacity(sum.len());
+    for (k, s) in sum {
+        let t = match extra.and_then(|e| e.get(k)) {
+            Some(e) => (s + e)?,
+            None => s.clone(),
+        };
+        out.insert(k.clone(), t.affine(scale, 0.0)?);
+    }
+    Ok(out)
+}
+
+fn add_into(sum: &mut Weights, w: &Weights) -> Result<(), TrainError> {
+    for (k, s) in sum.iter_mut() {
+        if let Some(t) = w.get(k) {
+            *s = (&*s + t)?;
+        }
+    }
+    Ok(())
+}
+
+/// Builds the greedy soup. `on_step` hears each candidate's result as it is known.
+pub fn greedy_soup(job: &SoupJob, mut on_step: impl FnMut(u64, f64, bool)) -> Result<SoupResult, TrainError> {
+    let Some(first) = job.candidates.first() else {
+        return Err(TrainError::Setup("a soup needs at least one candidate checkpoint".into()));
+    };
+    let device = parse_device(&job.device)?;
+    let state = checkpoint::read_state(&first.checkpoint)?;
+    let dataset = data::load_dataset(&job.data)?;
+    if dataset.valid.is_empty() {
+        return Err(TrainError::Setup("a model soup is chosen on the valid split, which has no rows".into()));
+    }
+    if dataset.labels.id2label != state.labels {
+        return Err(TrainError::Setup(format!(
+            "trial {} was trained on labels {:?}, the data has {:?}",
+            first.trial, state.labels, dataset.labels.id2label
+        )));
+    }
+    let config = read_config(&first.checkpoint)?;
+    let encoder = TextEncoder::from_model_dir(&first.checkpoint, state.spec.max_length)?;
+    let rows = encoder.encode(&dataset.valid)?;
+    let opts = ModelOptions { num_labels: state.num_labels, ..ModelOptions::default() };
+    let evaluate = |w: &Weights| -> Result<(f64, Map<String, Value>), TrainError> {
+        let model = BertClassifier::from_tensors(config.clone(), w.clone(), first.checkpoint.join(WEIGHTS), &opts, &device)?;
+        let p = predict(&model, &rows, dataset.problem, encoder.pad_id(), &device)?;
+        let (m, _) = metrics_of(&p, dataset.problem, state.num_labels)?;
+        let v = m
+            .get(&job.metric)
+            .and_then(Value::as_f64)
+            .ok_or_else(|| TrainError::Setup(format!("the valid metrics have no `{}`", job.metric)))?;
+        Ok((v, m))
+    };
+
+    let mut sum = read_weights(&first.checkpoint)?;
+    let (best_single, mut metrics) = evaluate(&sum)?;
+    let mut value = best_single;
+    let mut ingredients = vec![first.trial];
+    let mut tried = Vec::new();
+    let mut skipped = Vec::new();
+    for c in &job.candidates[1..] {
+        let w = match read_weights(&c.checkpoint) {
+            Ok(w) => w,
+            Err(e) => {
+                skipped.push((c.trial, e.to_string()));
+                continue;
+            }
+        };
+        let labels = checkpoint::read_state(&c.checkpoint).map(|s| s.labels);
+        let why = match labels {
+            Ok(l) if l != state.labels => Some(format!("labels {l:?}, not {:?}", state.labels)),
+            Ok(_) => mismatch(&sum, &w),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(why) = why {
+            skipped.push((c.trial, why));
+            continue;
+        }
+        let candidate = average(&sum, Some(&w), ingredients.len() + 1)?;
+        let (v, m) = evaluate(&candidate)?;
+        tried.push((c.trial, v));
+        // Kept when not worse (ties join, as in the paper: more averaging, same valid score).
+        let keep = !job.direction.is_better(value, v) && v.is_finite();
+        on_step(c.trial, v, keep);
+        if keep {
+            add_into(&mut sum, &w)?;
+            ingredients.push(c.trial);
+            value = v;
+            metrics = m;
+        }
+    }
+
+    let checkpoint = if ingredients.len() > 1 {
+        let soup = average(&sum, None, ingredients.len())?;
+        let mut soup_state = state.clone();
+        soup_state.best_checkpoint = Some(job.out_dir.clone());
+        let config_src = first.checkpoint.join("config.json");
+        checkpoint::write_atomic(&job.out_dir, &first.checkpoint, &soup_state, |tmp| {
+            std::fs::copy(&config_src, tmp.join("config.json")).map_err(|e| format!("{}: {e}", config_src.display()))?;
+            candle_core::safetensors::save(&soup, tmp.join(WEIGHTS)).map_err(|e| e.to_string())
+        })?;
+        Some(job.out_dir.clone())
+    } else {
+        None
+    };
+    Ok(SoupResult { ingredients, tried, skipped, best_single, value, metrics, checkpoint })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(pairs: &[(&str, &[f32])]) -> Weights {
+        pairs.iter().map(|(k, v)| (k.to_string(), Tensor::new(*v, &Device::Cpu).unwrap())).collect()
+    }
+
+    #[test]
+    fn averages_tensor_by_tensor() {
+        let mut sum = w(&[("a", &[1.0, 2.0]), ("b", &[4.0])]);
+        let x = w(&[("a", &[3.0, 6.0]), ("b", &[8.0])]);
+        let avg = average(&sum, Some(&x), 2).unwrap();
+        assert_eq!(avg["a"].to_vec1::<f32>().unwrap(), vec![2.0, 4.0]);
+        assert_eq!(avg["b"].to_vec1::<f32>().unwrap(), vec![6.0]);
+        add_into(&mut sum, &x).unwrap();
+        let y = w(&[("a", &[5.0, 1.0]), ("b", &[0.0])]);
+        let avg3 = average(&sum, Some(&y), 3).unwrap();
+        assert_eq!(avg3["a"].to_vec1::<f32>().unwrap(), vec![3.0, 3.0]);
+        assert_eq!(avg3["b"].to_vec1::<f32>().unwrap(), vec![4.0]);
+        assert_eq!(average(&sum, None, 2).unwrap()["b"].to_vec1::<f32>().unwrap(), vec![6.0]);
+    }
+
+    #[test]
+    fn mismatched_names_or_shapes_are_refused() {
+        let a = w(&[("a", &[1.0, 2.0])]);
+        assert_eq!(mismatch(&a, &w(&[("a", &[0.0, 0.0])])), None);
+        assert!(mismatch(&a, &w(&[("b", &[0.0, 0.0])])).unwrap().contains("no tensor `a`"));
+        assert!(mismatch(&a, &w(&[("a", &[0.0])])).unwrap().contains("shape"));
+        assert!(mismatch(&a, &w(&[("a", &[0.0, 0.0]), ("c", &[1.0])])).unwrap().contains("2 tensors"));
+    }
+
+    #[test]
+    fn the_section_defaults_to_no_soup_and_refuses_unknown_keys() {
+        let s: SoupSection = toml::from_str("").unwrap();
+        assert_eq!(s, SoupSection::default());
+        let s: SoupSection = toml::from_str("kind = \"greedy\"\ncandidates = 4").unwrap();
+        assert_eq!((s.kind, s.candidates), (SoupKind::Greedy, 4));
+        assert!(toml::from_str::<SoupSection>("kind = \"uniform\"").is_err());
+        assert!(toml::from_str::<SoupSection>("size = 3").is_err());
+    }
+}
