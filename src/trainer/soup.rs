@@ -168,6 +168,62 @@ fn add_into(sum: &mut Weights, w: &Weights) -> Result<(), TrainError> {
     Ok(())
 }
 
+/// The greedy loop's result: the sum of the ingredients' weights and what `SoupResult` reports.
+struct Greedy {
+    sum: Weights,
+    ingredients: Vec<u64>,
+    tried: Vec<(u64, f64)>,
+    skipped: Vec<(u64, String)>,
+    best_single: f64,
+    value: f64,
+    metrics: Map<String, Value>,
+}
+
+/// The greedy rule: starting from the best trial's weights, each candidate (in order) joins
+/// when the average with it is at least as good on `evaluate` (the valid split) as the
+/// average without it. A candidate that failed to load, or whose names or shapes differ, is
+/// skipped with the reason.
+fn greedy(
+    first_trial: u64,
+    first: Weights,
+    rest: impl Iterator<Item = (u64, Result<Weights, String>)>,
+    direction: Direction,
+    evaluate: impl Fn(&Weights) -> Result<(f64, Map<String, Value>), TrainError>,
+    on_step: &mut impl FnMut(u64, f64, bool),
+) -> Result<Greedy, TrainError> {
+    let (best_single, mut metrics) = evaluate(&first)?;
+    let mut sum = first;
+    let mut value = best_single;
+    let mut ingredients = vec![first_trial];
+    let mut tried = Vec::new();
+    let mut skipped = Vec::new();
+    for (trial, loaded) in rest {
+        let w = match loaded.and_then(|w| match mismatch(&sum, &w) {
+            Some(why) => Err(why),
+            None => Ok(w),
+        }) {
+            Ok(w) => w,
+            Err(why) => {
+                skipped.push((trial, why));
+                continue;
+            }
+        };
+        let candidate = average(&sum, Some(&w), ingredients.len() + 1)?;
+        let (v, m) = evaluate(&candidate)?;
+        tried.push((trial, v));
+        // Kept when not worse (ties join, as in the paper: more averaging, same valid score).
+        let keep = v.is_finite() && !direction.is_better(value, v);
+        on_step(trial, v, keep);
+        if keep {
+            add_into(&mut sum, &w)?;
+            ingredients.push(trial);
+            value = v;
+            metrics = m;
+        }
+    }
+    Ok(Greedy { sum, ingredients, tried, skipped, best_single, value, metrics })
+}
+
 /// Builds the greedy soup. `on_step` hears each candidate's result as it is known.
 pub fn greedy_soup(job: &SoupJob, mut on_step: impl FnMut(u64, f64, bool)) -> Result<SoupResult, TrainError> {
     let Some(first) = job.candidates.first() else {
@@ -200,43 +256,19 @@ pub fn greedy_soup(job: &SoupJob, mut on_step: impl FnMut(u64, f64, bool)) -> Re
         Ok((v, m))
     };
 
-    let mut sum = read_weights(&first.checkpoint)?;
-    let (best_single, mut metrics) = evaluate(&sum)?;
-    let mut value = best_single;
-    let mut ingredients = vec![first.trial];
-    let mut tried = Vec::new();
-    let mut skipped = Vec::new();
-    for c in &job.candidates[1..] {
-        let w = match read_weights(&c.checkpoint) {
-            Ok(w) => w,
-            Err(e) => {
-                skipped.push((c.trial, e.to_string()));
-                continue;
+    let first_weights = read_weights(&first.checkpoint)?;
+    let rest = job.candidates[1..].iter().map(|c| {
+        let loaded = read_weights(&c.checkpoint).map_err(|e| e.to_string()).and_then(|w| {
+            match checkpoint::read_state(&c.checkpoint) {
+                Ok(s) if s.labels != state.labels => Err(format!("labels {:?}, not {:?}", s.labels, state.labels)),
+                Ok(_) => Ok(w),
+                Err(e) => Err(e.to_string()),
             }
-        };
-        let labels = checkpoint::read_state(&c.checkpoint).map(|s| s.labels);
-        let why = match labels {
-            Ok(l) if l != state.labels => Some(format!("labels {l:?}, not {:?}", state.labels)),
-            Ok(_) => mismatch(&sum, &w),
-            Err(e) => Some(e.to_string()),
-        };
-        if let Some(why) = why {
-            skipped.push((c.trial, why));
-            continue;
-        }
-        let candidate = average(&sum, Some(&w), ingredients.len() + 1)?;
-        let (v, m) = evaluate(&candidate)?;
-        tried.push((c.trial, v));
-        // Kept when not worse (ties join, as in the paper: more averaging, same valid score).
-        let keep = !job.direction.is_better(value, v) && v.is_finite();
-        on_step(c.trial, v, keep);
-        if keep {
-            add_into(&mut sum, &w)?;
-            ingredients.push(c.trial);
-            value = v;
-            metrics = m;
-        }
-    }
+        });
+        (c.trial, loaded)
+    });
+    let g = greedy(first.trial, first_weights, rest, job.direction, evaluate, &mut on_step)?;
+    let Greedy { sum, ingredients, tried, skipped, best_single, value, metrics } = g;
 
     let checkpoint = if ingredients.len() > 1 {
         let soup = average(&sum, None, ingredients.len())?;
@@ -275,6 +307,39 @@ mod tests {
         assert_eq!(avg3["a"].to_vec1::<f32>().unwrap(), vec![3.0, 3.0]);
         assert_eq!(avg3["b"].to_vec1::<f32>().unwrap(), vec![4.0]);
         assert_eq!(average(&sum, None, 2).unwrap()["b"].to_vec1::<f32>().unwrap(), vec![6.0]);
+    }
+
+    #[test]
+    fn a_candidate_joins_unless_it_makes_the_valid_value_worse() {
+        // Valid value = minus the distance of the averaged `a` from 2 (maximised): the best
+        // trial has a = 1 (value -1); averaging in 3 gives 2 (value 0, joins); then 8 would
+        // give 4 (value -2, left out); then 2 keeps 2 (a tie, joins); a wrong shape is skipped.
+        let eval = |w: &Weights| -> Result<(f64, Map<String, Value>), TrainError> {
+            let a = w["a"].to_vec1::<f32>()?[0] as f64;
+            let mut m = Map::new();
+            m.insert("a".into(), json!(a));
+            Ok((-(a - 2.0).abs(), m))
+        };
+        let rest = vec![
+            (7, Ok(w(&[("a", &[3.0])]))),
+            (4, Ok(w(&[("a", &[8.0])]))),
+            (5, Err("unreadable".to_string())),
+            (6, Ok(w(&[("a", &[1.0, 1.0])]))),
+            (2, Ok(w(&[("a", &[2.0])]))),
+        ];
+        let mut heard = Vec::new();
+        let g = greedy(3, w(&[("a", &[1.0])]), rest.into_iter(), Direction::Maximize, eval, &mut |t, v, keep| heard.push((t, v, keep))).unwrap();
+        assert_eq!(g.ingredients, vec![3, 7, 2]);
+        assert_eq!(g.tried, vec![(7, 0.0), (4, -2.0), (2, 0.0)]);
+        assert_eq!(heard, vec![(7, 0.0, true), (4, -2.0, false), (2, 0.0, true)]);
+        assert_eq!(g.skipped.iter().map(|s| s.0).collect::<Vec<_>>(), vec![5, 6]);
+        assert!(g.skipped[1].1.contains("shape"), "{:?}", g.skipped);
+        assert_eq!((g.best_single, g.value), (-1.0, 0.0));
+        assert_eq!(g.metrics["a"], json!(2.0));
+        assert_eq!(average(&g.sum, None, 3).unwrap()["a"].to_vec1::<f32>().unwrap(), vec![2.0]);
+        // Minimising the same distance: the first candidate makes it worse and stays out.
+        let g = greedy(3, w(&[("a", &[1.0])]), vec![(7, Ok(w(&[("a", &[3.0])])))].into_iter(), Direction::Minimize, eval, &mut |_, _, _| {}).unwrap();
+        assert_eq!(g.ingredients, vec![3]);
     }
 
     #[test]
