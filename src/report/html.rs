@@ -138,6 +138,7 @@ pub fn render_html(data: &StudyData, plots: &PlotSet) -> Result<String, ReportEr
     let _ = writeln!(h, "<h1>{}</h1>", esc(&title));
     summary_section(&mut h, data);
     best_section(&mut h, data);
+    soup_section(&mut h, data);
     trials_section(&mut h, data);
     h.push_str("<h2>Plots</h2>\n<div class=\"plots\">\n");
     for item in &plots.items {
@@ -251,6 +252,41 @@ fn best_section(h: &mut String, data: &StudyData) {
         extra.push(("checkpoint".to_string(), c.clone()));
     }
     table("Other", &extra);
+}
+
+fn soup_section(h: &mut String, data: &StudyData) {
+    let Some(soup) = &data.soup else { return };
+    let list = |k: &str| {
+        soup.get(k).and_then(Value::as_array).map(|a| a.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ")).unwrap_or_default()
+    };
+    let num = |k: &str| soup.get(k).and_then(Value::as_f64).map(short_number).unwrap_or_else(|| "–".into());
+    h.push_str("<h2>Model soup</h2>\n");
+    if soup.get("checkpoint").and_then(Value::as_str).is_none() {
+        let _ = writeln!(
+            h,
+            "<p>Greedy soup of trials {}: no other trial kept {} = {} of the best trial alone on the valid split, so the best trial is the study's model.</p>",
+            esc(&list("candidates")),
+            esc(&data.metric),
+            num("best_single")
+        );
+        return;
+    }
+    let _ = writeln!(
+        h,
+        "<p>Greedy soup (weights averaged) of trials <b>{}</b>, of candidates {}: valid {} = <b>{}</b> (best trial alone: {}). <code>export</code> writes this model.</p>",
+        esc(&list("ingredients")),
+        esc(&list("candidates")),
+        esc(&data.metric),
+        num("value"),
+        num("best_single")
+    );
+    if let Some(Value::Object(test)) = soup.get("test") {
+        let _ = writeln!(h, "<h3>Soup test metrics</h3>\n<table class=\"kv\">");
+        for (k, v) in numeric_entries(test) {
+            let _ = writeln!(h, "<tr><th>{}</th><td class=\"num\">{}</td></tr>", esc(&k), esc(&v));
+        }
+        h.push_str("</table>\n");
+    }
 }
 
 fn trials_section(h: &mut String, data: &StudyData) {

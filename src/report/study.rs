@@ -29,6 +29,8 @@ pub struct StudyData {
     pub best_steps: Vec<(i64, Map<String, Value>)>,
     /// The study file's text (the given file, else the copy stored with the study).
     pub study_file: Option<String>,
+    /// The model soup (`sft:soup`), when the study built one.
+    pub soup: Option<Map<String, Value>>,
 }
 
 impl StudyData {
@@ -87,6 +89,7 @@ impl StudyData {
                 Some(c) => Some(c.text.clone()),
                 None => study.user_attrs.get("sft:study_file").and_then(Value::as_str).map(str::to_string),
             },
+            soup: study.user_attrs.get(crate::trainer::soup::STUDY_ATTR).and_then(Value::as_object).cloned(),
         })
     }
 

@@ -56,6 +56,7 @@ fn data(direction: Direction, trials: Vec<TrialRecord>) -> StudyData {
         n_trials: Some(10),
         best_steps: Vec::new(),
         study_file: None,
+        soup: None,
     }
 }
 
@@ -431,6 +432,7 @@ fn the_report_is_self_contained_with_rows_and_inline_plots() {
     assert!(html.contains("<td>good fit</td>"));
     assert!(html.contains("gp (seed 3)") && html.contains("device hours") && html.contains("time used"));
     assert!(html.contains("Test metrics") && html.contains("0.75"));
+    assert!(!html.contains("Model soup"), "no soup section without a soup");
     let svgs = html.matches("<svg").count();
     assert!(svgs >= 9, "{svgs} inline plots");
     for id in ["history", "parallel", "contour", "importance", "learning_curves", "train_valid_loss", "timeline", "confusion"] {

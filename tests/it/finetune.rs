@@ -193,6 +193,8 @@ fn a_greedy_soup_is_chosen_on_valid_averages_its_trials_is_tested_once_and_expor
     assert!(best["test"]["accuracy"].as_f64().is_some(), "{best}");
     let text = d.run(&["best", "s.toml"]);
     assert!(String::from_utf8_lossy(&text.stdout).contains(&format!("model soup of trials {}", ingredients.iter().map(u64::to_string).collect::<Vec<_>>().join(", "))), "{}", String::from_utf8_lossy(&text.stdout));
+    let report = std::fs::read_to_string(d.path().join("ft-report.html")).unwrap();
+    assert!(report.contains("<h2>Model soup</h2>") && report.contains("Soup test metrics"), "the report shows the soup");
     // A second run keeps the soup as it is.
     let again = d.run(&["run", "s.toml"]);
     assert!(again.status.success(), "{}", stderr(&again));
