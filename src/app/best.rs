@@ -17,7 +17,7 @@ fn soup_text(soup: &serde_json::Map<String, Value>, metric: &str) -> String {
     };
     let Some(ckpt) = soup.get("checkpoint").and_then(Value::as_str) else {
         return format!(
-            "model soup: none kept (of trials {}, no other trial kept {metric} = {} of the best alone on the valid split)\n",
+            "model soup: none kept (of trials {}, no other trial improved on the best alone on the valid split, {metric} = {})\n",
             list("candidates"),
             num("best_single")
         );

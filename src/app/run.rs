@@ -310,10 +310,10 @@ fn make_soup(cfg: &StudyConfig, store: &Store, study_id: i64, ft: &crate::traine
     let Some(ckpt) = soup.get("checkpoint").and_then(Value::as_str).map(str::to_string) else {
         if !quiet {
             eprintln!(
-                "model soup: no other trial kept {} = {} of trial {} alone on the valid split; the best trial stays the study's model",
+                "model soup: no other trial improved on trial {} alone on the valid split ({} = {}); the best trial stays the study's model",
+                numbers[0],
                 cfg.metric,
-                fmt("best_single"),
-                numbers[0]
+                fmt("best_single")
             );
         }
         return Ok(());

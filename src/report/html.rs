@@ -264,7 +264,7 @@ fn soup_section(h: &mut String, data: &StudyData) {
     if soup.get("checkpoint").and_then(Value::as_str).is_none() {
         let _ = writeln!(
             h,
-            "<p>Greedy soup of trials {}: no other trial kept {} = {} of the best trial alone on the valid split, so the best trial is the study's model.</p>",
+            "<p>Greedy soup of trials {}: no other trial improved on the best trial alone on the valid split ({} = {}), so the best trial is the study's model.</p>",
             esc(&list("candidates")),
             esc(&data.metric),
             num("best_single")

@@ -2,8 +2,8 @@
 //! models improves accuracy without increasing inference time", ICML 2022): after a study,
 //! the kept checkpoints of its best trials — all fine-tuned from the same pretrained weights —
 //! are averaged weight by weight, greedily. Candidates are visited best value first; each is
-//! added to the soup when the averaged model is at least as good **on the valid split** as
-//! the soup without it. The test split plays no part. The result is one model of the same
+//! added to the soup when the averaged model is better **on the valid split** than the soup
+//! without it, or as good with a valid loss no higher. The test split plays no part. The result is one model of the same
 //! architecture (inference costs what one trial's model costs), written as a checkpoint
 //! folder that `evaluate_test` and `export` read like any trial's.
 //!
@@ -88,12 +88,13 @@ pub struct SoupJob {
 pub struct SoupResult {
     /// Trials in the soup, in the order they were added (the first is the best trial).
     pub ingredients: Vec<u64>,
-    /// Every candidate tried after the first: the trial and the valid value of the soup with it.
-    pub tried: Vec<(u64, f64)>,
+    /// Every candidate tried after the first, in order.
+    pub tried: Vec<Tried>,
     /// Candidates skipped (and why): a different architecture or label set, an unreadable file.
     pub skipped: Vec<(u64, String)>,
-    /// The valid value of the best trial alone, re-evaluated.
+    /// The valid value and loss of the best trial alone, re-evaluated.
     pub best_single: f64,
+    pub best_single_loss: f64,
     /// The valid value of the soup, and all its valid metrics.
     pub value: f64,
     pub metrics: Map<String, Value>,
@@ -106,14 +107,24 @@ impl SoupResult {
     pub fn to_json(&self) -> Value {
         json!({
             "ingredients": self.ingredients,
-            "tried": self.tried.iter().map(|(t, v)| json!({"trial": t, "value": v})).collect::<Vec<_>>(),
+            "tried": self.tried,
             "skipped": self.skipped.iter().map(|(t, why)| json!({"trial": t, "why": why})).collect::<Vec<_>>(),
             "best_single": self.best_single,
+            "best_single_loss": self.best_single_loss,
             "value": self.value,
             "metrics": self.metrics,
             "checkpoint": self.checkpoint,
         })
     }
+}
+
+/// One candidate tried: the valid value and loss of the soup with it, and whether it joined.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tried {
+    pub trial: u64,
+    pub value: f64,
+    pub loss: f64,
+    pub kept: bool,
 }
 
 /// Named f32 tensors on the CPU.
@@ -168,20 +179,25 @@ fn add_into(sum: &mut Weights, w: &Weights) -> Result<(), TrainError> {
     Ok(())
 }
 
+fn loss_of(m: &Map<String, Value>) -> f64 {
+    m.get("loss").and_then(Value::as_f64).unwrap_or(f64::NAN)
+}
+
 /// The greedy loop's result: the sum of the ingredients' weights and what `SoupResult` reports.
 struct Greedy {
     sum: Weights,
     ingredients: Vec<u64>,
-    tried: Vec<(u64, f64)>,
+    tried: Vec<Tried>,
     skipped: Vec<(u64, String)>,
     best_single: f64,
+    best_single_loss: f64,
     value: f64,
     metrics: Map<String, Value>,
 }
 
 /// The greedy rule: starting from the best trial's weights, each candidate (in order) joins
-/// when the average with it is at least as good on `evaluate` (the valid split) as the
-/// average without it. A candidate that failed to load, or whose names or shapes differ, is
+/// when the average with it is better on `evaluate` (the valid split) than the average
+/// without it, or as good with a valid `loss` no higher. A candidate that failed to load, or whose names or shapes differ, is
 /// skipped with the reason.
 fn greedy(
     first_trial: u64,
@@ -192,6 +208,7 @@ fn greedy(
     on_step: &mut impl FnMut(u64, f64, bool),
 ) -> Result<Greedy, TrainError> {
     let (best_single, mut metrics) = evaluate(&first)?;
+    let best_single_loss = loss_of(&metrics);
     let mut sum = first;
     let mut value = best_single;
     let mut ingredients = vec![first_trial];
@@ -210,9 +227,11 @@ fn greedy(
         };
         let candidate = average(&sum, Some(&w), ingredients.len() + 1)?;
         let (v, m) = evaluate(&candidate)?;
-        tried.push((trial, v));
-        // Kept when not worse (ties join, as in the paper: more averaging, same valid score).
-        let keep = v.is_finite() && !direction.is_better(value, v);
+        // Kept when better on valid, or equal and with no higher valid loss (the paper keeps
+        // every tie; with a saturated metric that would average in trials that only make the
+        // model less sure).
+        let keep = v.is_finite() && (direction.is_better(v, value) || (v == value && !(loss_of(&m) > loss_of(&metrics))));
+        tried.push(Tried { trial, value: v, loss: loss_of(&m), kept: keep });
         on_step(trial, v, keep);
         if keep {
             add_into(&mut sum, &w)?;
@@ -221,7 +240,7 @@ fn greedy(
             metrics = m;
         }
     }
-    Ok(Greedy { sum, ingredients, tried, skipped, best_single, value, metrics })
+    Ok(Greedy { sum, ingredients, tried, skipped, best_single, best_single_loss, value, metrics })
 }
 
 /// Builds the greedy soup. `on_step` hears each candidate's result as it is known.
@@ -268,7 +287,7 @@ pub fn greedy_soup(job: &SoupJob, mut on_step: impl FnMut(u64, f64, bool)) -> Re
         (c.trial, loaded)
     });
     let g = greedy(first.trial, first_weights, rest, job.direction, evaluate, &mut on_step)?;
-    let Greedy { sum, ingredients, tried, skipped, best_single, value, metrics } = g;
+    let Greedy { sum, ingredients, tried, skipped, best_single, best_single_loss, value, metrics } = g;
 
     let checkpoint = if ingredients.len() > 1 {
         let soup = average(&sum, None, ingredients.len())?;
@@ -283,7 +302,7 @@ pub fn greedy_soup(job: &SoupJob, mut on_step: impl FnMut(u64, f64, bool)) -> Re
     } else {
         None
     };
-    Ok(SoupResult { ingredients, tried, skipped, best_single, value, metrics, checkpoint })
+    Ok(SoupResult { ingredients, tried, skipped, best_single, best_single_loss, value, metrics, checkpoint })
 }
 
 #[cfg(test)]
@@ -318,6 +337,7 @@ mod tests {
             let a = w["a"].to_vec1::<f32>()?[0] as f64;
             let mut m = Map::new();
             m.insert("a".into(), json!(a));
+            m.insert("loss".into(), json!(w.get("b").map_or(0.0, |b| b.to_vec1::<f32>().unwrap()[0] as f64)));
             Ok((-(a - 2.0).abs(), m))
         };
         let rest = vec![
@@ -330,13 +350,18 @@ mod tests {
         let mut heard = Vec::new();
         let g = greedy(3, w(&[("a", &[1.0])]), rest.into_iter(), Direction::Maximize, eval, &mut |t, v, keep| heard.push((t, v, keep))).unwrap();
         assert_eq!(g.ingredients, vec![3, 7, 2]);
-        assert_eq!(g.tried, vec![(7, 0.0), (4, -2.0), (2, 0.0)]);
+        assert_eq!(g.tried.iter().map(|t| (t.trial, t.value, t.kept)).collect::<Vec<_>>(), vec![(7, 0.0, true), (4, -2.0, false), (2, 0.0, true)]);
         assert_eq!(heard, vec![(7, 0.0, true), (4, -2.0, false), (2, 0.0, true)]);
         assert_eq!(g.skipped.iter().map(|s| s.0).collect::<Vec<_>>(), vec![5, 6]);
         assert!(g.skipped[1].1.contains("shape"), "{:?}", g.skipped);
         assert_eq!((g.best_single, g.value), (-1.0, 0.0));
         assert_eq!(g.metrics["a"], json!(2.0));
         assert_eq!(average(&g.sum, None, 3).unwrap()["a"].to_vec1::<f32>().unwrap(), vec![2.0]);
+        // A tie joins only when the valid loss (here the averaged `b`) does not rise.
+        let first = w(&[("a", &[2.0]), ("b", &[1.0])]);
+        let rest = vec![(1, Ok(w(&[("a", &[2.0]), ("b", &[3.0])]))), (2, Ok(w(&[("a", &[2.0]), ("b", &[0.0])])))];
+        let g = greedy(0, first, rest.into_iter(), Direction::Maximize, eval, &mut |_, _, _| {}).unwrap();
+        assert_eq!(g.ingredients, vec![0, 2], "{:?}", g.tried);
         // Minimising the same distance: the first candidate makes it worse and stays out.
         let g = greedy(3, w(&[("a", &[1.0])]), vec![(7, Ok(w(&[("a", &[3.0])])))].into_iter(), Direction::Minimize, eval, &mut |_, _, _| {}).unwrap();
         assert_eq!(g.ingredients, vec![3]);

@@ -157,14 +157,17 @@ fn a_greedy_soup_is_chosen_on_valid_averages_its_trials_is_tested_once_and_expor
     assert_eq!(candidates, by_value.iter().take(3).map(|p| p.0).collect::<Vec<_>>(), "{soup}");
     assert_eq!(candidates[0], best["number"].as_u64().unwrap());
     // The greedy rule, replayed from what was recorded: a candidate joins when the soup with
-    // it is at least as good on valid as the soup without it.
+    // it is better on valid than the soup without it, or as good with no higher valid loss.
     let mut value = soup["best_single"].as_f64().unwrap();
+    let mut loss = soup["best_single_loss"].as_f64().unwrap();
     let mut expect = vec![candidates[0]];
     for t in soup["tried"].as_array().unwrap() {
-        let v = t["value"].as_f64().unwrap();
-        if v >= value {
+        let (v, l) = (t["value"].as_f64().unwrap(), t["loss"].as_f64().unwrap());
+        let join = v > value || (v == value && l <= loss);
+        assert_eq!(t["kept"].as_bool(), Some(join), "{t}");
+        if join {
             expect.push(t["trial"].as_u64().unwrap());
-            value = v;
+            (value, loss) = (v, l);
         }
     }
     let ingredients: Vec<u64> = soup["ingredients"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
