@@ -51,6 +51,8 @@ pub enum ExportError {
     NoCheckpoint { study: String, number: TrialNumber, why: String },
     #[error("the checkpoint of trial {number} ({path}) is gone; was the study's `.trials` folder moved or deleted?")]
     CheckpointGone { number: TrialNumber, path: PathBuf },
+    #[error("the study's model soup ({path}) is gone; was the study's `.trials` folder moved or deleted? Export a single trial with --trial N, or run the study again to rebuild the soup")]
+    SoupGone { path: PathBuf },
     #[error("cannot read the checkpoint of trial {number}: {why}")]
     Checkpoint { number: TrialNumber, why: String },
     #[error(transparent)]
@@ -232,7 +234,7 @@ pub fn export_trial(
     };
     let ckpt = match soup.and_then(|s| s.get("checkpoint")).and_then(Value::as_str) {
         Some(c) if Path::new(c).is_dir() => PathBuf::from(c),
-        Some(c) => return Err(ExportError::CheckpointGone { number: t.number, path: PathBuf::from(c) }),
+        Some(c) => return Err(ExportError::SoupGone { path: PathBuf::from(c) }),
         None => checkpoint_dir(store, study, t)?,
     };
     folder::check_dest(out_dir, force)?;

@@ -216,6 +216,20 @@ fn a_greedy_soup_is_chosen_on_valid_averages_its_trials_is_tested_once_and_expor
         exported["classifier.weight"].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
         soup_w["classifier.weight"].flatten_all().unwrap().to_vec1::<f32>().unwrap()
     );
+    // A soup folder that is gone is named, and a re-run rebuilds it.
+    let soup_dir = soup["checkpoint"].as_str().unwrap().to_string();
+    std::fs::rename(&soup_dir, d.path().join("moved")).unwrap();
+    let out = d.run(&["export", "s.toml", "--out", "again"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("model soup") && stderr(&out).contains("is gone"), "{}", stderr(&out));
+    let rebuilt = d.run(&["run", "s.toml"]);
+    assert!(stderr(&rebuilt).contains("averaging"), "{}", stderr(&rebuilt));
+    let again = load(&soup_dir);
+    assert_eq!(
+        again["classifier.weight"].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        soup_w["classifier.weight"].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        "the rebuilt soup is the same"
+    );
     let n = candidates[0].to_string();
     let out = d.run(&["export", "s.toml", "--out", "best-trial", "--trial", &n]);
     assert!(out.status.success(), "{}", stderr(&out));
