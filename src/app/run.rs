@@ -256,7 +256,7 @@ fn evaluate_best_on_test(cfg: &StudyConfig, store: &Store, study_id: i64, ft: &c
 /// the best trial joined — evaluated once on the test split. A soup already built from the
 /// same candidates is kept as it is (a resumed or re-run study does not redo it).
 fn make_soup(cfg: &StudyConfig, store: &Store, study_id: i64, ft: &crate::trainer::runner::FinetuneRunner, quiet: bool) -> anyhow::Result<()> {
-    use crate::trainer::soup::{SoupCandidate, SoupKind, STUDY_ATTR as SOUP_ATTR};
+    use crate::trainer::soup::{kept_checkpoints, SoupCandidate, SoupCheckpoints, SoupKind, STUDY_ATTR as SOUP_ATTR};
     use serde_json::{json, Value};
     if ft.soup.kind != SoupKind::Greedy {
         return Ok(());
@@ -279,18 +279,41 @@ fn make_soup(cfg: &StudyConfig, store: &Store, study_id: i64, ft: &crate::traine
         }
         return Ok(());
     }
-    let numbers: Vec<u64> = done.iter().map(|(t, _)| t.number as u64).collect();
+    // The candidates: each trial's best checkpoint, or with `checkpoints = "all"` every
+    // checkpoint it kept, best valid value first (a trial's best before its other epochs, so
+    // the first candidate is the best trial's best checkpoint).
+    let mut candidates: Vec<(SoupCandidate, f64, bool)> = Vec::new();
+    for (t, v) in &done {
+        let Some(best) = t.checkpoint.as_ref().map(std::path::PathBuf::from) else { continue };
+        let kept = match ft.soup.checkpoints {
+            SoupCheckpoints::Best => vec![(best.clone(), *v)],
+            SoupCheckpoints::All => kept_checkpoints(&best),
+        };
+        for (dir, value) in kept {
+            let is_best = dir == best;
+            candidates.push((SoupCandidate { trial: t.number as u64, checkpoint: dir }, if is_best { *v } else { value }, is_best));
+        }
+    }
+    candidates.sort_by(|a, b| {
+        let (x, y) = (cfg.direction.to_minimize(a.1), cfg.direction.to_minimize(b.1));
+        x.partial_cmp(&y).unwrap_or(std::cmp::Ordering::Equal).then(b.2.cmp(&a.2))
+    });
+    let numbers: Vec<u64> = candidates.iter().map(|(c, _, _)| c.trial).collect();
+    let paths: Vec<String> = candidates.iter().map(|(c, _, _)| c.checkpoint.display().to_string()).collect();
     let study = store.study(&cfg.name)?;
     let mut soup = match study.user_attrs.get(SOUP_ATTR) {
-        Some(Value::Object(old)) if old.get("candidates") == Some(&json!(numbers)) && soup_checkpoint_present(old) => old.clone(),
+        Some(Value::Object(old)) if old.get("candidate_checkpoints") == Some(&json!(paths)) && soup_checkpoint_present(old) => old.clone(),
         _ => {
-            let candidates = done
-                .iter()
-                .filter_map(|(t, _)| t.checkpoint.as_ref().map(|c| SoupCandidate { trial: t.number as u64, checkpoint: c.into() }))
-                .collect();
+            let candidates = candidates.into_iter().map(|(c, _, _)| c).collect();
             let device = cfg.execution.devices.first().cloned().unwrap_or_else(|| "cpu".into());
             if !quiet {
-                eprintln!("model soup: averaging the best of trials {} where the valid split says so…", join(&numbers));
+                let mut trials: Vec<u64> = Vec::new();
+                for n in &numbers {
+                    if !trials.contains(n) {
+                        trials.push(*n);
+                    }
+                }
+                eprintln!("model soup: averaging the best of {} checkpoints of trials {} where the valid split says so…", numbers.len(), join(&trials));
             }
             let mut m = match ft.run_soup(candidates, &cfg.artifacts_root().join("soup"), &device) {
                 Ok(m) => m,
@@ -301,6 +324,7 @@ fn make_soup(cfg: &StudyConfig, store: &Store, study_id: i64, ft: &crate::traine
             };
             m.insert("kind".into(), json!("greedy"));
             m.insert("candidates".into(), json!(numbers));
+            m.insert("candidate_checkpoints".into(), json!(paths));
             store.set_study_attr(study_id, SOUP_ATTR, &Value::Object(m.clone()))?;
             m
         }

@@ -42,6 +42,42 @@ pub struct SoupSection {
     /// How many of the best COMPLETE trials are candidates (default 8).
     #[serde(default = "default_candidates")]
     pub candidates: usize,
+    /// `best`: each candidate trial's best checkpoint; `all`: every checkpoint it kept (one
+    /// per evaluation with `keep_checkpoints = "all"`), so epochs of one trial can be averaged.
+    #[serde(default)]
+    pub checkpoints: SoupCheckpoints,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SoupCheckpoints {
+    #[default]
+    Best,
+    All,
+}
+
+/// The checkpoints a trial kept beside its best one (`checkpoint-*` folders with weights and
+/// a trainer state, as `keep_checkpoints = "all"` leaves them), each with the valid value of
+/// the evaluation it was written at; the best one is always included.
+pub fn kept_checkpoints(best: &Path) -> Vec<(PathBuf, f64)> {
+    let value_of = |dir: &Path| checkpoint::read_state(dir).ok().and_then(|s| s.history.last().map(|r| r.value));
+    let mut out: Vec<(PathBuf, f64)> = match best.parent().and_then(|p| std::fs::read_dir(p).ok()) {
+        Some(entries) => entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("checkpoint-")))
+            .filter(|p| p.join(WEIGHTS).is_file())
+            .filter_map(|p| value_of(&p).filter(|v| v.is_finite()).map(|v| (p, v)))
+            .collect(),
+        None => Vec::new(),
+    };
+    if !out.iter().any(|(p, _)| p == best) {
+        if let Some(v) = value_of(best) {
+            out.push((best.to_path_buf(), v));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
 }
 
 fn default_candidates() -> usize {
@@ -50,7 +86,7 @@ fn default_candidates() -> usize {
 
 impl Default for SoupSection {
     fn default() -> Self {
-        SoupSection { kind: SoupKind::None, candidates: default_candidates() }
+        SoupSection { kind: SoupKind::None, candidates: default_candidates(), checkpoints: SoupCheckpoints::Best }
     }
 }
 
@@ -86,8 +122,11 @@ pub struct SoupJob {
 /// What a soup job found.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SoupResult {
-    /// Trials in the soup, in the order they were added (the first is the best trial).
+    /// Trials in the soup, in the order they were added (the first is the best trial; with
+    /// `checkpoints = "all"` a trial can appear once per checkpoint of it that joined).
     pub ingredients: Vec<u64>,
+    /// The checkpoint folder of each ingredient.
+    pub ingredient_checkpoints: Vec<PathBuf>,
     /// Every candidate tried after the first, in order.
     pub tried: Vec<Tried>,
     /// Candidates skipped (and why): a different architecture or label set, an unreadable file.
@@ -107,6 +146,7 @@ impl SoupResult {
     pub fn to_json(&self) -> Value {
         json!({
             "ingredients": self.ingredients,
+            "ingredient_checkpoints": self.ingredient_checkpoints,
             "tried": self.tried,
             "skipped": self.skipped.iter().map(|(t, why)| json!({"trial": t, "why": why})).collect::<Vec<_>>(),
             "best_single": self.best_single,
@@ -122,6 +162,7 @@ impl SoupResult {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Tried {
     pub trial: u64,
+    pub checkpoint: PathBuf,
     pub value: f64,
     pub loss: f64,
     pub kept: bool,
@@ -231,7 +272,7 @@ fn greedy(
         // every tie; with a saturated metric that would average in trials that only make the
         // model less sure).
         let keep = v.is_finite() && (direction.is_better(v, value) || (v == value && !(loss_of(&m) > loss_of(&metrics))));
-        tried.push(Tried { trial, value: v, loss: loss_of(&m), kept: keep });
+        tried.push(Tried { trial, checkpoint: PathBuf::new(), value: v, loss: loss_of(&m), kept: keep });
         on_step(trial, v, keep);
         if keep {
             add_into(&mut sum, &w)?;
@@ -276,7 +317,8 @@ pub fn greedy_soup(job: &SoupJob, mut on_step: impl FnMut(u64, f64, bool)) -> Re
     };
 
     let first_weights = read_weights(&first.checkpoint)?;
-    let rest = job.candidates[1..].iter().map(|c| {
+    // The loop works on candidate indices; they become trial numbers and folders below.
+    let rest = job.candidates[1..].iter().enumerate().map(|(i, c)| {
         let loaded = read_weights(&c.checkpoint).map_err(|e| e.to_string()).and_then(|w| {
             match checkpoint::read_state(&c.checkpoint) {
                 Ok(s) if s.labels != state.labels => Err(format!("labels {:?}, not {:?}", s.labels, state.labels)),
@@ -284,10 +326,20 @@ pub fn greedy_soup(job: &SoupJob, mut on_step: impl FnMut(u64, f64, bool)) -> Re
                 Err(e) => Err(e.to_string()),
             }
         });
-        (c.trial, loaded)
+        (i as u64 + 1, loaded)
     });
-    let g = greedy(first.trial, first_weights, rest, job.direction, evaluate, &mut on_step)?;
-    let Greedy { sum, ingredients, tried, skipped, best_single, best_single_loss, value, metrics } = g;
+    let g = greedy(0, first_weights, rest, job.direction, evaluate, &mut on_step)?;
+    let Greedy { sum, ingredients, mut tried, mut skipped, best_single, best_single_loss, value, metrics } = g;
+    let cand = |i: u64| &job.candidates[i as usize];
+    let ingredient_checkpoints: Vec<PathBuf> = ingredients.iter().map(|&i| cand(i).checkpoint.clone()).collect();
+    let ingredients: Vec<u64> = ingredients.iter().map(|&i| cand(i).trial).collect();
+    for t in tried.iter_mut() {
+        t.checkpoint = cand(t.trial).checkpoint.clone();
+        t.trial = cand(t.trial).trial;
+    }
+    for s in skipped.iter_mut() {
+        s.0 = cand(s.0).trial;
+    }
 
     let checkpoint = if ingredients.len() > 1 {
         let soup = average(&sum, None, ingredients.len())?;
@@ -302,7 +354,7 @@ pub fn greedy_soup(job: &SoupJob, mut on_step: impl FnMut(u64, f64, bool)) -> Re
     } else {
         None
     };
-    Ok(SoupResult { ingredients, tried, skipped, best_single, best_single_loss, value, metrics, checkpoint })
+    Ok(SoupResult { ingredients, ingredient_checkpoints, tried, skipped, best_single, best_single_loss, value, metrics, checkpoint })
 }
 
 #[cfg(test)]
@@ -383,6 +435,8 @@ mod tests {
         let s: SoupSection = toml::from_str("kind = \"greedy\"\ncandidates = 4").unwrap();
         assert_eq!((s.kind, s.candidates), (SoupKind::Greedy, 4));
         assert!(toml::from_str::<SoupSection>("kind = \"uniform\"").is_err());
+        let s: SoupSection = toml::from_str("kind = \"greedy\"\ncheckpoints = \"all\"").unwrap();
+        assert_eq!(s.checkpoints, SoupCheckpoints::All);
         assert!(toml::from_str::<SoupSection>("size = 3").is_err());
     }
 }

@@ -145,7 +145,7 @@ fn a_greedy_soup_is_chosen_on_valid_averages_its_trials_is_tested_once_and_expor
     d.write("s.toml", &text);
     let out = d.run(&["run", "s.toml"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("model soup: averaging the best of trials"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("model soup: averaging the best of 3 checkpoints of trials"), "{}", stderr(&out));
     let best = d.run(&["best", "s.toml", "--format", "json"]);
     let best: Value = serde_json::from_slice(&best.stdout).unwrap();
     let soup = &best["soup"];
@@ -247,4 +247,38 @@ fn a_soup_table_needs_a_finetune_objective() {
     let out = d.run(&["run", "s.toml"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("`[soup]` averages fine-tuned checkpoints"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_soup_over_all_kept_checkpoints_can_average_epochs_of_one_trial() {
+    let d = StudyDir::new();
+    let toy = write_toy_task(&d.path().join("toy"), 120, 7).unwrap();
+    let extra = "keep_checkpoints = \"all\"\n\n[soup]\nkind = \"greedy\"\ncandidates = 2\ncheckpoints = \"all\"\n";
+    let text = finetune_study(&toy.model_dir.display().to_string(), &toy.csv.display().to_string(), 3, extra).replace("epochs = 2", "epochs = 3");
+    d.write("s.toml", &text);
+    let out = d.run(&["run", "s.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let best: Value = serde_json::from_slice(&d.run(&["best", "s.toml", "--format", "json"]).stdout).unwrap();
+    let soup = &best["soup"];
+    // Every checkpoint the two best trials kept (3 epochs each, one folder per epoch) is a
+    // candidate; the first is the best trial's best checkpoint.
+    let paths: Vec<&str> = soup["candidate_checkpoints"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    assert_eq!(paths.len(), 6, "{soup}");
+    assert_eq!(paths[0], best["checkpoint"].as_str().unwrap(), "{soup}");
+    let numbers: Vec<u64> = soup["candidates"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+    let mut distinct = numbers.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 2, "two trials: {numbers:?}");
+    for (n, p) in numbers.iter().zip(&paths) {
+        assert!(p.contains(&format!("/{n}/checkpoint-")), "{n} {p}");
+    }
+    // Ingredients name their folders; the tried list covers the other five.
+    let ing: Vec<&str> = soup["ingredient_checkpoints"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    assert_eq!(ing.len(), soup["ingredients"].as_array().unwrap().len());
+    assert_eq!(ing[0], paths[0]);
+    assert_eq!(soup["tried"].as_array().unwrap().len(), 5, "{soup}");
+    for t in soup["tried"].as_array().unwrap() {
+        assert!(paths.contains(&t["checkpoint"].as_str().unwrap()), "{t}");
+    }
 }
