@@ -236,12 +236,12 @@ struct Greedy {
     metrics: Map<String, Value>,
 }
 
-/// The greedy rule: starting from the best trial's weights, each candidate (in order) joins
-/// when the average with it is better on `evaluate` (the valid split) than the average
-/// without it, or as good with a valid `loss` no higher. A candidate that failed to load, or whose names or shapes differ, is
-/// skipped with the reason.
+/// The greedy rule: starting from the first candidate's weights, each further candidate (in
+/// order; `u64` ids) joins when the average with it is better on `evaluate` (the valid split)
+/// than the average without it, or as good with a valid `loss` no higher. A candidate that
+/// failed to load, or whose names or shapes differ, is skipped with the reason.
 fn greedy(
-    first_trial: u64,
+    first_id: u64,
     first: Weights,
     rest: impl Iterator<Item = (u64, Result<Weights, String>)>,
     direction: Direction,
@@ -252,7 +252,7 @@ fn greedy(
     let best_single_loss = loss_of(&metrics);
     let mut sum = first;
     let mut value = best_single;
-    let mut ingredients = vec![first_trial];
+    let mut ingredients = vec![first_id];
     let mut tried = Vec::new();
     let mut skipped = Vec::new();
     for (trial, loaded) in rest {
@@ -328,7 +328,8 @@ pub fn greedy_soup(job: &SoupJob, mut on_step: impl FnMut(u64, f64, bool)) -> Re
         });
         (i as u64 + 1, loaded)
     });
-    let g = greedy(0, first_weights, rest, job.direction, evaluate, &mut on_step)?;
+    let trial_of = |i: u64| job.candidates[i as usize].trial;
+    let g = greedy(0, first_weights, rest, job.direction, evaluate, &mut |i, v, keep| on_step(trial_of(i), v, keep))?;
     let Greedy { sum, ingredients, mut tried, mut skipped, best_single, best_single_loss, value, metrics } = g;
     let cand = |i: u64| &job.candidates[i as usize];
     let ingredient_checkpoints: Vec<PathBuf> = ingredients.iter().map(|&i| cand(i).checkpoint.clone()).collect();
