@@ -291,7 +291,7 @@ fn make_soup(cfg: &StudyConfig, store: &Store, study_id: i64, ft: &crate::traine
         };
         for (dir, value) in kept {
             let is_best = dir == best;
-            candidates.push((SoupCandidate { trial: t.number as u64, checkpoint: dir }, if is_best { *v } else { value }, is_best));
+            candidates.push((SoupCandidate { trial: t.number, checkpoint: dir }, if is_best { *v } else { value }, is_best));
         }
     }
     candidates.sort_by(|a, b| {

@@ -271,7 +271,9 @@ fn greedy(
         // Kept when better on valid, or equal and with no higher valid loss (the paper keeps
         // every tie; with a saturated metric that would average in trials that only make the
         // model less sure).
-        let keep = v.is_finite() && (direction.is_better(v, value) || (v == value && !(loss_of(&m) > loss_of(&metrics))));
+        // (a missing or NaN loss does not block a tie)
+        let no_higher_loss = loss_of(&m).partial_cmp(&loss_of(&metrics)) != Some(std::cmp::Ordering::Greater);
+        let keep = v.is_finite() && (direction.is_better(v, value) || (v == value && no_higher_loss));
         tried.push(Tried { trial, checkpoint: PathBuf::new(), value: v, loss: loss_of(&m), kept: keep });
         on_step(trial, v, keep);
         if keep {
