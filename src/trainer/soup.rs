@@ -14,12 +14,12 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use super::checkpoint::{self, WEIGHTS};
-use super::data::{self, DataSection, TextEncoder};
+use super::data::DataSection;
 use super::model::{read_config, BertClassifier, ModelError, ModelOptions};
-use super::train::{metrics_of, parse_device, predict, TrainError};
+use super::train::{encode_split_for, metrics_of, parse_device, predict, EvalSplit, SplitForCheckpoint, TrainError};
 use crate::trial::Direction;
 
 /// The study user attribute holding a study's soup: [`SoupResult::to_json`] plus `kind`,
@@ -130,7 +130,7 @@ pub struct SoupResult {
     /// Every candidate tried after the first, in order.
     pub tried: Vec<Tried>,
     /// Candidates skipped (and why): a different architecture or label set, an unreadable file.
-    pub skipped: Vec<(u64, String)>,
+    pub skipped: Vec<Skipped>,
     /// The valid value and loss of the best trial alone, re-evaluated.
     pub best_single: f64,
     pub best_single_loss: f64,
@@ -143,19 +143,17 @@ pub struct SoupResult {
 }
 
 impl SoupResult {
+    /// The result as the JSON object stored under [`STUDY_ATTR`] (a non-finite number is null).
     pub fn to_json(&self) -> Value {
-        json!({
-            "ingredients": self.ingredients,
-            "ingredient_checkpoints": self.ingredient_checkpoints,
-            "tried": self.tried,
-            "skipped": self.skipped.iter().map(|(t, why)| json!({"trial": t, "why": why})).collect::<Vec<_>>(),
-            "best_single": self.best_single,
-            "best_single_loss": self.best_single_loss,
-            "value": self.value,
-            "metrics": self.metrics,
-            "checkpoint": self.checkpoint,
-        })
+        serde_json::to_value(self).unwrap_or(Value::Null)
     }
+}
+
+/// A candidate left out before it was tried, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Skipped {
+    pub trial: u64,
+    pub why: String,
 }
 
 /// One candidate tried: the valid value and loss of the soup with it, and whether it joined.
@@ -229,7 +227,7 @@ struct Greedy {
     sum: Weights,
     ingredients: Vec<u64>,
     tried: Vec<Tried>,
-    skipped: Vec<(u64, String)>,
+    skipped: Vec<Skipped>,
     best_single: f64,
     best_single_loss: f64,
     value: f64,
@@ -262,7 +260,7 @@ fn greedy(
         }) {
             Ok(w) => w,
             Err(why) => {
-                skipped.push((trial, why));
+                skipped.push(Skipped { trial, why });
                 continue;
             }
         };
@@ -292,25 +290,14 @@ pub fn greedy_soup(job: &SoupJob, mut on_step: impl FnMut(u64, f64, bool)) -> Re
         return Err(TrainError::Setup("a soup needs at least one candidate checkpoint".into()));
     };
     let device = parse_device(&job.device)?;
-    let state = checkpoint::read_state(&first.checkpoint)?;
-    let dataset = data::load_dataset(&job.data)?;
-    if dataset.valid.is_empty() {
-        return Err(TrainError::Setup("a model soup is chosen on the valid split, which has no rows".into()));
-    }
-    if dataset.labels.id2label != state.labels {
-        return Err(TrainError::Setup(format!(
-            "trial {} was trained on labels {:?}, the data has {:?}",
-            first.trial, state.labels, dataset.labels.id2label
-        )));
-    }
+    let SplitForCheckpoint { state, problem, rows, pad_id } = encode_split_for(&first.checkpoint, &job.data, EvalSplit::Valid)
+        .map_err(|e| TrainError::Setup(format!("a model soup is chosen on the valid split: trial {}: {e}", first.trial)))?;
     let config = read_config(&first.checkpoint)?;
-    let encoder = TextEncoder::from_model_dir(&first.checkpoint, state.spec.max_length)?;
-    let rows = encoder.encode(&dataset.valid)?;
     let opts = ModelOptions { num_labels: state.num_labels, ..ModelOptions::default() };
     let evaluate = |w: &Weights| -> Result<(f64, Map<String, Value>), TrainError> {
         let model = BertClassifier::from_tensors(config.clone(), w.clone(), first.checkpoint.join(WEIGHTS), &opts, &device)?;
-        let p = predict(&model, &rows, dataset.problem, encoder.pad_id(), &device)?;
-        let (m, _) = metrics_of(&p, dataset.problem, state.num_labels)?;
+        let p = predict(&model, &rows, problem, pad_id, &device)?;
+        let (m, _) = metrics_of(&p, problem, state.num_labels)?;
         let v = m
             .get(&job.metric)
             .and_then(Value::as_f64)
@@ -341,7 +328,7 @@ pub fn greedy_soup(job: &SoupJob, mut on_step: impl FnMut(u64, f64, bool)) -> Re
         t.trial = cand(t.trial).trial;
     }
     for s in skipped.iter_mut() {
-        s.0 = cand(s.0).trial;
+        s.trial = cand(s.trial).trial;
     }
 
     let checkpoint = if ingredients.len() > 1 {
@@ -363,6 +350,7 @@ pub fn greedy_soup(job: &SoupJob, mut on_step: impl FnMut(u64, f64, bool)) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn w(pairs: &[(&str, &[f32])]) -> Weights {
         pairs.iter().map(|(k, v)| (k.to_string(), Tensor::new(*v, &Device::Cpu).unwrap())).collect()
@@ -407,8 +395,8 @@ mod tests {
         assert_eq!(g.ingredients, vec![3, 7, 2]);
         assert_eq!(g.tried.iter().map(|t| (t.trial, t.value, t.kept)).collect::<Vec<_>>(), vec![(7, 0.0, true), (4, -2.0, false), (2, 0.0, true)]);
         assert_eq!(heard, vec![(7, 0.0, true), (4, -2.0, false), (2, 0.0, true)]);
-        assert_eq!(g.skipped.iter().map(|s| s.0).collect::<Vec<_>>(), vec![5, 6]);
-        assert!(g.skipped[1].1.contains("shape"), "{:?}", g.skipped);
+        assert_eq!(g.skipped.iter().map(|s| s.trial).collect::<Vec<_>>(), vec![5, 6]);
+        assert!(g.skipped[1].why.contains("shape"), "{:?}", g.skipped);
         assert_eq!((g.best_single, g.value), (-1.0, 0.0));
         assert_eq!(g.metrics["a"], json!(2.0));
         assert_eq!(average(&g.sum, None, 3).unwrap()["a"].to_vec1::<f32>().unwrap(), vec![2.0]);

@@ -598,12 +598,37 @@ pub fn diagnose(history: &[EvalRecord], chance: f64, problem: Problem) -> String
 
 /// Evaluates a kept checkpoint once on the test split of `job.data`: the metrics and the
 /// confusion matrix (`[[..]]`, rows = true class, columns = predicted).
-pub fn evaluate_test(job: &TestJob) -> Result<Map<String, Value>, TrainError> {
-    let device = parse_device(&job.device)?;
-    let state = checkpoint::read_state(&job.checkpoint)?;
-    let dataset = data::load_dataset(&job.data)?;
-    if dataset.test.is_empty() {
-        return Err(TrainError::Setup("the data has no test split (set `test_path` or a third `split` fraction)".into()));
+/// Which split of the study's data a kept checkpoint is scored on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvalSplit {
+    Valid,
+    Test,
+}
+
+/// A kept checkpoint's trainer state and one split of the study's data, encoded with the
+/// checkpoint's tokenizer and `max_length`: what scoring the checkpoint (or weights of its
+/// shape) on that split needs.
+pub struct SplitForCheckpoint {
+    pub state: TrainerState,
+    pub problem: Problem,
+    pub rows: Vec<Encoded>,
+    pub pad_id: u32,
+}
+
+/// Loads `data`, checks that `split` has rows and that the labels are the checkpoint's, and
+/// encodes the split for `checkpoint`.
+pub fn encode_split_for(checkpoint: &Path, data: &DataSection, split: EvalSplit) -> Result<SplitForCheckpoint, TrainError> {
+    let state = checkpoint::read_state(checkpoint)?;
+    let dataset = data::load_dataset(data)?;
+    let examples = match split {
+        EvalSplit::Valid => &dataset.valid,
+        EvalSplit::Test => &dataset.test,
+    };
+    if examples.is_empty() {
+        return Err(TrainError::Setup(match split {
+            EvalSplit::Valid => "the valid split has no rows".into(),
+            EvalSplit::Test => "the data has no test split (set `test_path` or a third `split` fraction)".into(),
+        }));
     }
     if dataset.labels.id2label != state.labels {
         return Err(TrainError::Setup(format!(
@@ -611,12 +636,18 @@ pub fn evaluate_test(job: &TestJob) -> Result<Map<String, Value>, TrainError> {
             state.labels, dataset.labels.id2label
         )));
     }
-    let encoder = TextEncoder::from_model_dir(&job.checkpoint, state.spec.max_length)?;
-    let rows = encoder.encode(&dataset.test)?;
+    let encoder = TextEncoder::from_model_dir(checkpoint, state.spec.max_length)?;
+    let rows = encoder.encode(examples)?;
+    Ok(SplitForCheckpoint { state, problem: dataset.problem, rows, pad_id: encoder.pad_id() })
+}
+
+pub fn evaluate_test(job: &TestJob) -> Result<Map<String, Value>, TrainError> {
+    let device = parse_device(&job.device)?;
+    let SplitForCheckpoint { state, problem, rows, pad_id } = encode_split_for(&job.checkpoint, &job.data, EvalSplit::Test)?;
     let opts = ModelOptions { num_labels: state.num_labels, ..ModelOptions::default() };
     let model = BertClassifier::load(&job.checkpoint, &opts, &device)?;
-    let p = predict(&model, &rows, dataset.problem, encoder.pad_id(), &device)?;
-    let (mut m, cm) = metrics_of(&p, dataset.problem, state.num_labels)?;
+    let p = predict(&model, &rows, problem, pad_id, &device)?;
+    let (mut m, cm) = metrics_of(&p, problem, state.num_labels)?;
     if let Some(cm) = cm {
         m.insert("confusion_matrix".into(), json!(cm));
         m.insert("labels".into(), json!(state.labels));
