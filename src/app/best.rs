@@ -9,6 +9,17 @@ use crate::cli::{BestArgs, TextOrJson};
 use crate::scheduler::display::format_value;
 use crate::trial::best_trial;
 
+/// `title:` and one indented `name = value` line per test metric (the confusion matrix aside).
+fn test_lines(title: &str, test: &serde_json::Map<String, Value>) -> String {
+    let mut s = format!("{title}:\n");
+    for (k, v) in test {
+        if k != "confusion_matrix" {
+            s.push_str(&format!("  {k} = {}\n", v.as_f64().map(format_value).unwrap_or_else(|| v.to_string())));
+        }
+    }
+    s
+}
+
 /// The `best` lines of a stored model soup.
 fn soup_text(soup: &serde_json::Map<String, Value>, metric: &str) -> String {
     let num = |k: &str| soup.get(k).and_then(Value::as_f64).map(format_value).unwrap_or_else(|| "-".into());
@@ -30,12 +41,7 @@ fn soup_text(soup: &serde_json::Map<String, Value>, metric: &str) -> String {
         num("best_single")
     );
     if let Some(Value::Object(test)) = soup.get("test") {
-        s.push_str("soup test split:\n");
-        for (k, v) in test {
-            if k != "confusion_matrix" {
-                s.push_str(&format!("  {k} = {}\n", v.as_f64().map(format_value).unwrap_or_else(|| v.to_string())));
-            }
-        }
+        s.push_str(&test_lines("soup test split", test));
     }
     s.push_str(&format!("soup checkpoint: {ckpt} (what `export` writes without --trial)\n"));
     s
@@ -69,12 +75,7 @@ pub fn run(args: &BestArgs) -> anyhow::Result<ExitCode> {
                 s.push_str(&format!("  {k} = {v}\n"));
             }
             if let Some(Value::Object(test)) = b.metrics.get("test") {
-                s.push_str("test split:\n");
-                for (k, v) in test {
-                    if k != "confusion_matrix" {
-                        s.push_str(&format!("  {k} = {}\n", v.as_f64().map(format_value).unwrap_or_else(|| v.to_string())));
-                    }
-                }
+                s.push_str(&test_lines("test split", test));
             }
             if let Some(c) = &b.checkpoint {
                 s.push_str(&format!("checkpoint: {c}\n"));

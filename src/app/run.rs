@@ -219,6 +219,17 @@ pub fn run(args: &RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The slot the post-study evaluations (test split, model soup) run on: the first device.
+fn evaluation_device(cfg: &StudyConfig) -> String {
+    cfg.execution.devices.first().cloned().unwrap_or_else(|| "cpu".into())
+}
+
+/// The headline test metrics, as `accuracy 0.8372, f1_macro 0.8362, …`.
+fn test_summary(test: &serde_json::Map<String, serde_json::Value>) -> String {
+    let show = |k: &str| test.get(k).and_then(|v| v.as_f64()).map(|v| format!("{k} {v:.4}"));
+    ["accuracy", "f1_macro", "roc_auc", "loss"].iter().filter_map(|k| show(k)).collect::<Vec<_>>().join(", ")
+}
+
 /// Evaluates the best trial's checkpoint once on the test split (never used for selection)
 /// and stores the test metrics and confusion matrix in its `metrics.test`.
 fn evaluate_best_on_test(cfg: &StudyConfig, store: &Store, study_id: i64, ft: &crate::trainer::runner::FinetuneRunner, quiet: bool) -> anyhow::Result<()> {
@@ -233,16 +244,14 @@ fn evaluate_best_on_test(cfg: &StudyConfig, store: &Store, study_id: i64, ft: &c
         }
         return Ok(());
     };
-    let device = cfg.execution.devices.first().cloned().unwrap_or_else(|| "cpu".into());
+    let device = evaluation_device(cfg);
     match ft.run_test(std::path::Path::new(ckpt), &device) {
         Ok(test) => {
             let mut m = serde_json::Map::new();
             m.insert("test".into(), serde_json::Value::Object(test.clone()));
             store.merge_metrics(best.id, &m)?;
             if !quiet {
-                let show = |k: &str| test.get(k).and_then(|v| v.as_f64()).map(|v| format!("{k} {v:.4}"));
-                let parts: Vec<String> = ["accuracy", "f1_macro", "roc_auc", "loss"].iter().filter_map(|k| show(k)).collect();
-                eprintln!("test split (trial {}, evaluated once): {}", best.number, parts.join(", "));
+                eprintln!("test split (trial {}, evaluated once): {}", best.number, test_summary(&test));
                 eprintln!("checkpoint: {ckpt}");
             }
         }
@@ -261,6 +270,9 @@ fn make_soup(cfg: &StudyConfig, store: &Store, study_id: i64, ft: &crate::traine
     if ft.soup.kind != SoupKind::Greedy {
         return Ok(());
     }
+    let device = evaluation_device(cfg);
+    // Best value first (the direction's way); ties keep their order.
+    let best_first = |a: f64, b: f64| cfg.direction.to_minimize(a).partial_cmp(&cfg.direction.to_minimize(b)).unwrap_or(std::cmp::Ordering::Equal);
     let trials = store.trials(study_id)?;
     let mut done: Vec<_> = trials
         .iter()
@@ -268,10 +280,7 @@ fn make_soup(cfg: &StudyConfig, store: &Store, study_id: i64, ft: &crate::traine
         .filter_map(|t| t.value.filter(|v| v.is_finite()).map(|v| (t, v)))
         .collect();
     // Best first; ties keep trial order, so the first is `best_trial`.
-    done.sort_by(|a, b| {
-        let (x, y) = (cfg.direction.to_minimize(a.1), cfg.direction.to_minimize(b.1));
-        x.partial_cmp(&y).unwrap_or(std::cmp::Ordering::Equal)
-    });
+    done.sort_by(|a, b| best_first(a.1, b.1));
     done.truncate(ft.soup.candidates);
     if done.len() < 2 {
         if !quiet {
@@ -294,10 +303,7 @@ fn make_soup(cfg: &StudyConfig, store: &Store, study_id: i64, ft: &crate::traine
             candidates.push((SoupCandidate { trial: t.number, checkpoint: dir }, if is_best { *v } else { value }, is_best));
         }
     }
-    candidates.sort_by(|a, b| {
-        let (x, y) = (cfg.direction.to_minimize(a.1), cfg.direction.to_minimize(b.1));
-        x.partial_cmp(&y).unwrap_or(std::cmp::Ordering::Equal).then(b.2.cmp(&a.2))
-    });
+    candidates.sort_by(|a, b| best_first(a.1, b.1).then(b.2.cmp(&a.2)));
     let numbers: Vec<u64> = candidates.iter().map(|(c, _, _)| c.trial).collect();
     let paths: Vec<String> = candidates.iter().map(|(c, _, _)| c.checkpoint.display().to_string()).collect();
     let study = store.study(&cfg.name)?;
@@ -305,7 +311,6 @@ fn make_soup(cfg: &StudyConfig, store: &Store, study_id: i64, ft: &crate::traine
         Some(Value::Object(old)) if old.get("candidate_checkpoints") == Some(&json!(paths)) && soup_checkpoint_present(old) => old.clone(),
         _ => {
             let candidates = candidates.into_iter().map(|(c, _, _)| c).collect();
-            let device = cfg.execution.devices.first().cloned().unwrap_or_else(|| "cpu".into());
             if !quiet {
                 let mut trials: Vec<u64> = Vec::new();
                 for n in &numbers {
@@ -355,13 +360,10 @@ fn make_soup(cfg: &StudyConfig, store: &Store, study_id: i64, ft: &crate::traine
     if soup.contains_key("test") {
         return Ok(());
     }
-    let device = cfg.execution.devices.first().cloned().unwrap_or_else(|| "cpu".into());
     match ft.run_test(std::path::Path::new(&ckpt), &device) {
         Ok(test) => {
             if !quiet {
-                let show = |k: &str| test.get(k).and_then(|v| v.as_f64()).map(|v| format!("{k} {v:.4}"));
-                let parts: Vec<String> = ["accuracy", "f1_macro", "roc_auc", "loss"].iter().filter_map(|k| show(k)).collect();
-                eprintln!("test split (model soup, evaluated once): {}", parts.join(", "));
+                eprintln!("test split (model soup, evaluated once): {}", test_summary(&test));
                 eprintln!("soup checkpoint: {ckpt} (what `export` writes)");
             }
             soup.insert("test".into(), Value::Object(test));

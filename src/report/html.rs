@@ -230,19 +230,9 @@ fn best_section(h: &mut String, data: &StudyData) {
             valid = numeric_entries(last);
         }
     }
-    let mut table = |title: &str, entries: &[(String, String)]| {
-        if entries.is_empty() {
-            return;
-        }
-        let _ = writeln!(h, "<h3>{}</h3>\n<table class=\"kv\">", esc(title));
-        for (k, v) in entries {
-            let _ = writeln!(h, "<tr><th>{}</th><td class=\"num\">{}</td></tr>", esc(k), esc(v));
-        }
-        h.push_str("</table>\n");
-    };
-    table("Valid metrics", &valid);
+    kv_table(h, "Valid metrics", &valid);
     if let Some(Value::Object(test)) = b.metrics.get("test") {
-        table("Test metrics", &numeric_entries(test));
+        kv_table(h, "Test metrics", &numeric_entries(test));
     }
     let mut extra = Vec::new();
     if let Some(f) = fit_of(b) {
@@ -251,7 +241,19 @@ fn best_section(h: &mut String, data: &StudyData) {
     if let Some(c) = &b.checkpoint {
         extra.push(("checkpoint".to_string(), c.clone()));
     }
-    table("Other", &extra);
+    kv_table(h, "Other", &extra);
+}
+
+/// A titled two-column table of `entries` (nothing when there are none).
+fn kv_table(h: &mut String, title: &str, entries: &[(String, String)]) {
+    if entries.is_empty() {
+        return;
+    }
+    let _ = writeln!(h, "<h3>{}</h3>\n<table class=\"kv\">", esc(title));
+    for (k, v) in entries {
+        let _ = writeln!(h, "<tr><th>{}</th><td class=\"num\">{}</td></tr>", esc(k), esc(v));
+    }
+    h.push_str("</table>\n");
 }
 
 fn soup_section(h: &mut String, data: &StudyData) {
@@ -281,11 +283,7 @@ fn soup_section(h: &mut String, data: &StudyData) {
         num("best_single")
     );
     if let Some(Value::Object(test)) = soup.get("test") {
-        let _ = writeln!(h, "<h3>Soup test metrics</h3>\n<table class=\"kv\">");
-        for (k, v) in numeric_entries(test) {
-            let _ = writeln!(h, "<tr><th>{}</th><td class=\"num\">{}</td></tr>", esc(&k), esc(&v));
-        }
-        h.push_str("</table>\n");
+        kv_table(h, "Soup test metrics", &numeric_entries(test));
     }
 }
 
