@@ -44,7 +44,7 @@ pub fn norm_cdf(z: f64) -> f64 {
 }
 
 /// `ln φ(z)`.
-fn ln_norm_pdf(z: f64) -> f64 {
+pub fn ln_norm_pdf(z: f64) -> f64 {
     -0.5 * z * z - LN_SQRT_2PI
 }
 

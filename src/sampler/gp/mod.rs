@@ -10,7 +10,8 @@
 //!    which the raw values are most likely is kept;
 //! 3. the posterior the acquisition sees puts its constant prior mean at the worst observed
 //!    value (see `pessimistic`), and running trials enter it as clamped Kriging-believer
-//!    fantasies, so parallel suggestions differ;
+//!    fantasies and as local penalties (González et al., AISTATS 2016) that keep the next
+//!    suggestion out of the ball around each of them, so parallel suggestions differ;
 //! 4. log expected improvement of the next observation over the incumbent (the lowest
 //!    posterior mean at a completed trial; the best observed value while trials are
 //!    running) is maximised over the space ([`optimize`]):
@@ -52,7 +53,7 @@ use self::encoding::Encoding;
 use self::fit::{default_theta, FitData};
 use self::kernel::KernelParams;
 use self::linalg::Cholesky;
-use self::optimize::{Acquisition, SearchEffort};
+use self::optimize::{Acquisition, LocalPenalties, SearchEffort};
 use self::posterior::Posterior;
 use self::warp::{median, transform, transform_each, OutputWarp};
 use super::{splitmix64, Sampler, SamplerError, SuggestContext};
@@ -411,8 +412,8 @@ impl GpSampler {
     /// regret at 50 trials on every row but rosenbrock4, by up to 10× on noise-free
     /// sft-like). Against the best *observed* value, a lucky noisy observation sets a bar
     /// the model does not believe in, and EI then undervalues the region around it.
-    fn rank(&self, ctx: &SuggestContext<'_>, enc: &Encoding, posterior: &Posterior, best: f64, near: &[Vec<f64>]) -> Vec<(f64, Vec<f64>)> {
-        let acq = Acquisition { posterior, best, extra_var: posterior.params().noise_var };
+    fn rank(&self, ctx: &SuggestContext<'_>, enc: &Encoding, posterior: &Posterior, best: f64, near: &[Vec<f64>], penalties: &LocalPenalties) -> Vec<(f64, Vec<f64>)> {
+        let acq = Acquisition { posterior, best, extra_var: posterior.params().noise_var, penalties };
         let n = posterior.len() as f64;
         let mut effort = self.options.effort.clone();
         let affordable = (self.options.screen_budget / (0.5 * n * n).max(1.0)) as usize;
@@ -448,7 +449,8 @@ impl GpSampler {
         // (rosenbrock4 5.2 → 7.3, noisy sft-like 0.0039 → 0.0138, seeds 0–9).
         let best_observed = order.first().map_or(f64::INFINITY, |&i| ys[i]);
         let incumbent = if self.options.incumbent_mean && best_mean.is_finite() && obs.pending.is_empty() { best_mean } else { best_observed };
-        let ranked = self.rank(ctx, enc, &posterior, incumbent, &near);
+        let penalties = local_penalties(&posterior, &xs, &obs.pending, best_observed, is_cat);
+        let ranked = self.rank(ctx, enc, &posterior, incumbent, &near, &penalties);
         let sets: Vec<ParamSet> = ranked.iter().map(|(_, x)| enc.decode(x)).collect();
         // Prefer a point the study has not seen; never one that is running now.
         sets.iter()
@@ -456,6 +458,36 @@ impl GpSampler {
             .or_else(|| sets.iter().find(|s| !obs.pending_sets.iter().any(|t| SearchSpace::same_point(t, s))))
             .cloned()
     }
+}
+
+/// The local penalties of the running trials `pending` (none when nothing runs) under the
+/// posterior that already holds their Kriging-believer fantasies: each running trial rules
+/// out the ball around it where, by a Lipschitz bound, nothing can beat `best` (the best
+/// observed value) if it returns its fantasy. The bound is the largest gradient norm of the
+/// posterior mean at the observed and running points. The fantasy alone only shrinks the
+/// variance near a running trial, and EI near the incumbent stays high there, so four
+/// parallel suggestions crowded one spot; with the balls, `--parallel 4` regret at 50
+/// trials over seeds 0–29 fell on hartmann6 (0.0169 → 0.0075), rosenbrock4 (9.54 → 5.03),
+/// noisy sft-like (0.0051 → 0.0046) and sft-like (3.0e-8 → 7.8e-9), with branin level
+/// (3.2e-6 → 3.4e-6). Sequential suggestions are unchanged.
+fn local_penalties(posterior: &Posterior, xs: &[Vec<f64>], pending: &[Vec<f64>], best: f64, is_cat: &[bool]) -> LocalPenalties {
+    if pending.is_empty() {
+        return LocalPenalties::default();
+    }
+    let dims: Vec<usize> = (0..is_cat.len()).filter(|&d| !is_cat[d]).collect();
+    let lipschitz = xs
+        .iter()
+        .chain(pending)
+        .map(|x| posterior.predict_with_grad(x, &dims).d_mean.iter().map(|g| g * g).sum::<f64>().sqrt())
+        .fold(1e-7, f64::max);
+    let centres = pending
+        .iter()
+        .map(|c| {
+            let (m, v) = posterior.predict(c);
+            (c.clone(), m, v.max(1e-12).sqrt())
+        })
+        .collect();
+    LocalPenalties { centres, lipschitz, best, is_cat: is_cat.to_vec() }
 }
 
 impl Sampler for GpSampler {

@@ -18,7 +18,7 @@ use argmin::solver::quasinewton::LBFGS;
 use rand::Rng;
 use rand_distr::StandardNormal;
 
-use super::acquisition::log_ei;
+use super::acquisition::{ln_norm_cdf, ln_norm_pdf, log_ei};
 use super::encoding::{DimKind, Encoding};
 use super::posterior::Posterior;
 use super::quasi::shifted_sobol;
@@ -43,16 +43,58 @@ pub struct Acquisition<'a> {
     /// Variance added to the latent variance (the noise of an observation, when the
     /// improvement is measured on observations rather than on the latent function).
     pub extra_var: f64,
+    /// Local penalties of running trials (empty when none run).
+    pub penalties: &'a LocalPenalties,
+}
+
+/// Local penalization of running trials (González et al., "Batch Bayesian optimization via
+/// local penalization", AISTATS 2016), for minimisation: a running trial at `c` with
+/// posterior mean `μ` and sd `σ` makes a point at distance `d` from it worth
+/// `Φ((M + L d − μ)/σ)` of its acquisition, the probability that the minimum is not
+/// ruled out there by a Lipschitz bound `L` (`M`: the best value). The acquisition gains
+/// `Σ ln Φ(…)`.
+#[derive(Debug, Clone, Default)]
+pub struct LocalPenalties {
+    pub centres: Vec<(Vec<f64>, f64, f64)>,
+    pub lipschitz: f64,
+    pub best: f64,
+    pub is_cat: Vec<bool>,
+}
+
+impl LocalPenalties {
+    /// The log penalty at `x` and its derivative along `dims`.
+    pub fn at(&self, x: &[f64], dims: &[usize]) -> (f64, Vec<f64>) {
+        let mut total = 0.0;
+        let mut grad = vec![0.0; dims.len()];
+        for (c, mean, sd) in &self.centres {
+            let d2: f64 = x.iter().zip(c).zip(&self.is_cat).map(|((a, b), cat)| if *cat { if a == b { 0.0 } else { 1.0 } } else { (a - b) * (a - b) }).sum();
+            let d = d2.sqrt();
+            let u = (self.best + self.lipschitz * d - mean) / sd;
+            total += ln_norm_cdf(u);
+            if d > 0.0 {
+                let slope = (ln_norm_pdf(u) - ln_norm_cdf(u)).exp() * self.lipschitz / sd / d;
+                for (k, &dim) in dims.iter().enumerate() {
+                    grad[k] += slope * (x[dim] - c[dim]);
+                }
+            }
+        }
+        (total, grad)
+    }
 }
 
 impl Acquisition<'_> {
     pub fn value(&self, x: &[f64]) -> f64 {
         let (m, v) = self.posterior.predict(x);
-        log_ei(m, v + self.extra_var, self.best).0
+        log_ei(m, v + self.extra_var, self.best).0 + self.penalties.at(x, &[]).0
     }
 
     pub fn values(&self, xs: &[Vec<f64>]) -> Vec<f64> {
-        self.posterior.predict_many(xs).into_iter().map(|(m, v)| log_ei(m, v + self.extra_var, self.best).0).collect()
+        self.posterior
+            .predict_many(xs)
+            .into_iter()
+            .zip(xs)
+            .map(|((m, v), x)| log_ei(m, v + self.extra_var, self.best).0 + self.penalties.at(x, &[]).0)
+            .collect()
     }
 }
 
@@ -104,9 +146,11 @@ impl Polish<'_> {
         let x = self.point(z);
         let p = self.acq.posterior.predict_with_grad(&x, self.dims);
         let (value, dm, dv) = log_ei(p.mean, p.var + self.acq.extra_var, self.acq.best);
+        let (pen, pen_grad) = self.acq.penalties.at(&x, self.dims);
+        let value = value + pen;
         let grad: Vec<f64> = (0..self.dims.len())
             .map(|k| {
-                let g = -(dm * p.d_mean[k] + dv * p.d_var[k]) * reflect_slope(z[k]);
+                let g = -(dm * p.d_mean[k] + dv * p.d_var[k] + pen_grad[k]) * reflect_slope(z[k]);
                 if g.is_finite() {
                     g
                 } else {
@@ -274,4 +318,54 @@ pub fn maximize<R: Rng>(
     out.sort_by(|a, b| b.0.total_cmp(&a.0));
     out.dedup_by(|a, b| a.1 == b.1);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn penalties() -> LocalPenalties {
+        // Two running trials: a bad one (mean 1 above the best, sd 0.01) and one as good as
+        // the best; a categorical third coordinate.
+        LocalPenalties {
+            centres: vec![(vec![0.2, 0.3, 0.0], 1.0, 0.01), (vec![0.7, 0.7, 1.0], 0.0, 0.1)],
+            lipschitz: 4.0,
+            best: 0.0,
+            is_cat: vec![false, false, true],
+        }
+    }
+
+    #[test]
+    fn a_running_trial_rules_out_the_ball_its_bound_gives() {
+        let p = penalties();
+        // The bad trial's ball has radius (1 − 0)/4 = 0.25: deep inside, the point is ruled
+        // out; well outside both balls nothing is lost.
+        assert!(p.at(&[0.2, 0.3, 0.0], &[]).0 < -1000.0);
+        assert!(p.at(&[0.2, 0.4, 0.0], &[]).0 < -100.0);
+        assert!(p.at(&[0.2, 0.6, 0.0], &[]).0.abs() < 1e-3);
+        // A running trial expected to match the best halves the acquisition at its own
+        // point (Φ(0)) and no more.
+        let at_good = p.at(&[0.7, 0.7, 1.0], &[]).0;
+        assert!((at_good - 0.5f64.ln()).abs() < 1e-3, "{at_good}");
+        // Another category is at distance 1 and outside both balls.
+        assert!(p.at(&[0.7, 0.7, 0.0], &[]).0.abs() < 1e-3);
+        // Nothing running: no penalty.
+        assert_eq!(LocalPenalties::default().at(&[0.5, 0.5, 0.0], &[0, 1]), (0.0, vec![0.0, 0.0]));
+    }
+
+    #[test]
+    fn penalty_gradient_matches_finite_differences() {
+        let p = penalties();
+        for x in [[0.35, 0.42, 0.0], [0.6, 0.75, 1.0], [0.45, 0.3, 1.0]] {
+            let (_, g) = p.at(&x, &[0, 1]);
+            for (k, d) in [0usize, 1].into_iter().enumerate() {
+                let h = 1e-6;
+                let (mut up, mut down) = (x, x);
+                up[d] += h;
+                down[d] -= h;
+                let fd = (p.at(&up, &[]).0 - p.at(&down, &[]).0) / (2.0 * h);
+                assert!((g[k] - fd).abs() < 1e-4 * (1.0 + fd.abs()), "x {x:?} dim {d}: {} vs {fd}", g[k]);
+            }
+        }
+    }
 }
