@@ -26,14 +26,20 @@ pub fn build_sampler(cfg: &StudyConfig) -> anyhow::Result<Box<dyn Sampler>> {
 }
 
 /// Start-up trials of a GP study: `[sampler] n_startup` when given, else the sampler's
-/// default for the space but at most half of `n_trials` (and at least 3), so a small budget —
-/// 8 fine-tuning trials over 4 parameters — still gets model-guided trials instead of
-/// spending all of them on quasi-random points.
+/// default for the space, but with a budget of `n_trials` at most a quarter of it (and at
+/// least 4), and never more than half of it (and at least 3). A small budget — 8 fine-tuning
+/// trials over 4 parameters — thus gets model-guided trials instead of spending all of
+/// them on quasi-random points. On the benchmark functions (100 seeds each) a quarter beat
+/// the former half at 10–25 trials: median regret at 16 trials on noisy sft-like 0.034 →
+/// 0.024, hartmann6 1.18 → 0.98, rosenbrock4 440 → 271, branin level (README, *GP sampler*).
 pub fn gp_n_startup(cfg: &StudyConfig) -> usize {
     let default = crate::sampler::gp::default_n_startup(crate::sampler::gp::encoding::Encoding::new(&cfg.space).kinds());
     match (cfg.sampler.n_startup, cfg.n_trials) {
         (Some(n), _) => n,
-        (None, Some(budget)) => default.min(((budget / 2) as usize).max(3)),
+        (None, Some(budget)) => {
+            let budget = usize::try_from(budget).unwrap_or(usize::MAX);
+            default.min(budget.div_ceil(4).max(4)).min((budget / 2).max(3))
+        }
         (None, None) => default,
     }
 }
@@ -423,10 +429,14 @@ mod tests {
     }
 
     #[test]
-    fn gp_start_up_is_capped_by_half_the_budget() {
+    fn gp_start_up_is_capped_by_a_quarter_of_the_budget() {
         // 2 discrete parameters (c, d): the sampler's default is 5 + 2 = 7.
         assert_eq!(gp_n_startup(&config("", "n_trials = 100")), 7);
+        assert_eq!(gp_n_startup(&config("", "n_trials = 25")), 7);
+        assert_eq!(gp_n_startup(&config("", "n_trials = 20")), 5);
+        assert_eq!(gp_n_startup(&config("", "n_trials = 16")), 4);
         assert_eq!(gp_n_startup(&config("", "n_trials = 8")), 4);
+        assert_eq!(gp_n_startup(&config("", "n_trials = 6")), 3);
         assert_eq!(gp_n_startup(&config("", "n_trials = 4")), 3);
         assert_eq!(gp_n_startup(&config("n_startup = 6", "n_trials = 8")), 6);
     }
