@@ -1,5 +1,5 @@
-//! Writes a tiny random BERT as a Hugging Face folder, for tests: a WordPiece tokenizer trained
-//! with the `tokenizers` crate on the given texts (`tokenizer.json`, `vocab.txt`), a
+//! Writes a tiny random BERT as a Hugging Face folder, for tests: a WordPiece tokenizer built
+//! with the `tokenizers` crate from the words of the given texts (`tokenizer.json`, `vocab.txt`), a
 //! `config.json` with BertConfig fields and `model.safetensors` with random weights under HF
 //! names (`bert.` prefix, no classifier). Runs in well under a second.
 
@@ -10,11 +10,11 @@ use candle_core::{Device, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
-use tokenizers::models::wordpiece::{WordPiece, WordPieceTrainerBuilder};
+use tokenizers::models::wordpiece::WordPiece;
 use tokenizers::normalizers::bert::BertNormalizer;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::processors::template::TemplateProcessing;
-use tokenizers::{AddedToken, TokenizerImpl};
+use tokenizers::{AddedToken, NormalizedString, Normalizer, OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer, TokenizerImpl};
 
 /// What [`write_tiny_bert`] produced.
 #[derive(Debug, Clone)]
@@ -33,19 +33,39 @@ pub fn write_tiny_bert(dir: &Path, texts: &[String], layers: usize, hidden: usiz
     anyhow::ensure!(hidden >= 4 && hidden.is_multiple_of(4), "hidden {hidden} must be a positive multiple of 4");
     std::fs::create_dir_all(dir)?;
 
-    // Tokenizer.
+    // Tokenizer: a WordPiece vocabulary of the special tokens, every word of `texts` (as
+    // BERT's normaliser and pre-tokeniser split them) and every character, alone and as a
+    // `##` continuation, so unseen words still tokenise. Built directly rather than with
+    // `tokenizers`' trainer, whose merges between pairs of equal count follow hash-map order
+    // and change from run to run; this way one seed always writes the same files.
     type Tok = TokenizerImpl<WordPiece, BertNormalizer, BertPreTokenizer, TemplateProcessing, tokenizers::decoders::wordpiece::WordPiece>;
-    let mut tok: Tok = TokenizerImpl::new(WordPiece::default());
-    tok.with_normalizer(Some(BertNormalizer::new(true, true, None, true)));
+    let normalizer = BertNormalizer::new(true, true, None, true);
+    let mut words = std::collections::BTreeSet::new();
+    for text in texts {
+        let mut normalized = NormalizedString::from(text.as_str());
+        normalizer.normalize(&mut normalized).map_err(|e| anyhow::anyhow!("normalising {text:?}: {e}"))?;
+        let mut pre = PreTokenizedString::from(normalized);
+        BertPreTokenizer.pre_tokenize(&mut pre).map_err(|e| anyhow::anyhow!("pre-tokenising {text:?}: {e}"))?;
+        for (word, _, _) in pre.get_splits(OffsetReferential::Original, OffsetType::Byte) {
+            words.insert(word.to_string());
+        }
+    }
+    let chars: std::collections::BTreeSet<char> = words.iter().flat_map(|w| w.chars()).collect();
+    let mut tokens: std::collections::BTreeSet<String> = words.clone();
+    for c in &chars {
+        tokens.insert(c.to_string());
+        tokens.insert(format!("##{c}"));
+    }
+    let ordered: Vec<String> = SPECIAL_TOKENS.iter().map(|t| t.to_string()).chain(tokens.into_iter().filter(|t| !SPECIAL_TOKENS.contains(&t.as_str()))).collect();
+    let vocab_txt = dir.join("vocab.txt");
+    std::fs::write(&vocab_txt, ordered.join("\n") + "\n")?;
+    let vocab_path = vocab_txt.to_str().ok_or_else(|| anyhow::anyhow!("{} is not UTF-8", vocab_txt.display()))?;
+    let model = WordPiece::from_file(vocab_path).unk_token("[UNK]".into()).build().map_err(|e| anyhow::anyhow!("WordPiece: {e}"))?;
+    let mut tok: Tok = TokenizerImpl::new(model);
+    tok.with_normalizer(Some(normalizer));
     tok.with_pre_tokenizer(Some(BertPreTokenizer));
     tok.with_decoder(Some(tokenizers::decoders::wordpiece::WordPiece::default()));
-    let mut trainer = WordPieceTrainerBuilder::new()
-        .show_progress(false)
-        .vocab_size(2000)
-        .min_frequency(1)
-        .special_tokens(SPECIAL_TOKENS.iter().map(|t| AddedToken::from(*t, true)).collect())
-        .build();
-    tok.train(&mut trainer, texts.iter()).map_err(|e| anyhow::anyhow!("training WordPiece: {e}"))?;
+    tok.add_special_tokens(&SPECIAL_TOKENS.iter().map(|t| AddedToken::from(*t, true)).collect::<Vec<_>>());
     let id = |t: &str| tok.token_to_id(t).ok_or_else(|| anyhow::anyhow!("special token {t} missing"));
     let (cls, sep) = (id("[CLS]")?, id("[SEP]")?);
     let template = TemplateProcessing::builder()

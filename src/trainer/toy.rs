@@ -51,3 +51,20 @@ pub fn write_toy_task(dir: &Path, rows: usize, seed: u64) -> anyhow::Result<ToyT
     write_tiny_bert(&model_dir, &texts, 2, 32, seed)?;
     Ok(ToyTask { model_dir, csv: csv_path })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_seed_writes_the_same_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = write_toy_task(&dir.path().join("a"), 120, 7).unwrap();
+        let b = write_toy_task(&dir.path().join("b"), 120, 7).unwrap();
+        for f in ["vocab.txt", "tokenizer.json", "config.json", "model.safetensors"] {
+            let (x, y) = (std::fs::read(a.model_dir.join(f)).unwrap(), std::fs::read(b.model_dir.join(f)).unwrap());
+            assert!(x == y, "{f} differs between two toy tasks of one seed");
+        }
+        assert_eq!(std::fs::read(&a.csv).unwrap(), std::fs::read(&b.csv).unwrap());
+    }
+}
