@@ -399,19 +399,25 @@ mod tests {
         assert_eq!(LocalPenalties::default().at(&[0.5, 0.5, 0.0], &[0, 1]), (0.0, vec![0.0, 0.0]));
     }
 
+    /// Checks `term(x, [0, 1]).1` (the derivative along the first two coordinates) against
+    /// central differences of `term(x, []).0`.
+    fn assert_gradient(term: impl Fn(&[f64], &[usize]) -> (f64, Vec<f64>), x: &[f64]) {
+        let (_, g) = term(x, &[0, 1]);
+        for d in 0..2 {
+            let h = 1e-6;
+            let (mut up, mut down) = (x.to_vec(), x.to_vec());
+            up[d] += h;
+            down[d] -= h;
+            let fd = (term(&up, &[]).0 - term(&down, &[]).0) / (2.0 * h);
+            assert!((g[d] - fd).abs() < 1e-4 * (1.0 + fd.abs()), "x {x:?} dim {d}: {} vs {fd}", g[d]);
+        }
+    }
+
     #[test]
     fn penalty_gradient_matches_finite_differences() {
         let p = penalties();
         for x in [[0.35, 0.42, 0.0], [0.6, 0.75, 1.0], [0.45, 0.3, 1.0]] {
-            let (_, g) = p.at(&x, &[0, 1]);
-            for (k, d) in [0usize, 1].into_iter().enumerate() {
-                let h = 1e-6;
-                let (mut up, mut down) = (x, x);
-                up[d] += h;
-                down[d] -= h;
-                let fd = (p.at(&up, &[]).0 - p.at(&down, &[]).0) / (2.0 * h);
-                assert!((g[k] - fd).abs() < 1e-4 * (1.0 + fd.abs()), "x {x:?} dim {d}: {} vs {fd}", g[k]);
-            }
+            assert_gradient(|x, dims| p.at(x, dims), &x);
         }
     }
 
@@ -429,15 +435,7 @@ mod tests {
         let (bad, _) = feas.at(&[0.8, 0.5], &[]);
         assert!(ok > -0.1 && bad < -3.0, "ln P(success): {ok} among successes, {bad} among failures");
         for x in [[0.45, 0.5], [0.6, 0.3], [0.2, 0.9]] {
-            let (_, g) = feas.at(&x, &[0, 1]);
-            for d in 0..2 {
-                let h = 1e-6;
-                let (mut up, mut down) = (x, x);
-                up[d] += h;
-                down[d] -= h;
-                let fd = (feas.at(&up, &[]).0 - feas.at(&down, &[]).0) / (2.0 * h);
-                assert!((g[d] - fd).abs() < 1e-4 * (1.0 + fd.abs()), "x {x:?} dim {d}: {} vs {fd}", g[d]);
-            }
+            assert_gradient(|x, dims| feas.at(x, dims), &x);
         }
     }
 }
