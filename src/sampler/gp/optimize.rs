@@ -71,6 +71,12 @@ impl Feasibility {
     /// Sharpness κ of the probit.
     pub const SHARPNESS: f64 = 4.0;
 
+    /// `ln P(success)` where the classifier's posterior (before its prior) has mean `mean`
+    /// and variance `var`.
+    pub fn ln_success(&self, mean: f64, var: f64) -> f64 {
+        ln_norm_cdf(Self::SHARPNESS * (self.prior + mean) / (1.0 + var).sqrt())
+    }
+
     /// `ln P(success)` at `x` and its derivative along `dims`.
     pub fn at(&self, x: &[f64], dims: &[usize]) -> (f64, Vec<f64>) {
         let p = self.posterior.predict_with_grad(x, dims);
@@ -129,11 +135,16 @@ impl Acquisition<'_> {
     }
 
     pub fn values(&self, xs: &[Vec<f64>]) -> Vec<f64> {
+        let feasible: Vec<f64> = match self.feasibility {
+            Some(f) => f.posterior.predict_many(xs).into_iter().map(|(m, v)| f.ln_success(m, v)).collect(),
+            None => vec![0.0; xs.len()],
+        };
         self.posterior
             .predict_many(xs)
             .into_iter()
             .zip(xs)
-            .map(|((m, v), x)| log_ei(m, v + self.extra_var, self.best).0 + self.extra(x))
+            .zip(feasible)
+            .map(|(((m, v), x), f)| log_ei(m, v + self.extra_var, self.best).0 + self.penalties.at(x, &[]).0 + f)
             .collect()
     }
 
@@ -434,6 +445,8 @@ mod tests {
         let (ok, _) = feas.at(&[0.25, 0.5], &[]);
         let (bad, _) = feas.at(&[0.8, 0.5], &[]);
         assert!(ok > -0.1 && bad < -3.0, "ln P(success): {ok} among successes, {bad} among failures");
+        let (m, v) = feas.posterior.predict(&[0.8, 0.5]);
+        assert!((feas.ln_success(m, v) - bad).abs() < 1e-12, "the batched form agrees");
         for x in [[0.45, 0.5], [0.6, 0.3], [0.2, 0.9]] {
             assert_gradient(|x, dims| feas.at(x, dims), &x);
         }
