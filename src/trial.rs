@@ -216,6 +216,21 @@ pub fn best_trial(trials: &[TrialRecord], direction: Direction) -> Option<&Trial
         .map(|(t, _)| t)
 }
 
+/// How a trial process's error starts when the machine failed it rather than the trial (a
+/// checkpoint that could not be written: disk full, folder unwritable). Kept as the reason
+/// as is, and retried.
+pub const IO_ERROR_PREFIX: &str = "io error: ";
+
+/// Whether a failure came from outside the trial (interrupted, killed, timed out, cancelled,
+/// an I/O error of the machine), rather than being the trial's own verdict (an error it
+/// reported, a NaN, a non-zero exit). The scheduler retries the former; the GP sampler
+/// learns which settings fail from the latter only.
+pub fn is_external_failure(reason: &str) -> bool {
+    ["interrupted", "worker exited: signal", "timeout", "cancelled", "lost track", IO_ERROR_PREFIX]
+        .iter()
+        .any(|p| reason.starts_with(p))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

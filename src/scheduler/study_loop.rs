@@ -108,18 +108,9 @@ pub enum LoopError {
     Panic(String),
 }
 
-/// How a trial process's error starts when the machine failed it rather than the trial (a
-/// checkpoint that could not be written: disk full, folder unwritable). Kept as the reason
-/// as is, and retried.
-pub const IO_ERROR_PREFIX: &str = "io error: ";
-
-/// Whether a failure came from outside the trial (and is worth running again), rather than
-/// being the trial's own verdict (an error it reported, a NaN, a non-zero exit).
-pub fn is_retryable(reason: &str) -> bool {
-    ["interrupted", "worker exited: signal", "timeout", "cancelled", "lost track", IO_ERROR_PREFIX]
-        .iter()
-        .any(|p| reason.starts_with(p))
-}
+/// Whether a failure is worth running again: one from outside the trial.
+pub use crate::trial::is_external_failure as is_retryable;
+pub use crate::trial::IO_ERROR_PREFIX;
 
 /// Runs the study until it ends; returns why it ended.
 pub fn run_study(run: &StudyRun) -> Result<RunSummary, LoopError> {

@@ -224,7 +224,7 @@ struct Observations {
     taken: Vec<ParamSet>,
     /// Parameter sets of pending trials (must never be proposed again).
     pending_sets: Vec<ParamSet>,
-    /// Failed trials (for the model of which settings fail).
+    /// Trials that failed by their own verdict (for the model of which settings fail).
     failed: Vec<Vec<f64>>,
 }
 
@@ -241,7 +241,9 @@ impl Observations {
                     obs.pending.push(x);
                     obs.pending_sets.push(t.params.clone());
                 }
-                (TrialState::Fail, _) => obs.failed.push(x),
+                // Only a trial's own verdict says something about its settings; a trial that
+                // was interrupted, killed or timed out says nothing (and is retried).
+                (TrialState::Fail, _) if !t.error.as_deref().is_some_and(crate::trial::is_external_failure) => obs.failed.push(x),
                 _ => {}
             }
             if t.state != TrialState::Fail {
@@ -717,15 +719,18 @@ mod tests {
         let history = vec![
             TrialRecord::new(0, TrialState::Complete, p(0.1), Some(3.0)),
             TrialRecord::new(1, TrialState::Fail, p(0.2), None),
+            TrialRecord { error: Some("interrupted (its owner is gone)".into()), ..TrialRecord::new(7, TrialState::Fail, p(0.6), None) },
+            TrialRecord { error: Some("diverged: loss is NaN at step 3".into()), ..TrialRecord::new(8, TrialState::Fail, p(0.7), None) },
             TrialRecord::new(2, TrialState::Pruned, p(0.3), Some(0.5)),
             TrialRecord::new(3, TrialState::Complete, p(0.4), Some(1.0)),
             TrialRecord::new(4, TrialState::Running, p(0.5), None),
         ];
-        let ctx = SuggestContext { space: &space, direction: Direction::Minimize, history: &history, number: 5, seed: 0 };
+        let ctx = SuggestContext { space: &space, direction: Direction::Minimize, history: &history, number: 9, seed: 0 };
         let obs = Observations::collect(&ctx, &enc);
         assert_eq!(obs.points.len(), 3);
         assert_eq!(obs.pending.len(), 1);
-        assert_eq!(obs.failed, vec![vec![0.2]]);
+        // The interrupted trial says nothing about its settings; the diverged one does.
+        assert_eq!(obs.failed, vec![vec![0.2], vec![0.7]]);
         // Median of completed values is 2.0, so the pruned 0.5 counts as 2.0.
         assert_eq!(raw_values(&obs.points), vec![3.0, 2.0, 1.0]);
     }
