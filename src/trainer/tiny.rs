@@ -51,7 +51,7 @@ pub fn write_tiny_bert(dir: &Path, texts: &[String], layers: usize, hidden: usiz
         }
     }
     let chars: std::collections::BTreeSet<char> = words.iter().flat_map(|w| w.chars()).collect();
-    let mut tokens: std::collections::BTreeSet<String> = words.clone();
+    let mut tokens = words;
     for c in &chars {
         tokens.insert(c.to_string());
         tokens.insert(format!("##{c}"));

@@ -20,6 +20,7 @@ use rand_distr::StandardNormal;
 
 use super::acquisition::{ln_norm_cdf, ln_norm_pdf, log_ei};
 use super::encoding::{DimKind, Encoding};
+use super::kernel::dim_sq_diff;
 use super::posterior::Posterior;
 use super::quasi::shifted_sobol;
 
@@ -71,24 +72,27 @@ impl Feasibility {
     /// Sharpness κ of the probit.
     pub const SHARPNESS: f64 = 4.0;
 
+    /// The probit's argument `κ μ / √(1 + σ²)` where the classifier's posterior (before its
+    /// prior) has mean `mean` and variance `var`.
+    fn probit_arg(&self, mean: f64, var: f64) -> f64 {
+        Self::SHARPNESS * (self.prior + mean) / (1.0 + var).sqrt()
+    }
+
     /// `ln P(success)` where the classifier's posterior (before its prior) has mean `mean`
     /// and variance `var`.
     pub fn ln_success(&self, mean: f64, var: f64) -> f64 {
-        ln_norm_cdf(Self::SHARPNESS * (self.prior + mean) / (1.0 + var).sqrt())
+        ln_norm_cdf(self.probit_arg(mean, var))
     }
 
     /// `ln P(success)` at `x` and its derivative along `dims`.
     pub fn at(&self, x: &[f64], dims: &[usize]) -> (f64, Vec<f64>) {
         let p = self.posterior.predict_with_grad(x, dims);
-        let mean = self.prior + p.mean;
-        let sd = (1.0 + p.var).sqrt();
-        let k = Self::SHARPNESS;
-        let u = k * mean / sd;
+        let u = self.probit_arg(p.mean, p.var);
         let value = ln_norm_cdf(u);
-        let slope = (ln_norm_pdf(u) - value).exp();
-        let grad = (0..dims.len())
-            .map(|j| slope * k * (p.d_mean[j] / sd - mean * p.d_var[j] / (2.0 * sd * sd * sd)))
-            .collect();
+        // du/dx = κ (μ'/s − μ var'/(2 s³)) with s = √(1 + σ²), μ the mean after the prior.
+        let (mean, sd) = (self.prior + p.mean, (1.0 + p.var).sqrt());
+        let slope = (ln_norm_pdf(u) - value).exp() * Self::SHARPNESS;
+        let grad = (0..dims.len()).map(|j| slope * (p.d_mean[j] / sd - mean * p.d_var[j] / (2.0 * sd * sd * sd))).collect();
         (value, grad)
     }
 }
@@ -113,12 +117,12 @@ impl LocalPenalties {
         let mut total = 0.0;
         let mut grad = vec![0.0; dims.len()];
         for (c, mean, sd) in &self.centres {
-            let d2: f64 = x.iter().zip(c).zip(&self.is_cat).map(|((a, b), cat)| if *cat { if a == b { 0.0 } else { 1.0 } } else { (a - b) * (a - b) }).sum();
-            let d = d2.sqrt();
+            let d = x.iter().zip(c).zip(&self.is_cat).map(|((&a, &b), &cat)| dim_sq_diff(a, b, cat)).sum::<f64>().sqrt();
             let u = (self.best + self.lipschitz * d - mean) / sd;
-            total += ln_norm_cdf(u);
+            let ln_cdf = ln_norm_cdf(u);
+            total += ln_cdf;
             if d > 0.0 {
-                let slope = (ln_norm_pdf(u) - ln_norm_cdf(u)).exp() * self.lipschitz / sd / d;
+                let slope = (ln_norm_pdf(u) - ln_cdf).exp() * self.lipschitz / sd / d;
                 for (k, &dim) in dims.iter().enumerate() {
                     grad[k] += slope * (x[dim] - c[dim]);
                 }
