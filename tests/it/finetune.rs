@@ -136,18 +136,23 @@ fn a_nan_loss_fails_the_trial_and_the_study_goes_on() {
     assert_eq!(count(&trials, "COMPLETE"), 2);
 }
 
-#[test]
-fn a_greedy_soup_is_chosen_on_valid_averages_its_trials_is_tested_once_and_exported() {
+/// Runs a study of `n` trials of `epochs` epochs on the toy task (120 rows, seed 7) with
+/// `extra` after `[train]`; returns its folder, the run's output and `best --format json`.
+fn run_toy_study(n: u64, epochs: u32, extra: &str) -> (StudyDir, std::process::Output, Value) {
     let d = StudyDir::new();
     let toy = write_toy_task(&d.path().join("toy"), 120, 7).unwrap();
-    let soup = "\n[soup]\nkind = \"greedy\"\ncandidates = 3\n";
-    let text = finetune_study(&toy.model_dir.display().to_string(), &toy.csv.display().to_string(), 4, soup).replace("epochs = 2", "epochs = 6");
+    let text = finetune_study(&toy.model_dir.display().to_string(), &toy.csv.display().to_string(), n, extra).replace("epochs = 2", &format!("epochs = {epochs}"));
     d.write("s.toml", &text);
     let out = d.run(&["run", "s.toml"]);
     assert!(out.status.success(), "{}", stderr(&out));
+    let best: Value = serde_json::from_slice(&d.run(&["best", "s.toml", "--format", "json"]).stdout).unwrap();
+    (d, out, best)
+}
+
+#[test]
+fn a_greedy_soup_is_chosen_on_valid_averages_its_trials_is_tested_once_and_exported() {
+    let (d, out, best) = run_toy_study(4, 6, "\n[soup]\nkind = \"greedy\"\ncandidates = 3\n");
     assert!(stderr(&out).contains("model soup: averaging the best of 3 checkpoints of trials"), "{}", stderr(&out));
-    let best = d.run(&["best", "s.toml", "--format", "json"]);
-    let best: Value = serde_json::from_slice(&best.stdout).unwrap();
     let soup = &best["soup"];
     // Candidates: the 3 best COMPLETE trials, best first (the first is the best trial).
     let trials = d.trials("s.toml");
@@ -251,14 +256,7 @@ fn a_soup_table_needs_a_finetune_objective() {
 
 #[test]
 fn a_soup_over_all_kept_checkpoints_can_average_epochs_of_one_trial() {
-    let d = StudyDir::new();
-    let toy = write_toy_task(&d.path().join("toy"), 120, 7).unwrap();
-    let extra = "keep_checkpoints = \"all\"\n\n[soup]\nkind = \"greedy\"\ncandidates = 2\ncheckpoints = \"all\"\n";
-    let text = finetune_study(&toy.model_dir.display().to_string(), &toy.csv.display().to_string(), 3, extra).replace("epochs = 2", "epochs = 3");
-    d.write("s.toml", &text);
-    let out = d.run(&["run", "s.toml"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let best: Value = serde_json::from_slice(&d.run(&["best", "s.toml", "--format", "json"]).stdout).unwrap();
+    let (_d, _, best) = run_toy_study(3, 3, "keep_checkpoints = \"all\"\n\n[soup]\nkind = \"greedy\"\ncandidates = 2\ncheckpoints = \"all\"\n");
     let soup = &best["soup"];
     // Every checkpoint the two best trials kept (3 epochs each, one folder per epoch) is a
     // candidate; the first is the best trial's best checkpoint.
