@@ -202,7 +202,7 @@ pub struct BenchSchedulerArgs {
 
 #[derive(Debug, Args)]
 pub struct BenchPruningArgs {
-    /// A synthetic function (sft-like, branin, hartmann6, rosenbrock4).
+    /// A built-in function (see `bench sampler --help`).
     #[arg(long, default_value = "sft-like")]
     pub function: String,
     /// Completed-or-pruned trials per study.
@@ -237,7 +237,8 @@ pub struct BenchPruningArgs {
 
 #[derive(Debug, Args)]
 pub struct BenchSamplerArgs {
-    /// branin, hartmann6, rosenbrock4 or sft-like.
+    /// branin, hartmann6, rosenbrock4, sft-like (the anchors' functions); hartmann3, ackley5,
+    /// levy4, styblinski-tang4, six-hump-camel, goldstein-price, mixed-ft (the generality set).
     #[arg(long)]
     pub function: String,
     /// gp, random or grid.

@@ -138,7 +138,7 @@ impl Default for SamplerSection {
 #[serde(deny_unknown_fields)]
 pub struct ObjectiveSection {
     pub kind: Spanned<String>,
-    /// For `synthetic`: branin, hartmann6, rosenbrock4 or sft-like.
+    /// For `synthetic`: one of the built-in functions ([`crate::objective::SyntheticFunction`]).
     pub function: Option<Spanned<String>>,
     /// For `synthetic`: Gaussian noise sigma added to each value.
     #[serde(default)]

@@ -69,3 +69,37 @@ fn a_region_that_always_fails_does_not_stop_a_gp_study() {
     let best = trials.iter().filter_map(|t| t["value"].as_f64()).fold(f64::INFINITY, f64::min);
     assert!(best < 0.05 + 1e-3, "best {best}");
 }
+
+#[test]
+fn the_bench_runs_the_generality_set_and_a_study_optimises_the_mixed_function() {
+    // `bench sampler` on a function outside the anchors' four: one JSON line per seed whose
+    // incumbent never gets worse and stays at or above the optimum (0.1).
+    let d = StudyDir::new();
+    let out = d.run(&["bench", "sampler", "--function", "mixed-ft", "--trials", "14", "--seeds", "2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    for line in &lines {
+        let best: Vec<f64> = line["best"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        assert_eq!(best.len(), 14);
+        assert!(best.windows(2).all(|w| w[1] <= w[0]) && best[13] >= 0.1, "{best:?}");
+    }
+    // The same function as a study: a string categorical and an int through the GP and the store.
+    d.write(
+        "s.toml",
+        "[study]\nname = \"mixed\"\ndirection = \"minimize\"\nn_trials = 12\nseed = 2\n[space]\noptimizer = { type = \"categorical\", choices = [\"sgd\", \"adam\", \"adamw\"] }\nlearning_rate = { type = \"float\", low = 1e-5, high = 1e-1, log = true }\nweight_decay = { type = \"float\", low = 1e-6, high = 1e-1, log = true }\nwarmup_ratio = { type = \"float\", low = 0.0, high = 0.3 }\nepochs = { type = \"int\", low = 1, high = 20 }\ndropout = { type = \"float\", low = 0.0, high = 0.5 }\n[sampler]\nkind = \"gp\"\n[objective]\nkind = \"synthetic\"\nfunction = \"mixed-ft\"\n[execution]\ndevices = [\"cpu\"]\n",
+    );
+    let out = d.run(&["run", "s.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let trials = d.trials("s.toml");
+    assert_eq!(count(&trials, "COMPLETE"), 12);
+    for t in &trials {
+        let opt = t["params"]["optimizer"].as_str().unwrap();
+        assert!(["sgd", "adam", "adamw"].contains(&opt), "{t}");
+        assert!(t["value"].as_f64().unwrap() >= 0.1);
+    }
+    // A wrong function name lists the ones there are.
+    let out = d.run(&["bench", "sampler", "--function", "nope", "--trials", "5", "--seeds", "1"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("mixed-ft"), "{}", stderr(&out));
+}
