@@ -27,6 +27,7 @@ pub enum SyntheticFunction {
     MixedFt,
 }
 
+/// The α of both Hartmann functions.
 const H6_ALPHA: [f64; 4] = [1.0, 1.2, 3.0, 3.2];
 const H6_A: [[f64; 6]; 4] = [
     [10.0, 3.0, 17.0, 3.5, 1.7, 8.0],
@@ -172,15 +173,7 @@ impl SyntheticFunction {
                 let (r, s, t) = (6.0, 10.0, 1.0 / (8.0 * PI));
                 a * (x2 - b * x1 * x1 + c * x1 - r).powi(2) + s * (1.0 - t) * x1.cos() + s
             }
-            SyntheticFunction::Hartmann6 => {
-                let x = self.get_vec::<6>(p)?;
-                let mut total = 0.0;
-                for i in 0..4 {
-                    let inner: f64 = (0..6).map(|j| H6_A[i][j] * (x[j] - H6_P[i][j]).powi(2)).sum();
-                    total += H6_ALPHA[i] * (-inner).exp();
-                }
-                -total
-            }
+            SyntheticFunction::Hartmann6 => hartmann(&self.get_vec::<6>(p)?, &H6_A, &H6_P),
             SyntheticFunction::Rosenbrock4 => {
                 let x = self.get_vec::<4>(p)?;
                 (0..3).map(|i| 100.0 * (x[i + 1] - x[i] * x[i]).powi(2) + (1.0 - x[i]).powi(2)).sum()
@@ -192,15 +185,7 @@ impl SyntheticFunction {
                 let fr = self.get(p, "freeze_layers")?;
                 sft_like(lr, bs, ep, fr)
             }
-            SyntheticFunction::Hartmann3 => {
-                let x = self.get_vec::<3>(p)?;
-                let mut total = 0.0;
-                for i in 0..4 {
-                    let inner: f64 = (0..3).map(|j| H3_A[i][j] * (x[j] - H3_P[i][j]).powi(2)).sum();
-                    total += H6_ALPHA[i] * (-inner).exp();
-                }
-                -total
-            }
+            SyntheticFunction::Hartmann3 => hartmann(&self.get_vec::<3>(p)?, &H3_A, &H3_P),
             SyntheticFunction::Ackley5 => {
                 let x = self.get_vec::<5>(p)?;
                 let n = x.len() as f64;
@@ -252,6 +237,17 @@ impl SyntheticFunction {
             }
         })
     }
+}
+
+/// A Hartmann function: `−Σᵢ αᵢ exp(−Σⱼ Aᵢⱼ (xⱼ − Pᵢⱼ)²)` with the standard α (the same for
+/// the 3- and 6-dimensional ones).
+fn hartmann<const D: usize>(x: &[f64; D], a: &[[f64; D]; 4], p: &[[f64; D]; 4]) -> f64 {
+    let mut total = 0.0;
+    for i in 0..4 {
+        let inner: f64 = (0..D).map(|j| a[i][j] * (x[j] - p[i][j]).powi(2)).sum();
+        total += H6_ALPHA[i] * (-inner).exp();
+    }
+    -total
 }
 
 /// `sft-like` at a learning rate, batch size, number of epochs (fractional ones allowed: the
