@@ -246,9 +246,12 @@ pub struct BenchSamplerArgs {
     pub sampler: String,
     #[arg(long, default_value_t = 50)]
     pub trials: usize,
-    /// Seeds 0..N.
+    /// How many seeds (first..first+N).
     #[arg(long, default_value_t = 10)]
     pub seeds: u64,
+    /// The first seed, to check a setting on fresh seeds.
+    #[arg(long, default_value_t = 0)]
+    pub first_seed: u64,
     /// Suggestions outstanding at once (results told back in completion order).
     #[arg(long, default_value_t = 1)]
     pub parallel: usize,

@@ -74,7 +74,7 @@ pub fn run(args: &BenchSamplerArgs) -> anyhow::Result<ExitCode> {
         return run_existing(args, function, sampler.as_ref());
     }
     let mut runs = Vec::new();
-    for seed in 0..args.seeds {
+    for seed in args.first_seed..args.first_seed.saturating_add(args.seeds) {
         let r = run_seed(args, function, sampler.as_ref(), seed)?;
         if !args.summary {
             println!(
@@ -213,6 +213,36 @@ fn print_summary(args: &BenchSamplerArgs, function: SyntheticFunction, sampler: 
         ms(mean_ms(runs, 91, 100, |r| &r.suggest_cpu_ms)),
         runs.iter().map(|r| r.duplicates).sum::<usize>(),
     );
+    if let Some(line) = block_spread(runs, optimum) {
+        println!("{line}");
+    }
+}
+
+/// Seeds per block in [`block_spread`].
+const BLOCK: usize = 10;
+
+/// With at least two blocks of ten seeds: the lowest and highest median regret of a block at
+/// 25 and 50 trials. A ten-seed median (the protocol) swings by several times between
+/// blocks on some functions, so a change that moves it within that range is not shown to be
+/// better or worse.
+fn block_spread(runs: &[Run], optimum: f64) -> Option<String> {
+    let blocks = runs.len() / BLOCK;
+    if blocks < 2 {
+        return None;
+    }
+    let range = |n: usize| -> Option<String> {
+        let medians: Vec<f64> = runs
+            .chunks_exact(BLOCK)
+            .map(|b| b.iter().filter(|r| r.best.len() >= n).map(|r| r.best[n - 1] - optimum).collect::<Vec<f64>>())
+            .filter(|v| v.len() == BLOCK)
+            .map(|v| percentile(&v, 50.0))
+            .collect();
+        let lo = medians.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = medians.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        (medians.len() >= 2).then(|| format!("@{n} {} – {}", fmt_num(lo), fmt_num(hi)))
+    };
+    let parts: Vec<String> = [25, 50].into_iter().filter_map(range).collect();
+    (!parts.is_empty()).then(|| format!("median regret of each block of {BLOCK} seeds ({blocks} blocks): {}", parts.join(", ")))
 }
 
 /// `--existing`: time suggestions after N uniform random completed trials.
@@ -221,7 +251,7 @@ fn run_existing(args: &BenchSamplerArgs, function: SyntheticFunction, sampler: &
     for &n in &args.existing {
         let mut times = Vec::new();
         let mut cpu = Vec::new();
-        for seed in 0..args.seeds {
+        for seed in args.first_seed..args.first_seed.saturating_add(args.seeds) {
             let mut rng = ChaCha8Rng::seed_from_u64(splitmix64(seed ^ 0xe815_7111));
             let mut history: Vec<TrialRecord> = Vec::with_capacity(n + args.probe);
             for number in 0..n as u64 {
@@ -272,6 +302,25 @@ fn run_existing(args: &BenchSamplerArgs, function: SyntheticFunction, sampler: &
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn run_with_best(best: Vec<f64>) -> Run {
+        Run { best, suggest_ms: vec![], suggest_cpu_ms: vec![], duplicates: 0 }
+    }
+
+    #[test]
+    fn block_spread_gives_the_range_of_ten_seed_medians() {
+        // Two blocks: regrets 0..9 at every trial in the first (median 4.5), 10..19 in the
+        // second (median 14.5); 25 trials only, so no @50 part.
+        let runs: Vec<Run> = (0..20).map(|k| run_with_best(vec![k as f64; 25])).collect();
+        assert_eq!(
+            block_spread(&runs, 0.0).as_deref(),
+            Some("median regret of each block of 10 seeds (2 blocks): @25 4.5000 – 14.5000")
+        );
+        // One block is no spread; nor are runs too short for @25.
+        assert_eq!(block_spread(&runs[..15], 0.0), None);
+        let short: Vec<Run> = (0..20).map(|k| run_with_best(vec![k as f64; 10])).collect();
+        assert_eq!(block_spread(&short, 0.0), None);
+    }
 
     /// numpy.percentile([1, 2, 3, 4], [25, 50, 75]) = [1.75, 2.5, 3.25].
     #[test]

@@ -98,6 +98,16 @@ fn the_bench_runs_the_generality_set_and_a_study_optimises_the_mixed_function() 
         assert!(["sgd", "adam", "adamw"].contains(&opt), "{t}");
         assert!(t["value"].as_f64().unwrap() >= 0.1);
     }
+    // `--first-seed` runs later seeds exactly as a longer run does.
+    let seeds = |args: &[&str]| -> Vec<Value> {
+        let out = d.run(&[&["bench", "sampler", "--function", "branin", "--trials", "8"][..], args].concat());
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).collect()
+    };
+    let all = seeds(&["--seeds", "4"]);
+    let later = seeds(&["--seeds", "2", "--first-seed", "2"]);
+    assert_eq!(later.iter().map(|l| l["seed"].as_u64().unwrap()).collect::<Vec<_>>(), vec![2, 3]);
+    assert_eq!(later.iter().map(|l| l["best"].clone()).collect::<Vec<_>>(), all[2..].iter().map(|l| l["best"].clone()).collect::<Vec<_>>());
     // A wrong function name lists the ones there are.
     let out = d.run(&["bench", "sampler", "--function", "nope", "--trials", "5", "--seeds", "1"]);
     assert_eq!(out.status.code(), Some(2));
