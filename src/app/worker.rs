@@ -15,7 +15,8 @@ use anyhow::Context;
 use serde_json::{json, Map, Value};
 
 use crate::cli::WorkerArgs;
-use crate::scheduler::{CancelToken, Decision, Progress, Reporter, IO_ERROR_PREFIX};
+use crate::scheduler::{CancelToken, Decision, Progress, Reporter};
+use crate::trial::IO_ERROR_PREFIX;
 use crate::trainer::runner::WorkerJob;
 use crate::trainer::train::{self, Finish};
 

@@ -51,9 +51,10 @@ const H3_P: [[f64; 3]; 4] =
 const MIXED_FT_OPTIMIZERS: [(&str, f64, f64, f64); 3] =
     [("sgd", -1.7, -4.0, 0.06), ("adam", -3.4, -5.0, 0.015), ("adamw", -3.1, -2.0, 0.0)];
 
-/// A parameter the function needs is missing or not a number.
+/// A parameter the function needs is missing or of the wrong kind (not a number; for
+/// `mixed-ft`'s `optimizer`, not one of its choices).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("function `{function}` needs a numeric parameter `{param}`")]
+#[error("function `{function}` needs a parameter `{param}` of its space (`bench sampler --help` lists the functions)")]
 pub struct MissingInput {
     pub function: &'static str,
     pub param: String,

@@ -19,7 +19,7 @@ use crate::pruner::Pruner;
 use crate::sampler::{Sampler, SamplerError, SuggestContext};
 use crate::space::SearchSpace;
 use crate::storage::{retry_depth, Budget, Claim, Owner, Store, StoreError};
-use crate::trial::{Direction, Outcome, PruningRecord, TrialNumber};
+use crate::trial::{is_external_failure, Direction, Outcome, PruningRecord, TrialNumber};
 
 /// Asks a running study to stop: first new trials, then running ones.
 #[derive(Debug, Clone, Default)]
@@ -108,9 +108,6 @@ pub enum LoopError {
     Panic(String),
 }
 
-/// Whether a failure is worth running again: one from outside the trial.
-pub use crate::trial::is_external_failure as is_retryable;
-pub use crate::trial::IO_ERROR_PREFIX;
 
 /// Runs the study until it ends; returns why it ended.
 pub fn run_study(run: &StudyRun) -> Result<RunSummary, LoopError> {
@@ -300,7 +297,7 @@ fn slot_loop(
             _ => outcome,
         };
         let retry = match &outcome {
-            Outcome::Failed { reason } if is_retryable(reason) => {
+            Outcome::Failed { reason } if is_external_failure(reason) => {
                 let history = store.trials(run.study_id)?;
                 history.iter().find(|t| t.id == trial.id).is_some_and(|t| retry_depth(&history, t) < run.max_retries)
             }
@@ -314,7 +311,7 @@ fn slot_loop(
             *c.entry(outcome.state().as_str()).or_default() += 1;
         }
         match &outcome {
-            Outcome::Failed { reason } if !is_retryable(reason) => {
+            Outcome::Failed { reason } if !is_external_failure(reason) => {
                 let n = failures_in_a_row.fetch_add(1, Ordering::SeqCst) + 1;
                 if n == run.max_consecutive_failures {
                     run.observer.note(&format!("{n} trials failed in a row; starting no more (the objective looks broken — see `sft-search trials`)"));
