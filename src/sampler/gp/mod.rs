@@ -560,16 +560,31 @@ mod tests {
     }
 
     /// Runs `trials` sequential trials of `f` and returns the history.
-    fn run_study(sampler: &GpSampler, space: &SearchSpace, f: &dyn Fn(&ParamSet) -> f64, trials: u64, seed: u64, direction: Direction) -> Vec<TrialRecord> {
+    /// Runs `trials` trials of `f`, where `None` means the trial failed; returns the history.
+    fn run_trials(
+        sampler: &GpSampler,
+        space: &SearchSpace,
+        f: &dyn Fn(&ParamSet) -> Option<f64>,
+        trials: u64,
+        seed: u64,
+        direction: Direction,
+    ) -> Vec<TrialRecord> {
         let mut history = Vec::new();
         for number in 0..trials {
             let ctx = SuggestContext { space, direction, history: &history, number, seed };
             let p = sampler.suggest(&ctx).unwrap().unwrap();
             assert!(space.validate(&p).is_ok(), "invalid point {p:?}");
-            let v = f(&p);
-            history.push(TrialRecord::new(number, TrialState::Complete, p, Some(v)));
+            let record = match f(&p) {
+                Some(v) => TrialRecord::new(number, TrialState::Complete, p, Some(v)),
+                None => TrialRecord::new(number, TrialState::Fail, p, None),
+            };
+            history.push(record);
         }
         history
+    }
+
+    fn run_study(sampler: &GpSampler, space: &SearchSpace, f: &dyn Fn(&ParamSet) -> f64, trials: u64, seed: u64, direction: Direction) -> Vec<TrialRecord> {
+        run_trials(sampler, space, &|p| Some(f(p)), trials, seed, direction)
     }
 
     #[test]
@@ -661,20 +676,8 @@ mod tests {
         }
     }
 
-    /// Runs `trials` trials of `f`, where `None` means the trial failed; returns the history.
     fn run_with_failures(space: &SearchSpace, f: &dyn Fn(&ParamSet) -> Option<f64>, trials: u64, seed: u64) -> Vec<TrialRecord> {
-        let sampler = GpSampler::default();
-        let mut history = Vec::new();
-        for number in 0..trials {
-            let ctx = SuggestContext { space, direction: Direction::Minimize, history: &history, number, seed };
-            let p = sampler.suggest(&ctx).unwrap().unwrap();
-            let record = match f(&p) {
-                Some(v) => TrialRecord::new(number, TrialState::Complete, p, Some(v)),
-                None => TrialRecord::new(number, TrialState::Fail, p, None),
-            };
-            history.push(record);
-        }
-        history
+        run_trials(&GpSampler::default(), space, f, trials, seed, Direction::Minimize)
     }
 
     #[test]
