@@ -19,8 +19,10 @@ pub enum DimKind {
     /// An int or stepped float: one point per lattice value. `units` lists the unit position
     /// of every value when there are at most [`MAX_ENUMERATED`] of them.
     Lattice { units: Option<Vec<f64>> },
-    /// A categorical with `n` choices: the coordinate is the choice index.
-    Categorical { n: usize },
+    /// A categorical with `n` choices: the coordinate is the choice index. `nominal` when
+    /// some choice is not a number (an optimiser's name, a flag), so the choices are kinds
+    /// of thing rather than values on a scale.
+    Categorical { n: usize, nominal: bool },
 }
 
 /// The encoding of one search space.
@@ -100,7 +102,7 @@ impl Encoding {
         match &self.kinds[d] {
             DimKind::Continuous => c.clamp(0.0, 1.0),
             DimKind::Lattice { .. } => self.dists[d].to_unit(&self.dists[d].from_unit(c)).unwrap_or(0.5),
-            DimKind::Categorical { n } => {
+            DimKind::Categorical { n, .. } => {
                 if c.is_finite() {
                     c.round().clamp(0.0, (*n - 1) as f64)
                 } else {
@@ -123,7 +125,7 @@ impl Encoding {
         u.iter()
             .enumerate()
             .map(|(d, &ud)| match &self.kinds[d] {
-                DimKind::Categorical { n } => ((ud.clamp(0.0, 1.0) * *n as f64) as usize).min(n - 1) as f64,
+                DimKind::Categorical { n, .. } => ((ud.clamp(0.0, 1.0) * *n as f64) as usize).min(n - 1) as f64,
                 _ => self.snap_dim(d, ud),
             })
             .collect()
@@ -141,7 +143,10 @@ fn lattice_size(dist: &Distribution) -> Option<u64> {
 
 fn kind_of(dist: &Distribution) -> DimKind {
     match dist {
-        Distribution::Categorical { choices } => DimKind::Categorical { n: choices.len() },
+        Distribution::Categorical { choices } => DimKind::Categorical {
+            n: choices.len(),
+            nominal: choices.iter().any(|c| !matches!(c, ParamValue::Int(_) | ParamValue::Float(_))),
+        },
         Distribution::Float { step: None, .. } => DimKind::Continuous,
         _ => {
             let size = lattice_size(dist).unwrap_or(u64::MAX);
@@ -190,5 +195,15 @@ mod tests {
         let mut y = vec![0.51, 0.3, 1.7];
         e.snap(&mut y);
         assert_eq!(&y[1..], &[0.375, 1.0]);
+    }
+
+    #[test]
+    fn a_categorical_is_nominal_when_some_choice_is_not_a_number() {
+        let cat = |choices: Vec<ParamValue>| Param { name: "c".into(), dist: Distribution::Categorical { choices } };
+        let kind = |p: Param| Encoding::new(&SearchSpace::new(vec![p]).unwrap()).kinds()[0].clone();
+        assert_eq!(kind(cat(vec![ParamValue::Int(16), ParamValue::Float(32.5)])), DimKind::Categorical { n: 2, nominal: false });
+        assert_eq!(kind(cat(vec![ParamValue::Str("adam".into()), ParamValue::Str("sgd".into())])), DimKind::Categorical { n: 2, nominal: true });
+        assert_eq!(kind(cat(vec![ParamValue::Bool(false), ParamValue::Bool(true)])), DimKind::Categorical { n: 2, nominal: true });
+        assert_eq!(kind(cat(vec![ParamValue::Int(1), ParamValue::Str("auto".into())])), DimKind::Categorical { n: 2, nominal: true });
     }
 }

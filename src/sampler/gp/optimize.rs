@@ -274,7 +274,7 @@ fn sweep_discrete(acq: &Acquisition<'_>, enc: &Encoding, x: &mut Vec<f64>, value
     let mut improved = false;
     for (d, kind) in enc.kinds().iter().enumerate() {
         let options: Vec<f64> = match kind {
-            DimKind::Categorical { n } => (0..*n).map(|i| i as f64).collect(),
+            DimKind::Categorical { n, .. } => (0..*n).map(|i| i as f64).collect(),
             DimKind::Lattice { units: Some(u) } => u.clone(),
             _ => continue,
         };
@@ -316,7 +316,7 @@ fn perturb<R: Rng>(enc: &Encoding, centre: &[f64], scale: f64, rng: &mut R) -> V
     let mut x = centre.to_vec();
     for (d, kind) in enc.kinds().iter().enumerate() {
         match kind {
-            DimKind::Categorical { n } => {
+            DimKind::Categorical { n, .. } => {
                 if rng.random::<f64>() < 1.0 / dims as f64 {
                     x[d] = rng.random_range(0..*n) as f64;
                 }
@@ -326,6 +326,36 @@ fn perturb<R: Rng>(enc: &Encoding, centre: &[f64], scale: f64, rng: &mut R) -> V
     }
     enc.snap(&mut x);
     x
+}
+
+/// At most this many extra polishing starts for the choices of nominal categoricals.
+const MAX_CHOICE_STARTS: usize = 6;
+
+/// Extra polishing starts for nominal categoricals: for every choice that no start holds,
+/// the best screened candidate with that choice (best first, at most
+/// [`MAX_CHOICE_STARTS`]). Each choice of a nominal parameter (an optimiser, a scheduler)
+/// tends to have its own optimum in the other parameters (AdamW's best weight decay is
+/// decades above Adam's), and a choice whose screened candidates all sit away from that
+/// optimum never reaches the few starts taken from the top of the ranking, so the sampler
+/// refines one choice and never the others. Numeric choices (batch sizes) are left to the
+/// shared starts (`docs/sampler-benchmark.md` has the measurements behind both rules).
+fn choice_starts(enc: &Encoding, ranked: &[(f64, Vec<f64>)], starts: &[(f64, Vec<f64>)]) -> Vec<(f64, Vec<f64>)> {
+    let mut extra: Vec<(f64, Vec<f64>)> = Vec::new();
+    for (d, kind) in enc.kinds().iter().enumerate() {
+        let DimKind::Categorical { n, nominal: true } = kind else { continue };
+        for choice in 0..*n {
+            let c = choice as f64;
+            if starts.iter().chain(&extra).any(|(_, x)| x[d] == c) {
+                continue;
+            }
+            if let Some(best) = ranked.iter().find(|(_, x)| x[d] == c) {
+                extra.push(best.clone());
+            }
+        }
+    }
+    extra.sort_by(|a, b| b.0.total_cmp(&a.0));
+    extra.truncate(MAX_CHOICE_STARTS);
+    extra
 }
 
 /// Candidate points ranked by acquisition, best first: the polished ones and the best
@@ -363,6 +393,7 @@ pub fn maximize<R: Rng>(
     if let Some(x) = near.first() {
         starts.push((acq.value(x), x.clone()));
     }
+    starts.extend(choice_starts(enc, &ranked, &starts));
     for (v0, x0) in starts.iter().filter(|(v, _)| v.is_finite()) {
         let (mut x, mut v) = (x0.clone(), *v0);
         // Alternate: numeric polish, then discrete moves; another round only when a
@@ -394,6 +425,42 @@ mod tests {
             best: 0.0,
             is_cat: vec![false, false, true],
         }
+    }
+
+    fn space_with(choices: Vec<crate::space::ParamValue>) -> Encoding {
+        use crate::space::{Distribution, Param, SearchSpace};
+        let x = Param { name: "x".into(), dist: Distribution::Float { low: 0.0, high: 1.0, log: false, step: None } };
+        let c = Param { name: "c".into(), dist: Distribution::Categorical { choices } };
+        Encoding::new(&SearchSpace::new(vec![x, c]).unwrap())
+    }
+
+    #[test]
+    fn every_choice_of_a_nominal_categorical_gets_a_polishing_start() {
+        use crate::space::ParamValue::{Int, Str};
+        let nominal = space_with(vec![Str("sgd".into()), Str("adam".into()), Str("adamw".into())]);
+        // Ranked best first; the starts hold choice 0 only.
+        let ranked = vec![
+            (-1.0, vec![0.1, 0.0]),
+            (-2.0, vec![0.2, 0.0]),
+            (-3.0, vec![0.3, 2.0]),
+            (-4.0, vec![0.4, 1.0]),
+            (-5.0, vec![0.5, 2.0]),
+        ];
+        let starts = vec![ranked[0].clone(), ranked[1].clone()];
+        // The best candidate of each missing choice, best first.
+        assert_eq!(choice_starts(&nominal, &ranked, &starts), vec![(-3.0, vec![0.3, 2.0]), (-4.0, vec![0.4, 1.0])]);
+        // A choice the starts already hold gets no other start.
+        let starts = vec![ranked[0].clone(), ranked[3].clone()];
+        assert_eq!(choice_starts(&nominal, &ranked, &starts), vec![(-3.0, vec![0.3, 2.0])]);
+        // Numeric choices (batch sizes) are left to the shared starts.
+        let numeric = space_with(vec![Int(8), Int(16), Int(32)]);
+        assert!(choice_starts(&numeric, &ranked, &starts[..1]).is_empty());
+        // Many choices: at most MAX_CHOICE_STARTS extra starts, the best ones.
+        let many = space_with((0..20).map(|i| Str(format!("o{i}"))).collect());
+        let ranked: Vec<(f64, Vec<f64>)> = (0..20).map(|i| (-(i as f64), vec![0.5, i as f64])).collect();
+        let extra = choice_starts(&many, &ranked, &ranked[..1]);
+        assert_eq!(extra.len(), MAX_CHOICE_STARTS);
+        assert_eq!(extra.iter().map(|(_, x)| x[1]).collect::<Vec<_>>(), (1..=MAX_CHOICE_STARTS).map(|i| i as f64).collect::<Vec<_>>());
     }
 
     #[test]
