@@ -142,11 +142,17 @@ pub fn run(args: &RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
             }
             other => anyhow::Error::new(other),
         })?;
+    let queued = store.enqueue_study_file_points(study.id, &cfg.space, &cfg.enqueue)?;
+    if !quiet {
+        for (number, params) in queued.iter().zip(&cfg.enqueue) {
+            eprintln!("queued trial {number} from [[enqueue]]: {}", crate::scheduler::display::format_params(params));
+        }
+    }
     let history = store.trials(study.id)?;
     let slots = cfg.execution.slots();
     if !quiet {
         let done = history.iter().filter(|t| t.state.is_finished()).count();
-        let verb = if history.is_empty() { "starting" } else { "resuming" };
+        let verb = if history.iter().all(|t| t.state == TrialState::Waiting) { "starting" } else { "resuming" };
         eprintln!(
             "{verb} study `{}` ({} trials recorded) in {} — {} sampler, {} slot(s): {}",
             cfg.name,

@@ -14,7 +14,7 @@ use toml::Spanned;
 
 use crate::objective::synthetic_runner::Curve;
 use crate::objective::SyntheticFunction;
-use crate::space::{Distribution, Param, SearchSpace};
+use crate::space::{Distribution, Param, ParamSet, SearchSpace};
 use crate::trial::Direction;
 use file::{DevicesSpec, ParamDef, SpaceFile, SpaceSpec, StudyFile};
 
@@ -206,6 +206,8 @@ pub struct StudyConfig {
     pub model: Option<toml::Table>,
     pub data: Option<toml::Table>,
     pub train: Option<toml::Table>,
+    /// `[[enqueue]]`: points to run first, validated against the space, in file order.
+    pub enqueue: Vec<ParamSet>,
 }
 
 impl StudyConfig {
@@ -375,6 +377,17 @@ fn resolve(src: &Source, f: StudyFile, dir: PathBuf) -> Result<StudyConfig, Conf
         return Err(src.error_at(f.study.name.span(), Some("study.name".into()), "the study name must not be empty"));
     }
     let space = resolve_space(src, f.space.as_ref(), &dir)?;
+    let enqueue = f
+        .enqueue
+        .iter()
+        .enumerate()
+        .map(|(i, point)| {
+            let set: ParamSet = point.get_ref().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            space.validate(&set).map_err(|e| {
+                src.error_at(point.span(), Some(format!("enqueue[{i}]")), format!("point {} of `[[enqueue]]`: {e}", i + 1))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
 
     // Objective.
     let kind = f.objective.kind.get_ref().as_str();
@@ -542,6 +555,7 @@ fn resolve(src: &Source, f: StudyFile, dir: PathBuf) -> Result<StudyConfig, Conf
         model: f.model.map(|m| m.into_inner()),
         data: f.data.map(|m| m.into_inner()),
         train: f.train.map(|m| m.into_inner()),
+        enqueue,
     })
 }
 

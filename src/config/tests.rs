@@ -67,7 +67,25 @@ const CASES: &[(&str, &str, &str, usize, &str, &str)] = &[
     ("max_resource not above min", "function = \"branin\"", "function = \"branin\"\n[pruner]\nkind = \"asha\"\nmin_resource = 9223372036854775807\nmax_resource = 5", 20, "pruner.max_resource", "at least"),
     ("step_time without steps", "function = \"branin\"", "function = \"branin\"\nstep_time = \"10ms\"", 17, "objective.step_time", "needs `steps`"),
     ("unknown pruner key", "function = \"branin\"", "function = \"branin\"\n[pruner]\nkind = \"asha\"\nrungz = 3", 19, "pruner.rungz", "unknown field"),
+    ("enqueued point out of range", "function = \"branin\"", "function = \"branin\"\n[[enqueue]]\nx1 = 1.0\nx2 = 2.0\n[[enqueue]]\nx1 = 30.0\nx2 = 2.0", 20, "enqueue[1]", "point 2 of `[[enqueue]]`"),
+    ("enqueued point missing a parameter", "function = \"branin\"", "function = \"branin\"\n[[enqueue]]\nx1 = 1.0", 17, "enqueue[0]", "x2"),
+    ("enqueued point with an unknown parameter", "function = \"branin\"", "function = \"branin\"\n[[enqueue]]\nx1 = 1.0\nx2 = 2.0\nx3 = 0", 17, "enqueue[0]", "x3"),
 ];
+
+#[test]
+fn enqueued_points_are_read_in_order_and_brought_to_their_types() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = GOOD.replace("x2 = { type = \"float\", low = 0.0, high = 15.0 }", "x2 = { type = \"int\", low = 0, high = 15 }")
+        + "\n[[enqueue]]\nx1 = 3\nx2 = 2\n\n[[enqueue]]\nx1 = -1.5\nx2 = 7\n";
+    let p = write(dir.path(), "s.toml", &text);
+    let c = StudyConfig::load(&p).unwrap();
+    assert_eq!(c.enqueue.len(), 2);
+    // An int written for a float parameter becomes a float.
+    assert_eq!(c.enqueue[0]["x1"], crate::space::ParamValue::Float(3.0));
+    assert_eq!(c.enqueue[0]["x2"], crate::space::ParamValue::Int(2));
+    assert_eq!(c.enqueue[1]["x1"], crate::space::ParamValue::Float(-1.5));
+    assert!(StudyConfig::load(&write(dir.path(), "g.toml", GOOD)).unwrap().enqueue.is_empty());
+}
 
 #[test]
 fn every_mistake_names_file_line_and_key() {

@@ -515,13 +515,40 @@ impl Store {
         let path = self.path.clone();
         let sq = |source| StoreError::Sqlite { path: path.clone(), source };
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sq)?;
-        let number = next_number(&tx, study_id).map_err(sq)?;
-        let with_dists = with_distributions(space, params);
-        let id = insert_trial(&tx, study_id, number, TrialState::Waiting, "", &with_dists, None).map_err(sq)?;
-        let fixed: Map<String, Value> = params.iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
-        set_attr(&tx, "trial_system_attributes", id, "fixed_params", &Value::Object(fixed)).map_err(sq)?;
+        let number = insert_waiting(&tx, study_id, space, params).map_err(sq)?;
         tx.commit().map_err(sq)?;
         Ok(number)
+    }
+
+    /// Queues the study file's `[[enqueue]]` points, in order, unless this study has queued
+    /// them before (a study system attribute records it, in the same transaction), so a
+    /// resumed study never runs them twice. Returns the numbers of the queued trials.
+    pub fn enqueue_study_file_points(&mut self, study_id: i64, space: &SearchSpace, points: &[ParamSet]) -> Result<Vec<TrialNumber>> {
+        if points.is_empty() {
+            return Ok(Vec::new());
+        }
+        let path = self.path.clone();
+        let sq = |source| StoreError::Sqlite { path: path.clone(), source };
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sq)?;
+        let done: Option<String> = tx
+            .query_row(
+                "SELECT value_json FROM study_system_attributes WHERE study_id = ?1 AND \"key\" = ?2",
+                params![study_id, STUDY_FILE_ENQUEUED],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sq)?;
+        if done.is_some() {
+            return Ok(Vec::new());
+        }
+        let numbers = points.iter().map(|p| insert_waiting(&tx, study_id, space, p)).collect::<rusqlite::Result<Vec<_>>>().map_err(sq)?;
+        tx.execute(
+            "INSERT INTO study_system_attributes (study_id, \"key\", value_json) VALUES (?1, ?2, ?3)",
+            params![study_id, STUDY_FILE_ENQUEUED, Value::from(numbers.clone()).to_string()],
+        )
+        .map_err(sq)?;
+        tx.commit().map_err(sq)?;
+        Ok(numbers)
     }
 
     // ----- while running -----
@@ -746,6 +773,21 @@ fn insert_trial(
         set_attr(conn, "trial_user_attributes", id, "retry_of", &Value::from(r))?;
     }
     Ok(id)
+}
+
+/// The study system attribute that records which trials the study file's `[[enqueue]]`
+/// points became (so they are queued once).
+const STUDY_FILE_ENQUEUED: &str = "sft:study_file_enqueued";
+
+/// Inserts a WAITING trial with fixed parameters (Optuna's `enqueue_trial` layout: the
+/// parameters plus the `fixed_params` system attribute); returns its number.
+fn insert_waiting(tx: &Connection, study_id: i64, space: &SearchSpace, params: &ParamSet) -> rusqlite::Result<TrialNumber> {
+    let number = next_number(tx, study_id)?;
+    let with_dists = with_distributions(space, params);
+    let id = insert_trial(tx, study_id, number, TrialState::Waiting, "", &with_dists, None)?;
+    let fixed: Map<String, Value> = params.iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
+    set_attr(tx, "trial_system_attributes", id, "fixed_params", &Value::Object(fixed))?;
+    Ok(number)
 }
 
 fn set_attr(conn: &Connection, table: &str, trial_id: i64, key: &str, value: &Value) -> rusqlite::Result<()> {

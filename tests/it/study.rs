@@ -117,6 +117,34 @@ fn enqueued_trial_runs_first_with_its_parameters() {
 }
 
 #[test]
+fn study_file_points_run_first_and_are_queued_only_once() {
+    let d = StudyDir::new();
+    let study = |n: u64| {
+        BRANIN_GRID.replace("kind = \"grid\"", "kind = \"gp\"").replace("grid_points = 7", "").replace("storage = \"study.db\"", &format!("storage = \"study.db\"\nn_trials = {n}"))
+            + "\n[[enqueue]]\nx1 = 3.14159\nx2 = 2.275\n\n[[enqueue]]\nx1 = -3\nx2 = 12\n"
+    };
+    d.write("s.toml", &study(4));
+    let out = d.run(&["run", "s.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("queued trial 0 from [[enqueue]]") && stderr(&out).contains("queued trial 1 from [[enqueue]]"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("starting study"), "{}", stderr(&out));
+    let trials = d.trials("s.toml");
+    assert_eq!(trials.len(), 4);
+    assert_eq!((trials[0]["params"]["x1"].as_f64(), trials[0]["params"]["x2"].as_f64()), (Some(3.14159), Some(2.275)));
+    assert_eq!((trials[1]["params"]["x1"].as_f64(), trials[1]["params"]["x2"].as_f64()), (Some(-3.0), Some(12.0)));
+    // A larger budget resumes the study: the points are not queued again.
+    d.write("s.toml", &study(6));
+    let out = d.run(&["run", "s.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("from [[enqueue]]"), "{}", stderr(&out));
+    let trials = d.trials("s.toml");
+    assert_eq!(trials.len(), 6);
+    let at = |x1: f64| trials.iter().filter(|t| t["params"]["x1"].as_f64() == Some(x1)).count();
+    assert_eq!((at(3.14159), at(-3.0)), (1, 1));
+    assert!(trials.iter().all(|t| t["state"] == "COMPLETE"));
+}
+
+#[test]
 fn a_failing_command_fails_its_trial_and_the_study_goes_on() {
     let d = StudyDir::new();
     d.python(
