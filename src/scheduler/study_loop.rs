@@ -310,11 +310,18 @@ fn slot_loop(
         if let Ok(mut c) = counts.lock() {
             *c.entry(outcome.state().as_str()).or_default() += 1;
         }
+        // Every failure counts toward the stop, the machine's own (disk full, a trial timed out
+        // or killed) as much as the trial's: those are retried, but when they keep coming the
+        // study would otherwise start trial after trial that cannot succeed. Only a trial the
+        // user stopped (interrupted, cancelled) does not count.
         match &outcome {
-            Outcome::Failed { reason } if !is_external_failure(reason) => {
+            Outcome::Failed { reason } if !stopped_by_user(reason) => {
                 let n = failures_in_a_row.fetch_add(1, Ordering::SeqCst) + 1;
                 if n == run.max_consecutive_failures {
-                    run.observer.note(&format!("{n} trials failed in a row; starting no more (the objective looks broken — see `sft-search trials`)"));
+                    let whose = if is_external_failure(reason) { "the machine" } else { "the objective" };
+                    run.observer.note(&format!(
+                        "{n} trials failed in a row; starting no more ({whose} looks broken; the last one: {reason} — see `sft-search trials`)"
+                    ));
                 }
             }
             Outcome::Failed { .. } => {}
@@ -323,6 +330,12 @@ fn slot_loop(
         let history = store.trials(run.study_id)?;
         run.observer.trial_finished(slot_index, trial.number, &outcome, started.elapsed(), retry_number, &history);
     }
+}
+
+/// Whether a trial ended because the user stopped the study (Ctrl-C, a cancelled run), which
+/// says nothing about whether the next trial can succeed.
+fn stopped_by_user(reason: &str) -> bool {
+    reason.starts_with("interrupted") || reason.starts_with("cancelled")
 }
 
 /// Records what a runner reports, and asks the pruner.

@@ -105,6 +105,27 @@ fn a_hanging_trial_is_killed_after_the_trial_timeout() {
     }
 }
 
+/// Failures from outside a trial (here: every trial hangs and is killed by the timeout, as a
+/// full disk fails every checkpoint) are retried, but they count toward
+/// `max_consecutive_failures` too, so the study stops instead of starting trials forever.
+#[test]
+fn failures_from_outside_the_trial_stop_the_study_when_they_keep_coming() {
+    let d = StudyDir::new();
+    d.python("objective.py", "import time\ntime.sleep(60)\n");
+    d.write("s.toml", &command_study("stuck", 2, "[\"cpu\"]", "trial_timeout = \"1s\"\nmax_retries = 1\nmax_consecutive_failures = 3"));
+    let start = std::time::Instant::now();
+    let out = d.run(&["run", "s.toml"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(start.elapsed() < Duration::from_secs(30));
+    assert!(stderr(&out).contains("3 trials failed in a row") && stderr(&out).contains("the machine looks broken"), "{}", stderr(&out));
+    let trials = d.trials("s.toml");
+    // Trial 0, its retry, trial 2 ran and failed; trial 2's retry waits for the next run.
+    assert_eq!(trials.len(), 4, "{trials:?}");
+    assert!(trials[..3].iter().all(|t| state(t) == "FAIL" && t["error"].as_str().unwrap().starts_with("timeout")));
+    assert_eq!(trials[1]["retry_of"], Value::from(0));
+    assert_eq!((state(&trials[3]), &trials[3]["retry_of"]), ("WAITING", &Value::from(2)));
+}
+
 /// The soak test of issue 4: 200 trials over 8 slots, a fifth of the commands crash, and the
 /// orchestrator is SIGKILLed every few seconds and restarted. At the end exactly `n_trials`
 /// trials are COMPLETE, no number repeats, and every failure says why.
