@@ -231,6 +231,13 @@ pub fn is_external_failure(reason: &str) -> bool {
         .any(|p| reason.starts_with(p))
 }
 
+/// Whether a trial ended because the study was stopped (Ctrl-C, a cancelled run, a dead
+/// orchestrator's trial found later), which says nothing about whether the next trial can
+/// succeed: the one external failure that does not count toward `max_consecutive_failures`.
+pub fn stopped_by_user(reason: &str) -> bool {
+    reason.starts_with("interrupted") || reason.starts_with("cancelled")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

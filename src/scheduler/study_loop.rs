@@ -19,7 +19,7 @@ use crate::pruner::Pruner;
 use crate::sampler::{Sampler, SamplerError, SuggestContext};
 use crate::space::SearchSpace;
 use crate::storage::{retry_depth, Budget, Claim, Owner, Store, StoreError};
-use crate::trial::{is_external_failure, Direction, Outcome, PruningRecord, TrialNumber};
+use crate::trial::{is_external_failure, stopped_by_user, Direction, Outcome, PruningRecord, TrialNumber};
 
 /// Asks a running study to stop: first new trials, then running ones.
 #[derive(Debug, Clone, Default)]
@@ -107,7 +107,6 @@ pub enum LoopError {
     #[error("a slot thread panicked: {0}")]
     Panic(String),
 }
-
 
 /// Runs the study until it ends; returns why it ended.
 pub fn run_study(run: &StudyRun) -> Result<RunSummary, LoopError> {
@@ -330,12 +329,6 @@ fn slot_loop(
         let history = store.trials(run.study_id)?;
         run.observer.trial_finished(slot_index, trial.number, &outcome, started.elapsed(), retry_number, &history);
     }
-}
-
-/// Whether a trial ended because the user stopped the study (Ctrl-C, a cancelled run), which
-/// says nothing about whether the next trial can succeed.
-fn stopped_by_user(reason: &str) -> bool {
-    reason.starts_with("interrupted") || reason.starts_with("cancelled")
 }
 
 /// Records what a runner reports, and asks the pruner.

@@ -559,7 +559,6 @@ mod tests {
         p[k].as_f64().unwrap_or(f64::NAN)
     }
 
-    /// Runs `trials` sequential trials of `f` and returns the history.
     /// Runs `trials` trials of `f`, where `None` means the trial failed; returns the history.
     fn run_trials(
         sampler: &GpSampler,
@@ -583,6 +582,7 @@ mod tests {
         history
     }
 
+    /// Runs `trials` trials of `f`, all of which complete; returns the history.
     fn run_study(sampler: &GpSampler, space: &SearchSpace, f: &dyn Fn(&ParamSet) -> f64, trials: u64, seed: u64, direction: Direction) -> Vec<TrialRecord> {
         run_trials(sampler, space, &|p| Some(f(p)), trials, seed, direction)
     }
