@@ -22,8 +22,9 @@ pub enum PredictError {
     Hf(#[from] hf::HfError),
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// Boxed, as in [`crate::trainer::train::TrainError`]: the data errors are large.
     #[error(transparent)]
-    Data(#[from] DataError),
+    Data(Box<DataError>),
     #[error("inference: {0}")]
     Candle(#[from] candle_core::Error),
 }
@@ -52,6 +53,12 @@ fn default_max_length(dir: &Path, max_positions: usize) -> usize {
         .filter(|&n| n >= 4.0 && n <= max_positions as f64)
         .map(|n| n as usize);
     from_cfg.unwrap_or(max_positions)
+}
+
+impl From<DataError> for PredictError {
+    fn from(e: DataError) -> PredictError {
+        PredictError::Data(Box::new(e))
+    }
 }
 
 impl Predictor {

@@ -231,6 +231,7 @@ pub fn run_study(run: &StudyRun) -> Result<RunSummary, LoopError> {
     Ok(RunSummary { reason, ran, recovered: recovered.len(), wall: started.elapsed() })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn slot_loop(
     run: &StudyRun,
     slot_index: usize,

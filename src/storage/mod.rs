@@ -766,7 +766,7 @@ fn insert_trial(
     for (name, value, dist) in params {
         conn.execute(
             "INSERT INTO trial_params (trial_id, param_name, param_value, distribution_json) VALUES (?1, ?2, ?3, ?4)",
-            params![id, name, dist.to_internal(&value), dist.to_optuna_json().to_string()],
+            params![id, name, dist.to_internal(value), dist.to_optuna_json().to_string()],
         )?;
     }
     if let Some(r) = retry_of {

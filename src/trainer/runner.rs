@@ -21,7 +21,9 @@ use crate::scheduler::child::{run_child, ChildSpec};
 use crate::scheduler::{CancelToken, Decision, Progress, Reporter, TrialAssignment, TrialRunner};
 use crate::trial::{Direction, Outcome};
 
-/// The one line a worker reads first.
+/// The one line a worker reads first (once per worker process, so the variants' sizes do not
+/// matter).
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum WorkerJob {
@@ -140,7 +142,7 @@ impl FinetuneRunner {
     pub fn job(&self, a: &TrialAssignment) -> Result<TrainJob, SpecError> {
         let spec = TrainSpec::from_params(&self.train, &a.params)?;
         Ok(TrainJob {
-            trial: a.number as u64,
+            trial: a.number,
             model_dir: self.model_dir.clone(),
             data: self.data.clone(),
             spec,

@@ -64,8 +64,10 @@ pub struct TestJob {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
+    /// Boxed: the data errors carry paths, rows and label lists, and every `Result` of the
+    /// trainer would otherwise be as large as the largest of them.
     #[error(transparent)]
-    Data(#[from] DataError),
+    Data(Box<DataError>),
     #[error(transparent)]
     Model(#[from] ModelError),
     #[error("tensor error: {0}")]
@@ -81,6 +83,12 @@ pub enum TrainError {
     Metrics(#[from] metrics::MetricsError),
     #[error("{0}")]
     Setup(String),
+}
+
+impl From<DataError> for TrainError {
+    fn from(e: DataError) -> TrainError {
+        TrainError::Data(Box::new(e))
+    }
 }
 
 /// How a run ended without error.
@@ -155,9 +163,12 @@ pub fn predict(model: &BertClassifier, rows: &[Encoded], problem: Problem, pad_i
     Ok(Predictions { outputs, targets, loss: loss_sum / n })
 }
 
+/// Counts `[true label][predicted label]`.
+pub type ConfusionMatrix = Vec<Vec<u64>>;
+
 /// The valid (or test) metrics of `p`, keyed by the study-metric names (scikit-learn
 /// definitions, see `trainer::metrics`), and the confusion matrix for classification.
-pub fn metrics_of(p: &Predictions, problem: Problem, num_labels: usize) -> Result<(Map<String, Value>, Option<Vec<Vec<u64>>>), TrainError> {
+pub fn metrics_of(p: &Predictions, problem: Problem, num_labels: usize) -> Result<(Map<String, Value>, Option<ConfusionMatrix>), TrainError> {
     let (map, cm) = match problem {
         Problem::Classification => {
             let flat: Vec<f32> = p.outputs.iter().flatten().copied().collect();
@@ -388,7 +399,7 @@ pub fn train(job: &TrainJob, reporter: &mut dyn Reporter, stop: &CancelToken) ->
                 });
             }
             let at_epoch_end = bi + 1 == plan.len();
-            let eval_now = spec.eval_steps.is_some_and(|k| state.global_step % k as u64 == 0) || at_epoch_end;
+            let eval_now = spec.eval_steps.is_some_and(|k| state.global_step.is_multiple_of(k as u64)) || at_epoch_end;
             if eval_now {
                 if at_epoch_end {
                     state.epoch += 1;

@@ -66,7 +66,7 @@ fn a_job_trains_and_prints_the_protocol_lines() {
     assert_eq!(steps, vec![1, 2]);
     let eval = lines.iter().find(|l| l.get("step").is_some()).unwrap();
     assert!(eval["metrics"]["train_loss"].is_number() && eval["metrics"]["accuracy"].is_number());
-    let ckpt = lines.iter().filter_map(|l| l.get("checkpoint").and_then(Value::as_str)).last().unwrap();
+    let ckpt = lines.iter().filter_map(|l| l.get("checkpoint").and_then(Value::as_str)).next_back().unwrap();
     assert!(Path::new(ckpt).join("model.safetensors").is_file());
     assert!(lines.iter().any(|l| l.get("metrics").is_some_and(|m| m.get("fit").is_some())));
     let last = lines.last().unwrap();

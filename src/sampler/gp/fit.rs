@@ -16,6 +16,7 @@ use argmin::solver::quasinewton::LBFGS;
 
 use super::kernel::{matern52, matern52_grad_r2, dim_sq_diff, KernelParams, MIN_NOISE};
 use super::linalg::{Cholesky, LinalgError};
+use super::LastEvaluation;
 
 const LN_2PI: f64 = 1.837_877_066_409_345_3;
 
@@ -179,7 +180,7 @@ impl FitData {
 /// solver asks for cost and gradient at the same point separately.
 struct Problem<'a> {
     data: &'a FitData,
-    last: RefCell<Option<(Vec<f64>, f64, Vec<f64>)>>,
+    last: LastEvaluation,
 }
 
 impl Problem<'_> {

@@ -114,7 +114,7 @@ impl Cholesky {
                 row_i[j] = s / head[j * n + j];
             }
             let d = a[i * n + i] + jitter - dot(&row_i[..i], &row_i[..i]);
-            if !(d > 0.0) || !d.is_finite() {
+            if d.is_nan() || d <= 0.0 || d.is_infinite() {
                 return false;
             }
             row_i[i] = d.sqrt();

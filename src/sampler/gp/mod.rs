@@ -49,6 +49,10 @@ use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
 
+/// The last point an argmin problem evaluated, with its cost and gradient: the solver asks
+/// for the cost and the gradient at one point separately, and both come from one pass.
+pub(crate) type LastEvaluation = std::cell::RefCell<Option<(Vec<f64>, f64, Vec<f64>)>>;
+
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -112,7 +116,7 @@ pub fn default_n_startup(kinds: &[encoding::DimKind]) -> usize {
 /// every one of the first 20, then every `⌊a/10⌋`-th, so their amortised cost falls as the
 /// history grows. Between two such points the last fit is reused.
 pub fn is_fit_anchor(a: usize) -> bool {
-    a <= 20 || a % (a / 10) == 0
+    a <= 20 || a.is_multiple_of(a / 10)
 }
 
 /// The observation count whose fit serves a history of `n` observations.
@@ -754,7 +758,8 @@ mod tests {
             Param { name: "i".into(), dist: Distribution::Int { low: 0, high: 2, step: 1, log: false } },
         ])
         .unwrap();
-        let values: [&dyn Fn(u64, &ParamSet) -> f64; 3] = [
+        type ValueOf<'a> = &'a dyn Fn(u64, &ParamSet) -> f64;
+        let values: [ValueOf; 3] = [
             &|n, _| if n % 3 == 0 { f64::NAN } else if n % 5 == 0 { f64::INFINITY } else { n as f64 },
             &|_, _| 1.0,
             &|_, p| p.values().filter_map(|v| v.as_f64()).sum::<f64>(),

@@ -22,6 +22,7 @@ use super::acquisition::{ln_norm_cdf, ln_norm_pdf, log_ei};
 use super::encoding::{DimKind, Encoding};
 use super::kernel::dim_sq_diff;
 use super::posterior::Posterior;
+use super::LastEvaluation;
 use super::quasi::shifted_sobol;
 
 /// How hard to search.
@@ -184,7 +185,7 @@ struct Polish<'a> {
     acq: &'a Acquisition<'a>,
     base: &'a [f64],
     dims: &'a [usize],
-    last: RefCell<Option<(Vec<f64>, f64, Vec<f64>)>>,
+    last: LastEvaluation,
 }
 
 impl Polish<'_> {
