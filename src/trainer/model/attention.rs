@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
-use super::kernels;
+use super::kernels::{self, mm};
+use gemm::Parallelism;
 use super::ops::{masked_softmax_dropout, DropMask};
 
 /// `[b, h, s, d]` q, k, v and an additive key mask `[b, s]` → `[b, s, h·d]`.
@@ -115,10 +116,10 @@ impl CustomOp2 for QkvAttentionOp {
             // SAFETY: scratch slices have the sizes used; each unit writes its own
             // (batch rows, head columns) block of `out`.
             unsafe {
-                mm(s, s, d, p.as_mut_ptr(), s, q.as_ptr(), d, 1, k.as_ptr(), 1, d);
+                mm(Parallelism::None, s, s, d, p.as_mut_ptr(), s, q.as_ptr(), d, 1, k.as_ptr(), 1, d);
                 att.softmax_rows(p, s, u, bi, true);
                 let dst = (out_ptr as *mut f32).add(bi * s * h + hi * d);
-                mm(s, d, s, dst, h, p.as_ptr(), s, 1, v.as_ptr(), d, 1);
+                mm(Parallelism::None, s, d, s, dst, h, p.as_ptr(), s, 1, v.as_ptr(), d, 1);
             }
         });
         Ok((CpuStorage::F32(out), Shape::from((b, s, h))))
@@ -186,7 +187,7 @@ impl CustomOp3 for QkvAttentionBwdOp {
             unsafe {
                 let row0 = (out_ptr as *mut f32).add(bi * s * h3 + hi * d);
                 let (dq, dk, dv) = (row0, row0.add(h), row0.add(2 * h));
-                mm(s, s, d, p.as_mut_ptr(), s, q.as_ptr(), d, 1, k.as_ptr(), 1, d);
+                mm(Parallelism::None, s, s, d, p.as_mut_ptr(), s, q.as_ptr(), d, 1, k.as_ptr(), 1, d);
                 att.softmax_rows(p, s, u, bi, false);
                 let base = u * s * s;
                 let dr = att.drop;
@@ -195,14 +196,14 @@ impl CustomOp3 for QkvAttentionBwdOp {
                 } else {
                     kernels::drop_mul(p, pd, base, dr.key, dr.threshold, dr.scale);
                 }
-                mm(s, d, s, dv, h3, pd.as_ptr(), 1, s, go_u, h, 1);
-                mm(s, s, d, dp.as_mut_ptr(), s, go_u, h, 1, v.as_ptr(), 1, d);
+                mm(Parallelism::None, s, d, s, dv, h3, pd.as_ptr(), 1, s, go_u, h, 1);
+                mm(Parallelism::None, s, s, d, dp.as_mut_ptr(), s, go_u, h, 1, v.as_ptr(), 1, d);
                 if !dr.is_identity() {
                     kernels::drop_mul_inplace(dp, base, dr.key, dr.threshold, dr.scale);
                 }
                 kernels::softmax_bwd_rows(p, dp, s, att.scale, pd);
-                mm(s, d, s, dq, h3, pd.as_ptr(), s, 1, k.as_ptr(), d, 1);
-                mm(s, d, s, dk, h3, pd.as_ptr(), 1, s, q.as_ptr(), d, 1);
+                mm(Parallelism::None, s, d, s, dq, h3, pd.as_ptr(), s, 1, k.as_ptr(), d, 1);
+                mm(Parallelism::None, s, d, s, dk, h3, pd.as_ptr(), 1, s, q.as_ptr(), d, 1);
             }
         });
         let (dx, db) = out.split_at_mut(n);
@@ -222,45 +223,6 @@ fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
         Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
         None => bail!("attention: non-contiguous input"),
     }
-}
-
-/// `dst[m×n] = lhs[m×k] · rhs[k×n]` with explicit (row, column) strides, single-threaded.
-#[allow(clippy::too_many_arguments)]
-#[inline]
-unsafe fn mm(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: *mut f32,
-    dst_rs: usize,
-    lhs: *const f32,
-    lhs_rs: usize,
-    lhs_cs: usize,
-    rhs: *const f32,
-    rhs_rs: usize,
-    rhs_cs: usize,
-) {
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst,
-        1,
-        dst_rs as isize,
-        false,
-        lhs,
-        lhs_cs as isize,
-        lhs_rs as isize,
-        rhs,
-        rhs_cs as isize,
-        rhs_rs as isize,
-        0.0,
-        1.0,
-        false,
-        false,
-        false,
-        gemm::Parallelism::None,
-    )
 }
 
 /// Runs `f(unit, scratch)` for every unit in `0..units` on the shared CPU pool (`trainer::perf::par_ranges`); each worker gets
@@ -319,10 +281,10 @@ impl CustomOp3 for AttentionOp {
             // SAFETY: q/k/v slices are in bounds; each unit writes its own (batch, head) block
             // of `out` (rows bi·s.., columns hi·d..).
             unsafe {
-                mm(s, s, d, p.as_mut_ptr(), s, q[off..].as_ptr(), d, 1, k[off..].as_ptr(), 1, d);
+                mm(Parallelism::None, s, s, d, p.as_mut_ptr(), s, q[off..].as_ptr(), d, 1, k[off..].as_ptr(), 1, d);
                 self.softmax_rows(p, s, u, bi, true);
                 let dst = (out_ptr as *mut f32).add(bi * s * hd + hi * d);
-                mm(s, d, s, dst, hd, p.as_ptr(), s, 1, v[off..].as_ptr(), d, 1);
+                mm(Parallelism::None, s, d, s, dst, hd, p.as_ptr(), s, 1, v[off..].as_ptr(), d, 1);
             }
         });
         Ok((CpuStorage::F32(out), Shape::from((b, s, hd))))
@@ -397,7 +359,7 @@ impl CustomOp3 for AttentionBwdOp {
                 let dk = (out_ptr as *mut f32).add(n + off);
                 let dv = (out_ptr as *mut f32).add(2 * n + off);
                 // P = softmax(Q Kᵀ · scale + mask); Pd = P ∘ dropout.
-                mm(s, s, d, p.as_mut_ptr(), s, q[off..].as_ptr(), d, 1, k[off..].as_ptr(), 1, d);
+                mm(Parallelism::None, s, s, d, p.as_mut_ptr(), s, q[off..].as_ptr(), d, 1, k[off..].as_ptr(), 1, d);
                 fwd.softmax_rows(p, s, u, bi, false);
                 let base = u * s * s;
                 let dr = fwd.drop;
@@ -407,17 +369,17 @@ impl CustomOp3 for AttentionBwdOp {
                     kernels::drop_mul(p, pd, base, dr.key, dr.threshold, dr.scale);
                 }
                 // dV = Pdᵀ dO
-                mm(s, d, s, dv, d, pd.as_ptr(), 1, s, go_u, hd, 1);
+                mm(Parallelism::None, s, d, s, dv, d, pd.as_ptr(), 1, s, go_u, hd, 1);
                 // dPd = dO Vᵀ; dP = dPd ∘ dropout
-                mm(s, s, d, dp.as_mut_ptr(), s, go_u, hd, 1, v[off..].as_ptr(), 1, d);
+                mm(Parallelism::None, s, s, d, dp.as_mut_ptr(), s, go_u, hd, 1, v[off..].as_ptr(), 1, d);
                 if !dr.is_identity() {
                     kernels::drop_mul_inplace(dp, base, dr.key, dr.threshold, dr.scale);
                 }
                 // dS = scale · P ∘ (dP − rowsum(dP ∘ P)), into `pd` (no longer needed)
                 kernels::softmax_bwd_rows(p, dp, s, fwd.scale, pd);
                 // dQ = dS K; dK = dSᵀ Q
-                mm(s, d, s, dq, d, pd.as_ptr(), s, 1, k[off..].as_ptr(), d, 1);
-                mm(s, d, s, dk, d, pd.as_ptr(), 1, s, q[off..].as_ptr(), d, 1);
+                mm(Parallelism::None, s, d, s, dq, d, pd.as_ptr(), s, 1, k[off..].as_ptr(), d, 1);
+                mm(Parallelism::None, s, d, s, dk, d, pd.as_ptr(), 1, s, q[off..].as_ptr(), d, 1);
             }
         });
         Ok((CpuStorage::F32(out), Shape::from(3 * n)))

@@ -374,6 +374,52 @@ multiversion! {
     }
 }
 
+/// `dst[m×n] = lhs[m×k] · rhs[k×n]` with explicit (row, column) strides, through the `gemm`
+/// crate (overwriting `dst`). The attention kernels run it single-threaded inside their own
+/// parallel loop over heads; the linear layers give it the thread pool.
+///
+/// # Safety
+/// Every pointer must be valid for the extents its strides and sizes imply, and `dst` must
+/// not overlap `lhs` or `rhs`.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub unsafe fn mm(
+    par: gemm::Parallelism,
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    lhs: *const f32,
+    lhs_rs: usize,
+    lhs_cs: usize,
+    rhs: *const f32,
+    rhs_rs: usize,
+    rhs_cs: usize,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        false,
+        lhs,
+        lhs_cs as isize,
+        lhs_rs as isize,
+        rhs,
+        rhs_cs as isize,
+        rhs_rs as isize,
+        0.0,
+        1.0,
+        false,
+        false,
+        false,
+        par,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,8 @@
 
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
+use super::kernels::mm;
+
 /// `x [.., in] · wᵀ` with `w [out, in]` → `[.., out]`.
 pub fn matmul_wt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     if x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32 {
@@ -46,44 +48,6 @@ fn parallelism() -> gemm::Parallelism {
     }
 }
 
-/// `dst[m×n] = lhs · rhs` with (row, column) strides.
-#[allow(clippy::too_many_arguments)]
-unsafe fn mm(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: *mut f32,
-    dst_rs: usize,
-    lhs: *const f32,
-    lhs_rs: usize,
-    lhs_cs: usize,
-    rhs: *const f32,
-    rhs_rs: usize,
-    rhs_cs: usize,
-) {
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst,
-        1,
-        dst_rs as isize,
-        false,
-        lhs,
-        lhs_cs as isize,
-        lhs_rs as isize,
-        rhs,
-        rhs_cs as isize,
-        rhs_rs as isize,
-        0.0,
-        1.0,
-        false,
-        false,
-        false,
-        parallelism(),
-    )
-}
-
 struct MatmulWt;
 
 fn dims(lx: &Layout, lw: &Layout) -> Result<(usize, usize, usize)> {
@@ -107,7 +71,7 @@ impl CustomOp2 for MatmulWt {
         let w = slice(s2, l2, "w")?;
         let mut y = vec![0f32; rows * out];
         // SAFETY: the buffers have the sizes checked above.
-        unsafe { mm(rows, out, inp, y.as_mut_ptr(), out, x.as_ptr(), inp, 1, w.as_ptr(), 1, inp) };
+        unsafe { mm(parallelism(), rows, out, inp, y.as_mut_ptr(), out, x.as_ptr(), inp, 1, w.as_ptr(), 1, inp) };
         let mut shape = l1.shape().dims().to_vec();
         if let Some(last) = shape.last_mut() {
             *last = out;
@@ -158,9 +122,9 @@ impl CustomOp3 for MatmulWtBwd {
         // SAFETY: the buffers have the sizes checked above.
         unsafe {
             if self.need_dx {
-                mm(rows, inp, out, dx.as_mut_ptr(), inp, dy.as_ptr(), out, 1, w.as_ptr(), inp, 1);
+                mm(parallelism(), rows, inp, out, dx.as_mut_ptr(), inp, dy.as_ptr(), out, 1, w.as_ptr(), inp, 1);
             }
-            mm(out, inp, rows, dw.as_mut_ptr(), inp, dy.as_ptr(), 1, out, x.as_ptr(), inp, 1);
+            mm(parallelism(), out, inp, rows, dw.as_mut_ptr(), inp, dy.as_ptr(), 1, out, x.as_ptr(), inp, 1);
         }
         Ok((CpuStorage::F32(buf), Shape::from(n_dx + out * inp)))
     }
