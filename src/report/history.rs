@@ -6,7 +6,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::axis::{pad, short_number};
-use super::render::{DrawResult, BEST, COMPLETE, FAILED, PRUNED};
+use super::render::{draw_legend, DrawResult, BEST, COMPLETE, FAILED, PRUNED};
 use super::study::StudyData;
 use super::NotEnoughData;
 use crate::trial::{Direction, TrialNumber, TrialState};
@@ -126,13 +126,6 @@ impl HistoryPlot {
                 .label("best so far")
                 .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BEST.stroke_width(2)));
         }
-        chart
-            .configure_series_labels()
-            .label_font(("sans-serif", 14))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.3))
-            .position(SeriesLabelPosition::UpperRight)
-            .draw()?;
-        Ok(())
+        draw_legend(&mut chart)
     }
 }

@@ -5,7 +5,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::axis::{pad, short_number};
-use super::render::{DrawResult, BEST, COMPLETE, FAILED, PRUNED};
+use super::render::{draw_legend, whole_number_label, DrawResult, BEST, COMPLETE, FAILED, PRUNED};
 use super::study::StudyData;
 use super::NotEnoughData;
 use crate::trial::{TrialNumber, TrialState};
@@ -64,14 +64,13 @@ impl LearningCurves {
             .y_label_area_size(70)
             .build_cartesian_2d(xlo..xhi, ylo..yhi)?;
         let yf = |v: &f64| short_number(*v);
-        let xf = |v: &f64| if (v - v.round()).abs() < 1e-9 { format!("{}", v.round()) } else { String::new() };
         chart
             .configure_mesh()
             .label_style(("sans-serif", 14))
             .axis_desc_style(("sans-serif", 15))
             .x_desc("step")
             .y_desc(self.metric.as_str())
-            .x_label_formatter(&xf)
+            .x_label_formatter(&whole_number_label)
             .y_label_formatter(&yf)
             .light_line_style(WHITE.mix(0.0))
             .draw()?;
@@ -96,13 +95,6 @@ impl LearningCurves {
                 series.label(label).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], style));
             }
         }
-        chart
-            .configure_series_labels()
-            .label_font(("sans-serif", 14))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.3))
-            .position(SeriesLabelPosition::UpperRight)
-            .draw()?;
-        Ok(())
+        draw_legend(&mut chart)
     }
 }

@@ -25,6 +25,30 @@ use crate::trial::{Direction, TrialNumber, TrialState};
 /// What drawing functions return (plotters' errors, boxed).
 pub type DrawResult = Result<(), Box<dyn std::error::Error>>;
 
+/// The legend of a line chart: top right, on a translucent white box.
+pub fn draw_legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(chart: &mut ChartContext<'a, DB, CT>) -> DrawResult
+where
+    DB::ErrorType: 'static,
+{
+    chart
+        .configure_series_labels()
+        .label_font(("sans-serif", 14))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.3))
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()?;
+    Ok(())
+}
+
+/// An axis label on whole numbers only (steps, epochs): none between them.
+pub fn whole_number_label(v: &f64) -> String {
+    if (v - v.round()).abs() < 1e-9 {
+        format!("{}", v.round())
+    } else {
+        String::new()
+    }
+}
+
 /// The font every plot uses, shipped in the binary (license in `assets/fonts`).
 static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
 

@@ -6,7 +6,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::axis::{pad, short_number};
-use super::render::{DrawResult, BEST, COMPLETE};
+use super::render::{draw_legend, whole_number_label, DrawResult, BEST, COMPLETE};
 use super::study::StudyData;
 use super::NotEnoughData;
 use crate::trial::TrialNumber;
@@ -64,14 +64,13 @@ impl TrainValidLoss {
             .y_label_area_size(70)
             .build_cartesian_2d(xlo..xhi, ylo..yhi)?;
         let yf = |v: &f64| short_number(*v);
-        let xf = |v: &f64| if (v - v.round()).abs() < 1e-9 { format!("{}", v.round()) } else { String::new() };
         chart
             .configure_mesh()
             .label_style(("sans-serif", 14))
             .axis_desc_style(("sans-serif", 15))
             .x_desc("epoch")
             .y_desc("loss")
-            .x_label_formatter(&xf)
+            .x_label_formatter(&whole_number_label)
             .y_label_formatter(&yf)
             .light_line_style(WHITE.mix(0.0))
             .draw()?;
@@ -82,13 +81,6 @@ impl TrainValidLoss {
                 .label(label)
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
         }
-        chart
-            .configure_series_labels()
-            .label_font(("sans-serif", 14))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.3))
-            .position(SeriesLabelPosition::UpperRight)
-            .draw()?;
-        Ok(())
+        draw_legend(&mut chart)
     }
 }
