@@ -127,6 +127,8 @@ pub enum SpaceError {
     UnknownParam { name: String, known: String },
     #[error("parameter `{name}` is missing")]
     MissingParam { name: String },
+    #[error("no parameter given (give at least one of: {known})")]
+    EmptyPoint { known: String },
     #[error("parameter `{name}`: {value} is not allowed ({expected})")]
     OutOfSpace { name: String, value: String, expected: String },
     #[error("`{0}` is not of the form name=value")]
@@ -525,8 +527,30 @@ impl SearchSpace {
         Ok(out)
     }
 
+    /// Validates a partial point (an enqueued one): every name must be a parameter of the
+    /// space and every value allowed; parameters left out are for the sampler to choose. At
+    /// least one parameter must be given.
+    pub fn validate_partial(&self, set: &ParamSet) -> Result<ParamSet, SpaceError> {
+        if set.is_empty() {
+            return Err(SpaceError::EmptyPoint { known: self.known() });
+        }
+        for name in set.keys() {
+            if self.get(name).is_none() {
+                return Err(SpaceError::UnknownParam { name: name.clone(), known: self.known() });
+            }
+        }
+        let mut out = ParamSet::new();
+        for p in &self.params {
+            if let Some(v) = set.get(&p.name) {
+                out.insert(p.name.clone(), p.dist.coerce(&p.name, v)?);
+            }
+        }
+        Ok(out)
+    }
+
     /// Parses `name=value` assignments (as given to `enqueue --param`); values are read as
-    /// TOML scalars, so `3e-5`, `16`, `true` and `adamw` all work. Names not given are an error.
+    /// TOML scalars, so `3e-5`, `16`, `true` and `adamw` all work. Parameters not given are
+    /// left to the sampler ([`SearchSpace::validate_partial`]).
     pub fn parse_assignments(&self, items: &[String]) -> Result<ParamSet, SpaceError> {
         let mut set = ParamSet::new();
         for item in items {
@@ -539,7 +563,7 @@ impl SearchSpace {
             let value = parse_scalar(raw);
             set.insert(name.to_string(), dist.coerce(name, &value)?);
         }
-        self.validate(&set)
+        self.validate_partial(&set)
     }
 
     /// Every point of the full factorial grid, in a fixed order (the declaration order of
@@ -685,7 +709,11 @@ mod tests {
             space.parse_assignments(&["learning_rate=1".into(), "batch_size=16".into()]),
             Err(SpaceError::OutOfSpace { .. })
         ));
-        assert!(matches!(space.parse_assignments(&["learning_rate=3e-5".into()]), Err(SpaceError::MissingParam { .. })));
+        // A partial point leaves the rest to the sampler; an empty one is refused.
+        let partial = space.parse_assignments(&["learning_rate=3e-5".into()]).unwrap();
+        assert_eq!(partial.len(), 1);
+        assert!(matches!(space.parse_assignments(&[]), Err(SpaceError::EmptyPoint { .. })));
+        assert!(matches!(space.validate(&partial), Err(SpaceError::MissingParam { .. })), "full points stay full");
         assert!(matches!(space.parse_assignments(&["lr=3e-5".into()]), Err(SpaceError::UnknownParam { .. })));
     }
 

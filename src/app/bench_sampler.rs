@@ -108,7 +108,7 @@ fn run_seed(args: &BenchSamplerArgs, function: SyntheticFunction, sampler: &dyn 
     while run.best.len() < args.trials {
         while !exhausted && running.len() < args.parallel && history.len() < args.trials {
             let number = history.len() as u64;
-            let ctx = SuggestContext { space: &space, direction: Direction::Minimize, history: &history, number, seed };
+            let ctx = SuggestContext { space: &space, direction: Direction::Minimize, history: &history, number, seed, fixed: None };
             let (start, cpu_start) = (Instant::now(), thread_cpu_ms());
             let proposal = sampler.suggest(&ctx).with_context(|| format!("seed {seed}, trial {number}"))?;
             run.suggest_ms.push(start.elapsed().as_secs_f64() * 1e3);
@@ -263,7 +263,7 @@ fn run_existing(args: &BenchSamplerArgs, function: SyntheticFunction, sampler: &
             let mut seed_cpu = Vec::new();
             for _ in 0..args.probe {
                 let number = history.len() as u64;
-                let ctx = SuggestContext { space: &space, direction: Direction::Minimize, history: &history, number, seed };
+                let ctx = SuggestContext { space: &space, direction: Direction::Minimize, history: &history, number, seed, fixed: None };
                 let (start, cpu_start) = (Instant::now(), thread_cpu_ms());
                 let Some(params) = sampler.suggest(&ctx)? else { break };
                 seed_times.push(start.elapsed().as_secs_f64() * 1e3);

@@ -145,7 +145,7 @@ pub fn run(args: &RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     let queued = store.enqueue_study_file_points(study.id, &cfg.space, &cfg.enqueue)?;
     if !quiet {
         for (number, params) in queued.iter().zip(&cfg.enqueue) {
-            eprintln!("queued trial {number} from [[enqueue]]: {}", crate::scheduler::display::format_params(params));
+            eprintln!("queued trial {number} from [[enqueue]]: {}", super::enqueue::describe_queued(&cfg.space, params));
         }
     }
     let history = store.trials(study.id)?;

@@ -383,7 +383,7 @@ fn resolve(src: &Source, f: StudyFile, dir: PathBuf) -> Result<StudyConfig, Conf
         .enumerate()
         .map(|(i, point)| {
             let set: ParamSet = point.get_ref().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-            space.validate(&set).map_err(|e| {
+            space.validate_partial(&set).map_err(|e| {
                 src.error_at(point.span(), Some(format!("enqueue[{i}]")), format!("point {} of `[[enqueue]]`: {e}", i + 1))
             })
         })

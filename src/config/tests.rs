@@ -68,7 +68,7 @@ const CASES: &[(&str, &str, &str, usize, &str, &str)] = &[
     ("step_time without steps", "function = \"branin\"", "function = \"branin\"\nstep_time = \"10ms\"", 17, "objective.step_time", "needs `steps`"),
     ("unknown pruner key", "function = \"branin\"", "function = \"branin\"\n[pruner]\nkind = \"asha\"\nrungz = 3", 19, "pruner.rungz", "unknown field"),
     ("enqueued point out of range", "function = \"branin\"", "function = \"branin\"\n[[enqueue]]\nx1 = 1.0\nx2 = 2.0\n[[enqueue]]\nx1 = 30.0\nx2 = 2.0", 20, "enqueue[1]", "point 2 of `[[enqueue]]`"),
-    ("enqueued point missing a parameter", "function = \"branin\"", "function = \"branin\"\n[[enqueue]]\nx1 = 1.0", 17, "enqueue[0]", "x2"),
+    ("enqueued point with no parameter", "function = \"branin\"", "function = \"branin\"\n[[enqueue]]\nx1 = 1.0\n[[enqueue]]\n", 19, "enqueue[1]", "no parameter given (give at least one of: x1, x2)"),
     ("enqueued point with an unknown parameter", "function = \"branin\"", "function = \"branin\"\n[[enqueue]]\nx1 = 1.0\nx2 = 2.0\nx3 = 0", 17, "enqueue[0]", "x3"),
 ];
 

@@ -367,7 +367,7 @@ fn store_fixture(path: &Path) -> (Store, crate::storage::StudyInfo) {
     let pts = [(1e-5, 8, 2), (1e-3, 16, 4), (1e-4, 32, 6), (3e-4, 16, 8), (2e-4, 32, 3), (5e-5, 8, 5)];
     for (k, &(lr, bs, ep)) in pts.iter().enumerate() {
         let claim = store
-            .claim_next::<std::convert::Infallible>(info.id, &sp, Budget { n_trials: None }, &Owner::current(), &format!("cuda:{}", k % 2), |_, _| {
+            .claim_next::<std::convert::Infallible>(info.id, &sp, Budget { n_trials: None }, &Owner::current(), &format!("cuda:{}", k % 2), |_, _, _| {
                 Ok(Some(params(lr, bs, ep)))
             })
             .expect("claim")

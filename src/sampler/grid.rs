@@ -37,9 +37,17 @@ impl Sampler for GridSampler {
 
     fn suggest(&self, ctx: &SuggestContext<'_>) -> Result<Option<ParamSet>, SamplerError> {
         let order = self.order(ctx.space, ctx.seed);
-        Ok(order
-            .into_iter()
-            .find(|p| !ctx.history.iter().any(|t| SearchSpace::same_point(&t.params, p))))
+        let mut unvisited = order.into_iter().filter(|p| !ctx.history.iter().any(|t| SearchSpace::same_point(&t.params, p)));
+        match ctx.fixed {
+            None => Ok(unvisited.next()),
+            // A partly queued point: the first unvisited grid point that agrees with it, else
+            // the first unvisited one (its held values then replace the grid's).
+            Some(fixed) => {
+                let left: Vec<ParamSet> = unvisited.collect();
+                let agrees = |p: &ParamSet| fixed.iter().all(|(k, v)| p.get(k) == Some(v));
+                Ok(left.iter().find(|p| agrees(p)).or(left.first()).cloned())
+            }
+        }
     }
 }
 
@@ -62,7 +70,7 @@ mod tests {
             let sampler = GridSampler::new(pts);
             let mut history: Vec<TrialRecord> = Vec::new();
             loop {
-                let ctx = SuggestContext { space: &space, direction: Direction::Minimize, history: &history, number: history.len() as u64, seed };
+                let ctx = SuggestContext { space: &space, direction: Direction::Minimize, history: &history, number: history.len() as u64, seed, fixed: None };
                 match sampler.suggest(&ctx).unwrap() {
                     Some(p) => {
                         prop_assert!(space.validate(&p).is_ok());
@@ -75,5 +83,28 @@ mod tests {
             }
             prop_assert_eq!(history.len(), expected);
         }
+    }
+
+    #[test]
+    fn a_partly_queued_point_takes_an_unvisited_grid_point_that_agrees_with_it() {
+        let space = SearchSpace::new(vec![
+            Param { name: "c".into(), dist: Distribution::Categorical { choices: vec![ParamValue::Str("a".into()), ParamValue::Str("b".into())] } },
+            Param { name: "i".into(), dist: Distribution::Int { low: 1, high: 3, step: 1, log: false } },
+        ])
+        .unwrap();
+        let sampler = GridSampler::new(3);
+        let held: ParamSet = [("c".to_string(), ParamValue::Str("b".into()))].into_iter().collect();
+        let mut history: Vec<TrialRecord> = Vec::new();
+        for n in 0..3u64 {
+            let ctx = SuggestContext { space: &space, direction: Direction::Minimize, history: &history, number: n, seed: 1, fixed: Some(&held) };
+            let p = crate::sampler::suggest_around(&sampler, &ctx).unwrap().unwrap();
+            assert_eq!(p["c"], held["c"], "{p:?}");
+            assert!(!history.iter().any(|t| t.params == p), "grid point {p:?} visited twice");
+            history.push(TrialRecord::new(n, TrialState::Complete, p, Some(0.0)));
+        }
+        // Every `c = "b"` point is visited: a fourth held point still keeps `c = "b"`.
+        let ctx = SuggestContext { space: &space, direction: Direction::Minimize, history: &history, number: 3, seed: 1, fixed: Some(&held) };
+        let p = crate::sampler::suggest_around(&sampler, &ctx).unwrap().unwrap();
+        assert_eq!(p["c"], held["c"]);
     }
 }

@@ -30,6 +30,9 @@ pub struct SuggestContext<'a> {
     pub number: TrialNumber,
     /// The study's sampler seed.
     pub seed: u64,
+    /// Parameters already decided for this trial (a partly enqueued point): the sampler
+    /// chooses the others, and [`suggest_around`] keeps these.
+    pub fixed: Option<&'a ParamSet>,
 }
 
 impl SuggestContext<'_> {
@@ -50,6 +53,24 @@ pub fn splitmix64(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
+}
+
+/// The sampler's proposal for trial `ctx.number`, with `ctx.fixed` (if any) kept: the
+/// parameters of a partly enqueued point stay as queued and the sampler chooses the rest
+/// (the GP conditions its acquisition on them; other samplers draw as usual). A grid that
+/// has nothing left completes such a point with a random draw.
+pub fn suggest_around(sampler: &dyn Sampler, ctx: &SuggestContext<'_>) -> Result<Option<ParamSet>, SamplerError> {
+    let Some(fixed) = ctx.fixed else {
+        return sampler.suggest(ctx);
+    };
+    let mut point = match sampler.suggest(ctx)? {
+        Some(p) => p,
+        None => RandomSampler::draw(ctx.space, &mut ctx.rng()),
+    };
+    for (name, value) in fixed {
+        point.insert(name.clone(), value.clone());
+    }
+    Ok(Some(point))
 }
 
 /// Why a sampler could not propose a point.

@@ -53,7 +53,7 @@ mod tests {
         let mut counts = [0usize; 4];
         let n = 8000;
         for i in 0..n {
-            let ctx = SuggestContext { space: &space, direction: Direction::Minimize, history: &[], number: i, seed: 7 };
+            let ctx = SuggestContext { space: &space, direction: Direction::Minimize, history: &[], number: i, seed: 7, fixed: None };
             let p = RandomSampler.suggest(&ctx).unwrap().unwrap();
             let lr = p["lr"].as_f64().unwrap();
             let decade = ((lr.log10() + 6.0).floor() as usize).min(3);
@@ -71,7 +71,7 @@ mod tests {
         let seq = |seed| {
             (0..20)
                 .map(|i| {
-                    let ctx = SuggestContext { space: &space, direction: Direction::Minimize, history: &[], number: i, seed };
+                    let ctx = SuggestContext { space: &space, direction: Direction::Minimize, history: &[], number: i, seed, fixed: None };
                     RandomSampler.suggest(&ctx).unwrap().unwrap()
                 })
                 .collect::<Vec<_>>()
@@ -84,7 +84,7 @@ mod tests {
         #[test]
         fn samples_are_in_space(seed in any::<u64>(), number in 0u64..1000) {
             let space = lr_space();
-            let ctx = SuggestContext { space: &space, direction: Direction::Minimize, history: &[], number, seed };
+            let ctx = SuggestContext { space: &space, direction: Direction::Minimize, history: &[], number, seed, fixed: None };
             let p = RandomSampler.suggest(&ctx).unwrap().unwrap();
             prop_assert!(space.validate(&p).is_ok());
             let ep = match p["ep"] { ParamValue::Int(i) => i, _ => -1 };

@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 use super::display::Observer;
 use super::runner::{CancelToken, Decision, Progress, Reporter, TrialAssignment, TrialRunner};
 use crate::pruner::Pruner;
-use crate::sampler::{Sampler, SamplerError, SuggestContext};
+use crate::sampler::{suggest_around, Sampler, SamplerError, SuggestContext};
 use crate::space::SearchSpace;
 use crate::storage::{retry_depth, Budget, Claim, Owner, Store, StoreError};
 use crate::trial::{is_external_failure, stopped_by_user, Direction, Outcome, PruningRecord, TrialNumber};
@@ -253,9 +253,9 @@ fn slot_loop(
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return Ok(StopReason::Timeout);
         }
-        let claim = store.claim_next(run.study_id, run.space, run.budget, owner, device, |history, number| {
-            let ctx = SuggestContext { space: run.space, direction: run.direction, history, number, seed: run.sampler_seed };
-            run.sampler.suggest(&ctx)
+        let claim = store.claim_next(run.study_id, run.space, run.budget, owner, device, |history, number, fixed| {
+            let ctx = SuggestContext { space: run.space, direction: run.direction, history, number, seed: run.sampler_seed, fixed };
+            suggest_around(run.sampler, &ctx)
         })?;
         let trial = match claim? {
             Claim::Trial(t) => t,

@@ -454,6 +454,9 @@ impl Store {
 
     /// Takes the next trial to run, in one write transaction: a WAITING trial first (lowest
     /// number), else a new one with the parameters `propose` makes from the whole history.
+    /// `propose` gets the history, the trial's number and, for a WAITING trial that lacks
+    /// some parameters (a partly enqueued point, ours or Optuna's `fixed_params`), the
+    /// parameters it has; it must return a full point that keeps them.
     pub fn claim_next<E>(
         &mut self,
         study_id: i64,
@@ -461,7 +464,7 @@ impl Store {
         budget: Budget,
         owner: &Owner,
         device: &str,
-        propose: impl FnOnce(&[TrialRecord], TrialNumber) -> std::result::Result<Option<ParamSet>, E>,
+        propose: impl FnOnce(&[TrialRecord], TrialNumber, Option<&ParamSet>) -> std::result::Result<Option<ParamSet>, E>,
     ) -> Result<std::result::Result<Claim, E>> {
         let path = self.path.clone();
         let sq = |source| StoreError::Sqlite { path: path.clone(), source };
@@ -481,6 +484,16 @@ impl Store {
         let now = now_text();
         let owner_json = serde_json::to_string(owner).unwrap_or_default();
         if let Some(w) = history.iter().find(|t| t.state == TrialState::Waiting) {
+            let fixed = queued_params(&tx, w, space).map_err(sq)?;
+            let params = if space.params().iter().all(|p| fixed.contains_key(&p.name)) {
+                fixed
+            } else {
+                match propose(&history, w.number, Some(&fixed)) {
+                    Err(e) => return Ok(Err(e)),
+                    Ok(None) => return Ok(Ok(Claim::Exhausted)),
+                    Ok(Some(p)) => p,
+                }
+            };
             let changed = tx
                 .execute(
                     "UPDATE trials SET state = 'RUNNING', datetime_start = ?1 WHERE trial_id = ?2 AND state = 'WAITING'",
@@ -488,15 +501,20 @@ impl Store {
                 )
                 .map_err(sq)?;
             if changed == 1 {
+                let added: ParamSet = params.iter().filter(|(k, _)| !w.params.contains_key(*k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+                insert_params(&tx, w.id, &with_distributions(space, &added)).map_err(sq)?;
                 set_attr(&tx, "trial_user_attributes", w.id, "device", &Value::String(device.to_string())).map_err(sq)?;
                 set_attr_raw(&tx, "trial_system_attributes", w.id, "sft:owner", &owner_json).map_err(sq)?;
                 beat(&tx, w.id, &now).map_err(sq)?;
                 tx.commit().map_err(sq)?;
-                return Ok(Ok(Claim::Trial(ClaimedTrial { id: w.id, number: w.number, params: w.params.clone(), retry_of: w.retry_of })));
+                return Ok(Ok(Claim::Trial(ClaimedTrial { id: w.id, number: w.number, params, retry_of: w.retry_of })));
             }
+            // Unreachable inside this write transaction; were it not, another process has
+            // just taken the trial, and the next call looks again.
+            return Ok(Ok(Claim::Wait));
         }
         let number = history.len() as TrialNumber;
-        let params = match propose(&history, number) {
+        let params = match propose(&history, number, None) {
             Err(e) => return Ok(Err(e)),
             Ok(None) => return Ok(Ok(Claim::Exhausted)),
             Ok(Some(p)) => p,
@@ -763,16 +781,44 @@ fn insert_trial(
         params![number as i64, study_id, state.as_str(), start],
     )?;
     let id = conn.last_insert_rowid();
-    for (name, value, dist) in params {
-        conn.execute(
-            "INSERT INTO trial_params (trial_id, param_name, param_value, distribution_json) VALUES (?1, ?2, ?3, ?4)",
-            params![id, name, dist.to_internal(value), dist.to_optuna_json().to_string()],
-        )?;
-    }
+    insert_params(conn, id, params)?;
     if let Some(r) = retry_of {
         set_attr(conn, "trial_user_attributes", id, "retry_of", &Value::from(r))?;
     }
     Ok(id)
+}
+
+fn insert_params(conn: &Connection, trial_id: i64, params: &ParamsWithDists) -> rusqlite::Result<()> {
+    for (name, value, dist) in params {
+        conn.execute(
+            "INSERT INTO trial_params (trial_id, param_name, param_value, distribution_json) VALUES (?1, ?2, ?3, ?4)",
+            params![trial_id, name, dist.to_internal(value), dist.to_optuna_json().to_string()],
+        )?;
+    }
+    Ok(())
+}
+
+/// The parameters a WAITING trial was queued with: its recorded parameters, plus those of
+/// its `fixed_params` attribute (how Optuna's `enqueue_trial` queues them, without
+/// parameter rows) that the space accepts.
+fn queued_params(conn: &Connection, trial: &TrialRecord, space: &SearchSpace) -> rusqlite::Result<ParamSet> {
+    let mut params = trial.params.clone();
+    let fixed: Option<String> = conn
+        .query_row(
+            "SELECT value_json FROM trial_system_attributes WHERE trial_id = ?1 AND \"key\" = 'fixed_params'",
+            params![trial.id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(Value::Object(map)) = fixed.and_then(|j| serde_json::from_str::<Value>(&j).ok()) {
+        for (name, v) in map {
+            let (false, Some(dist), Some(value)) = (params.contains_key(&name), space.get(&name), ParamValue::from_json(&v)) else { continue };
+            if let Ok(value) = dist.coerce(&name, &value) {
+                params.insert(name, value);
+            }
+        }
+    }
+    Ok(params)
 }
 
 /// The study system attribute that records which trials the study file's `[[enqueue]]`

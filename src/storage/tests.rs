@@ -29,7 +29,7 @@ type NoErr = std::convert::Infallible;
 
 fn claim(store: &mut Store, study: i64, n: Option<u64>, p: ParamSet) -> Claim {
     store
-        .claim_next::<NoErr>(study, &space(), Budget { n_trials: n }, &Owner::current(), "cpu", |_, _| Ok(Some(p)))
+        .claim_next::<NoErr>(study, &space(), Budget { n_trials: n }, &Owner::current(), "cpu", |_, _, _| Ok(Some(p)))
         .unwrap()
         .unwrap()
 }
@@ -157,6 +157,44 @@ fn enqueue_uses_optuna_fixed_params() {
 }
 
 #[test]
+fn a_partly_queued_trial_gets_the_rest_from_the_sampler_when_claimed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, study) = open_study(&dir.path().join("a.db"));
+    let partial: ParamSet = [("bs".to_string(), ParamValue::Str("big".into()))].into_iter().collect();
+    assert_eq!(store.enqueue(study.id, &space(), &partial).unwrap(), 0);
+    // Optuna's `enqueue_trial` queues the same way without parameter rows: only the
+    // `fixed_params` attribute.
+    let optuna_style = store.enqueue(study.id, &space(), &partial).unwrap();
+    store.conn.execute("DELETE FROM trial_params WHERE trial_id = (SELECT trial_id FROM trials WHERE number = ?1)", params![optuna_style]).unwrap();
+    store.conn.execute("UPDATE trial_system_attributes SET value_json = '{\"ep\": 4}' WHERE \"key\" = 'fixed_params' AND trial_id = (SELECT trial_id FROM trials WHERE number = ?1)", params![optuna_style]).unwrap();
+    for (number, held) in [(0, ("bs", ParamValue::Str("big".into()))), (1, ("ep", ParamValue::Int(4)))] {
+        let mut seen = None;
+        let claimed = store
+            .claim_next::<NoErr>(study.id, &space(), Budget { n_trials: None }, &Owner::current(), "cpu", |history, n, fixed| {
+                seen = Some((history.len(), n, fixed.cloned()));
+                let mut p = point(1e-3, ParamValue::Int(16), 2);
+                p.extend(fixed.cloned().unwrap_or_default());
+                Ok(Some(p))
+            })
+            .unwrap()
+            .unwrap();
+        let Claim::Trial(t) = claimed else { panic!("{claimed:?}") };
+        let fixed: ParamSet = [(held.0.to_string(), held.1.clone())].into_iter().collect();
+        assert_eq!(seen, Some((2, number, Some(fixed))), "the sampler is asked for trial {number} with what it holds");
+        assert_eq!((t.number, t.params.len(), &t.params[held.0]), (number, 3, &held.1));
+        let stored = store.trials(study.id).unwrap().remove(number as usize);
+        assert_eq!((stored.state, &stored.params), (TrialState::Running, &t.params), "every parameter is recorded");
+    }
+    // A fully queued trial never asks the sampler.
+    store.enqueue(study.id, &space(), &point(2e-3, ParamValue::Int(16), 1)).unwrap();
+    let claimed = store
+        .claim_next::<NoErr>(study.id, &space(), Budget { n_trials: None }, &Owner::current(), "cpu", |_, _, _| panic!("asked"))
+        .unwrap()
+        .unwrap();
+    assert!(matches!(claimed, Claim::Trial(t) if t.number == 2));
+}
+
+#[test]
 fn a_changed_space_is_refused_unless_allowed() {
     let dir = tempfile::tempdir().unwrap();
     let (mut store, _) = open_study(&dir.path().join("a.db"));
@@ -179,7 +217,7 @@ fn orphans_of_dead_owners_are_failed_and_retried() {
     child.wait().unwrap();
     let dead = Owner { host: hostname(), pid: dead_pid, start: None, worker_id: None };
     let Claim::Trial(a) = store
-        .claim_next::<NoErr>(study.id, &space(), Budget { n_trials: None }, &dead, "cuda:1", |_, _| Ok(Some(p.clone())))
+        .claim_next::<NoErr>(study.id, &space(), Budget { n_trials: None }, &dead, "cuda:1", |_, _, _| Ok(Some(p.clone())))
         .unwrap()
         .unwrap()
     else {

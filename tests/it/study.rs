@@ -146,6 +146,44 @@ fn study_file_points_run_first_and_are_queued_only_once() {
 }
 
 #[test]
+fn partly_queued_points_keep_their_values_and_the_sampler_chooses_the_rest() {
+    let d = StudyDir::new();
+    let study = |n: u64| {
+        BRANIN_GRID.replace("kind = \"grid\"", "kind = \"gp\"").replace("grid_points = 7", "").replace("storage = \"study.db\"", &format!("storage = \"study.db\"\nn_trials = {n}"))
+            + "\n[[enqueue]]\nx1 = 9.5\n"
+    };
+    d.write("s.toml", &study(7));
+    let out = d.run(&["enqueue", "s.toml", "--param", "x2=2.5"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let printed = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(printed.contains("queued trial 0: x2=2.5; the sampler chooses x1"), "{printed}");
+    let out = d.run(&["run", "s.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("queued trial 1 from [[enqueue]]: x1=9.5; the sampler chooses x2"), "{}", stderr(&out));
+    // Later, with a model: a partial point queued mid-study.
+    d.write("s.toml", &study(8));
+    assert!(d.run(&["enqueue", "s.toml", "--param", "x1=3.0"]).status.success());
+    let out = d.run(&["run", "s.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let trials = d.trials("s.toml");
+    assert_eq!(trials.len(), 8);
+    assert!(trials.iter().all(|t| t["state"] == "COMPLETE"), "{trials:?}");
+    let p = |i: usize, k: &str| trials[i]["params"][k].as_f64().unwrap();
+    assert_eq!((p(0, "x2"), p(1, "x1"), p(7, "x1")), (2.5, 9.5, 3.0));
+    for (i, free) in [(0, "x1"), (1, "x2"), (7, "x2")] {
+        let (lo, hi) = if free == "x1" { (-5.0, 10.0) } else { (0.0, 15.0) };
+        assert!((lo..=hi).contains(&p(i, free)), "trial {i}: {free} = {}", p(i, free));
+    }
+    // The free values are the sampler's, not a constant: the three differ.
+    assert!(p(0, "x1") != p(1, "x2") && p(1, "x2") != p(7, "x2"));
+    // An empty point in the study file is refused, naming it and the parameters.
+    d.write("s.toml", &(study(8) + "\n[[enqueue]]\n"));
+    let bad = d.run(&["run", "s.toml"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("enqueue[1]") && stderr(&bad).contains("no parameter given (give at least one of: x1, x2)"), "{}", stderr(&bad));
+}
+
+#[test]
 fn a_failing_command_fails_its_trial_and_the_study_goes_on() {
     let d = StudyDir::new();
     d.python(

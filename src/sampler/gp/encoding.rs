@@ -23,6 +23,9 @@ pub enum DimKind {
     /// some choice is not a number (an optimiser's name, a flag), so the choices are kinds
     /// of thing rather than values on a scale.
     Categorical { n: usize, nominal: bool },
+    /// A coordinate held at `value` (a parameter this trial was queued with): every
+    /// candidate takes it and no move changes it.
+    Fixed { value: f64 },
 }
 
 /// The encoding of one search space.
@@ -97,9 +100,33 @@ impl Encoding {
             .collect()
     }
 
+    /// This encoding with the coordinates of `fixed`'s parameters held at their values (see
+    /// [`DimKind::Fixed`]); parameters the space does not hold, or values it does not
+    /// know, are left free.
+    pub fn fixing(&self, fixed: &ParamSet) -> Encoding {
+        let mut out = self.clone();
+        for (d, (name, dist)) in self.names.iter().zip(&self.dists).enumerate() {
+            let Some(v) = fixed.get(name) else { continue };
+            let value = match dist {
+                Distribution::Categorical { .. } => dist.to_internal(v),
+                _ => dist.to_unit(v).and_then(|u| dist.to_unit(&dist.from_unit(u))),
+            };
+            if let Some(value) = value.filter(|c| c.is_finite()) {
+                out.kinds[d] = DimKind::Fixed { value };
+            }
+        }
+        out
+    }
+
+    /// Whether some coordinate is held ([`Encoding::fixing`]).
+    pub fn has_fixed(&self) -> bool {
+        self.kinds.iter().any(|k| matches!(k, DimKind::Fixed { .. }))
+    }
+
     /// Moves coordinate `d` of a vector onto a value it may take.
     pub fn snap_dim(&self, d: usize, c: f64) -> f64 {
         match &self.kinds[d] {
+            DimKind::Fixed { value } => *value,
             DimKind::Continuous => c.clamp(0.0, 1.0),
             DimKind::Lattice { .. } => self.dists[d].to_unit(&self.dists[d].from_unit(c)).unwrap_or(0.5),
             DimKind::Categorical { n, .. } => {

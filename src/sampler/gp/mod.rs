@@ -542,7 +542,15 @@ impl Sampler for GpSampler {
         if seen < n_startup || obs.n_complete() < 2 {
             return Ok(Some(self.startup_point(ctx, &enc, &obs)));
         }
-        match self.model_point(ctx, &enc, &obs) {
+        let held;
+        let search = match ctx.fixed {
+            Some(fixed) => {
+                held = enc.fixing(fixed);
+                &held
+            }
+            None => &enc,
+        };
+        match self.model_point(ctx, search, &obs) {
             Some(p) => Ok(Some(p)),
             None => Ok(Some(self.startup_point(ctx, &enc, &obs))),
         }
@@ -552,6 +560,7 @@ impl Sampler for GpSampler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sampler::suggest_around;
     use crate::space::{Distribution, Param, ParamValue};
     use crate::trial::{Direction, TrialRecord};
 
@@ -574,7 +583,7 @@ mod tests {
     ) -> Vec<TrialRecord> {
         let mut history = Vec::new();
         for number in 0..trials {
-            let ctx = SuggestContext { space, direction, history: &history, number, seed };
+            let ctx = SuggestContext { space, direction, history: &history, number, seed, fixed: None };
             let p = sampler.suggest(&ctx).unwrap().unwrap();
             assert!(space.validate(&p).is_ok(), "invalid point {p:?}");
             let record = match f(&p) {
@@ -604,6 +613,30 @@ mod tests {
     }
 
     #[test]
+    fn a_partly_queued_point_gets_the_best_rest_for_its_held_values() {
+        // f(x, c) = (x − t_c)² with t = 0.2 for "sgd" and 0.8 for "adamw": both choices
+        // reach 0, each at its own x (an optimiser and its learning rate). Holding the
+        // choice must bring the x of that choice's valley, not the other's.
+        let space = SearchSpace::new(vec![
+            float("x", 0.0, 1.0),
+            Param { name: "c".into(), dist: Distribution::Categorical { choices: vec![ParamValue::Str("sgd".into()), ParamValue::Str("adamw".into())] } },
+        ])
+        .unwrap();
+        let target = |c: &ParamValue| if *c == ParamValue::Str("sgd".into()) { 0.2 } else { 0.8 };
+        let f = |p: &ParamSet| (num(p, "x") - target(&p["c"])).powi(2);
+        for seed in [3, 4] {
+            let h = run_study(&GpSampler::default(), &space, &f, 16, seed, Direction::Minimize);
+            for choice in ["sgd", "adamw"] {
+                let held: ParamSet = [("c".to_string(), ParamValue::Str(choice.into()))].into_iter().collect();
+                let ctx = SuggestContext { space: &space, direction: Direction::Minimize, history: &h, number: 16, seed, fixed: Some(&held) };
+                let p = suggest_around(&GpSampler::default(), &ctx).unwrap().unwrap();
+                assert_eq!(p["c"], held["c"], "{p:?}");
+                assert!((num(&p, "x") - target(&p["c"])).abs() < 0.1, "seed {seed}, {choice} held: {p:?}");
+            }
+        }
+    }
+
+    #[test]
     fn maximisation_follows_the_direction() {
         let space = SearchSpace::new(vec![float("x", -2.0, 3.0)]).unwrap();
         let f = |p: &ParamSet| -(num(p, "x") - 0.7).powi(2);
@@ -621,7 +654,7 @@ mod tests {
         let warm = GpSampler::default();
         let h = run_study(&warm, &space, &f, 26, 9, Direction::Minimize);
         for n in [8usize, 15, 22, 25] {
-            let ctx = SuggestContext { space: &space, direction: Direction::Minimize, history: &h[..n], number: n as u64, seed: 9 };
+            let ctx = SuggestContext { space: &space, direction: Direction::Minimize, history: &h[..n], number: n as u64, seed: 9, fixed: None };
             let fresh = GpSampler::default().suggest(&ctx).unwrap().unwrap();
             assert_eq!(fresh, h[n].params, "trial {n}");
         }
@@ -664,7 +697,7 @@ mod tests {
         let sampler = GpSampler::default();
         for _ in 0..4 {
             let number = h.len() as u64;
-            let ctx = SuggestContext { space: &space, direction: Direction::Minimize, history: &h, number, seed: 5 };
+            let ctx = SuggestContext { space: &space, direction: Direction::Minimize, history: &h, number, seed: 5, fixed: None };
             let p = sampler.suggest(&ctx).unwrap().unwrap();
             h.push(TrialRecord::new(number, TrialState::Running, p, None));
         }
@@ -732,7 +765,7 @@ mod tests {
             TrialRecord::new(3, TrialState::Complete, p(0.4), Some(1.0)),
             TrialRecord::new(4, TrialState::Running, p(0.5), None),
         ];
-        let ctx = SuggestContext { space: &space, direction: Direction::Minimize, history: &history, number: 9, seed: 0 };
+        let ctx = SuggestContext { space: &space, direction: Direction::Minimize, history: &history, number: 9, seed: 0, fixed: None };
         let obs = Observations::collect(&ctx, &enc);
         assert_eq!(obs.points.len(), 3);
         assert_eq!(obs.pending.len(), 1);
@@ -769,7 +802,7 @@ mod tests {
                 let sampler = GpSampler::default();
                 let mut history: Vec<TrialRecord> = Vec::new();
                 for number in 0..trials {
-                    let ctx = SuggestContext { space, direction: Direction::Minimize, history: &history, number, seed: 1 };
+                    let ctx = SuggestContext { space, direction: Direction::Minimize, history: &history, number, seed: 1, fixed: None };
                     let p = sampler.suggest(&ctx).unwrap().unwrap();
                     assert!(space.validate(&p).is_ok(), "invalid point {p:?}");
                     let v = f(number, &p);

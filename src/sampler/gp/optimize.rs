@@ -369,6 +369,22 @@ pub fn maximize<R: Rng>(
     rng: &mut R,
 ) -> Vec<(f64, Vec<f64>)> {
     let dims = enc.dims();
+    // Held coordinates (a partly queued point) are set on the observed points too, so the
+    // polishing start at the incumbent respects them.
+    let held: Vec<Vec<f64>>;
+    let near = if enc.has_fixed() {
+        held = near
+            .iter()
+            .map(|x| {
+                let mut y = x.clone();
+                enc.snap(&mut y);
+                y
+            })
+            .collect();
+        &held[..]
+    } else {
+        near
+    };
     let shift: Vec<f64> = (0..dims).map(|_| rng.random::<f64>()).collect();
     let mut cands: Vec<Vec<f64>> = shifted_sobol(dims, 0, effort.n_sobol, &shift, rng)
         .into_iter()
