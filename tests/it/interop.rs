@@ -111,6 +111,42 @@ s.optimize(f, n_trials=5)
 }
 
 #[test]
+fn we_run_a_partial_point_optuna_queued() {
+    if !have_optuna() {
+        return;
+    }
+    let d = StudyDir::new();
+    let script = r#"
+import optuna
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+s = optuna.create_study(study_name="oi", storage="sqlite:///oi.db", direction="minimize")
+def f(t):
+    return t.suggest_float("x1", -5, 10) + t.suggest_float("x2", 0, 15)
+s.optimize(f, n_trials=3)
+s.enqueue_trial({"x1": 9.5})
+"#;
+    let o = Command::new("python3").args(["-c", script]).current_dir(d.path()).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    d.write(
+        "s.toml",
+        "[study]\nname = \"oi\"\ndirection = \"minimize\"\nn_trials = 5\nstorage = \"oi.db\"\n[space]\nx1 = { type = \"float\", low = -5.0, high = 10.0 }\nx2 = { type = \"float\", low = 0.0, high = 15.0 }\n[sampler]\nkind = \"gp\"\n[objective]\nkind = \"synthetic\"\nfunction = \"branin\"\n",
+    );
+    let out = d.run(&["run", "s.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Optuna reads trial 3 back complete, with the queued x1 and the x2 we chose.
+    let check = r#"
+import optuna
+t = optuna.load_study(study_name="oi", storage="sqlite:///oi.db").trials[3]
+assert t.state == optuna.trial.TrialState.COMPLETE, t.state
+assert t.params["x1"] == 9.5 and 0 <= t.params["x2"] <= 15, t.params
+assert t.system_attrs["fixed_params"] == {"x1": 9.5}, t.system_attrs
+print("ok")
+"#;
+    let o = Command::new("python3").args(["-c", check]).current_dir(d.path()).output().unwrap();
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("ok"), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
 fn optuna_dashboard_serves_our_study() {
     if !have_optuna() {
         return;
