@@ -29,7 +29,7 @@ pub enum Command {
     Trials(TrialsArgs),
     /// The best COMPLETE trial.
     Best(BestArgs),
-    /// Queue a trial with given parameters; it runs before any sampled one.
+    /// Queue a trial with given parameters (the sampler chooses any left out when it starts); it runs before any sampled one.
     Enqueue(EnqueueArgs),
     /// Write the study's plots (history, parallel coordinates, slices, contour, importance,
     /// learning curves, train vs valid loss, device timeline, confusion matrix), one file each.
@@ -114,8 +114,9 @@ pub struct BestArgs {
 
 #[derive(Debug, Args)]
 pub struct EnqueueArgs {
+    /// The study file (TOML)
     pub study: PathBuf,
-    /// `name=value`, once per parameter of the space.
+    /// `name=value`, once per parameter to hold; parameters left out are the sampler's to choose.
     #[arg(long = "param", required = true)]
     pub params: Vec<String>,
 }
