@@ -113,3 +113,43 @@ fn the_bench_runs_the_generality_set_and_a_study_optimises_the_mixed_function() 
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("mixed-ft"), "{}", stderr(&out));
 }
+
+/// Holding one parameter of a point (a partly queued trial) must give the rest that suits
+/// the held value. On `mixed-ft`, SGD wants a learning rate 25× higher than AdamW: after a
+/// 20-trial GP study, a point queued with `optimizer = "sgd"` and completed by the GP with
+/// the optimiser held must land nearer SGD's own optimum than the GP's free proposal with the
+/// optimiser overwritten afterwards.
+#[test]
+fn a_held_optimizer_gets_its_own_learning_rate_on_mixed_ft() {
+    use sft_search::objective::SyntheticFunction;
+    use sft_search::sampler::{suggest_around, GpSampler, Sampler, SuggestContext};
+    use sft_search::space::{ParamSet, ParamValue};
+    use sft_search::trial::{Direction, TrialRecord, TrialState};
+
+    let f = SyntheticFunction::MixedFt;
+    let space = f.space();
+    let sgd_best = 0.1 + 0.06;
+    let held: ParamSet = [("optimizer".to_string(), ParamValue::Str("sgd".into()))].into_iter().collect();
+    let (mut conditioned, mut overwritten) = (Vec::new(), Vec::new());
+    for seed in 0..8u64 {
+        let gp = GpSampler::default();
+        let mut history: Vec<TrialRecord> = Vec::new();
+        for number in 0..20u64 {
+            let ctx = SuggestContext { space: &space, direction: Direction::Minimize, history: &history, number, seed, fixed: None };
+            let p = gp.suggest(&ctx).unwrap().unwrap();
+            let v = f.evaluate(&p).unwrap();
+            history.push(TrialRecord::new(number, TrialState::Complete, p, Some(v)));
+        }
+        let ctx = SuggestContext { space: &space, direction: Direction::Minimize, history: &history, number: 20u64, seed, fixed: Some(&held) };
+        let held_point = suggest_around(&gp, &ctx).unwrap().unwrap();
+        let mut free_point = gp.suggest(&SuggestContext { fixed: None, ..ctx }).unwrap().unwrap();
+        free_point.insert("optimizer".into(), ParamValue::Str("sgd".into()));
+        assert_eq!(held_point["optimizer"], ParamValue::Str("sgd".into()));
+        conditioned.push(f.evaluate(&held_point).unwrap() - sgd_best);
+        overwritten.push(f.evaluate(&free_point).unwrap() - sgd_best);
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    // Measured: 0.348 held against 0.493 overwritten (0.409 / 0.664 after 30 trials). The
+    // model has seen few SGD trials, so neither is near 0; holding must still clearly win.
+    assert!(mean(&conditioned) < 0.8 * mean(&overwritten), "held {conditioned:?} overwritten {overwritten:?}");
+}

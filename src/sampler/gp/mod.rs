@@ -471,6 +471,22 @@ impl GpSampler {
         // (rosenbrock4 5.2 → 7.3, noisy sft-like 0.0039 → 0.0138, seeds 0–9).
         let best_observed = order.first().map_or(f64::INFINITY, |&i| ys[i]);
         let incumbent = if self.options.incumbent_mean && best_mean.is_finite() && obs.pending.is_empty() { best_mean } else { best_observed };
+        // With parameters held (a partly queued trial), the bar is the best the model expects
+        // inside that slice of the space: each completed point moved onto the held values.
+        // Against the study's incumbent, a held choice that cannot beat it (SGD where AdamW
+        // leads) would make EI chase variance instead of that choice's own optimum.
+        let incumbent = if enc.has_fixed() {
+            (0..xs.len())
+                .filter(|&i| obs.points[i].complete)
+                .map(|i| {
+                    let mut x = xs[i].clone();
+                    enc.snap(&mut x);
+                    posterior.predict_mean(&x)
+                })
+                .fold(f64::INFINITY, f64::min)
+        } else {
+            incumbent
+        };
         let penalties = local_penalties(&posterior, &xs, &obs.pending, best_observed, is_cat);
         let feasibility = feasibility(obs, &params, is_cat);
         let ranked = self.rank(ctx, enc, &posterior, incumbent, &near, &penalties, feasibility.as_ref());
