@@ -16,7 +16,9 @@
 //!    posterior mean at a completed trial; the best observed value while trials are
 //!    running) is maximised over the space ([`optimize`]):
 //!    Sobol and local candidates, then L-BFGS on numeric coordinates and exhaustive moves
-//!    on discrete ones.
+//!    on discrete ones. For a partly queued trial the given coordinates are held
+//!    ([`encoding::DimKind::Fixed`]) and the incumbent is the lowest posterior mean of the
+//!    completed trials moved onto them.
 //!
 //! Cost is kept in check without hidden state: hyperparameters are refitted at every one of
 //! the first 20 observations and then every `⌊n/10⌋`-th ([`fit_anchor`]), on at most 64 of
