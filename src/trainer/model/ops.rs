@@ -2,11 +2,11 @@
 //! Hugging Face's `"gelu"`), scaled + masked softmax, seeded dropout, and the bias epilogues of
 //! the linear layers (bias + GELU, bias + dropout + residual, bias + split into heads) — each a
 //! candle custom op with a one-pass forward and its own one-pass backward over the
-//! [`kernels`](super::kernels), parallel on the shared CPU pool (`trainer::perf::par_ranges`).
+//! `model::kernels`, parallel on the shared CPU pool (`trainer::perf::par_ranges`).
 //!
 //! candle-nn's fused `layer_norm` has no backward (gradients silently stop there) and composed
 //! ops allocate a tensor and a gradient per elementary step; these kernels avoid both. On CUDA
-//! (the `cuda` feature) the same ops run the kernels of [`super::cuda`] (f32 or bf16
+//! (the `cuda` feature) the same ops run the kernels of `model::cuda` (f32 or bf16
 //! activations); on other devices or dtypes each function falls back to a composition of
 //! candle ops that autograd differentiates.
 
