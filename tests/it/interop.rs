@@ -7,15 +7,6 @@ use serde_json::Value;
 
 use crate::util::*;
 
-fn have_optuna() -> bool {
-    let ok = Command::new("python3").args(["-c", "import optuna"]).output().is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(std::env::var("SFT_REQUIRE_OPTUNA").is_err(), "SFT_REQUIRE_OPTUNA is set but `import optuna` fails");
-        eprintln!("skipped: python3 cannot import optuna");
-    }
-    ok
-}
-
 #[test]
 fn optuna_loads_our_study_trial_by_trial() {
     if !have_optuna() {
@@ -49,8 +40,7 @@ if len(s.get_trials(states=[optuna.trial.TrialState.COMPLETE])) >= 2:
     out["history_points"] = len(fig.data[0].x)
 print(json.dumps(out))
 "#;
-    let o = Command::new("python3").args(["-c", script]).current_dir(d.path()).output().unwrap();
-    assert!(o.status.success(), "optuna failed: {}", String::from_utf8_lossy(&o.stderr));
+    let o = d.python_ok(script);
     let theirs: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(theirs["direction"], "MAXIMIZE");
     assert_eq!(theirs["metric_names"], serde_json::json!(["value"]));
@@ -92,8 +82,7 @@ def f(t):
     return x + n
 s.optimize(f, n_trials=5)
 "#;
-    let o = Command::new("python3").args(["-c", script]).current_dir(d.path()).output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    d.python_ok(script);
     let st = d.run(&["status", "optuna.db", "--format", "json"]);
     assert!(st.status.success(), "{}", stderr(&st));
     let v: Value = serde_json::from_slice(&st.stdout).unwrap();
@@ -125,8 +114,7 @@ def f(t):
 s.optimize(f, n_trials=3)
 s.enqueue_trial({"x1": 9.5})
 "#;
-    let o = Command::new("python3").args(["-c", script]).current_dir(d.path()).output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    d.python_ok(script);
     d.write(
         "s.toml",
         "[study]\nname = \"oi\"\ndirection = \"minimize\"\nn_trials = 5\nstorage = \"oi.db\"\n[space]\nx1 = { type = \"float\", low = -5.0, high = 10.0 }\nx2 = { type = \"float\", low = 0.0, high = 15.0 }\n[sampler]\nkind = \"gp\"\n[objective]\nkind = \"synthetic\"\nfunction = \"branin\"\n",
@@ -142,8 +130,8 @@ assert t.params["x1"] == 9.5 and 0 <= t.params["x2"] <= 15, t.params
 assert t.system_attrs["fixed_params"] == {"x1": 9.5}, t.system_attrs
 print("ok")
 "#;
-    let o = Command::new("python3").args(["-c", check]).current_dir(d.path()).output().unwrap();
-    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("ok"), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = d.python_ok(check);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("ok"));
 }
 
 #[test]
@@ -181,8 +169,7 @@ print(json.dumps({"name": summaries[0]["study_name"], "trials": [
         eprintln!("skipped: python3 cannot import optuna_dashboard");
         return;
     }
-    let o = Command::new("python3").args(["-c", script]).current_dir(d.path()).output().unwrap();
-    assert!(o.status.success(), "dashboard failed: {}", String::from_utf8_lossy(&o.stderr));
+    let o = d.python_ok(script);
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["name"], "dash");
     let trials = v["trials"].as_array().unwrap();

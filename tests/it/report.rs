@@ -1,7 +1,6 @@
 //! Plots and the report through the binary: from a study run by sft-search (a command
 //! objective reporting steps), and from a study made by Optuna itself.
 
-use std::process::Command;
 
 use crate::util::*;
 
@@ -37,10 +36,7 @@ fn plot_and_report_a_study_we_ran() {
 
 #[test]
 fn report_a_study_made_by_optuna() {
-    let ok = Command::new("python3").args(["-c", "import optuna"]).output().is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(std::env::var("SFT_REQUIRE_OPTUNA").is_err(), "SFT_REQUIRE_OPTUNA is set but `import optuna` fails");
-        eprintln!("skipped: python3 cannot import optuna");
+    if !have_optuna() {
         return;
     }
     let d = StudyDir::new();
@@ -60,8 +56,7 @@ def obj(t):
     return lr + (0.1 if opt == "adam" else 0.0)
 s.optimize(obj, n_trials=8, catch=(ValueError,))
 "#;
-    let o = Command::new("python3").args(["-c", script]).current_dir(d.path()).output().expect("python");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    d.python_ok(script);
     let o = d.run(&["plot", "optuna.db", "--format", "png", "--out", "p"]);
     assert!(o.status.success(), "{}", stderr(&o));
     for f in ["history.png", "parallel.png", "slice_lr.png", "slice_opt.png", "learning_curves.png"] {

@@ -43,6 +43,13 @@ impl StudyDir {
         self.write(name, body)
     }
 
+    /// Runs `python3 -c script` in this folder; panics with its stderr unless it succeeds.
+    pub fn python_ok(&self, script: &str) -> Output {
+        let o = Command::new("python3").args(["-c", script]).current_dir(self.path()).output().expect("run python3");
+        assert!(o.status.success(), "python failed: {}", String::from_utf8_lossy(&o.stderr));
+        o
+    }
+
     /// Runs the binary in this folder to its end.
     pub fn run(&self, args: &[&str]) -> Output {
         Command::new(bin()).args(args).current_dir(self.path()).stdin(Stdio::null()).output().expect("run sft-search")
@@ -149,4 +156,15 @@ devices = {devices}
 {extra}
 "#
     )
+}
+
+/// Whether python3 can import Optuna. Without it the interop tests skip with a note, unless
+/// `SFT_REQUIRE_OPTUNA` is set (as `.ci/run` does), where that is a failure.
+pub fn have_optuna() -> bool {
+    let ok = Command::new("python3").args(["-c", "import optuna"]).output().is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(std::env::var("SFT_REQUIRE_OPTUNA").is_err(), "SFT_REQUIRE_OPTUNA is set but `import optuna` fails");
+        eprintln!("skipped: python3 cannot import optuna");
+    }
+    ok
 }
