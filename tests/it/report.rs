@@ -1,7 +1,6 @@
 //! Plots and the report through the binary: from a study run by sft-search (a command
 //! objective reporting steps), and from a study made by Optuna itself.
 
-
 use crate::util::*;
 
 #[test]
