@@ -514,17 +514,7 @@ impl SearchSpace {
     /// Checks that `set` names exactly the space's parameters with allowed values, and brings
     /// each value to its parameter's type.
     pub fn validate(&self, set: &ParamSet) -> Result<ParamSet, SpaceError> {
-        for name in set.keys() {
-            if self.get(name).is_none() {
-                return Err(SpaceError::UnknownParam { name: name.clone(), known: self.known() });
-            }
-        }
-        let mut out = ParamSet::new();
-        for p in &self.params {
-            let v = set.get(&p.name).ok_or_else(|| SpaceError::MissingParam { name: p.name.clone() })?;
-            out.insert(p.name.clone(), p.dist.coerce(&p.name, v)?);
-        }
-        Ok(out)
+        self.checked(set, true)
     }
 
     /// Validates a partial point (an enqueued one): every name must be a parameter of the
@@ -534,15 +524,23 @@ impl SearchSpace {
         if set.is_empty() {
             return Err(SpaceError::EmptyPoint { known: self.known() });
         }
-        for name in set.keys() {
-            if self.get(name).is_none() {
-                return Err(SpaceError::UnknownParam { name: name.clone(), known: self.known() });
-            }
+        self.checked(set, false)
+    }
+
+    /// `set` with every value brought to its parameter's type, in the space's order: an
+    /// unknown name is an error, and a missing one too when `require_all`.
+    fn checked(&self, set: &ParamSet, require_all: bool) -> Result<ParamSet, SpaceError> {
+        if let Some(name) = set.keys().find(|name| self.get(name).is_none()) {
+            return Err(SpaceError::UnknownParam { name: name.clone(), known: self.known() });
         }
         let mut out = ParamSet::new();
         for p in &self.params {
-            if let Some(v) = set.get(&p.name) {
-                out.insert(p.name.clone(), p.dist.coerce(&p.name, v)?);
+            match set.get(&p.name) {
+                Some(v) => {
+                    out.insert(p.name.clone(), p.dist.coerce(&p.name, v)?);
+                }
+                None if require_all => return Err(SpaceError::MissingParam { name: p.name.clone() }),
+                None => {}
             }
         }
         Ok(out)

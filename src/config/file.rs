@@ -28,8 +28,9 @@ pub struct StudyFile {
     pub train: Option<Spanned<toml::Table>>,
     /// `[soup]`, read by the fine-tuning objective (`trainer::soup::SoupSection`).
     pub soup: Option<Spanned<toml::Table>>,
-    /// `[[enqueue]]` tables: points the study runs first, in file order (every parameter of
-    /// the space, one value each), queued once when the study is first run.
+    /// `[[enqueue]]` tables: points the study runs first, in file order (one value per
+    /// parameter; parameters left out are the sampler's to choose), queued once when the
+    /// study is first run.
     #[serde(default)]
     pub enqueue: Vec<Spanned<IndexMap<String, ParamValue>>>,
 }
