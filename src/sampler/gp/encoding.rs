@@ -118,6 +118,18 @@ impl Encoding {
         out
     }
 
+    /// `x` with its held coordinates set to their values ([`Encoding::fixing`]); the others
+    /// as they are.
+    pub fn held(&self, x: &[f64]) -> Vec<f64> {
+        let mut y = x.to_vec();
+        for (c, kind) in y.iter_mut().zip(&self.kinds) {
+            if let DimKind::Fixed { value } = kind {
+                *c = *value;
+            }
+        }
+        y
+    }
+
     /// Whether some coordinate is held ([`Encoding::fixing`]).
     pub fn has_fixed(&self) -> bool {
         self.kinds.iter().any(|k| matches!(k, DimKind::Fixed { .. }))

@@ -51,10 +51,6 @@ use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
 
-/// The last point an argmin problem evaluated, with its cost and gradient: the solver asks
-/// for the cost and the gradient at one point separately, and both come from one pass.
-pub(crate) type LastEvaluation = std::cell::RefCell<Option<(Vec<f64>, f64, Vec<f64>)>>;
-
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -68,6 +64,10 @@ use self::warp::{median, transform, transform_each, OutputWarp};
 use super::{splitmix64, Sampler, SamplerError, SuggestContext};
 use crate::space::{ParamSet, SearchSpace};
 use crate::trial::TrialState;
+
+/// The last point an argmin problem evaluated, with its cost and gradient: the solver asks
+/// for the cost and the gradient at one point separately, and both come from one pass.
+pub(crate) type LastEvaluation = std::cell::RefCell<Option<(Vec<f64>, f64, Vec<f64>)>>;
 
 /// Settings of the GP sampler.
 #[derive(Debug, Clone)]
@@ -480,11 +480,7 @@ impl GpSampler {
         let incumbent = if enc.has_fixed() {
             (0..xs.len())
                 .filter(|&i| obs.points[i].complete)
-                .map(|i| {
-                    let mut x = xs[i].clone();
-                    enc.snap(&mut x);
-                    posterior.predict_mean(&x)
-                })
+                .map(|i| posterior.predict_mean(&enc.held(&xs[i])))
                 .fold(f64::INFINITY, f64::min)
         } else {
             incumbent

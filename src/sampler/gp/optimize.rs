@@ -373,14 +373,7 @@ pub fn maximize<R: Rng>(
     // polishing start at the incumbent respects them.
     let held: Vec<Vec<f64>>;
     let near = if enc.has_fixed() {
-        held = near
-            .iter()
-            .map(|x| {
-                let mut y = x.clone();
-                enc.snap(&mut y);
-                y
-            })
-            .collect();
+        held = near.iter().map(|x| enc.held(x)).collect();
         &held[..]
     } else {
         near
