@@ -116,14 +116,16 @@ fn enqueued_trial_runs_first_with_its_parameters() {
     assert!((trials[0]["value"].as_f64().unwrap() - 0.397887).abs() < 1e-3);
 }
 
+/// The branin study with the GP sampler and a budget of `n` trials.
+fn branin_gp(n: u64) -> String {
+    BRANIN_GRID.replace("kind = \"grid\"", "kind = \"gp\"").replace("grid_points = 7", "").replace("storage = \"study.db\"", &format!("storage = \"study.db\"\nn_trials = {n}"))
+}
+
 #[test]
 #[allow(clippy::approx_constant)] // 3.14159 is the value the study file queues, not π
 fn study_file_points_run_first_and_are_queued_only_once() {
     let d = StudyDir::new();
-    let study = |n: u64| {
-        BRANIN_GRID.replace("kind = \"grid\"", "kind = \"gp\"").replace("grid_points = 7", "").replace("storage = \"study.db\"", &format!("storage = \"study.db\"\nn_trials = {n}"))
-            + "\n[[enqueue]]\nx1 = 3.14159\nx2 = 2.275\n\n[[enqueue]]\nx1 = -3\nx2 = 12\n"
-    };
+    let study = |n: u64| branin_gp(n) + "\n[[enqueue]]\nx1 = 3.14159\nx2 = 2.275\n\n[[enqueue]]\nx1 = -3\nx2 = 12\n";
     d.write("s.toml", &study(4));
     let out = d.run(&["run", "s.toml"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -148,10 +150,7 @@ fn study_file_points_run_first_and_are_queued_only_once() {
 #[test]
 fn partly_queued_points_keep_their_values_and_the_sampler_chooses_the_rest() {
     let d = StudyDir::new();
-    let study = |n: u64| {
-        BRANIN_GRID.replace("kind = \"grid\"", "kind = \"gp\"").replace("grid_points = 7", "").replace("storage = \"study.db\"", &format!("storage = \"study.db\"\nn_trials = {n}"))
-            + "\n[[enqueue]]\nx1 = 9.5\n"
-    };
+    let study = |n: u64| branin_gp(n) + "\n[[enqueue]]\nx1 = 9.5\n";
     d.write("s.toml", &study(7));
     let out = d.run(&["enqueue", "s.toml", "--param", "x2=2.5"]);
     assert!(out.status.success(), "{}", stderr(&out));
