@@ -1,4 +1,5 @@
-//! The Hugging Face side of an export: `config.json` for `BertForSequenceClassification`,
+//! The Hugging Face side of an export: `config.json` for `BertForSequenceClassification` (or
+//! the RoBERTa / DistilBERT class the checkpoint's `model_type` names),
 //! `model.safetensors` under HF tensor names (with the `{"format": "pt"}` metadata
 //! `transformers` looks for), the tokenizer files, and reading a safetensors header without
 //! loading the tensors.
@@ -10,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Map, Value};
 
 use crate::trainer::data::{load_tokenizer, Problem};
+use crate::trainer::model::arch::Arch;
 use crate::trainer::model::BertClassifier;
 
 /// Why a file of the HF folder could not be read or written.
@@ -23,12 +25,28 @@ fn file_err(path: &Path, why: impl std::fmt::Display) -> HfError {
     HfError::File { path: path.to_path_buf(), why: why.to_string() }
 }
 
-/// Tokenizer files an export carries when the source has them.
-pub const TOKENIZER_FILES: &[&str] = &["tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"];
+/// The special tokens' `special_tokens_map.json` keys and their BERT, then RoBERTa, spellings;
+/// the first one the vocabulary has is written.
+const SPECIAL: &[(&str, &[&str])] = &[
+    ("bos_token", &["<s>"]),
+    ("eos_token", &["</s>"]),
+    ("unk_token", &["[UNK]", "<unk>"]),
+    ("sep_token", &["[SEP]", "</s>"]),
+    ("pad_token", &["[PAD]", "<pad>"]),
+    ("cls_token", &["[CLS]", "<s>"]),
+    ("mask_token", &["[MASK]", "<mask>"]),
+];
 
-/// The BERT special tokens and their `special_tokens_map.json` keys.
-const SPECIAL: &[(&str, &str)] =
-    &[("unk_token", "[UNK]"), ("sep_token", "[SEP]"), ("pad_token", "[PAD]"), ("cls_token", "[CLS]"), ("mask_token", "[MASK]")];
+/// The special tokens `tok` has, by `special_tokens_map.json` key.
+fn special_tokens(tok: &tokenizers::Tokenizer) -> Map<String, Value> {
+    SPECIAL
+        .iter()
+        .filter_map(|(key, spellings)| {
+            let token = spellings.iter().find(|t| tok.token_to_id(t).is_some())?;
+            Some(((*key).to_string(), json!(token)))
+        })
+        .collect()
+}
 
 /// Reads a JSON object file.
 pub fn read_json_object(path: &Path) -> Result<Map<String, Value>, HfError> {
@@ -75,7 +93,9 @@ pub fn classification_config(base: &Map<String, Value>, head: &HeadConfig) -> Ma
     };
     let id2label: Map<String, Value> = names.iter().enumerate().map(|(i, n)| (i.to_string(), json!(n))).collect();
     let label2id: Map<String, Value> = names.iter().enumerate().map(|(i, n)| (n.clone(), json!(i))).collect();
-    c.insert("architectures".into(), json!(["BertForSequenceClassification"]));
+    let model_type = c.get("model_type").and_then(Value::as_str).map(str::to_string);
+    let arch = Arch::from_model_type(model_type.as_deref()).unwrap_or(Arch::Bert);
+    c.insert("architectures".into(), json!([Arch::hf_class(model_type.as_deref())]));
     c.entry("model_type").or_insert_with(|| json!("bert"));
     c.insert("num_labels".into(), json!(head.num_labels()));
     c.insert("id2label".into(), Value::Object(id2label));
@@ -86,8 +106,9 @@ pub fn classification_config(base: &Map<String, Value>, head: &HeadConfig) -> Ma
     };
     c.insert("problem_type".into(), json!(problem_type));
     if let Some(p) = head.dropout {
-        c.insert("hidden_dropout_prob".into(), json!(p));
-        c.insert("attention_probs_dropout_prob".into(), json!(p));
+        for key in arch.dropout_keys() {
+            c.insert((*key).into(), json!(p));
+        }
     }
     c
 }
@@ -226,13 +247,11 @@ pub fn write_tokenizer_files(src: &Path, dest: &Path, max_length: usize) -> Resu
         let lower = tokenizer_json_lowercase(&dest.join("tokenizer.json")).unwrap_or(true);
         let mut m = Map::new();
         m.insert("do_lower_case".into(), json!(lower));
-        m.insert("tokenizer_class".into(), json!("BertTokenizer"));
+        // BERT's specials: BERT's tokenizer class; any other tokenizer.json is loaded as it is.
+        let bert_style = tok.token_to_id("[CLS]").is_some() && tok.token_to_id("[SEP]").is_some();
+        m.insert("tokenizer_class".into(), json!(if bert_style { "BertTokenizer" } else { "PreTrainedTokenizerFast" }));
         m.insert("clean_up_tokenization_spaces".into(), json!(true));
-        for (key, token) in SPECIAL {
-            if tok.token_to_id(token).is_some() {
-                m.insert((*key).into(), json!(token));
-            }
-        }
+        m.extend(special_tokens(&tok));
         m
     };
     cfg.insert("model_max_length".into(), json!(max_length));
@@ -242,12 +261,7 @@ pub fn write_tokenizer_files(src: &Path, dest: &Path, max_length: usize) -> Resu
     if map_src.is_file() {
         std::fs::copy(&map_src, dest.join("special_tokens_map.json")).map_err(|e| file_err(&map_src, e))?;
     } else {
-        let m: Map<String, Value> = SPECIAL
-            .iter()
-            .filter(|(_, t)| tok.token_to_id(t).is_some())
-            .map(|(k, t)| ((*k).to_string(), json!(t)))
-            .collect();
-        write_json(&dest.join("special_tokens_map.json"), &Value::Object(m))?;
+        write_json(&dest.join("special_tokens_map.json"), &Value::Object(special_tokens(&tok)))?;
     }
     written.push("special_tokens_map.json".into());
     Ok(written)

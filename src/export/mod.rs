@@ -3,10 +3,13 @@
 //!
 //! [`export_trial`] writes (atomically: a temporary sibling folder renamed into place, see
 //! [`folder`]):
-//! * `config.json`: the pretrained config with `architectures: ["BertForSequenceClassification"]`,
-//!   `num_labels`, `id2label`, `label2id`, `problem_type` and the trial's dropout ([`hf`]);
+//! * `config.json`: the pretrained config with `architectures: ["BertForSequenceClassification"]`
+//!   (`RobertaForSequenceClassification`, `DistilBertForSequenceClassification`, … for the
+//!   other families), `num_labels`, `id2label`, `label2id`, `problem_type` and the trial's
+//!   dropout ([`hf`]);
 //! * `model.safetensors`: every weight under its Hugging Face name (`bert.embeddings…`,
-//!   `bert.encoder.layer.N…`, `bert.pooler.dense…`, `classifier.weight/bias`);
+//!   `bert.encoder.layer.N…`, `bert.pooler.dense…`, `classifier.weight/bias`; RoBERTa's and
+//!   DistilBERT's own names, see [`crate::trainer::model::arch`]);
 //! * the tokenizer files (`tokenizer.json`, `vocab.txt` where present, `tokenizer_config.json`
 //!   with `model_max_length` = the trial's `max_length`, `special_tokens_map.json`);
 //! * `sft_search.json`: where it came from (study, trial, parameters, valid and test metrics,
@@ -14,7 +17,7 @@
 //!
 //! so that `AutoModelForSequenceClassification.from_pretrained(dir)` and
 //! `AutoTokenizer.from_pretrained(dir)` load it. [`predict::Predictor`] loads such a folder (or
-//! any compatible `BertForSequenceClassification` one) for inference; [`table`] reads the
+//! any compatible classification folder of a supported family) for inference; [`table`] reads the
 //! input file with all its columns and writes the predictions.
 
 pub mod folder;
@@ -30,7 +33,7 @@ use serde_json::{json, Map, Value};
 use crate::storage::{Store, StoreError, StudyInfo};
 use crate::trainer::checkpoint::{self, CheckpointError, TrainerState};
 use crate::trainer::data::Problem;
-use crate::trainer::model::{BertClassifier, ModelError, ModelOptions};
+use crate::trainer::model::{read_config, BertClassifier, ModelError, ModelOptions};
 use crate::trial::{best_trial, TrialNumber, TrialRecord, TrialState};
 pub use folder::FolderError;
 pub use hf::HfError;
@@ -201,10 +204,12 @@ fn write_export(dir: &Path, ckpt: &Path, state: &TrainerState, provenance: &Valu
     // The classifier must be in the file: the loader would silently initialise a missing one.
     let weights = ckpt.join(checkpoint::WEIGHTS);
     let shapes = hf::safetensors_shapes(&weights).map_err(|e| bad(e.to_string()))?;
-    match shapes.get("classifier.weight") {
+    let (_, out, _, _) = read_config(ckpt).map_err(|e| bad(e.to_string()))?.arch.head_names();
+    let out = format!("{out}.weight");
+    match shapes.get(&out) {
         Some(s) if s.first() == Some(&num_labels) => {}
-        Some(s) => return Err(bad(format!("{}: classifier.weight has shape {s:?}, expected {num_labels} rows", weights.display()))),
-        None => return Err(bad(format!("{}: no classifier.weight (not a fine-tuned checkpoint)", weights.display()))),
+        Some(s) => return Err(bad(format!("{}: {out} has shape {s:?}, expected {num_labels} rows", weights.display()))),
+        None => return Err(bad(format!("{}: no {out} (not a fine-tuned checkpoint)", weights.display()))),
     }
     let opts = ModelOptions { num_labels, ..ModelOptions::default() };
     let model = BertClassifier::load(ckpt, &opts, &Device::Cpu).map_err(|e| bad(e.to_string()))?;

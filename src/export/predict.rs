@@ -1,7 +1,8 @@
-//! Batch inference with a Hugging Face `BertForSequenceClassification` folder (an export, or
-//! any compatible one): `config.json` (head from `id2label` / `num_labels` / `problem_type`),
-//! `model.safetensors` (which must hold the pooler and the classifier: a missing head would be
-//! random) and the tokenizer (`tokenizer.json`, else `vocab.txt`). Runs in evaluation mode (no
+//! Batch inference with a Hugging Face `BertForSequenceClassification` folder (or RoBERTa's
+//! or DistilBERT's: an export, or any compatible one): `config.json` (head from `id2label` /
+//! `num_labels` / `problem_type`), `model.safetensors` (which must hold the whole head — pooler
+//! and classifier, `classifier.dense`/`out_proj`, `pre_classifier`/`classifier`: a missing
+//! head would be random) and the tokenizer (`tokenizer.json`, else `vocab.txt`). Runs in evaluation mode (no
 //! dropout) on batches sorted by length and padded to their own longest row; outputs come
 //! back in input order.
 
@@ -78,28 +79,29 @@ impl Predictor {
         }
         let shapes = hf::safetensors_shapes(&weights)?;
         let n = head.num_labels();
+        let prefix = format!("{}.", bert.arch.prefix());
         let has = |name: &str, shape: &[usize]| {
-            let bare = name.strip_prefix("bert.").unwrap_or(name);
+            let bare = name.strip_prefix(&prefix).unwrap_or(name);
             shapes.get(name).or_else(|| shapes.get(bare)).is_some_and(|s| s == shape)
         };
         let h = bert.hidden_size;
-        if !has("classifier.weight", &[n, h]) || !has("classifier.bias", &[n]) {
+        let class = crate::trainer::model::arch::Arch::hf_class(bert.model_type.as_deref());
+        let (dense, out, _, _) = bert.arch.head_names();
+        if !has(&format!("{out}.weight"), &[n, h]) || !has(&format!("{out}.bias"), &[n]) {
             return Err(folder(format!(
-                "model.safetensors has no classifier [{n}, {h}] for {n} output(s): not a fine-tuned BertForSequenceClassification"
+                "model.safetensors has no {out} [{n}, {h}] for {n} output(s): not a fine-tuned {class}"
             )));
         }
-        if !has("bert.pooler.dense.weight", &[h, h]) {
-            return Err(folder("model.safetensors has no pooler (bert.pooler.dense): not a BertForSequenceClassification".into()));
+        if !has(&format!("{dense}.weight"), &[h, h]) {
+            return Err(folder(format!("model.safetensors has no {dense}: not a {class}")));
         }
-        if matches!(bert.model_type.as_deref(), Some(t) if t != "bert") {
-            tracing::warn!("{}: model_type is `{}`; reading it as BERT", cfg_path.display(), bert.model_type.as_deref().unwrap_or(""));
-        }
+        let longest = bert.max_sequence_length();
         let max_length = match max_length {
-            Some(m) if m > bert.max_position_embeddings => {
-                return Err(folder(format!("max length {m} exceeds max_position_embeddings {}", bert.max_position_embeddings)))
+            Some(m) if m > longest => {
+                return Err(folder(format!("max length {m} exceeds the {longest} positions of the model (max_position_embeddings {})", bert.max_position_embeddings)))
             }
             Some(m) => m,
-            None => default_max_length(dir, bert.max_position_embeddings),
+            None => default_max_length(dir, longest),
         };
         let encoder = TextEncoder::from_model_dir(dir, max_length)?;
         let opts = ModelOptions { num_labels: n, ..ModelOptions::default() };

@@ -1,7 +1,9 @@
-//! Writes a tiny random BERT as a Hugging Face folder, for tests: a WordPiece tokenizer built
-//! with the `tokenizers` crate from the words of the given texts (`tokenizer.json`, `vocab.txt`), a
-//! `config.json` with BertConfig fields and `model.safetensors` with random weights under HF
-//! names (`bert.` prefix, no classifier). Runs in well under a second.
+//! Writes a tiny random encoder as a Hugging Face folder, for tests: a WordPiece tokenizer built
+//! with the `tokenizers` crate from the words of the given texts (`tokenizer.json`, and
+//! `vocab.txt` for BERT-style special tokens), a `config.json` with the family's own fields and
+//! `model.safetensors` with random weights under HF names (no classifier). BERT, RoBERTa
+//! (`<s>`/`</s>`/`<pad>` = 1, positions from 2, one token type) and DistilBERT. Runs in well
+//! under a second.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -16,6 +18,8 @@ use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{AddedToken, NormalizedString, Normalizer, OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer, TokenizerImpl};
 
+use super::model::arch::Arch;
+
 /// What [`write_tiny_bert`] produced.
 #[derive(Debug, Clone)]
 pub struct TinyBert {
@@ -26,19 +30,109 @@ pub struct TinyBert {
 }
 
 pub const SPECIAL_TOKENS: [&str; 5] = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
+/// RoBERTa's special tokens in its id order (`<s>` = 0, `<pad>` = 1, `</s>` = 2).
+pub const ROBERTA_SPECIAL_TOKENS: [&str; 5] = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"];
 
-/// Writes `tokenizer.json`, `vocab.txt`, `config.json` and `model.safetensors` into `dir`.
-/// `hidden` must be a multiple of 4 (4 attention heads).
+/// A tiny BERT: [`write_tiny_model`] with [`Arch::Bert`].
 pub fn write_tiny_bert(dir: &Path, texts: &[String], layers: usize, hidden: usize, seed: u64) -> anyhow::Result<TinyBert> {
+    write_tiny_model(dir, Arch::Bert, texts, layers, hidden, seed)
+}
+
+/// Writes `tokenizer.json`, `config.json`, `model.safetensors` (and `vocab.txt` for BERT and
+/// DistilBERT) into `dir`. `hidden` must be a multiple of 4 (4 attention heads).
+pub fn write_tiny_model(dir: &Path, arch: Arch, texts: &[String], layers: usize, hidden: usize, seed: u64) -> anyhow::Result<TinyBert> {
     anyhow::ensure!(hidden >= 4 && hidden.is_multiple_of(4), "hidden {hidden} must be a positive multiple of 4");
     std::fs::create_dir_all(dir)?;
+    let vocab_size = write_tokenizer(dir, arch, texts)?;
 
-    // Tokenizer: a WordPiece vocabulary of the special tokens, every word of `texts` (as
-    // BERT's normaliser and pre-tokeniser split them) and every character, alone and as a
-    // `##` continuation, so unseen words still tokenise. Built directly rather than with
-    // `tokenizers`' trainer, whose merges between pairs of equal count follow hash-map order
-    // and change from run to run; this way one seed always writes the same files.
+    // Config, in the family's own field names.
+    let inter = hidden * 4;
+    let (max_pos, config) = match arch {
+        Arch::Bert => (128, serde_json::json!({
+            "architectures": ["BertModel"], "model_type": "bert", "vocab_size": vocab_size,
+            "hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": 4,
+            "intermediate_size": inter, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
+            "attention_probs_dropout_prob": 0.1, "max_position_embeddings": 128, "type_vocab_size": 2,
+            "initializer_range": 0.02, "layer_norm_eps": 1e-12, "pad_token_id": 0,
+        })),
+        Arch::Roberta => (130, serde_json::json!({
+            "architectures": ["RobertaModel"], "model_type": "roberta", "vocab_size": vocab_size,
+            "hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": 4,
+            "intermediate_size": inter, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
+            "attention_probs_dropout_prob": 0.1, "max_position_embeddings": 130, "type_vocab_size": 1,
+            "initializer_range": 0.02, "layer_norm_eps": 1e-5, "pad_token_id": 1, "bos_token_id": 0,
+            "eos_token_id": 2,
+        })),
+        Arch::DistilBert => (128, serde_json::json!({
+            "architectures": ["DistilBertModel"], "model_type": "distilbert", "vocab_size": vocab_size,
+            "dim": hidden, "n_layers": layers, "n_heads": 4, "hidden_dim": inter, "activation": "gelu",
+            "dropout": 0.1, "attention_dropout": 0.1, "seq_classif_dropout": 0.2,
+            "max_position_embeddings": 128, "sinusoidal_pos_embds": false, "initializer_range": 0.02,
+            "pad_token_id": 0,
+        })),
+    };
+    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config)?)?;
+
+    // Weights.
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let normal = Normal::new(0.0f32, 0.02)?;
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    let mut put = |name: String, shape: &[usize], kind: Init| -> anyhow::Result<()> {
+        let n: usize = shape.iter().product();
+        let data: Vec<f32> = match kind {
+            Init::Normal => (0..n).map(|_| normal.sample(&mut rng)).collect(),
+            Init::Zeros => vec![0.0; n],
+            Init::Ones => vec![1.0; n],
+        };
+        tensors.insert(name, Tensor::from_vec(data, shape, &Device::Cpu)?);
+        Ok(())
+    };
+    let (word, position, token_type, norm) = arch.embedding_names();
+    put(format!("{word}.weight"), &[vocab_size, hidden], Init::Normal)?;
+    put(format!("{position}.weight"), &[max_pos, hidden], Init::Normal)?;
+    if let Some(t) = token_type {
+        put(format!("{t}.weight"), &[if arch == Arch::Roberta { 1 } else { 2 }, hidden], Init::Normal)?;
+    }
+    put(format!("{norm}.weight"), &[hidden], Init::Ones)?;
+    put(format!("{norm}.bias"), &[hidden], Init::Zeros)?;
+    for i in 0..layers {
+        let n = arch.layer_names(i);
+        for (name, out, inp) in [
+            (&n.query, hidden, hidden),
+            (&n.key, hidden, hidden),
+            (&n.value, hidden, hidden),
+            (&n.attn_out, hidden, hidden),
+            (&n.intermediate, inter, hidden),
+            (&n.output, hidden, inter),
+        ] {
+            put(format!("{name}.weight"), &[out, inp], Init::Normal)?;
+            put(format!("{name}.bias"), &[out], Init::Zeros)?;
+        }
+        for name in [&n.attn_norm, &n.out_norm] {
+            put(format!("{name}.weight"), &[hidden], Init::Ones)?;
+            put(format!("{name}.bias"), &[hidden], Init::Zeros)?;
+        }
+    }
+    if arch == Arch::Bert {
+        // BERT checkpoints carry a pretrained pooler; the other heads start from scratch.
+        put("bert.pooler.dense.weight".into(), &[hidden, hidden], Init::Normal)?;
+        put("bert.pooler.dense.bias".into(), &[hidden], Init::Zeros)?;
+    }
+    candle_core::safetensors::save(&tensors, dir.join("model.safetensors"))?;
+    Ok(TinyBert { vocab_size, hidden, layers, max_position_embeddings: max_pos })
+}
+
+/// Writes `tokenizer.json` (and `vocab.txt` for BERT-style specials) and returns the
+/// vocabulary size.
+///
+/// A WordPiece vocabulary of the special tokens, every word of `texts` (as BERT's normaliser
+/// and pre-tokeniser split them) and every character, alone and as a `##` continuation, so
+/// unseen words still tokenise. Built directly rather than with `tokenizers`' trainer, whose
+/// merges between pairs of equal count follow hash-map order and change from run to run; this
+/// way one seed always writes the same files.
+fn write_tokenizer(dir: &Path, arch: Arch, texts: &[String]) -> anyhow::Result<usize> {
     type Tok = TokenizerImpl<WordPiece, BertNormalizer, BertPreTokenizer, TemplateProcessing, tokenizers::decoders::wordpiece::WordPiece>;
+    let special = if arch == Arch::Roberta { ROBERTA_SPECIAL_TOKENS } else { SPECIAL_TOKENS };
     let normalizer = BertNormalizer::new(true, true, None, true);
     let mut words = std::collections::BTreeSet::new();
     for text in texts {
@@ -56,101 +150,43 @@ pub fn write_tiny_bert(dir: &Path, texts: &[String], layers: usize, hidden: usiz
         tokens.insert(c.to_string());
         tokens.insert(format!("##{c}"));
     }
-    let ordered: Vec<String> = SPECIAL_TOKENS.iter().map(|t| t.to_string()).chain(tokens.into_iter().filter(|t| !SPECIAL_TOKENS.contains(&t.as_str()))).collect();
+    let ordered: Vec<String> =
+        special.iter().map(|t| t.to_string()).chain(tokens.into_iter().filter(|t| !special.contains(&t.as_str()))).collect();
+    let unk = special[if arch == Arch::Roberta { 3 } else { 1 }];
     let vocab_txt = dir.join("vocab.txt");
     std::fs::write(&vocab_txt, ordered.join("\n") + "\n")?;
     let vocab_path = vocab_txt.to_str().ok_or_else(|| anyhow::anyhow!("{} is not UTF-8", vocab_txt.display()))?;
-    let model = WordPiece::from_file(vocab_path).unk_token("[UNK]".into()).build().map_err(|e| anyhow::anyhow!("WordPiece: {e}"))?;
+    let model = WordPiece::from_file(vocab_path).unk_token(unk.into()).build().map_err(|e| anyhow::anyhow!("WordPiece: {e}"))?;
     let mut tok: Tok = TokenizerImpl::new(model);
     tok.with_normalizer(Some(normalizer));
     tok.with_pre_tokenizer(Some(BertPreTokenizer));
     tok.with_decoder(Some(tokenizers::decoders::wordpiece::WordPiece::default()));
-    tok.add_special_tokens(&SPECIAL_TOKENS.iter().map(|t| AddedToken::from(*t, true)).collect::<Vec<_>>());
+    tok.add_special_tokens(&special.iter().map(|t| AddedToken::from(*t, true)).collect::<Vec<_>>());
     let id = |t: &str| tok.token_to_id(t).ok_or_else(|| anyhow::anyhow!("special token {t} missing"));
-    let (cls, sep) = (id("[CLS]")?, id("[SEP]")?);
-    let template = TemplateProcessing::builder()
-        .try_single("[CLS] $A [SEP]")
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .try_pair("[CLS] $A [SEP] $B:1 [SEP]:1")
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .special_tokens(vec![("[CLS]", cls), ("[SEP]", sep)])
-        .build()?;
+    let template = if arch == Arch::Roberta {
+        // RoBERTa: `<s> A </s>`, pairs `<s> A </s></s> B </s>`, every token of type 0.
+        TemplateProcessing::builder()
+            .try_single("<s> $A </s>")
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .try_pair("<s> $A </s> </s> $B </s>")
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .special_tokens(vec![("<s>", id("<s>")?), ("</s>", id("</s>")?)])
+            .build()?
+    } else {
+        TemplateProcessing::builder()
+            .try_single("[CLS] $A [SEP]")
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .try_pair("[CLS] $A [SEP] $B:1 [SEP]:1")
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .special_tokens(vec![("[CLS]", id("[CLS]")?), ("[SEP]", id("[SEP]")?)])
+            .build()?
+    };
     tok.with_post_processor(Some(template));
     tok.save(dir.join("tokenizer.json"), true).map_err(|e| anyhow::anyhow!("saving tokenizer.json: {e}"))?;
-    let mut vocab: Vec<(String, u32)> = tok.get_vocab(true).into_iter().collect();
-    vocab.sort_by_key(|(_, i)| *i);
-    let vocab_size = vocab.len();
-    let mut text = String::new();
-    for (t, _) in &vocab {
-        text.push_str(t);
-        text.push('\n');
+    if arch == Arch::Roberta {
+        std::fs::remove_file(&vocab_txt)?; // RoBERTa folders carry no vocab.txt
     }
-    std::fs::write(dir.join("vocab.txt"), text)?;
-
-    // Config.
-    let max_pos = 128;
-    let inter = hidden * 4;
-    let config = serde_json::json!({
-        "architectures": ["BertModel"],
-        "model_type": "bert",
-        "vocab_size": vocab_size,
-        "hidden_size": hidden,
-        "num_hidden_layers": layers,
-        "num_attention_heads": 4,
-        "intermediate_size": inter,
-        "hidden_act": "gelu",
-        "hidden_dropout_prob": 0.1,
-        "attention_probs_dropout_prob": 0.1,
-        "max_position_embeddings": max_pos,
-        "type_vocab_size": 2,
-        "initializer_range": 0.02,
-        "layer_norm_eps": 1e-12,
-        "pad_token_id": 0,
-    });
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config)?)?;
-
-    // Weights.
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let normal = Normal::new(0.0f32, 0.02)?;
-    let mut tensors: HashMap<String, Tensor> = HashMap::new();
-    let mut put = |name: String, shape: &[usize], kind: Init| -> anyhow::Result<()> {
-        let n: usize = shape.iter().product();
-        let data: Vec<f32> = match kind {
-            Init::Normal => (0..n).map(|_| normal.sample(&mut rng)).collect(),
-            Init::Zeros => vec![0.0; n],
-            Init::Ones => vec![1.0; n],
-        };
-        tensors.insert(name, Tensor::from_vec(data, shape, &Device::Cpu)?);
-        Ok(())
-    };
-    let e = "bert.embeddings";
-    put(format!("{e}.word_embeddings.weight"), &[vocab_size, hidden], Init::Normal)?;
-    put(format!("{e}.position_embeddings.weight"), &[max_pos, hidden], Init::Normal)?;
-    put(format!("{e}.token_type_embeddings.weight"), &[2, hidden], Init::Normal)?;
-    put(format!("{e}.LayerNorm.weight"), &[hidden], Init::Ones)?;
-    put(format!("{e}.LayerNorm.bias"), &[hidden], Init::Zeros)?;
-    for i in 0..layers {
-        let p = format!("bert.encoder.layer.{i}");
-        for (name, out, inp) in [
-            ("attention.self.query", hidden, hidden),
-            ("attention.self.key", hidden, hidden),
-            ("attention.self.value", hidden, hidden),
-            ("attention.output.dense", hidden, hidden),
-            ("intermediate.dense", inter, hidden),
-            ("output.dense", hidden, inter),
-        ] {
-            put(format!("{p}.{name}.weight"), &[out, inp], Init::Normal)?;
-            put(format!("{p}.{name}.bias"), &[out], Init::Zeros)?;
-        }
-        for name in ["attention.output.LayerNorm", "output.LayerNorm"] {
-            put(format!("{p}.{name}.weight"), &[hidden], Init::Ones)?;
-            put(format!("{p}.{name}.bias"), &[hidden], Init::Zeros)?;
-        }
-    }
-    put("bert.pooler.dense.weight".into(), &[hidden, hidden], Init::Normal)?;
-    put("bert.pooler.dense.bias".into(), &[hidden], Init::Zeros)?;
-    candle_core::safetensors::save(&tensors, dir.join("model.safetensors"))?;
-    Ok(TinyBert { vocab_size, hidden, layers, max_position_embeddings: max_pos })
+    Ok(ordered.len())
 }
 
 enum Init {

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::tiny::write_tiny_bert;
+use super::model::arch::Arch;
+use super::tiny::write_tiny_model;
 
 const POSITIVE: &[&str] = &["good", "great", "lovely", "superb", "nice"];
 const NEGATIVE: &[&str] = &["bad", "awful", "boring", "poor", "dull"];
@@ -24,6 +25,11 @@ pub struct ToyTask {
 /// Writes `dir/model/` (tiny BERT, 2 layers, hidden 32) and `dir/data.csv` with `rows`
 /// balanced rows (`text,label`, labels `neg`/`pos`).
 pub fn write_toy_task(dir: &Path, rows: usize, seed: u64) -> anyhow::Result<ToyTask> {
+    write_toy_task_for(dir, rows, seed, Arch::Bert)
+}
+
+/// [`write_toy_task`] with a tiny model of another family (RoBERTa, DistilBERT).
+pub fn write_toy_task_for(dir: &Path, rows: usize, seed: u64, arch: Arch) -> anyhow::Result<ToyTask> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut texts = Vec::with_capacity(rows);
     let mut csv = String::from("text,label\n");
@@ -48,7 +54,7 @@ pub fn write_toy_task(dir: &Path, rows: usize, seed: u64) -> anyhow::Result<ToyT
     let csv_path = dir.join("data.csv");
     std::fs::write(&csv_path, csv)?;
     let model_dir = dir.join("model");
-    write_tiny_bert(&model_dir, &texts, 2, 32, seed)?;
+    write_tiny_model(&model_dir, arch, &texts, 2, 32, seed)?;
     Ok(ToyTask { model_dir, csv: csv_path })
 }
 

@@ -12,7 +12,8 @@ use sft_search::space::{Distribution, Param, ParamSet, ParamValue, SearchSpace};
 use sft_search::storage::{Budget, Claim, Owner, Store, StudySpec};
 use sft_search::trainer::data::DataSection;
 use sft_search::trainer::spec::TrainSpec;
-use sft_search::trainer::toy::write_toy_task;
+use sft_search::trainer::model::arch::Arch;
+use sft_search::trainer::toy::write_toy_task_for;
 use sft_search::trainer::train::{train, Finish, TrainJob};
 use sft_search::trial::{Direction, Outcome};
 
@@ -38,8 +39,8 @@ impl Reporter for Collect {
 }
 
 /// `root/toy.db` with one COMPLETE finetune trial of the toy task.
-fn study(root: &Path, model: Option<PathBuf>, epochs: usize) -> PathBuf {
-    let toy = write_toy_task(root, 96, 5).unwrap();
+fn study(root: &Path, model: Option<PathBuf>, epochs: usize, arch: Arch) -> PathBuf {
+    let toy = write_toy_task_for(root, 96, 5, arch).unwrap();
     let model_dir = model.unwrap_or(toy.model_dir.clone());
     let db = root.join("toy.db");
     let mut store = Store::open(&db).unwrap();
@@ -96,7 +97,21 @@ fn sft(dir: &Path, args: &[&str]) -> std::process::Output {
 #[test]
 fn export_then_predict_then_transformers_parity() {
     let tmp = tempfile::tempdir().unwrap();
-    export_predict_parity(tmp.path(), None, 3);
+    export_predict_parity(tmp.path(), None, 3, Arch::Bert);
+}
+
+/// The same for the other families: a tiny RoBERTa (positions from `pad_token_id + 1`, its own
+/// head and special tokens) and a tiny DistilBERT (its own config fields and names) fine-tuned,
+/// exported, and loaded by `transformers` with every weight found and our logits.
+#[test]
+fn roberta_and_distilbert_export_then_transformers_parity() {
+    for arch in [Arch::Roberta, Arch::DistilBert] {
+        let tmp = tempfile::tempdir().unwrap();
+        export_predict_parity(tmp.path(), None, 2, arch);
+        let cfg: Value = serde_json::from_str(&std::fs::read_to_string(tmp.path().join("model-out/config.json")).unwrap()).unwrap();
+        let class = if arch == Arch::Roberta { "RobertaForSequenceClassification" } else { "DistilBertForSequenceClassification" };
+        assert_eq!(cfg["architectures"], json!([class]));
+    }
 }
 
 /// The same with a real model: `SFT_MINILM_DIR=/work/minilm cargo test --test it -- --ignored minilm_export`.
@@ -105,11 +120,11 @@ fn export_then_predict_then_transformers_parity() {
 fn minilm_export_parity() {
     let dir = PathBuf::from(std::env::var("SFT_MINILM_DIR").expect("set SFT_MINILM_DIR"));
     let tmp = tempfile::tempdir().unwrap();
-    export_predict_parity(tmp.path(), Some(dir), 1);
+    export_predict_parity(tmp.path(), Some(dir), 1, Arch::Bert);
 }
 
-fn export_predict_parity(root: &Path, model: Option<PathBuf>, epochs: usize) {
-    study(root, model, epochs);
+fn export_predict_parity(root: &Path, model: Option<PathBuf>, epochs: usize, arch: Arch) {
+    study(root, model, epochs, arch);
     let out = sft(root, &["export", "toy.db", "--out", "model-out"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let said = String::from_utf8_lossy(&out.stdout);
@@ -159,11 +174,13 @@ import json, sys, torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 d, sents = sys.argv[1], json.loads(sys.argv[2])
 tok = AutoTokenizer.from_pretrained(d)
-model = AutoModelForSequenceClassification.from_pretrained(d).eval()
+model, info = AutoModelForSequenceClassification.from_pretrained(d, output_loading_info=True)
+model.eval()
 with torch.no_grad():
     enc = tok(sents, padding=True, truncation=True, return_tensors="pt")
     out = model(**enc).logits
-print(json.dumps({"logits": out.tolist(), "id2label": model.config.id2label}))
+info = {k: sorted(map(str, v)) for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+print(json.dumps({"logits": out.tolist(), "id2label": model.config.id2label, "class": type(model).__name__, "info": info}))
 "#;
     let py = Command::new("python3")
         .args(["-c", script, root.join("model-out").to_str().unwrap(), &serde_json::to_string(&SENTENCES).unwrap()])
@@ -173,11 +190,16 @@ print(json.dumps({"logits": out.tolist(), "id2label": model.config.id2label}))
     let v: Value = serde_json::from_slice(py.stdout.rsplit(|&b| b == b'\n').find(|l| !l.is_empty()).unwrap()).unwrap();
     let hf: Vec<Vec<f64>> = serde_json::from_value(v["logits"].clone()).unwrap();
     assert_eq!(v["id2label"], json!({"0": "neg", "1": "pos"}));
+    // Every weight of the model was in the file under the name transformers expects.
+    for key in ["missing_keys", "unexpected_keys", "mismatched_keys"] {
+        assert!(v["info"][key].as_array().is_none_or(|a| a.is_empty()), "{arch:?}: transformers reports {key}: {}", v["info"][key]);
+    }
+    eprintln!("transformers loaded {}", v["class"]);
     let mut max_diff = 0f64;
     for (a, b) in hf.iter().flatten().zip(logits.iter().flatten()) {
         max_diff = max_diff.max((a - b).abs());
     }
-    eprintln!("transformers parity: max abs logit difference {max_diff:e} over {} sentences", hf.len());
+    eprintln!("transformers parity ({arch:?}): max abs logit difference {max_diff:e} over {} sentences", hf.len());
     assert_eq!(hf.len(), 20);
     assert!(max_diff < 1e-4, "max abs logit difference {max_diff}\nhf: {hf:?}\nours: {logits:?}");
 }

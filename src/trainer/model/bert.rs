@@ -1,11 +1,13 @@
-//! The BERT encoder blocks (embeddings, self-attention, feed-forward, pooler) over `Var`s,
-//! structured like Hugging Face's `BertModel` so every weight has its HF name.
+//! The BERT encoder blocks (embeddings, self-attention, feed-forward, classification head) over
+//! `Var`s, structured like Hugging Face's `BertModel` so every weight has its HF name; RoBERTa
+//! and DistilBERT are the same blocks under other names (`arch.rs`).
 //!
 //! Each block's forward takes a [`Pass`]: in training mode dropout is on; a `frozen` block reads
 //! its weights detached so candle records no graph for it at all.
 
 use candle_core::{DType, Result, Tensor, Var};
 
+use super::arch::HeadActivation;
 use super::attention;
 use super::linear;
 use super::ops::{self, Dropout};
@@ -79,7 +81,10 @@ impl LayerNorm {
 pub(crate) struct Embeddings {
     pub word: Var,
     pub position: Var,
-    pub token_type: Var,
+    /// None for DistilBERT, which has no token types.
+    pub token_type: Option<Var>,
+    /// The position id of the first token (RoBERTa: `pad_token_id + 1`).
+    pub position_offset: usize,
     pub norm: LayerNorm,
 }
 
@@ -97,9 +102,14 @@ impl Embeddings {
         let word = pass.w32(&self.word);
         let h = word.dim(1)?;
         let we = word.index_select(&ids.flatten_all()?, 0)?.reshape((b, s, h))?;
-        let te = pass.w32(&self.token_type).index_select(&token_types.flatten_all()?, 0)?.reshape((b, s, h))?;
-        let pe = pass.w32(&self.position).narrow(0, 0, s)?;
-        let x = (we + te)?.broadcast_add(&pe)?;
+        let x = match &self.token_type {
+            // One token type (RoBERTa): every token gets its row, whatever the tokenizer said.
+            Some(table) if table.dim(0)? == 1 => we.broadcast_add(&pass.w32(table))?,
+            Some(table) => (we + pass.w32(table).index_select(&token_types.flatten_all()?, 0)?.reshape((b, s, h))?)?,
+            None => we,
+        };
+        let pe = pass.w32(&self.position).narrow(0, self.position_offset, s)?;
+        let x = x.broadcast_add(&pe)?;
         let x = self.norm.forward(&x, pass)?.to_dtype(pass.dtype)?;
         if pass.train {
             dropout.apply(&x, p)
@@ -126,6 +136,18 @@ pub(crate) struct EncoderLayer {
 pub(crate) struct DropoutProbs {
     pub hidden: f64,
     pub attention: f64,
+    /// The classification head's (`classifier_dropout`, DistilBERT's `seq_classif_dropout`,
+    /// else `hidden`).
+    pub head: f64,
+}
+
+/// The classification head on the first token: `dense` → activation → dropout → `out`, with
+/// one more dropout before `dense` for RoBERTa.
+pub(crate) struct Head {
+    pub dense: Linear,
+    pub out: Linear,
+    pub activation: HeadActivation,
+    pub dropout_first: bool,
 }
 
 impl EncoderLayer {

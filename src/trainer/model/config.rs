@@ -1,7 +1,10 @@
-//! The Hugging Face `BertConfig` fields we read from `config.json`; unknown fields are kept so
-//! the config can be re-emitted unchanged next to an exported checkpoint.
+//! The Hugging Face `BertConfig` fields we read from `config.json` (DistilBERT's names are
+//! rewritten to BERT's first, see [`Arch::normalise_config`]); the file itself is kept so the
+//! config can be re-emitted unchanged next to an exported checkpoint.
 
 use serde::{Deserialize, Serialize};
+
+use super::arch::Arch;
 
 fn default_eps() -> f64 {
     1e-12
@@ -44,13 +47,33 @@ pub struct BertConfig {
     pub pad_token_id: usize,
     #[serde(default)]
     pub model_type: Option<String>,
-    /// Every other field of the file, kept for re-emission.
+    /// Every other field of the file.
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
+    /// The encoder family (from `model_type`).
+    #[serde(skip, default = "default_arch")]
+    pub arch: Arch,
+    /// `config.json` as read, with the family's own field names, for re-emission.
+    #[serde(skip)]
+    pub source: serde_json::Map<String, serde_json::Value>,
+}
+
+fn default_arch() -> Arch {
+    Arch::Bert
 }
 
 impl BertConfig {
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads
+    }
+
+    /// The first position id (RoBERTa counts from `pad_token_id + 1`).
+    pub fn position_offset(&self) -> usize {
+        self.arch.position_offset(self.pad_token_id)
+    }
+
+    /// The longest input the position embeddings cover (RoBERTa's 514 positions take 512).
+    pub fn max_sequence_length(&self) -> usize {
+        self.max_position_embeddings.saturating_sub(self.position_offset())
     }
 }

@@ -4,6 +4,10 @@
 //! to its HF name (`bert.embeddings.word_embeddings.weight`, …, `bert.pooler.dense.weight`,
 //! `classifier.weight`).
 //!
+//! RoBERTa (`roberta`, `xlm-roberta`, `camembert`) and DistilBERT checkpoints load into the
+//! same blocks under their own names and heads, and save as `RobertaForSequenceClassification`
+//! / `DistilBertForSequenceClassification` (the differences are in [`arch`]).
+//!
 //! # API for the training loop
 //! ```ignore
 //! let opts = ModelOptions { num_labels: 2, freeze_layers: 2, ..ModelOptions::default() };
@@ -21,8 +25,9 @@
 //!   (`k = num_hidden_layers` → only pooler + classifier train); `freeze_embeddings` freezes the
 //!   embeddings alone. Frozen blocks run on detached weights, so no graph and no gradient work is
 //!   spent there; [`BertClassifier::trainable_vars`] lists what the optimizer may update.
-//! * Dropout: `opts.dropout` overrides config.json's `hidden_dropout_prob` and
-//!   `attention_probs_dropout_prob`; active only with `train = true`; seeded by `opts.seed`.
+//! * Dropout: `opts.dropout` overrides config.json's `hidden_dropout_prob`,
+//!   `attention_probs_dropout_prob` and the head's `classifier_dropout` (each of which applies
+//!   otherwise); active only with `train = true`; seeded by `opts.seed`.
 //! * Checkpoints without the `bert.` prefix (sentence-transformers) load too; a missing pooler
 //!   or classifier is initialised N(0, initializer_range) (logged with `tracing::info!`).
 //! * Speed: [`crate::trainer::perf::tune_for_training`] (malloc tuning, one thread pool) runs
@@ -31,9 +36,10 @@
 //!   per-head gemm, probabilities recomputed in the backward), `ops` (layer norm, GELU, dropout
 //!   and bias epilogues) over vectorised `kernels`; other devices use composed candle ops.
 //!
-//! Files: `config.rs` (HF config), `error.rs`, `bert.rs` (blocks), `ops.rs`, `attention.rs`,
+//! Files: `config.rs` (HF config), `arch.rs` (the families), `error.rs`, `bert.rs` (blocks), `ops.rs`, `attention.rs`,
 //! `linear.rs`, `kernels.rs`, `tests.rs`.
 
+pub mod arch;
 pub mod attention;
 mod bert;
 #[cfg(feature = "cuda")]
@@ -55,7 +61,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
-use bert::{DropoutProbs, Embeddings, EncoderLayer, LayerNorm, Linear, Pass};
+use arch::{Arch, Block, HeadActivation, SUPPORTED_MODEL_TYPES};
+use bert::{DropoutProbs, Embeddings, EncoderLayer, Head, LayerNorm, Linear, Pass};
 pub use config::BertConfig;
 pub use error::ModelError;
 use ops::Dropout;
@@ -91,14 +98,13 @@ struct Param {
     trainable: bool,
 }
 
-/// BERT + pooler + dropout + classifier, `BertForSequenceClassification`-compatible.
+/// Encoder + head, `BertForSequenceClassification`-compatible (or RoBERTa's, DistilBERT's).
 pub struct BertClassifier {
     config: BertConfig,
     opts: ModelOptions,
     embeddings: Embeddings,
     layers: Vec<EncoderLayer>,
-    pooler: Linear,
-    classifier: Linear,
+    head: Head,
     params: Vec<Param>,
     varmap: VarMap,
     dropout: Dropout,
@@ -106,8 +112,10 @@ pub struct BertClassifier {
     device: Device,
 }
 
-/// Reads tensors by HF name from one safetensors file, with or without the `bert.` prefix.
+/// Reads tensors by HF name from one safetensors file, with or without the encoder's prefix
+/// (`bert.`, `roberta.`, `distilbert.`).
 struct Loader<'a> {
+    prefix: &'static str,
     path: PathBuf,
     tensors: HashMap<String, Tensor>,
     device: &'a Device,
@@ -118,14 +126,19 @@ struct Loader<'a> {
 
 impl Loader<'_> {
     fn find(&mut self, name: &str) -> Option<Tensor> {
-        let bare = name.strip_prefix("bert.").unwrap_or(name);
+        let bare = self.bare(name).to_string();
         let legacy = bare.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta");
-        for cand in [name.to_string(), bare.to_string(), format!("bert.{legacy}"), legacy] {
+        for cand in [name.to_string(), bare, format!("{}.{legacy}", self.prefix), legacy] {
             if let Some(t) = self.tensors.remove(&cand) {
                 return Some(t);
             }
         }
         None
+    }
+
+    /// `name` without the encoder's prefix.
+    fn bare<'n>(&self, name: &'n str) -> &'n str {
+        name.strip_prefix(self.prefix).and_then(|r| r.strip_prefix('.')).unwrap_or(name)
     }
 
     fn register(&mut self, name: &str, t: Tensor) -> Result<Var, ModelError> {
@@ -138,7 +151,7 @@ impl Loader<'_> {
     fn take(&mut self, name: &str, shape: &[usize]) -> Result<Var, ModelError> {
         let t = self.find(name).ok_or_else(|| ModelError::MissingTensor {
             path: self.path.clone(),
-            name: name.strip_prefix("bert.").unwrap_or(name).to_string(),
+            name: self.bare(name).to_string(),
         })?;
         if t.dims() != shape {
             return Err(ModelError::ShapeMismatch {
@@ -188,21 +201,38 @@ impl Loader<'_> {
     }
 }
 
-/// Reads and parses `dir/config.json`.
+/// Reads and parses `dir/config.json` (any supported `model_type`, see [`arch`]).
 pub fn read_config(dir: &Path) -> Result<BertConfig, ModelError> {
     let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| ModelError::Config { path: path.clone(), reason: e.to_string() })?;
-    let config: BertConfig =
-        serde_json::from_str(&text).map_err(|e| ModelError::Config { path: path.clone(), reason: e.to_string() })?;
+    let bad = |reason: String| ModelError::Config { path: path.clone(), reason };
+    let text = std::fs::read_to_string(&path).map_err(|e| bad(e.to_string()))?;
+    let raw: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let model_type = raw.get("model_type").and_then(|v| v.as_str());
+    let arch = Arch::from_model_type(model_type).ok_or_else(|| {
+        bad(format!(
+            "model_type `{}` is not supported: sft-search fine-tunes {SUPPORTED_MODEL_TYPES}",
+            model_type.unwrap_or_default()
+        ))
+    })?;
+    let mut config: BertConfig =
+        serde_json::from_value(serde_json::Value::Object(arch.normalise_config(&raw))).map_err(|e| bad(e.to_string()))?;
+    config.arch = arch;
+    config.source = raw;
     if config.num_attention_heads == 0 || !config.hidden_size.is_multiple_of(config.num_attention_heads) {
-        return Err(ModelError::Config {
-            path,
-            reason: format!(
-                "hidden_size {} is not a multiple of num_attention_heads {}",
-                config.hidden_size, config.num_attention_heads
-            ),
-        });
+        return Err(bad(format!(
+            "hidden_size {} is not a multiple of num_attention_heads {}",
+            config.hidden_size, config.num_attention_heads
+        )));
+    }
+    if config.arch == Arch::DistilBert && config.source.get("sinusoidal_pos_embds").and_then(|v| v.as_bool()) == Some(true) {
+        return Err(bad("sinusoidal_pos_embds = true (fixed sinusoidal positions) is not supported".into()));
+    }
+    if config.max_sequence_length() == 0 {
+        return Err(bad(format!(
+            "max_position_embeddings {} leaves no room after the first position id {}",
+            config.max_position_embeddings,
+            config.position_offset()
+        )));
     }
     Ok(config)
 }
@@ -258,7 +288,9 @@ impl BertClassifier {
             }
         }
         let (h, inter, eps) = (config.hidden_size, config.intermediate_size, config.layer_norm_eps);
+        let arch = config.arch;
         let mut ld = Loader {
+            prefix: arch.prefix(),
             path,
             tensors,
             device,
@@ -266,50 +298,58 @@ impl BertClassifier {
             init_std: config.initializer_range,
             params: Vec::new(),
         };
-        let e = "bert.embeddings";
+        let (word, position, token_type, norm) = arch.embedding_names();
         let embeddings = Embeddings {
-            word: ld.take(&format!("{e}.word_embeddings.weight"), &[config.vocab_size, h])?,
-            position: ld.take(&format!("{e}.position_embeddings.weight"), &[config.max_position_embeddings, h])?,
-            token_type: ld.take(&format!("{e}.token_type_embeddings.weight"), &[config.type_vocab_size, h])?,
-            norm: ld.norm(&format!("{e}.LayerNorm"), h, eps)?,
+            word: ld.take(&format!("{word}.weight"), &[config.vocab_size, h])?,
+            position: ld.take(&format!("{position}.weight"), &[config.max_position_embeddings, h])?,
+            token_type: match token_type {
+                Some(t) => Some(ld.take(&format!("{t}.weight"), &[config.type_vocab_size, h])?),
+                None => None,
+            },
+            position_offset: config.position_offset(),
+            norm: ld.norm(&norm, h, eps)?,
         };
         let mut layers = Vec::with_capacity(n_layers);
         for i in 0..n_layers {
-            let p = format!("bert.encoder.layer.{i}");
+            let n = arch.layer_names(i);
             layers.push(EncoderLayer {
-                query: ld.linear(&format!("{p}.attention.self.query"), h, h)?,
-                key: ld.linear(&format!("{p}.attention.self.key"), h, h)?,
-                value: ld.linear(&format!("{p}.attention.self.value"), h, h)?,
-                attn_out: ld.linear(&format!("{p}.attention.output.dense"), h, h)?,
-                attn_norm: ld.norm(&format!("{p}.attention.output.LayerNorm"), h, eps)?,
-                intermediate: ld.linear(&format!("{p}.intermediate.dense"), inter, h)?,
-                output: ld.linear(&format!("{p}.output.dense"), h, inter)?,
-                out_norm: ld.norm(&format!("{p}.output.LayerNorm"), h, eps)?,
+                query: ld.linear(&n.query, h, h)?,
+                key: ld.linear(&n.key, h, h)?,
+                value: ld.linear(&n.value, h, h)?,
+                attn_out: ld.linear(&n.attn_out, h, h)?,
+                attn_norm: ld.norm(&n.attn_norm, h, eps)?,
+                intermediate: ld.linear(&n.intermediate, inter, h)?,
+                output: ld.linear(&n.output, h, inter)?,
+                out_norm: ld.norm(&n.out_norm, h, eps)?,
                 heads: config.num_attention_heads,
             });
         }
-        let pooler = ld.take_or_init_linear("bert.pooler.dense", h, h)?;
-        let classifier = ld.take_or_init_linear("classifier", opts.num_labels, h)?;
+        let (dense, out, activation, dropout_first) = arch.head_names();
+        let head = Head {
+            dense: ld.take_or_init_linear(dense, h, h)?,
+            out: ld.take_or_init_linear(out, opts.num_labels, h)?,
+            activation,
+            dropout_first,
+        };
 
         let embeddings_frozen = opts.freeze_embeddings || opts.freeze_layers > 0;
         let varmap = VarMap::new();
         let mut params = ld.params;
         for p in params.iter_mut() {
-            p.trainable = if p.name.starts_with("bert.embeddings.") {
-                !embeddings_frozen
-            } else if let Some(rest) = p.name.strip_prefix("bert.encoder.layer.") {
-                let idx: usize = rest.split('.').next().and_then(|s| s.parse().ok()).unwrap_or(usize::MAX);
-                idx >= opts.freeze_layers
-            } else {
-                true
+            p.trainable = match arch.block_of(&p.name) {
+                Block::Embeddings => !embeddings_frozen,
+                Block::Layer(idx) => idx >= opts.freeze_layers,
+                Block::Head => true,
             };
             if let Ok(mut data) = varmap.data().lock() {
                 data.insert(p.name.clone(), p.var.clone());
             }
         }
+        let hidden = opts.dropout.unwrap_or(config.hidden_dropout_prob);
         let probs = DropoutProbs {
-            hidden: opts.dropout.unwrap_or(config.hidden_dropout_prob),
+            hidden,
             attention: opts.dropout.unwrap_or(config.attention_probs_dropout_prob),
+            head: opts.dropout.or_else(|| arch.head_dropout(&config.source)).unwrap_or(hidden),
         };
         Ok(Self {
             dropout: Dropout::new(opts.seed),
@@ -317,8 +357,7 @@ impl BertClassifier {
             opts: opts.clone(),
             embeddings,
             layers,
-            pooler,
-            classifier,
+            head,
             params,
             varmap,
             probs,
@@ -334,26 +373,19 @@ impl BertClassifier {
         token_type_ids: Option<&Tensor>,
         train: bool,
     ) -> candle_core::Result<Tensor> {
-        let pooled = self.encode(input_ids, attention_mask, token_type_ids, train)?;
-        let pass = self.pass(train, false);
-        let mut x = pooled;
-        if train {
-            x = self.dropout.apply(&x, self.probs.hidden)?;
-        }
-        self.classifier.forward(&x, pass)?.to_dtype(DType::F32)
-    }
-
-    /// The pooled `[CLS]` representation `[batch, hidden]` (pooler dense + tanh).
-    pub fn encode(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: &Tensor,
-        token_type_ids: Option<&Tensor>,
-        train: bool,
-    ) -> candle_core::Result<Tensor> {
         let x = self.hidden_states(input_ids, attention_mask, token_type_ids, train)?;
-        let cls = x.narrow(1, 0, 1)?.squeeze(1)?;
-        self.pooler.forward(&cls, self.pass(train, false))?.tanh()
+        let pass = self.pass(train, false);
+        let drop = |t: Tensor| if train { self.dropout.apply(&t, self.probs.head) } else { Ok(t) };
+        let mut x = x.narrow(1, 0, 1)?.squeeze(1)?; // the first token: [CLS] / <s>
+        if self.head.dropout_first {
+            x = drop(x)?;
+        }
+        let x = self.head.dense.forward(&x, pass)?;
+        let x = match self.head.activation {
+            HeadActivation::Tanh => x.tanh()?,
+            HeadActivation::Relu => x.relu()?,
+        };
+        self.head.out.forward(&drop(x)?, pass)?.to_dtype(DType::F32)
     }
 
     /// The last encoder layer's output `[batch, seq, hidden]` (HF `last_hidden_state`).
@@ -365,9 +397,10 @@ impl BertClassifier {
         train: bool,
     ) -> candle_core::Result<Tensor> {
         let (b, s) = input_ids.dims2()?;
-        if s > self.config.max_position_embeddings {
+        if s > self.config.max_sequence_length() {
             candle_core::bail!(
-                "sequence length {s} exceeds max_position_embeddings {}",
+                "sequence length {s} exceeds the {} positions of max_position_embeddings {}",
+                self.config.max_sequence_length(),
                 self.config.max_position_embeddings
             )
         }
@@ -446,7 +479,7 @@ impl BertClassifier {
         self.dropout.reseed(seed)
     }
 
-    /// Writes every weight under its HF name (`bert.` prefix) to `path` atomically: a temporary
+    /// Writes every weight under its HF name (`bert.`, `roberta.` or `distilbert.` prefix) to `path` atomically: a temporary
     /// file in the same folder, then a rename.
     pub fn save_safetensors(&self, path: &Path) -> Result<(), ModelError> {
         let map: HashMap<String, Tensor> =
@@ -466,9 +499,10 @@ impl BertClassifier {
     pub fn save_pretrained(&self, dir: &Path) -> Result<(), ModelError> {
         let save_err = |reason: String| ModelError::Save { path: dir.join("config.json"), reason };
         std::fs::create_dir_all(dir).map_err(|e| save_err(e.to_string()))?;
-        let mut config = self.config.clone();
-        config.extra.insert("num_labels".into(), serde_json::json!(self.opts.num_labels));
-        config.extra.insert("architectures".into(), serde_json::json!(["BertForSequenceClassification"]));
+        let mut config = self.config.source.clone();
+        let class = Arch::hf_class(self.config.model_type.as_deref());
+        config.insert("num_labels".into(), serde_json::json!(self.opts.num_labels));
+        config.insert("architectures".into(), serde_json::json!([class]));
         let text = serde_json::to_string_pretty(&config).map_err(|e| save_err(e.to_string()))?;
         let cfg = dir.join("config.json");
         let tmp = dir.join(".config.json.tmp");

@@ -1,7 +1,7 @@
 //! Tests of the classifier on tiny random BERTs written by `trainer::tiny`.
 
 use super::*;
-use crate::trainer::tiny::write_tiny_bert;
+use crate::trainer::tiny::{write_tiny_bert, write_tiny_model};
 use candle_core::IndexOp;
 
 fn texts() -> Vec<String> {
@@ -66,7 +66,19 @@ fn one_step_check(freeze_layers: usize) {
 }
 
 fn one_step_check_in(freeze_layers: usize, compute_dtype: DType) {
-    let (dir, vocab) = tiny(2, 32);
+    one_step_check_arch(Arch::Bert, freeze_layers, compute_dtype);
+}
+
+fn tiny_of(arch: Arch, layers: usize, hidden: usize) -> (tempfile::TempDir, usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let info = write_tiny_model(dir.path(), arch, &texts(), layers, hidden, 7).unwrap();
+    (dir, info.vocab_size)
+}
+
+/// After one step every trainable tensor got a non-zero gradient and changed; every frozen
+/// one got no gradient and is bit-identical.
+fn one_step_check_arch(arch: Arch, freeze_layers: usize, compute_dtype: DType) {
+    let (dir, vocab) = tiny_of(arch, 2, 32);
     let opts = ModelOptions { num_labels: 3, freeze_layers, compute_dtype, ..ModelOptions::default() };
     let model = BertClassifier::load(dir.path(), &opts, &Device::Cpu).unwrap();
     let before = snapshot(&model);
@@ -97,8 +109,9 @@ fn one_step_check_in(freeze_layers: usize, compute_dtype: DType) {
         }
     }
     let n_frozen = model.all_vars().len() - trainable.len();
-    // 5 embedding tensors + 16 per encoder layer.
-    let expected_frozen = if freeze_layers > 0 { 5 + 16 * freeze_layers } else { 0 };
+    // 5 embedding tensors (4 without token types) + 16 per encoder layer.
+    let embedding_tensors = if arch == Arch::DistilBert { 4 } else { 5 };
+    let expected_frozen = if freeze_layers > 0 { embedding_tensors + 16 * freeze_layers } else { 0 };
     assert_eq!(n_frozen, expected_frozen);
 }
 
@@ -110,6 +123,139 @@ fn one_step_full_fine_tuning_updates_every_tensor() {
 #[test]
 fn one_step_freeze_one_layer_keeps_frozen_bit_identical() {
     one_step_check(1);
+}
+
+#[test]
+fn roberta_and_distilbert_one_step_update_every_trainable_tensor_and_keep_frozen_ones() {
+    for arch in [Arch::Roberta, Arch::DistilBert] {
+        one_step_check_arch(arch, 0, DType::F32);
+        one_step_check_arch(arch, 1, DType::F32);
+    }
+}
+
+/// The folder of another family read as BERT: the same tensors under BERT's names, RoBERTa's
+/// position table shifted by its offset (`pad_token_id + 1`) and its one token type repeated,
+/// DistilBERT's token types zero. The encoder outputs must then be BERT's (which
+/// `eval_hidden_states_match_candle_transformers_bert` checks against candle-transformers).
+fn as_bert(arch: Arch, dir: &Path, offset: usize) -> tempfile::TempDir {
+    let cfg = read_config(dir).unwrap();
+    let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
+    let (h, prefix) = (cfg.hidden_size, format!("{}.", arch.prefix()));
+    let mut out: HashMap<String, Tensor> = HashMap::new();
+    for (name, t) in tensors {
+        let renamed = if arch == Arch::DistilBert {
+            let mut n = name.replace("distilbert.transformer.layer.", "bert.encoder.layer.");
+            for (from, to) in [
+                ("attention.q_lin", "attention.self.query"),
+                ("attention.k_lin", "attention.self.key"),
+                ("attention.v_lin", "attention.self.value"),
+                ("attention.out_lin", "attention.output.dense"),
+                ("sa_layer_norm", "attention.output.LayerNorm"),
+                ("ffn.lin1", "intermediate.dense"),
+                ("ffn.lin2", "output.dense"),
+                ("output_layer_norm", "output.LayerNorm"),
+            ] {
+                n = n.replace(from, to);
+            }
+            n.replace("distilbert.", "bert.")
+        } else {
+            name.replacen(&prefix, "bert.", 1)
+        };
+        let t = if renamed.ends_with("position_embeddings.weight") { t.narrow(0, offset, cfg.max_position_embeddings - offset).unwrap() } else { t };
+        let t = if renamed.ends_with("token_type_embeddings.weight") { Tensor::cat(&[&t, &t], 0).unwrap() } else { t };
+        out.insert(renamed, t);
+    }
+    if arch == Arch::DistilBert {
+        out.insert("bert.embeddings.token_type_embeddings.weight".into(), Tensor::zeros((2, h), DType::F32, &Device::Cpu).unwrap());
+    }
+    let bert = tempfile::tempdir().unwrap();
+    candle_core::safetensors::save(&out, bert.path().join("model.safetensors")).unwrap();
+    let mut c = serde_json::json!({
+        "model_type": "bert", "vocab_size": cfg.vocab_size, "hidden_size": h, "num_hidden_layers": cfg.num_hidden_layers,
+        "num_attention_heads": cfg.num_attention_heads, "intermediate_size": cfg.intermediate_size,
+        "max_position_embeddings": cfg.max_position_embeddings - offset, "layer_norm_eps": cfg.layer_norm_eps,
+    });
+    c["type_vocab_size"] = 2.into();
+    std::fs::write(bert.path().join("config.json"), c.to_string()).unwrap();
+    bert
+}
+
+#[test]
+fn roberta_and_distilbert_encoders_equal_bert_with_their_positions_and_token_types() {
+    for (arch, offset) in [(Arch::Roberta, 2), (Arch::DistilBert, 0)] {
+        let (dir, vocab) = tiny_of(arch, 2, 32);
+        let model = BertClassifier::load(dir.path(), &ModelOptions::default(), &Device::Cpu).unwrap();
+        assert_eq!(model.config().position_offset(), offset);
+        let bert_dir = as_bert(arch, dir.path(), offset);
+        let bert = BertClassifier::load(bert_dir.path(), &ModelOptions::default(), &Device::Cpu).unwrap();
+        let (ids, mask) = batch(3, 7, vocab, 8);
+        // A pair's second segment says type 1: RoBERTa has one type, DistilBERT none.
+        let tt = Tensor::from_vec((0..21u32).map(|i| u32::from(i % 7 > 3)).collect(), (3, 7), &Device::Cpu).unwrap();
+        let ours = model.hidden_states(&ids, &mask, Some(&tt), false).unwrap();
+        let zeros = tt.zeros_like().unwrap();
+        let theirs = bert.hidden_states(&ids, &mask, Some(&zeros), false).unwrap();
+        let d = (ours - theirs).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        assert!(d < 1e-5, "{arch:?}: hidden states differ from BERT's by {d}");
+        // RoBERTa's 130 positions take 128 tokens, DistilBERT's 128 too.
+        assert_eq!(model.config().max_sequence_length(), 128);
+        for (len, fits) in [(128, true), (129, false)] {
+            let long = Tensor::zeros((1, len), DType::U32, &Device::Cpu).unwrap();
+            let out = model.forward(&long, &long.ones_like().unwrap(), None, false);
+            assert_eq!(out.is_ok(), fits, "{arch:?}: {len} tokens");
+        }
+    }
+}
+
+/// Saved RoBERTa and DistilBERT folders keep their family's config fields and tensor names,
+/// name the `transformers` class, and reload to the same logits.
+#[test]
+fn roberta_and_distilbert_save_under_their_own_names_and_reload() {
+    for arch in [Arch::Roberta, Arch::DistilBert] {
+        let (dir, vocab) = tiny_of(arch, 2, 32);
+        let opts = ModelOptions { num_labels: 3, ..ModelOptions::default() };
+        let model = BertClassifier::load(dir.path(), &opts, &Device::Cpu).unwrap();
+        let (ids, mask) = batch(4, 9, vocab, 4);
+        let labels = Tensor::new(&[0u32, 1, 2, 0], &Device::Cpu).unwrap();
+        let loss = candle_nn::loss::cross_entropy(&model.forward(&ids, &mask, None, true).unwrap(), &labels).unwrap();
+        sgd_step(&model, &model.backward(&loss).unwrap(), 0.5);
+        let out = tempfile::tempdir().unwrap();
+        model.save_pretrained(out.path()).unwrap();
+        let mut names: Vec<String> =
+            candle_core::safetensors::load(out.path().join("model.safetensors"), &Device::Cpu).unwrap().into_keys().collect();
+        names.sort();
+        let head: Vec<&String> = names.iter().filter(|n| !n.starts_with(&format!("{}.", arch.prefix()))).collect();
+        let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.path().join("config.json")).unwrap()).unwrap();
+        match arch {
+            Arch::Roberta => {
+                assert_eq!(head, ["classifier.dense.bias", "classifier.dense.weight", "classifier.out_proj.bias", "classifier.out_proj.weight"]);
+                assert_eq!(cfg["architectures"], serde_json::json!(["RobertaForSequenceClassification"]));
+                assert_eq!(cfg["pad_token_id"], 1);
+            }
+            _ => {
+                assert_eq!(head, ["classifier.bias", "classifier.weight", "pre_classifier.bias", "pre_classifier.weight"]);
+                assert_eq!(cfg["architectures"], serde_json::json!(["DistilBertForSequenceClassification"]));
+                assert_eq!((cfg["dim"].clone(), cfg.get("hidden_size")), (serde_json::json!(32), None));
+                assert!(names.contains(&"distilbert.transformer.layer.1.output_layer_norm.weight".to_string()));
+            }
+        }
+        assert_eq!(cfg["num_labels"], 3);
+        let reloaded = BertClassifier::load(out.path(), &opts, &Device::Cpu).unwrap();
+        let a = model.forward(&ids, &mask, None, false).unwrap();
+        let b = reloaded.forward(&ids, &mask, None, false).unwrap();
+        let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        assert!(d <= 1e-6, "{arch:?}: reloaded logits differ by {d}");
+    }
+}
+
+#[test]
+fn an_unsupported_model_type_is_refused_with_the_supported_ones() {
+    let (dir, _) = tiny(1, 16);
+    let path = dir.path().join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    cfg["model_type"] = "electra".into();
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    let err = BertClassifier::load(dir.path(), &ModelOptions::default(), &Device::Cpu).err().unwrap().to_string();
+    assert!(err.contains("config.json") && err.contains("`electra`") && err.contains("distilbert"), "{err}");
 }
 
 #[test]
