@@ -1,7 +1,8 @@
 //! Fine-tuning studies through the binary, on a tiny BERT made on the fly.
 
 use serde_json::Value;
-use sft_search::trainer::toy::write_toy_task;
+use sft_search::trainer::model::arch::Arch;
+use sft_search::trainer::toy::{write_toy_task, write_toy_task_for};
 
 use crate::util::*;
 
@@ -73,6 +74,31 @@ fn a_finetune_study_trains_records_epochs_keeps_checkpoints_and_tests_the_best_o
     // Running again does not evaluate the test split a second time.
     let again = d.run(&["run", "s.toml"]);
     assert!(!stderr(&again).contains("test split (trial"), "{}", stderr(&again));
+}
+
+/// Studies of each family through the binary: trials learn the toy task, the best is tested
+/// once and exports as its family's `transformers` class.
+#[test]
+fn bert_roberta_and_distilbert_studies_learn_test_and_export() {
+    for (arch, class) in [(Arch::Bert, "BertForSequenceClassification"), (Arch::Roberta, "RobertaForSequenceClassification"), (Arch::DistilBert, "DistilBertForSequenceClassification")] {
+        let d = StudyDir::new();
+        let toy = write_toy_task_for(&d.path().join("toy"), 120, 7, arch).unwrap();
+        let study = finetune_study(&toy.model_dir.display().to_string(), &toy.csv.display().to_string(), 2, "");
+        d.write("s.toml", &study.replace("epochs = 2", "epochs = 8"));
+        let out = d.run(&["run", "s.toml"]);
+        assert!(out.status.success(), "{arch:?}: {}", stderr(&out));
+        let trials = d.trials("s.toml");
+        assert_eq!(count(&trials, "COMPLETE"), 2, "{arch:?}");
+        let best = trials.iter().filter_map(|t| t["value"].as_f64()).fold(0.0, f64::max);
+        assert!(best >= 0.8, "{arch:?}: best valid accuracy {best} on a separable task: {:?}", trials.iter().map(|t| t["intermediate"].clone()).collect::<Vec<_>>());
+        eprintln!("{arch:?}: best valid accuracy {best}");
+        let b: Value = serde_json::from_slice(&d.run(&["best", "s.toml", "--format", "json"]).stdout).unwrap();
+        assert!(b["test"]["accuracy"].as_f64().is_some(), "{arch:?}: {b}");
+        let e = d.run(&["export", "s.toml", "--out", "out"]);
+        assert!(e.status.success(), "{arch:?}: {}", stderr(&e));
+        let cfg: Value = serde_json::from_str(&std::fs::read_to_string(d.path().join("out/config.json")).unwrap()).unwrap();
+        assert_eq!(cfg["architectures"][0], class);
+    }
 }
 
 #[test]
