@@ -509,6 +509,12 @@ pub fn resolve_hub(hub: &str, revision: &str, cache: &Path, offline: bool) -> Re
         repo.get("vocab.txt")
             .map_err(|e| unavailable(format!(" and neither tokenizer.json nor vocab.txt could be downloaded: {e}")))?;
     }
+    // Optional: an export copies them (the tokenizer class, special tokens) when they exist.
+    for f in ["tokenizer_config.json", "special_tokens_map.json"] {
+        if let Err(e) = repo.get(f) {
+            tracing::debug!("{hub}: no {f} ({e})");
+        }
+    }
     let folder = folder.ok_or_else(|| unavailable(String::new()))?;
     check_model_folder(&folder)?;
     Ok(folder)
