@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use super::hf::{self, HeadConfig};
 use crate::trainer::data::{batch_indices, collate, DataError, Encoded, Example, Target, TextEncoder};
+use crate::trainer::model::arch::Arch;
 use crate::trainer::model::{read_config, BertClassifier, ModelError, ModelOptions};
 
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +86,7 @@ impl Predictor {
             shapes.get(name).or_else(|| shapes.get(bare)).is_some_and(|s| s == shape)
         };
         let h = bert.hidden_size;
-        let class = crate::trainer::model::arch::Arch::hf_class(bert.model_type.as_deref());
+        let class = Arch::hf_class(bert.model_type.as_deref());
         let (dense, out, _, _) = bert.arch.head_names();
         if !has(&format!("{out}.weight"), &[n, h]) || !has(&format!("{out}.bias"), &[n]) {
             return Err(folder(format!(

@@ -163,24 +163,20 @@ fn write_tokenizer(dir: &Path, arch: Arch, texts: &[String]) -> anyhow::Result<u
     tok.with_decoder(Some(tokenizers::decoders::wordpiece::WordPiece::default()));
     tok.add_special_tokens(&special.iter().map(|t| AddedToken::from(*t, true)).collect::<Vec<_>>());
     let id = |t: &str| tok.token_to_id(t).ok_or_else(|| anyhow::anyhow!("special token {t} missing"));
-    let template = if arch == Arch::Roberta {
-        // RoBERTa: `<s> A </s>`, pairs `<s> A </s></s> B </s>`, every token of type 0.
-        TemplateProcessing::builder()
-            .try_single("<s> $A </s>")
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .try_pair("<s> $A </s> </s> $B </s>")
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .special_tokens(vec![("<s>", id("<s>")?), ("</s>", id("</s>")?)])
-            .build()?
+    // BERT: `[CLS] A [SEP]`, pairs `[CLS] A [SEP] B [SEP]` with B of type 1; RoBERTa:
+    // `<s> A </s>`, pairs `<s> A </s></s> B </s>`, every token of type 0.
+    let (cls, sep, pair) = if arch == Arch::Roberta {
+        ("<s>", "</s>", "<s> $A </s> </s> $B </s>")
     } else {
-        TemplateProcessing::builder()
-            .try_single("[CLS] $A [SEP]")
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .try_pair("[CLS] $A [SEP] $B:1 [SEP]:1")
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .special_tokens(vec![("[CLS]", id("[CLS]")?), ("[SEP]", id("[SEP]")?)])
-            .build()?
+        ("[CLS]", "[SEP]", "[CLS] $A [SEP] $B:1 [SEP]:1")
     };
+    let template = TemplateProcessing::builder()
+        .try_single(format!("{cls} $A {sep}"))
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .try_pair(pair)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .special_tokens(vec![(cls, id(cls)?), (sep, id(sep)?)])
+        .build()?;
     tok.with_post_processor(Some(template));
     tok.save(dir.join("tokenizer.json"), true).map_err(|e| anyhow::anyhow!("saving tokenizer.json: {e}"))?;
     if arch == Arch::Roberta {
