@@ -244,11 +244,14 @@ pub fn write_tokenizer_files(src: &Path, dest: &Path, max_length: usize) -> Resu
     let mut cfg = if cfg_src.is_file() {
         read_json_object(&cfg_src)?
     } else {
-        let lower = tokenizer_json_lowercase(&dest.join("tokenizer.json")).unwrap_or(true);
         let mut m = Map::new();
-        m.insert("do_lower_case".into(), json!(lower));
-        // BERT's specials: BERT's tokenizer class; any other tokenizer.json is loaded as it is.
+        // BERT's specials: BERT's tokenizer class (uncased unless the normalizer says
+        // otherwise); any other tokenizer.json is loaded as it is, its casing its own.
         let bert_style = tok.token_to_id("[CLS]").is_some() && tok.token_to_id("[SEP]").is_some();
+        if bert_style {
+            let lower = tokenizer_json_lowercase(&dest.join("tokenizer.json")).unwrap_or(true);
+            m.insert("do_lower_case".into(), json!(lower));
+        }
         m.insert("tokenizer_class".into(), json!(if bert_style { "BertTokenizer" } else { "PreTrainedTokenizerFast" }));
         m.insert("clean_up_tokenization_spaces".into(), json!(true));
         m.extend(special_tokens(&tok));
@@ -334,6 +337,22 @@ mod tests {
         let cfg = read_json_object(&dest2.path().join("tokenizer_config.json")).unwrap();
         assert_eq!((cfg["model_max_length"].clone(), cfg["do_lower_case"].clone()), (json!(64), json!(false)));
         assert!(cfg.get("tokenizer_class").is_none());
+    }
+
+    #[test]
+    fn a_roberta_tokenizer_gets_the_generic_class_and_its_own_special_tokens() {
+        let src = tempfile::tempdir().unwrap();
+        let texts = vec!["a good film".to_string()];
+        crate::trainer::tiny::write_tiny_model(src.path(), Arch::Roberta, &texts, 1, 8, 1).unwrap();
+        let dest = tempfile::tempdir().unwrap();
+        write_tokenizer_files(src.path(), dest.path(), 32).unwrap();
+        let cfg = read_json_object(&dest.path().join("tokenizer_config.json")).unwrap();
+        assert_eq!(cfg["tokenizer_class"], json!("PreTrainedTokenizerFast"));
+        assert!(cfg.get("do_lower_case").is_none(), "{cfg:?}");
+        let map = read_json_object(&dest.path().join("special_tokens_map.json")).unwrap();
+        let want = [("bos_token", "<s>"), ("eos_token", "</s>"), ("unk_token", "<unk>"), ("sep_token", "</s>"), ("pad_token", "<pad>"), ("cls_token", "<s>"), ("mask_token", "<mask>")];
+        assert_eq!(map, want.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<Map<String, Value>>());
+        assert_eq!(cfg["pad_token"], json!("<pad>"));
     }
 
     #[test]
