@@ -1,5 +1,5 @@
 //! The Hugging Face side of an export: `config.json` for `BertForSequenceClassification` (or
-//! the RoBERTa / DistilBERT class the checkpoint's `model_type` names),
+//! the RoBERTa / DistilBERT / ELECTRA class the checkpoint's `model_type` names),
 //! `model.safetensors` under HF tensor names (with the `{"format": "pt"}` metadata
 //! `transformers` looks for), the tokenizer files, and reading a safetensors header without
 //! loading the tensors.

@@ -8,8 +8,8 @@
 //!   other families), `num_labels`, `id2label`, `label2id`, `problem_type` and the trial's
 //!   dropout ([`hf`]);
 //! * `model.safetensors`: every weight under its Hugging Face name (`bert.embeddings…`,
-//!   `bert.encoder.layer.N…`, `bert.pooler.dense…`, `classifier.weight/bias`; RoBERTa's and
-//!   DistilBERT's own names, see [`crate::trainer::model::arch`]);
+//!   `bert.encoder.layer.N…`, `bert.pooler.dense…`, `classifier.weight/bias`; RoBERTa's,
+//!   DistilBERT's and ELECTRA's own names, see [`crate::trainer::model::arch`]);
 //! * the tokenizer files (`tokenizer.json`, `vocab.txt` where present, `tokenizer_config.json`
 //!   with `model_max_length` = the trial's `max_length`, `special_tokens_map.json`);
 //! * `sft_search.json`: where it came from (study, trial, parameters, valid and test metrics,

@@ -1,7 +1,7 @@
-//! Batch inference with a Hugging Face `BertForSequenceClassification` folder (or RoBERTa's
-//! or DistilBERT's: an export, or any compatible one): `config.json` (head from `id2label` /
-//! `num_labels` / `problem_type`), `model.safetensors` (which must hold the whole head — pooler
-//! and classifier, `classifier.dense`/`out_proj`, `pre_classifier`/`classifier`: a missing
+//! Batch inference with a Hugging Face `BertForSequenceClassification` folder (or RoBERTa's,
+//! DistilBERT's or ELECTRA's: an export, or any compatible one): `config.json` (head from
+//! `id2label` / `num_labels` / `problem_type`), `model.safetensors` (which must hold the whole
+//! head — pooler and classifier, `classifier.dense`/`out_proj`, `pre_classifier`/`classifier`: a missing
 //! head would be random) and the tokenizer (`tokenizer.json`, else `vocab.txt`). Runs in evaluation mode (no
 //! dropout) on batches sorted by length and padded to their own longest row; outputs come
 //! back in input order.

@@ -2,8 +2,8 @@
 //! with the `tokenizers` crate from the words of the given texts (`tokenizer.json`, and
 //! `vocab.txt` for BERT-style special tokens), a `config.json` with the family's own fields and
 //! `model.safetensors` with random weights under HF names (no classifier). BERT, RoBERTa
-//! (`<s>`/`</s>`/`<pad>` = 1, positions from 2, one token type) and DistilBERT. Runs in well
-//! under a second.
+//! (`<s>`/`</s>`/`<pad>` = 1, positions from 2, one token type), DistilBERT and ELECTRA
+//! (embeddings half the hidden width, projected up). Runs in well under a second.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -38,8 +38,8 @@ pub fn write_tiny_bert(dir: &Path, texts: &[String], layers: usize, hidden: usiz
     write_tiny_model(dir, Arch::Bert, texts, layers, hidden, seed)
 }
 
-/// Writes `tokenizer.json`, `config.json`, `model.safetensors` (and `vocab.txt` for BERT and
-/// DistilBERT) into `dir`. `hidden` must be a multiple of 4 (4 attention heads).
+/// Writes `tokenizer.json`, `config.json`, `model.safetensors` (and `vocab.txt` for all but
+/// RoBERTa) into `dir`. `hidden` must be a multiple of 4 (4 attention heads).
 pub fn write_tiny_model(dir: &Path, arch: Arch, texts: &[String], layers: usize, hidden: usize, seed: u64) -> anyhow::Result<TinyBert> {
     anyhow::ensure!(hidden >= 4 && hidden.is_multiple_of(4), "hidden {hidden} must be a positive multiple of 4");
     std::fs::create_dir_all(dir)?;
@@ -47,6 +47,8 @@ pub fn write_tiny_model(dir: &Path, arch: Arch, texts: &[String], layers: usize,
 
     // Config, in the family's own field names.
     let inter = hidden * 4;
+    // ELECTRA's embeddings are half as wide as its hidden states, as in ELECTRA-small.
+    let emb = if arch == Arch::Electra { hidden / 2 } else { hidden };
     let (max_pos, config) = match arch {
         Arch::Bert => (128, serde_json::json!({
             "architectures": ["BertModel"], "model_type": "bert", "vocab_size": vocab_size,
@@ -70,6 +72,13 @@ pub fn write_tiny_model(dir: &Path, arch: Arch, texts: &[String], layers: usize,
             "max_position_embeddings": 128, "sinusoidal_pos_embds": false, "initializer_range": 0.02,
             "pad_token_id": 0,
         })),
+        Arch::Electra => (128, serde_json::json!({
+            "architectures": ["ElectraForPreTraining"], "model_type": "electra", "vocab_size": vocab_size,
+            "embedding_size": emb, "hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": 4,
+            "intermediate_size": inter, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
+            "attention_probs_dropout_prob": 0.1, "max_position_embeddings": 128, "type_vocab_size": 2,
+            "initializer_range": 0.02, "layer_norm_eps": 1e-12, "pad_token_id": 0,
+        })),
     };
     std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config)?)?;
 
@@ -88,13 +97,17 @@ pub fn write_tiny_model(dir: &Path, arch: Arch, texts: &[String], layers: usize,
         Ok(())
     };
     let (word, position, token_type, norm) = arch.embedding_names();
-    put(format!("{word}.weight"), &[vocab_size, hidden], Init::Normal)?;
-    put(format!("{position}.weight"), &[max_pos, hidden], Init::Normal)?;
+    put(format!("{word}.weight"), &[vocab_size, emb], Init::Normal)?;
+    put(format!("{position}.weight"), &[max_pos, emb], Init::Normal)?;
     if let Some(t) = token_type {
-        put(format!("{t}.weight"), &[if arch == Arch::Roberta { 1 } else { 2 }, hidden], Init::Normal)?;
+        put(format!("{t}.weight"), &[if arch == Arch::Roberta { 1 } else { 2 }, emb], Init::Normal)?;
     }
-    put(format!("{norm}.weight"), &[hidden], Init::Ones)?;
-    put(format!("{norm}.bias"), &[hidden], Init::Zeros)?;
+    put(format!("{norm}.weight"), &[emb], Init::Ones)?;
+    put(format!("{norm}.bias"), &[emb], Init::Zeros)?;
+    if emb != hidden {
+        put(format!("{}.weight", arch.projection_name()), &[hidden, emb], Init::Normal)?;
+        put(format!("{}.bias", arch.projection_name()), &[hidden], Init::Zeros)?;
+    }
     for i in 0..layers {
         let n = arch.layer_names(i);
         for (name, out, inp) in [

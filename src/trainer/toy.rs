@@ -28,7 +28,7 @@ pub fn write_toy_task(dir: &Path, rows: usize, seed: u64) -> anyhow::Result<ToyT
     write_toy_task_for(dir, rows, seed, Arch::Bert)
 }
 
-/// [`write_toy_task`] with a tiny model of another family (RoBERTa, DistilBERT).
+/// [`write_toy_task`] with a tiny model of another family (RoBERTa, DistilBERT, ELECTRA).
 pub fn write_toy_task_for(dir: &Path, rows: usize, seed: u64, arch: Arch) -> anyhow::Result<ToyTask> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut texts = Vec::with_capacity(rows);

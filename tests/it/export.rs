@@ -101,15 +101,19 @@ fn export_then_predict_then_transformers_parity() {
 }
 
 /// The same for the other families: a tiny RoBERTa (positions from `pad_token_id + 1`, its own
-/// head and special tokens) and a tiny DistilBERT (its own config fields and names) fine-tuned,
-/// exported, and loaded by `transformers` with every weight found and our logits.
+/// head and special tokens), a tiny DistilBERT (its own config fields and names) and a tiny
+/// ELECTRA (narrow embeddings projected up, a GELU head) fine-tuned, exported, and loaded by
+/// `transformers` with every weight found and our logits.
 #[test]
-fn roberta_and_distilbert_export_then_transformers_parity() {
-    for arch in [Arch::Roberta, Arch::DistilBert] {
+fn roberta_distilbert_and_electra_export_then_transformers_parity() {
+    for (arch, class) in [
+        (Arch::Roberta, "RobertaForSequenceClassification"),
+        (Arch::DistilBert, "DistilBertForSequenceClassification"),
+        (Arch::Electra, "ElectraForSequenceClassification"),
+    ] {
         let tmp = tempfile::tempdir().unwrap();
         export_predict_parity(tmp.path(), None, 2, arch);
         let cfg: Value = serde_json::from_str(&std::fs::read_to_string(tmp.path().join("model-out/config.json")).unwrap()).unwrap();
-        let class = if arch == Arch::Roberta { "RobertaForSequenceClassification" } else { "DistilBertForSequenceClassification" };
         assert_eq!(cfg["architectures"], json!([class]));
     }
 }

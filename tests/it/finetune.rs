@@ -79,8 +79,13 @@ fn a_finetune_study_trains_records_epochs_keeps_checkpoints_and_tests_the_best_o
 /// Studies of each family through the binary: trials learn the toy task, the best is tested
 /// once and exports as its family's `transformers` class.
 #[test]
-fn bert_roberta_and_distilbert_studies_learn_test_and_export() {
-    for (arch, class) in [(Arch::Bert, "BertForSequenceClassification"), (Arch::Roberta, "RobertaForSequenceClassification"), (Arch::DistilBert, "DistilBertForSequenceClassification")] {
+fn studies_of_every_family_learn_test_and_export() {
+    for (arch, class) in [
+        (Arch::Bert, "BertForSequenceClassification"),
+        (Arch::Roberta, "RobertaForSequenceClassification"),
+        (Arch::DistilBert, "DistilBertForSequenceClassification"),
+        (Arch::Electra, "ElectraForSequenceClassification"),
+    ] {
         let d = StudyDir::new();
         let toy = write_toy_task_for(&d.path().join("toy"), 120, 7, arch).unwrap();
         let study = finetune_study(&toy.model_dir.display().to_string(), &toy.csv.display().to_string(), 2, "");

@@ -8,6 +8,10 @@
 //! | `bert` (and none) | `bert.` | pooler dense + tanh → dropout → `classifier` | `BertForSequenceClassification` |
 //! | `roberta`, `xlm-roberta`, `camembert` | `roberta.` | dropout → `classifier.dense` + tanh → dropout → `classifier.out_proj` | `RobertaForSequenceClassification`, … |
 //! | `distilbert` | `distilbert.` | `pre_classifier` + ReLU → dropout → `classifier` | `DistilBertForSequenceClassification` |
+//! | `electra` | `electra.` | dropout → `classifier.dense` + GELU → dropout → `classifier.out_proj` | `ElectraForSequenceClassification` |
+//!
+//! ELECTRA's embeddings may be narrower than its hidden states (`embedding_size`); then
+//! `electra.embeddings_project` maps them up, and counts as part of the embeddings.
 
 use serde_json::{Map, Value};
 
@@ -20,16 +24,20 @@ pub enum Arch {
     Roberta,
     /// DistilBERT: BERT without token types, with its own field and tensor names and head.
     DistilBert,
+    /// ELECTRA (the discriminator): BERT with embeddings of their own width, projected up.
+    Electra,
 }
 
 /// The `model_type`s we fine-tune, for error messages.
-pub const SUPPORTED_MODEL_TYPES: &str = "bert, roberta, xlm-roberta, camembert, distilbert";
+pub const SUPPORTED_MODEL_TYPES: &str = "bert, roberta, xlm-roberta, camembert, distilbert, electra";
 
 /// The activation after the head's first dense layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HeadActivation {
     Tanh,
     Relu,
+    /// The erf form.
+    Gelu,
 }
 
 /// The tensor names of one encoder layer's weights (each a prefix for `.weight`/`.bias`).
@@ -52,6 +60,7 @@ impl Arch {
             None | Some("bert") => Some(Arch::Bert),
             Some("roberta" | "xlm-roberta" | "camembert") => Some(Arch::Roberta),
             Some("distilbert") => Some(Arch::DistilBert),
+            Some("electra") => Some(Arch::Electra),
             Some(_) => None,
         }
     }
@@ -62,6 +71,7 @@ impl Arch {
             Arch::Bert => "bert",
             Arch::Roberta => "roberta",
             Arch::DistilBert => "distilbert",
+            Arch::Electra => "electra",
         }
     }
 
@@ -72,6 +82,7 @@ impl Arch {
             Some("xlm-roberta") => "XLMRobertaForSequenceClassification",
             Some("camembert") => "CamembertForSequenceClassification",
             Some("distilbert") => "DistilBertForSequenceClassification",
+            Some("electra") => "ElectraForSequenceClassification",
             _ => "BertForSequenceClassification",
         }
     }
@@ -135,6 +146,12 @@ impl Arch {
         (format!("{e}.word_embeddings"), format!("{e}.position_embeddings"), token_type, format!("{e}.LayerNorm"))
     }
 
+    /// The linear layer from narrower embeddings up to the hidden size (ELECTRA's name; only
+    /// ELECTRA configs have an `embedding_size` of their own).
+    pub fn projection_name(self) -> String {
+        format!("{}.embeddings_project", self.prefix())
+    }
+
     /// The prefix shared by encoder layer `i`'s tensors (`bert.encoder.layer.3`, …).
     pub fn layer_prefix(self, i: usize) -> String {
         match self {
@@ -177,6 +194,7 @@ impl Arch {
             Arch::Bert => ("bert.pooler.dense", "classifier", HeadActivation::Tanh, false),
             Arch::Roberta => ("classifier.dense", "classifier.out_proj", HeadActivation::Tanh, true),
             Arch::DistilBert => ("pre_classifier", "classifier", HeadActivation::Relu, false),
+            Arch::Electra => ("classifier.dense", "classifier.out_proj", HeadActivation::Gelu, true),
         }
     }
 
@@ -187,7 +205,7 @@ impl Arch {
             Arch::DistilBert => "distilbert.transformer.layer.".to_string(),
             _ => format!("{}.encoder.layer.", self.prefix()),
         };
-        if name.starts_with(&emb) {
+        if name.starts_with(&emb) || name.starts_with(&format!("{}.", self.projection_name())) {
             Block::Embeddings
         } else if let Some(rest) = name.strip_prefix(&layer) {
             rest.split('.').next().and_then(|s| s.parse().ok()).map_or(Block::Head, Block::Layer)
@@ -216,7 +234,8 @@ mod tests {
         assert_eq!(Arch::from_model_type(None), Some(Arch::Bert));
         assert_eq!(Arch::from_model_type(Some("xlm-roberta")), Some(Arch::Roberta));
         assert_eq!(Arch::from_model_type(Some("distilbert")), Some(Arch::DistilBert));
-        assert_eq!(Arch::from_model_type(Some("electra")), None);
+        assert_eq!(Arch::from_model_type(Some("electra")), Some(Arch::Electra));
+        assert_eq!(Arch::from_model_type(Some("deberta-v2")), None);
         assert_eq!(Arch::hf_class(Some("camembert")), "CamembertForSequenceClassification");
         assert_eq!(Arch::hf_class(None), "BertForSequenceClassification");
     }
@@ -244,6 +263,9 @@ mod tests {
         assert_eq!(Arch::Roberta.block_of("classifier.out_proj.weight"), Block::Head);
         assert_eq!(Arch::DistilBert.block_of("distilbert.transformer.layer.0.ffn.lin1.bias"), Block::Layer(0));
         assert_eq!(Arch::Bert.block_of("bert.pooler.dense.weight"), Block::Head);
+        assert_eq!(Arch::Electra.block_of("electra.embeddings_project.weight"), Block::Embeddings);
+        assert_eq!(Arch::Electra.block_of("classifier.dense.weight"), Block::Head);
+        assert_eq!(Arch::Electra.layer_names(1).out_norm, "electra.encoder.layer.1.output.LayerNorm");
         assert_eq!(Arch::Roberta.position_offset(1), 2);
         assert_eq!(Arch::Bert.position_offset(0), 0);
     }

@@ -86,6 +86,8 @@ pub(crate) struct Embeddings {
     /// The position id of the first token (RoBERTa: `pad_token_id + 1`).
     pub position_offset: usize,
     pub norm: LayerNorm,
+    /// ELECTRA's map from narrower embeddings up to the hidden size.
+    pub project: Option<Linear>,
 }
 
 impl Embeddings {
@@ -111,10 +113,10 @@ impl Embeddings {
         let pe = pass.w32(&self.position).narrow(0, self.position_offset, s)?;
         let x = x.broadcast_add(&pe)?;
         let x = self.norm.forward(&x, pass)?.to_dtype(pass.dtype)?;
-        if pass.train {
-            dropout.apply(&x, p)
-        } else {
-            Ok(x)
+        let x = if pass.train { dropout.apply(&x, p)? } else { x };
+        match &self.project {
+            Some(project) => project.forward(&x, pass),
+            None => Ok(x),
         }
     }
 }

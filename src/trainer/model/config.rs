@@ -47,6 +47,9 @@ pub struct BertConfig {
     pub pad_token_id: usize,
     #[serde(default)]
     pub model_type: Option<String>,
+    /// ELECTRA's embedding width, when it differs from `hidden_size`.
+    #[serde(default)]
+    pub embedding_size: Option<usize>,
     /// Every other field of the file.
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
@@ -65,6 +68,14 @@ fn default_arch() -> Arch {
 impl BertConfig {
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads
+    }
+
+    /// The width of the embeddings: `hidden_size`, or ELECTRA's `embedding_size`.
+    pub fn embedding_dim(&self) -> usize {
+        match (self.arch, self.embedding_size) {
+            (Arch::Electra, Some(e)) => e,
+            _ => self.hidden_size,
+        }
     }
 
     /// The first position id (RoBERTa counts from `pad_token_id + 1`).

@@ -8,8 +8,8 @@ pub enum ModelError {
     Config { path: PathBuf, reason: String },
     #[error("{path}: cannot read the weights: {reason}")]
     Weights { path: PathBuf, reason: String },
-    #[error("{path}: tensor `{name}` is missing (looked for `{name}` and `bert.{name}`)")]
-    MissingTensor { path: PathBuf, name: String },
+    #[error("{path}: tensor `{name}` is missing (looked for `{name}` and `{prefix}.{name}`)")]
+    MissingTensor { path: PathBuf, name: String, prefix: &'static str },
     #[error("{path}: tensor `{name}` has shape {found:?}, expected {expected:?}")]
     ShapeMismatch { path: PathBuf, name: String, expected: Vec<usize>, found: Vec<usize> },
     #[error("{path}: cannot write the checkpoint: {reason}")]

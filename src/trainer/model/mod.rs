@@ -4,9 +4,9 @@
 //! to its HF name (`bert.embeddings.word_embeddings.weight`, …, `bert.pooler.dense.weight`,
 //! `classifier.weight`).
 //!
-//! RoBERTa (`roberta`, `xlm-roberta`, `camembert`) and DistilBERT checkpoints load into the
-//! same blocks under their own names and heads, and save as `RobertaForSequenceClassification`
-//! / `DistilBertForSequenceClassification` (the differences are in [`arch`]).
+//! RoBERTa (`roberta`, `xlm-roberta`, `camembert`), DistilBERT and ELECTRA checkpoints load
+//! into the same blocks under their own names and heads, and save as their own
+//! `…ForSequenceClassification` (the differences are in [`arch`]).
 //!
 //! # API for the training loop
 //! ```ignore
@@ -98,7 +98,8 @@ struct Param {
     trainable: bool,
 }
 
-/// Encoder + head, `BertForSequenceClassification`-compatible (or RoBERTa's, DistilBERT's).
+/// Encoder + head, `BertForSequenceClassification`-compatible (or RoBERTa's, DistilBERT's,
+/// ELECTRA's).
 pub struct BertClassifier {
     config: BertConfig,
     opts: ModelOptions,
@@ -152,6 +153,7 @@ impl Loader<'_> {
         let t = self.find(name).ok_or_else(|| ModelError::MissingTensor {
             path: self.path.clone(),
             name: self.bare(name).to_string(),
+            prefix: self.prefix,
         })?;
         if t.dims() != shape {
             return Err(ModelError::ShapeMismatch {
@@ -299,15 +301,17 @@ impl BertClassifier {
             params: Vec::new(),
         };
         let (word, position, token_type, norm) = arch.embedding_names();
+        let e = config.embedding_dim();
         let embeddings = Embeddings {
-            word: ld.take(&format!("{word}.weight"), &[config.vocab_size, h])?,
-            position: ld.take(&format!("{position}.weight"), &[config.max_position_embeddings, h])?,
+            word: ld.take(&format!("{word}.weight"), &[config.vocab_size, e])?,
+            position: ld.take(&format!("{position}.weight"), &[config.max_position_embeddings, e])?,
             token_type: match token_type {
-                Some(t) => Some(ld.take(&format!("{t}.weight"), &[config.type_vocab_size, h])?),
+                Some(t) => Some(ld.take(&format!("{t}.weight"), &[config.type_vocab_size, e])?),
                 None => None,
             },
             position_offset: config.position_offset(),
-            norm: ld.norm(&norm, h, eps)?,
+            norm: ld.norm(&norm, e, eps)?,
+            project: if e != h { Some(ld.linear(&arch.projection_name(), h, e)?) } else { None },
         };
         let mut layers = Vec::with_capacity(n_layers);
         for i in 0..n_layers {
@@ -384,6 +388,7 @@ impl BertClassifier {
         let x = match self.head.activation {
             HeadActivation::Tanh => x.tanh()?,
             HeadActivation::Relu => x.relu()?,
+            HeadActivation::Gelu => x.gelu_erf()?,
         };
         self.head.out.forward(&drop(x)?, pass)?.to_dtype(DType::F32)
     }

@@ -109,8 +109,12 @@ fn one_step_check_arch(arch: Arch, freeze_layers: usize, compute_dtype: DType) {
         }
     }
     let n_frozen = model.all_vars().len() - trainable.len();
-    // 5 embedding tensors (4 without token types) + 16 per encoder layer.
-    let embedding_tensors = if arch == Arch::DistilBert { 4 } else { 5 };
+    // 5 embedding tensors (4 without token types, 7 with ELECTRA's projection) + 16 per layer.
+    let embedding_tensors = match arch {
+        Arch::DistilBert => 4,
+        Arch::Electra => 7,
+        _ => 5,
+    };
     let expected_frozen = if freeze_layers > 0 { embedding_tensors + 16 * freeze_layers } else { 0 };
     assert_eq!(n_frozen, expected_frozen);
 }
@@ -126,8 +130,8 @@ fn one_step_freeze_one_layer_keeps_frozen_bit_identical() {
 }
 
 #[test]
-fn roberta_and_distilbert_one_step_update_every_trainable_tensor_and_keep_frozen_ones() {
-    for arch in [Arch::Roberta, Arch::DistilBert] {
+fn roberta_distilbert_and_electra_one_step_update_every_trainable_tensor_and_keep_frozen_ones() {
+    for arch in [Arch::Roberta, Arch::DistilBert, Arch::Electra] {
         one_step_check_arch(arch, 0, DType::F32);
         one_step_check_arch(arch, 1, DType::F32);
     }
@@ -232,11 +236,11 @@ fn save_after_a_step_and_reload(arch: Arch) -> (tempfile::TempDir, Vec<String>, 
     (out, names, cfg)
 }
 
-/// Saved RoBERTa and DistilBERT folders keep their family's config fields and tensor names,
-/// name the `transformers` class, and reload to the same logits.
+/// Saved RoBERTa, DistilBERT and ELECTRA folders keep their family's config fields and tensor
+/// names, name the `transformers` class, and reload to the same logits.
 #[test]
-fn roberta_and_distilbert_save_under_their_own_names_and_reload() {
-    for arch in [Arch::Roberta, Arch::DistilBert] {
+fn roberta_distilbert_and_electra_save_under_their_own_names_and_reload() {
+    for arch in [Arch::Roberta, Arch::DistilBert, Arch::Electra] {
         let (_out, names, cfg) = save_after_a_step_and_reload(arch);
         let head: Vec<&String> = names.iter().filter(|n| !n.starts_with(&format!("{}.", arch.prefix()))).collect();
         match arch {
@@ -244,6 +248,12 @@ fn roberta_and_distilbert_save_under_their_own_names_and_reload() {
                 assert_eq!(head, ["classifier.dense.bias", "classifier.dense.weight", "classifier.out_proj.bias", "classifier.out_proj.weight"]);
                 assert_eq!(cfg["architectures"], serde_json::json!(["RobertaForSequenceClassification"]));
                 assert_eq!(cfg["pad_token_id"], 1);
+            }
+            Arch::Electra => {
+                assert_eq!(head, ["classifier.dense.bias", "classifier.dense.weight", "classifier.out_proj.bias", "classifier.out_proj.weight"]);
+                assert_eq!(cfg["architectures"], serde_json::json!(["ElectraForSequenceClassification"]));
+                assert_eq!(cfg["embedding_size"], 16);
+                assert!(names.contains(&"electra.embeddings_project.weight".to_string()));
             }
             _ => {
                 assert_eq!(head, ["classifier.bias", "classifier.weight", "pre_classifier.bias", "pre_classifier.weight"]);
@@ -261,10 +271,10 @@ fn an_unsupported_model_type_is_refused_with_the_supported_ones() {
     let (dir, _) = tiny(1, 16);
     let path = dir.path().join("config.json");
     let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    cfg["model_type"] = "electra".into();
+    cfg["model_type"] = "deberta-v2".into();
     std::fs::write(&path, cfg.to_string()).unwrap();
     let err = BertClassifier::load(dir.path(), &ModelOptions::default(), &Device::Cpu).err().unwrap().to_string();
-    assert!(err.contains("config.json") && err.contains("`electra`") && err.contains("distilbert"), "{err}");
+    assert!(err.contains("config.json") && err.contains("`deberta-v2`") && err.contains("distilbert, electra"), "{err}");
 }
 
 #[test]
