@@ -5,8 +5,9 @@ head, cross-entropy, AdamW lr 5e-5 body / 1e-3 head, weight decay 0.01, dropout 
 padded to the full length, 2 warm-up + STEPS timed steps), loaded with AutoModel so any family
 works, on random token ids (no tokenizer needed).
 
-  python3 scripts/encoder_step_bench.py make DIR   # DIR/distilbert-base, DIR/roberta-base: random
-                                                   # weights in the published shapes (no download)
+  python3 scripts/encoder_step_bench.py make DIR   # DIR/distilbert-base, DIR/roberta-base,
+                                                   # DIR/electra-small: random weights in the
+                                                   # published shapes (no download)
   MODEL_DIR=DIR/roberta-base THREADS=2 SEQ=64 BATCH=16 STEPS=10 python3 scripts/encoder_step_bench.py
 """
 import os, sys, time
@@ -14,11 +15,12 @@ import torch
 from transformers import AutoModel
 
 if len(sys.argv) == 3 and sys.argv[1] == "make":
-    from transformers import DistilBertConfig, DistilBertModel, RobertaConfig, RobertaModel
+    from transformers import DistilBertConfig, DistilBertModel, ElectraConfig, ElectraModel, RobertaConfig, RobertaModel
     torch.manual_seed(0)
     DistilBertModel(DistilBertConfig()).save_pretrained(os.path.join(sys.argv[2], "distilbert-base"))
     roberta = RobertaConfig(vocab_size=50265, max_position_embeddings=514, type_vocab_size=1, pad_token_id=1, layer_norm_eps=1e-5)
     RobertaModel(roberta, add_pooling_layer=False).save_pretrained(os.path.join(sys.argv[2], "roberta-base"))
+    ElectraModel(ElectraConfig()).save_pretrained(os.path.join(sys.argv[2], "electra-small"))  # the defaults are ELECTRA-small
     sys.exit(0)
 
 threads = int(os.environ.get("THREADS", "2")); torch.set_num_threads(threads)
