@@ -49,37 +49,37 @@ pub fn write_tiny_model(dir: &Path, arch: Arch, texts: &[String], layers: usize,
     let inter = hidden * 4;
     // ELECTRA's embeddings are half as wide as its hidden states, as in ELECTRA-small.
     let emb = if arch == Arch::Electra { hidden / 2 } else { hidden };
-    let (max_pos, config) = match arch {
-        Arch::Bert => (128, serde_json::json!({
-            "architectures": ["BertModel"], "model_type": "bert", "vocab_size": vocab_size,
-            "hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": 4,
-            "intermediate_size": inter, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
-            "attention_probs_dropout_prob": 0.1, "max_position_embeddings": 128, "type_vocab_size": 2,
-            "initializer_range": 0.02, "layer_norm_eps": 1e-12, "pad_token_id": 0,
-        })),
+    let mut config = serde_json::json!({
+        "architectures": ["BertModel"], "model_type": "bert", "vocab_size": vocab_size,
+        "hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": 4,
+        "intermediate_size": inter, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
+        "attention_probs_dropout_prob": 0.1, "max_position_embeddings": 128, "type_vocab_size": 2,
+        "initializer_range": 0.02, "layer_norm_eps": 1e-12, "pad_token_id": 0,
+    });
+    // Each family's differences from BERT's config, as its own checkpoints write them.
+    let (max_pos, changes) = match arch {
+        Arch::Bert => (128, serde_json::json!({})),
         Arch::Roberta => (130, serde_json::json!({
-            "architectures": ["RobertaModel"], "model_type": "roberta", "vocab_size": vocab_size,
-            "hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": 4,
-            "intermediate_size": inter, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
-            "attention_probs_dropout_prob": 0.1, "max_position_embeddings": 130, "type_vocab_size": 1,
-            "initializer_range": 0.02, "layer_norm_eps": 1e-5, "pad_token_id": 1, "bos_token_id": 0,
-            "eos_token_id": 2,
+            "architectures": ["RobertaModel"], "model_type": "roberta", "max_position_embeddings": 130,
+            "type_vocab_size": 1, "layer_norm_eps": 1e-5, "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2,
         })),
-        Arch::DistilBert => (128, serde_json::json!({
-            "architectures": ["DistilBertModel"], "model_type": "distilbert", "vocab_size": vocab_size,
-            "dim": hidden, "n_layers": layers, "n_heads": 4, "hidden_dim": inter, "activation": "gelu",
-            "dropout": 0.1, "attention_dropout": 0.1, "seq_classif_dropout": 0.2,
-            "max_position_embeddings": 128, "sinusoidal_pos_embds": false, "initializer_range": 0.02,
-            "pad_token_id": 0,
-        })),
+        Arch::DistilBert => {
+            config = serde_json::json!({
+                "architectures": ["DistilBertModel"], "model_type": "distilbert", "vocab_size": vocab_size,
+                "dim": hidden, "n_layers": layers, "n_heads": 4, "hidden_dim": inter, "activation": "gelu",
+                "dropout": 0.1, "attention_dropout": 0.1, "seq_classif_dropout": 0.2,
+                "max_position_embeddings": 128, "sinusoidal_pos_embds": false, "initializer_range": 0.02,
+                "pad_token_id": 0,
+            });
+            (128, serde_json::json!({}))
+        }
         Arch::Electra => (128, serde_json::json!({
-            "architectures": ["ElectraForPreTraining"], "model_type": "electra", "vocab_size": vocab_size,
-            "embedding_size": emb, "hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": 4,
-            "intermediate_size": inter, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
-            "attention_probs_dropout_prob": 0.1, "max_position_embeddings": 128, "type_vocab_size": 2,
-            "initializer_range": 0.02, "layer_norm_eps": 1e-12, "pad_token_id": 0,
+            "architectures": ["ElectraForPreTraining"], "model_type": "electra", "embedding_size": emb,
         })),
     };
+    if let (Some(c), Some(changes)) = (config.as_object_mut(), changes.as_object()) {
+        c.extend(changes.clone());
+    }
     std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config)?)?;
 
     // Weights.
