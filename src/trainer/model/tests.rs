@@ -470,13 +470,67 @@ fn eval_hidden_states_match_candle_transformers_bert() {
 /// (fused projection), attention output, feed-forward, pooler.
 #[test]
 fn whole_model_gradients_match_finite_differences() {
-    let (dir, vocab) = tiny(2, 16);
+    gradients_match_finite_differences(Arch::Bert, |first_id, _| {
+        vec![
+            ("bert.embeddings.word_embeddings.weight".into(), first_id * 16 + 3),
+            ("bert.embeddings.LayerNorm.weight".into(), 5),
+            ("bert.encoder.layer.0.attention.self.query.weight".into(), 17),
+            ("bert.encoder.layer.0.attention.self.key.weight".into(), 21),
+            ("bert.encoder.layer.0.attention.self.value.weight".into(), 40),
+            ("bert.encoder.layer.1.attention.output.dense.weight".into(), 7),
+            ("bert.encoder.layer.1.intermediate.dense.bias".into(), 11),
+            ("bert.encoder.layer.1.output.LayerNorm.bias".into(), 4),
+            ("bert.pooler.dense.weight".into(), 9),
+        ]
+    });
+}
+
+/// The same for what the other families add: RoBERTa's offset positions and single token type
+/// and its head, DistilBERT's ReLU head, ELECTRA's embedding projection and GELU head.
+#[test]
+fn other_families_gradients_match_finite_differences() {
+    // The second token sits at position offset + 1; each embedding row is `e` wide.
+    gradients_match_finite_differences(Arch::Roberta, |first_id, e| {
+        vec![
+            ("roberta.embeddings.word_embeddings.weight".into(), first_id * e + 3),
+            ("roberta.embeddings.position_embeddings.weight".into(), 3 * e + 2),
+            ("roberta.embeddings.token_type_embeddings.weight".into(), 6),
+            ("classifier.dense.weight".into(), 9),
+            ("classifier.out_proj.weight".into(), 20),
+        ]
+    });
+    gradients_match_finite_differences(Arch::DistilBert, |first_id, e| {
+        vec![
+            ("distilbert.embeddings.word_embeddings.weight".into(), first_id * e + 3),
+            ("distilbert.transformer.layer.0.attention.q_lin.weight".into(), 17),
+            ("distilbert.transformer.layer.1.sa_layer_norm.weight".into(), 2),
+            ("pre_classifier.weight".into(), 9),
+            ("classifier.bias".into(), 1),
+        ]
+    });
+    gradients_match_finite_differences(Arch::Electra, |first_id, e| {
+        vec![
+            ("electra.embeddings.word_embeddings.weight".into(), first_id * e + 3),
+            ("electra.embeddings.LayerNorm.weight".into(), 5),
+            ("electra.embeddings_project.weight".into(), 13),
+            ("electra.embeddings_project.bias".into(), 4),
+            ("classifier.dense.weight".into(), 9),
+            ("classifier.out_proj.weight".into(), 20),
+        ]
+    });
+}
+
+/// Autograd against central finite differences for the elements `probes(first_id, e)` names
+/// (`first_id`: the id of the first row's second token; `e`: the embedding width) of a tiny
+/// `arch` model, hidden 16, 3 labels, dropout off.
+fn gradients_match_finite_differences(arch: Arch, probes: impl Fn(usize, usize) -> Vec<(String, usize)>) {
+    let (dir, vocab) = tiny_of(arch, 2, 16);
     let opts = ModelOptions { num_labels: 3, dropout: Some(0.0), ..ModelOptions::default() };
     let model = BertClassifier::load(dir.path(), &opts, &Device::Cpu).unwrap();
     // Scale the N(0, 0.02) weights up to std ~0.25 (≈ 1/sqrt(hidden)) so gradients are large
     // enough for f32 finite differences to test anything.
     for (name, var) in model.all_vars() {
-        if !name.contains("LayerNorm") && !name.ends_with(".bias") {
+        if !name.contains("LayerNorm") && !name.contains("layer_norm") && !name.ends_with(".bias") {
             var.set(&(var.as_tensor() * 12.0).unwrap()).unwrap();
         }
     }
@@ -490,20 +544,9 @@ fn whole_model_gradients_match_finite_differences() {
     let grads = model.backward(&loss).unwrap();
     let vars: HashMap<String, Var> = model.all_vars().into_iter().collect();
     let first_id = ids.to_vec2::<u32>().unwrap()[0][1] as usize;
-    let probes = [
-        ("bert.embeddings.word_embeddings.weight", first_id * 16 + 3),
-        ("bert.embeddings.LayerNorm.weight", 5),
-        ("bert.encoder.layer.0.attention.self.query.weight", 17),
-        ("bert.encoder.layer.0.attention.self.key.weight", 21),
-        ("bert.encoder.layer.0.attention.self.value.weight", 40),
-        ("bert.encoder.layer.1.attention.output.dense.weight", 7),
-        ("bert.encoder.layer.1.intermediate.dense.bias", 11),
-        ("bert.encoder.layer.1.output.LayerNorm.bias", 4),
-        ("bert.pooler.dense.weight", 9),
-    ];
     let h = 5e-3f32;
-    for (name, idx) in probes {
-        let var = &vars[name];
+    for (name, idx) in probes(first_id, model.config().embedding_dim()) {
+        let var = vars.get(&name).unwrap_or_else(|| panic!("{arch:?}: no tensor {name}"));
         let g = grads.get(var).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()[idx] as f64;
         let orig = var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let eval = |delta: f32| {
@@ -514,9 +557,9 @@ fn whole_model_gradients_match_finite_differences() {
         };
         let fd = (eval(h) - eval(-h)) / (2.0 * h as f64);
         var.set(&Tensor::from_vec(orig, var.shape(), &Device::Cpu).unwrap()).unwrap();
-        assert!(g.abs() > 1e-4, "{name}[{idx}]: gradient {g:e} too small to test");
+        assert!(g.abs() > 1e-4, "{arch:?} {name}[{idx}]: gradient {g:e} too small to test");
         let tol = 1e-4 + 0.05 * fd.abs().max(g.abs());
-        assert!((fd - g).abs() < tol, "{name}[{idx}]: autograd {g:.6e} vs finite difference {fd:.6e}");
+        assert!((fd - g).abs() < tol, "{arch:?} {name}[{idx}]: autograd {g:.6e} vs finite difference {fd:.6e}");
     }
 }
 
