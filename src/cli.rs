@@ -294,6 +294,12 @@ pub struct BenchTrainArgs {
     /// fp32, or bf16 mixed precision (bf16 activations and matmuls, f32 weights and optimizer).
     #[arg(long, value_enum, default_value = "fp32")]
     pub precision: crate::trainer::spec::Precision,
+    /// Train on the rows of this labelled file (CSV/TSV/JSONL with `text` and `label`
+    /// columns) instead of random token ids: its train split, tokenised with the model's
+    /// tokenizer, truncated to --seq-len, in shuffled batches padded to their longest row, as
+    /// a trial trains. Real text makes activations and gradients that random ids do not.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "text")]
     pub format: TextOrJson,
 }

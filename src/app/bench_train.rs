@@ -1,5 +1,6 @@
 //! `sft-search bench train`: times fine-tuning steps of a BERT checkpoint on random token ids
-//! (seeded), padded to the full length, with dropout on: forward (with the loss), backward and
+//! (seeded), padded to the full length, or with `--data` on a labelled file's rows batched as
+//! a trial batches them, with dropout on: forward (with the loss), backward and
 //! the trainer's optimizer step (`optim::Optimizer`: AdamW, learning rate 5e-5, weight decay
 //! 0.01 except on biases and LayerNorm, gradients clipped at the trainer's default norm).
 //!
@@ -11,14 +12,16 @@
 //! samples/s and peak RSS; the text output adds the process CPU time per step, a steadier
 //! figure on a shared machine.
 
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::cli::{BenchTrainArgs, TextOrJson};
+use crate::trainer::data::{self, batch_indices, collate, epoch_seed, DataSection, Encoded, TextEncoder};
 use crate::trainer::model::{read_config, BertClassifier, ModelOptions};
 use crate::trainer::optim::{OptimConfig, Optimizer};
 use crate::trainer::perf;
@@ -47,33 +50,34 @@ pub fn run(args: &BenchTrainArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.steps > 0 && args.batch_size > 0 && args.seq_len > 0, "steps, batch size and seq len must be positive");
     let device = parse_device(&args.device)?;
     let config = read_config(&args.model)?;
+    let (b, s) = (args.batch_size, args.seq_len);
+    let needed = WARMUP + args.steps + if device.is_cpu() { 0 } else { PHASE_STEPS };
+    let (batches, num_labels) = match &args.data {
+        Some(path) => data_batches(path, &args.model, b, s, needed, &device)?,
+        None => (vec![random_batch(config.vocab_size as u32, b, s, &device)?], 2),
+    };
+    let mean_tokens = batches.iter().map(|x| x.tokens as f64).sum::<f64>() / (batches.len() * b) as f64;
     let opts = ModelOptions {
-        num_labels: 2,
+        num_labels,
         freeze_layers: args.freeze_layers,
         seed: 0,
         compute_dtype: args.precision.dtype(),
         ..ModelOptions::default()
     };
     let model = BertClassifier::load(&args.model, &opts, &device)?;
-    let (b, s) = (args.batch_size, args.seq_len);
-
-    let mut rng = ChaCha8Rng::seed_from_u64(42);
-    let vocab = config.vocab_size as u32;
-    let ids: Vec<u32> = (0..b * s).map(|i| if i % s == 0 { 101.min(vocab - 1) } else { rng.random_range(1..vocab) }).collect();
-    let ids = Tensor::from_vec(ids, (b, s), &device)?;
-    let mask = Tensor::ones((b, s), candle_core::DType::U32, &device)?;
-    let labels: Vec<u32> = (0..b).map(|_| rng.random_range(0..2)).collect();
-    let labels = Tensor::from_vec(labels, b, &device)?;
 
     let mut opt = Optimizer::new(model.trainable_vars(), OptimConfig::new(OptimizerKind::Adamw, 0.01, 0.0))?;
     let max_grad_norm = TrainSpec::default().max_grad_norm;
 
     // One step: the (detached) loss, and the seconds of each phase (meaningful with `phases`, which waits
     // for the device after each).
+    let mut next = 0usize;
     let mut train_step = |phases: bool| -> anyhow::Result<(Tensor, [f64; 3])> {
+        let batch = &batches[next % batches.len()];
+        next += 1;
         let t0 = Instant::now();
-        let logits = model.forward(&ids, &mask, None, true)?;
-        let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
+        let logits = model.forward(&batch.ids, &batch.mask, batch.token_types.as_ref(), true)?;
+        let loss = candle_nn::loss::cross_entropy(&logits, &batch.labels)?;
         if phases {
             device.synchronize()?;
         }
@@ -142,6 +146,7 @@ pub fn run(args: &BenchTrainArgs) -> anyhow::Result<ExitCode> {
                 "samples_per_s": samples_per_s,
                 "peak_rss_mb": peak_rss_mb,
                 "precision": args.precision,
+                "tokens_per_row": mean_tokens,
             });
             println!("{out}");
         }
@@ -155,6 +160,9 @@ pub fn run(args: &BenchTrainArgs) -> anyhow::Result<ExitCode> {
                 args.device,
                 rayon::current_num_threads()
             );
+            if let Some(path) = &args.data {
+                println!("data {}: {} batches, {mean_tokens:.1} tokens per row (padded to each batch's longest)", path.display(), batches.len());
+            }
             let split = if cpu { "of the timed steps".to_string() } else { format!("{PHASE_STEPS} more steps, synchronised after each phase") };
             println!("forward    {forward_ms:9.1} ms/step   (phases: {split})");
             println!("backward   {backward_ms:9.1} ms/step");
@@ -169,4 +177,54 @@ pub fn run(args: &BenchTrainArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One step's inputs: token ids, attention mask, token types (None: all zero), labels, and
+/// the tokens per batch counting padding.
+struct StepBatch {
+    ids: Tensor,
+    mask: Tensor,
+    token_types: Option<Tensor>,
+    labels: Tensor,
+    tokens: usize,
+}
+
+/// The one batch of random token ids (seeded; `[CLS]`-like id 101 first), full length, two
+/// classes, that every step reuses.
+fn random_batch(vocab: u32, b: usize, s: usize, device: &Device) -> anyhow::Result<StepBatch> {
+    let mut rng = ChaCha8Rng::seed_from_u64(42);
+    let ids: Vec<u32> = (0..b * s).map(|i| if i % s == 0 { 101.min(vocab - 1) } else { rng.random_range(1..vocab) }).collect();
+    let labels: Vec<u32> = (0..b).map(|_| rng.random_range(0..2)).collect();
+    Ok(StepBatch {
+        ids: Tensor::from_vec(ids, (b, s), device)?,
+        mask: Tensor::ones((b, s), candle_core::DType::U32, device)?,
+        token_types: None,
+        labels: Tensor::from_vec(labels, b, device)?,
+        tokens: b * s,
+    })
+}
+
+/// `needed` batches of `path`'s train split (the study defaults: 70/15/15, split seed 42),
+/// encoded with the model's tokenizer at `max_length`, shuffled with seed 42 and padded to
+/// their longest row; the file's rows are cycled when it has fewer batches. Made before the
+/// timing starts. Labels are read as classes (the step's loss is cross-entropy). Also returns
+/// the number of classes.
+fn data_batches(path: &Path, model: &Path, b: usize, max_length: usize, needed: usize, device: &Device) -> anyhow::Result<(Vec<StepBatch>, usize)> {
+    let ds = data::load_dataset(&DataSection::new(path))?;
+    let encoder = TextEncoder::from_model_dir(model, max_length)?;
+    let rows = encoder.encode(&ds.train)?;
+    anyhow::ensure!(rows.len() >= b, "--data {}: its train split has {} rows, fewer than one batch of {b}", path.display(), rows.len());
+    let lengths: Vec<usize> = rows.iter().map(Encoded::len).collect();
+    let plan: Vec<Vec<usize>> = batch_indices(&lengths, b, Some(epoch_seed(42, 0)), false).into_iter().filter(|idx| idx.len() == b).collect();
+    let batches = plan
+        .iter()
+        .cycle()
+        .take(needed)
+        .map(|idx| {
+            let batch = collate(&rows, idx, encoder.pad_id(), device)?;
+            let tokens = batch.input_ids.elem_count();
+            Ok(StepBatch { ids: batch.input_ids, mask: batch.attention_mask, token_types: Some(batch.token_type_ids), labels: batch.labels, tokens })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok((batches, ds.num_labels()))
 }

@@ -9,9 +9,20 @@
 //!   two pools spinning on 2 cores take the cores from each other. Measured on the 2-core dev
 //!   box (busy, so indicative): MiniLM, batch 16, seq 64, 2 threads: 2.5 s/step with our kernels
 //!   on candle's barrier pool beside gemm's rayon pool, 1.0 s with everything on rayon.
+//! * Subnormal floats flushed to zero (x86-64: the FTZ and DAZ bits of MXCSR) on the calling
+//!   thread and on every thread of that pool, as TensorFlow does in its pools. On Intel CPUs
+//!   an SSE/AVX operation that reads or makes a subnormal takes a microcode assist of ~100
+//!   cycles. Fine-tuning all-MiniLM-L6-v2 on real SST-2 text makes such values (`bench train`'s
+//!   random tokens do not), and on a 2-core Intel Xeon a step took ~12 s instead of ~0.6 s:
+//!   0.95 samples/s against 26 with the flush, 97% of the time in gemm's microkernel. Values
+//!   below 1.2e-38 become 0, which changes no result that matters (transformers' parity tests
+//!   pass unchanged). AMD Zen CPUs handle subnormals without the assist, which is why
+//!   it went unseen there.
 
-/// Applies the settings once; later calls do nothing. Call it at the start of a process that
-/// trains (the `bench train` and `worker` commands do).
+/// Applies the process-wide settings once, and flushes subnormals on the calling thread at
+/// every call. Call it at the start of a process that trains (the `bench train` and `worker`
+/// commands do; so does [`crate::trainer::model::BertClassifier::load`]), after
+/// `RAYON_NUM_THREADS` is set: it starts rayon's global pool.
 pub fn tune_for_training() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
@@ -21,7 +32,30 @@ pub fn tune_for_training() {
             // through std's environment lock, which candle's own reads also take.
             std::env::set_var("CANDLE_NUM_THREADS", "1");
         }
+        // The pool's threads live as long as the process, so once is enough for them.
+        rayon::broadcast(|_| flush_subnormals_on_this_thread());
     });
+    flush_subnormals_on_this_thread();
+}
+
+/// Makes this thread's floating-point operations treat subnormal inputs as zero (DAZ) and
+/// round subnormal results to zero (FTZ). A per-thread setting; a no-op off x86-64.
+pub fn flush_subnormals_on_this_thread() {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // Bit 15 is flush-to-zero, bit 6 denormals-are-zero (Intel SDM, vol. 1, 10.2.3).
+        const FTZ_DAZ: u32 = 0x8040;
+        // SAFETY: reading and writing MXCSR only changes how this thread rounds subnormals; the
+        // exception masks and rounding mode are kept. (`_mm_getcsr`/`_mm_setcsr` are deprecated
+        // in favour of inline assembly, which would do the same two instructions.)
+        #[allow(deprecated)]
+        unsafe {
+            let csr = std::arch::x86_64::_mm_getcsr();
+            if csr & FTZ_DAZ != FTZ_DAZ {
+                std::arch::x86_64::_mm_setcsr(csr | FTZ_DAZ);
+            }
+        }
+    }
 }
 
 /// Runs `f` over `0..units` split into contiguous ranges on rayon's global pool (inline when
@@ -69,4 +103,35 @@ pub fn peak_rss_mb() -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Halving the smallest normal f32 gives a subnormal, or 0 once the flush is on.
+    fn halved_min_normal() -> f32 {
+        std::hint::black_box(f32::MIN_POSITIVE) * std::hint::black_box(0.5f32)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn subnormals_are_flushed_on_the_caller_and_on_every_pool_thread() {
+        // A fresh thread starts with the default MXCSR, so the check before is meaningful
+        // even when another test of this process has already tuned the pool.
+        std::thread::spawn(|| {
+            let before = halved_min_normal();
+            assert!(before > 0.0 && before.is_subnormal(), "expected a subnormal before, got {before:e}");
+            tune_for_training();
+            assert_eq!(halved_min_normal(), 0.0, "the calling thread still makes subnormals");
+            // DAZ: a subnormal input counts as zero.
+            let sub = std::hint::black_box(f32::from_bits(1));
+            assert_eq!(sub * std::hint::black_box(2.0f32), 0.0);
+        })
+        .join()
+        .expect("the test thread panicked");
+        let per_thread: Vec<f32> = rayon::broadcast(|_| halved_min_normal());
+        assert_eq!(per_thread.len(), rayon::current_num_threads());
+        assert!(per_thread.iter().all(|&x| x == 0.0), "a pool thread still makes subnormals: {per_thread:?}");
+    }
 }

@@ -311,3 +311,35 @@ fn a_soup_over_all_kept_checkpoints_can_average_epochs_of_one_trial() {
         assert!(paths.contains(&t["checkpoint"].as_str().unwrap()), "{t}");
     }
 }
+
+#[test]
+fn bench_train_times_steps_on_a_files_rows_padded_per_batch() {
+    let d = StudyDir::new();
+    let toy = write_toy_task(&d.path().join("toy"), 80, 3).unwrap();
+    let model = toy.model_dir.display().to_string();
+    let csv = toy.csv.display().to_string();
+    let bench = |extra: &[&str]| {
+        let mut args = vec!["bench", "train", "--model", &model, "--batch-size", "8", "--seq-len", "64", "--steps", "3", "--format", "json"];
+        args.extend_from_slice(extra);
+        d.run(&args)
+    };
+    let out = bench(&["--data", &csv]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // The toy rows are a few words: batches padded to their longest stay far below 64.
+    let tokens = v["tokens_per_row"].as_f64().unwrap();
+    assert!(tokens > 2.0 && tokens < 20.0, "tokens per row {tokens}");
+    assert!(v["step_ms"].as_f64().unwrap() > 0.0 && v["samples_per_s"].as_f64().unwrap() > 0.0, "{v}");
+    // Random ids fill the whole length.
+    let out = bench(&[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["tokens_per_row"].as_f64(), Some(64.0));
+    // A file too small for one batch is refused with its name.
+    // Ten rows: a 70/15/15 split leaves seven for training, fewer than one batch of 8.
+    let rows: String = (0..10).map(|i| format!("row number {i} of the small file,{}\n", i % 2)).collect();
+    let small = d.write("small.csv", &format!("text,label\n{rows}"));
+    let out = bench(&["--data", &small.display().to_string()]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("small.csv") && stderr(&out).contains("fewer than one batch"), "{}", stderr(&out));
+}
