@@ -56,7 +56,8 @@ pub fn run(args: &BenchTrainArgs) -> anyhow::Result<ExitCode> {
         Some(path) => data_batches(path, &args.model, b, s, needed, &device)?,
         None => (vec![random_batch(config.vocab_size as u32, b, s, &device)?], 2),
     };
-    let mean_tokens = batches.iter().map(|x| x.tokens as f64).sum::<f64>() / (batches.len() * b) as f64;
+    // Over the batches the steps take (the step cycles through `batches`).
+    let mean_tokens = (0..needed).map(|i| batches[i % batches.len()].tokens as f64).sum::<f64>() / (needed * b) as f64;
     let opts = ModelOptions {
         num_labels,
         freeze_layers: args.freeze_layers,
@@ -204,10 +205,10 @@ fn random_batch(vocab: u32, b: usize, s: usize, device: &Device) -> anyhow::Resu
     })
 }
 
-/// `needed` batches of `path`'s train split (the study defaults: 70/15/15, split seed 42),
-/// encoded with the model's tokenizer at `max_length`, shuffled with seed 42 and padded to
-/// their longest row; the file's rows are cycled when it has fewer batches. Made before the
-/// timing starts. Labels are read as classes (the step's loss is cross-entropy). Also returns
+/// Up to `needed` batches of `path`'s train split (the study defaults: 70/15/15, split seed
+/// 42), encoded with the model's tokenizer at `max_length`, shuffled with seed 42 and padded
+/// to their longest row; the steps cycle through them when the file has fewer. Made before
+/// the timing starts. Labels are read as classes (the step's loss is cross-entropy). Also returns
 /// the number of classes.
 fn data_batches(path: &Path, model: &Path, b: usize, max_length: usize, needed: usize, device: &Device) -> anyhow::Result<(Vec<StepBatch>, usize)> {
     let ds = data::load_dataset(&DataSection::new(path))?;
@@ -218,7 +219,6 @@ fn data_batches(path: &Path, model: &Path, b: usize, max_length: usize, needed: 
     let plan: Vec<Vec<usize>> = batch_indices(&lengths, b, Some(epoch_seed(42, 0)), false).into_iter().filter(|idx| idx.len() == b).collect();
     let batches = plan
         .iter()
-        .cycle()
         .take(needed)
         .map(|idx| {
             let batch = collate(&rows, idx, encoder.pad_id(), device)?;

@@ -13,8 +13,9 @@
 //!   thread and on every thread of that pool, as TensorFlow does in its pools. On Intel CPUs
 //!   an SSE/AVX operation that reads or makes a subnormal takes a microcode assist of ~100
 //!   cycles. Fine-tuning all-MiniLM-L6-v2 on real SST-2 text makes such values (`bench train`'s
-//!   random tokens do not), and on a 2-core Intel Xeon a step took ~12 s instead of ~0.6 s:
-//!   0.95 samples/s against 26 with the flush, 97% of the time in gemm's microkernel. Values
+//!   random tokens do not), and on a 2-core Intel Xeon a `bench train --data` step took 17 s
+//!   instead of 0.8 s (a study trial: 0.95 samples/s against ~25), 97% of the time in gemm's
+//!   microkernel. Values
 //!   below 1.2e-38 become 0, which changes no result that matters (transformers' parity tests
 //!   pass unchanged). AMD Zen CPUs handle subnormals without the assist, which is why
 //!   it went unseen there.
