@@ -10,7 +10,8 @@
 //!   box (busy, so indicative): MiniLM, batch 16, seq 64, 2 threads: 2.5 s/step with our kernels
 //!   on candle's barrier pool beside gemm's rayon pool, 1.0 s with everything on rayon.
 //! * Subnormal floats flushed to zero (x86-64: the FTZ and DAZ bits of MXCSR) on the calling
-//!   thread and on every thread of that pool, as TensorFlow does in its pools. On Intel CPUs
+//!   thread, on every thread of that pool and of candle's barrier pool (which has threads only
+//!   when the user sets `CANDLE_NUM_THREADS` above 1), as TensorFlow does in its pools. On Intel CPUs
 //!   an SSE/AVX operation that reads or makes a subnormal takes a microcode assist of ~100
 //!   cycles. Fine-tuning all-MiniLM-L6-v2 on real SST-2 text makes such values (`bench train`'s
 //!   random tokens do not), and on a 2-core Intel Xeon a `bench train --data` step took 17 s
@@ -33,8 +34,14 @@ pub fn tune_for_training() {
             // through std's environment lock, which candle's own reads also take.
             std::env::set_var("CANDLE_NUM_THREADS", "1");
         }
-        // The pool's threads live as long as the process, so once is enough for them.
+        // The pools' threads live as long as the process, so once is enough for them.
         rayon::broadcast(|_| flush_subnormals_on_this_thread());
+        // candle's barrier pool runs its element-wise ops. It has no thread of its own unless
+        // the user set `CANDLE_NUM_THREADS` above 1. New threads inherit their creator's
+        // MXCSR, so a pool made after this point is flushed already; one made before (a candle
+        // op run before this call) is not. `execute` runs the closure once on every worker and
+        // on the caller.
+        candle_core::utils::barrier_pool().execute(|_| flush_subnormals_on_this_thread());
     });
     flush_subnormals_on_this_thread();
 }
@@ -124,15 +131,51 @@ mod tests {
             let before = halved_min_normal();
             assert!(before > 0.0 && before.is_subnormal(), "expected a subnormal before, got {before:e}");
             tune_for_training();
-            assert_eq!(halved_min_normal(), 0.0, "the calling thread still makes subnormals");
-            // DAZ: a subnormal input counts as zero.
+            assert_eq!(halved_min_normal().to_bits(), 0, "the calling thread still makes subnormals");
+            // DAZ: a subnormal input counts as zero. The sum is a normal number, so FTZ alone
+            // would leave it one bit above the smallest normal.
             let sub = std::hint::black_box(f32::from_bits(1));
-            assert_eq!(sub * std::hint::black_box(2.0f32), 0.0);
+            assert_eq!((sub + std::hint::black_box(f32::MIN_POSITIVE)).to_bits(), f32::MIN_POSITIVE.to_bits());
         })
         .join()
         .expect("the test thread panicked");
         let per_thread: Vec<f32> = rayon::broadcast(|_| halved_min_normal());
         assert_eq!(per_thread.len(), rayon::current_num_threads());
-        assert!(per_thread.iter().all(|&x| x == 0.0), "a pool thread still makes subnormals: {per_thread:?}");
+        // Bits, not `== 0.0`: with DAZ on this thread a subnormal would compare equal to 0.
+        assert!(per_thread.iter().all(|&x| x.to_bits() == 0), "a pool thread still makes subnormals: {per_thread:?}");
+    }
+
+    /// Run by [`candles_barrier_pool_threads_are_flushed_when_the_user_sizes_it`] in a child
+    /// process of this test binary, with `CANDLE_NUM_THREADS=3`: candle's barrier pool is
+    /// created once per process, so only a fresh process can give it worker threads, and
+    /// make them before the flush.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    #[ignore = "run in a child process by the test below"]
+    fn child_barrier_pool_threads_make_no_subnormals() {
+        // Threads inherit their creator's MXCSR, so a pool made after the flush would pass
+        // without it: make the pool first, as a candle op run before the flush would.
+        let pool = candle_core::utils::barrier_pool();
+        tune_for_training();
+        assert_eq!(pool.n_workers(), 2, "CANDLE_NUM_THREADS=3 should give the pool 2 workers besides the caller");
+        let seen = std::sync::Mutex::new(Vec::new());
+        pool.execute(|tid| seen.lock().unwrap_or_else(|e| e.into_inner()).push((tid, halved_min_normal())));
+        let seen = seen.into_inner().unwrap_or_else(|e| e.into_inner());
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        // Bits, not `== 0.0`: with DAZ on this thread a subnormal compares equal to 0.
+        assert!(seen.iter().all(|&(_, x)| x.to_bits() == 0), "a barrier-pool thread still makes subnormals: {seen:?}");
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn candles_barrier_pool_threads_are_flushed_when_the_user_sizes_it() {
+        let exe = std::env::current_exe().expect("the test binary's path");
+        let out = std::process::Command::new(exe)
+            .args(["--exact", "trainer::perf::tests::child_barrier_pool_threads_make_no_subnormals", "--ignored", "--nocapture"])
+            .env("CANDLE_NUM_THREADS", "3")
+            .output()
+            .expect("running the test binary again");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && text.contains("1 passed"), "the child test failed:\n{text}");
     }
 }
