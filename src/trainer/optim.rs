@@ -689,13 +689,15 @@ pub fn warmup_steps(ratio: f64, total: usize) -> usize {
 
 const CHUNK: usize = 32 * 1024;
 
-/// Runs `f(lo..hi)` over `0..n` in chunks on candle's CPU pool (inline when small).
+/// Runs `f(lo..hi)` over `0..n` in chunks on rayon's pool, the one gemm and the model's
+/// kernels use (inline when small). candle's barrier pool, used here before, has no thread
+/// besides the caller's by default (`trainer::perf`), so the update ran on one core.
 fn par_chunks(n: usize, f: impl Fn(std::ops::Range<usize>) + Sync) {
     if n <= 2 * CHUNK {
         f(0..n);
         return;
     }
-    candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(CHUNK), |r| {
+    super::perf::par_ranges(n.div_ceil(CHUNK), |r| {
         f(r.start * CHUNK..(r.end * CHUNK).min(n));
     });
 }
@@ -805,7 +807,7 @@ impl InplaceOp2 for FusedStep<'_> {
         if m.len() != n || (self.kind == OptimizerKind::Adamw && v.len() != n) {
             candle_core::bail!("optimizer step: state of {} values for a parameter of {n}", m.len());
         }
-        // Disjoint chunks of p, m, v on candle's CPU pool (addresses passed as usize).
+        // Disjoint chunks of p, m, v on the thread pool (addresses passed as usize).
         let (pp, mp, vp) = (p.as_mut_ptr() as usize, m.as_mut_ptr() as usize, v.as_mut_ptr() as usize);
         let (lr, gs) = (self.lr, self.gscale);
         match self.kind {
