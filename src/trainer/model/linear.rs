@@ -8,7 +8,7 @@
 
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
-use super::kernels::mm;
+use super::kernels::{filled_by, mm};
 
 /// `x [.., in] · wᵀ` with `w [out, in]` → `[.., out]`.
 pub fn matmul_wt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
@@ -69,9 +69,8 @@ impl CustomOp2 for MatmulWt {
         let (rows, inp, out) = dims(l1, l2)?;
         let x = slice(s1, l1, "x")?;
         let w = slice(s2, l2, "w")?;
-        let mut y = vec![0f32; rows * out];
-        // SAFETY: the buffers have the sizes checked above.
-        unsafe { mm(parallelism(), rows, out, inp, y.as_mut_ptr(), out, x.as_ptr(), inp, 1, w.as_ptr(), 1, inp) };
+        // SAFETY: the buffers have the sizes checked above; the gemm overwrites all of `y`.
+        let y = unsafe { filled_by(rows * out, |y| mm(parallelism(), rows, out, inp, y, out, x.as_ptr(), inp, 1, w.as_ptr(), 1, inp)) };
         let mut shape = l1.shape().dims().to_vec();
         if let Some(last) = shape.last_mut() {
             *last = out;
@@ -117,15 +116,16 @@ impl CustomOp3 for MatmulWtBwd {
             bail!("linear bwd: grad {:?} for {rows} rows x {out}", l3.shape())
         }
         let n_dx = if self.need_dx { rows * inp } else { 0 };
-        let mut buf = vec![0f32; n_dx + out * inp];
-        let (dx, dw) = buf.split_at_mut(n_dx);
-        // SAFETY: the buffers have the sizes checked above.
-        unsafe {
-            if self.need_dx {
-                mm(parallelism(), rows, inp, out, dx.as_mut_ptr(), inp, dy.as_ptr(), out, 1, w.as_ptr(), inp, 1);
-            }
-            mm(parallelism(), out, inp, rows, dw.as_mut_ptr(), inp, dy.as_ptr(), 1, out, x.as_ptr(), inp, 1);
-        }
+        // SAFETY: the buffers have the sizes checked above; the two gemms overwrite `dx` (the
+        // first `n_dx` values, none unless `need_dx`) and `dW` (the rest).
+        let buf = unsafe {
+            filled_by(n_dx + out * inp, |buf| {
+                if self.need_dx {
+                    mm(parallelism(), rows, inp, out, buf, inp, dy.as_ptr(), out, 1, w.as_ptr(), inp, 1);
+                }
+                mm(parallelism(), out, inp, rows, buf.add(n_dx), inp, dy.as_ptr(), 1, out, x.as_ptr(), inp, 1);
+            })
+        };
         Ok((CpuStorage::F32(buf), Shape::from(n_dx + out * inp)))
     }
 }
