@@ -103,7 +103,7 @@ impl Embeddings {
         // Gathered and normalised in f32, then cast to the compute dtype.
         let word = pass.w32(&self.word);
         let h = word.dim(1)?;
-        let we = word.index_select(&ids.flatten_all()?, 0)?.reshape((b, s, h))?;
+        let we = super::embedding::lookup(&word, &ids.flatten_all()?)?.reshape((b, s, h))?;
         let x = match &self.token_type {
             // One token type (RoBERTa): every token gets its row, whatever the tokenizer said.
             Some(table) if table.dim(0)? == 1 => we.broadcast_add(&pass.w32(table))?,

@@ -34,10 +34,11 @@
 //!   on the first `load`; call it earlier yourself if the process does heavy candle work first. On the CPU the encoder runs on fused kernels with
 //!   their own backward: `linear` (gemm, direct `dW`), `attention` (q/k/v from one projection,
 //!   per-head gemm, probabilities recomputed in the backward), `ops` (layer norm, GELU, dropout
-//!   and bias epilogues) over vectorised `kernels`; other devices use composed candle ops.
+//!   and bias epilogues) over vectorised `kernels`, `embedding` (a row lookup whose backward
+//!   writes the table's gradient once); other devices use composed candle ops.
 //!
 //! Files: `config.rs` (HF config), `arch.rs` (the families), `error.rs`, `bert.rs` (blocks), `ops.rs`, `attention.rs`,
-//! `linear.rs`, `kernels.rs`, `tests.rs`.
+//! `linear.rs`, `embedding.rs`, `kernels.rs`, `tests.rs`.
 
 pub mod arch;
 pub mod attention;
@@ -48,6 +49,7 @@ mod kernels;
 pub mod linear;
 pub mod config;
 pub mod device_check;
+mod embedding;
 pub mod error;
 pub mod ops;
 
