@@ -148,6 +148,8 @@ pub fn run(args: &BenchTrainArgs) -> anyhow::Result<ExitCode> {
                 "peak_rss_mb": peak_rss_mb,
                 "precision": args.precision,
                 "tokens_per_row": mean_tokens,
+                "cpu_ms": cpu_ms,
+                "last_loss": last_loss,
             });
             println!("{out}");
         }

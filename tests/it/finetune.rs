@@ -330,6 +330,10 @@ fn bench_train_times_steps_on_a_files_rows_padded_per_batch() {
     let tokens = v["tokens_per_row"].as_f64().unwrap();
     assert!(tokens > 2.0 && tokens < 20.0, "tokens per row {tokens}");
     assert!(v["step_ms"].as_f64().unwrap() > 0.0 && v["samples_per_s"].as_f64().unwrap() > 0.0, "{v}");
+    // CPU time of all threads, and the loss of the last step (two labels: near ln 2 at the start).
+    assert!(v["cpu_ms"].as_f64().unwrap() > 0.0, "{v}");
+    let loss = v["last_loss"].as_f64().unwrap();
+    assert!(loss > 0.0 && loss < 2.0, "{v}");
     // Random ids fill the whole length.
     let out = bench(&[]);
     assert!(out.status.success(), "{}", stderr(&out));
