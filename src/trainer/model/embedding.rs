@@ -11,6 +11,8 @@
 
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
+use super::ops::contiguous_f32;
+
 /// `table[ids]`: the rows of a `[rows, h]` table for the 1-D `ids`, as `[ids, h]`.
 pub fn lookup(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
     if table.device().is_cpu() && table.dtype() == DType::F32 && ids.dtype() == DType::U32 && table.rank() == 2 {
@@ -24,13 +26,6 @@ fn table_dims(l: &Layout) -> Result<(usize, usize)> {
     match l.shape().dims() {
         &[rows, h] => Ok((rows, h)),
         d => bail!("embedding: the table must be 2-D, got {d:?}"),
-    }
-}
-
-fn f32s<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
-        None => bail!("embedding: {what} is not contiguous"),
     }
 }
 
@@ -54,7 +49,7 @@ impl CustomOp2 for Lookup {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (rows, h) = table_dims(l1)?;
-        let table = f32s(s1, l1, "the table")?;
+        let table = contiguous_f32(s1, l1, "embedding table")?;
         let ids = ids(s2, l2, rows)?;
         let mut out = Vec::with_capacity(ids.len() * h);
         for &id in ids {
@@ -84,7 +79,7 @@ impl CustomOp2 for LookupBwd {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (rows, h) = (self.rows, self.h);
         let ids = ids(s1, l1, rows)?;
-        let grad = f32s(s2, l2, "the gradient")?;
+        let grad = contiguous_f32(s2, l2, "embedding gradient")?;
         if grad.len() != ids.len() * h {
             bail!("embedding bwd: a gradient of {} values for {} ids of width {h}", grad.len(), ids.len())
         }

@@ -9,6 +9,7 @@
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
 use super::kernels::{filled_by, mm};
+use super::ops::contiguous_f32;
 
 /// `x [.., in] · wᵀ` with `w [out, in]` → `[.., out]`.
 pub fn matmul_wt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
@@ -30,13 +31,6 @@ pub fn matmul_wt_composed(x: &Tensor, w: &Tensor) -> Result<Tensor> {
         *last = w.dim(0)?;
     }
     y.reshape(out)
-}
-
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
-        None => bail!("linear: {what} is not contiguous"),
-    }
 }
 
 fn parallelism() -> gemm::Parallelism {
@@ -67,8 +61,8 @@ impl CustomOp2 for MatmulWt {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (rows, inp, out) = dims(l1, l2)?;
-        let x = slice(s1, l1, "x")?;
-        let w = slice(s2, l2, "w")?;
+        let x = contiguous_f32(s1, l1, "linear x")?;
+        let w = contiguous_f32(s2, l2, "linear w")?;
         // SAFETY: the buffers have the sizes checked above; the gemm overwrites all of `y`.
         let y = unsafe { filled_by(rows * out, |y| mm(parallelism(), rows, out, inp, y, out, x.as_ptr(), inp, 1, w.as_ptr(), 1, inp)) };
         let mut shape = l1.shape().dims().to_vec();
@@ -109,9 +103,9 @@ impl CustomOp3 for MatmulWtBwd {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (rows, inp, out) = dims(l1, l2)?;
-        let x = slice(s1, l1, "x")?;
-        let w = slice(s2, l2, "w")?;
-        let dy = slice(s3, l3, "grad")?;
+        let x = contiguous_f32(s1, l1, "linear x")?;
+        let w = contiguous_f32(s2, l2, "linear w")?;
+        let dy = contiguous_f32(s3, l3, "linear grad")?;
         if dy.len() != rows * out {
             bail!("linear bwd: grad {:?} for {rows} rows x {out}", l3.shape())
         }
