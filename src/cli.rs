@@ -300,6 +300,10 @@ pub struct BenchTrainArgs {
     /// a trial trains. Real text makes activations and gradients that random ids do not.
     #[arg(long)]
     pub data: Option<PathBuf>,
+    /// Also update a moving average of the weights after each step, as `[train] ema_decay`
+    /// does (timed with the optimizer); 0 = off.
+    #[arg(long, default_value_t = 0.0)]
+    pub ema_decay: f64,
     #[arg(long, value_enum, default_value = "text")]
     pub format: TextOrJson,
 }

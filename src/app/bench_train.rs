@@ -2,7 +2,8 @@
 //! (seeded), padded to the full length, or with `--data` on a labelled file's rows batched as
 //! a trial batches them, with dropout on: forward (with the loss), backward and
 //! the trainer's optimizer step (`optim::Optimizer`: AdamW, learning rate 5e-5, weight decay
-//! 0.01 except on biases and LayerNorm, gradients clipped at the trainer's default norm).
+//! 0.01 except on biases and LayerNorm, gradients clipped at the trainer's default norm),
+//! with `--ema-decay` followed by the weight-average update (`trainer::ema`).
 //!
 //! After two warm-up steps, `--steps` steps run back to back with one device synchronisation
 //! (and a scalar read) at the end, as PyTorch's anchor (`torch_finetune_bench.py`) times them:
@@ -21,6 +22,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::cli::{BenchTrainArgs, TextOrJson};
+use crate::trainer::ema::WeightAverage;
 use crate::trainer::data::{self, batch_indices, collate, epoch_seed, DataSection, Encoded, TextEncoder};
 use crate::trainer::model::{read_config, BertClassifier, ModelOptions};
 use crate::trainer::optim::{OptimConfig, Optimizer};
@@ -48,6 +50,7 @@ fn process_cpu_s() -> f64 {
 pub fn run(args: &BenchTrainArgs) -> anyhow::Result<ExitCode> {
     perf::tune_for_training();
     anyhow::ensure!(args.steps > 0 && args.batch_size > 0 && args.seq_len > 0, "steps, batch size and seq len must be positive");
+    anyhow::ensure!((0.0..1.0).contains(&args.ema_decay), "--ema-decay must be in [0, 1)");
     let device = parse_device(&args.device)?;
     let config = read_config(&args.model)?;
     let (b, s) = (args.batch_size, args.seq_len);
@@ -68,6 +71,7 @@ pub fn run(args: &BenchTrainArgs) -> anyhow::Result<ExitCode> {
     let model = BertClassifier::load(&args.model, &opts, &device)?;
 
     let mut opt = Optimizer::new(model.trainable_vars(), OptimConfig::new(OptimizerKind::Adamw, 0.01, 0.0))?;
+    let mut average = if args.ema_decay > 0.0 { Some(WeightAverage::new(model.trainable_vars(), args.ema_decay)?) } else { None };
     let max_grad_norm = TrainSpec::default().max_grad_norm;
 
     // One step: the (detached) loss, and the seconds of each phase (meaningful with `phases`, which waits
@@ -91,6 +95,9 @@ pub fn run(args: &BenchTrainArgs) -> anyhow::Result<ExitCode> {
         let t2 = Instant::now();
         opt.step(&grads, LEARNING_RATE, max_grad_norm)?;
         drop(grads);
+        if let Some(avg) = &mut average {
+            avg.update(opt.steps_done())?;
+        }
         if phases {
             device.synchronize()?;
         }

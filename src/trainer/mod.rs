@@ -2,11 +2,12 @@
 //! diagnosis (`metrics`), the trainable BERT classifier (`model`), a tiny-model writer for
 //! tests (`tiny`), process-level speed settings (`perf`), the GPU memory and time a run
 //! uses (`gpu_usage`), the trial's spec (`spec`), loss, the trial optimizer with saveable state
-//! (`optim`), checkpoints, the training loop (`train`), the runner that drives a worker
+//! (`optim`), an exponential moving average of the weights (`ema`), checkpoints, the training loop (`train`), the runner that drives a worker
 //! process per trial (`runner`), greedy model soups of the best trials (`soup`) and a toy task for tests (`toy`).
 
 pub mod checkpoint;
 pub mod data;
+pub mod ema;
 pub mod gpu_usage;
 pub mod loss;
 pub mod metrics;

@@ -147,6 +147,8 @@ pub struct TrainSection {
     pub threads: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub precision: Option<Precision>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema_decay: Option<f64>,
 }
 
 /// The names a `[space]` parameter may take to drive a training option.
@@ -175,6 +177,7 @@ pub const TRAIN_OPTIONS: &[&str] = &[
     "length_bucketing",
     "threads",
     "precision",
+    "ema_decay",
 ];
 
 /// The resolved training options of one trial.
@@ -214,6 +217,11 @@ pub struct TrainSpec {
     /// fp32 or bf16 mixed precision (absent in checkpoints written before it existed: fp32).
     #[serde(default)]
     pub precision: Precision,
+    /// Per-step decay of an exponential moving average of the trainable weights, which is
+    /// what gets evaluated and kept (`trainer::ema`); 0 turns it off (absent in checkpoints
+    /// written before it existed: off).
+    #[serde(default)]
+    pub ema_decay: f64,
 }
 
 impl Default for TrainSpec {
@@ -244,6 +252,7 @@ impl Default for TrainSpec {
             length_bucketing: false,
             threads: None,
             precision: Precision::Fp32,
+            ema_decay: 0.0,
         }
     }
 }
@@ -352,6 +361,7 @@ impl TrainSpec {
             length_bucketing: pick!(length_bucketing, as_bool).unwrap_or(d.length_bucketing),
             threads: pick!(threads, as_count),
             precision: pick!(precision, |n, v| as_enum(n, v, "\"fp32\" or \"bf16\"")).unwrap_or(d.precision),
+            ema_decay: pick!(ema_decay, as_float).unwrap_or(d.ema_decay),
         };
         spec.validate()?;
         Ok(spec)
@@ -385,6 +395,7 @@ impl TrainSpec {
         unit("momentum", self.momentum, true)?;
         unit("label_smoothing", self.label_smoothing, true)?;
         unit("augment_prob", self.augment_prob, false)?;
+        unit("ema_decay", self.ema_decay, true)?;
         if let Some(p) = self.dropout {
             unit("dropout", p, true)?;
         }
@@ -570,6 +581,22 @@ mod tests {
         let fixed: TrainSection = toml::from_str("batch_size = 8\nmicro_batch_size = 16").unwrap();
         let e = TrainSpec::from_params(&fixed, &ParamSet::new()).unwrap_err();
         assert!(e.to_string().contains("`micro_batch_size`"), "{e}");
+        let fixed: TrainSection = toml::from_str("ema_decay = 1.0").unwrap();
+        let e = TrainSpec::from_params(&fixed, &ParamSet::new()).unwrap_err();
+        assert!(e.to_string().contains("`ema_decay`") && e.to_string().contains("[0, 1)"), "{e}");
+    }
+
+    #[test]
+    fn ema_decay_is_fixed_or_searched_and_off_by_default() {
+        let fixed: TrainSection = toml::from_str("ema_decay = 0.998").unwrap();
+        assert_eq!(TrainSpec::from_params(&fixed, &ParamSet::new()).unwrap().ema_decay, 0.998);
+        let s = TrainSpec::from_params(&fixed, &params(&[("ema_decay", ParamValue::Float(0.99))])).unwrap();
+        assert_eq!(s.ema_decay, 0.99);
+        assert_eq!(TrainSpec::default().ema_decay, 0.0);
+        // a spec written before the option existed reads as off
+        let mut old = serde_json::to_value(TrainSpec::default()).unwrap();
+        old.as_object_mut().unwrap().remove("ema_decay");
+        assert_eq!(serde_json::from_value::<TrainSpec>(old).unwrap().ema_decay, 0.0);
     }
 
     #[test]

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use super::checkpoint::{self, CheckpointError, EvalRecord, TrainerState};
+use super::ema::{self, EmaError, WeightAverage};
 use super::data::{self, batch_indices, collate, epoch_seed, DataError, DataSection, Encoded, Problem, TextEncoder};
 use super::loss::Loss;
 use super::metrics::{self, diagnose_fit, EpochRecord, Metrics};
@@ -76,6 +77,8 @@ pub enum TrainError {
     Optim(#[from] OptimError),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Ema(#[from] EmaError),
     #[error("{what} at epoch {epoch} step {step} (learning_rate={lr:e})")]
     /// `lr` is the configured (peak) learning rate.
     NonFinite { what: &'static str, epoch: usize, step: u64, lr: f64 },
@@ -226,6 +229,7 @@ pub fn train(job: &TrainJob, reporter: &mut dyn Reporter, stop: &CancelToken) ->
     let model = BertClassifier::load(&job.model_dir, &opts, &device)?;
     let trainable = model.trainable_vars();
     let n_trainable: usize = trainable.iter().map(|(_, v)| v.elem_count()).sum();
+    let mut average = if spec.ema_decay > 0.0 { Some(WeightAverage::new(trainable.clone(), spec.ema_decay)?) } else { None };
     let mut opt = Optimizer::new(trainable, OptimConfig::new(spec.optimizer, spec.weight_decay, spec.momentum))?;
 
     let loss_fn = match problem {
@@ -282,6 +286,10 @@ pub fn train(job: &TrainJob, reporter: &mut dyn Reporter, stop: &CancelToken) ->
                 var.set(t)?;
             }
             opt.load(&dir.join(checkpoint::OPTIMIZER_STATE))?;
+            // The checkpoint's model weights are the average; the trained ones are beside them.
+            if let Some(avg) = &mut average {
+                avg.resume(&dir.join(ema::TRAINED_WEIGHTS))?;
+            }
             state = saved;
             tracing::info!("resuming from {} at step {}", dir.display(), state.global_step);
             trial_facts.insert("resumed_from_step".into(), json!(state.global_step));
@@ -382,6 +390,9 @@ pub fn train(job: &TrainJob, reporter: &mut dyn Reporter, stop: &CancelToken) ->
                 return Err(TrainError::NonFinite { what: "non-finite gradient", epoch: epoch + 1, step: state.global_step + 1, lr: spec.learning_rate });
             }
             state.global_step += 1;
+            if let Some(avg) = &mut average {
+                avg.update(state.global_step)?;
+            }
             state.batch_in_epoch = bi + 1;
             trained_rows += idx.len();
             epoch_rows_timed += idx.len();
@@ -408,7 +419,7 @@ pub fn train(job: &TrainJob, reporter: &mut dyn Reporter, stop: &CancelToken) ->
                 let step = if spec.eval_steps.is_some() { state.global_step as i64 } else { state.epoch as i64 };
                 let frac_epoch = if at_epoch_end { state.epoch as f64 } else { epoch as f64 + state.batch_in_epoch as f64 / plan.len() as f64 };
                 let train_secs = epoch_start.elapsed().as_secs_f64();
-                match ctx.evaluate(&mut state, &mut opt, step, frac_epoch, lr, reporter)? {
+                match ctx.evaluate(&mut state, &mut opt, average.as_ref(), step, frac_epoch, lr, reporter)? {
                     After::Continue => {}
                     After::EarlyStop => {
                         tracing::info!("early stopping after step {step}");
@@ -498,17 +509,55 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    /// Evaluates on the valid split, records, reports, checkpoints.
+    /// Evaluates on the valid split, records, reports, checkpoints: the weight average when
+    /// there is one (put back to the trained weights before returning, error or not).
     #[allow(clippy::too_many_arguments)]
     fn evaluate(
         &self,
         state: &mut TrainerState,
         opt: &mut Optimizer,
+        average: Option<&WeightAverage>,
         step: i64,
         epoch: f64,
         lr: f64,
         reporter: &mut dyn Reporter,
     ) -> Result<After, TrainError> {
+        let saved_best = match average {
+            None => self.evaluate_and_save(state, opt, None, step, epoch, lr)?,
+            Some(avg) => {
+                let trained = avg.swap_in()?;
+                let result = self.evaluate_and_save(state, opt, Some((avg, &trained)), step, epoch, lr);
+                avg.restore(trained)?;
+                result?
+            }
+        };
+        let Some(rec) = state.history.last() else { return Err(TrainError::Setup("no evaluation was recorded".into())) };
+        let decision = reporter.intermediate(step, rec.value, &rec.metrics);
+        if let Some(dest) = saved_best {
+            reporter.checkpoint(&dest);
+        }
+        if decision == Decision::Prune {
+            return Ok(After::Prune);
+        }
+        if let Some(patience) = self.spec.early_stopping_patience {
+            if patience > 0 && state.evals_without_improvement >= patience {
+                return Ok(After::EarlyStop);
+            }
+        }
+        Ok(After::Continue)
+    }
+
+    /// The model as it is now on the valid split: recorded in `state`, and checkpointed (with
+    /// the trained weights beside an average); returns the new best checkpoint, if any.
+    fn evaluate_and_save(
+        &self,
+        state: &mut TrainerState,
+        opt: &mut Optimizer,
+        average: Option<(&WeightAverage, &ema::Trained)>,
+        step: i64,
+        epoch: f64,
+        lr: f64,
+    ) -> Result<Option<PathBuf>, TrainError> {
         let p = predict(self.model, self.valid_rows, self.problem, self.pad, self.device)?;
         if !p.loss.is_finite() || p.outputs.iter().flatten().any(|x| !x.is_finite()) {
             let what = if p.loss.is_nan() || p.outputs.iter().flatten().any(|x| x.is_nan()) { "NaN valid loss" } else { "infinite valid loss" };
@@ -530,7 +579,7 @@ impl Ctx<'_> {
         }
         metrics.insert("epoch".into(), num(epoch));
         metrics.insert("learning_rate".into(), num(lr));
-        let rec = EvalRecord { step, epoch, global_step: state.global_step, value, metrics: metrics.clone() };
+        let rec = EvalRecord { step, epoch, global_step: state.global_step, value, metrics };
         let improved = match &state.best {
             None => value.is_finite(),
             Some(b) => self.job.direction.is_better(value, b.value),
@@ -558,6 +607,9 @@ impl Ctx<'_> {
             let model = self.model;
             let write = |dir: &Path| -> Result<(), String> {
                 model.save_pretrained(dir).map_err(|e| e.to_string())?;
+                if let Some((avg, trained)) = average {
+                    avg.save_trained(trained, &dir.join(ema::TRAINED_WEIGHTS)).map_err(|e| e.to_string())?;
+                }
                 opt.save(&dir.join(checkpoint::OPTIMIZER_STATE)).map_err(|e| e.to_string())
             };
             checkpoint::write_atomic(&dest, &self.job.model_dir, state, write)?;
@@ -574,19 +626,7 @@ impl Ctx<'_> {
                 }
             }
         }
-        let decision = reporter.intermediate(step, value, &metrics);
-        if let Some(dest) = saved_best {
-            reporter.checkpoint(&dest);
-        }
-        if decision == Decision::Prune {
-            return Ok(After::Prune);
-        }
-        if let Some(patience) = self.spec.early_stopping_patience {
-            if patience > 0 && state.evals_without_improvement >= patience {
-                return Ok(After::EarlyStop);
-            }
-        }
-        Ok(After::Continue)
+        Ok(saved_best)
     }
 }
 

@@ -152,9 +152,21 @@ fn checkpoint_reloads_to_the_same_predictions() {
 /// as an uninterrupted one (weights, optimizer moments, schedule position and RNG restored).
 #[test]
 fn resume_from_checkpoint_matches_an_uninterrupted_run() {
+    assert_resume_matches_an_uninterrupted_run(0.0);
+}
+
+/// With a weight average, the checkpoint's model weights are the average: the trained weights
+/// and the average must both come back.
+#[test]
+fn resume_with_a_weight_average_matches_an_uninterrupted_run() {
+    assert_resume_matches_an_uninterrupted_run(0.8);
+}
+
+fn assert_resume_matches_an_uninterrupted_run(ema_decay: f64) {
     let tmp = tempfile::tempdir().unwrap();
     let toy = write_toy_task(tmp.path(), 96, 4).unwrap();
     let mut s = spec(3, 2e-3);
+    s.ema_decay = ema_decay;
     s.dropout = Some(0.1); // dropout RNG must be restored too
     s.keep_checkpoints = KeepCheckpoints::All;
     s.warmup_ratio = 0.2;
@@ -178,6 +190,47 @@ fn resume_from_checkpoint_matches_an_uninterrupted_run() {
     assert_eq!(a.0, b.0);
     assert!((f(&a.2, "loss") - f(&b.2, "loss")).abs() < 1e-5, "{} vs {}", f(&a.2, "loss"), f(&b.2, "loss"));
     assert!((f(&a.2, "train_loss") - f(&b.2, "train_loss")).abs() < 1e-5);
+}
+
+/// With `ema_decay`, the kept checkpoint is the weight average: it reloads to the recorded
+/// valid loss, it differs from the trained weights saved beside it, and it differs from (and
+/// here scores a lower valid loss than) a run without the average.
+#[test]
+fn the_weight_average_is_what_is_evaluated_and_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let toy = write_toy_task(tmp.path(), 96, 5).unwrap();
+    let run = |ema_decay: f64, dir: &str| {
+        let mut s = spec(4, 3e-3);
+        s.ema_decay = ema_decay;
+        let j = job(&toy, &tmp.path().join(dir), s);
+        let mut rep = Collect::default();
+        let Finish::Complete { metrics, .. } = train(&j, &mut rep, &CancelToken::new()).unwrap() else { panic!() };
+        (j, rep, metrics)
+    };
+    let (j, rep, metrics) = run(0.9, "ema");
+    let ckpt = rep.checkpoints.last().unwrap();
+    let avg = candle_core::safetensors::load(ckpt.join(checkpoint::WEIGHTS), &Device::Cpu).unwrap();
+    let trained = candle_core::safetensors::load(ckpt.join(ema::TRAINED_WEIGHTS), &Device::Cpu).unwrap();
+    assert!(!trained.is_empty());
+    let mut differ = 0;
+    for (name, t) in &trained {
+        let a = avg.get(name).unwrap_or_else(|| panic!("{name} not in the checkpoint"));
+        let gap = (a - t).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        differ += usize::from(gap > 0.0);
+    }
+    assert!(differ * 2 > trained.len(), "only {differ} of {} tensors differ from the trained weights", trained.len());
+    // what was evaluated is what was kept
+    let state = checkpoint::read_state(ckpt).unwrap();
+    let ds = data::load_dataset(&j.data).unwrap();
+    let enc = TextEncoder::from_model_dir(ckpt, state.spec.max_length).unwrap();
+    let rows = enc.encode(&ds.valid).unwrap();
+    let model = BertClassifier::load(ckpt, &ModelOptions { num_labels: 2, ..ModelOptions::default() }, &Device::Cpu).unwrap();
+    let p = predict(&model, &rows, Problem::Classification, enc.pad_id(), &Device::Cpu).unwrap();
+    assert!((p.loss - f(&metrics, "loss")).abs() < 1e-6, "{} vs {}", p.loss, f(&metrics, "loss"));
+    // and it is not the plain run's model
+    let (_, rep_plain, plain) = run(0.0, "plain");
+    assert!(!rep_plain.checkpoints.last().unwrap().join(ema::TRAINED_WEIGHTS).exists());
+    assert_ne!(f(&metrics, "loss"), f(&plain, "loss"));
 }
 
 #[test]
