@@ -25,6 +25,7 @@ use std::path::Path;
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, DType, Device, InplaceOp1, InplaceOp2, Layout, Tensor, Var};
 
+use super::model::ops::contiguous_f32;
 use super::spec::{OptimizerKind, ScheduleKind};
 
 /// Hyper-parameters of the optimizer that stay fixed for a run (the learning rate is given
@@ -716,13 +717,6 @@ unsafe fn chunk3<'a>(p: usize, m: usize, v: usize, r: &std::ops::Range<usize>) -
         }
     };
     (s(p), s(m), s(v))
-}
-
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("{what}: expected a contiguous f32 tensor"),
-    }
 }
 
 /// Reads a tensor's sum of squares (in f64) without writing it.

@@ -22,7 +22,7 @@ use super::kernels as k;
 pub use super::kernels::exp_f;
 
 /// The f32 values of a contiguous CPU tensor; `what` names it in the error.
-pub(super) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+pub(crate) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let data = s.as_slice::<f32>()?;
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&data[a..b]),
