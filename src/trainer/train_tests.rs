@@ -121,6 +121,17 @@ fn nan_loss_fails_the_trial_with_a_clear_message() {
     assert_nan_loss_fails_the_trial();
 }
 
+/// The predictions on the valid split of `data` of the checkpoint in `ckpt`, loaded from the
+/// folder alone (config, weights, tokenizer, trainer state).
+fn reload_valid_predictions(ckpt: &Path, data: &DataSection) -> Predictions {
+    let state = checkpoint::read_state(ckpt).unwrap();
+    let ds = data::load_dataset(data).unwrap();
+    let enc = TextEncoder::from_model_dir(ckpt, state.spec.max_length).unwrap();
+    let rows = enc.encode(&ds.valid).unwrap();
+    let model = BertClassifier::load(ckpt, &ModelOptions { num_labels: 2, ..ModelOptions::default() }, &Device::Cpu).unwrap();
+    predict(&model, &rows, Problem::Classification, enc.pad_id(), &Device::Cpu).unwrap()
+}
+
 /// The kept checkpoint reloads (config, weights, tokenizer from the folder alone) to the
 /// same predictions: its valid loss equals the one recorded at the best epoch.
 #[test]
@@ -131,13 +142,7 @@ fn checkpoint_reloads_to_the_same_predictions() {
     let mut rep = Collect::default();
     let Finish::Complete { metrics, .. } = train(&j, &mut rep, &CancelToken::new()).unwrap() else { panic!() };
     let ckpt = rep.checkpoints.last().unwrap();
-    let state = checkpoint::read_state(ckpt).unwrap();
-    let ds = data::load_dataset(&j.data).unwrap();
-    let enc = TextEncoder::from_model_dir(ckpt, state.spec.max_length).unwrap();
-    let rows = enc.encode(&ds.valid).unwrap();
-    let opts = ModelOptions { num_labels: 2, ..ModelOptions::default() };
-    let model = BertClassifier::load(ckpt, &opts, &Device::Cpu).unwrap();
-    let p = predict(&model, &rows, Problem::Classification, enc.pad_id(), &Device::Cpu).unwrap();
+    let p = reload_valid_predictions(ckpt, &j.data);
     let (m, _) = metrics_of(&p, Problem::Classification, 2).unwrap();
     assert!((f(&m, "loss") - f(&metrics, "loss")).abs() < 1e-6, "{m:?} vs {metrics:?}");
     // and the test job on that checkpoint gives a confusion matrix over all test rows
@@ -193,8 +198,8 @@ fn assert_resume_matches_an_uninterrupted_run(ema_decay: f64) {
 }
 
 /// With `ema_decay`, the kept checkpoint is the weight average: it reloads to the recorded
-/// valid loss, it differs from the trained weights saved beside it, and it differs from (and
-/// here scores a lower valid loss than) a run without the average.
+/// valid loss, it differs from the trained weights saved beside it, and its valid loss differs
+/// from that of a run without the average.
 #[test]
 fn the_weight_average_is_what_is_evaluated_and_kept() {
     let tmp = tempfile::tempdir().unwrap();
@@ -220,12 +225,7 @@ fn the_weight_average_is_what_is_evaluated_and_kept() {
     }
     assert!(differ * 2 > trained.len(), "only {differ} of {} tensors differ from the trained weights", trained.len());
     // what was evaluated is what was kept
-    let state = checkpoint::read_state(ckpt).unwrap();
-    let ds = data::load_dataset(&j.data).unwrap();
-    let enc = TextEncoder::from_model_dir(ckpt, state.spec.max_length).unwrap();
-    let rows = enc.encode(&ds.valid).unwrap();
-    let model = BertClassifier::load(ckpt, &ModelOptions { num_labels: 2, ..ModelOptions::default() }, &Device::Cpu).unwrap();
-    let p = predict(&model, &rows, Problem::Classification, enc.pad_id(), &Device::Cpu).unwrap();
+    let p = reload_valid_predictions(ckpt, &j.data);
     assert!((p.loss - f(&metrics, "loss")).abs() < 1e-6, "{} vs {}", p.loss, f(&metrics, "loss"));
     // and it is not the plain run's model
     let (_, rep_plain, plain) = run(0.0, "plain");
