@@ -86,4 +86,9 @@ pub trait TrialRunner: Send + Sync {
     /// Runs one trial to its end. When `cancel` trips, stop as soon as possible and return
     /// `Outcome::Failed { reason: "cancelled" }`.
     fn run(&self, assignment: &TrialAssignment, reporter: &mut dyn Reporter, cancel: &CancelToken) -> Outcome;
+
+    /// The store has recorded `outcome` as the trial's end, and no retry of it will run: the
+    /// runner may free what only a resumed attempt would have read. Called after the record
+    /// is committed, so a crash before it costs disk, never work. Default: nothing.
+    fn recorded(&self, _assignment: &TrialAssignment, _outcome: &Outcome) {}
 }

@@ -304,6 +304,9 @@ fn slot_loop(
             _ => false,
         };
         let retry_number = store.finish(trial.id, &outcome, retry)?;
+        if !retry {
+            run.runner.recorded(&assignment, &outcome);
+        }
         if let Ok(mut r) = running.lock() {
             r.retain(|id| *id != trial.id);
         }

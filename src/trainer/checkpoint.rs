@@ -116,6 +116,34 @@ pub fn read_state(dir: &Path) -> Result<TrainerState, CheckpointError> {
     serde_json::from_str(&text).map_err(|e| io_err(&p, e))
 }
 
+/// The files of a checkpoint folder that only resuming reads (the optimizer's moments, and
+/// the trained weights beside a weight average): dead weight once a newer checkpoint exists
+/// or the trial has ended.
+pub const RESUME_ONLY_FILES: &[&str] = &[OPTIMIZER_STATE, super::ema::TRAINED_WEIGHTS];
+
+/// Removes the resume-only files ([`RESUME_ONLY_FILES`]) from every checkpoint folder under
+/// `artifacts` except those in `keep`, and returns the bytes freed. The weights, state and tokenizer
+/// stay, so the folders still load, export and join a soup; they are just no longer resumed
+/// from. A file that cannot be removed is left (it costs disk, nothing else).
+pub fn drop_resume_files(artifacts: &Path, keep: &[&Path]) -> u64 {
+    let Ok(entries) = std::fs::read_dir(artifacts) else { return 0 };
+    let mut freed = 0;
+    for dir in entries.filter_map(|e| e.ok()).map(|e| e.path()) {
+        let hidden = dir.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'));
+        if hidden || !dir.is_dir() || keep.contains(&dir.as_path()) || !dir.join(TRAINER_STATE).is_file() {
+            continue;
+        }
+        for f in RESUME_ONLY_FILES {
+            let p = dir.join(f);
+            let size = std::fs::metadata(&p).map_or(0, |m| m.len());
+            if p.is_file() && std::fs::remove_file(&p).is_ok() {
+                freed += size;
+            }
+        }
+    }
+    freed
+}
+
 /// The most advanced complete checkpoint under `artifacts` (by global step), if any:
 /// the folder to resume from.
 pub fn latest(artifacts: &Path) -> Option<(PathBuf, TrainerState)> {
@@ -127,4 +155,42 @@ pub fn latest(artifacts: &Path) -> Option<(PathBuf, TrainerState)> {
         .filter(|p| p.join(OPTIMIZER_STATE).is_file() && p.join(WEIGHTS).is_file())
         .filter_map(|p| read_state(&p).ok().map(|s| (p, s)))
         .max_by_key(|(_, s)| s.global_step)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A folder with a trainer state and the named files, each `bytes` long.
+    fn folder(root: &Path, name: &str, files: &[&str], bytes: usize) -> PathBuf {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in files {
+            std::fs::write(dir.join(f), vec![7u8; bytes]).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn resume_files_go_from_every_checkpoint_but_the_kept_ones() {
+        let tmp = tempfile::tempdir().unwrap();
+        let all = [WEIGHTS, TRAINER_STATE, OPTIMIZER_STATE, super::super::ema::TRAINED_WEIGHTS];
+        let old = folder(tmp.path(), "checkpoint-5", &all, 10);
+        let best = folder(tmp.path(), "checkpoint-10", &all, 10);
+        let newest = folder(tmp.path(), "checkpoint-15", &all[..3], 10);
+        // a half-written folder and a folder that is no checkpoint are not touched
+        let tmp_dir = folder(tmp.path(), ".tmp-checkpoint-20-1", &all, 10);
+        let other = folder(tmp.path(), "logs", &[OPTIMIZER_STATE], 10);
+
+        assert_eq!(drop_resume_files(tmp.path(), &[&newest, &best]), 20);
+        assert!(old.join(WEIGHTS).is_file() && old.join(TRAINER_STATE).is_file());
+        assert!(!old.join(OPTIMIZER_STATE).exists() && !old.join(super::super::ema::TRAINED_WEIGHTS).exists());
+        for kept in [&best, &newest, &tmp_dir, &other] {
+            assert!(kept.join(OPTIMIZER_STATE).is_file(), "{}", kept.display());
+        }
+        assert_eq!(drop_resume_files(tmp.path(), &[]), 30, "best: both files; newest: the optimizer");
+        assert!(latest(tmp.path()).is_none(), "nothing is resumable any more");
+        assert!(best.join(WEIGHTS).is_file() && newest.join(WEIGHTS).is_file());
+        assert_eq!(drop_resume_files(&tmp.path().join("missing"), &[]), 0);
+    }
 }

@@ -257,6 +257,22 @@ impl TrialRunner for FinetuneRunner {
             other => other,
         }
     }
+
+    /// A completed or pruned trial is never resumed: its checkpoint folders (and those of the
+    /// attempt it resumed from) drop the optimizer state and the trained weights beside a
+    /// weight average, which for Adam are three times the model's size.
+    fn recorded(&self, a: &TrialAssignment, outcome: &Outcome) {
+        if !matches!(outcome, Outcome::Complete { .. } | Outcome::Pruned { .. }) {
+            return;
+        }
+        let freed: u64 = std::iter::once(&a.artifacts_dir)
+            .chain(&a.resume_from)
+            .map(|dir| super::checkpoint::drop_resume_files(dir, &[]))
+            .sum();
+        if freed > 0 {
+            tracing::debug!("trial {}: freed {:.1} MiB of resume-only checkpoint files", a.number, freed as f64 / 1048576.0);
+        }
+    }
 }
 
 /// Keeps the object a worker printed under `key` (in its metrics).

@@ -613,6 +613,13 @@ impl Ctx<'_> {
                 opt.save(&dir.join(checkpoint::OPTIMIZER_STATE)).map_err(|e| e.to_string())
             };
             checkpoint::write_atomic(&dest, &self.job.model_dir, state, write)?;
+            // Only the newest checkpoint is resumed from (the best one too once `last` is
+            // removed at the end): with `keep_checkpoints = "all"` the other epochs keep their
+            // weights (soup, export) but not the optimizer's moments (twice the weights).
+            if keep == KeepCheckpoints::All {
+                let best = state.best_checkpoint.clone().unwrap_or_else(|| dest.clone());
+                checkpoint::drop_resume_files(arts, &[&dest, &best]);
+            }
             if name != "last" {
                 let _ = std::fs::remove_dir_all(arts.join("last"));
                 if improved && keep == KeepCheckpoints::Best {

@@ -178,6 +178,7 @@ fn assert_resume_matches_an_uninterrupted_run(ema_decay: f64) {
     let full = job(&toy, &tmp.path().join("full"), s.clone());
     let mut rep_full = Collect::default();
     train(&full, &mut rep_full, &CancelToken::new()).unwrap();
+    assert_only_the_newest_and_best_keep_resume_files(&tmp.path().join("full"), rep_full.evals.len(), ema_decay > 0.0);
 
     let first = job(&toy, &tmp.path().join("a"), s.clone());
     let tok = CancelToken::new();
@@ -195,6 +196,26 @@ fn assert_resume_matches_an_uninterrupted_run(ema_decay: f64) {
     assert_eq!(a.0, b.0);
     assert!((f(&a.2, "loss") - f(&b.2, "loss")).abs() < 1e-5, "{} vs {}", f(&a.2, "loss"), f(&b.2, "loss"));
     assert!((f(&a.2, "train_loss") - f(&b.2, "train_loss")).abs() < 1e-5);
+}
+
+/// With `keep_checkpoints = "all"`, every evaluation's folder keeps its weights, but only
+/// the newest (resumed from) and the best (resumed from once `last` is gone) keep the
+/// optimizer state and, with a weight average, the trained weights.
+fn assert_only_the_newest_and_best_keep_resume_files(arts: &Path, evals: usize, averaged: bool) {
+    let dirs: Vec<PathBuf> = std::fs::read_dir(arts).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(dirs.len(), evals, "one folder per evaluation: {dirs:?}");
+    let step = |p: &Path| checkpoint::read_state(p).unwrap().global_step;
+    let newest = dirs.iter().max_by_key(|p| step(p)).unwrap();
+    let best = checkpoint::read_state(newest).unwrap().best_checkpoint.unwrap();
+    let mut superseded = 0;
+    for dir in &dirs {
+        assert!(dir.join(checkpoint::WEIGHTS).is_file(), "{} lost its weights", dir.display());
+        let resumable = dir == newest || *dir == best;
+        assert_eq!(dir.join(checkpoint::OPTIMIZER_STATE).is_file(), resumable, "{}", dir.display());
+        assert_eq!(dir.join(ema::TRAINED_WEIGHTS).is_file(), resumable && averaged, "{}", dir.display());
+        superseded += usize::from(!resumable);
+    }
+    assert!(superseded >= 1, "the run must leave at least one superseded folder to check");
 }
 
 /// With `ema_decay`, the kept checkpoint is the weight average: it reloads to the recorded
