@@ -22,7 +22,10 @@ fn main() {
         Some(home) => PathBuf::from(home).join("bin").join("nvcc"),
         None => PathBuf::from("nvcc"),
     });
-    let cap = std::env::var("CUDA_COMPUTE_CAP").ok().filter(|c| !c.is_empty() && c.chars().all(|ch| ch.is_ascii_digit())).unwrap_or_else(|| "80".into());
+    let cap = std::env::var("CUDA_COMPUTE_CAP")
+        .ok()
+        .filter(|c| !c.is_empty() && c.chars().all(|ch| ch.is_ascii_digit()))
+        .unwrap_or_else(|| "80".into());
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("sft_kernels.ptx");
     let status = Command::new(&nvcc)
         .args(["--ptx", "-O3", "-std=c++17", &format!("--gpu-architecture=compute_{cap}"), "-o"])

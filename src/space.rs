@@ -38,9 +38,7 @@ impl ParamValue {
         match self {
             ParamValue::Bool(b) => serde_json::Value::Bool(*b),
             ParamValue::Int(i) => serde_json::Value::from(*i),
-            ParamValue::Float(f) => serde_json::Number::from_f64(*f)
-                .map(serde_json::Value::Number)
-                .unwrap_or(serde_json::Value::Null),
+            ParamValue::Float(f) => serde_json::Number::from_f64(*f).map(serde_json::Value::Number).unwrap_or(serde_json::Value::Null),
             ParamValue::Str(s) => serde_json::Value::String(s.clone()),
         }
     }
@@ -49,10 +47,7 @@ impl ParamValue {
     pub fn from_json(v: &serde_json::Value) -> Option<ParamValue> {
         match v {
             serde_json::Value::Bool(b) => Some(ParamValue::Bool(*b)),
-            serde_json::Value::Number(n) => n
-                .as_i64()
-                .map(ParamValue::Int)
-                .or_else(|| n.as_f64().map(ParamValue::Float)),
+            serde_json::Value::Number(n) => n.as_i64().map(ParamValue::Int).or_else(|| n.as_f64().map(ParamValue::Float)),
             serde_json::Value::String(s) => Some(ParamValue::Str(s.clone())),
             _ => None,
         }
@@ -212,9 +207,7 @@ impl Distribution {
             },
             Distribution::Int { low, high, step, .. } => match v {
                 ParamValue::Int(i) => i >= low && i <= high && (i - low) % step == 0,
-                ParamValue::Float(f) if f.fract() == 0.0 => {
-                    self.contains(&ParamValue::Int(*f as i64))
-                }
+                ParamValue::Float(f) if f.fract() == 0.0 => self.contains(&ParamValue::Int(*f as i64)),
                 _ => false,
             },
             Distribution::Categorical { choices } => choices.iter().any(|c| c.same_choice(v)),
@@ -227,21 +220,13 @@ impl Distribution {
         let out = match (self, v) {
             (Distribution::Float { .. }, _) => v.as_f64().map(ParamValue::Float),
             (Distribution::Int { .. }, ParamValue::Int(i)) => Some(ParamValue::Int(*i)),
-            (Distribution::Int { .. }, ParamValue::Float(f)) if f.fract() == 0.0 => {
-                Some(ParamValue::Int(*f as i64))
-            }
-            (Distribution::Categorical { choices }, _) => {
-                choices.iter().find(|c| c.same_choice(v)).cloned()
-            }
+            (Distribution::Int { .. }, ParamValue::Float(f)) if f.fract() == 0.0 => Some(ParamValue::Int(*f as i64)),
+            (Distribution::Categorical { choices }, _) => choices.iter().find(|c| c.same_choice(v)).cloned(),
             _ => None,
         };
         match out {
             Some(x) if self.contains(&x) => Ok(x),
-            _ => Err(SpaceError::OutOfSpace {
-                name: name.to_string(),
-                value: v.to_string(),
-                expected: self.describe(),
-            }),
+            _ => Err(SpaceError::OutOfSpace { name: name.to_string(), value: v.to_string(), expected: self.describe() }),
         }
     }
 
@@ -280,9 +265,7 @@ impl Distribution {
     pub fn to_internal(&self, v: &ParamValue) -> Option<f64> {
         match self {
             Distribution::Float { .. } | Distribution::Int { .. } => v.as_f64(),
-            Distribution::Categorical { choices } => {
-                choices.iter().position(|c| c.same_choice(v)).map(|i| i as f64)
-            }
+            Distribution::Categorical { choices } => choices.iter().position(|c| c.same_choice(v)).map(|i| i as f64),
         }
     }
 
@@ -393,11 +376,7 @@ impl Distribution {
                 let mut out: Vec<ParamValue> = Vec::with_capacity(points);
                 for i in 0..points {
                     let f = if points == 1 { 0.5 } else { i as f64 / (points - 1) as f64 };
-                    let x = if *log {
-                        (low.ln() + f * (high.ln() - low.ln())).exp()
-                    } else {
-                        low + f * (high - low)
-                    };
+                    let x = if *log { (low.ln() + f * (high.ln() - low.ln())).exp() } else { low + f * (high - low) };
                     let x = match step {
                         Some(s) => {
                             let top = Self::float_top(*low, *high, *s);
@@ -444,23 +423,18 @@ impl Distribution {
         let i = |k: &str| a.get(k).and_then(|x| x.as_f64()).map(|x| x as i64);
         let b = |k: &str| a.get(k).and_then(|x| x.as_bool()).unwrap_or(false);
         Some(match name {
-            "FloatDistribution" => Distribution::Float {
-                low: f("low")?,
-                high: f("high")?,
-                log: b("log"),
-                step: a.get("step").and_then(|x| x.as_f64()),
-            },
+            "FloatDistribution" => {
+                Distribution::Float { low: f("low")?, high: f("high")?, log: b("log"), step: a.get("step").and_then(|x| x.as_f64()) }
+            }
             "UniformDistribution" => Distribution::Float { low: f("low")?, high: f("high")?, log: false, step: None },
             "LogUniformDistribution" => Distribution::Float { low: f("low")?, high: f("high")?, log: true, step: None },
-            "DiscreteUniformDistribution" => {
-                Distribution::Float { low: f("low")?, high: f("high")?, log: false, step: f("q") }
-            }
+            "DiscreteUniformDistribution" => Distribution::Float { low: f("low")?, high: f("high")?, log: false, step: f("q") },
             "IntDistribution" => Distribution::Int { low: i("low")?, high: i("high")?, step: i("step").unwrap_or(1), log: b("log") },
             "IntUniformDistribution" => Distribution::Int { low: i("low")?, high: i("high")?, step: i("step").unwrap_or(1), log: false },
             "IntLogUniformDistribution" => Distribution::Int { low: i("low")?, high: i("high")?, step: 1, log: true },
-            "CategoricalDistribution" => Distribution::Categorical {
-                choices: a.get("choices")?.as_array()?.iter().filter_map(ParamValue::from_json).collect(),
-            },
+            "CategoricalDistribution" => {
+                Distribution::Categorical { choices: a.get("choices")?.as_array()?.iter().filter_map(ParamValue::from_json).collect() }
+            }
             _ => return None,
         })
     }
@@ -555,9 +529,7 @@ impl SearchSpace {
             let (name, raw) = item.split_once('=').ok_or_else(|| SpaceError::BadAssignment(item.clone()))?;
             let name = name.trim();
             let raw = raw.trim();
-            let dist = self
-                .get(name)
-                .ok_or_else(|| SpaceError::UnknownParam { name: name.to_string(), known: self.known() })?;
+            let dist = self.get(name).ok_or_else(|| SpaceError::UnknownParam { name: name.to_string(), known: self.known() })?;
             let value = parse_scalar(raw);
             set.insert(name.to_string(), dist.coerce(name, &value)?);
         }
@@ -583,17 +555,13 @@ impl SearchSpace {
 
     /// Number of points of the full grid (saturating).
     pub fn grid_size(&self, float_points: usize) -> usize {
-        self.params
-            .iter()
-            .map(|p| p.dist.grid_values(float_points).len())
-            .fold(1usize, |a, b| a.saturating_mul(b))
+        self.params.iter().map(|p| p.dist.grid_values(float_points).len()).fold(1usize, |a, b| a.saturating_mul(b))
     }
 
     /// A stable fingerprint of the space (names, types, bounds, choices), independent of the
     /// order parameters are declared in.
     pub fn hash(&self) -> String {
-        let mut items: Vec<(String, serde_json::Value)> =
-            self.params.iter().map(|p| (p.name.clone(), p.dist.to_optuna_json())).collect();
+        let mut items: Vec<(String, serde_json::Value)> = self.params.iter().map(|p| (p.name.clone(), p.dist.to_optuna_json())).collect();
         items.sort_by(|a, b| a.0.cmp(&b.0));
         let text = serde_json::to_string(&items).unwrap_or_default();
         let digest = Sha256::digest(text.as_bytes());
@@ -602,8 +570,7 @@ impl SearchSpace {
 
     /// Whether two param sets are the same point (loose number comparison).
     pub fn same_point(a: &ParamSet, b: &ParamSet) -> bool {
-        a.len() == b.len()
-            && a.iter().all(|(k, v)| b.get(k).is_some_and(|w| v.same_choice(w) || close(v, w)))
+        a.len() == b.len() && a.iter().all(|(k, v)| b.get(k).is_some_and(|w| v.same_choice(w) || close(v, w)))
     }
 }
 
@@ -644,14 +611,8 @@ mod tests {
         assert!(matches!(float(1.0, 1.0, false, None).validate("x"), Err(SpaceError::LowNotBelowHigh { .. })));
         assert!(matches!(float(0.0, 1.0, true, None).validate("x"), Err(SpaceError::LogNeedsPositive { .. })));
         assert!(matches!(float(0.1, 1.0, true, Some(0.1)).validate("x"), Err(SpaceError::StepWithLog { .. })));
-        assert!(matches!(
-            Distribution::Int { low: 0, high: 3, step: 0, log: false }.validate("x"),
-            Err(SpaceError::BadStep { .. })
-        ));
-        assert!(matches!(
-            Distribution::Categorical { choices: vec![] }.validate("x"),
-            Err(SpaceError::EmptyChoices { .. })
-        ));
+        assert!(matches!(Distribution::Int { low: 0, high: 3, step: 0, log: false }.validate("x"), Err(SpaceError::BadStep { .. })));
+        assert!(matches!(Distribution::Categorical { choices: vec![] }.validate("x"), Err(SpaceError::EmptyChoices { .. })));
         assert!(matches!(
             Distribution::Categorical { choices: vec![ParamValue::Int(16), ParamValue::Float(16.0)] }.validate("x"),
             Err(SpaceError::DuplicateChoice { .. })
@@ -695,18 +656,16 @@ mod tests {
     fn assignments_are_parsed_and_checked() {
         let space = SearchSpace::new(vec![
             Param { name: "learning_rate".into(), dist: float(1e-5, 1e-3, true, None) },
-            Param { name: "batch_size".into(), dist: Distribution::Categorical { choices: vec![ParamValue::Int(16), ParamValue::Int(32)] } },
+            Param {
+                name: "batch_size".into(),
+                dist: Distribution::Categorical { choices: vec![ParamValue::Int(16), ParamValue::Int(32)] },
+            },
         ])
         .unwrap();
-        let s = space
-            .parse_assignments(&["learning_rate=3e-5".into(), "batch_size=16".into()])
-            .unwrap();
+        let s = space.parse_assignments(&["learning_rate=3e-5".into(), "batch_size=16".into()]).unwrap();
         assert_eq!(s["learning_rate"], ParamValue::Float(3e-5));
         assert_eq!(s["batch_size"], ParamValue::Int(16));
-        assert!(matches!(
-            space.parse_assignments(&["learning_rate=1".into(), "batch_size=16".into()]),
-            Err(SpaceError::OutOfSpace { .. })
-        ));
+        assert!(matches!(space.parse_assignments(&["learning_rate=1".into(), "batch_size=16".into()]), Err(SpaceError::OutOfSpace { .. })));
         // A partial point leaves the rest to the sampler; an empty one is refused.
         let partial = space.parse_assignments(&["learning_rate=3e-5".into()]).unwrap();
         assert_eq!(partial.len(), 1);

@@ -44,8 +44,7 @@ impl TrialState {
         }
     }
 
-    pub const ALL: [TrialState; 5] =
-        [TrialState::Waiting, TrialState::Running, TrialState::Complete, TrialState::Pruned, TrialState::Fail];
+    pub const ALL: [TrialState; 5] = [TrialState::Waiting, TrialState::Running, TrialState::Complete, TrialState::Pruned, TrialState::Fail];
 }
 
 impl fmt::Display for TrialState {
@@ -57,10 +56,7 @@ impl fmt::Display for TrialState {
 impl FromStr for TrialState {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        TrialState::ALL
-            .into_iter()
-            .find(|st| st.as_str() == s)
-            .ok_or_else(|| format!("unknown trial state `{s}`"))
+        TrialState::ALL.into_iter().find(|st| st.as_str() == s).ok_or_else(|| format!("unknown trial state `{s}`"))
     }
 }
 
@@ -187,10 +183,17 @@ impl TrialRecord {
 /// How a trial ended, as a runner reports it. A failure is an outcome, not an error.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    Complete { value: f64 },
+    Complete {
+        value: f64,
+    },
     /// Stopped by the pruner at `step`; keeps its last reported value.
-    Pruned { step: i64, value: Option<f64> },
-    Failed { reason: String },
+    Pruned {
+        step: i64,
+        value: Option<f64>,
+    },
+    Failed {
+        reason: String,
+    },
 }
 
 impl Outcome {
@@ -226,9 +229,7 @@ pub const IO_ERROR_PREFIX: &str = "io error: ";
 /// reported, a NaN, a non-zero exit). The scheduler retries the former; the GP sampler
 /// learns which settings fail from the latter only.
 pub fn is_external_failure(reason: &str) -> bool {
-    ["interrupted", "worker exited: signal", "timeout", "cancelled", "lost track", IO_ERROR_PREFIX]
-        .iter()
-        .any(|p| reason.starts_with(p))
+    ["interrupted", "worker exited: signal", "timeout", "cancelled", "lost track", IO_ERROR_PREFIX].iter().any(|p| reason.starts_with(p))
 }
 
 /// Whether a trial ended because the study was stopped (Ctrl-C, a cancelled run, a dead

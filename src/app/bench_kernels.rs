@@ -20,7 +20,15 @@ pub fn run(args: &BenchKernelsArgs) -> anyhow::Result<ExitCode> {
         TextOrJson::Text => {
             println!("{:<24} {:<5} {:<44} {:>10} {:>9}  ok", "case", "dtype", "output", "rel err", "tolerance");
             for r in &rows {
-                println!("{:<24} {:<5} {:<44} {:>10.2e} {:>9.0e}  {}", r.case, r.dtype, r.output, r.rel_err, r.tolerance, if r.ok { "yes" } else { "NO" });
+                println!(
+                    "{:<24} {:<5} {:<44} {:>10.2e} {:>9.0e}  {}",
+                    r.case,
+                    r.dtype,
+                    r.output,
+                    r.rel_err,
+                    r.tolerance,
+                    if r.ok { "yes" } else { "NO" }
+                );
             }
         }
     }

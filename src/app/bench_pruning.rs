@@ -134,7 +134,9 @@ pub fn run(args: &BenchPruningArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if args.format == TextOrJson::Text {
-        let mut rows = vec![["pruner", "best (median)", "best ≤ none", "total steps (median)", "compute saving", "complete", "pruned"].map(String::from).to_vec()];
+        let mut rows = vec![["pruner", "best (median)", "best ≤ none", "total steps (median)", "compute saving", "complete", "pruned"]
+            .map(String::from)
+            .to_vec()];
         for (kind, _) in &tables {
             let mine: Vec<&(u64, String, Outcome)> = results.iter().filter(|r| &r.1 == kind).collect();
             let base = |seed: u64| results.iter().find(|r| r.0 == seed && r.1 == "none").map(|r| &r.2);

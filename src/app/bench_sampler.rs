@@ -103,7 +103,12 @@ fn run_seed(args: &BenchSamplerArgs, function: SyntheticFunction, sampler: &dyn 
     let mut running: Vec<(f64, usize)> = Vec::new();
     let mut now = 0.0f64;
     let (mut best_observed, mut best_true) = (f64::INFINITY, f64::NAN);
-    let mut run = Run { best: Vec::with_capacity(args.trials), suggest_ms: Vec::with_capacity(args.trials), suggest_cpu_ms: Vec::with_capacity(args.trials), duplicates: 0 };
+    let mut run = Run {
+        best: Vec::with_capacity(args.trials),
+        suggest_ms: Vec::with_capacity(args.trials),
+        suggest_cpu_ms: Vec::with_capacity(args.trials),
+        duplicates: 0,
+    };
     let mut exhausted = false;
     while run.best.len() < args.trials {
         while !exhausted && running.len() < args.parallel && history.len() < args.trials {
@@ -135,9 +140,8 @@ fn run_seed(args: &BenchSamplerArgs, function: SyntheticFunction, sampler: &dyn 
         }
         run.best.push(best_true);
     }
-    run.duplicates = (0..history.len())
-        .filter(|&i| history[..i].iter().any(|t| SearchSpace::same_point(&t.params, &history[i].params)))
-        .count();
+    run.duplicates =
+        (0..history.len()).filter(|&i| history[..i].iter().any(|t| SearchSpace::same_point(&t.params, &history[i].params))).count();
     Ok(run)
 }
 
@@ -167,11 +171,7 @@ fn fmt_num(x: f64) -> String {
 /// Mean of the suggestion times of trials `from..=to` (1-based) over runs; NaN when no run
 /// reached them.
 fn mean_ms(runs: &[Run], from: usize, to: usize, times: fn(&Run) -> &[f64]) -> f64 {
-    let v: Vec<f64> = runs
-        .iter()
-        .filter(|r| times(r).len() >= to)
-        .flat_map(|r| times(r)[from - 1..to].iter().copied())
-        .collect();
+    let v: Vec<f64> = runs.iter().filter(|r| times(r).len() >= to).flat_map(|r| times(r)[from - 1..to].iter().copied()).collect();
     if v.is_empty() {
         f64::NAN
     } else {
@@ -312,10 +312,7 @@ mod tests {
         // Two blocks: regrets 0..9 at every trial in the first (median 4.5), 10..19 in the
         // second (median 14.5); 25 trials only, so no @50 part.
         let runs: Vec<Run> = (0..20).map(|k| run_with_best(vec![k as f64; 25])).collect();
-        assert_eq!(
-            block_spread(&runs, 0.0).as_deref(),
-            Some("median regret of each block of 10 seeds (2 blocks): @25 4.5000 – 14.5000")
-        );
+        assert_eq!(block_spread(&runs, 0.0).as_deref(), Some("median regret of each block of 10 seeds (2 blocks): @25 4.5000 – 14.5000"));
         // One block is no spread; nor are runs too short for @25.
         assert_eq!(block_spread(&runs[..15], 0.0), None);
         let short: Vec<Run> = (0..20).map(|k| run_with_best(vec![k as f64; 10])).collect();

@@ -22,13 +22,13 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::cli::{BenchTrainArgs, TextOrJson};
-use crate::trainer::ema::WeightAverage;
 use crate::trainer::data::{self, batch_indices, collate, epoch_seed, DataSection, Encoded, TextEncoder};
+use crate::trainer::ema::WeightAverage;
 use crate::trainer::model::{read_config, BertClassifier, ModelOptions};
 use crate::trainer::optim::{OptimConfig, Optimizer};
 use crate::trainer::perf;
-use crate::trainer::train::parse_device;
 use crate::trainer::spec::{OptimizerKind, TrainSpec};
+use crate::trainer::train::parse_device;
 
 const WARMUP: usize = 2;
 /// Steps timed phase by phase (a synchronisation after each) on an asynchronous device.
@@ -171,9 +171,14 @@ pub fn run(args: &BenchTrainArgs) -> anyhow::Result<ExitCode> {
                 rayon::current_num_threads()
             );
             if let Some(path) = &args.data {
-                println!("data {}: {} batches, {mean_tokens:.1} tokens per row (padded to each batch's longest)", path.display(), batches.len());
+                println!(
+                    "data {}: {} batches, {mean_tokens:.1} tokens per row (padded to each batch's longest)",
+                    path.display(),
+                    batches.len()
+                );
             }
-            let split = if cpu { "of the timed steps".to_string() } else { format!("{PHASE_STEPS} more steps, synchronised after each phase") };
+            let split =
+                if cpu { "of the timed steps".to_string() } else { format!("{PHASE_STEPS} more steps, synchronised after each phase") };
             println!("forward    {forward_ms:9.1} ms/step   (phases: {split})");
             println!("backward   {backward_ms:9.1} ms/step");
             println!("optimizer  {optimizer_ms:9.1} ms/step");
@@ -219,20 +224,34 @@ fn random_batch(vocab: u32, b: usize, s: usize, device: &Device) -> anyhow::Resu
 /// to their longest row; the steps cycle through them when the file has fewer. Made before
 /// the timing starts. Labels are read as classes (the step's loss is cross-entropy). Also returns
 /// the number of classes.
-fn data_batches(path: &Path, model: &Path, b: usize, max_length: usize, needed: usize, device: &Device) -> anyhow::Result<(Vec<StepBatch>, usize)> {
+fn data_batches(
+    path: &Path,
+    model: &Path,
+    b: usize,
+    max_length: usize,
+    needed: usize,
+    device: &Device,
+) -> anyhow::Result<(Vec<StepBatch>, usize)> {
     let ds = data::load_dataset(&DataSection::new(path))?;
     let encoder = TextEncoder::from_model_dir(model, max_length)?;
     let rows = encoder.encode(&ds.train)?;
     anyhow::ensure!(rows.len() >= b, "--data {}: its train split has {} rows, fewer than one batch of {b}", path.display(), rows.len());
     let lengths: Vec<usize> = rows.iter().map(Encoded::len).collect();
-    let plan: Vec<Vec<usize>> = batch_indices(&lengths, b, Some(epoch_seed(42, 0)), false).into_iter().filter(|idx| idx.len() == b).collect();
+    let plan: Vec<Vec<usize>> =
+        batch_indices(&lengths, b, Some(epoch_seed(42, 0)), false).into_iter().filter(|idx| idx.len() == b).collect();
     let batches = plan
         .iter()
         .take(needed)
         .map(|idx| {
             let batch = collate(&rows, idx, encoder.pad_id(), device)?;
             let tokens = batch.input_ids.elem_count();
-            Ok(StepBatch { ids: batch.input_ids, mask: batch.attention_mask, token_types: Some(batch.token_type_ids), labels: batch.labels, tokens })
+            Ok(StepBatch {
+                ids: batch.input_ids,
+                mask: batch.attention_mask,
+                token_types: Some(batch.token_type_ids),
+                labels: batch.labels,
+                tokens,
+            })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     Ok((batches, ds.num_labels()))

@@ -7,7 +7,7 @@ use anyhow::Context;
 
 use super::UsageError;
 use crate::config::StudyConfig;
-use crate::storage::{StudyInfo, Store};
+use crate::storage::{Store, StudyInfo};
 
 /// An opened study.
 pub struct OpenStudy {
@@ -33,7 +33,9 @@ pub fn open_existing(target: &Path, study_name: Option<&str>) -> anyhow::Result<
             (None, [only]) => only.clone(),
             (None, []) => return Err(UsageError(format!("{} holds no study", target.display())).into()),
             (None, many) => {
-                return Err(UsageError(format!("{} holds several studies ({}); pick one with --study", target.display(), many.join(", "))).into())
+                return Err(
+                    UsageError(format!("{} holds several studies ({}); pick one with --study", target.display(), many.join(", "))).into()
+                )
             }
         };
         let study = store.study(&name).map_err(|e| UsageError(e.to_string()))?;

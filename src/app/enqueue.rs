@@ -12,9 +12,7 @@ pub fn run(args: &EnqueueArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     let cfg = load_config(&args.study)?;
     let params = cfg.space.parse_assignments(&args.params).map_err(|e| UsageError(format!("--param: {e}")))?;
     let mut store = Store::open(&cfg.storage)?;
-    let study = store
-        .create_or_open_study(&super::run::study_spec(&cfg, false))
-        .map_err(|e| UsageError(e.to_string()))?;
+    let study = store.create_or_open_study(&super::run::study_spec(&cfg, false)).map_err(|e| UsageError(e.to_string()))?;
     let number = store.enqueue(study.id, &cfg.space, &params)?;
     if !quiet {
         println!("queued trial {number}: {}", describe_queued(&cfg.space, &params));

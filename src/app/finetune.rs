@@ -38,7 +38,8 @@ fn expand(cfg: &StudyConfig, key: &str, p: &Path) -> anyhow::Result<PathBuf> {
 pub fn build(cfg: &StudyConfig, quiet: bool) -> anyhow::Result<FinetuneRunner> {
     let tables: FinetuneTables = cfg.parse_tables().map_err(|e| UsageError(e.to_string()))?;
     let mut model = tables.model.ok_or_else(|| usage(cfg, "a finetune study needs a `[model]` table (`path` or `hub`)"))?;
-    let mut data = tables.data.ok_or_else(|| usage(cfg, "a finetune study needs a `[data]` table (`path` = a CSV, TSV or JSON Lines file)"))?;
+    let mut data =
+        tables.data.ok_or_else(|| usage(cfg, "a finetune study needs a `[data]` table (`path` = a CSV, TSV or JSON Lines file)"))?;
     if let Some(p) = &model.path {
         model.path = Some(expand(cfg, "model.path", p)?);
     }
@@ -62,7 +63,10 @@ pub fn build(cfg: &StudyConfig, quiet: bool) -> anyhow::Result<FinetuneRunner> {
         Problem::Regression => &REGRESSION_METRICS,
     };
     if !known.contains(&cfg.metric.as_str()) {
-        return Err(usage(cfg, format!("`study.metric` = \"{}\" is not a metric of a {problem:?} study (expected one of: {})", cfg.metric, known.join(", "))));
+        return Err(usage(
+            cfg,
+            format!("`study.metric` = \"{}\" is not a metric of a {problem:?} study (expected one of: {})", cfg.metric, known.join(", ")),
+        ));
     }
     // Load the data once: its errors name the file, row and column.
     let dataset = load_dataset(&data).map_err(|e| UsageError(format!("{}: [data]: {e}", cfg.path.display())))?;
@@ -79,7 +83,8 @@ pub fn build(cfg: &StudyConfig, quiet: bool) -> anyhow::Result<FinetuneRunner> {
     if tables.soup.kind == SoupKind::Greedy && tables.soup.candidates < 2 {
         return Err(usage(cfg, "`soup.candidates` must be at least 2 (the best trial and one more)"));
     }
-    let mut runner = FinetuneRunner::new(&model, data, tables.train, cfg.metric.clone(), cfg.direction).map_err(|e| usage(cfg, format!("[model]: {e}")))?;
+    let mut runner = FinetuneRunner::new(&model, data, tables.train, cfg.metric.clone(), cfg.direction)
+        .map_err(|e| usage(cfg, format!("[model]: {e}")))?;
     runner.soup = tables.soup;
     Ok(runner)
 }

@@ -40,15 +40,11 @@ pub fn run(args: &PredictArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     let predictor = Predictor::load(&args.model, &device, args.max_length)
         .with_context(|| format!("loading the model folder {}", shown(&args.model)))?;
     let head = predictor.head().clone();
-    let rows: Vec<TextInput> = (0..table.rows.len())
-        .map(|r| TextInput { text: table.text(r, ti), pair: pi.map(|c| table.text(r, c)) })
-        .collect();
+    let rows: Vec<TextInput> =
+        (0..table.rows.len()).map(|r| TextInput { text: table.text(r, ti), pair: pi.map(|c| table.text(r, c)) }).collect();
 
-    let pb = if quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::with_draw_target(Some(rows.len() as u64), ProgressDrawTarget::stderr())
-    };
+    let pb =
+        if quiet { ProgressBar::hidden() } else { ProgressBar::with_draw_target(Some(rows.len() as u64), ProgressDrawTarget::stderr()) };
     pb.set_style(
         ProgressStyle::with_template("predicting [{bar:30}] {pos}/{len} rows  {per_sec}  eta {eta}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())

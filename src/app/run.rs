@@ -9,7 +9,7 @@ use anyhow::Context;
 use super::common::{load_config, shown};
 use super::UsageError;
 use crate::cli::RunArgs;
-use crate::config::{parse_devices, file::DevicesSpec, ObjectiveConfig, SamplerKind, StudyConfig};
+use crate::config::{file::DevicesSpec, parse_devices, ObjectiveConfig, SamplerKind, StudyConfig};
 use crate::objective::{CommandRunner, SyntheticRunner};
 use crate::sampler::{GpOptions, GpSampler, GridSampler, RandomSampler, Sampler};
 use crate::scheduler::{run_study, Observer, ProgressDisplay, Silent, StopReason, StopSignal, StudyRun, TrialRunner};
@@ -134,14 +134,12 @@ pub fn run(args: &RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     let pruner = crate::pruner::from_config(&cfg.pruner);
 
     let mut store = Store::open(&cfg.storage).with_context(|| format!("opening the store of study `{}`", cfg.name))?;
-    let study = store
-        .create_or_open_study(&study_spec(&cfg, args.allow_space_change))
-        .map_err(|e| match e {
-            crate::storage::StoreError::SpaceChanged { .. } | crate::storage::StoreError::DirectionChanged { .. } => {
-                anyhow::Error::new(UsageError(e.to_string()))
-            }
-            other => anyhow::Error::new(other),
-        })?;
+    let study = store.create_or_open_study(&study_spec(&cfg, args.allow_space_change)).map_err(|e| match e {
+        crate::storage::StoreError::SpaceChanged { .. } | crate::storage::StoreError::DirectionChanged { .. } => {
+            anyhow::Error::new(UsageError(e.to_string()))
+        }
+        other => anyhow::Error::new(other),
+    })?;
     let queued = store.enqueue_study_file_points(study.id, &cfg.space, &cfg.enqueue)?;
     if !quiet {
         for (number, params) in queued.iter().zip(&cfg.enqueue) {
@@ -169,7 +167,12 @@ pub fn run(args: &RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     let display: Box<dyn Observer> = if quiet {
         Box::new(Silent)
     } else {
-        Box::new(ProgressDisplay::new(&slots, cfg.n_trials.or(Some(cfg.space.grid_size(cfg.sampler.grid_points) as u64)), cfg.direction, &history))
+        Box::new(ProgressDisplay::new(
+            &slots,
+            cfg.n_trials.or(Some(cfg.space.grid_size(cfg.sampler.grid_points) as u64)),
+            cfg.direction,
+            &history,
+        ))
     };
     let run = study_run(&cfg, study.id, sampler.as_ref(), pruner.as_ref(), runner.as_ref(), stop.clone(), display.as_ref());
     let summary = run_study(&run);
@@ -244,7 +247,13 @@ fn test_summary(test: &serde_json::Map<String, serde_json::Value>) -> String {
 
 /// Evaluates the best trial's checkpoint once on the test split (never used for selection)
 /// and stores the test metrics and confusion matrix in its `metrics.test`.
-fn evaluate_best_on_test(cfg: &StudyConfig, store: &Store, study_id: i64, ft: &crate::trainer::runner::FinetuneRunner, quiet: bool) -> anyhow::Result<()> {
+fn evaluate_best_on_test(
+    cfg: &StudyConfig,
+    store: &Store,
+    study_id: i64,
+    ft: &crate::trainer::runner::FinetuneRunner,
+    quiet: bool,
+) -> anyhow::Result<()> {
     let trials = store.trials(study_id)?;
     let Some(best) = best_trial(&trials, cfg.direction) else { return Ok(()) };
     if best.metrics.contains_key("test") {
@@ -276,7 +285,13 @@ fn evaluate_best_on_test(cfg: &StudyConfig, store: &Store, study_id: i64, ft: &c
 /// chosen on the valid split (in a worker), stored under `trainer::soup::STUDY_ATTR`, and — when more than
 /// the best trial joined — evaluated once on the test split. A soup already built from the
 /// same candidates is kept as it is (a resumed or re-run study does not redo it).
-fn make_soup(cfg: &StudyConfig, store: &Store, study_id: i64, ft: &crate::trainer::runner::FinetuneRunner, quiet: bool) -> anyhow::Result<()> {
+fn make_soup(
+    cfg: &StudyConfig,
+    store: &Store,
+    study_id: i64,
+    ft: &crate::trainer::runner::FinetuneRunner,
+    quiet: bool,
+) -> anyhow::Result<()> {
     use crate::trainer::soup::{kept_checkpoints, SoupCandidate, SoupCheckpoints, SoupKind, STUDY_ATTR as SOUP_ATTR};
     use serde_json::{json, Value};
     if ft.soup.kind != SoupKind::Greedy {
@@ -284,7 +299,8 @@ fn make_soup(cfg: &StudyConfig, store: &Store, study_id: i64, ft: &crate::traine
     }
     let device = evaluation_device(cfg);
     // Best value first (the direction's way); ties keep their order.
-    let best_first = |a: f64, b: f64| cfg.direction.to_minimize(a).partial_cmp(&cfg.direction.to_minimize(b)).unwrap_or(std::cmp::Ordering::Equal);
+    let best_first =
+        |a: f64, b: f64| cfg.direction.to_minimize(a).partial_cmp(&cfg.direction.to_minimize(b)).unwrap_or(std::cmp::Ordering::Equal);
     let trials = store.trials(study_id)?;
     let mut done: Vec<_> = trials
         .iter()
@@ -296,7 +312,10 @@ fn make_soup(cfg: &StudyConfig, store: &Store, study_id: i64, ft: &crate::traine
     done.truncate(ft.soup.candidates);
     if done.len() < 2 {
         if !quiet {
-            eprintln!("model soup: needs two COMPLETE trials with kept checkpoints ({} here); the best trial is the study's model", done.len());
+            eprintln!(
+                "model soup: needs two COMPLETE trials with kept checkpoints ({} here); the best trial is the study's model",
+                done.len()
+            );
         }
         return Ok(());
     }
@@ -330,7 +349,11 @@ fn make_soup(cfg: &StudyConfig, store: &Store, study_id: i64, ft: &crate::traine
                         trials.push(*n);
                     }
                 }
-                eprintln!("model soup: averaging the best of {} checkpoints of trials {} where the valid split says so…", numbers.len(), join(&trials));
+                eprintln!(
+                    "model soup: averaging the best of {} checkpoints of trials {} where the valid split says so…",
+                    numbers.len(),
+                    join(&trials)
+                );
             }
             let mut m = match ft.run_soup(candidates, &cfg.artifacts_root().join("soup"), &device) {
                 Ok(m) => m,
@@ -346,7 +369,8 @@ fn make_soup(cfg: &StudyConfig, store: &Store, study_id: i64, ft: &crate::traine
             m
         }
     };
-    let ingredients: Vec<u64> = soup.get("ingredients").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_u64).collect()).unwrap_or_default();
+    let ingredients: Vec<u64> =
+        soup.get("ingredients").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_u64).collect()).unwrap_or_default();
     let fmt = |k: &str| soup.get(k).and_then(Value::as_f64).map(crate::scheduler::display::format_value).unwrap_or_default();
     let Some(ckpt) = soup.get("checkpoint").and_then(Value::as_str).map(str::to_string) else {
         if !quiet {

@@ -101,7 +101,12 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
         for t in &running {
             let elapsed = t.started_at.as_deref().and_then(|st| seconds_between(st, &now)).map(|e| format!("{e:.0}s")).unwrap_or_default();
             let last = t.last_intermediate().map(|(k, v)| format!(", step {k}: {}", format_value(v))).unwrap_or_default();
-            s.push_str(&format!("  {:<7} trial {} for {elapsed}{last}{}\n", t.device.as_deref().unwrap_or("?"), t.number, progress_text(t.progress.as_ref())));
+            s.push_str(&format!(
+                "  {:<7} trial {} for {elapsed}{last}{}\n",
+                t.device.as_deref().unwrap_or("?"),
+                t.number,
+                progress_text(t.progress.as_ref())
+            ));
         }
     }
     let live: Vec<_> = workers.iter().filter(|w| w.state == "running").collect();

@@ -16,9 +16,9 @@ use serde_json::{json, Map, Value};
 
 use crate::cli::WorkerArgs;
 use crate::scheduler::{CancelToken, Decision, Progress, Reporter};
-use crate::trial::IO_ERROR_PREFIX;
 use crate::trainer::runner::WorkerJob;
 use crate::trainer::train::{self, Finish};
+use crate::trial::IO_ERROR_PREFIX;
 
 const RUNNING: u8 = 0;
 const PRUNE: u8 = 1;

@@ -109,7 +109,9 @@ pub enum ParamDef {
         #[serde(default)]
         log: bool,
     },
-    Categorical { choices: Vec<ParamValue> },
+    Categorical {
+        choices: Vec<ParamValue>,
+    },
 }
 
 #[derive(Debug, Clone, Deserialize)]

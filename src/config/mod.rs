@@ -85,11 +85,7 @@ impl Source<'_> {
                 break;
             }
         }
-        let key = if here.starts_with('[') {
-            None
-        } else {
-            here.split_once('=').map(|(k, _)| k.trim().trim_matches('"').to_string())
-        };
+        let key = if here.starts_with('[') { None } else { here.split_once('=').map(|(k, _)| k.trim().trim_matches('"').to_string()) };
         match (table, key) {
             (Some(t), Some(k)) => Some(format!("{t}.{k}")),
             (Some(t), None) => Some(t),
@@ -146,8 +142,15 @@ pub struct SamplerConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ObjectiveConfig {
     /// `curve`: report a per-step learning curve (`[objective] steps`), for pruning.
-    Synthetic { function: SyntheticFunction, noise: f64, curve: Option<Curve> },
-    Command { argv: Vec<String>, cwd: PathBuf },
+    Synthetic {
+        function: SyntheticFunction,
+        noise: f64,
+        curve: Option<Curve>,
+    },
+    Command {
+        argv: Vec<String>,
+        cwd: PathBuf,
+    },
     /// Candle fine-tuning; its settings are in `StudyConfig::{model, data, train}`.
     Finetune,
 }
@@ -167,20 +170,32 @@ pub struct ExecutionConfig {
 impl ExecutionConfig {
     /// Every device slot: each device repeated `trials_per_device` times.
     pub fn slots(&self) -> Vec<String> {
-        self.devices
-            .iter()
-            .flat_map(|d| std::iter::repeat_n(d.clone(), self.trials_per_device.max(1)))
-            .collect()
+        self.devices.iter().flat_map(|d| std::iter::repeat_n(d.clone(), self.trials_per_device.max(1))).collect()
     }
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum PrunerConfig {
     None,
-    Median { n_startup_trials: usize, n_warmup_steps: i64 },
-    Asha { min_resource: i64, reduction_factor: u32, max_resource: Option<i64>, min_early_stopping_rate: u32, bootstrap_count: usize },
+    Median {
+        n_startup_trials: usize,
+        n_warmup_steps: i64,
+    },
+    Asha {
+        min_resource: i64,
+        reduction_factor: u32,
+        max_resource: Option<i64>,
+        min_early_stopping_rate: u32,
+        bootstrap_count: usize,
+    },
     /// `study_name` salts the trial → bracket hash, as Optuna's does.
-    Hyperband { min_resource: i64, max_resource: i64, reduction_factor: u32, bootstrap_count: usize, study_name: String },
+    Hyperband {
+        min_resource: i64,
+        max_resource: i64,
+        reduction_factor: u32,
+        bootstrap_count: usize,
+        study_name: String,
+    },
 }
 
 /// A validated study definition.
@@ -213,8 +228,7 @@ pub struct StudyConfig {
 impl StudyConfig {
     /// Reads and validates a study file.
     pub fn load(path: &Path) -> Result<StudyConfig, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::plain(path, None, format!("cannot read the study file: {e}")))?;
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::plain(path, None, format!("cannot read the study file: {e}")))?;
         let src = Source { path, text: &text };
         let file: StudyFile = src.parse()?;
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -315,7 +329,11 @@ fn duration_field(src: &Source, field: &Option<Spanned<String>>, key: &str) -> R
     match field {
         None => Ok(None),
         Some(s) => parse_duration(s.get_ref()).map(Some).ok_or_else(|| {
-            src.error_at(s.span(), Some(key.into()), format!("`{}` is not a duration (expected e.g. \"90s\", \"30m\", \"2h\", \"1h30m\")", s.get_ref()))
+            src.error_at(
+                s.span(),
+                Some(key.into()),
+                format!("`{}` is not a duration (expected e.g. \"90s\", \"30m\", \"2h\", \"1h30m\")", s.get_ref()),
+            )
         }),
     }
 }
@@ -330,15 +348,16 @@ fn param_to_dist(def: &ParamDef) -> Distribution {
 
 /// Reads a search-space file.
 fn load_space_file(path: &Path) -> Result<(String, IndexMap<String, Spanned<ParamDef>>), ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::plain(path, None, format!("cannot read the search-space file: {e}")))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| ConfigError::plain(path, None, format!("cannot read the search-space file: {e}")))?;
     let src = Source { path, text: &text };
     let f: SpaceFile = src.parse()?;
     Ok((text, f))
 }
 
 fn resolve_space(src: &Source, spec: Option<&Spanned<SpaceSpec>>, dir: &Path) -> Result<SearchSpace, ConfigError> {
-    let spec = spec.ok_or_else(|| ConfigError::plain(src.path, Some("space"), "the study has no `[space]` (or `space = \"file.toml\"`)"))?;
+    let spec =
+        spec.ok_or_else(|| ConfigError::plain(src.path, Some("space"), "the study has no `[space]` (or `space = \"file.toml\"`)"))?;
     // Definitions, each with the file they were written in (for error positions).
     let mut defs: IndexMap<String, (Spanned<ParamDef>, PathBuf, String)> = IndexMap::new();
     let (include, inline) = match spec.get_ref() {
@@ -383,9 +402,9 @@ fn resolve(src: &Source, f: StudyFile, dir: PathBuf) -> Result<StudyConfig, Conf
         .enumerate()
         .map(|(i, point)| {
             let set: ParamSet = point.get_ref().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-            space.validate_partial(&set).map_err(|e| {
-                src.error_at(point.span(), Some(format!("enqueue[{i}]")), format!("point {} of `[[enqueue]]`: {e}", i + 1))
-            })
+            space
+                .validate_partial(&set)
+                .map_err(|e| src.error_at(point.span(), Some(format!("enqueue[{i}]")), format!("point {} of `[[enqueue]]`: {e}", i + 1)))
         })
         .collect::<Result<Vec<_>, _>>()?;
 
@@ -396,10 +415,8 @@ fn resolve(src: &Source, f: StudyFile, dir: PathBuf) -> Result<StudyConfig, Conf
             let func = f.objective.function.as_ref().ok_or_else(|| {
                 src.error_at(f.objective.kind.span(), Some("objective.function".into()), "a synthetic objective needs `function` (branin, hartmann6, rosenbrock4, sft-like, hartmann3, ackley5, levy4, styblinski-tang4, six-hump-camel, goldstein-price or mixed-ft)")
             })?;
-            let function: SyntheticFunction = func
-                .get_ref()
-                .parse()
-                .map_err(|m: String| src.error_at(func.span(), Some("objective.function".into()), m))?;
+            let function: SyntheticFunction =
+                func.get_ref().parse().map_err(|m: String| src.error_at(func.span(), Some("objective.function".into()), m))?;
             if !(f.objective.noise >= 0.0 && f.objective.noise.is_finite()) {
                 return Err(src.error_at(func.span(), Some("objective.noise".into()), "noise must be a finite sigma >= 0"));
             }
@@ -417,19 +434,33 @@ fn resolve(src: &Source, f: StudyFile, dir: PathBuf) -> Result<StudyConfig, Conf
             let curve = match &f.objective.steps {
                 None if step_time.is_some() => {
                     let span = f.objective.step_time.as_ref().map(|s| s.span()).unwrap_or(0..0);
-                    return Err(src.error_at(span, Some("objective.step_time".into()), "`step_time` needs `steps` (the learning curve's length)"));
+                    return Err(src.error_at(
+                        span,
+                        Some("objective.step_time".into()),
+                        "`step_time` needs `steps` (the learning curve's length)",
+                    ));
                 }
                 None => None,
                 Some(n) => match u32::try_from(*n.get_ref()) {
                     Ok(steps) if steps >= 1 => Some(Curve { steps, step_time: step_time.unwrap_or_default() }),
-                    _ => return Err(src.error_at(n.span(), Some("objective.steps".into()), format!("steps must be between 1 and {} (got {})", u32::MAX, n.get_ref()))),
+                    _ => {
+                        return Err(src.error_at(
+                            n.span(),
+                            Some("objective.steps".into()),
+                            format!("steps must be between 1 and {} (got {})", u32::MAX, n.get_ref()),
+                        ))
+                    }
                 },
             };
             ObjectiveConfig::Synthetic { function, noise: f.objective.noise, curve }
         }
         "command" => {
             let cmd = f.objective.command.as_ref().ok_or_else(|| {
-                src.error_at(f.objective.kind.span(), Some("objective.command".into()), "a command objective needs `command = [\"program\", \"arg\", ...]`")
+                src.error_at(
+                    f.objective.kind.span(),
+                    Some("objective.command".into()),
+                    "a command objective needs `command = [\"program\", \"arg\", ...]`",
+                )
             })?;
             if cmd.get_ref().is_empty() || cmd.get_ref()[0].trim().is_empty() {
                 return Err(src.error_at(cmd.span(), Some("objective.command".into()), "`command` must name a program"));
@@ -455,10 +486,18 @@ fn resolve(src: &Source, f: StudyFile, dir: PathBuf) -> Result<StudyConfig, Conf
         }
     };
     if objective == ObjectiveConfig::Finetune && (f.model.is_none() || f.data.is_none()) {
-        return Err(src.error_at(f.objective.kind.span(), Some("objective.kind".into()), "a finetune objective needs `[model]` and `[data]` tables"));
+        return Err(src.error_at(
+            f.objective.kind.span(),
+            Some("objective.kind".into()),
+            "a finetune objective needs `[model]` and `[data]` tables",
+        ));
     }
     if let (Some(soup), false) = (&f.soup, objective == ObjectiveConfig::Finetune) {
-        return Err(src.error_at(soup.span(), Some("soup".into()), "`[soup]` averages fine-tuned checkpoints: it needs `[objective] kind = \"finetune\"`"));
+        return Err(src.error_at(
+            soup.span(),
+            Some("soup".into()),
+            "`[soup]` averages fine-tuned checkpoints: it needs `[objective] kind = \"finetune\"`",
+        ));
     }
 
     // Metric and direction.
@@ -468,14 +507,22 @@ fn resolve(src: &Source, f: StudyFile, dir: PathBuf) -> Result<StudyConfig, Conf
             "minimize" | "min" => Direction::Minimize,
             "maximize" | "max" => Direction::Maximize,
             other => {
-                return Err(src.error_at(d.span(), Some("study.direction".into()), format!("`{other}` is not a direction (expected \"maximize\" or \"minimize\")")))
+                return Err(src.error_at(
+                    d.span(),
+                    Some("study.direction".into()),
+                    format!("`{other}` is not a direction (expected \"maximize\" or \"minimize\")"),
+                ))
             }
         },
         None => match (&objective, metric.as_str()) {
             (ObjectiveConfig::Synthetic { .. }, _) | (_, "loss") => Direction::Minimize,
             (ObjectiveConfig::Finetune, _) => Direction::Maximize,
             _ => {
-                return Err(src.error_at(f.study.name.span(), Some("study.direction".into()), "`direction` is required (\"maximize\" or \"minimize\")"))
+                return Err(src.error_at(
+                    f.study.name.span(),
+                    Some("study.direction".into()),
+                    "`direction` is required (\"maximize\" or \"minimize\")",
+                ))
             }
         },
     };
@@ -486,7 +533,11 @@ fn resolve(src: &Source, f: StudyFile, dir: PathBuf) -> Result<StudyConfig, Conf
         "random" => SamplerKind::Random,
         "gp" => SamplerKind::Gp,
         other => {
-            return Err(src.error_at(f.sampler.kind.span(), Some("sampler.kind".into()), format!("unknown sampler `{other}` (expected grid, random or gp)")))
+            return Err(src.error_at(
+                f.sampler.kind.span(),
+                Some("sampler.kind".into()),
+                format!("unknown sampler `{other}` (expected grid, random or gp)"),
+            ))
         }
     };
     if f.sampler.grid_points == 0 {
@@ -504,7 +555,13 @@ fn resolve(src: &Source, f: StudyFile, dir: PathBuf) -> Result<StudyConfig, Conf
         Some(n) if *n.get_ref() == 0 => return Err(src.error_at(n.span(), Some("study.n_trials".into()), "n_trials must be at least 1")),
         Some(n) => Some(*n.get_ref()),
         None if sampler_kind == SamplerKind::Grid => None,
-        None => return Err(src.error_at(f.study.name.span(), Some("study.n_trials".into()), "`n_trials` is required (only a grid study may leave it out, to run the whole grid)")),
+        None => {
+            return Err(src.error_at(
+                f.study.name.span(),
+                Some("study.n_trials".into()),
+                "`n_trials` is required (only a grid study may leave it out, to run the whole grid)",
+            ))
+        }
     };
     let timeout = duration_field(src, &f.study.timeout, "study.timeout")?;
     let storage = match &f.study.storage {
@@ -579,13 +636,21 @@ fn resolve_pruner(src: &Source, p: &file::PrunerSection, study_name: &str) -> Re
         "asha" => &["min_resource", "reduction_factor", "max_resource", "min_early_stopping_rate", "bootstrap_count"],
         "hyperband" => &["min_resource", "reduction_factor", "max_resource", "bootstrap_count"],
         other => {
-            return Err(src.error_at(kind_span, Some("pruner.kind".into()), format!("unknown pruner `{other}` (expected none, median, asha or hyperband)")))
+            return Err(src.error_at(
+                kind_span,
+                Some("pruner.kind".into()),
+                format!("unknown pruner `{other}` (expected none, median, asha or hyperband)"),
+            ))
         }
     };
     for (key, span) in &given {
         if let Some(span) = span {
             if !allowed.contains(key) {
-                return Err(src.error_at(span.clone(), Some(format!("pruner.{key}")), format!("`{key}` does not apply to pruner `{kind}`")));
+                return Err(src.error_at(
+                    span.clone(),
+                    Some(format!("pruner.{key}")),
+                    format!("`{key}` does not apply to pruner `{kind}`"),
+                ));
             }
         }
     }
@@ -603,7 +668,10 @@ fn resolve_pruner(src: &Source, p: &file::PrunerSection, study_name: &str) -> Re
         u32::try_from(e).map_err(|_| ConfigError::plain(src.path, Some("pruner.reduction_factor"), "reduction_factor is too large"))
     };
     Ok(match kind {
-        "median" => PrunerConfig::Median { n_startup_trials: p.n_startup_trials.as_ref().map(|v| *v.get_ref()).unwrap_or(5), n_warmup_steps: p.n_warmup_steps.as_ref().map(|v| *v.get_ref()).unwrap_or(0) },
+        "median" => PrunerConfig::Median {
+            n_startup_trials: p.n_startup_trials.as_ref().map(|v| *v.get_ref()).unwrap_or(5),
+            n_warmup_steps: p.n_warmup_steps.as_ref().map(|v| *v.get_ref()).unwrap_or(0),
+        },
         "asha" => {
             let min_resource = int(&p.min_resource, "min_resource", 1, Some(1))?.unwrap_or(1);
             let max_resource = int(&p.max_resource, "max_resource", min_resource.saturating_add(1), None)?;
@@ -619,7 +687,11 @@ fn resolve_pruner(src: &Source, p: &file::PrunerSection, study_name: &str) -> Re
         "hyperband" => {
             let min_resource = int(&p.min_resource, "min_resource", 1, Some(1))?.unwrap_or(1);
             let max_resource = int(&p.max_resource, "max_resource", min_resource.saturating_add(1), None)?.ok_or_else(|| {
-                src.error_at(kind_span.clone(), Some("pruner.max_resource".into()), "a hyperband pruner needs `max_resource` (the steps of a full trial)")
+                src.error_at(
+                    kind_span.clone(),
+                    Some("pruner.max_resource".into()),
+                    "a hyperband pruner needs `max_resource` (the steps of a full trial)",
+                )
             })?;
             PrunerConfig::Hyperband {
                 min_resource,

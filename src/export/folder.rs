@@ -26,10 +26,7 @@ fn non_empty(dir: &Path) -> Result<bool, FolderError> {
 
 /// The sibling of `dest` named `.{name}.{tag}-{pid}`.
 fn sibling(dest: &Path, tag: &str) -> Result<PathBuf, FolderError> {
-    let name = dest
-        .file_name()
-        .map(|s| s.to_string_lossy().into_owned())
-        .ok_or_else(|| FolderError::NotAFolder(dest.to_path_buf()))?;
+    let name = dest.file_name().map(|s| s.to_string_lossy().into_owned()).ok_or_else(|| FolderError::NotAFolder(dest.to_path_buf()))?;
     let parent = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     Ok(parent.join(format!(".{name}.{tag}-{}", std::process::id())))
 }
@@ -48,11 +45,7 @@ pub fn check_dest(dest: &Path, force: bool) -> Result<(), FolderError> {
 /// Writes the folder `dest` through `fill`, which gets an empty temporary folder beside `dest`.
 /// Refuses a non-empty `dest` without `force`. On an error from `fill` the temporary folder is
 /// removed and `dest` is left as it was.
-pub fn write_atomic<E: From<FolderError>>(
-    dest: &Path,
-    force: bool,
-    fill: impl FnOnce(&Path) -> Result<(), E>,
-) -> Result<(), E> {
+pub fn write_atomic<E: From<FolderError>>(dest: &Path, force: bool, fill: impl FnOnce(&Path) -> Result<(), E>) -> Result<(), E> {
     check_dest(dest, force)?;
     let parent = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(io(parent))?;
@@ -99,8 +92,7 @@ mod tests {
     }
 
     fn names(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> =
-            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let mut v: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         v.sort();
         v
     }

@@ -145,7 +145,9 @@ pub fn head_of_config(config: &Map<String, Value>, path: &Path) -> Result<HeadCo
     let problem = match config.get("problem_type").and_then(Value::as_str) {
         Some("regression") => Problem::Regression,
         Some("single_label_classification") => Problem::Classification,
-        Some(other) => return Err(file_err(path, format!("problem_type `{other}` is not supported (single_label_classification or regression)"))),
+        Some(other) => {
+            return Err(file_err(path, format!("problem_type `{other}` is not supported (single_label_classification or regression)")))
+        }
         None if num_labels == 1 => Problem::Regression,
         None => Problem::Classification,
     };
@@ -171,9 +173,7 @@ pub fn write_weights(model: &BertClassifier, path: &Path) -> Result<(), HfError>
     }
     let views = bytes
         .iter()
-        .map(|(n, s, b)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).map(|v| (n.clone(), v))
-        })
+        .map(|(n, s, b)| safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).map(|v| (n.clone(), v)))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| file_err(path, e))?;
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
@@ -350,7 +350,15 @@ mod tests {
         assert_eq!(cfg["tokenizer_class"], json!("PreTrainedTokenizerFast"));
         assert!(cfg.get("do_lower_case").is_none(), "{cfg:?}");
         let map = read_json_object(&dest.path().join("special_tokens_map.json")).unwrap();
-        let want = [("bos_token", "<s>"), ("eos_token", "</s>"), ("unk_token", "<unk>"), ("sep_token", "</s>"), ("pad_token", "<pad>"), ("cls_token", "<s>"), ("mask_token", "<mask>")];
+        let want = [
+            ("bos_token", "<s>"),
+            ("eos_token", "</s>"),
+            ("unk_token", "<unk>"),
+            ("sep_token", "</s>"),
+            ("pad_token", "<pad>"),
+            ("cls_token", "<s>"),
+            ("mask_token", "<mask>"),
+        ];
         assert_eq!(map, want.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<Map<String, Value>>());
         assert_eq!(cfg["pad_token"], json!("<pad>"));
     }

@@ -88,10 +88,9 @@ pub struct ExportSummary {
 /// The trial to export: `number`, or the best COMPLETE one.
 pub fn pick_trial<'a>(study: &StudyInfo, trials: &'a [TrialRecord], number: Option<TrialNumber>) -> Result<&'a TrialRecord, ExportError> {
     let t = match number {
-        Some(n) => trials
-            .iter()
-            .find(|t| t.number == n)
-            .ok_or_else(|| ExportError::NoSuchTrial { study: study.name.clone(), number: n })?,
+        Some(n) => {
+            trials.iter().find(|t| t.number == n).ok_or_else(|| ExportError::NoSuchTrial { study: study.name.clone(), number: n })?
+        }
         None => best_trial(trials, study.direction).ok_or_else(|| ExportError::NoCompleteTrial { study: study.name.clone() })?,
     };
     if t.state != TrialState::Complete {
@@ -118,9 +117,7 @@ pub fn split_seed(study: &StudyInfo) -> Option<u64> {
 /// Why a COMPLETE trial kept no checkpoint, from its parameters or the study's `[train]`.
 fn no_checkpoint_reason(study: &StudyInfo, t: &TrialRecord) -> String {
     let searched = t.params.get("keep_checkpoints").map(|v| v.to_string().trim_matches('"').to_string());
-    let fixed = || {
-        stored_study_file(study)?.get("train")?.get("keep_checkpoints")?.as_str().map(str::to_string)
-    };
+    let fixed = || stored_study_file(study)?.get("train")?.get("keep_checkpoints")?.as_str().map(str::to_string);
     match searched.map(|k| (k, "its parameter")).or_else(|| fixed().map(|k| (k, "[train]"))) {
         Some((k, from)) if k == "none" => format!(
             ": it ran with keep_checkpoints = \"none\" ({from}), which keeps no weights; set keep_checkpoints = \"best\" \

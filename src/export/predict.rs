@@ -89,9 +89,7 @@ impl Predictor {
         let class = Arch::hf_class(bert.model_type.as_deref());
         let (dense, out, _, _) = bert.arch.head_names();
         if !has(&format!("{out}.weight"), &[n, h]) || !has(&format!("{out}.bias"), &[n]) {
-            return Err(folder(format!(
-                "model.safetensors has no {out} [{n}, {h}] for {n} output(s): not a fine-tuned {class}"
-            )));
+            return Err(folder(format!("model.safetensors has no {out} [{n}, {h}] for {n} output(s): not a fine-tuned {class}")));
         }
         if !has(&format!("{dense}.weight"), &[h, h]) {
             return Err(folder(format!("model.safetensors has no {dense}: not a {class}")));
@@ -99,7 +97,10 @@ impl Predictor {
         let longest = bert.max_sequence_length();
         let max_length = match max_length {
             Some(m) if m > longest => {
-                return Err(folder(format!("max length {m} exceeds the {longest} positions of the model (max_position_embeddings {})", bert.max_position_embeddings)))
+                return Err(folder(format!(
+                    "max length {m} exceeds the {longest} positions of the model (max_position_embeddings {})",
+                    bert.max_position_embeddings
+                )))
             }
             Some(m) => m,
             None => default_max_length(dir, longest),
@@ -122,10 +123,8 @@ impl Predictor {
     /// Logits `[rows][num_labels]` in input order; `progress` gets the rows done after each
     /// batch.
     pub fn logits(&self, rows: &[TextInput], batch_size: usize, progress: &mut dyn FnMut(usize)) -> Result<Vec<Vec<f32>>, PredictError> {
-        let examples: Vec<Example> = rows
-            .iter()
-            .map(|r| Example { text: r.text.clone(), text_pair: r.pair.clone(), label: Target::Class(0) })
-            .collect();
+        let examples: Vec<Example> =
+            rows.iter().map(|r| Example { text: r.text.clone(), text_pair: r.pair.clone(), label: Target::Class(0) }).collect();
         let encoded: Vec<Encoded> = self.encoder.encode(&examples)?;
         let lengths: Vec<usize> = encoded.iter().map(Encoded::len).collect();
         let plan = batch_indices(&lengths, batch_size.max(1), None, true);

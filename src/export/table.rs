@@ -103,8 +103,7 @@ fn read_delimited(path: &Path, bytes: &[u8], delim: u8, quoting: bool) -> Result
         TableError::Parse { path: path.to_path_buf(), line, message: e.to_string() }
     };
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-    let mut rdr =
-        csv::ReaderBuilder::new().delimiter(delim).quoting(quoting).flexible(true).has_headers(true).from_reader(bytes);
+    let mut rdr = csv::ReaderBuilder::new().delimiter(delim).quoting(quoting).flexible(true).has_headers(true).from_reader(bytes);
     let columns: Vec<String> = rdr.headers().map_err(parse_err)?.iter().map(str::to_string).collect();
     if columns.iter().all(|c| c.trim().is_empty()) {
         return Err(TableError::Empty { path: path.to_path_buf() });

@@ -139,7 +139,15 @@ fn export_reloads_to_identical_logits_with_hf_names_and_config() {
     names.sort();
     assert_eq!(
         names,
-        vec!["config.json", "model.safetensors", "sft_search.json", "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt"]
+        vec![
+            "config.json",
+            "model.safetensors",
+            "sft_search.json",
+            "special_tokens_map.json",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "vocab.txt"
+        ]
     );
 
     // Tensor names are Hugging Face's, and the file has the `format: pt` metadata.
@@ -148,10 +156,14 @@ fn export_reloads_to_identical_logits_with_hf_names_and_config() {
     assert_eq!(shapes["bert.pooler.dense.weight"], vec![32, 32]);
     assert_eq!(shapes["bert.encoder.layer.1.output.LayerNorm.bias"], vec![32]);
     assert_eq!(shapes["bert.embeddings.word_embeddings.weight"][1], 32);
-    assert!(shapes.keys().all(|k| k.starts_with("bert.embeddings.")
-        || k.starts_with("bert.encoder.layer.")
-        || k.starts_with("bert.pooler.dense.")
-        || k.starts_with("classifier.")), "{:?}", shapes.keys());
+    assert!(
+        shapes.keys().all(|k| k.starts_with("bert.embeddings.")
+            || k.starts_with("bert.encoder.layer.")
+            || k.starts_with("bert.pooler.dense.")
+            || k.starts_with("classifier.")),
+        "{:?}",
+        shapes.keys()
+    );
     assert_eq!(shapes.len(), 5 + 2 * 16 + 2 + 2);
     let bytes = std::fs::read(out.join("model.safetensors")).unwrap();
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();

@@ -43,8 +43,7 @@ const H6_P: [[f64; 6]; 4] = [
 ];
 
 const H3_A: [[f64; 3]; 4] = [[3.0, 10.0, 30.0], [0.1, 10.0, 35.0], [3.0, 10.0, 30.0], [0.1, 10.0, 35.0]];
-const H3_P: [[f64; 3]; 4] =
-    [[0.3689, 0.1170, 0.2673], [0.4699, 0.4387, 0.7470], [0.1091, 0.8732, 0.5547], [0.0381, 0.5743, 0.8828]];
+const H3_P: [[f64; 3]; 4] = [[0.3689, 0.1170, 0.2673], [0.4699, 0.4387, 0.7470], [0.1091, 0.8732, 0.5547], [0.0381, 0.5743, 0.8828]];
 
 /// `mixed-ft`'s optimisers, with their best log10 learning rate, best log10 weight decay and
 /// the excess loss at their own optimum.
@@ -110,10 +109,7 @@ impl SyntheticFunction {
 
     /// The function's own search space (the one the anchors use).
     pub fn space(self) -> SearchSpace {
-        let float = |name: String, low: f64, high: f64| Param {
-            name,
-            dist: Distribution::Float { low, high, log: false, step: None },
-        };
+        let float = |name: String, low: f64, high: f64| Param { name, dist: Distribution::Float { low, high, log: false, step: None } };
         let params = match self {
             SyntheticFunction::Branin => vec![float("x1".into(), -5.0, 10.0), float("x2".into(), 0.0, 15.0)],
             SyntheticFunction::Hartmann6 => (0..6).map(|j| float(format!("x{j}"), 0.0, 1.0)).collect(),
@@ -136,9 +132,7 @@ impl SyntheticFunction {
             SyntheticFunction::MixedFt => vec![
                 Param {
                     name: "optimizer".into(),
-                    dist: Distribution::Categorical {
-                        choices: MIXED_FT_OPTIMIZERS.iter().map(|o| ParamValue::Str(o.0.into())).collect(),
-                    },
+                    dist: Distribution::Categorical { choices: MIXED_FT_OPTIMIZERS.iter().map(|o| ParamValue::Str(o.0.into())).collect() },
                 },
                 Param { name: "learning_rate".into(), dist: Distribution::Float { low: 1e-5, high: 1e-1, log: true, step: None } },
                 Param { name: "weight_decay".into(), dist: Distribution::Float { low: 1e-6, high: 1e-1, log: true, step: None } },
@@ -152,9 +146,7 @@ impl SyntheticFunction {
     }
 
     fn get(self, p: &ParamSet, name: &str) -> Result<f64, MissingInput> {
-        p.get(name)
-            .and_then(|v| v.as_f64())
-            .ok_or(MissingInput { function: self.name(), param: name.to_string() })
+        p.get(name).and_then(|v| v.as_f64()).ok_or(MissingInput { function: self.name(), param: name.to_string() })
     }
 
     fn get_vec<const D: usize>(self, p: &ParamSet) -> Result<[f64; D], MissingInput> {
@@ -198,8 +190,7 @@ impl SyntheticFunction {
                 let x = self.get_vec::<4>(p)?;
                 let w = x.map(|v| 1.0 + (v - 1.0) / 4.0);
                 let last = w[3];
-                let middle: f64 =
-                    w[..3].iter().map(|wi| (wi - 1.0).powi(2) * (1.0 + 10.0 * (PI * wi + 1.0).sin().powi(2))).sum();
+                let middle: f64 = w[..3].iter().map(|wi| (wi - 1.0).powi(2) * (1.0 + 10.0 * (PI * wi + 1.0).sin().powi(2))).sum();
                 (PI * w[0]).sin().powi(2) + middle + (last - 1.0).powi(2) * (1.0 + (2.0 * PI * last).sin().powi(2))
             }
             SyntheticFunction::StyblinskiTang4 => {
@@ -212,12 +203,9 @@ impl SyntheticFunction {
             }
             SyntheticFunction::GoldsteinPrice => {
                 let (x1, x2) = (self.get(p, "x1")?, self.get(p, "x2")?);
-                let a = 1.0
-                    + (x1 + x2 + 1.0).powi(2)
-                        * (19.0 - 14.0 * x1 + 3.0 * x1 * x1 - 14.0 * x2 + 6.0 * x1 * x2 + 3.0 * x2 * x2);
+                let a = 1.0 + (x1 + x2 + 1.0).powi(2) * (19.0 - 14.0 * x1 + 3.0 * x1 * x1 - 14.0 * x2 + 6.0 * x1 * x2 + 3.0 * x2 * x2);
                 let b = 30.0
-                    + (2.0 * x1 - 3.0 * x2).powi(2)
-                        * (18.0 - 32.0 * x1 + 12.0 * x1 * x1 + 48.0 * x2 - 36.0 * x1 * x2 + 27.0 * x2 * x2);
+                    + (2.0 * x1 - 3.0 * x2).powi(2) * (18.0 - 32.0 * x1 + 12.0 * x1 * x1 + 48.0 * x2 - 36.0 * x1 * x2 + 27.0 * x2 * x2);
                 a * b
             }
             SyntheticFunction::MixedFt => {
@@ -225,8 +213,7 @@ impl SyntheticFunction {
                     ParamValue::Str(s) => MIXED_FT_OPTIMIZERS.iter().find(|o| o.0 == s.as_str()),
                     _ => None,
                 });
-                let (_, lr_opt, wd_opt, excess) = *optimizer
-                    .ok_or(MissingInput { function: self.name(), param: "optimizer".into() })?;
+                let (_, lr_opt, wd_opt, excess) = *optimizer.ok_or(MissingInput { function: self.name(), param: "optimizer".into() })?;
                 let d = self.get(p, "learning_rate")?.log10() - lr_opt;
                 let l_lr = 0.25 * d * d + 0.1 * d.max(0.0).powi(3);
                 let l_wd = 0.02 * (self.get(p, "weight_decay")?.log10() - wd_opt).powi(2);

@@ -209,10 +209,7 @@ mod tests {
     fn record_lists_the_rungs_reached() {
         let p = AshaPruner::new(1, 3);
         let r = p.record(0, &[(0, 9.0), (1, 8.0), (2, 7.0), (3, 6.0), (4, 5.0)]);
-        assert_eq!(
-            r.rungs,
-            vec![RungRecord { rung: 0, step: 1, value: 8.0 }, RungRecord { rung: 1, step: 3, value: 6.0 }]
-        );
+        assert_eq!(r.rungs, vec![RungRecord { rung: 0, step: 1, value: 8.0 }, RungRecord { rung: 1, step: 3, value: 6.0 }]);
         assert_eq!(r.bracket, None);
     }
 

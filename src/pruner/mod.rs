@@ -83,14 +83,10 @@ impl Pruner for MedianPruner {
         at_step.sort_by(|a, b| a.total_cmp(b));
         let n = at_step.len();
         let median = if n % 2 == 1 { at_step[n / 2] } else { (at_step[n / 2 - 1] + at_step[n / 2]) / 2.0 };
-        let best = values
-            .iter()
-            .map(|(_, v)| *v)
-            .filter(|v| !v.is_nan())
-            .fold(None, |b: Option<f64>, v| match b {
-                Some(x) if !direction.is_better(v, x) => Some(x),
-                _ => Some(v),
-            });
+        let best = values.iter().map(|(_, v)| *v).filter(|v| !v.is_nan()).fold(None, |b: Option<f64>, v| match b {
+            Some(x) if !direction.is_better(v, x) => Some(x),
+            _ => Some(v),
+        });
         match best {
             None => Decision::Prune,
             Some(b) if direction.is_better(median, b) => Decision::Prune,

@@ -30,7 +30,10 @@ impl ConfusionMatrix {
         let rows = test.get("confusion_matrix").and_then(Value::as_array).ok_or_else(missing)?;
         let cells: Vec<Vec<u64>> = rows
             .iter()
-            .map(|r| r.as_array().map(|r| r.iter().map(|c| c.as_u64().or_else(|| c.as_f64().map(|f| f.max(0.0) as u64))).collect::<Option<Vec<u64>>>()))
+            .map(|r| {
+                r.as_array()
+                    .map(|r| r.iter().map(|c| c.as_u64().or_else(|| c.as_f64().map(|f| f.max(0.0) as u64))).collect::<Option<Vec<u64>>>())
+            })
             .collect::<Option<Option<Vec<_>>>>()
             .flatten()
             .ok_or_else(|| NotEnoughData::new("the test confusion matrix is not a matrix of counts"))?;
@@ -38,10 +41,8 @@ impl ConfusionMatrix {
         if n == 0 || cells.iter().any(|r| r.len() != n) {
             return Err(NotEnoughData::new("the test confusion matrix is not square"));
         }
-        let stored = [test.get("labels"), best.metrics.get("labels")]
-            .into_iter()
-            .flatten()
-            .find_map(|v| label_list(v).filter(|l| l.len() == n));
+        let stored =
+            [test.get("labels"), best.metrics.get("labels")].into_iter().flatten().find_map(|v| label_list(v).filter(|l| l.len() == n));
         let labels = stored.unwrap_or_else(|| (0..n).map(|i| i.to_string()).collect());
         Ok(ConfusionMatrix { number: best.number, labels, cells })
     }

@@ -93,7 +93,19 @@ impl ContourPlot {
             .collect();
         let points: Vec<(f64, f64, f64)> = obs.iter().map(|o| (o.2, o.3, o.4)).collect();
         let (value_min, value_max) = points.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.2), b.max(p.2)));
-        Ok(ContourPlot { metric: data.metric.clone(), direction: data.direction, x, y, method: METHOD, xs, ys, grid, points, value_min, value_max })
+        Ok(ContourPlot {
+            metric: data.metric.clone(),
+            direction: data.direction,
+            x,
+            y,
+            method: METHOD,
+            xs,
+            ys,
+            grid,
+            points,
+            value_min,
+            value_max,
+        })
     }
 
     pub fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult

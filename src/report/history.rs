@@ -90,7 +90,8 @@ impl HistoryPlot {
             .x_label_formatter(&|v: &f64| if (v - v.round()).abs() < 1e-9 { format!("{}", v.round()) } else { String::new() })
             .light_line_style(WHITE.mix(0.0))
             .draw()?;
-        let pt = |state: TrialState| self.points.iter().filter(move |p| p.state == state).filter_map(|p| p.value.map(|v| (p.number as f64, v)));
+        let pt =
+            |state: TrialState| self.points.iter().filter(move |p| p.state == state).filter_map(|p| p.value.map(|v| (p.number as f64, v)));
         chart
             .draw_series(pt(TrialState::Complete).map(|c| Circle::new(c, 4, COMPLETE.filled())))?
             .label("complete")

@@ -96,9 +96,11 @@ pub struct Summary {
 
 impl Summary {
     pub fn compute(data: &StudyData) -> Summary {
-        let counts = TrialState::ALL.iter().map(|&s| (s, data.trials.iter().filter(|t| t.state == s).count())).filter(|c| c.1 > 0).collect();
+        let counts =
+            TrialState::ALL.iter().map(|&s| (s, data.trials.iter().filter(|t| t.state == s).count())).filter(|c| c.1 > 0).collect();
         let first = data.trials.iter().filter_map(|t| t.started_at.as_deref().and_then(parse_time)).min();
-        let last = data.trials.iter().flat_map(|t| [t.started_at.as_deref(), t.finished_at.as_deref()]).flatten().filter_map(parse_time).max();
+        let last =
+            data.trials.iter().flat_map(|t| [t.started_at.as_deref(), t.finished_at.as_deref()]).flatten().filter_map(parse_time).max();
         let wall_seconds = match (first, last) {
             (Some(a), Some(b)) => Some((b - a).num_milliseconds() as f64 / 1000.0),
             _ => None,
@@ -134,7 +136,11 @@ rows.forEach(function(r){body.appendChild(r);});});});});";
 pub fn render_html(data: &StudyData, plots: &PlotSet) -> Result<String, ReportError> {
     let mut h = String::new();
     let title = format!("sft-search report: {}", data.name);
-    let _ = writeln!(h, "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title>\n<style>{CSS}</style></head><body>", esc(&title));
+    let _ = writeln!(
+        h,
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title>\n<style>{CSS}</style></head><body>",
+        esc(&title)
+    );
     let _ = writeln!(h, "<h1>{}</h1>", esc(&title));
     summary_section(&mut h, data);
     best_section(&mut h, data);
@@ -160,7 +166,12 @@ pub fn render_html(data: &StudyData, plots: &PlotSet) -> Result<String, ReportEr
     if let Some(text) = stored_study_file(data) {
         let _ = writeln!(h, "<h2>Study file</h2>\n<pre>{}</pre>", esc(&text));
     }
-    let _ = writeln!(h, "<p style=\"color:#888;font-size:.8em\">Written by sft-search {} at {}.</p>", env!("CARGO_PKG_VERSION"), esc(&crate::storage::now_text()));
+    let _ = writeln!(
+        h,
+        "<p style=\"color:#888;font-size:.8em\">Written by sft-search {} at {}.</p>",
+        env!("CARGO_PKG_VERSION"),
+        esc(&crate::storage::now_text())
+    );
     let _ = writeln!(h, "<script>{JS}</script>\n</body></html>");
     Ok(h)
 }
@@ -217,7 +228,8 @@ fn best_section(h: &mut String, data: &StudyData) {
         h.push_str("<p class=\"missing\">No COMPLETE trial yet.</p>\n");
         return;
     };
-    let _ = writeln!(h, "<p>Trial <b>{}</b>: {} = <b>{}</b></p>", b.number, esc(&data.metric), b.value.map(short_number).unwrap_or_default());
+    let _ =
+        writeln!(h, "<p>Trial <b>{}</b>: {} = <b>{}</b></p>", b.number, esc(&data.metric), b.value.map(short_number).unwrap_or_default());
     h.push_str("<table class=\"kv\">\n");
     for (k, v) in &b.params {
         let _ = writeln!(h, "<tr><th>{}</th><td>{}</td></tr>", esc(k), esc(&v.to_string()));
@@ -297,7 +309,8 @@ fn trials_section(h: &mut String, data: &StudyData) {
     }
     h.push_str("<th>duration</th><th>device</th><th>fit</th><th>error</th></tr></thead>\n<tbody>\n");
     for t in &data.trials {
-        let class = if Some(t.number) == best && t.state == TrialState::Complete { format!("{} best", t.state) } else { t.state.to_string() };
+        let class =
+            if Some(t.number) == best && t.state == TrialState::Complete { format!("{} best", t.state) } else { t.state.to_string() };
         let _ = write!(h, "<tr class=\"{class}\"><td class=\"num\">{}</td><td>{}</td>", t.number, t.state);
         let _ = match t.value.filter(|v| !v.is_nan()) {
             Some(v) => write!(h, "<td class=\"num\" data-sort=\"{v}\">{}</td>", short_number(v)),

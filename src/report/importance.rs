@@ -85,17 +85,18 @@ impl ImportancePlot {
             return Err(NotEnoughData::new(format!("{} parameter(s); importance needs 2", data.params.len())));
         }
         if done.len() < MIN_TRIALS {
-            return Err(NotEnoughData::new(format!("{} COMPLETE trial(s) with every parameter; importance needs {MIN_TRIALS}", done.len())));
+            return Err(NotEnoughData::new(format!(
+                "{} COMPLETE trial(s) with every parameter; importance needs {MIN_TRIALS}",
+                done.len()
+            )));
         }
         let mut axes: Vec<ParamAxis> = Vec::new();
         for (name, dist) in &data.params {
             let vals: Vec<_> = done.iter().filter_map(|t| t.params.get(name)).collect();
             axes.push(ParamAxis::new(name, Some(dist), &vals).ok_or_else(|| NotEnoughData::new(format!("`{name}` has no usable value")))?);
         }
-        let columns: Vec<Vec<f64>> = axes
-            .iter()
-            .map(|a| done.iter().map(|t| t.params.get(&a.name).and_then(|v| a.unit(v)).unwrap_or(0.5)).collect())
-            .collect();
+        let columns: Vec<Vec<f64>> =
+            axes.iter().map(|a| done.iter().map(|t| t.params.get(&a.name).and_then(|v| a.unit(v)).unwrap_or(0.5)).collect()).collect();
         let target: Vec<f64> = done.iter().filter_map(|t| t.value).collect();
         let (lo, hi) = target.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
         if hi <= lo {
@@ -178,11 +179,17 @@ impl ImportancePlot {
             .light_line_style(WHITE.mix(0.0))
             .draw()?;
         chart.draw_series(
-            self.items.iter().enumerate().map(|(k, it)| Rectangle::new([(0.0, row(k) - 0.35), (it.share, row(k) + 0.35)], COMPLETE.filled())),
+            self.items
+                .iter()
+                .enumerate()
+                .map(|(k, it)| Rectangle::new([(0.0, row(k) - 0.35), (it.share, row(k) + 0.35)], COMPLETE.filled())),
         )?;
         let font = ("sans-serif", 13).into_font().color(&BLACK);
         chart.draw_series(
-            self.items.iter().enumerate().map(|(k, it)| Text::new(format!("{:.2}", it.share), (it.share + top * 0.01, row(k) + 0.15), font.clone())),
+            self.items
+                .iter()
+                .enumerate()
+                .map(|(k, it)| Text::new(format!("{:.2}", it.share), (it.share + top * 0.01, row(k) + 0.15), font.clone())),
         )?;
         Ok(())
     }

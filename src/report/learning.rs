@@ -52,9 +52,8 @@ impl LearningCurves {
         DB::ErrorType: 'static,
     {
         let all = self.curves.iter().flat_map(|c| c.points.iter());
-        let (slo, shi, vlo, vhi) = all.fold((i64::MAX, i64::MIN, f64::INFINITY, f64::NEG_INFINITY), |(a, b, c, d), &(s, v)| {
-            (a.min(s), b.max(s), c.min(v), d.max(v))
-        });
+        let (slo, shi, vlo, vhi) = all
+            .fold((i64::MAX, i64::MIN, f64::INFINITY, f64::NEG_INFINITY), |(a, b, c, d), &(s, v)| (a.min(s), b.max(s), c.min(v), d.max(v)));
         let (xlo, xhi) = pad(slo as f64, shi as f64);
         let (ylo, yhi) = pad(vlo, vhi);
         let mut chart = ChartBuilder::on(root)

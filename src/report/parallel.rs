@@ -36,11 +36,7 @@ pub struct ParallelCoordinates {
 impl ParallelCoordinates {
     /// Needs two COMPLETE trials with a value and at least one parameter.
     pub fn compute(data: &StudyData) -> Result<ParallelCoordinates, NotEnoughData> {
-        let done: Vec<_> = data
-            .trials
-            .iter()
-            .filter(|t| t.state == TrialState::Complete && t.value.is_some_and(f64::is_finite))
-            .collect();
+        let done: Vec<_> = data.trials.iter().filter(|t| t.state == TrialState::Complete && t.value.is_some_and(f64::is_finite)).collect();
         if done.len() < 2 {
             return Err(NotEnoughData::new(format!("{} COMPLETE trial(s); parallel coordinates need 2", done.len())));
         }
@@ -65,8 +61,7 @@ impl ParallelCoordinates {
         if lines.len() < 2 {
             return Err(NotEnoughData::new("fewer than 2 trials have every parameter"));
         }
-        let (value_min, value_max) =
-            lines.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), l| (a.min(l.value), b.max(l.value)));
+        let (value_min, value_max) = lines.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), l| (a.min(l.value), b.max(l.value)));
         Ok(ParallelCoordinates { metric: data.metric.clone(), direction: data.direction, value_min, value_max, axes, lines })
     }
 

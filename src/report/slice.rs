@@ -40,7 +40,8 @@ impl SlicePlot {
             return Err(NotEnoughData::new(format!("{} COMPLETE trial(s) with `{param}`; a slice needs 2", done.len())));
         }
         let vals: Vec<_> = done.iter().filter_map(|t| t.params.get(param)).collect();
-        let axis = ParamAxis::new(param, data.dist(param), &vals).ok_or_else(|| NotEnoughData::new(format!("`{param}` has no usable value")))?;
+        let axis =
+            ParamAxis::new(param, data.dist(param), &vals).ok_or_else(|| NotEnoughData::new(format!("`{param}` has no usable value")))?;
         let points = done
             .iter()
             .filter_map(|t| Some(SlicePoint { x: axis.coord(t.params.get(param)?)?, value: t.value?, number: t.number }))
@@ -66,12 +67,15 @@ impl SlicePlot {
         let yfmt = |v: &f64| short_number(*v);
         let mut mesh = chart.configure_mesh();
         mesh.label_style(("sans-serif", 14)).axis_desc_style(("sans-serif", 15));
-        mesh.x_desc(format!("{}   (colour: trial number, darker = later)", self.axis.title())).y_desc(self.metric.as_str()).x_label_formatter(&xfmt).y_label_formatter(&yfmt);
+        mesh.x_desc(format!("{}   (colour: trial number, darker = later)", self.axis.title()))
+            .y_desc(self.metric.as_str())
+            .x_label_formatter(&xfmt)
+            .y_label_formatter(&yfmt);
         mesh.x_labels(self.axis.label_count());
         mesh.light_line_style(WHITE.mix(0.0)).draw()?;
-        chart.draw_series(self.points.iter().map(|p| {
-            Circle::new((p.x, p.value), 5, number_color(p.number, self.last_number).mix(0.85).filled())
-        }))?;
+        chart.draw_series(
+            self.points.iter().map(|p| Circle::new((p.x, p.value), 5, number_color(p.number, self.last_number).mix(0.85).filled())),
+        )?;
         Ok(())
     }
 }

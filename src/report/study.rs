@@ -40,8 +40,7 @@ impl StudyData {
         let stored = store.param_distributions(study.id)?;
         let params = match config {
             Some(c) => {
-                let mut p: Vec<(String, Distribution)> =
-                    c.space.params().iter().map(|p| (p.name.clone(), p.dist.clone())).collect();
+                let mut p: Vec<(String, Distribution)> = c.space.params().iter().map(|p| (p.name.clone(), p.dist.clone())).collect();
                 // Parameters stored but no longer in the file still get plotted.
                 for (n, d) in stored {
                     if !p.iter().any(|(m, _)| *m == n) {

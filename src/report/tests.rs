@@ -5,6 +5,7 @@ use std::path::Path;
 
 use serde_json::{json, Map};
 
+use super::axis::Scale;
 use super::confusion::ConfusionMatrix;
 use super::contour::{ContourPlot, GRID};
 use super::history::HistoryPlot;
@@ -15,7 +16,6 @@ use super::render::{Plot, PlotSet};
 use super::study::StudyData;
 use super::timeline::DeviceTimeline;
 use super::train_valid::TrainValidLoss;
-use super::axis::Scale;
 use crate::space::{Distribution, Param, ParamSet, ParamValue, SearchSpace};
 use crate::storage::{Budget, Claim, Owner, Store, StudySpec};
 use crate::trial::{Direction, Outcome, TrialRecord, TrialState};
@@ -362,14 +362,26 @@ fn store_fixture(path: &Path) -> (Store, crate::storage::StudyInfo) {
     let sp = space();
     let text = "[study]\nname = \"s\"\nn_trials = 6\n[sampler]\nkind = \"gp\"\nseed = 3\n";
     let info = store
-        .create_or_open_study(&StudySpec { name: "s", direction: Direction::Minimize, metric: "loss", space: &sp, study_text: text, allow_space_change: false })
+        .create_or_open_study(&StudySpec {
+            name: "s",
+            direction: Direction::Minimize,
+            metric: "loss",
+            space: &sp,
+            study_text: text,
+            allow_space_change: false,
+        })
         .expect("study");
     let pts = [(1e-5, 8, 2), (1e-3, 16, 4), (1e-4, 32, 6), (3e-4, 16, 8), (2e-4, 32, 3), (5e-5, 8, 5)];
     for (k, &(lr, bs, ep)) in pts.iter().enumerate() {
         let claim = store
-            .claim_next::<std::convert::Infallible>(info.id, &sp, Budget { n_trials: None }, &Owner::current(), &format!("cuda:{}", k % 2), |_, _, _| {
-                Ok(Some(params(lr, bs, ep)))
-            })
+            .claim_next::<std::convert::Infallible>(
+                info.id,
+                &sp,
+                Budget { n_trials: None },
+                &Owner::current(),
+                &format!("cuda:{}", k % 2),
+                |_, _, _| Ok(Some(params(lr, bs, ep))),
+            )
             .expect("claim")
             .expect("propose");
         let Claim::Trial(t) = claim else { panic!("no trial") };
@@ -450,9 +462,10 @@ fn the_report_is_self_contained_with_rows_and_inline_plots() {
 
 #[test]
 fn the_report_renders_in_headless_chromium() {
-    let Some(browser) = ["chromium", "chromium-browser", "google-chrome"].into_iter().find(|b| {
-        std::process::Command::new("which").arg(b).output().map(|o| o.status.success()).unwrap_or(false)
-    }) else {
+    let Some(browser) = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| std::process::Command::new("which").arg(b).output().map(|o| o.status.success()).unwrap_or(false))
+    else {
         eprintln!("skipped: no chromium installed (apt-get install chromium)");
         return;
     };
@@ -508,15 +521,31 @@ fn plot_and_report_commands_write_their_files() {
     let db = dir.path().join("s.db");
     drop(store_fixture(&db));
     let out = dir.path().join("plots");
-    let args = PlotArgs { study: db.clone(), study_name: None, out: Some(out.clone()), format: ImageFormat::Png, params: Some(vec!["epochs".into(), "batch_size".into()]) };
+    let args = PlotArgs {
+        study: db.clone(),
+        study_name: None,
+        out: Some(out.clone()),
+        format: ImageFormat::Png,
+        params: Some(vec!["epochs".into(), "batch_size".into()]),
+    };
     crate::app::plot::run(&args, true).expect("plot");
-    let mut files: Vec<String> = std::fs::read_dir(&out).expect("dir").filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().to_string()).collect();
+    let mut files: Vec<String> =
+        std::fs::read_dir(&out).expect("dir").filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().to_string()).collect();
     files.sort();
     assert_eq!(
         files,
         [
-            "confusion.png", "contour.png", "history.png", "importance.png", "learning_curves.png", "parallel.png", "slice_batch_size.png",
-            "slice_epochs.png", "slice_learning_rate.png", "timeline.png", "train_valid_loss.png",
+            "confusion.png",
+            "contour.png",
+            "history.png",
+            "importance.png",
+            "learning_curves.png",
+            "parallel.png",
+            "slice_batch_size.png",
+            "slice_epochs.png",
+            "slice_learning_rate.png",
+            "timeline.png",
+            "train_valid_loss.png",
         ]
     );
     for f in &files {
@@ -541,7 +570,8 @@ fn plot_and_report_commands_write_their_files() {
     assert!(!dir.path().join("s-plots").join("confusion.svg").exists());
     assert!(dir.path().join("s-plots").join("history.svg").exists());
     // A wrong --params is a usage error.
-    let args = PlotArgs { study: db.clone(), study_name: None, out: Some(out), format: ImageFormat::Svg, params: Some(vec!["epochs".into()]) };
+    let args =
+        PlotArgs { study: db.clone(), study_name: None, out: Some(out), format: ImageFormat::Svg, params: Some(vec!["epochs".into()]) };
     let err = crate::app::plot::run(&args, true).err().map(|e| format!("{e:#}")).unwrap_or_default();
     assert!(err.contains("two parameter names"), "{err}");
 

@@ -174,17 +174,26 @@ impl DeviceTimeline {
             .light_line_style(WHITE.mix(0.0))
             .draw()?;
         chart.draw_series(self.bars.iter().map(|b| {
-            Rectangle::new([(b.start / per, row(b.lane) - 0.35), (b.end / per, row(b.lane) + 0.35)], state_color(b.state).mix(0.85).filled())
+            Rectangle::new(
+                [(b.start / per, row(b.lane) - 0.35), (b.end / per, row(b.lane) + 0.35)],
+                state_color(b.state).mix(0.85).filled(),
+            )
         }))?;
-        chart.draw_series(self.bars.iter().map(|b| {
-            Rectangle::new([(b.start / per, row(b.lane) - 0.35), (b.end / per, row(b.lane) + 0.35)], WHITE.stroke_width(1))
-        }))?;
+        chart.draw_series(
+            self.bars
+                .iter()
+                .map(|b| Rectangle::new([(b.start / per, row(b.lane) - 0.35), (b.end / per, row(b.lane) + 0.35)], WHITE.stroke_width(1))),
+        )?;
         let font = ("sans-serif", 12).into_font().color(&WHITE).pos(Pos::new(HPos::Center, VPos::Center));
         for b in &self.bars {
             let (x0, _) = chart.backend_coord(&(b.start / per, 0.0));
             let (x1, _) = chart.backend_coord(&(b.end / per, 0.0));
             if x1 - x0 >= 22 {
-                chart.draw_series(std::iter::once(Text::new(format!("{}", b.number), ((b.start + b.end) / 2.0 / per, row(b.lane)), font.clone())))?;
+                chart.draw_series(std::iter::once(Text::new(
+                    format!("{}", b.number),
+                    ((b.start + b.end) / 2.0 / per, row(b.lane)),
+                    font.clone(),
+                )))?;
             }
         }
         Ok(())

@@ -30,7 +30,10 @@ impl TrainValidLoss {
     pub fn compute(data: &StudyData) -> Result<TrainValidLoss, NotEnoughData> {
         let best = data.best().ok_or_else(|| NotEnoughData::new("no COMPLETE trial"))?;
         let series = |key: &str| -> Vec<(i64, f64)> {
-            data.best_steps.iter().filter_map(|(s, m)| m.get(key).and_then(|v| v.as_f64()).filter(|v| v.is_finite()).map(|v| (*s, v))).collect()
+            data.best_steps
+                .iter()
+                .filter_map(|(s, m)| m.get(key).and_then(|v| v.as_f64()).filter(|v| v.is_finite()).map(|v| (*s, v)))
+                .collect()
         };
         let (train, valid) = (series(TRAIN_KEY), series(VALID_KEY));
         if train.is_empty() || valid.is_empty() {
@@ -48,9 +51,8 @@ impl TrainValidLoss {
         DB::ErrorType: 'static,
     {
         let all = self.train.iter().chain(&self.valid);
-        let (slo, shi, vlo, vhi) = all.fold((i64::MAX, i64::MIN, f64::INFINITY, f64::NEG_INFINITY), |(a, b, c, d), &(s, v)| {
-            (a.min(s), b.max(s), c.min(v), d.max(v))
-        });
+        let (slo, shi, vlo, vhi) = all
+            .fold((i64::MAX, i64::MIN, f64::INFINITY, f64::NEG_INFINITY), |(a, b, c, d), &(s, v)| (a.min(s), b.max(s), c.min(v), d.max(v)));
         let (xlo, xhi) = pad(slo as f64, shi as f64);
         let (ylo, yhi) = pad(vlo, vhi);
         let title = match &self.diagnosis {

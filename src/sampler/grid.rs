@@ -88,7 +88,10 @@ mod tests {
     #[test]
     fn a_partly_queued_point_takes_an_unvisited_grid_point_that_agrees_with_it() {
         let space = SearchSpace::new(vec![
-            Param { name: "c".into(), dist: Distribution::Categorical { choices: vec![ParamValue::Str("a".into()), ParamValue::Str("b".into())] } },
+            Param {
+                name: "c".into(),
+                dist: Distribution::Categorical { choices: vec![ParamValue::Str("a".into()), ParamValue::Str("b".into())] },
+            },
             Param { name: "i".into(), dist: Distribution::Int { low: 1, high: 3, step: 1, log: false } },
         ])
         .unwrap();
@@ -96,14 +99,16 @@ mod tests {
         let held: ParamSet = [("c".to_string(), ParamValue::Str("b".into()))].into_iter().collect();
         let mut history: Vec<TrialRecord> = Vec::new();
         for n in 0..3u64 {
-            let ctx = SuggestContext { space: &space, direction: Direction::Minimize, history: &history, number: n, seed: 1, fixed: Some(&held) };
+            let ctx =
+                SuggestContext { space: &space, direction: Direction::Minimize, history: &history, number: n, seed: 1, fixed: Some(&held) };
             let p = crate::sampler::suggest_around(&sampler, &ctx).unwrap().unwrap();
             assert_eq!(p["c"], held["c"], "{p:?}");
             assert!(!history.iter().any(|t| t.params == p), "grid point {p:?} visited twice");
             history.push(TrialRecord::new(n, TrialState::Complete, p, Some(0.0)));
         }
         // Every `c = "b"` point is visited: a fourth held point still keeps `c = "b"`.
-        let ctx = SuggestContext { space: &space, direction: Direction::Minimize, history: &history, number: 3, seed: 1, fixed: Some(&held) };
+        let ctx =
+            SuggestContext { space: &space, direction: Direction::Minimize, history: &history, number: 3, seed: 1, fixed: Some(&held) };
         let p = crate::sampler::suggest_around(&sampler, &ctx).unwrap().unwrap();
         assert_eq!(p["c"], held["c"]);
     }

@@ -13,11 +13,7 @@ pub struct RandomSampler;
 impl RandomSampler {
     /// One independent draw from `space` using `rng`.
     pub fn draw<R: Rng>(space: &SearchSpace, rng: &mut R) -> ParamSet {
-        space
-            .params()
-            .iter()
-            .map(|p| (p.name.clone(), p.dist.from_unit(rng.random::<f64>())))
-            .collect()
+        space.params().iter().map(|p| (p.name.clone(), p.dist.from_unit(rng.random::<f64>()))).collect()
     }
 }
 

@@ -101,11 +101,7 @@ pub fn run_child(spec: &ChildSpec, reporter: &mut dyn Reporter, cancel: &CancelT
     }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
-        Err(e) => {
-            return Outcome::Failed {
-                reason: format!("cannot start `{}`: {e}", spec.program.to_string_lossy()),
-            }
-        }
+        Err(e) => return Outcome::Failed { reason: format!("cannot start `{}`: {e}", spec.program.to_string_lossy()) },
     };
 
     let mut stdin = child.stdin.take();
@@ -206,18 +202,15 @@ pub fn run_child(spec: &ChildSpec, reporter: &mut dyn Reporter, cancel: &CancelT
     if let Some(h) = stderr_reader {
         let _ = h.join();
     }
-    let tail = stderr_tail
-        .lock()
-        .map(|t| String::from_utf8_lossy(&t.iter().copied().collect::<Vec<u8>>()).trim().to_string())
-        .unwrap_or_default();
+    let tail =
+        stderr_tail.lock().map(|t| String::from_utf8_lossy(&t.iter().copied().collect::<Vec<u8>>()).trim().to_string()).unwrap_or_default();
     state.outcome(stop, status, &tail, spec.idle_timeout)
 }
 
 /// Asks the child to stop: a command line on stdin where it is kept open, else a kill.
 fn ask_to_stop(child: &mut Child, stdin: &mut Option<std::process::ChildStdin>, what: &str) {
-    let sent = stdin.as_mut().is_some_and(|w| {
-        w.write_all(format!("{{\"command\": \"{what}\"}}\n").as_bytes()).and_then(|_| w.flush()).is_ok()
-    });
+    let sent =
+        stdin.as_mut().is_some_and(|w| w.write_all(format!("{{\"command\": \"{what}\"}}\n").as_bytes()).and_then(|_| w.flush()).is_ok());
     if !sent {
         kill_group(child);
     }
@@ -348,9 +341,7 @@ impl LineState {
         match self.final_value {
             Some(v) if v.is_finite() => Outcome::Complete { value: v },
             Some(v) => Outcome::Failed { reason: format!("objective value is {v}") },
-            None => Outcome::Failed {
-                reason: with_tail("the command printed no result line ({\"value\": ...})".into()),
-            },
+            None => Outcome::Failed { reason: with_tail("the command printed no result line ({\"value\": ...})".into()) },
         }
     }
 }
@@ -477,7 +468,9 @@ mod tests {
     #[test]
     fn complete_with_intermediates_and_metrics() {
         let mut r = Recorder::default();
-        let spec = sh(r#"read p; echo "$p" >&2; echo '{"step": 0, "value": 3}'; echo noise; echo '{"step": 1, "value": 2}'; echo '{"value": 1.5, "metrics": {"acc": 0.9}}'; echo '{"checkpoint": "/tmp/x"}'"#);
+        let spec = sh(
+            r#"read p; echo "$p" >&2; echo '{"step": 0, "value": 3}'; echo noise; echo '{"step": 1, "value": 2}'; echo '{"value": 1.5, "metrics": {"acc": 0.9}}'; echo '{"checkpoint": "/tmp/x"}'"#,
+        );
         let out = run_child(&ChildSpec { stdin_payload: "{\"a\":1}".into(), ..spec }, &mut r, &CancelToken::new());
         assert_eq!(out, Outcome::Complete { value: 1.5 });
         assert_eq!(r.intermediate, vec![(0, 3.0), (1, 2.0)]);
@@ -543,7 +536,9 @@ mod tests {
         let spec = ChildSpec {
             keep_stdin_open: true,
             stdin_payload: "{}".into(),
-            ..sh(r#"read job; echo '{"step": 0, "value": 0.5}'; read cmd; case "$cmd" in *prune*) echo '{"pruned": true}'; exit 0;; esac; exit 7"#)
+            ..sh(
+                r#"read job; echo '{"step": 0, "value": 0.5}'; read cmd; case "$cmd" in *prune*) echo '{"pruned": true}'; exit 0;; esac; exit 7"#,
+            )
         };
         let out = run_child(&spec, &mut r, &CancelToken::new());
         assert_eq!(out, Outcome::Pruned { step: 0, value: Some(0.5) });

@@ -17,7 +17,15 @@ pub trait Observer: Sync {
     fn note(&self, message: &str);
     fn trial_started(&self, slot: usize, assignment: &TrialAssignment);
     fn trial_progress(&self, slot: usize, number: TrialNumber, intermediate: Option<(i64, f64)>, progress: Option<&Progress>);
-    fn trial_finished(&self, slot: usize, number: TrialNumber, outcome: &Outcome, elapsed: Duration, retry: Option<TrialNumber>, history: &[TrialRecord]);
+    fn trial_finished(
+        &self,
+        slot: usize,
+        number: TrialNumber,
+        outcome: &Outcome,
+        elapsed: Duration,
+        retry: Option<TrialNumber>,
+        history: &[TrialRecord],
+    );
 }
 
 /// Shows nothing.
@@ -80,7 +88,8 @@ impl ProgressDisplay {
                 b
             })
             .collect();
-        let lines = slots.iter().map(|d| SlotLine { device: d.clone(), number: None, params: String::new(), last: None, progress: None }).collect();
+        let lines =
+            slots.iter().map(|d| SlotLine { device: d.clone(), number: None, params: String::new(), last: None, progress: None }).collect();
         let d = ProgressDisplay { multi, main, bars, lines: Mutex::new(lines), direction, tty };
         d.update_main(history);
         for i in 0..slots.len() {
@@ -180,7 +189,15 @@ impl Observer for ProgressDisplay {
         self.redraw(slot);
     }
 
-    fn trial_finished(&self, slot: usize, number: TrialNumber, outcome: &Outcome, elapsed: Duration, retry: Option<TrialNumber>, history: &[TrialRecord]) {
+    fn trial_finished(
+        &self,
+        slot: usize,
+        number: TrialNumber,
+        outcome: &Outcome,
+        elapsed: Duration,
+        retry: Option<TrialNumber>,
+        history: &[TrialRecord],
+    ) {
         let what = match outcome {
             Outcome::Complete { value } => format!("COMPLETE value {}", format_value(*value)),
             Outcome::Pruned { step, value } => {

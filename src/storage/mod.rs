@@ -74,8 +74,8 @@ impl Owner {
             return false;
         }
         // SAFETY: signal 0 only checks that the process exists.
-        let exists = unsafe { libc::kill(self.pid as libc::pid_t, 0) } == 0
-            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        let exists =
+            unsafe { libc::kill(self.pid as libc::pid_t, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
         if !exists {
             return true;
         }
@@ -323,10 +323,8 @@ impl Store {
             .optional()
             .map_err(|e| self.err(e))?;
         let direction = if dir.as_deref() == Some("MAXIMIZE") { Direction::Maximize } else { Direction::Minimize };
-        let mut st = self
-            .conn
-            .prepare("SELECT \"key\", value_json FROM study_user_attributes WHERE study_id = ?1")
-            .map_err(|e| self.err(e))?;
+        let mut st =
+            self.conn.prepare("SELECT \"key\", value_json FROM study_user_attributes WHERE study_id = ?1").map_err(|e| self.err(e))?;
         let attrs = st
             .query_map([id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
             .map_err(|e| self.err(e))?
@@ -345,7 +343,10 @@ impl Store {
     pub fn create_or_open_study(&mut self, spec: &StudySpec) -> Result<StudyInfo> {
         let path = self.path.clone();
         let hash = spec.space.hash();
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| StoreError::Sqlite { path: path.clone(), source: e })?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| StoreError::Sqlite { path: path.clone(), source: e })?;
         let sq = |source| StoreError::Sqlite { path: path.clone(), source };
         let existing: Option<i64> =
             tx.query_row("SELECT study_id FROM studies WHERE study_name = ?1", [spec.name], |r| r.get(0)).optional().map_err(sq)?;
@@ -501,7 +502,8 @@ impl Store {
                 )
                 .map_err(sq)?;
             if changed == 1 {
-                let added: ParamSet = params.iter().filter(|(k, _)| !w.params.contains_key(*k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+                let added: ParamSet =
+                    params.iter().filter(|(k, _)| !w.params.contains_key(*k)).map(|(k, v)| (k.clone(), v.clone())).collect();
                 insert_params(&tx, w.id, &with_distributions(space, &added)).map_err(sq)?;
                 set_attr(&tx, "trial_user_attributes", w.id, "device", &Value::String(device.to_string())).map_err(sq)?;
                 set_attr_raw(&tx, "trial_system_attributes", w.id, "sft:owner", &owner_json).map_err(sq)?;
@@ -597,11 +599,7 @@ impl Store {
     pub fn merge_metrics(&self, trial_id: i64, metrics: &Map<String, Value>) -> Result<()> {
         let tx = Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate).map_err(|e| self.err(e))?;
         let current: Option<String> = tx
-            .query_row(
-                "SELECT value_json FROM trial_user_attributes WHERE trial_id = ?1 AND \"key\" = 'metrics'",
-                [trial_id],
-                |r| r.get(0),
-            )
+            .query_row("SELECT value_json FROM trial_user_attributes WHERE trial_id = ?1 AND \"key\" = 'metrics'", [trial_id], |r| r.get(0))
             .optional()
             .map_err(|e| self.err(e))?;
         let mut merged: Map<String, Value> = current.and_then(|c| serde_json::from_str(&c).ok()).unwrap_or_default();
@@ -662,18 +660,14 @@ impl Store {
         let mut out = Vec::new();
         for t in history.iter().filter(|t| t.state == TrialState::Running) {
             let owner: Option<Owner> = tx
-                .query_row(
-                    "SELECT value_json FROM trial_system_attributes WHERE trial_id = ?1 AND \"key\" = 'sft:owner'",
-                    [t.id],
-                    |r| r.get::<_, String>(0),
-                )
+                .query_row("SELECT value_json FROM trial_system_attributes WHERE trial_id = ?1 AND \"key\" = 'sft:owner'", [t.id], |r| {
+                    r.get::<_, String>(0)
+                })
                 .optional()
                 .map_err(sq)?
                 .and_then(|s| serde_json::from_str(&s).ok());
-            let beat_at: Option<String> = tx
-                .query_row("SELECT heartbeat FROM trial_heartbeats WHERE trial_id = ?1", [t.id], |r| r.get(0))
-                .optional()
-                .map_err(sq)?;
+            let beat_at: Option<String> =
+                tx.query_row("SELECT heartbeat FROM trial_heartbeats WHERE trial_id = ?1", [t.id], |r| r.get(0)).optional().map_err(sq)?;
             let last_sign = beat_at.as_deref().or(t.started_at.as_deref()).and_then(parse_time);
             let silent_for = last_sign.map(|l| (now - l).to_std().unwrap_or_default());
             let stale = silent_for.is_none_or(|s| s > heartbeat_timeout);
@@ -760,10 +754,7 @@ fn next_number(conn: &Connection, study_id: i64) -> rusqlite::Result<TrialNumber
 type ParamsWithDists = Vec<(String, ParamValue, Distribution)>;
 
 fn with_distributions(space: &SearchSpace, params: &ParamSet) -> ParamsWithDists {
-    params
-        .iter()
-        .filter_map(|(k, v)| space.get(k).map(|d| (k.clone(), v.clone(), d.clone())))
-        .collect()
+    params.iter().filter_map(|(k, v)| space.get(k).map(|d| (k.clone(), v.clone(), d.clone()))).collect()
 }
 
 fn insert_trial(
@@ -812,7 +803,9 @@ fn queued_params(conn: &Connection, trial: &TrialRecord, space: &SearchSpace) ->
         .optional()?;
     if let Some(Value::Object(map)) = fixed.and_then(|j| serde_json::from_str::<Value>(&j).ok()) {
         for (name, v) in map {
-            let (false, Some(dist), Some(value)) = (params.contains_key(&name), space.get(&name), ParamValue::from_json(&v)) else { continue };
+            let (false, Some(dist), Some(value)) = (params.contains_key(&name), space.get(&name), ParamValue::from_json(&v)) else {
+                continue;
+            };
             if let Ok(value) = dist.coerce(&name, &value) {
                 params.insert(name, value);
             }
@@ -881,21 +874,17 @@ impl From<rusqlite::Error> for FinishError {
 }
 
 fn finish_in(tx: &Transaction, trial_id: i64, outcome: &Outcome, retry: bool) -> std::result::Result<Option<TrialNumber>, FinishError> {
-    let (number, study_id, state): (i64, i64, String) = tx.query_row(
-        "SELECT number, study_id, state FROM trials WHERE trial_id = ?1",
-        [trial_id],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-    )?;
+    let (number, study_id, state): (i64, i64, String) =
+        tx.query_row("SELECT number, study_id, state FROM trials WHERE trial_id = ?1", [trial_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
     let from: TrialState = state.parse().unwrap_or(TrialState::Fail);
     let to = outcome.state();
     if !from.can_become(to) {
         return Err(FinishError::Transition(number as TrialNumber, from, to));
     }
     let now = now_text();
-    tx.execute(
-        "UPDATE trials SET state = ?1, datetime_complete = ?2 WHERE trial_id = ?3",
-        params![to.as_str(), now, trial_id],
-    )?;
+    tx.execute("UPDATE trials SET state = ?1, datetime_complete = ?2 WHERE trial_id = ?3", params![to.as_str(), now, trial_id])?;
     let value = match outcome {
         Outcome::Complete { value } => Some(*value),
         Outcome::Pruned { value, .. } => *value,
@@ -965,7 +954,13 @@ fn read_trials(conn: &Connection, study_id: i64) -> std::result::Result<Vec<Tria
     let mut trials: Vec<TrialRecord> = Vec::new();
     let mut index: HashMap<i64, usize> = HashMap::new();
     let rows = st.query_map([study_id], |r| {
-        Ok((r.get::<_, i64>(0)?, r.get::<_, Option<i64>>(1)?, r.get::<_, String>(2)?, r.get::<_, Option<String>>(3)?, r.get::<_, Option<String>>(4)?))
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, Option<i64>>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, Option<String>>(3)?,
+            r.get::<_, Option<String>>(4)?,
+        ))
     })?;
     for row in rows {
         let (id, number, state, start, end) = row?;
@@ -982,7 +977,8 @@ fn read_trials(conn: &Connection, study_id: i64) -> std::result::Result<Vec<Tria
     let mut st = conn.prepare(&format!(
         "SELECT trial_id, param_name, param_value, distribution_json FROM trial_params WHERE trial_id IN {sub} ORDER BY param_id"
     ))?;
-    let rows = st.query_map([study_id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, f64>(2)?, r.get::<_, String>(3)?)))?;
+    let rows =
+        st.query_map([study_id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, f64>(2)?, r.get::<_, String>(3)?)))?;
     for row in rows {
         let (id, name, x, dj) = row?;
         let Some(&i) = index.get(&id) else { continue };
@@ -991,7 +987,8 @@ fn read_trials(conn: &Connection, study_id: i64) -> std::result::Result<Vec<Tria
             .ok_or_else(|| ReadError::Corrupt(trials[i].number, format!("parameter `{name}` has distribution {dj}")))?;
         trials[i].params.insert(name, value);
     }
-    let mut st = conn.prepare(&format!("SELECT trial_id, value, value_type FROM trial_values WHERE objective = 0 AND trial_id IN {sub}"))?;
+    let mut st =
+        conn.prepare(&format!("SELECT trial_id, value, value_type FROM trial_values WHERE objective = 0 AND trial_id IN {sub}"))?;
     let rows = st.query_map([study_id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Option<f64>>(1)?, r.get::<_, String>(2)?)))?;
     for row in rows {
         let (id, v, t) = row?;
@@ -1002,7 +999,8 @@ fn read_trials(conn: &Connection, study_id: i64) -> std::result::Result<Vec<Tria
     let mut st = conn.prepare(&format!(
         "SELECT trial_id, step, intermediate_value, intermediate_value_type FROM trial_intermediate_values WHERE trial_id IN {sub} ORDER BY trial_id, step"
     ))?;
-    let rows = st.query_map([study_id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, Option<f64>>(2)?, r.get::<_, String>(3)?)))?;
+    let rows =
+        st.query_map([study_id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, Option<f64>>(2)?, r.get::<_, String>(3)?)))?;
     for row in rows {
         let (id, step, v, t) = row?;
         if let (Some(&i), Some(v)) = (index.get(&id), from_value_type(v, &t)) {

@@ -17,9 +17,7 @@ impl Store {
                  WHERE t.study_id = ?1 ORDER BY p.param_id",
             )
             .map_err(|e| self.err(e))?;
-        let rows = st
-            .query_map([study_id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-            .map_err(|e| self.err(e))?;
+        let rows = st.query_map([study_id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))).map_err(|e| self.err(e))?;
         let mut out: Vec<(String, Distribution)> = Vec::new();
         for row in rows {
             let (name, json) = row.map_err(|e| self.err(e))?;

@@ -179,10 +179,8 @@ pub fn check(conn: &Connection) -> rusqlite::Result<Option<SchemaProblem>> {
         .optional()?
         .unwrap_or(false);
     if has_version_table {
-        let v: Option<i64> = conn
-            .query_row("SELECT schema_version FROM version_info WHERE version_info_id = 1", [], |r| r.get(0))
-            .optional()?
-            .flatten();
+        let v: Option<i64> =
+            conn.query_row("SELECT schema_version FROM version_info WHERE version_info_id = 1", [], |r| r.get(0)).optional()?.flatten();
         if let Some(v) = v {
             if v != OPTUNA_SCHEMA_VERSION {
                 return Ok(Some(SchemaProblem::OtherOptuna { found: v }));

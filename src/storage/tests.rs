@@ -20,7 +20,14 @@ fn open_study(path: &Path) -> (Store, StudyInfo) {
     let mut store = Store::open(path).unwrap();
     let sp = space();
     let info = store
-        .create_or_open_study(&StudySpec { name: "s", direction: Direction::Maximize, metric: "acc", space: &sp, study_text: "", allow_space_change: false })
+        .create_or_open_study(&StudySpec {
+            name: "s",
+            direction: Direction::Maximize,
+            metric: "acc",
+            space: &sp,
+            study_text: "",
+            allow_space_change: false,
+        })
         .unwrap();
     (store, info)
 }
@@ -28,17 +35,15 @@ fn open_study(path: &Path) -> (Store, StudyInfo) {
 type NoErr = std::convert::Infallible;
 
 fn claim(store: &mut Store, study: i64, n: Option<u64>, p: ParamSet) -> Claim {
-    store
-        .claim_next::<NoErr>(study, &space(), Budget { n_trials: n }, &Owner::current(), "cpu", |_, _, _| Ok(Some(p)))
-        .unwrap()
-        .unwrap()
+    store.claim_next::<NoErr>(study, &space(), Budget { n_trials: n }, &Owner::current(), "cpu", |_, _, _| Ok(Some(p))).unwrap().unwrap()
 }
 
 #[test]
 fn fresh_file_gets_optuna_layout_and_versions() {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = open_study(&dir.path().join("a.db"));
-    let v: (i64, String) = store.conn.query_row("SELECT schema_version, library_version FROM version_info", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+    let v: (i64, String) =
+        store.conn.query_row("SELECT schema_version, library_version FROM version_info", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
     assert_eq!(v.0, schema::OPTUNA_SCHEMA_VERSION);
     let head: String = store.conn.query_row("SELECT version_num FROM alembic_version", [], |r| r.get(0)).unwrap();
     assert_eq!(head, schema::OPTUNA_ALEMBIC_HEAD);
@@ -149,7 +154,8 @@ fn enqueue_uses_optuna_fixed_params() {
     let (mut store, study) = open_study(&dir.path().join("a.db"));
     let p = point(3e-5, ParamValue::Int(16), 2);
     assert_eq!(store.enqueue(study.id, &space(), &p).unwrap(), 0);
-    let fixed: String = store.conn.query_row("SELECT value_json FROM trial_system_attributes WHERE \"key\" = 'fixed_params'", [], |r| r.get(0)).unwrap();
+    let fixed: String =
+        store.conn.query_row("SELECT value_json FROM trial_system_attributes WHERE \"key\" = 'fixed_params'", [], |r| r.get(0)).unwrap();
     let fixed: Value = serde_json::from_str(&fixed).unwrap();
     assert_eq!(fixed["bs"], Value::from(16));
     let trials = store.trials(study.id).unwrap();
@@ -165,7 +171,10 @@ fn a_partly_queued_trial_gets_the_rest_from_the_sampler_when_claimed() {
     // Optuna's `enqueue_trial` queues the same way without parameter rows: only the
     // `fixed_params` attribute.
     let optuna_style = store.enqueue(study.id, &space(), &partial).unwrap();
-    store.conn.execute("DELETE FROM trial_params WHERE trial_id = (SELECT trial_id FROM trials WHERE number = ?1)", params![optuna_style]).unwrap();
+    store
+        .conn
+        .execute("DELETE FROM trial_params WHERE trial_id = (SELECT trial_id FROM trials WHERE number = ?1)", params![optuna_style])
+        .unwrap();
     store.conn.execute("UPDATE trial_system_attributes SET value_json = '{\"ep\": 4}' WHERE \"key\" = 'fixed_params' AND trial_id = (SELECT trial_id FROM trials WHERE number = ?1)", params![optuna_style]).unwrap();
     for (number, held) in [(0, ("bs", ParamValue::Str("big".into()))), (1, ("ep", ParamValue::Int(4)))] {
         let mut seen = None;
@@ -198,8 +207,11 @@ fn a_partly_queued_trial_gets_the_rest_from_the_sampler_when_claimed() {
 fn a_changed_space_is_refused_unless_allowed() {
     let dir = tempfile::tempdir().unwrap();
     let (mut store, _) = open_study(&dir.path().join("a.db"));
-    let other = SearchSpace::new(vec![Param { name: "lr".into(), dist: Distribution::Float { low: 0.1, high: 1.0, log: false, step: None } }]).unwrap();
-    let spec = StudySpec { name: "s", direction: Direction::Maximize, metric: "acc", space: &other, study_text: "", allow_space_change: false };
+    let other =
+        SearchSpace::new(vec![Param { name: "lr".into(), dist: Distribution::Float { low: 0.1, high: 1.0, log: false, step: None } }])
+            .unwrap();
+    let spec =
+        StudySpec { name: "s", direction: Direction::Maximize, metric: "acc", space: &other, study_text: "", allow_space_change: false };
     assert!(matches!(store.create_or_open_study(&spec), Err(StoreError::SpaceChanged { .. })));
     assert!(store.create_or_open_study(&StudySpec { allow_space_change: true, ..spec.clone() }).is_ok());
     let flipped = StudySpec { direction: Direction::Minimize, allow_space_change: true, ..spec };
@@ -233,7 +245,13 @@ fn orphans_of_dead_owners_are_failed_and_retried() {
     assert_eq!((trials[2].state, trials[2].retry_of, &trials[2].params), (TrialState::Waiting, Some(0), &p));
     // A silent owner on another host is judged by heartbeat age.
     let remote = Owner { host: "elsewhere".into(), pid: 1, start: None, worker_id: None };
-    store.conn.execute("UPDATE trial_system_attributes SET value_json = ?1 WHERE trial_id = ?2 AND \"key\" = 'sft:owner'", params![serde_json::to_string(&remote).unwrap(), b.id]).unwrap();
+    store
+        .conn
+        .execute(
+            "UPDATE trial_system_attributes SET value_json = ?1 WHERE trial_id = ?2 AND \"key\" = 'sft:owner'",
+            params![serde_json::to_string(&remote).unwrap(), b.id],
+        )
+        .unwrap();
     assert!(store.recover_orphans(study.id, Duration::from_secs(3600), 1).unwrap().is_empty());
     store.conn.execute("UPDATE trial_heartbeats SET heartbeat = '2000-01-01 00:00:00.000000' WHERE trial_id = ?1", [b.id]).unwrap();
     let rec = store.recover_orphans(study.id, Duration::from_secs(3600), 0).unwrap();
@@ -286,7 +304,14 @@ fn many_openers_of_a_new_file_at_once_all_succeed() {
                     barrier.wait();
                     let mut store = Store::open(&path).map_err(|e| e.to_string())?;
                     let sp = space();
-                    let spec = StudySpec { name: "s", direction: Direction::Minimize, metric: "v", space: &sp, study_text: "", allow_space_change: false };
+                    let spec = StudySpec {
+                        name: "s",
+                        direction: Direction::Minimize,
+                        metric: "v",
+                        space: &sp,
+                        study_text: "",
+                        allow_space_change: false,
+                    };
                     store.create_or_open_study(&spec).map(|s| s.id).map_err(|e| e.to_string())
                 })
             })

@@ -98,8 +98,12 @@ impl WeightAverage {
 
     /// Writes `trained` (from [`Self::swap_in`]) under the variables' names.
     pub fn save_trained(&self, trained: &Trained, path: &Path) -> Result<(), EmaError> {
-        let map: std::collections::HashMap<String, Tensor> =
-            self.vars.iter().zip(&trained.0).map(|((name, _), t)| t.to_device(&Device::Cpu).map(|t| (name.clone(), t))).collect::<candle_core::Result<_>>()?;
+        let map: std::collections::HashMap<String, Tensor> = self
+            .vars
+            .iter()
+            .zip(&trained.0)
+            .map(|((name, _), t)| t.to_device(&Device::Cpu).map(|t| (name.clone(), t)))
+            .collect::<candle_core::Result<_>>()?;
         candle_core::safetensors::save(&map, path)?;
         Ok(())
     }
@@ -180,7 +184,8 @@ mod tests {
         let d = 0.5;
         let ws = [[1.0f32, -2.0], [3.0, 0.0], [-1.0, 4.0]];
         let norm = 1.0 - d * d * d;
-        let want: Vec<f64> = (0..2).map(|j| (0.25 * 0.5 * ws[0][j] as f64 + 0.5 * 0.5 * ws[1][j] as f64 + 0.5 * ws[2][j] as f64) / norm).collect();
+        let want: Vec<f64> =
+            (0..2).map(|j| (0.25 * 0.5 * ws[0][j] as f64 + 0.5 * 0.5 * ws[1][j] as f64 + 0.5 * ws[2][j] as f64) / norm).collect();
         // f32 on the CPU takes the in-place op; f64 the tensor-op path other devices take
         for dtype in [DType::F32, DType::F64] {
             let v = Var::from_tensor(&Tensor::new(&[9.0f32, 9.0], &Device::Cpu).unwrap().to_dtype(dtype).unwrap()).unwrap();

@@ -106,6 +106,7 @@ mod tests {
         let dev = Device::Cpu;
         let logits = Tensor::new(&[[1f32], [3.0]], &dev).unwrap();
         let y = Tensor::new(&[0f32, 1.0], &dev).unwrap();
-        assert!((scalar(Loss::Mse.compute(&logits, &y).unwrap()) - 2.5).abs() < 1e-6); // (1 + 4)/2
+        assert!((scalar(Loss::Mse.compute(&logits, &y).unwrap()) - 2.5).abs() < 1e-6);
+        // (1 + 4)/2
     }
 }

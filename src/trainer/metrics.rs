@@ -27,16 +27,8 @@ use super::data::Target;
 pub use fit::{diagnose_fit, EpochRecord, FitDiagnosis};
 
 /// Names a study's `metric` may take, for classification.
-pub const CLASSIFICATION_METRICS: [&str; 8] = [
-    "loss",
-    "accuracy",
-    "precision_macro",
-    "recall_macro",
-    "f1_macro",
-    "f1_weighted",
-    "f1",
-    "roc_auc",
-];
+pub const CLASSIFICATION_METRICS: [&str; 8] =
+    ["loss", "accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_weighted", "f1", "roc_auc"];
 /// Names a study's `metric` may take, for regression.
 pub const REGRESSION_METRICS: [&str; 4] = ["loss", "mse", "mae", "r2"];
 
@@ -44,8 +36,7 @@ pub const REGRESSION_METRICS: [&str; 4] = ["loss", "mse", "mae", "r2"];
 pub fn greater_is_better(name: &str) -> Option<bool> {
     match name {
         "loss" | "mse" | "mae" => Some(false),
-        "accuracy" | "precision_macro" | "recall_macro" | "f1_macro" | "f1_weighted" | "f1"
-        | "roc_auc" | "r2" => Some(true),
+        "accuracy" | "precision_macro" | "recall_macro" | "f1_macro" | "f1_weighted" | "f1" | "roc_auc" | "r2" => Some(true),
         _ => None,
     }
 }
@@ -56,11 +47,7 @@ pub enum MetricsError {
     #[error("no rows to evaluate")]
     Empty,
     #[error("{what}: expected {expected} values, got {got}")]
-    Length {
-        what: &'static str,
-        expected: usize,
-        got: usize,
-    },
+    Length { what: &'static str, expected: usize, got: usize },
     #[error("label {label} is not below the number of classes {classes}")]
     LabelOutOfRange { label: u32, classes: usize },
     #[error("{what} of row {row} is not finite")]
@@ -171,10 +158,7 @@ impl Metrics {
             Metrics::Classification(_) => &CLASSIFICATION_METRICS,
             Metrics::Regression(_) => &REGRESSION_METRICS,
         };
-        names
-            .iter()
-            .filter_map(|n| self.metric_by_name(n).map(|v| (n.to_string(), v)))
-            .collect()
+        names.iter().filter_map(|n| self.metric_by_name(n).map(|v| (n.to_string(), v))).collect()
     }
 }
 
@@ -198,48 +182,28 @@ pub fn softmax_rows<T: Copy + Into<f64>>(logits: &[T], k: usize) -> Vec<f64> {
     out
 }
 
-fn check_inputs(
-    values: &[f64],
-    k: usize,
-    labels: &[u32],
-    what: &'static str,
-) -> Result<(), MetricsError> {
+fn check_inputs(values: &[f64], k: usize, labels: &[u32], what: &'static str) -> Result<(), MetricsError> {
     if labels.is_empty() {
         return Err(MetricsError::Empty);
     }
     if values.len() != labels.len() * k {
-        return Err(MetricsError::Length {
-            what,
-            expected: labels.len() * k,
-            got: values.len(),
-        });
+        return Err(MetricsError::Length { what, expected: labels.len() * k, got: values.len() });
     }
     if let Some(&label) = labels.iter().find(|&&l| l as usize >= k) {
         return Err(MetricsError::LabelOutOfRange { label, classes: k });
     }
     if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-        return Err(MetricsError::NonFinite {
-            what,
-            row: i / k.max(1),
-        });
+        return Err(MetricsError::NonFinite { what, row: i / k.max(1) });
     }
     Ok(())
 }
 
 /// Metrics from probabilities `probs` (`[n, k]` row-major) and true class ids.
-pub fn classification_metrics<T: Copy + Into<f64>>(
-    probs: &[T],
-    k: usize,
-    labels: &[u32],
-) -> Result<ClassificationMetrics, MetricsError> {
+pub fn classification_metrics<T: Copy + Into<f64>>(probs: &[T], k: usize, labels: &[u32]) -> Result<ClassificationMetrics, MetricsError> {
     let p: Vec<f64> = probs.iter().map(|&x| x.into()).collect();
     check_inputs(&p, k, labels, "probabilities")?;
-    let loss = labels
-        .iter()
-        .enumerate()
-        .map(|(i, &y)| -p[i * k + y as usize].clamp(f64::EPSILON, 1.0).ln())
-        .sum::<f64>()
-        / labels.len() as f64;
+    let loss =
+        labels.iter().enumerate().map(|(i, &y)| -p[i * k + y as usize].clamp(f64::EPSILON, 1.0).ln()).sum::<f64>() / labels.len() as f64;
     Ok(from_scores(&p, k, labels, loss))
 }
 
@@ -285,12 +249,9 @@ fn from_scores(p: &[f64], k: usize, labels: &[u32], loss: f64) -> Classification
     let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
     let prec: Vec<f64> = (0..k).map(|c| ratio(cm[c][c], predicted[c])).collect();
     let rec: Vec<f64> = (0..k).map(|c| ratio(cm[c][c], support[c])).collect();
-    let f1c: Vec<f64> = (0..k)
-        .map(|c| ratio(2 * cm[c][c], support[c] + predicted[c]))
-        .collect();
+    let f1c: Vec<f64> = (0..k).map(|c| ratio(2 * cm[c][c], support[c] + predicted[c])).collect();
     let present: Vec<usize> = (0..k).filter(|&c| support[c] + predicted[c] > 0).collect();
-    let macro_avg =
-        |v: &[f64]| present.iter().map(|&c| v[c]).sum::<f64>() / present.len().max(1) as f64;
+    let macro_avg = |v: &[f64]| present.iter().map(|&c| v[c]).sum::<f64>() / present.len().max(1) as f64;
     let f1_weighted = (0..k).map(|c| f1c[c] * support[c] as f64).sum::<f64>() / n as f64;
     let (f1, roc_auc) = if k == 2 {
         let scores: Vec<f64> = (0..n).map(|i| p[i * 2 + 1]).collect();
@@ -304,11 +265,7 @@ fn from_scores(p: &[f64], k: usize, labels: &[u32], loss: f64) -> Classification
                 roc_auc_binary(&scores, &pos)
             })
             .collect();
-        let auc = if aucs.is_empty() {
-            None
-        } else {
-            Some(aucs.iter().sum::<f64>() / aucs.len() as f64)
-        };
+        let auc = if aucs.is_empty() { None } else { Some(aucs.iter().sum::<f64>() / aucs.len() as f64) };
         (None, auc)
     };
     ClassificationMetrics {
@@ -326,18 +283,11 @@ fn from_scores(p: &[f64], k: usize, labels: &[u32], loss: f64) -> Classification
 
 /// Metrics of a model's outputs against the rows' targets: `outputs` are `[n, k]` logits for
 /// classification, or `[n, 1]` predictions for regression (the kind follows the targets).
-pub fn evaluate_outputs<T: Copy + Into<f64>>(
-    outputs: &[T],
-    k: usize,
-    targets: &[Target],
-) -> Result<Metrics, MetricsError> {
+pub fn evaluate_outputs<T: Copy + Into<f64>>(outputs: &[T], k: usize, targets: &[Target]) -> Result<Metrics, MetricsError> {
     match targets.first() {
         None => Err(MetricsError::Empty),
         Some(Target::Class(_)) => {
-            let labels: Vec<u32> = targets
-                .iter()
-                .map(|t| t.class().ok_or(MetricsError::MixedTargets))
-                .collect::<Result<_, _>>()?;
+            let labels: Vec<u32> = targets.iter().map(|t| t.class().ok_or(MetricsError::MixedTargets)).collect::<Result<_, _>>()?;
             classification_metrics_from_logits(outputs, k, &labels).map(Metrics::Classification)
         }
         Some(Target::Value(_)) => {
@@ -349,11 +299,7 @@ pub fn evaluate_outputs<T: Copy + Into<f64>>(
                 })
                 .collect::<Result<_, _>>()?;
             if k != 1 {
-                return Err(MetricsError::Length {
-                    what: "outputs per row",
-                    expected: 1,
-                    got: k,
-                });
+                return Err(MetricsError::Length { what: "outputs per row", expected: 1, got: k });
             }
             regression_metrics(outputs, &values).map(Metrics::Regression)
         }
@@ -391,33 +337,20 @@ pub fn roc_auc_binary(scores: &[f64], positive: &[bool]) -> Option<f64> {
 }
 
 /// Regression metrics from predictions and targets.
-pub fn regression_metrics<T: Copy + Into<f64>, U: Copy + Into<f64>>(
-    pred: &[T],
-    target: &[U],
-) -> Result<RegressionMetrics, MetricsError> {
+pub fn regression_metrics<T: Copy + Into<f64>, U: Copy + Into<f64>>(pred: &[T], target: &[U]) -> Result<RegressionMetrics, MetricsError> {
     if target.is_empty() {
         return Err(MetricsError::Empty);
     }
     if pred.len() != target.len() {
-        return Err(MetricsError::Length {
-            what: "predictions",
-            expected: target.len(),
-            got: pred.len(),
-        });
+        return Err(MetricsError::Length { what: "predictions", expected: target.len(), got: pred.len() });
     }
     let p: Vec<f64> = pred.iter().map(|&x| x.into()).collect();
     let t: Vec<f64> = target.iter().map(|&x| x.into()).collect();
     if let Some(row) = p.iter().position(|v| !v.is_finite()) {
-        return Err(MetricsError::NonFinite {
-            what: "prediction",
-            row,
-        });
+        return Err(MetricsError::NonFinite { what: "prediction", row });
     }
     if let Some(row) = t.iter().position(|v| !v.is_finite()) {
-        return Err(MetricsError::NonFinite {
-            what: "target",
-            row,
-        });
+        return Err(MetricsError::NonFinite { what: "target", row });
     }
     let n = t.len() as f64;
     let sse: f64 = p.iter().zip(&t).map(|(a, b)| (a - b) * (a - b)).sum();
@@ -425,12 +358,7 @@ pub fn regression_metrics<T: Copy + Into<f64>, U: Copy + Into<f64>>(
     let mean = t.iter().sum::<f64>() / n;
     let sst: f64 = t.iter().map(|b| (b - mean) * (b - mean)).sum();
     let mse = sse / n;
-    Ok(RegressionMetrics {
-        loss: mse,
-        mse,
-        mae,
-        r2: (sst > 0.0).then(|| 1.0 - sse / sst),
-    })
+    Ok(RegressionMetrics { loss: mse, mse, mae, r2: (sst > 0.0).then(|| 1.0 - sse / sst) })
 }
 
 #[cfg(test)]
@@ -447,10 +375,7 @@ mod tests {
     // 4 + 3.5 + 3 + 2.5 = 13 of 16 pairs (a tie counts ½) → 0.8125.
     fn binary() -> (Vec<f64>, Vec<u32>) {
         let p1 = [0.9, 0.8, 0.8, 0.6, 0.4, 0.4, 0.3, 0.1];
-        (
-            p1.iter().flat_map(|&p| [1.0 - p, p]).collect(),
-            vec![1, 1, 0, 1, 0, 1, 0, 0],
-        )
+        (p1.iter().flat_map(|&p| [1.0 - p, p]).collect(), vec![1, 1, 0, 1, 0, 1, 0, 0])
     }
 
     #[test]
@@ -471,8 +396,8 @@ mod tests {
     #[test]
     fn three_classes_one_never_predicted() {
         let p = [
-            0.7, 0.2, 0.1, 0.5, 0.4, 0.1, 0.4, 0.5, 0.1, 0.2, 0.7, 0.1, 0.3, 0.6, 0.1, 0.6, 0.3,
-            0.1, 0.4, 0.3, 0.3, 0.2, 0.5, 0.3, 0.5, 0.2, 0.3f32,
+            0.7, 0.2, 0.1, 0.5, 0.4, 0.1, 0.4, 0.5, 0.1, 0.2, 0.7, 0.1, 0.3, 0.6, 0.1, 0.6, 0.3, 0.1, 0.4, 0.3, 0.3, 0.2, 0.5, 0.3, 0.5,
+            0.2, 0.3f32,
         ];
         let y = [0, 0, 0, 1, 1, 1, 2, 2, 2];
         let m = classification_metrics(&p, 3, &y).unwrap();
@@ -485,10 +410,7 @@ mod tests {
         close(m.f1_weighted, 0.35714285714285715);
         assert_eq!(m.f1, None);
         assert!((m.roc_auc.unwrap() - 0.8611111111111112).abs() < t);
-        assert_eq!(
-            m.confusion_matrix,
-            vec![vec![2, 1, 0], vec![1, 2, 0], vec![2, 1, 0]]
-        );
+        assert_eq!(m.confusion_matrix, vec![vec![2, 1, 0], vec![1, 2, 0], vec![2, 1, 0]]);
     }
 
     #[test]
@@ -509,10 +431,7 @@ mod tests {
         assert_eq!(greater_is_better("loss"), Some(false));
         assert_eq!(greater_is_better("f1_macro"), Some(true));
         assert_eq!(greater_is_better("bogus"), None);
-        assert!(CLASSIFICATION_METRICS
-            .iter()
-            .chain(&REGRESSION_METRICS)
-            .all(|n| greater_is_better(n).is_some()));
+        assert!(CLASSIFICATION_METRICS.iter().chain(&REGRESSION_METRICS).all(|n| greater_is_better(n).is_some()));
     }
 
     #[test]
@@ -545,40 +464,19 @@ mod tests {
         let logits = [2.0f32, -1.0, 0.0, 0.0, -3.0, 1.0];
         let t = [Target::Class(0), Target::Class(1), Target::Class(1)];
         let m = evaluate_outputs(&logits, 2, &t).unwrap();
-        assert_eq!(
-            Metrics::Classification(
-                classification_metrics_from_logits(&logits, 2, &[0, 1, 1]).unwrap()
-            ),
-            m
-        );
+        assert_eq!(Metrics::Classification(classification_metrics_from_logits(&logits, 2, &[0, 1, 1]).unwrap()), m);
         assert_eq!(m.accuracy(), Some(2.0 / 3.0));
-        let r =
-            evaluate_outputs(&[1.0f32, 2.0], 1, &[Target::Value(1.0), Target::Value(3.0)]).unwrap();
+        let r = evaluate_outputs(&[1.0f32, 2.0], 1, &[Target::Value(1.0), Target::Value(3.0)]).unwrap();
         assert_eq!(r.metric_by_name("mae"), Some(0.5));
-        assert_eq!(
-            evaluate_outputs(&[1.0f32, 2.0], 1, &[Target::Value(1.0), Target::Class(0)]),
-            Err(MetricsError::MixedTargets)
-        );
+        assert_eq!(evaluate_outputs(&[1.0f32, 2.0], 1, &[Target::Value(1.0), Target::Class(0)]), Err(MetricsError::MixedTargets));
     }
 
     #[test]
     fn bad_inputs_are_errors() {
-        assert_eq!(
-            classification_metrics::<f64>(&[], 2, &[]),
-            Err(MetricsError::Empty)
-        );
-        assert!(matches!(
-            classification_metrics(&[0.5, 0.5], 2, &[2]),
-            Err(MetricsError::LabelOutOfRange { .. })
-        ));
-        assert!(matches!(
-            classification_metrics(&[0.5, 0.5, 0.1], 2, &[0]),
-            Err(MetricsError::Length { .. })
-        ));
-        assert!(matches!(
-            classification_metrics(&[f64::NAN, 0.5], 2, &[0]),
-            Err(MetricsError::NonFinite { .. })
-        ));
+        assert_eq!(classification_metrics::<f64>(&[], 2, &[]), Err(MetricsError::Empty));
+        assert!(matches!(classification_metrics(&[0.5, 0.5], 2, &[2]), Err(MetricsError::LabelOutOfRange { .. })));
+        assert!(matches!(classification_metrics(&[0.5, 0.5, 0.1], 2, &[0]), Err(MetricsError::Length { .. })));
+        assert!(matches!(classification_metrics(&[f64::NAN, 0.5], 2, &[0]), Err(MetricsError::NonFinite { .. })));
     }
 
     #[test]
@@ -589,15 +487,9 @@ mod tests {
         close(m.loss, 0.375);
         close(m.mae, 0.5);
         close(m.r2.unwrap(), 0.9486081370449679);
-        assert_eq!(
-            regression_metrics(&[1.0, 2.0], &[1.0, 1.0]).unwrap().r2,
-            None
-        );
+        assert_eq!(regression_metrics(&[1.0, 2.0], &[1.0, 1.0]).unwrap().r2, None);
         let r = Metrics::Regression(m);
         assert_eq!(r.metric_by_name("f1"), None);
-        assert_eq!(
-            r.to_map().keys().cloned().collect::<Vec<_>>(),
-            vec!["loss", "mae", "mse", "r2"]
-        );
+        assert_eq!(r.to_map().keys().cloned().collect::<Vec<_>>(), vec!["loss", "mae", "mse", "r2"]);
     }
 }

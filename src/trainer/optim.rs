@@ -488,7 +488,11 @@ impl Group {
         if self.update_fused_cuda(slots, &g, cfg, lr, t)? {
             return Ok(());
         }
-        let parts = self.members.iter().map(|&(i, _)| slots[i].var.as_tensor().flatten_all()?.to_dtype(DType::F32)).collect::<candle_core::Result<Vec<_>>>()?;
+        let parts = self
+            .members
+            .iter()
+            .map(|&(i, _)| slots[i].var.as_tensor().flatten_all()?.to_dtype(DType::F32))
+            .collect::<candle_core::Result<Vec<_>>>()?;
         let p = Tensor::cat(&parts, 0)?;
         let wd = if self.decay { cfg.weight_decay } else { 0.0 };
         let (p2, m2, v2) = tensor_update(cfg, &p, &g, &self.m, self.v.as_ref(), lr, wd, t)?;
@@ -1033,7 +1037,9 @@ mod tests {
     /// decay), one large enough for the two-stage norm reduction with a ragged tail.
     fn mixed_params() -> Vec<(String, Vec<f32>, Vec<usize>)> {
         let big = 3 * REDUCE_ROW + 77;
-        let vals = |n: usize, k: f32| (0..n).map(|i| (if i % 2 == 0 { 1.0 } else { -1.0 }) * (0.5 + k * ((i % 97) as f32) / 97.0)).collect::<Vec<f32>>();
+        let vals = |n: usize, k: f32| {
+            (0..n).map(|i| (if i % 2 == 0 { 1.0 } else { -1.0 }) * (0.5 + k * ((i % 97) as f32) / 97.0)).collect::<Vec<f32>>()
+        };
         vec![
             ("encoder.dense.weight".into(), vals(12, 0.3), vec![3, 4]),
             ("encoder.dense.bias".into(), vals(3, 0.7), vec![3]),
@@ -1121,7 +1127,8 @@ mod tests {
     fn flat_path_returns_the_norm_as_a_tensor() {
         let (n1, a) = var("a", &[0.0]);
         let (n2, b) = var("b", &[0.0]);
-        let mut opt = Optimizer::with_path(vec![(n1, a.clone()), (n2, b.clone())], OptimConfig::new(OptimizerKind::Sgd, 0.0, 0.0), true).unwrap();
+        let mut opt =
+            Optimizer::with_path(vec![(n1, a.clone()), (n2, b.clone())], OptimConfig::new(OptimizerKind::Sgd, 0.0, 0.0), true).unwrap();
         let g = grads_of(&opt, &[&a, &b], &[&[3.0], &[4.0]]);
         let info = opt.step(&g, 1.0, 1.0).unwrap();
         let GradNorm::Device(t) = &info.grad_norm else { panic!("{:?}", info.grad_norm) };
@@ -1154,7 +1161,8 @@ mod tests {
                 let first = if cfg.kind == OptimizerKind::Adamw { "exp_avg" } else { "momentum_buffer" };
                 assert_eq!(saved[&format!("encoder.dense.weight.{first}")].dims(), &[3, 4]);
                 // the reader: the other path, on a copy of the weights
-                let rv: Vec<(String, Var)> = wv.iter().map(|(n, v)| (n.clone(), Var::from_tensor(&v.as_tensor().copy().unwrap()).unwrap())).collect();
+                let rv: Vec<(String, Var)> =
+                    wv.iter().map(|(n, v)| (n.clone(), Var::from_tensor(&v.as_tensor().copy().unwrap()).unwrap())).collect();
                 let mut r = Optimizer::with_path(rv.clone(), cfg, !writer_flat).unwrap();
                 r.load(&path).unwrap();
                 assert_eq!(r.steps_done(), 3);

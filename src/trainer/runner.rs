@@ -82,7 +82,8 @@ impl FinetuneRunner {
         metric: &str,
         direction: Direction,
     ) -> Result<Self, FinetuneConfigError> {
-        let err = |table: &'static str| move |e: toml::de::Error| FinetuneConfigError::Table { table, message: e.message().trim().to_string() };
+        let err =
+            |table: &'static str| move |e: toml::de::Error| FinetuneConfigError::Table { table, message: e.message().trim().to_string() };
         let mut model: ModelSection = model.clone().try_into().map_err(err("model"))?;
         if let Some(p) = model.path.as_mut() {
             if p.is_relative() {
@@ -170,11 +171,7 @@ impl FinetuneRunner {
     /// Evaluates `checkpoint` once on the test split (in a worker): the test metrics with
     /// `confusion_matrix`, or why it failed.
     pub fn run_test(&self, checkpoint: &Path, device: &str) -> Result<Map<String, Value>, String> {
-        let job = WorkerJob::Test(TestJob {
-            checkpoint: absolute(checkpoint),
-            data: self.data.clone(),
-            device: worker_device(device),
-        });
+        let job = WorkerJob::Test(TestJob { checkpoint: absolute(checkpoint), data: self.data.clone(), device: worker_device(device) });
         self.capture(&job, device, "test")
     }
 
@@ -248,9 +245,9 @@ impl TrialRunner for FinetuneRunner {
                 m.insert("oom_retry_micro_batch_size".into(), Value::from(half));
                 reporter.metrics(&m);
                 match run_child(&self.child(&WorkerJob::Train(job), &a.device), reporter, cancel) {
-                    Outcome::Failed { reason } if is_oom(&reason) => Outcome::Failed {
-                        reason: format!("out of memory twice (micro_batch_size {half} after a retry): {reason}"),
-                    },
+                    Outcome::Failed { reason } if is_oom(&reason) => {
+                        Outcome::Failed { reason: format!("out of memory twice (micro_batch_size {half} after a retry): {reason}") }
+                    }
                     other => other,
                 }
             }
@@ -265,10 +262,8 @@ impl TrialRunner for FinetuneRunner {
         if !matches!(outcome, Outcome::Complete { .. } | Outcome::Pruned { .. }) {
             return;
         }
-        let freed: u64 = std::iter::once(&a.artifacts_dir)
-            .chain(&a.resume_from)
-            .map(|dir| super::checkpoint::drop_resume_files(dir, &[]))
-            .sum();
+        let freed: u64 =
+            std::iter::once(&a.artifacts_dir).chain(&a.resume_from).map(|dir| super::checkpoint::drop_resume_files(dir, &[])).sum();
         if freed > 0 {
             tracing::debug!("trial {}: freed {:.1} MiB of resume-only checkpoint files", a.number, freed as f64 / 1048576.0);
         }

@@ -173,11 +173,7 @@ fn read_weights(dir: &Path) -> Result<Weights, TrainError> {
     let path = dir.join(WEIGHTS);
     let tensors = candle_core::safetensors::load(&path, &Device::Cpu)
         .map_err(|e| TrainError::Model(ModelError::Weights { path: path.clone(), reason: e.to_string() }))?;
-    tensors
-        .into_iter()
-        .map(|(k, t)| Ok((k, t.to_dtype(DType::F32)?)))
-        .collect::<candle_core::Result<Weights>>()
-        .map_err(TrainError::from)
+    tensors.into_iter().map(|(k, t)| Ok((k, t.to_dtype(DType::F32)?))).collect::<candle_core::Result<Weights>>().map_err(TrainError::from)
 }
 
 /// Why `w` cannot be averaged with `reference` (other names or shapes), if it cannot.
@@ -308,12 +304,10 @@ pub fn greedy_soup(job: &SoupJob, mut on_step: impl FnMut(u64, f64, bool)) -> Re
     let first_weights = read_weights(&first.checkpoint)?;
     // The loop works on candidate indices; they become trial numbers and folders below.
     let rest = job.candidates[1..].iter().enumerate().map(|(i, c)| {
-        let loaded = read_weights(&c.checkpoint).map_err(|e| e.to_string()).and_then(|w| {
-            match checkpoint::read_state(&c.checkpoint) {
-                Ok(s) if s.labels != state.labels => Err(format!("labels {:?}, not {:?}", s.labels, state.labels)),
-                Ok(_) => Ok(w),
-                Err(e) => Err(e.to_string()),
-            }
+        let loaded = read_weights(&c.checkpoint).map_err(|e| e.to_string()).and_then(|w| match checkpoint::read_state(&c.checkpoint) {
+            Ok(s) if s.labels != state.labels => Err(format!("labels {:?}, not {:?}", s.labels, state.labels)),
+            Ok(_) => Ok(w),
+            Err(e) => Err(e.to_string()),
         });
         (i as u64 + 1, loaded)
     });
@@ -391,9 +385,13 @@ mod tests {
             (2, Ok(w(&[("a", &[2.0])]))),
         ];
         let mut heard = Vec::new();
-        let g = greedy(3, w(&[("a", &[1.0])]), rest.into_iter(), Direction::Maximize, eval, &mut |t, v, keep| heard.push((t, v, keep))).unwrap();
+        let g = greedy(3, w(&[("a", &[1.0])]), rest.into_iter(), Direction::Maximize, eval, &mut |t, v, keep| heard.push((t, v, keep)))
+            .unwrap();
         assert_eq!(g.ingredients, vec![3, 7, 2]);
-        assert_eq!(g.tried.iter().map(|t| (t.trial, t.value, t.kept)).collect::<Vec<_>>(), vec![(7, 0.0, true), (4, -2.0, false), (2, 0.0, true)]);
+        assert_eq!(
+            g.tried.iter().map(|t| (t.trial, t.value, t.kept)).collect::<Vec<_>>(),
+            vec![(7, 0.0, true), (4, -2.0, false), (2, 0.0, true)]
+        );
         assert_eq!(heard, vec![(7, 0.0, true), (4, -2.0, false), (2, 0.0, true)]);
         assert_eq!(g.skipped.iter().map(|s| s.trial).collect::<Vec<_>>(), vec![5, 6]);
         assert!(g.skipped[1].why.contains("shape"), "{:?}", g.skipped);
@@ -406,7 +404,9 @@ mod tests {
         let g = greedy(0, first, rest.into_iter(), Direction::Maximize, eval, &mut |_, _, _| {}).unwrap();
         assert_eq!(g.ingredients, vec![0, 2], "{:?}", g.tried);
         // Minimising the same distance: the first candidate makes it worse and stays out.
-        let g = greedy(3, w(&[("a", &[1.0])]), vec![(7, Ok(w(&[("a", &[3.0])])))].into_iter(), Direction::Minimize, eval, &mut |_, _, _| {}).unwrap();
+        let g =
+            greedy(3, w(&[("a", &[1.0])]), vec![(7, Ok(w(&[("a", &[3.0])])))].into_iter(), Direction::Minimize, eval, &mut |_, _, _| {})
+                .unwrap();
         assert_eq!(g.ingredients, vec![3]);
     }
 

@@ -304,8 +304,7 @@ fn as_bool(name: &str, v: &ParamValue) -> Result<bool, SpecError> {
 
 fn as_enum<T: serde::de::DeserializeOwned>(name: &str, v: &ParamValue, expected: &'static str) -> Result<T, SpecError> {
     match v {
-        ParamValue::Str(s) => serde_json::from_value(serde_json::Value::String(s.clone()))
-            .map_err(|_| type_err(name, v, expected)),
+        ParamValue::Str(s) => serde_json::from_value(serde_json::Value::String(s.clone())).map_err(|_| type_err(name, v, expected)),
         _ => Err(type_err(name, v, expected)),
     }
 }
@@ -371,7 +370,11 @@ impl TrainSpec {
     pub fn validate(&self) -> Result<(), SpecError> {
         let unit = |name: &str, x: f64, hi_open: bool| -> Result<(), SpecError> {
             let ok = x.is_finite() && x >= 0.0 && if hi_open { x < 1.0 } else { x <= 1.0 };
-            if ok { Ok(()) } else { Err(range_err(name, x, if hi_open { "must be in [0, 1)" } else { "must be in [0, 1]" })) }
+            if ok {
+                Ok(())
+            } else {
+                Err(range_err(name, x, if hi_open { "must be in [0, 1)" } else { "must be in [0, 1]" }))
+            }
         };
         if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
             return Err(range_err("learning_rate", self.learning_rate, "must be a positive number"));
@@ -433,9 +436,7 @@ pub fn hf_cache_dir() -> PathBuf {
 }
 
 fn hub_offline() -> bool {
-    std::env::var("HF_HUB_OFFLINE")
-        .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
-        .unwrap_or(false)
+    std::env::var("HF_HUB_OFFLINE").map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")).unwrap_or(false)
 }
 
 /// Checks that `dir` holds a loadable checkpoint: `config.json`, weights
@@ -490,12 +491,8 @@ impl ModelSection {
 
 /// Finds `hub`@`revision` in `cache`, or downloads it there unless `offline`.
 pub fn resolve_hub(hub: &str, revision: &str, cache: &Path, offline: bool) -> Result<PathBuf, SpecError> {
-    let unavailable = |why: String| SpecError::HubUnavailable {
-        hub: hub.to_string(),
-        revision: revision.to_string(),
-        cache: cache.to_path_buf(),
-        why,
-    };
+    let unavailable =
+        |why: String| SpecError::HubUnavailable { hub: hub.to_string(), revision: revision.to_string(), cache: cache.to_path_buf(), why };
     if hub.split('/').count() != 2 || hub.split('/').any(|s| s.is_empty()) {
         return Err(unavailable(" (a Hub id looks like \"org/name\")".into()));
     }
@@ -517,8 +514,7 @@ pub fn resolve_hub(hub: &str, revision: &str, cache: &Path, offline: bool) -> Re
         folder = p.parent().map(Path::to_path_buf);
     }
     if repo.get("tokenizer.json").is_err() {
-        repo.get("vocab.txt")
-            .map_err(|e| unavailable(format!(" and neither tokenizer.json nor vocab.txt could be downloaded: {e}")))?;
+        repo.get("vocab.txt").map_err(|e| unavailable(format!(" and neither tokenizer.json nor vocab.txt could be downloaded: {e}")))?;
     }
     // Optional: an export copies them (the tokenizer class, special tokens) when they exist.
     for f in ["tokenizer_config.json", "special_tokens_map.json"] {
@@ -551,7 +547,11 @@ mod tests {
         let fixed: TrainSection = toml::from_str("learning_rate = 1e-4\nbatch_size = 32\nscheduler = \"cosine\"").unwrap();
         let s = TrainSpec::from_params(
             &fixed,
-            &params(&[("learning_rate", ParamValue::Float(3e-5)), ("epochs", ParamValue::Int(2)), ("optimizer", ParamValue::Str("sgd".into()))]),
+            &params(&[
+                ("learning_rate", ParamValue::Float(3e-5)),
+                ("epochs", ParamValue::Int(2)),
+                ("optimizer", ParamValue::Str("sgd".into())),
+            ]),
         )
         .unwrap();
         assert_eq!(s.learning_rate, 3e-5);

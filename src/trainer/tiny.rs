@@ -16,7 +16,9 @@ use tokenizers::models::wordpiece::WordPiece;
 use tokenizers::normalizers::bert::BertNormalizer;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::processors::template::TemplateProcessing;
-use tokenizers::{AddedToken, NormalizedString, Normalizer, OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer, TokenizerImpl};
+use tokenizers::{
+    AddedToken, NormalizedString, Normalizer, OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer, TokenizerImpl,
+};
 
 use super::model::arch::Arch;
 
@@ -59,10 +61,13 @@ pub fn write_tiny_model(dir: &Path, arch: Arch, texts: &[String], layers: usize,
     // Each family's differences from BERT's config, as its own checkpoints write them.
     let (max_pos, changes) = match arch {
         Arch::Bert => (128, serde_json::json!({})),
-        Arch::Roberta => (130, serde_json::json!({
-            "architectures": ["RobertaModel"], "model_type": "roberta", "max_position_embeddings": 130,
-            "type_vocab_size": 1, "layer_norm_eps": 1e-5, "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2,
-        })),
+        Arch::Roberta => (
+            130,
+            serde_json::json!({
+                "architectures": ["RobertaModel"], "model_type": "roberta", "max_position_embeddings": 130,
+                "type_vocab_size": 1, "layer_norm_eps": 1e-5, "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2,
+            }),
+        ),
         Arch::DistilBert => {
             config = serde_json::json!({
                 "architectures": ["DistilBertModel"], "model_type": "distilbert", "vocab_size": vocab_size,
@@ -73,9 +78,12 @@ pub fn write_tiny_model(dir: &Path, arch: Arch, texts: &[String], layers: usize,
             });
             (128, serde_json::json!({}))
         }
-        Arch::Electra => (128, serde_json::json!({
-            "architectures": ["ElectraForPreTraining"], "model_type": "electra", "embedding_size": emb,
-        })),
+        Arch::Electra => (
+            128,
+            serde_json::json!({
+                "architectures": ["ElectraForPreTraining"], "model_type": "electra", "embedding_size": emb,
+            }),
+        ),
     };
     if let (Some(c), Some(changes)) = (config.as_object_mut(), changes.as_object()) {
         c.extend(changes.clone());
@@ -178,11 +186,8 @@ fn write_tokenizer(dir: &Path, arch: Arch, texts: &[String]) -> anyhow::Result<u
     let id = |t: &str| tok.token_to_id(t).ok_or_else(|| anyhow::anyhow!("special token {t} missing"));
     // BERT: `[CLS] A [SEP]`, pairs `[CLS] A [SEP] B [SEP]` with B of type 1; RoBERTa:
     // `<s> A </s>`, pairs `<s> A </s></s> B </s>`, every token of type 0.
-    let (cls, sep, pair) = if arch == Arch::Roberta {
-        ("<s>", "</s>", "<s> $A </s> </s> $B </s>")
-    } else {
-        ("[CLS]", "[SEP]", "[CLS] $A [SEP] $B:1 [SEP]:1")
-    };
+    let (cls, sep, pair) =
+        if arch == Arch::Roberta { ("<s>", "</s>", "<s> $A </s> </s> $B </s>") } else { ("[CLS]", "[SEP]", "[CLS] $A [SEP] $B:1 [SEP]:1") };
     let template = TemplateProcessing::builder()
         .try_single(format!("{cls} $A {sep}"))
         .map_err(|e| anyhow::anyhow!("{e}"))?

@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use super::checkpoint::{self, CheckpointError, EvalRecord, TrainerState};
-use super::ema::{self, EmaError, WeightAverage};
 use super::data::{self, batch_indices, collate, epoch_seed, DataError, DataSection, Encoded, Problem, TextEncoder};
+use super::ema::{self, EmaError, WeightAverage};
 use super::loss::Loss;
 use super::metrics::{self, diagnose_fit, EpochRecord, Metrics};
 use super::model::{BertClassifier, ModelError, ModelOptions};
@@ -135,7 +135,13 @@ pub struct Predictions {
 }
 
 /// Runs `model` over `rows` in evaluation mode (no dropout).
-pub fn predict(model: &BertClassifier, rows: &[Encoded], problem: Problem, pad_id: u32, device: &Device) -> Result<Predictions, TrainError> {
+pub fn predict(
+    model: &BertClassifier,
+    rows: &[Encoded],
+    problem: Problem,
+    pad_id: u32,
+    device: &Device,
+) -> Result<Predictions, TrainError> {
     let lengths: Vec<usize> = rows.iter().map(Encoded::len).collect();
     let plan = batch_indices(&lengths, EVAL_BATCH, None, true);
     let k = model.num_labels();
@@ -171,7 +177,11 @@ pub type ConfusionMatrix = Vec<Vec<u64>>;
 
 /// The valid (or test) metrics of `p`, keyed by the study-metric names (scikit-learn
 /// definitions, see `trainer::metrics`), and the confusion matrix for classification.
-pub fn metrics_of(p: &Predictions, problem: Problem, num_labels: usize) -> Result<(Map<String, Value>, Option<ConfusionMatrix>), TrainError> {
+pub fn metrics_of(
+    p: &Predictions,
+    problem: Problem,
+    num_labels: usize,
+) -> Result<(Map<String, Value>, Option<ConfusionMatrix>), TrainError> {
     let (map, cm) = match problem {
         Problem::Classification => {
             let flat: Vec<f32> = p.outputs.iter().flatten().copied().collect();
@@ -305,10 +315,7 @@ pub fn train(job: &TrainJob, reporter: &mut dyn Reporter, stop: &CancelToken) ->
     trial_facts.insert("total_params".into(), json!(model.all_vars().iter().map(|(_, v)| v.elem_count()).sum::<usize>()));
     trial_facts.insert("labels".into(), json!(labels));
     trial_facts.insert("cleaning".into(), serde_json::to_value(&dataset.report).unwrap_or(Value::Null));
-    trial_facts.insert(
-        "rows".into(),
-        json!({"train": dataset.train.len(), "valid": dataset.valid.len(), "test": dataset.test.len()}),
-    );
+    trial_facts.insert("rows".into(), json!({"train": dataset.train.len(), "valid": dataset.valid.len(), "test": dataset.test.len()}));
     trial_facts.insert("setup_s".into(), num(t_setup.elapsed().as_secs_f64()));
     reporter.metrics(&trial_facts);
 
@@ -377,7 +384,12 @@ pub fn train(job: &TrainJob, reporter: &mut dyn Reporter, stop: &CancelToken) ->
             for (k, micro) in micros.iter().enumerate() {
                 let l = read[k * per_micro] as f64;
                 if !l.is_finite() {
-                    return Err(TrainError::NonFinite { what: if l.is_nan() { "NaN loss" } else { "infinite loss" }, epoch: epoch + 1, step: state.global_step + 1, lr: spec.learning_rate });
+                    return Err(TrainError::NonFinite {
+                        what: if l.is_nan() { "NaN loss" } else { "infinite loss" },
+                        epoch: epoch + 1,
+                        step: state.global_step + 1,
+                        lr: spec.learning_rate,
+                    });
                 }
                 if problem == Problem::Classification {
                     state.epoch_correct += read[k * per_micro + 1] as usize;
@@ -387,7 +399,12 @@ pub fn train(job: &TrainJob, reporter: &mut dyn Reporter, stop: &CancelToken) ->
             }
             let grad_norm = host_norm.unwrap_or_else(|| read[per_micro * micros.len()] as f64);
             if !grad_norm.is_finite() {
-                return Err(TrainError::NonFinite { what: "non-finite gradient", epoch: epoch + 1, step: state.global_step + 1, lr: spec.learning_rate });
+                return Err(TrainError::NonFinite {
+                    what: "non-finite gradient",
+                    epoch: epoch + 1,
+                    step: state.global_step + 1,
+                    lr: spec.learning_rate,
+                });
             }
             state.global_step += 1;
             if let Some(avg) = &mut average {
@@ -417,7 +434,8 @@ pub fn train(job: &TrainJob, reporter: &mut dyn Reporter, stop: &CancelToken) ->
                     state.batch_in_epoch = 0;
                 }
                 let step = if spec.eval_steps.is_some() { state.global_step as i64 } else { state.epoch as i64 };
-                let frac_epoch = if at_epoch_end { state.epoch as f64 } else { epoch as f64 + state.batch_in_epoch as f64 / plan.len() as f64 };
+                let frac_epoch =
+                    if at_epoch_end { state.epoch as f64 } else { epoch as f64 + state.batch_in_epoch as f64 / plan.len() as f64 };
                 let train_secs = epoch_start.elapsed().as_secs_f64();
                 match ctx.evaluate(&mut state, &mut opt, average.as_ref(), step, frac_epoch, lr, reporter)? {
                     After::Continue => {}
@@ -475,7 +493,9 @@ pub fn train(job: &TrainJob, reporter: &mut dyn Reporter, stop: &CancelToken) ->
     facts.insert("fit".into(), json!(diagnose(&state.history, chance, problem)));
     facts.insert(
         "history".into(),
-        Value::Array(state.history.iter().map(|r| json!({"step": r.step, "epoch": r.epoch, "value": num(r.value), "metrics": r.metrics})).collect()),
+        Value::Array(
+            state.history.iter().map(|r| json!({"step": r.step, "epoch": r.epoch, "value": num(r.value), "metrics": r.metrics})).collect(),
+        ),
     );
     if let Some(v) = trial_facts.get("stopped_early") {
         facts.insert("stopped_early".into(), v.clone());
@@ -560,7 +580,8 @@ impl Ctx<'_> {
     ) -> Result<Option<PathBuf>, TrainError> {
         let p = predict(self.model, self.valid_rows, self.problem, self.pad, self.device)?;
         if !p.loss.is_finite() || p.outputs.iter().flatten().any(|x| !x.is_finite()) {
-            let what = if p.loss.is_nan() || p.outputs.iter().flatten().any(|x| x.is_nan()) { "NaN valid loss" } else { "infinite valid loss" };
+            let what =
+                if p.loss.is_nan() || p.outputs.iter().flatten().any(|x| x.is_nan()) { "NaN valid loss" } else { "infinite valid loss" };
             let epoch = epoch.ceil().max(1.0) as usize;
             return Err(TrainError::NonFinite { what, epoch, step: state.global_step, lr: self.spec.learning_rate });
         }
@@ -713,7 +734,6 @@ pub fn evaluate_test(job: &TestJob) -> Result<Map<String, Value>, TrainError> {
     m.insert("rows".into(), json!(rows.len()));
     Ok(m)
 }
-
 
 #[cfg(test)]
 #[path = "train_tests.rs"]

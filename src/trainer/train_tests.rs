@@ -52,7 +52,15 @@ fn job(toy: &ToyTask, arts: &Path, spec: TrainSpec) -> TrainJob {
 }
 
 fn spec(epochs: usize, lr: f64) -> TrainSpec {
-    TrainSpec { epochs, learning_rate: lr, batch_size: 16, micro_batch_size: 16, max_length: 16, dropout: Some(0.0), ..TrainSpec::default() }
+    TrainSpec {
+        epochs,
+        learning_rate: lr,
+        batch_size: 16,
+        micro_batch_size: 16,
+        max_length: 16,
+        dropout: Some(0.0),
+        ..TrainSpec::default()
+    }
 }
 
 fn f(m: &Map<String, Value>, k: &str) -> f64 {
@@ -98,7 +106,8 @@ fn loss_falls_and_the_toy_task_is_learned() {
     // exactly one kept checkpoint (the best), complete, no temp folders or `last` left
     let best = rep.checkpoints.last().unwrap().clone();
     assert!(best.join("model.safetensors").is_file() && best.join("optimizer.safetensors").is_file());
-    let names: Vec<String> = std::fs::read_dir(tmp.path().join("arts")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let names: Vec<String> =
+        std::fs::read_dir(tmp.path().join("arts")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert_eq!(names.len(), 1, "{names:?}");
 }
 
@@ -271,7 +280,6 @@ fn micro_batches_accumulate_to_the_full_batch_gradient() {
     assert!((a - b).abs() < 1e-4, "{a} vs {b}");
     assert!(!tmp.path().join("a").exists(), "keep_checkpoints = none writes nothing");
 }
-
 
 #[test]
 fn eval_steps_report_global_steps_and_epoch_ends() {

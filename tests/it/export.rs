@@ -11,8 +11,8 @@ use sft_search::scheduler::{CancelToken, Decision, Progress, Reporter};
 use sft_search::space::{Distribution, Param, ParamSet, ParamValue, SearchSpace};
 use sft_search::storage::{Budget, Claim, Owner, Store, StudySpec};
 use sft_search::trainer::data::DataSection;
-use sft_search::trainer::spec::TrainSpec;
 use sft_search::trainer::model::arch::Arch;
+use sft_search::trainer::spec::TrainSpec;
 use sft_search::trainer::toy::write_toy_task_for;
 use sft_search::trainer::train::{train, Finish, TrainJob};
 use sft_search::trial::{Direction, Outcome};
@@ -51,11 +51,20 @@ fn study(root: &Path, model: Option<PathBuf>, epochs: usize, arch: Arch) -> Path
     .unwrap();
     let text = "[study]\nname = \"toy\"\n[objective]\nkind = \"finetune\"\n[data]\npath = \"data.csv\"\n";
     let info = store
-        .create_or_open_study(&StudySpec { name: "toy", direction: Direction::Maximize, metric: "accuracy", space: &space, study_text: text, allow_space_change: false })
+        .create_or_open_study(&StudySpec {
+            name: "toy",
+            direction: Direction::Maximize,
+            metric: "accuracy",
+            space: &space,
+            study_text: text,
+            allow_space_change: false,
+        })
         .unwrap();
     let params: ParamSet = [("learning_rate".to_string(), ParamValue::Float(3e-3))].into_iter().collect();
     let Claim::Trial(c) = store
-        .claim_next::<std::convert::Infallible>(info.id, &space, Budget { n_trials: None }, &Owner::current(), "cpu", |_, _, _| Ok(Some(params.clone())))
+        .claim_next::<std::convert::Infallible>(info.id, &space, Budget { n_trials: None }, &Owner::current(), "cpu", |_, _, _| {
+            Ok(Some(params.clone()))
+        })
         .unwrap()
         .unwrap()
     else {
@@ -84,10 +93,26 @@ fn study(root: &Path, model: Option<PathBuf>, epochs: usize, arch: Arch) -> Path
 }
 
 const SENTENCES: [&str; 20] = [
-    "the movie was good", "awful plot", "it was quite a nice story", "dull and boring acting", "a superb film",
-    "the story was really poor", "lovely", "bad", "great acting and a great plot", "it was a movie",
-    "the film was awful , really", "nice movie", "boring", "quite good and quite bad", "the plot was dull",
-    "Superb ACTING!", "poor story and poor acting", "really lovely film", "a movie about a film", "great",
+    "the movie was good",
+    "awful plot",
+    "it was quite a nice story",
+    "dull and boring acting",
+    "a superb film",
+    "the story was really poor",
+    "lovely",
+    "bad",
+    "great acting and a great plot",
+    "it was a movie",
+    "the film was awful , really",
+    "nice movie",
+    "boring",
+    "quite good and quite bad",
+    "the plot was dull",
+    "Superb ACTING!",
+    "poor story and poor acting",
+    "really lovely film",
+    "a movie about a film",
+    "great",
 ];
 
 fn sft(dir: &Path, args: &[&str]) -> std::process::Output {
@@ -169,7 +194,10 @@ fn export_predict_parity(root: &Path, model: Option<PathBuf>, epochs: usize, arc
     // The transformers parity proof.
     let has = Command::new("python3").args(["-c", "import transformers, torch"]).output().map(|o| o.status.success()).unwrap_or(false);
     if !has {
-        assert!(std::env::var("SFT_REQUIRE_TRANSFORMERS").as_deref() != Ok("1"), "SFT_REQUIRE_TRANSFORMERS=1 but `import transformers, torch` fails");
+        assert!(
+            std::env::var("SFT_REQUIRE_TRANSFORMERS").as_deref() != Ok("1"),
+            "SFT_REQUIRE_TRANSFORMERS=1 but `import transformers, torch` fails"
+        );
         eprintln!("note: skipping the transformers parity check (python3 cannot import transformers, torch; see docs/export.md)");
         return;
     }

@@ -19,11 +19,8 @@ fn sigkill_of_the_orchestrator_then_resume_loses_nothing() {
     });
     signal(&child, libc::SIGKILL);
     let _ = child.wait();
-    let running_at_kill: Vec<(u64, Value)> = before
-        .iter()
-        .filter(|t| state(t) == "RUNNING")
-        .map(|t| (t["number"].as_u64().unwrap(), t["params"].clone()))
-        .collect();
+    let running_at_kill: Vec<(u64, Value)> =
+        before.iter().filter(|t| state(t) == "RUNNING").map(|t| (t["number"].as_u64().unwrap(), t["params"].clone())).collect();
     // The orphaned trial processes die with their parent thread: nothing keeps writing.
     std::thread::sleep(Duration::from_millis(300));
 
@@ -91,7 +88,10 @@ fn ctrl_c_twice_cancels_running_trials_and_exits_non_zero() {
 #[test]
 fn a_hanging_trial_is_killed_after_the_trial_timeout() {
     let d = StudyDir::new();
-    d.python("objective.py", "import json, sys, time\np = json.load(sys.stdin)\nif p['k'] == 1:\n    time.sleep(60)\nprint(json.dumps({'value': p['x']}))\n");
+    d.python(
+        "objective.py",
+        "import json, sys, time\np = json.load(sys.stdin)\nif p['k'] == 1:\n    time.sleep(60)\nprint(json.dumps({'value': p['x']}))\n",
+    );
     d.write("s.toml", &command_study("hang", 4, "[\"cpu\", \"cpu\"]", "trial_timeout = \"1s\"\nmax_retries = 0"));
     let start = std::time::Instant::now();
     let out = d.run(&["run", "s.toml"]);
@@ -136,8 +136,13 @@ fn soak_crashing_trials_and_a_killed_orchestrator() {
         "objective.sh",
         "read -r params\nr=$((RANDOM % 10))\nsleep 0.$((RANDOM % 5 + 1))\nif [ $r -eq 0 ]; then kill -9 $$; fi\nif [ $r -eq 1 ]; then echo \"crashed on purpose\" >&2; exit 3; fi\necho \"{\\\"value\\\": $SFT_PARAM_X}\"\n",
     );
-    let study = command_study("soak", 200, "[\"cpu\", \"cpu\", \"cpu\", \"cpu\", \"cpu\", \"cpu\", \"cpu\", \"cpu\"]", "max_retries = 2\nmax_consecutive_failures = 1000")
-        .replace("[\"python3\", \"objective.py\"]", "[\"bash\", \"objective.sh\"]");
+    let study = command_study(
+        "soak",
+        200,
+        "[\"cpu\", \"cpu\", \"cpu\", \"cpu\", \"cpu\", \"cpu\", \"cpu\", \"cpu\"]",
+        "max_retries = 2\nmax_consecutive_failures = 1000",
+    )
+    .replace("[\"python3\", \"objective.py\"]", "[\"bash\", \"objective.sh\"]");
     d.write("s.toml", &study);
     let mut rng_state: u64 = 0x2545_f491_4f6c_dd1d;
     let mut next = || {
@@ -314,8 +319,7 @@ fn children_of(pid: u32) -> Vec<u32> {
             continue;
         };
         // pid (comm) state ppid ...: comm may hold spaces, so read after the last ')'.
-        let ppid =
-            stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)).and_then(|p| p.parse::<u32>().ok());
+        let ppid = stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)).and_then(|p| p.parse::<u32>().ok());
         if ppid == Some(pid) {
             out.push(child);
         }
@@ -361,10 +365,7 @@ fn a_failed_checkpoint_write_fails_the_trial_and_leaves_no_half_files() {
     let trials = d.trials("s.toml");
     assert_eq!(state(&trials[0]), "FAIL", "{:?}", trials[0]);
     let error = trials[0]["error"].as_str().unwrap_or_default();
-    assert!(
-        error.starts_with("io error: checkpoint") && error.contains("File too large"),
-        "the reason names the write: {error}"
-    );
+    assert!(error.starts_with("io error: checkpoint") && error.contains("File too large"), "the reason names the write: {error}");
     // The retry resumes from the last complete checkpoint and finishes.
     let retry = trials.iter().find(|t| t["retry_of"] == 0).expect("a retry");
     assert_eq!(state(retry), "COMPLETE", "{retry}");
@@ -378,8 +379,7 @@ fn a_failed_checkpoint_write_fails_the_trial_and_leaves_no_half_files() {
         assert!(!name.starts_with(".tmp-"), "a temporary checkpoint remains: {}", p.display());
         if name == "model.safetensors" {
             let dir = p.parent().unwrap();
-            candle_core::safetensors::load(p, &candle_core::Device::Cpu)
-                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            candle_core::safetensors::load(p, &candle_core::Device::Cpu).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
             for f in ["config.json", "trainer_state.json"] {
                 assert!(dir.join(f).is_file(), "{} lacks {f}", dir.display());
             }

@@ -95,7 +95,11 @@ fn studies_of_every_family_learn_test_and_export() {
         let trials = d.trials("s.toml");
         assert_eq!(count(&trials, "COMPLETE"), 2, "{arch:?}");
         let best = trials.iter().filter_map(|t| t["value"].as_f64()).fold(0.0, f64::max);
-        assert!(best >= 0.8, "{arch:?}: best valid accuracy {best} on a separable task: {:?}", trials.iter().map(|t| t["intermediate"].clone()).collect::<Vec<_>>());
+        assert!(
+            best >= 0.8,
+            "{arch:?}: best valid accuracy {best} on a separable task: {:?}",
+            trials.iter().map(|t| t["intermediate"].clone()).collect::<Vec<_>>()
+        );
         eprintln!("{arch:?}: best valid accuracy {best}");
         let b: Value = serde_json::from_slice(&d.run(&["best", "s.toml", "--format", "json"]).stdout).unwrap();
         assert!(b["test"]["accuracy"].as_f64().is_some(), "{arch:?}: {b}");
@@ -131,7 +135,11 @@ fn data_and_model_mistakes_stop_before_any_trial() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("nowhere"), "{}", stderr(&out));
     // A searched parameter that is not a training option, and an unknown metric.
-    d.write("s.toml", &finetune_study(&model, &toy.csv.display().to_string(), 1, "").replace("[sampler]", "bogus = { type = \"int\", low = 0, high = 2 }\n\n[sampler]"));
+    d.write(
+        "s.toml",
+        &finetune_study(&model, &toy.csv.display().to_string(), 1, "")
+            .replace("[sampler]", "bogus = { type = \"int\", low = 0, high = 2 }\n\n[sampler]"),
+    );
     let out = d.run(&["run", "s.toml"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("space.bogus"), "{}", stderr(&out));
@@ -153,7 +161,10 @@ fn a_nan_loss_fails_the_trial_and_the_study_goes_on() {
     // Weight decay 0.01 with lr 1e6 multiplies every weight by -9999 per step: f32 overflows.
     let study = finetune_study(&toy.model_dir.display().to_string(), &toy.csv.display().to_string(), 2, "weight_decay = 0.01\nepochs = 3")
         .replace("epochs = 2\n", "")
-        .replace("learning_rate = { type = \"float\", low = 1e-3, high = 5e-3, log = true }", "learning_rate = { type = \"categorical\", choices = [1e6, 3e-3] }")
+        .replace(
+            "learning_rate = { type = \"float\", low = 1e-3, high = 5e-3, log = true }",
+            "learning_rate = { type = \"categorical\", choices = [1e6, 3e-3] }",
+        )
         .replace("freeze_layers = { type = \"int\", low = 0, high = 1 }", "freeze_layers = { type = \"categorical\", choices = [0] }");
     d.write("s.toml", &study);
     d.run(&["enqueue", "s.toml", "--param", "learning_rate=1e6", "--param", "freeze_layers=0"]);
@@ -188,14 +199,17 @@ fn a_weight_averaged_trial_learns_keeps_the_average_and_exports_it() {
     let dev = candle_core::Device::Cpu;
     let kept = candle_core::safetensors::load(ckpt.join("model.safetensors"), &dev).unwrap();
     let exported = candle_core::safetensors::load(d.path().join("out/model.safetensors"), &dev).unwrap();
-    let w = |m: &std::collections::HashMap<String, candle_core::Tensor>| m["classifier.weight"].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let w = |m: &std::collections::HashMap<String, candle_core::Tensor>| {
+        m["classifier.weight"].flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    };
     assert_eq!(w(&exported), w(&kept));
 }
 
 fn run_toy_study(n: u64, epochs: u32, extra: &str) -> (StudyDir, std::process::Output, Value) {
     let d = StudyDir::new();
     let toy = write_toy_task(&d.path().join("toy"), 120, 7).unwrap();
-    let text = finetune_study(&toy.model_dir.display().to_string(), &toy.csv.display().to_string(), n, extra).replace("epochs = 2", &format!("epochs = {epochs}"));
+    let text = finetune_study(&toy.model_dir.display().to_string(), &toy.csv.display().to_string(), n, extra)
+        .replace("epochs = 2", &format!("epochs = {epochs}"));
     d.write("s.toml", &text);
     let out = d.run(&["run", "s.toml"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -236,7 +250,8 @@ fn a_greedy_soup_is_chosen_on_valid_averages_its_trials_is_tested_once_and_expor
     assert!(ingredients.len() > 1, "this seeded toy study keeps a soup: {soup}");
 
     // The soup's weights are the mean of its ingredients' kept weights.
-    let load = |dir: &str| candle_core::safetensors::load(std::path::Path::new(dir).join("model.safetensors"), &candle_core::Device::Cpu).unwrap();
+    let load =
+        |dir: &str| candle_core::safetensors::load(std::path::Path::new(dir).join("model.safetensors"), &candle_core::Device::Cpu).unwrap();
     let soup_w = load(soup["checkpoint"].as_str().unwrap());
     let parts: Vec<_> = ingredients
         .iter()
@@ -254,7 +269,12 @@ fn a_greedy_soup_is_chosen_on_valid_averages_its_trials_is_tested_once_and_expor
     assert!(soup["test"]["accuracy"].as_f64().is_some(), "{soup}");
     assert!(best["test"]["accuracy"].as_f64().is_some(), "{best}");
     let text = d.run(&["best", "s.toml"]);
-    assert!(String::from_utf8_lossy(&text.stdout).contains(&format!("model soup of trials {}", ingredients.iter().map(u64::to_string).collect::<Vec<_>>().join(", "))), "{}", String::from_utf8_lossy(&text.stdout));
+    assert!(
+        String::from_utf8_lossy(&text.stdout)
+            .contains(&format!("model soup of trials {}", ingredients.iter().map(u64::to_string).collect::<Vec<_>>().join(", "))),
+        "{}",
+        String::from_utf8_lossy(&text.stdout)
+    );
     let report = std::fs::read_to_string(d.path().join("ft-report.html")).unwrap();
     assert!(report.contains("<h2>Model soup</h2>") && report.contains("Soup test metrics"), "the report shows the soup");
     // A second run keeps the soup as it is.
@@ -310,7 +330,8 @@ fn a_soup_table_needs_a_finetune_objective() {
 
 #[test]
 fn a_soup_over_all_kept_checkpoints_can_average_epochs_of_one_trial() {
-    let (_d, _, best) = run_toy_study(3, 3, "keep_checkpoints = \"all\"\n\n[soup]\nkind = \"greedy\"\ncandidates = 2\ncheckpoints = \"all\"\n");
+    let (_d, _, best) =
+        run_toy_study(3, 3, "keep_checkpoints = \"all\"\n\n[soup]\nkind = \"greedy\"\ncandidates = 2\ncheckpoints = \"all\"\n");
     let soup = &best["soup"];
     // Every checkpoint the two best trials kept (3 epochs each, one folder per epoch) is a
     // candidate; the first is the best trial's best checkpoint.
@@ -342,7 +363,8 @@ fn bench_train_times_steps_on_a_files_rows_padded_per_batch() {
     let model = toy.model_dir.display().to_string();
     let csv = toy.csv.display().to_string();
     let bench = |extra: &[&str]| {
-        let mut args = vec!["bench", "train", "--model", &model, "--batch-size", "8", "--seq-len", "64", "--steps", "3", "--format", "json"];
+        let mut args =
+            vec!["bench", "train", "--model", &model, "--batch-size", "8", "--seq-len", "64", "--steps", "3", "--format", "json"];
         args.extend_from_slice(extra);
         d.run(&args)
     };

@@ -140,7 +140,8 @@ fn a_held_optimizer_gets_its_own_learning_rate_on_mixed_ft() {
             let v = f.evaluate(&p).unwrap();
             history.push(TrialRecord::new(number, TrialState::Complete, p, Some(v)));
         }
-        let ctx = SuggestContext { space: &space, direction: Direction::Minimize, history: &history, number: 20u64, seed, fixed: Some(&held) };
+        let ctx =
+            SuggestContext { space: &space, direction: Direction::Minimize, history: &history, number: 20u64, seed, fixed: Some(&held) };
         let held_point = suggest_around(&gp, &ctx).unwrap().unwrap();
         let mut free_point = gp.suggest(&SuggestContext { fixed: None, ..ctx }).unwrap().unwrap();
         free_point.insert("optimizer".into(), ParamValue::Str("sgd".into()));

@@ -3,7 +3,6 @@
 
 mod util;
 
-
 mod config_errors;
 mod export;
 mod faults;

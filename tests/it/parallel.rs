@@ -37,7 +37,8 @@ fn four_gpu_slots_never_share_and_stay_busy() {
     let trials = d.trials("s.toml");
     assert_eq!(count(&trials, "COMPLETE"), 16);
     let time = |t: &serde_json::Value, k: &str| {
-        chrono::NaiveDateTime::parse_from_str(t[k].as_str().unwrap(), "%Y-%m-%d %H:%M:%S%.f").unwrap().and_utc().timestamp_micros() as f64 / 1e6
+        chrono::NaiveDateTime::parse_from_str(t[k].as_str().unwrap(), "%Y-%m-%d %H:%M:%S%.f").unwrap().and_utc().timestamp_micros() as f64
+            / 1e6
     };
     let first = trials.iter().map(|t| time(t, "started_at")).fold(f64::INFINITY, f64::min);
     // The last claim: after it no slot can find work, so the end-of-study tail is not the

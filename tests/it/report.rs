@@ -19,7 +19,16 @@ fn plot_and_report_a_study_we_ran() {
     let o = d.run(&["plot", "s.toml"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let listed = String::from_utf8_lossy(&o.stdout).to_string();
-    for f in ["history.svg", "parallel.svg", "slice_lr.svg", "slice_k.svg", "contour.svg", "importance.svg", "learning_curves.svg", "timeline.svg"] {
+    for f in [
+        "history.svg",
+        "parallel.svg",
+        "slice_lr.svg",
+        "slice_k.svg",
+        "contour.svg",
+        "importance.svg",
+        "learning_curves.svg",
+        "timeline.svg",
+    ] {
         let p = d.path().join("rep-plots").join(f);
         assert!(p.is_file(), "{f} missing; listed:\n{listed}");
         assert!(listed.contains(f));

@@ -67,7 +67,8 @@ fn trials_json_has_exactly_the_documented_keys() {
     assert!(d.run(&["run", "s.toml"]).status.success());
     let trials = d.trials("s.toml");
     let keys: Vec<String> = trials[0].as_object().unwrap().keys().cloned().collect();
-    let mut expected = vec!["number", "state", "params", "value", "metrics", "intermediate", "device", "started_at", "finished_at", "error", "retry_of"];
+    let mut expected =
+        vec!["number", "state", "params", "value", "metrics", "intermediate", "device", "started_at", "finished_at", "error", "retry_of"];
     expected.sort();
     assert_eq!(keys, expected);
     assert_eq!(trials[0]["device"], "cpu");
@@ -89,7 +90,8 @@ fn random_study_is_deterministic_whatever_the_number_of_workers() {
             ),
         );
         assert!(d.run(&["run", "s.toml"]).status.success());
-        let mut t: Vec<(u64, Value)> = d.trials("s.toml").into_iter().map(|t| (t["number"].as_u64().unwrap(), t["params"].clone())).collect();
+        let mut t: Vec<(u64, Value)> =
+            d.trials("s.toml").into_iter().map(|t| (t["number"].as_u64().unwrap(), t["params"].clone())).collect();
         t.sort_by_key(|x| x.0);
         t
     };
@@ -103,7 +105,13 @@ fn random_study_is_deterministic_whatever_the_number_of_workers() {
 #[allow(clippy::approx_constant)] // 3.14159 is the value the test enqueues (near branin's optimum), not π
 fn enqueued_trial_runs_first_with_its_parameters() {
     let d = StudyDir::new();
-    d.write("s.toml", &BRANIN_GRID.replace("kind = \"grid\"", "kind = \"random\"").replace("grid_points = 7", "").replace("storage = \"study.db\"", "storage = \"study.db\"\nn_trials = 3"));
+    d.write(
+        "s.toml",
+        &BRANIN_GRID
+            .replace("kind = \"grid\"", "kind = \"random\"")
+            .replace("grid_points = 7", "")
+            .replace("storage = \"study.db\"", "storage = \"study.db\"\nn_trials = 3"),
+    );
     let out = d.run(&["enqueue", "s.toml", "--param", "x1=3.14159", "--param", "x2=2.275"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let bad = d.run(&["enqueue", "s.toml", "--param", "x1=30", "--param", "x2=2"]);
@@ -118,7 +126,10 @@ fn enqueued_trial_runs_first_with_its_parameters() {
 
 /// The branin study with the GP sampler and a budget of `n` trials.
 fn branin_gp(n: u64) -> String {
-    BRANIN_GRID.replace("kind = \"grid\"", "kind = \"gp\"").replace("grid_points = 7", "").replace("storage = \"study.db\"", &format!("storage = \"study.db\"\nn_trials = {n}"))
+    BRANIN_GRID
+        .replace("kind = \"grid\"", "kind = \"gp\"")
+        .replace("grid_points = 7", "")
+        .replace("storage = \"study.db\"", &format!("storage = \"study.db\"\nn_trials = {n}"))
 }
 
 #[test]
@@ -129,7 +140,11 @@ fn study_file_points_run_first_and_are_queued_only_once() {
     d.write("s.toml", &study(4));
     let out = d.run(&["run", "s.toml"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("queued trial 0 from [[enqueue]]") && stderr(&out).contains("queued trial 1 from [[enqueue]]"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("queued trial 0 from [[enqueue]]") && stderr(&out).contains("queued trial 1 from [[enqueue]]"),
+        "{}",
+        stderr(&out)
+    );
     assert!(stderr(&out).contains("starting study"), "{}", stderr(&out));
     let trials = d.trials("s.toml");
     assert_eq!(trials.len(), 4);
@@ -179,7 +194,11 @@ fn partly_queued_points_keep_their_values_and_the_sampler_chooses_the_rest() {
     d.write("s.toml", &(study(8) + "\n[[enqueue]]\n"));
     let bad = d.run(&["run", "s.toml"]);
     assert_eq!(bad.status.code(), Some(2));
-    assert!(stderr(&bad).contains("enqueue[1]") && stderr(&bad).contains("no parameter given (give at least one of: x1, x2)"), "{}", stderr(&bad));
+    assert!(
+        stderr(&bad).contains("enqueue[1]") && stderr(&bad).contains("no parameter given (give at least one of: x1, x2)"),
+        "{}",
+        stderr(&bad)
+    );
 }
 
 #[test]
@@ -213,7 +232,10 @@ fn a_failing_command_fails_its_trial_and_the_study_goes_on() {
 #[test]
 fn nan_and_missing_results_fail_the_trial() {
     let d = StudyDir::new();
-    d.python("objective.py", "import json, sys\np = json.load(sys.stdin)\nif p['k'] % 2:\n    print('{\"value\": NaN}')\nelse:\n    print('no json here')\n");
+    d.python(
+        "objective.py",
+        "import json, sys\np = json.load(sys.stdin)\nif p['k'] % 2:\n    print('{\"value\": NaN}')\nelse:\n    print('no json here')\n",
+    );
     d.write("s.toml", &command_study("nan", 2, "[\"cpu\"]", "max_retries = 0\nmax_consecutive_failures = 4"));
     let out = d.run(&["run", "s.toml"]);
     // Nothing completed: the study failed, and says so.

@@ -124,13 +124,13 @@ fn a_bad_job_is_an_error_line() {
 
 mod runner {
     use super::*;
+    use serde_json::Map;
     use sft_search::scheduler::{CancelToken, Decision, Progress, Reporter, TrialAssignment, TrialRunner};
     use sft_search::space::{ParamSet, ParamValue};
     use sft_search::trainer::data::DataSection;
     use sft_search::trainer::runner::FinetuneRunner;
     use sft_search::trainer::spec::{ModelSection, TrainSection};
     use sft_search::trial::{Direction, Outcome};
-    use serde_json::Map;
 
     #[derive(Default)]
     struct Rec {
@@ -164,14 +164,7 @@ mod runner {
     }
 
     fn assignment(dir: &Path, params: ParamSet) -> TrialAssignment {
-        TrialAssignment {
-            number: 0,
-            params,
-            device: "cpu".into(),
-            retry_of: None,
-            artifacts_dir: dir.join("trial-0"),
-            resume_from: None,
-        }
+        TrialAssignment { number: 0, params, device: "cpu".into(), retry_of: None, artifacts_dir: dir.join("trial-0"), resume_from: None }
     }
 
     #[test]

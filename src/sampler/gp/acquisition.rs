@@ -101,11 +101,7 @@ mod tests {
     #[test]
     fn log_ei_matches_closed_form_where_ei_is_large() {
         let (pdf1, cdf1) = (0.241_970_724_519_143_37, 0.841_344_746_068_542_9);
-        let cases = [
-            (0.0, 1.0 / (2.0 * std::f64::consts::PI).sqrt()),
-            (1.0, pdf1 + cdf1),
-            (-1.0, pdf1 - (1.0 - cdf1)),
-        ];
+        let cases = [(0.0, 1.0 / (2.0 * std::f64::consts::PI).sqrt()), (1.0, pdf1 + cdf1), (-1.0, pdf1 - (1.0 - cdf1))];
         for (z, h) in cases {
             assert!((ln_h(z) - f64::ln(h)).abs() < 1e-6, "z {z}: {} vs {}", ln_h(z), f64::ln(h));
         }

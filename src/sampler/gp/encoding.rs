@@ -225,9 +225,10 @@ mod tests {
         assert_eq!(e.is_categorical(), &[false, false, true]);
         // ep in [0.5, 4.5]: 1..4 sit at 1/8, 3/8, 5/8, 7/8.
         assert_eq!(e.kinds()[1], DimKind::Lattice { units: Some(vec![0.125, 0.375, 0.625, 0.875]) });
-        let p: ParamSet = [("lr".to_string(), ParamValue::Float(1e-3)), ("ep".into(), ParamValue::Int(3)), ("bs".into(), ParamValue::Str("x".into()))]
-            .into_iter()
-            .collect();
+        let p: ParamSet =
+            [("lr".to_string(), ParamValue::Float(1e-3)), ("ep".into(), ParamValue::Int(3)), ("bs".into(), ParamValue::Str("x".into()))]
+                .into_iter()
+                .collect();
         let x = e.encode(&p).unwrap();
         assert!((x[0] - 0.5).abs() < 1e-12 && x[1] == 0.625 && x[2] == 1.0);
         assert!(SearchSpace::same_point(&e.decode(&x), &p));
@@ -241,7 +242,10 @@ mod tests {
         let cat = |choices: Vec<ParamValue>| Param { name: "c".into(), dist: Distribution::Categorical { choices } };
         let kind = |p: Param| Encoding::new(&SearchSpace::new(vec![p]).unwrap()).kinds()[0].clone();
         assert_eq!(kind(cat(vec![ParamValue::Int(16), ParamValue::Float(32.5)])), DimKind::Categorical { n: 2, nominal: false });
-        assert_eq!(kind(cat(vec![ParamValue::Str("adam".into()), ParamValue::Str("sgd".into())])), DimKind::Categorical { n: 2, nominal: true });
+        assert_eq!(
+            kind(cat(vec![ParamValue::Str("adam".into()), ParamValue::Str("sgd".into())])),
+            DimKind::Categorical { n: 2, nominal: true }
+        );
         assert_eq!(kind(cat(vec![ParamValue::Bool(false), ParamValue::Bool(true)])), DimKind::Categorical { n: 2, nominal: true });
         assert_eq!(kind(cat(vec![ParamValue::Int(1), ParamValue::Str("auto".into())])), DimKind::Categorical { n: 2, nominal: true });
     }

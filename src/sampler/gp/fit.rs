@@ -14,7 +14,7 @@ use argmin::core::{CostFunction, Executor, Gradient, State};
 use argmin::solver::linesearch::MoreThuenteLineSearch;
 use argmin::solver::quasinewton::LBFGS;
 
-use super::kernel::{matern52, matern52_grad_r2, dim_sq_diff, KernelParams, MIN_NOISE};
+use super::kernel::{dim_sq_diff, matern52, matern52_grad_r2, KernelParams, MIN_NOISE};
 use super::linalg::{Cholesky, LinalgError};
 use super::LastEvaluation;
 
@@ -78,8 +78,7 @@ impl FitData {
         let alpha = chol.solve(&self.ys);
         let data_fit: f64 = alpha.iter().zip(&self.ys).map(|(a, y)| a * y).sum();
         let lml = -0.5 * data_fit - 0.5 * chol.log_det() - 0.5 * n as f64 * LN_2PI;
-        let log_prior = w.iter().map(|wd| -0.1 * (wd + 1.0 / wd)).sum::<f64>() + p.signal_var.ln() - p.signal_var
-            + 0.1 * p.noise_var.ln()
+        let log_prior = w.iter().map(|wd| -0.1 * (wd + 1.0 / wd)).sum::<f64>() + p.signal_var.ln() - p.signal_var + 0.1 * p.noise_var.ln()
             - 30.0 * p.noise_var;
         let cost = -(lml + log_prior);
         if cost.is_finite() {
@@ -190,10 +189,7 @@ impl Problem<'_> {
                 return (*c, g.clone());
             }
         }
-        let (c, g) = self
-            .data
-            .neg_log_posterior(theta)
-            .unwrap_or_else(|_| (BAD_COST, vec![0.0; theta.len()]));
+        let (c, g) = self.data.neg_log_posterior(theta).unwrap_or_else(|_| (BAD_COST, vec![0.0; theta.len()]));
         *self.last.borrow_mut() = Some((theta.to_vec(), c, g.clone()));
         (c, g)
     }
@@ -221,16 +217,11 @@ fn lbfgs(data: &FitData, start: &[f64], max_iters: u64) -> (Vec<f64>, f64) {
     let problem = Problem { data, last: RefCell::new(None) };
     let start_cost = problem.eval(start).0;
     let fallback = (start.to_vec(), start_cost);
-    let solver = match LBFGS::new(MoreThuenteLineSearch::new(), 7)
-        .with_tolerance_grad(1e-4)
-        .and_then(|s| s.with_tolerance_cost(1e-7))
-    {
+    let solver = match LBFGS::new(MoreThuenteLineSearch::new(), 7).with_tolerance_grad(1e-4).and_then(|s| s.with_tolerance_cost(1e-7)) {
         Ok(s) => s,
         Err(_) => return fallback,
     };
-    let result = Executor::new(problem, solver)
-        .configure(|state| state.param(start.to_vec()).max_iters(max_iters))
-        .run();
+    let result = Executor::new(problem, solver).configure(|state| state.param(start.to_vec()).max_iters(max_iters)).run();
     match result {
         Ok(res) => {
             let state = res.state();

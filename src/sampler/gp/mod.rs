@@ -396,10 +396,7 @@ impl GpSampler {
             .or_else(|_| Posterior::new(xs.to_vec(), ys, KernelParams { noise_var: 1e-2, ..params.clone() }, is_cat))
             .ok()?;
         self.memo.put_factor(factor_key(posterior.params(), is_cat, xs), posterior.factor());
-        let best = (0..xs.len())
-            .filter(|&i| obs.points[i].complete)
-            .map(|i| posterior.predict_mean(&xs[i]))
-            .fold(f64::INFINITY, f64::min);
+        let best = (0..xs.len()).filter(|&i| obs.points[i].complete).map(|i| posterior.predict_mean(&xs[i])).fold(f64::INFINITY, f64::min);
         if obs.pending.is_empty() {
             return Some((posterior, best));
         }
@@ -472,7 +469,8 @@ impl GpSampler {
         // with the bar at that same level `--parallel 4` regret at 50 trials got worse
         // (rosenbrock4 5.2 → 7.3, noisy sft-like 0.0039 → 0.0138, seeds 0–9).
         let best_observed = order.first().map_or(f64::INFINITY, |&i| ys[i]);
-        let incumbent = if self.options.incumbent_mean && best_mean.is_finite() && obs.pending.is_empty() { best_mean } else { best_observed };
+        let incumbent =
+            if self.options.incumbent_mean && best_mean.is_finite() && obs.pending.is_empty() { best_mean } else { best_observed };
         // With parameters held (a partly queued trial), the bar is the best the model expects
         // inside that slice of the space: each completed point moved onto the held values.
         // Against the study's incumbent, a held choice that cannot beat it (SGD where AdamW
@@ -610,7 +608,14 @@ mod tests {
     }
 
     /// Runs `trials` trials of `f`, all of which complete; returns the history.
-    fn run_study(sampler: &GpSampler, space: &SearchSpace, f: &dyn Fn(&ParamSet) -> f64, trials: u64, seed: u64, direction: Direction) -> Vec<TrialRecord> {
+    fn run_study(
+        sampler: &GpSampler,
+        space: &SearchSpace,
+        f: &dyn Fn(&ParamSet) -> f64,
+        trials: u64,
+        seed: u64,
+        direction: Direction,
+    ) -> Vec<TrialRecord> {
         run_trials(sampler, space, &|p| Some(f(p)), trials, seed, direction)
     }
 
@@ -633,7 +638,10 @@ mod tests {
         // choice must bring the x of that choice's valley, not the other's.
         let space = SearchSpace::new(vec![
             float("x", 0.0, 1.0),
-            Param { name: "c".into(), dist: Distribution::Categorical { choices: vec![ParamValue::Str("sgd".into()), ParamValue::Str("adamw".into())] } },
+            Param {
+                name: "c".into(),
+                dist: Distribution::Categorical { choices: vec![ParamValue::Str("sgd".into()), ParamValue::Str("adamw".into())] },
+            },
         ])
         .unwrap();
         let target = |c: &ParamValue| if *c == ParamValue::Str("sgd".into()) { 0.2 } else { 0.8 };
@@ -642,7 +650,8 @@ mod tests {
             let h = run_study(&GpSampler::default(), &space, &f, 16, seed, Direction::Minimize);
             for choice in ["sgd", "adamw"] {
                 let held: ParamSet = [("c".to_string(), ParamValue::Str(choice.into()))].into_iter().collect();
-                let ctx = SuggestContext { space: &space, direction: Direction::Minimize, history: &h, number: 16, seed, fixed: Some(&held) };
+                let ctx =
+                    SuggestContext { space: &space, direction: Direction::Minimize, history: &h, number: 16, seed, fixed: Some(&held) };
                 let p = suggest_around(&GpSampler::default(), &ctx).unwrap().unwrap();
                 assert_eq!(p["c"], held["c"], "{p:?}");
                 assert!((num(&p, "x") - target(&p["c"])).abs() < 0.1, "seed {seed}, {choice} held: {p:?}");
@@ -668,7 +677,8 @@ mod tests {
         let warm = GpSampler::default();
         let h = run_study(&warm, &space, &f, 26, 9, Direction::Minimize);
         for n in [8usize, 15, 22, 25] {
-            let ctx = SuggestContext { space: &space, direction: Direction::Minimize, history: &h[..n], number: n as u64, seed: 9, fixed: None };
+            let ctx =
+                SuggestContext { space: &space, direction: Direction::Minimize, history: &h[..n], number: n as u64, seed: 9, fixed: None };
             let fresh = GpSampler::default().suggest(&ctx).unwrap().unwrap();
             assert_eq!(fresh, h[n].params, "trial {n}");
         }
@@ -680,7 +690,9 @@ mod tests {
             float("x", 0.0, 1.0),
             Param {
                 name: "kind".into(),
-                dist: Distribution::Categorical { choices: vec![ParamValue::Str("a".into()), ParamValue::Str("b".into()), ParamValue::Str("c".into())] },
+                dist: Distribution::Categorical {
+                    choices: vec![ParamValue::Str("a".into()), ParamValue::Str("b".into()), ParamValue::Str("c".into())],
+                },
             },
         ])
         .unwrap();
@@ -807,7 +819,15 @@ mod tests {
         .unwrap();
         type ValueOf<'a> = &'a dyn Fn(u64, &ParamSet) -> f64;
         let values: [ValueOf; 3] = [
-            &|n, _| if n % 3 == 0 { f64::NAN } else if n % 5 == 0 { f64::INFINITY } else { n as f64 },
+            &|n, _| {
+                if n % 3 == 0 {
+                    f64::NAN
+                } else if n % 5 == 0 {
+                    f64::INFINITY
+                } else {
+                    n as f64
+                }
+            },
             &|_, _| 1.0,
             &|_, p| p.values().filter_map(|v| v.as_f64()).sum::<f64>(),
         ];

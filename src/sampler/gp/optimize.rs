@@ -22,8 +22,8 @@ use super::acquisition::{ln_norm_cdf, ln_norm_pdf, log_ei};
 use super::encoding::{DimKind, Encoding};
 use super::kernel::dim_sq_diff;
 use super::posterior::Posterior;
-use super::LastEvaluation;
 use super::quasi::shifted_sobol;
+use super::LastEvaluation;
 
 /// How hard to search.
 #[derive(Debug, Clone)]
@@ -379,10 +379,8 @@ pub fn maximize<R: Rng>(
         near
     };
     let shift: Vec<f64> = (0..dims).map(|_| rng.random::<f64>()).collect();
-    let mut cands: Vec<Vec<f64>> = shifted_sobol(dims, 0, effort.n_sobol, &shift, rng)
-        .into_iter()
-        .map(|u| enc.from_unit_cube(&u))
-        .collect();
+    let mut cands: Vec<Vec<f64>> =
+        shifted_sobol(dims, 0, effort.n_sobol, &shift, rng).into_iter().map(|u| enc.from_unit_cube(&u)).collect();
     if !near.is_empty() {
         for k in 0..effort.n_local {
             let centre = &near[k % near.len()];
@@ -449,13 +447,8 @@ mod tests {
         use crate::space::ParamValue::{Int, Str};
         let nominal = space_with(vec![Str("sgd".into()), Str("adam".into()), Str("adamw".into())]);
         // Ranked best first; the starts hold choice 0 only.
-        let ranked = vec![
-            (-1.0, vec![0.1, 0.0]),
-            (-2.0, vec![0.2, 0.0]),
-            (-3.0, vec![0.3, 2.0]),
-            (-4.0, vec![0.4, 1.0]),
-            (-5.0, vec![0.5, 2.0]),
-        ];
+        let ranked =
+            vec![(-1.0, vec![0.1, 0.0]), (-2.0, vec![0.2, 0.0]), (-3.0, vec![0.3, 2.0]), (-4.0, vec![0.4, 1.0]), (-5.0, vec![0.5, 2.0])];
         let starts = vec![ranked[0].clone(), ranked[1].clone()];
         // The best candidate of each missing choice, best first.
         assert_eq!(choice_starts(&nominal, &ranked, &starts), vec![(-3.0, vec![0.3, 2.0]), (-4.0, vec![0.4, 1.0])]);

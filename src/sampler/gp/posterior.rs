@@ -136,11 +136,7 @@ impl Posterior {
                 *ej += vij * vij;
             }
         }
-        means
-            .into_iter()
-            .zip(explained)
-            .map(|(mu, e)| (mu, self.floor_var(self.params.signal_var - e)))
-            .collect()
+        means.into_iter().zip(explained).map(|(mu, e)| (mu, self.floor_var(self.params.signal_var - e))).collect()
     }
 
     /// Mean and variance at `x` with their derivatives along the numeric coordinates `dims`.

@@ -28,11 +28,7 @@ pub fn shifted_sobol<R: Rng>(dims: usize, skip: usize, count: usize, shift: &[f6
     if dims > params().max_dims - 1 {
         return (0..count).map(|_| (0..dims).map(|_| fallback.random::<f64>()).collect()).collect();
     }
-    Sobol::<f64>::new(dims, params())
-        .skip(skip)
-        .take(count)
-        .map(|p| p.iter().enumerate().map(|(d, &u)| wrap(u, d)).collect())
-        .collect()
+    Sobol::<f64>::new(dims, params()).skip(skip).take(count).map(|p| p.iter().enumerate().map(|(d, &u)| wrap(u, d)).collect()).collect()
 }
 
 #[cfg(test)]

@@ -11,11 +11,7 @@ use super::Example;
 
 /// Deletes or swaps words of `text` with probability `prob` each (see module doc).
 pub fn augment_text<R: Rng>(text: &str, prob: f64, rng: &mut R) -> String {
-    let prob = if prob.is_finite() {
-        prob.clamp(0.0, 1.0)
-    } else {
-        0.0
-    };
+    let prob = if prob.is_finite() { prob.clamp(0.0, 1.0) } else { 0.0 };
     let words: Vec<&str> = text.split_whitespace().collect();
     if prob == 0.0 || words.len() < 2 {
         return text.to_string();
@@ -36,11 +32,7 @@ pub fn augment_text<R: Rng>(text: &str, prob: f64, rng: &mut R) -> String {
         swap_after.push(false);
     }
     let last = kept.len() - 1;
-    for (i, _) in swap_after
-        .iter()
-        .enumerate()
-        .filter(|&(i, &s)| s && i < last)
-    {
+    for (i, _) in swap_after.iter().enumerate().filter(|&(i, &s)| s && i < last) {
         kept.swap(i, i + 1);
     }
     kept.join(" ")
@@ -59,10 +51,7 @@ pub fn augment_examples(examples: &[Example], prob: f64, seed: u64, epoch: usize
             let mut rng = ChaCha8Rng::seed_from_u64(epoch_seed(base, i));
             Example {
                 text: augment_text(&e.text, prob, &mut rng),
-                text_pair: e
-                    .text_pair
-                    .as_deref()
-                    .map(|p| augment_text(p, prob, &mut rng)),
+                text_pair: e.text_pair.as_deref().map(|p| augment_text(p, prob, &mut rng)),
                 label: e.label,
             }
         })

@@ -59,12 +59,7 @@ pub fn epoch_seed(seed: u64, epoch: usize) -> u64 {
 
 /// Groups row positions into batches of `batch_size` (at least 1). `lengths[i]` is row i's
 /// token count. No seed: file order (sorted within chunks when bucketing).
-pub fn batch_indices(
-    lengths: &[usize],
-    batch_size: usize,
-    shuffle_seed: Option<u64>,
-    length_bucketing: bool,
-) -> Vec<Vec<usize>> {
+pub fn batch_indices(lengths: &[usize], batch_size: usize, shuffle_seed: Option<u64>, length_bucketing: bool) -> Vec<Vec<usize>> {
     let bs = batch_size.max(1);
     let mut order: Vec<usize> = (0..lengths.len()).collect();
     let mut rng = shuffle_seed.map(ChaCha8Rng::seed_from_u64);
@@ -86,22 +81,13 @@ pub fn batch_indices(
 }
 
 /// Builds one batch of `indices` from `encoded`, padded to its longest row with `pad_id`.
-pub fn collate(
-    encoded: &[Encoded],
-    indices: &[usize],
-    pad_id: u32,
-    device: &Device,
-) -> Result<Batch, DataError> {
+pub fn collate(encoded: &[Encoded], indices: &[usize], pad_id: u32, device: &Device) -> Result<Batch, DataError> {
     if indices.is_empty() {
         return Err(DataError::Batch("empty batch".into()));
     }
     let rows: Vec<&Encoded> = indices
         .iter()
-        .map(|&i| {
-            encoded.get(i).ok_or_else(|| {
-                DataError::Batch(format!("row {i} out of range ({})", encoded.len()))
-            })
-        })
+        .map(|&i| encoded.get(i).ok_or_else(|| DataError::Batch(format!("row {i} out of range ({})", encoded.len()))))
         .collect::<Result<_, _>>()?;
     let b = rows.len();
     let l = rows.iter().map(|r| r.ids.len()).max().unwrap_or(0).max(1);
@@ -121,11 +107,7 @@ pub fn collate(
         Target::Class(_) => {
             let v: Vec<u32> = rows
                 .iter()
-                .map(|r| {
-                    r.label.class().ok_or_else(|| {
-                        DataError::Batch("mixed class and regression targets".into())
-                    })
-                })
+                .map(|r| r.label.class().ok_or_else(|| DataError::Batch("mixed class and regression targets".into())))
                 .collect::<Result<_, _>>()?;
             Tensor::from_vec(v, b, device)?
         }
@@ -134,9 +116,7 @@ pub fn collate(
                 .iter()
                 .map(|r| match r.label {
                     Target::Value(v) => Ok(v),
-                    Target::Class(_) => Err(DataError::Batch(
-                        "mixed class and regression targets".into(),
-                    )),
+                    Target::Class(_) => Err(DataError::Batch("mixed class and regression targets".into())),
                 })
                 .collect::<Result<_, _>>()?;
             Tensor::from_vec(v, b, device)?
@@ -196,13 +176,7 @@ pub fn make_batches<'a>(
     device: &Device,
 ) -> BatchIter<'a> {
     let lengths: Vec<usize> = encoded.iter().map(Encoded::len).collect();
-    BatchIter {
-        encoded,
-        plan: batch_indices(&lengths, batch_size, shuffle_seed, length_bucketing),
-        pos: 0,
-        pad_id,
-        device: device.clone(),
-    }
+    BatchIter { encoded, plan: batch_indices(&lengths, batch_size, shuffle_seed, length_bucketing), pos: 0, pad_id, device: device.clone() }
 }
 
 #[cfg(test)]
@@ -212,11 +186,7 @@ mod tests {
     fn enc(n: usize, label: u32) -> Encoded {
         let ids: Vec<u32> = (0..n as u32).map(|i| 10 + i).collect();
         let type_ids = (0..n).map(|i| u32::from(i > n / 2)).collect();
-        Encoded {
-            ids,
-            type_ids,
-            label: Target::Class(label),
-        }
+        Encoded { ids, type_ids, label: Target::Class(label) }
     }
 
     #[test]
@@ -241,11 +211,7 @@ mod tests {
 
     #[test]
     fn regression_labels_are_f32() {
-        let rows = vec![Encoded {
-            ids: vec![1, 2],
-            type_ids: vec![0, 0],
-            label: Target::Value(0.5),
-        }];
+        let rows = vec![Encoded { ids: vec![1, 2], type_ids: vec![0, 0], label: Target::Value(0.5) }];
         let b = collate(&rows, &[0], 0, &Device::Cpu).unwrap();
         assert_eq!(b.labels.to_vec1::<f32>().unwrap(), vec![0.5]);
     }
@@ -259,10 +225,7 @@ mod tests {
         all.sort_unstable();
         assert_eq!(all, (0..n).collect::<Vec<_>>());
         assert!(batches.iter().all(|b| !b.is_empty() && b.len() <= bs));
-        assert_eq!(
-            batches.iter().filter(|b| b.len() < bs).count(),
-            usize::from(!n.is_multiple_of(bs))
-        );
+        assert_eq!(batches.iter().filter(|b| b.len() < bs).count(), usize::from(!n.is_multiple_of(bs)));
     }
 
     #[test]
@@ -283,17 +246,10 @@ mod tests {
     #[test]
     fn bucketing_reduces_padding() {
         let l = lengths();
-        let padded = |bs: &[Vec<usize>]| -> usize {
-            bs.iter()
-                .map(|b| b.len() * b.iter().map(|&i| l[i]).max().unwrap_or(0))
-                .sum()
-        };
+        let padded = |bs: &[Vec<usize>]| -> usize { bs.iter().map(|b| b.len() * b.iter().map(|&i| l[i]).max().unwrap_or(0)).sum() };
         let plain = padded(&batch_indices(&l, 16, Some(7), false));
         let bucketed = padded(&batch_indices(&l, 16, Some(7), true));
-        assert!(
-            bucketed * 10 < plain * 7,
-            "bucketed {bucketed} vs plain {plain}"
-        );
+        assert!(bucketed * 10 < plain * 7, "bucketed {bucketed} vs plain {plain}");
         // within a bucketed batch lengths are close
         let b = batch_indices(&l, 16, Some(7), true);
         let spread: usize = b

@@ -70,10 +70,7 @@ pub fn normalize_whitespace(s: &str) -> String {
 /// Cleans the rows of one file; returns the kept rows and the counts (`rows_read` is the
 /// number of rows given).
 pub fn clean_rows(rows: Vec<RawRow>, dedup: bool) -> (Vec<RawRow>, CleaningReport) {
-    let mut rep = CleaningReport {
-        rows_read: rows.len(),
-        ..Default::default()
-    };
+    let mut rep = CleaningReport { rows_read: rows.len(), ..Default::default() };
     let mut seen: HashMap<(String, Option<String>), Option<String>> = HashMap::new();
     let mut kept = Vec::with_capacity(rows.len());
     for mut r in rows {
@@ -110,13 +107,7 @@ mod tests {
     use super::*;
 
     fn row(i: usize, text: &str, label: &str) -> RawRow {
-        RawRow {
-            line: i as u64 + 1,
-            row: i,
-            text: text.into(),
-            text_pair: None,
-            label: Some(label.into()),
-        }
+        RawRow { line: i as u64 + 1, row: i, text: text.into(), text_pair: None, label: Some(label.into()) }
     }
 
     #[test]
@@ -131,10 +122,7 @@ mod tests {
             row(7, "fine", "1"),
         ];
         let (kept, rep) = clean_rows(rows.clone(), true);
-        assert_eq!(
-            kept.iter().map(|r| r.text.as_str()).collect::<Vec<_>>(),
-            vec!["good film", "bad film", "fine"]
-        );
+        assert_eq!(kept.iter().map(|r| r.text.as_str()).collect::<Vec<_>>(), vec!["good film", "bad film", "fine"]);
         assert_eq!(
             rep,
             CleaningReport {
@@ -149,10 +137,7 @@ mod tests {
         );
         let (kept, rep) = clean_rows(rows, false);
         assert_eq!(kept.len(), 5);
-        assert_eq!(
-            (rep.duplicates_dropped, rep.empty_dropped, rep.rows_kept),
-            (0, 2, 5)
-        );
+        assert_eq!((rep.duplicates_dropped, rep.empty_dropped, rep.rows_kept), (0, 2, 5));
     }
 
     #[test]

@@ -63,11 +63,7 @@ pub struct DataSection {
     pub problem: Problem,
     /// Explicit label order (ids are positions in this list); labels outside it are refused.
     /// Strings or integers are accepted and compared as text.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "de_labels"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "de_labels")]
     pub labels: Option<Vec<String>>,
 }
 
@@ -150,42 +146,28 @@ impl DataSection {
     pub fn validate(&self) -> Result<(), DataError> {
         let bad = |m: String| Err(DataError::Config(m));
         if self.split.len() != 2 && self.split.len() != 3 {
-            return bad(format!(
-                "split must have 2 (train, valid) or 3 (train, valid, test) numbers, got {}",
-                self.split.len()
-            ));
+            return bad(format!("split must have 2 (train, valid) or 3 (train, valid, test) numbers, got {}", self.split.len()));
         }
         if self.split.iter().any(|f| !(0.0..=1.0).contains(f)) {
-            return bad(format!(
-                "split numbers must be in [0, 1], got {:?}",
-                self.split
-            ));
+            return bad(format!("split numbers must be in [0, 1], got {:?}", self.split));
         }
         let sum: f64 = self.split.iter().sum();
         if (sum - 1.0).abs() > 1e-6 {
-            return bad(format!(
-                "split numbers must sum to 1, got {:?} (sum {sum})",
-                self.split
-            ));
+            return bad(format!("split numbers must sum to 1, got {:?} (sum {sum})", self.split));
         }
         if self.split[0] <= 0.0 {
             return bad("the train fraction (split[0]) must be above 0".into());
         }
         let f = self.split_fractions();
         if self.valid_path.is_none() && f.valid <= 0.0 {
-            return bad(
-                "no validation rows: give valid_path or a valid fraction (split[1]) above 0".into(),
-            );
+            return bad("no validation rows: give valid_path or a valid fraction (split[1]) above 0".into());
         }
         if self.text_column.is_empty() || self.label_column.is_empty() {
             return bad("text_column and label_column must not be empty".into());
         }
         if let Some(labels) = &self.labels {
             if self.problem == Problem::Regression {
-                return bad(
-                    "labels is for classification; remove it or set problem = \"classification\""
-                        .into(),
-                );
+                return bad("labels is for classification; remove it or set problem = \"classification\"".into());
             }
             if labels.is_empty() {
                 return bad("labels must list at least one label".into());
@@ -217,32 +199,16 @@ impl DataSection {
             }
         };
         match (self.valid_path.is_some(), self.test_path.is_some()) {
-            (false, false) => SplitFractions {
-                train: tr,
-                valid: va,
-                test: te,
-            },
+            (false, false) => SplitFractions { train: tr, valid: va, test: te },
             (false, true) => {
                 let (a, b) = norm(tr, va);
-                SplitFractions {
-                    train: a,
-                    valid: b,
-                    test: 0.0,
-                }
+                SplitFractions { train: a, valid: b, test: 0.0 }
             }
             (true, false) => {
                 let (a, b) = norm(tr, te);
-                SplitFractions {
-                    train: a,
-                    valid: 0.0,
-                    test: b,
-                }
+                SplitFractions { train: a, valid: 0.0, test: b }
             }
-            (true, true) => SplitFractions {
-                train: 1.0,
-                valid: 0.0,
-                test: 0.0,
-            },
+            (true, true) => SplitFractions { train: 1.0, valid: 0.0, test: 0.0 },
         }
     }
 }
@@ -259,9 +225,7 @@ mod tests {
         assert_eq!(d.split_seed, 42);
         let e = toml::from_str::<DataSection>("path = \"a.csv\"\ntext_colum = \"x\"");
         assert!(e.is_err());
-        let d: DataSection =
-            toml::from_str("path = \"a.csv\"\nlabels = [0, 1]\nproblem = \"classification\"")
-                .unwrap();
+        let d: DataSection = toml::from_str("path = \"a.csv\"\nlabels = [0, 1]\nproblem = \"classification\"").unwrap();
         assert_eq!(d.labels, Some(vec!["0".to_string(), "1".to_string()]));
         let d: DataSection = toml::from_str("path = \"a.csv\"\nsplit = [1, 0]").unwrap();
         assert_eq!(d.split, vec![1.0, 0.0]);

@@ -10,27 +10,15 @@ pub enum DataError {
     #[error("invalid [data] settings: {0}")]
     Config(String),
     #[error("cannot read {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: unsupported file type (expected .csv, .tsv, .tab, .jsonl or .ndjson)")]
     UnsupportedFormat { path: PathBuf },
     #[error("{path}: the file is empty (no header or no data rows)")]
     Empty { path: PathBuf },
     #[error("{path}: no column `{column}`; columns present: {}", present.join(", "))]
-    MissingColumn {
-        path: PathBuf,
-        column: String,
-        present: Vec<String>,
-    },
+    MissingColumn { path: PathBuf, column: String, present: Vec<String> },
     #[error("{path} line {line} (row {row}): column `{column}` has no value")]
-    MissingValue {
-        path: PathBuf,
-        line: u64,
-        row: usize,
-        column: String,
-    },
+    MissingValue { path: PathBuf, line: u64, row: usize, column: String },
     #[error("{path} line {line} (row {row}), column `{column}`: label `{label}` is not one of the labels [{}] ({origin})", allowed.join(", "))]
     LabelNotInSet {
         path: PathBuf,
@@ -43,19 +31,9 @@ pub enum DataError {
         origin: Box<str>,
     },
     #[error("{path} line {line} (row {row}), column `{column}`: regression target `{value}` is not a finite number")]
-    BadTarget {
-        path: PathBuf,
-        line: u64,
-        row: usize,
-        column: String,
-        value: String,
-    },
+    BadTarget { path: PathBuf, line: u64, row: usize, column: String, value: String },
     #[error("{path} line {line}: {message}")]
-    Parse {
-        path: PathBuf,
-        line: u64,
-        message: String,
-    },
+    Parse { path: PathBuf, line: u64, message: String },
     #[error("{path}: no rows left after cleaning ({dropped} dropped as empty or duplicate)")]
     NoRowsLeft { path: PathBuf, dropped: usize },
     #[error("the {split} split is empty: {hint}")]

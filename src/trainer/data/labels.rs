@@ -34,15 +34,8 @@ impl From<LabelMapRepr> for LabelMap {
 impl LabelMap {
     /// A map from an explicit order.
     pub fn from_names(names: Vec<String>) -> Self {
-        let index = names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.clone(), i as u32))
-            .collect();
-        LabelMap {
-            id2label: names,
-            index,
-        }
+        let index = names.iter().enumerate().map(|(i, n)| (n.clone(), i as u32)).collect();
+        LabelMap { id2label: names, index }
     }
 
     /// Builds the mapping from the distinct labels seen (module doc for the rule).
@@ -75,10 +68,7 @@ impl LabelMap {
         self.index.get(l).copied().or_else(|| {
             // "1" and "01" name the same class when the labels are integers.
             let v = l.parse::<i64>().ok()?;
-            self.id2label
-                .iter()
-                .position(|n| n.parse::<i64>().ok() == Some(v))
-                .map(|i| i as u32)
+            self.id2label.iter().position(|n| n.parse::<i64>().ok() == Some(v)).map(|i| i as u32)
         })
     }
 
@@ -131,9 +121,6 @@ mod tests {
     #[test]
     fn declared_order_is_kept() {
         let m = LabelMap::from_names(vec!["pos".into(), "neg".into()]);
-        assert_eq!(
-            (m.id("pos"), m.id("neg"), m.id("x")),
-            (Some(0), Some(1), None)
-        );
+        assert_eq!((m.id("pos"), m.id("neg"), m.id("x")), (Some(0), Some(1), None));
     }
 }

@@ -132,26 +132,14 @@ impl Dataset {
         let c = self.class_counts(&self.train);
         let n: usize = c.iter().sum();
         let k = c.len();
-        c.iter()
-            .map(|&m| {
-                if m == 0 {
-                    0.0
-                } else {
-                    n as f32 / (k as f32 * m as f32)
-                }
-            })
-            .collect()
+        c.iter().map(|&m| if m == 0 { 0.0 } else { n as f32 / (k as f32 * m as f32) }).collect()
     }
 }
 
 /// Reads, cleans, maps labels and splits as `section` says (paths already resolved).
 pub fn load_dataset(section: &DataSection) -> Result<Dataset, DataError> {
     section.validate()?;
-    let cols = read::Columns {
-        text: &section.text_column,
-        text_pair: section.text_pair_column.as_deref(),
-        label: &section.label_column,
-    };
+    let cols = read::Columns { text: &section.text_column, text_pair: section.text_pair_column.as_deref(), label: &section.label_column };
     let mut report = CleaningReport::default();
     let mut load_file = |path: &Path, salt: u64| -> Result<Vec<read::RawRow>, DataError> {
         let mut rows = read::read_rows(path, cols)?;
@@ -181,32 +169,18 @@ pub fn load_dataset(section: &DataSection) -> Result<Dataset, DataError> {
         rep.rows_read = read;
         rep.sampled_out = sampled_out;
         if rows.is_empty() {
-            return Err(DataError::NoRowsLeft {
-                path: path.to_path_buf(),
-                dropped: rep.empty_dropped + rep.duplicates_dropped,
-            });
+            return Err(DataError::NoRowsLeft { path: path.to_path_buf(), dropped: rep.empty_dropped + rep.duplicates_dropped });
         }
         report.add(&rep);
         Ok(rows)
     };
     let main = load_file(&section.path, 0)?;
-    let valid_rows = section
-        .valid_path
-        .as_deref()
-        .map(|p| load_file(p, 1))
-        .transpose()?;
-    let test_rows = section
-        .test_path
-        .as_deref()
-        .map(|p| load_file(p, 2))
-        .transpose()?;
+    let valid_rows = section.valid_path.as_deref().map(|p| load_file(p, 1)).transpose()?;
+    let test_rows = section.test_path.as_deref().map(|p| load_file(p, 2)).transpose()?;
 
     let (labels, origin) = match (section.problem, &section.labels) {
         (Problem::Regression, _) => (LabelMap::default(), String::new()),
-        (Problem::Classification, Some(names)) => (
-            LabelMap::from_names(names.clone()),
-            "declared in [data] labels".to_string(),
-        ),
+        (Problem::Classification, Some(names)) => (LabelMap::from_names(names.clone()), "declared in [data] labels".to_string()),
         (Problem::Classification, None) => {
             let m = LabelMap::infer(main.iter().filter_map(|r| r.label.as_deref()));
             if m.len() < 2 {
@@ -229,17 +203,15 @@ pub fn load_dataset(section: &DataSection) -> Result<Dataset, DataError> {
                     column: section.label_column.clone(),
                 })?;
                 let label = match section.problem {
-                    Problem::Classification => {
-                        Target::Class(labels.id(raw).ok_or_else(|| DataError::LabelNotInSet {
-                            path: path.to_path_buf(),
-                            line: r.line,
-                            row: r.row,
-                            column: section.label_column.clone(),
-                            label: raw.to_string(),
-                            allowed: labels.id2label.clone().into(),
-                            origin: origin.as_str().into(),
-                        })?)
-                    }
+                    Problem::Classification => Target::Class(labels.id(raw).ok_or_else(|| DataError::LabelNotInSet {
+                        path: path.to_path_buf(),
+                        line: r.line,
+                        row: r.row,
+                        column: section.label_column.clone(),
+                        label: raw.to_string(),
+                        allowed: labels.id2label.clone().into(),
+                        origin: origin.as_str().into(),
+                    })?),
                     Problem::Regression => match raw.trim().parse::<f32>() {
                         Ok(v) if v.is_finite() => Target::Value(v),
                         _ => {
@@ -253,11 +225,7 @@ pub fn load_dataset(section: &DataSection) -> Result<Dataset, DataError> {
                         }
                     },
                 };
-                Ok(Example {
-                    text: r.text.clone(),
-                    text_pair: r.text_pair.clone(),
-                    label,
-                })
+                Ok(Example { text: r.text.clone(), text_pair: r.text_pair.clone(), label })
             })
             .collect()
     };
@@ -271,10 +239,7 @@ pub fn load_dataset(section: &DataSection) -> Result<Dataset, DataError> {
         _ => None,
     };
 
-    let strata: Vec<u32> = main_ex
-        .iter()
-        .map(|e| e.label.class().unwrap_or(0))
-        .collect();
+    let strata: Vec<u32> = main_ex.iter().map(|e| e.label.class().unwrap_or(0)).collect();
     let idx = split::stratified_split(&strata, section.split_fractions(), section.split_seed);
     let pick = |ix: &[usize]| ix.iter().map(|&i| main_ex[i].clone()).collect::<Vec<_>>();
     let train = pick(&idx.train);
@@ -283,11 +248,7 @@ pub fn load_dataset(section: &DataSection) -> Result<Dataset, DataError> {
     if train.is_empty() {
         return Err(DataError::EmptySplit {
             split: "train",
-            hint: format!(
-                "{} has too few rows for split {:?}",
-                section.path.display(),
-                section.split
-            ),
+            hint: format!("{} has too few rows for split {:?}", section.path.display(), section.split),
         });
     }
     if valid.is_empty() {
@@ -300,14 +261,7 @@ pub fn load_dataset(section: &DataSection) -> Result<Dataset, DataError> {
             ),
         });
     }
-    Ok(Dataset {
-        train,
-        valid,
-        test,
-        labels,
-        problem: section.problem,
-        report,
-    })
+    Ok(Dataset { train, valid, test, labels, problem: section.problem, report })
 }
 
 #[cfg(test)]

@@ -35,86 +35,50 @@ enum Format {
 }
 
 fn format_of(path: &Path) -> Result<Format, DataError> {
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(|e| e.to_ascii_lowercase())
-        .unwrap_or_default();
+    let ext = path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).unwrap_or_default();
     match ext.as_str() {
         "csv" => Ok(Format::Csv),
         "tsv" | "tab" => Ok(Format::Tsv),
         "jsonl" | "ndjson" => Ok(Format::Jsonl),
-        _ => Err(DataError::UnsupportedFormat {
-            path: path.to_path_buf(),
-        }),
+        _ => Err(DataError::UnsupportedFormat { path: path.to_path_buf() }),
     }
 }
 
 /// Reads every data row of `path` (no cleaning).
 pub fn read_rows(path: &Path, cols: Columns<'_>) -> Result<Vec<RawRow>, DataError> {
     let format = format_of(path)?;
-    let bytes = std::fs::read(path).map_err(|source| DataError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = std::fs::read(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
     let rows = match format {
         Format::Csv => read_delimited(path, &bytes, b',', true, cols)?,
         Format::Tsv => read_delimited(path, &bytes, b'\t', false, cols)?,
         Format::Jsonl => read_jsonl(path, &bytes, cols)?,
     };
     if rows.is_empty() {
-        return Err(DataError::Empty {
-            path: path.to_path_buf(),
-        });
+        return Err(DataError::Empty { path: path.to_path_buf() });
     }
     Ok(rows)
 }
 
-fn read_delimited(
-    path: &Path,
-    bytes: &[u8],
-    delim: u8,
-    quoting: bool,
-    cols: Columns<'_>,
-) -> Result<Vec<RawRow>, DataError> {
+fn read_delimited(path: &Path, bytes: &[u8], delim: u8, quoting: bool, cols: Columns<'_>) -> Result<Vec<RawRow>, DataError> {
     let parse_err = |e: csv::Error| {
         let line = e
             .position()
-            .map(|p| {
-                1 + bytes[..(p.byte() as usize).min(bytes.len())]
-                    .iter()
-                    .filter(|&&b| b == b'\n')
-                    .count() as u64
-            })
+            .map(|p| 1 + bytes[..(p.byte() as usize).min(bytes.len())].iter().filter(|&&b| b == b'\n').count() as u64)
             .unwrap_or(0);
-        DataError::Parse {
-            path: path.to_path_buf(),
-            line,
-            message: e.to_string(),
-        }
+        DataError::Parse { path: path.to_path_buf(), line, message: e.to_string() }
     };
-    let mut rdr = csv::ReaderBuilder::new()
-        .delimiter(delim)
-        .quoting(quoting)
-        .flexible(true)
-        .has_headers(true)
-        .from_reader(bytes);
+    let mut rdr = csv::ReaderBuilder::new().delimiter(delim).quoting(quoting).flexible(true).has_headers(true).from_reader(bytes);
     let headers = rdr.headers().map_err(parse_err)?.clone();
     if headers.is_empty() || (headers.len() == 1 && headers[0].trim().is_empty()) {
-        return Err(DataError::Empty {
-            path: path.to_path_buf(),
-        });
+        return Err(DataError::Empty { path: path.to_path_buf() });
     }
     let present: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
     let find = |name: &str| {
-        present
-            .iter()
-            .position(|h| h == name || h.trim() == name)
-            .ok_or_else(|| DataError::MissingColumn {
-                path: path.to_path_buf(),
-                column: name.to_string(),
-                present: present.clone(),
-            })
+        present.iter().position(|h| h == name || h.trim() == name).ok_or_else(|| DataError::MissingColumn {
+            path: path.to_path_buf(),
+            column: name.to_string(),
+            present: present.clone(),
+        })
     };
     let ti = find(cols.text)?;
     let pi = cols.text_pair.map(find).transpose()?;
@@ -131,10 +95,7 @@ fn read_delimited(
             start += 1;
         }
         if start >= counted_to {
-            line_at += bytes[counted_to..start]
-                .iter()
-                .filter(|&&b| b == b'\n')
-                .count() as u64;
+            line_at += bytes[counted_to..start].iter().filter(|&&b| b == b'\n').count() as u64;
             counted_to = start;
         }
         line_at
@@ -150,10 +111,7 @@ fn read_delimited(
             continue;
         }
         row += 1;
-        let line = rec
-            .position()
-            .map(|p| line_of(p.byte() as usize))
-            .unwrap_or(0);
+        let line = rec.position().map(|p| line_of(p.byte() as usize)).unwrap_or(0);
         if rec.len() > headers.len() && rec.iter().skip(headers.len()).any(|f| !f.trim().is_empty()) {
             return Err(DataError::Parse {
                 path: path.to_path_buf(),
@@ -167,14 +125,12 @@ fn read_delimited(
             });
         }
         let cell = |i: usize, name: &str| {
-            rec.get(i)
-                .map(|s| s.to_string())
-                .ok_or_else(|| DataError::MissingValue {
-                    path: path.to_path_buf(),
-                    line,
-                    row,
-                    column: name.to_string(),
-                })
+            rec.get(i).map(|s| s.to_string()).ok_or_else(|| DataError::MissingValue {
+                path: path.to_path_buf(),
+                line,
+                row,
+                column: name.to_string(),
+            })
         };
         let text = cell(ti, cols.text)?;
         let text_pair = match (pi, cols.text_pair) {
@@ -182,18 +138,8 @@ fn read_delimited(
             _ => None,
         };
         let label = cell(li, cols.label)?;
-        let label = if label.trim().is_empty() {
-            None
-        } else {
-            Some(label)
-        };
-        out.push(RawRow {
-            line,
-            row,
-            text,
-            text_pair,
-            label,
-        });
+        let label = if label.trim().is_empty() { None } else { Some(label) };
+        out.push(RawRow { line, row, text, text_pair, label });
     }
     Ok(out)
 }
@@ -211,10 +157,7 @@ fn json_scalar(v: &serde_json::Value) -> Option<String> {
 fn read_jsonl(path: &Path, bytes: &[u8], cols: Columns<'_>) -> Result<Vec<RawRow>, DataError> {
     let text = std::str::from_utf8(bytes).map_err(|e| DataError::Parse {
         path: path.to_path_buf(),
-        line: 1 + bytes[..e.valid_up_to()]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count() as u64,
+        line: 1 + bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count() as u64,
         message: format!("not UTF-8: {e}"),
     })?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
@@ -226,11 +169,8 @@ fn read_jsonl(path: &Path, bytes: &[u8], cols: Columns<'_>) -> Result<Vec<RawRow
             continue;
         }
         row += 1;
-        let v: serde_json::Value = serde_json::from_str(l).map_err(|e| DataError::Parse {
-            path: path.to_path_buf(),
-            line,
-            message: e.to_string(),
-        })?;
+        let v: serde_json::Value =
+            serde_json::from_str(l).map_err(|e| DataError::Parse { path: path.to_path_buf(), line, message: e.to_string() })?;
         let obj = v.as_object().ok_or_else(|| DataError::Parse {
             path: path.to_path_buf(),
             line,
@@ -244,12 +184,7 @@ fn read_jsonl(path: &Path, bytes: &[u8], cols: Columns<'_>) -> Result<Vec<RawRow
                     column: name.to_string(),
                     present: obj.keys().cloned().collect(),
                 }),
-                None => Err(DataError::MissingValue {
-                    path: path.to_path_buf(),
-                    line,
-                    row,
-                    column: name.to_string(),
-                }),
+                None => Err(DataError::MissingValue { path: path.to_path_buf(), line, row, column: name.to_string() }),
             }
         };
         let text = get(cols.text)?.unwrap_or_default();
@@ -258,13 +193,7 @@ fn read_jsonl(path: &Path, bytes: &[u8], cols: Columns<'_>) -> Result<Vec<RawRow
             None => None,
         };
         let label = get(cols.label)?.filter(|s| !s.trim().is_empty());
-        out.push(RawRow {
-            line,
-            row,
-            text,
-            text_pair,
-            label,
-        });
+        out.push(RawRow { line, row, text, text_pair, label });
     }
     Ok(out)
 }
@@ -273,11 +202,7 @@ fn read_jsonl(path: &Path, bytes: &[u8], cols: Columns<'_>) -> Result<Vec<RawRow
 mod tests {
     use super::*;
 
-    const COLS: Columns<'static> = Columns {
-        text: "text",
-        text_pair: None,
-        label: "label",
-    };
+    const COLS: Columns<'static> = Columns { text: "text", text_pair: None, label: "label" };
 
     fn write(dir: &tempfile::TempDir, name: &str, body: &str) -> std::path::PathBuf {
         let p = dir.path().join(name);
@@ -296,44 +221,19 @@ mod tests {
     #[test]
     fn csv_tsv_jsonl_read_the_same_rows() {
         let dir = tempfile::tempdir().unwrap();
-        let csv = write(
-            &dir,
-            "a.csv",
-            "text,label\n\"hello, world\",1\nbad \"film\",0\n",
-        );
-        let tsv = write(
-            &dir,
-            "a.tsv",
-            "text\tlabel\nhello, world\t1\nbad \"film\"\t0\n",
-        );
-        let jsonl = write(
-            &dir,
-            "a.jsonl",
-            "{\"text\": \"hello, world\", \"label\": 1}\n\n{\"text\": \"bad \\\"film\\\"\", \"label\": \"0\"}\n",
-        );
+        let csv = write(&dir, "a.csv", "text,label\n\"hello, world\",1\nbad \"film\",0\n");
+        let tsv = write(&dir, "a.tsv", "text\tlabel\nhello, world\t1\nbad \"film\"\t0\n");
+        let jsonl =
+            write(&dir, "a.jsonl", "{\"text\": \"hello, world\", \"label\": 1}\n\n{\"text\": \"bad \\\"film\\\"\", \"label\": \"0\"}\n");
         let a = read_rows(&csv, COLS).unwrap();
         let b = read_rows(&tsv, COLS).unwrap();
         let c = read_rows(&jsonl, COLS).unwrap();
-        let strip = |v: &[RawRow]| {
-            v.iter()
-                .map(|r| (r.text.clone(), r.label.clone()))
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(
-            strip(&a),
-            vec![
-                ("hello, world".into(), Some("1".into())),
-                ("bad \"film\"".into(), Some("0".into()))
-            ]
-        );
+        let strip = |v: &[RawRow]| v.iter().map(|r| (r.text.clone(), r.label.clone())).collect::<Vec<_>>();
+        assert_eq!(strip(&a), vec![("hello, world".into(), Some("1".into())), ("bad \"film\"".into(), Some("0".into()))]);
         assert_eq!(strip(&a), strip(&b));
         assert_eq!(strip(&a), strip(&c));
         assert_eq!((a[1].line, a[1].row), (3, 2));
-        assert_eq!(
-            (c[1].line, c[1].row),
-            (3, 2),
-            "blank JSONL line counts as a line, not a row"
-        );
+        assert_eq!((c[1].line, c[1].row), (3, 2), "blank JSONL line counts as a line, not a row");
     }
 
     #[test]
@@ -343,45 +243,23 @@ mod tests {
         let e = read_rows(&p, COLS).unwrap_err();
         let msg = e.to_string();
         assert!(matches!(e, DataError::MissingColumn { .. }), "{msg}");
-        assert!(
-            msg.contains("m.csv") && msg.contains("`text`") && msg.contains("sentence, label"),
-            "{msg}"
-        );
-        let p = write(
-            &dir,
-            "m.jsonl",
-            "{\"text\": \"a\", \"label\": 1}\n{\"txt\": \"b\", \"label\": 0}\n",
-        );
+        assert!(msg.contains("m.csv") && msg.contains("`text`") && msg.contains("sentence, label"), "{msg}");
+        let p = write(&dir, "m.jsonl", "{\"text\": \"a\", \"label\": 1}\n{\"txt\": \"b\", \"label\": 0}\n");
         let msg = read_rows(&p, COLS).unwrap_err().to_string();
-        assert!(
-            msg.contains("m.jsonl line 2 (row 2)") && msg.contains("`text`"),
-            "{msg}"
-        );
+        assert!(msg.contains("m.jsonl line 2 (row 2)") && msg.contains("`text`"), "{msg}");
     }
 
     #[test]
     fn bom_crlf_and_blank_lines() {
         let dir = tempfile::tempdir().unwrap();
-        let p = write(
-            &dir,
-            "b.csv",
-            "\u{feff}text,label\r\ngood,1\r\n  ,  \r\n\r\nbad,0\r\n",
-        );
+        let p = write(&dir, "b.csv", "\u{feff}text,label\r\ngood,1\r\n  ,  \r\n\r\nbad,0\r\n");
         let rows = read_rows(&p, COLS).unwrap();
         assert_eq!(rows.len(), 2);
-        assert_eq!(
-            (rows[1].text.as_str(), rows[1].line, rows[1].row),
-            ("bad", 5, 2)
-        );
+        assert_eq!((rows[1].text.as_str(), rows[1].line, rows[1].row), ("bad", 5, 2));
         let p = write(&dir, "c.csv", "text,label\n\"two\nlines\",1\n\n\nx,\n");
-        let msg = read_rows(&p, COLS)
-            .map(|r| format!("{:?}", r.iter().map(|r| r.line).collect::<Vec<_>>()));
+        let msg = read_rows(&p, COLS).map(|r| format!("{:?}", r.iter().map(|r| r.line).collect::<Vec<_>>()));
         assert_eq!(msg.unwrap(), "[2, 6]");
-        let p = write(
-            &dir,
-            "b.jsonl",
-            "\u{feff}{\"text\": \"x\", \"label\": null}\n",
-        );
+        let p = write(&dir, "b.jsonl", "\u{feff}{\"text\": \"x\", \"label\": null}\n");
         assert_eq!(read_rows(&p, COLS).unwrap()[0].label, None);
     }
 
@@ -393,15 +271,9 @@ mod tests {
         let p = write(&dir, "h.csv", "text,label\n");
         assert!(matches!(read_rows(&p, COLS), Err(DataError::Empty { .. })));
         let p = write(&dir, "x.txt", "text,label\na,1\n");
-        assert!(matches!(
-            read_rows(&p, COLS),
-            Err(DataError::UnsupportedFormat { .. })
-        ));
+        assert!(matches!(read_rows(&p, COLS), Err(DataError::UnsupportedFormat { .. })));
         let p = write(&dir, "short.csv", "text,label\nonly text\n");
         let msg = read_rows(&p, COLS).unwrap_err().to_string();
-        assert!(
-            msg.contains("line 2 (row 1)") && msg.contains("`label`"),
-            "{msg}"
-        );
+        assert!(msg.contains("line 2 (row 1)") && msg.contains("`label`"), "{msg}");
     }
 }

@@ -50,11 +50,7 @@ pub fn stratified_split(strata: &[u32], f: SplitFractions, seed: u64) -> SplitIn
 mod tests {
     use super::*;
 
-    const F: SplitFractions = SplitFractions {
-        train: 0.7,
-        valid: 0.15,
-        test: 0.15,
-    };
+    const F: SplitFractions = SplitFractions { train: 0.7, valid: 0.15, test: 0.15 };
 
     fn strata() -> Vec<u32> {
         // 600 rows of class 0, 300 of class 1, 100 of class 2, interleaved.
@@ -77,19 +73,10 @@ mod tests {
         let a = stratified_split(&s, F, 42);
         assert_eq!(a, stratified_split(&s, F, 42));
         assert_ne!(a, stratified_split(&s, F, 43), "the seed matters");
-        let mut all: Vec<usize> = a
-            .train
-            .iter()
-            .chain(&a.valid)
-            .chain(&a.test)
-            .copied()
-            .collect();
+        let mut all: Vec<usize> = a.train.iter().chain(&a.valid).chain(&a.test).copied().collect();
         all.sort_unstable();
         assert_eq!(all, (0..1000).collect::<Vec<_>>(), "disjoint and covering");
-        assert_eq!(
-            (a.train.len(), a.valid.len(), a.test.len()),
-            (700, 150, 150)
-        );
+        assert_eq!((a.train.len(), a.valid.len(), a.test.len()), (700, 150, 150));
         for part in [&a.train, &a.valid, &a.test] {
             let n = part.len() as f64;
             for (c, want) in [(0u32, 0.6), (1, 0.3), (2, 0.1)] {
@@ -102,11 +89,7 @@ mod tests {
     #[test]
     fn two_way_split_has_no_test() {
         let s = strata();
-        let f = SplitFractions {
-            train: 0.85,
-            valid: 0.15,
-            test: 0.0,
-        };
+        let f = SplitFractions { train: 0.85, valid: 0.15, test: 0.0 };
         let a = stratified_split(&s, f, 42);
         assert!(a.test.is_empty());
         assert_eq!(a.valid.len(), 150);

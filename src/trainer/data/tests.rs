@@ -22,28 +22,15 @@ fn default_split_is_stratified_and_covers_all_rows() {
     let dir = tempfile::tempdir().unwrap();
     let p = write(&dir, "d.csv", &balanced_csv(200));
     let ds = load_dataset(&DataSection::new(&p)).unwrap();
-    assert_eq!(
-        (ds.train.len(), ds.valid.len(), ds.test.len()),
-        (140, 30, 30)
-    );
+    assert_eq!((ds.train.len(), ds.valid.len(), ds.test.len()), (140, 30, 30));
     assert_eq!(ds.class_counts(&ds.valid), vec![15, 15]);
     assert_eq!(ds.labels.id2label, vec!["0", "1"]);
     assert_eq!(ds.num_labels(), 2);
-    let mut texts: Vec<&str> = ds
-        .train
-        .iter()
-        .chain(&ds.valid)
-        .chain(&ds.test)
-        .map(|e| e.text.as_str())
-        .collect();
+    let mut texts: Vec<&str> = ds.train.iter().chain(&ds.valid).chain(&ds.test).map(|e| e.text.as_str()).collect();
     texts.sort_unstable();
     texts.dedup();
     assert_eq!(texts.len(), 200);
-    assert_eq!(
-        ds,
-        load_dataset(&DataSection::new(&p)).unwrap(),
-        "deterministic"
-    );
+    assert_eq!(ds, load_dataset(&DataSection::new(&p)).unwrap(), "deterministic");
     assert!((ds.chance_level(&ds.train) - 0.5).abs() < 1e-12);
     assert_eq!(ds.balanced_class_weights(), vec![1.0, 1.0]);
 }
@@ -52,19 +39,12 @@ fn default_split_is_stratified_and_covers_all_rows() {
 fn test_path_only_splits_train_valid() {
     let dir = tempfile::tempdir().unwrap();
     let p = write(&dir, "train.csv", &balanced_csv(200));
-    let t = write(
-        &dir,
-        "test.tsv",
-        "text\tlabel\nheld out one\t1\nheld out two\t0\n",
-    );
+    let t = write(&dir, "test.tsv", "text\tlabel\nheld out one\t1\nheld out two\t0\n");
     let mut s = DataSection::new(&p);
     s.test_path = Some(t);
     s.split = vec![0.85, 0.15];
     let ds = load_dataset(&s).unwrap();
-    assert_eq!(
-        (ds.train.len(), ds.valid.len(), ds.test.len()),
-        (170, 30, 2)
-    );
+    assert_eq!((ds.train.len(), ds.valid.len(), ds.test.len()), (170, 30, 2));
     assert_eq!(ds.test[0].text, "held out one");
 }
 
@@ -74,9 +54,7 @@ fn string_labels_pairs_and_jsonl() {
     let mut body = String::new();
     for i in 0..30 {
         let lab = ["entail", "neutral", "contra"][i % 3];
-        body.push_str(&format!(
-            "{{\"premise\": \"p {i}\", \"hyp\": \"h {i}\", \"y\": \"{lab}\"}}\n"
-        ));
+        body.push_str(&format!("{{\"premise\": \"p {i}\", \"hyp\": \"h {i}\", \"y\": \"{lab}\"}}\n"));
     }
     let p = write(&dir, "nli.jsonl", &body);
     let mut s = DataSection::new(&p);
@@ -87,41 +65,19 @@ fn string_labels_pairs_and_jsonl() {
     let ds = load_dataset(&s).unwrap();
     assert_eq!(ds.labels.id2label, vec!["contra", "entail", "neutral"]);
     assert_eq!(ds.valid.len(), 12);
-    assert!(ds
-        .train
-        .iter()
-        .all(|e| e.text_pair.as_deref().is_some_and(|h| h.starts_with("h "))));
+    assert!(ds.train.iter().all(|e| e.text_pair.as_deref().is_some_and(|h| h.starts_with("h "))));
 }
 
 #[test]
 fn label_outside_declared_set_names_file_row_column() {
     let dir = tempfile::tempdir().unwrap();
-    let p = write(
-        &dir,
-        "bad.csv",
-        "text,label\ngood,pos\nbad,neg\nmeh,neutral\n",
-    );
+    let p = write(&dir, "bad.csv", "text,label\ngood,pos\nbad,neg\nmeh,neutral\n");
     let mut s = DataSection::new(&p);
     s.labels = Some(vec!["neg".into(), "pos".into()]);
     let e = load_dataset(&s).unwrap_err();
     let msg = e.to_string();
-    assert!(
-        matches!(
-            e,
-            DataError::LabelNotInSet {
-                line: 4,
-                row: 3,
-                ..
-            }
-        ),
-        "{msg}"
-    );
-    assert!(
-        msg.contains("bad.csv line 4 (row 3)")
-            && msg.contains("`label`")
-            && msg.contains("`neutral`"),
-        "{msg}"
-    );
+    assert!(matches!(e, DataError::LabelNotInSet { line: 4, row: 3, .. }), "{msg}");
+    assert!(msg.contains("bad.csv line 4 (row 3)") && msg.contains("`label`") && msg.contains("`neutral`"), "{msg}");
 }
 
 #[test]
@@ -139,11 +95,7 @@ odd,2
     let mut s = DataSection::new(&p);
     s.test_path = Some(t);
     let msg = load_dataset(&s).unwrap_err().to_string();
-    assert!(
-        msg.contains("test.csv line 3 (row 2), column `label`: label `2`")
-            && msg.contains("train.csv"),
-        "{msg}"
-    );
+    assert!(msg.contains("test.csv line 3 (row 2), column `label`: label `2`") && msg.contains("train.csv"), "{msg}");
     let one = write(
         &dir,
         "one.csv",
@@ -152,9 +104,7 @@ a,1
 b,1
 ",
     );
-    let msg = load_dataset(&DataSection::new(one))
-        .unwrap_err()
-        .to_string();
+    let msg = load_dataset(&DataSection::new(one)).unwrap_err().to_string();
     assert!(msg.contains("single label"), "{msg}");
 }
 
@@ -166,17 +116,11 @@ fn missing_label_and_bad_regression_target() {
     s.label_column = "score".into();
     s.problem = Problem::Regression;
     let msg = load_dataset(&s).unwrap_err().to_string();
-    assert!(
-        msg.contains("r.csv line 3 (row 2): column `score` has no value"),
-        "{msg}"
-    );
+    assert!(msg.contains("r.csv line 3 (row 2): column `score` has no value"), "{msg}");
     let p = write(&dir, "r2.csv", "text,score\na,0.5\nc,x\n");
     s.path = p;
     let msg = load_dataset(&s).unwrap_err().to_string();
-    assert!(
-        msg.contains("r2.csv line 3 (row 2), column `score`") && msg.contains("`x`"),
-        "{msg}"
-    );
+    assert!(msg.contains("r2.csv line 3 (row 2), column `score`") && msg.contains("`x`"), "{msg}");
 }
 
 #[test]
@@ -205,24 +149,12 @@ fn cleaning_report_and_max_rows() {
     s.dedup = true;
     let ds = load_dataset(&s).unwrap();
     let r = &ds.report;
-    assert_eq!(
-        (
-            r.rows_read,
-            r.trimmed,
-            r.empty_dropped,
-            r.duplicates_dropped,
-            r.rows_kept
-        ),
-        (102, 2, 1, 1, 100)
-    );
+    assert_eq!((r.rows_read, r.trimmed, r.empty_dropped, r.duplicates_dropped, r.rows_kept), (102, 2, 1, 1, 100));
     s.max_rows = Some(50);
     s.dedup = false;
     let ds = load_dataset(&s).unwrap();
     assert_eq!((ds.report.rows_read, ds.report.sampled_out), (102, 52));
-    assert_eq!(
-        ds.train.len() + ds.valid.len() + ds.test.len(),
-        ds.report.rows_kept
-    );
+    assert_eq!(ds.train.len() + ds.valid.len() + ds.test.len(), ds.report.rows_kept);
 }
 
 #[test]
@@ -232,14 +164,7 @@ fn quick_start_csv_is_balanced_and_loads() {
     s.dedup = true;
     let ds = load_dataset(&s).unwrap();
     assert_eq!(ds.report.rows_read, 300);
-    assert_eq!(
-        (
-            ds.report.duplicates_dropped,
-            ds.report.empty_dropped,
-            ds.report.trimmed
-        ),
-        (0, 0, 0)
-    );
+    assert_eq!((ds.report.duplicates_dropped, ds.report.empty_dropped, ds.report.trimmed), (0, 0, 0));
     // per class: round(150 · 0.15) = 23 valid, 23 test, 104 train
     assert_eq!(ds.class_counts(&ds.train), vec![104, 104]);
     assert_eq!(ds.class_counts(&ds.valid), vec![23, 23]);
@@ -259,12 +184,6 @@ fn sst2_protocol_of_the_quality_target() {
     assert_eq!(ds.test.len(), 872);
     assert_eq!(ds.class_counts(&ds.test), vec![428, 444]);
     let v = ds.class_counts(&ds.valid);
-    assert_eq!(
-        v,
-        vec![
-            (2242.0f64 * 0.15).round() as usize,
-            (2758.0f64 * 0.15).round() as usize
-        ]
-    );
+    assert_eq!(v, vec![(2242.0f64 * 0.15).round() as usize, (2758.0f64 * 0.15).round() as usize]);
     eprintln!("{}", ds.report);
 }

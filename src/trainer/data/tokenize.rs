@@ -9,9 +9,7 @@ use tokenizers::models::wordpiece::WordPiece;
 use tokenizers::normalizers::BertNormalizer;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::processors::bert::BertProcessing;
-use tokenizers::{
-    EncodeInput, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
-};
+use tokenizers::{EncodeInput, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 use super::error::DataError;
 use super::{Example, Target};
@@ -34,10 +32,7 @@ impl Encoded {
 }
 
 fn tok_err(path: &Path, e: impl std::fmt::Display) -> DataError {
-    DataError::Tokenizer {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    }
+    DataError::Tokenizer { path: path.to_path_buf(), message: e.to_string() }
 }
 
 /// Loads `dir/tokenizer.json`, or builds a BERT WordPiece tokenizer from `dir/vocab.txt`.
@@ -49,31 +44,18 @@ pub fn load_tokenizer(dir: &Path) -> Result<Tokenizer, DataError> {
     }
     let vocab = dir.join("vocab.txt");
     if !vocab.is_file() {
-        return Err(tok_err(
-            dir,
-            "neither tokenizer.json nor vocab.txt is in the model folder",
-        ));
+        return Err(tok_err(dir, "neither tokenizer.json nor vocab.txt is in the model folder"));
     }
     let lowercase = read_do_lower_case(&dir.join("tokenizer_config.json"))?;
-    let vocab_str = vocab
-        .to_str()
-        .ok_or_else(|| tok_err(&vocab, "path is not UTF-8"))?;
-    let wp = WordPiece::from_file(vocab_str)
-        .unk_token("[UNK]".into())
-        .build()
-        .map_err(|e| tok_err(&vocab, e))?;
-    let id = |t: &str| {
-        wp_token_id(&wp, t).ok_or_else(|| tok_err(&vocab, format!("vocab.txt has no `{t}` token")))
-    };
+    let vocab_str = vocab.to_str().ok_or_else(|| tok_err(&vocab, "path is not UTF-8"))?;
+    let wp = WordPiece::from_file(vocab_str).unk_token("[UNK]".into()).build().map_err(|e| tok_err(&vocab, e))?;
+    let id = |t: &str| wp_token_id(&wp, t).ok_or_else(|| tok_err(&vocab, format!("vocab.txt has no `{t}` token")));
     let (cls, sep) = (id("[CLS]")?, id("[SEP]")?);
     id("[UNK]")?;
     let mut tok = Tokenizer::new(wp);
     tok.with_normalizer(Some(BertNormalizer::new(true, true, None, lowercase)));
     tok.with_pre_tokenizer(Some(BertPreTokenizer));
-    tok.with_post_processor(Some(BertProcessing::new(
-        ("[SEP]".into(), sep),
-        ("[CLS]".into(), cls),
-    )));
+    tok.with_post_processor(Some(BertProcessing::new(("[SEP]".into(), sep), ("[CLS]".into(), cls))));
     tok.with_decoder(Some(tokenizers::decoders::wordpiece::WordPiece::default()));
     Ok(tok)
 }
@@ -87,14 +69,9 @@ fn read_do_lower_case(path: &Path) -> Result<bool, DataError> {
     if !path.is_file() {
         return Ok(true);
     }
-    let s = std::fs::read_to_string(path).map_err(|source| DataError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let s = std::fs::read_to_string(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
     let v: serde_json::Value = serde_json::from_str(&s).map_err(|e| tok_err(path, e))?;
-    Ok(v.get("do_lower_case")
-        .and_then(|b| b.as_bool())
-        .unwrap_or(true))
+    Ok(v.get("do_lower_case").and_then(|b| b.as_bool()).unwrap_or(true))
 }
 
 /// A tokenizer set up for one `max_length`: encodes examples once per split.
@@ -114,15 +91,9 @@ impl TextEncoder {
 
     /// Wraps a tokenizer; `source` only names it in errors. `max_length` counts special tokens
     /// and must leave room for them (at least 4).
-    pub fn new(
-        mut tokenizer: Tokenizer,
-        max_length: usize,
-        source: &Path,
-    ) -> Result<Self, DataError> {
+    pub fn new(mut tokenizer: Tokenizer, max_length: usize, source: &Path) -> Result<Self, DataError> {
         if max_length < 4 {
-            return Err(DataError::Config(format!(
-                "max_length must be at least 4, got {max_length}"
-            )));
+            return Err(DataError::Config(format!("max_length must be at least 4, got {max_length}")));
         }
         tokenizer
             .with_truncation(Some(TruncationParams {
@@ -133,16 +104,8 @@ impl TextEncoder {
             }))
             .map_err(|e| tok_err(source, e))?;
         tokenizer.with_padding(None);
-        let pad_id = tokenizer
-            .token_to_id("[PAD]")
-            .or_else(|| tokenizer.token_to_id("<pad>"))
-            .unwrap_or(0);
-        Ok(TextEncoder {
-            tokenizer,
-            max_length,
-            pad_id,
-            source: source.to_path_buf(),
-        })
+        let pad_id = tokenizer.token_to_id("[PAD]").or_else(|| tokenizer.token_to_id("<pad>")).unwrap_or(0);
+        Ok(TextEncoder { tokenizer, max_length, pad_id, source: source.to_path_buf() })
     }
 
     /// The id batches pad with (`[PAD]`, else `<pad>`, else 0).
@@ -167,18 +130,11 @@ impl TextEncoder {
                 None => EncodeInput::Single(e.text.as_str().into()),
             })
             .collect();
-        let encs = self
-            .tokenizer
-            .encode_batch(inputs, true)
-            .map_err(|e| DataError::Encode(format!("{}: {e}", self.source.display())))?;
+        let encs = self.tokenizer.encode_batch(inputs, true).map_err(|e| DataError::Encode(format!("{}: {e}", self.source.display())))?;
         Ok(encs
             .into_iter()
             .zip(examples)
-            .map(|(enc, ex)| Encoded {
-                ids: enc.get_ids().to_vec(),
-                type_ids: enc.get_type_ids().to_vec(),
-                label: ex.label,
-            })
+            .map(|(enc, ex)| Encoded { ids: enc.get_ids().to_vec(), type_ids: enc.get_type_ids().to_vec(), label: ex.label })
             .collect())
     }
 }
@@ -189,25 +145,16 @@ mod tests {
 
     pub(crate) fn vocab_dir(lower: Option<bool>) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
-        let vocab =
-            "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nthe\ngood\nbad\nfilm\nvery\n##s\n.\nis\nGood\n";
+        let vocab = "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nthe\ngood\nbad\nfilm\nvery\n##s\n.\nis\nGood\n";
         std::fs::write(dir.path().join("vocab.txt"), vocab).unwrap();
         if let Some(l) = lower {
-            std::fs::write(
-                dir.path().join("tokenizer_config.json"),
-                format!("{{\"do_lower_case\": {l}}}"),
-            )
-            .unwrap();
+            std::fs::write(dir.path().join("tokenizer_config.json"), format!("{{\"do_lower_case\": {l}}}")).unwrap();
         }
         dir
     }
 
     fn ex(t: &str, p: Option<&str>) -> Example {
-        Example {
-            text: t.into(),
-            text_pair: p.map(String::from),
-            label: Target::Class(1),
-        }
+        Example { text: t.into(), text_pair: p.map(String::from), label: Target::Class(1) }
     }
 
     #[test]
@@ -215,12 +162,7 @@ mod tests {
         let dir = vocab_dir(None);
         let enc = TextEncoder::from_model_dir(dir.path(), 16).unwrap();
         assert_eq!(enc.pad_id(), 0);
-        let out = enc
-            .encode(&[
-                ex("The GOOD films.", None),
-                ex("very bad", Some("good film")),
-            ])
-            .unwrap();
+        let out = enc.encode(&[ex("The GOOD films.", None), ex("very bad", Some("good film"))]).unwrap();
         // [CLS] the good film ##s . [SEP]
         assert_eq!(out[0].ids, vec![2, 5, 6, 8, 10, 11, 3]);
         assert_eq!(out[0].type_ids, vec![0; 7]);
@@ -242,12 +184,7 @@ mod tests {
     fn truncation_longest_first_keeps_special_tokens() {
         let dir = vocab_dir(None);
         let enc = TextEncoder::from_model_dir(dir.path(), 6).unwrap();
-        let out = enc
-            .encode(&[
-                ex("good good good good good good", None),
-                ex("good good good good", Some("bad")),
-            ])
-            .unwrap();
+        let out = enc.encode(&[ex("good good good good good good", None), ex("good good good good", Some("bad"))]).unwrap();
         assert_eq!(out[0].ids, vec![2, 6, 6, 6, 6, 3]);
         // 6 = [CLS] a a [SEP] b [SEP]: the longer text was cut.
         assert_eq!(out[1].ids, vec![2, 6, 6, 3, 7, 3]);
@@ -260,19 +197,11 @@ mod tests {
         // Save with padding and a short truncation, which the encoder must override.
         let mut tok = load_tokenizer(dir.path()).unwrap();
         tok.with_padding(Some(tokenizers::PaddingParams::default()));
-        tok.with_truncation(Some(TruncationParams {
-            max_length: 3,
-            ..Default::default()
-        }))
-        .unwrap();
+        tok.with_truncation(Some(TruncationParams { max_length: 3, ..Default::default() })).unwrap();
         let json_dir = tempfile::tempdir().unwrap();
-        tok.save(json_dir.path().join("tokenizer.json"), false)
-            .unwrap();
+        tok.save(json_dir.path().join("tokenizer.json"), false).unwrap();
         let from_json = TextEncoder::from_model_dir(json_dir.path(), 16).unwrap();
-        let rows = [
-            ex("the good film .", None),
-            ex("very very bad films", Some("the film")),
-        ];
+        let rows = [ex("the good film .", None), ex("very very bad films", Some("the film"))];
         let a = from_vocab.encode(&rows).unwrap();
         let b = from_json.encode(&rows).unwrap();
         assert_eq!(a, b);
@@ -283,8 +212,7 @@ mod tests {
     #[test]
     #[ignore]
     fn minilm_tokenizer_json_and_vocab_agree() {
-        let dir =
-            std::path::PathBuf::from(std::env::var("SFT_MINILM_DIR").expect("set SFT_MINILM_DIR"));
+        let dir = std::path::PathBuf::from(std::env::var("SFT_MINILM_DIR").expect("set SFT_MINILM_DIR"));
         let json = TextEncoder::from_model_dir(&dir, 64).unwrap();
         let vocab_only = tempfile::tempdir().unwrap();
         for f in ["vocab.txt", "tokenizer_config.json"] {
@@ -293,10 +221,7 @@ mod tests {
         let vocab = TextEncoder::from_model_dir(vocab_only.path(), 64).unwrap();
         let rows = [
             ex("The café's crème brûlée wasn't THAT great, honestly!", None),
-            ex(
-                "one long string of cliches .",
-                Some("a second, paired sentence"),
-            ),
+            ex("one long string of cliches .", Some("a second, paired sentence")),
         ];
         let (a, b) = (json.encode(&rows).unwrap(), vocab.encode(&rows).unwrap());
         assert_eq!(a, b);
@@ -308,10 +233,6 @@ mod tests {
     fn missing_tokenizer_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let e = TextEncoder::from_model_dir(dir.path(), 16).err().unwrap();
-        assert!(
-            e.to_string()
-                .contains("neither tokenizer.json nor vocab.txt"),
-            "{e}"
-        );
+        assert!(e.to_string().contains("neither tokenizer.json nor vocab.txt"), "{e}");
     }
 }

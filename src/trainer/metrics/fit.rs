@@ -75,35 +75,22 @@ impl Serialize for FitDiagnosis {
 
 impl<'de> Deserialize<'de> for FitDiagnosis {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
     }
 }
 
 /// Diagnoses a trial; `chance` is the majority-class rate (0 for regression, which then is
 /// never called underfitting).
 pub fn diagnose_fit(epochs: &[EpochRecord], chance: f64) -> FitDiagnosis {
-    let recs: Vec<(usize, &EpochRecord)> = epochs
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (i + 1, r))
-        .filter(|(_, r)| r.train_loss.is_finite() && r.valid_loss.is_finite())
-        .collect();
+    let recs: Vec<(usize, &EpochRecord)> =
+        epochs.iter().enumerate().map(|(i, r)| (i + 1, r)).filter(|(_, r)| r.train_loss.is_finite() && r.valid_loss.is_finite()).collect();
     if recs.is_empty() {
         return FitDiagnosis::NoEpochs;
     }
-    let accs: Option<Vec<f64>> = epochs
-        .iter()
-        .map(|r| r.train_accuracy)
-        .collect::<Option<Vec<_>>>()
-        .or_else(|| epochs.iter().map(|r| r.valid_accuracy).collect());
+    let accs: Option<Vec<f64>> =
+        epochs.iter().map(|r| r.train_accuracy).collect::<Option<Vec<_>>>().or_else(|| epochs.iter().map(|r| r.valid_accuracy).collect());
     if let Some(accs) = accs {
-        let best = accs
-            .iter()
-            .copied()
-            .filter(|a| a.is_finite())
-            .fold(f64::NEG_INFINITY, f64::max);
+        let best = accs.iter().copied().filter(|a| a.is_finite()).fold(f64::NEG_INFINITY, f64::max);
         let margin = 0.05f64.min((1.0 - chance) / 4.0);
         if chance > 0.0 && best.is_finite() && best <= chance + margin {
             return FitDiagnosis::Underfitting;
@@ -112,22 +99,13 @@ pub fn diagnose_fit(epochs: &[EpochRecord], chance: f64) -> FitDiagnosis {
     let (best_pos, best) = recs
         .iter()
         .enumerate()
-        .min_by(|a, b| {
-            a.1 .1
-                .valid_loss
-                .total_cmp(&b.1 .1.valid_loss)
-                .then(a.0.cmp(&b.0))
-        })
+        .min_by(|a, b| a.1 .1.valid_loss.total_cmp(&b.1 .1.valid_loss).then(a.0.cmp(&b.0)))
         .map(|(p, (_, r))| (p, **r))
         .unwrap_or((0, *recs[0].1));
     let tol = (0.02 * best.valid_loss.abs()).max(0.005);
-    let rises = recs[best_pos + 1..]
-        .iter()
-        .any(|(_, r)| r.valid_loss > best.valid_loss + tol && r.train_loss < best.train_loss);
+    let rises = recs[best_pos + 1..].iter().any(|(_, r)| r.valid_loss > best.valid_loss + tol && r.train_loss < best.train_loss);
     if rises {
-        let from_epoch = recs
-            .get(best_pos + 1)
-            .map_or(recs[best_pos].0 + 1, |(e, _)| *e);
+        let from_epoch = recs.get(best_pos + 1).map_or(recs[best_pos].0 + 1, |(e, _)| *e);
         return FitDiagnosis::Overfitting { from_epoch };
     }
     FitDiagnosis::GoodFit
@@ -138,50 +116,25 @@ mod tests {
     use super::*;
 
     fn rec(train_loss: f64, valid_loss: f64, train_acc: f64) -> EpochRecord {
-        EpochRecord {
-            train_loss,
-            valid_loss,
-            train_accuracy: Some(train_acc),
-            valid_accuracy: None,
-            valid_metric: 0.0,
-        }
+        EpochRecord { train_loss, valid_loss, train_accuracy: Some(train_acc), valid_accuracy: None, valid_metric: 0.0 }
     }
 
     #[test]
     fn overfitting_from_the_epoch_after_the_best_valid_loss() {
-        let e = [
-            rec(0.6, 0.50, 0.7),
-            rec(0.4, 0.40, 0.8),
-            rec(0.2, 0.45, 0.9),
-            rec(0.1, 0.60, 0.97),
-        ];
+        let e = [rec(0.6, 0.50, 0.7), rec(0.4, 0.40, 0.8), rec(0.2, 0.45, 0.9), rec(0.1, 0.60, 0.97)];
         let d = diagnose_fit(&e, 0.5);
         assert_eq!(d, FitDiagnosis::Overfitting { from_epoch: 3 });
-        assert_eq!(
-            serde_json::to_string(&d).unwrap(),
-            "\"overfitting from epoch 3\""
-        );
-        assert_eq!(
-            serde_json::from_str::<FitDiagnosis>("\"overfitting from epoch 3\"").unwrap(),
-            d
-        );
+        assert_eq!(serde_json::to_string(&d).unwrap(), "\"overfitting from epoch 3\"");
+        assert_eq!(serde_json::from_str::<FitDiagnosis>("\"overfitting from epoch 3\"").unwrap(), d);
     }
 
     #[test]
     fn small_rise_or_rising_train_loss_is_not_overfitting() {
         // valid loss up by 0.004 (< tolerance)
-        let e = [
-            rec(0.6, 0.50, 0.7),
-            rec(0.4, 0.30, 0.8),
-            rec(0.2, 0.304, 0.9),
-        ];
+        let e = [rec(0.6, 0.50, 0.7), rec(0.4, 0.30, 0.8), rec(0.2, 0.304, 0.9)];
         assert_eq!(diagnose_fit(&e, 0.5), FitDiagnosis::GoodFit);
         // both losses rise: not the over-fitting pattern
-        let e = [
-            rec(0.6, 0.50, 0.7),
-            rec(0.4, 0.30, 0.8),
-            rec(0.5, 0.40, 0.8),
-        ];
+        let e = [rec(0.6, 0.50, 0.7), rec(0.4, 0.30, 0.8), rec(0.5, 0.40, 0.8)];
         assert_eq!(diagnose_fit(&e, 0.5), FitDiagnosis::GoodFit);
     }
 
@@ -196,13 +149,7 @@ mod tests {
         let e = [rec(0.3, 0.3, 0.96)];
         assert_eq!(diagnose_fit(&e, 0.9), FitDiagnosis::GoodFit);
         // valid accuracy used when train accuracy is missing
-        let e = [EpochRecord {
-            train_loss: 0.6,
-            valid_loss: 0.6,
-            train_accuracy: None,
-            valid_accuracy: Some(0.51),
-            valid_metric: 0.51,
-        }];
+        let e = [EpochRecord { train_loss: 0.6, valid_loss: 0.6, train_accuracy: None, valid_accuracy: Some(0.51), valid_metric: 0.51 }];
         assert_eq!(diagnose_fit(&e, 0.5), FitDiagnosis::Underfitting);
     }
 
@@ -211,15 +158,8 @@ mod tests {
         assert_eq!(diagnose_fit(&[], 0.5), FitDiagnosis::NoEpochs);
         let e = [rec(0.6, 0.5, 0.8), rec(f64::NAN, f64::NAN, 0.8)];
         assert_eq!(diagnose_fit(&e, 0.5), FitDiagnosis::GoodFit);
-        assert_eq!(
-            diagnose_fit(&[rec(0.6, 0.5, 0.8)], 0.5),
-            FitDiagnosis::GoodFit
-        );
-        for d in [
-            FitDiagnosis::GoodFit,
-            FitDiagnosis::Underfitting,
-            FitDiagnosis::NoEpochs,
-        ] {
+        assert_eq!(diagnose_fit(&[rec(0.6, 0.5, 0.8)], 0.5), FitDiagnosis::GoodFit);
+        for d in [FitDiagnosis::GoodFit, FitDiagnosis::Underfitting, FitDiagnosis::NoEpochs] {
             assert_eq!(d.to_string().parse::<FitDiagnosis>().unwrap(), d);
         }
     }

@@ -245,7 +245,10 @@ mod tests {
         let raw = json!({"dim": 768, "n_layers": 6, "n_heads": 12, "hidden_dim": 3072, "activation": "gelu",
                          "dropout": 0.1, "attention_dropout": 0.1, "seq_classif_dropout": 0.2, "vocab_size": 30522});
         let m = Arch::DistilBert.normalise_config(raw.as_object().unwrap());
-        assert_eq!((m["hidden_size"].clone(), m["num_hidden_layers"].clone(), m["intermediate_size"].clone()), (json!(768), json!(6), json!(3072)));
+        assert_eq!(
+            (m["hidden_size"].clone(), m["num_hidden_layers"].clone(), m["intermediate_size"].clone()),
+            (json!(768), json!(6), json!(3072))
+        );
         assert_eq!((m["hidden_act"].clone(), m["type_vocab_size"].clone()), (json!("gelu"), json!(0)));
         assert!(!m.contains_key("dim"));
         assert_eq!(Arch::DistilBert.head_dropout(raw.as_object().unwrap()), Some(0.2));

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
 use super::kernels::{self, mm};
-use gemm::Parallelism;
 use super::ops::{masked_softmax_dropout, DropMask};
+use gemm::Parallelism;
 
 /// `[b, h, s, d]` q, k, v and an additive key mask `[b, s]` → `[b, s, h·d]`.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64, drop: DropMask) -> Result<Tensor> {
@@ -63,9 +63,7 @@ pub fn attention_qkv_composed(xw: &Tensor, bias: &Tensor, heads: usize, mask: &T
     let (b, s, h3) = xw.dims3()?;
     let h = h3 / 3;
     let x = xw.broadcast_add(bias)?;
-    let part = |i: usize| -> Result<Tensor> {
-        x.narrow(2, i * h, h)?.reshape((b, s, heads, h / heads))?.transpose(1, 2)?.contiguous()
-    };
+    let part = |i: usize| -> Result<Tensor> { x.narrow(2, i * h, h)?.reshape((b, s, heads, h / heads))?.transpose(1, 2)?.contiguous() };
     attention_composed(&part(0)?, &part(1)?, &part(2)?, mask, scale, drop)
 }
 
@@ -241,11 +239,7 @@ impl AttentionOp {
     /// dropout mask applied when `with_dropout`.
     fn softmax_rows(&self, p: &mut [f32], s: usize, u: usize, bi: usize, with_dropout: bool) {
         let m = &self.mask[bi * s..(bi + 1) * s];
-        let (key, threshold, dscale) = if with_dropout {
-            (self.drop.key, self.drop.threshold, self.drop.scale)
-        } else {
-            (0, 0, 1.0)
-        };
+        let (key, threshold, dscale) = if with_dropout { (self.drop.key, self.drop.threshold, self.drop.scale) } else { (0, 0, 1.0) };
         for (i, row) in p.chunks_exact_mut(s).enumerate() {
             kernels::softmax_row(row, m, self.scale, (u * s + i) * s, key, threshold, dscale);
         }
@@ -299,10 +293,8 @@ impl CustomOp3 for AttentionOp {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let n = q.elem_count();
-        let op = AttentionBwdOp {
-            fwd: AttentionOp { mask: self.mask.clone(), scale: self.scale, drop: self.drop },
-            grad: grad.contiguous()?,
-        };
+        let op =
+            AttentionBwdOp { fwd: AttentionOp { mask: self.mask.clone(), scale: self.scale, drop: self.drop }, grad: grad.contiguous()? };
         let packed = q.apply_op3_no_bwd(k, v, &op)?;
         let dq = packed.narrow(0, 0, n)?.reshape(q.shape())?;
         let dk = packed.narrow(0, n, n)?.reshape(q.shape())?;

@@ -73,8 +73,7 @@ pub(crate) struct LayerNorm {
 impl LayerNorm {
     /// Normalises in f32 whatever the input's dtype, and returns the input's dtype.
     pub fn forward(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
-        ops::layer_norm(&x.to_dtype(DType::F32)?, &pass.w32(&self.weight), &pass.w32(&self.bias), self.eps)?
-            .to_dtype(x.dtype())
+        ops::layer_norm(&x.to_dtype(DType::F32)?, &pass.w32(&self.weight), &pass.w32(&self.bias), self.eps)?.to_dtype(x.dtype())
     }
 }
 
@@ -91,14 +90,7 @@ pub(crate) struct Embeddings {
 }
 
 impl Embeddings {
-    pub fn forward(
-        &self,
-        ids: &Tensor,
-        token_types: &Tensor,
-        pass: Pass,
-        p: f64,
-        dropout: &Dropout,
-    ) -> Result<Tensor> {
+    pub fn forward(&self, ids: &Tensor, token_types: &Tensor, pass: Pass, p: f64, dropout: &Dropout) -> Result<Tensor> {
         let (b, s) = ids.dims2()?;
         // Gathered and normalised in f32, then cast to the compute dtype.
         let word = pass.w32(&self.word);
@@ -154,14 +146,7 @@ pub(crate) struct Head {
 
 impl EncoderLayer {
     /// `x`: `[batch, seq, hidden]`; `mask`: additive key mask `[batch, seq]`.
-    pub fn forward(
-        &self,
-        x: &Tensor,
-        mask: &Tensor,
-        pass: Pass,
-        p: DropoutProbs,
-        dropout: &Dropout,
-    ) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, mask: &Tensor, pass: Pass, p: DropoutProbs, dropout: &Dropout) -> Result<Tensor> {
         let h = x.dim(2)?;
         let d = h / self.heads;
         let drop = |prob: f64| if pass.train { dropout.mask(prob) } else { ops::DropMask::none() };
@@ -170,12 +155,7 @@ impl EncoderLayer {
         let b_qkv = Tensor::cat(&[&pass.w(&self.query.bias)?, &pass.w(&self.key.bias)?, &pass.w(&self.value.bias)?], 0)?;
         let xw = linear::matmul_wt(x, &w_qkv)?;
         let ctx = attention::attention_qkv(&xw, &b_qkv, self.heads, mask, 1.0 / (d as f64).sqrt(), drop(p.attention))?;
-        let a = ops::bias_dropout_residual(
-            &self.attn_out.matmul(&ctx, pass)?,
-            &pass.w(&self.attn_out.bias)?,
-            x,
-            drop(p.hidden),
-        )?;
+        let a = ops::bias_dropout_residual(&self.attn_out.matmul(&ctx, pass)?, &pass.w(&self.attn_out.bias)?, x, drop(p.hidden))?;
         let a = self.attn_norm.forward(&a, pass)?;
         let i = ops::bias_gelu(&self.intermediate.matmul(&a, pass)?, &pass.w(&self.intermediate.bias)?)?;
         let o = ops::bias_dropout_residual(&self.output.matmul(&i, pass)?, &pass.w(&self.output.bias)?, &a, drop(p.hidden))?;

@@ -13,9 +13,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::ops::{self, DropMask};
+use super::{BertClassifier, ModelOptions};
 use crate::trainer::optim::{OptimConfig, Optimizer};
 use crate::trainer::spec::OptimizerKind;
-use super::{BertClassifier, ModelOptions};
 
 /// One compared output.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -92,7 +92,12 @@ fn cases() -> Vec<OpCase> {
         }
     }
     vec![
-        ("layer_norm", vec![(vec![2, 24, 96], 2.0), (vec![96], 1.0), (vec![96], 0.5)], false, Box::new(|t: &[Tensor]| ops::layer_norm(&t[0], &t[1], &t[2], 1e-12))),
+        (
+            "layer_norm",
+            vec![(vec![2, 24, 96], 2.0), (vec![96], 1.0), (vec![96], 0.5)],
+            false,
+            Box::new(|t: &[Tensor]| ops::layer_norm(&t[0], &t[1], &t[2], 1e-12)),
+        ),
         ("bias_gelu", vec![(vec![2, 24, 160], 3.0), (vec![160], 1.0)], true, Box::new(|t: &[Tensor]| ops::bias_gelu(&t[0], &t[1]))),
         (
             "bias_dropout_residual",
@@ -118,7 +123,8 @@ fn cases() -> Vec<OpCase> {
 /// path; CUDA: the flat path and its fused AdamW kernel). Returns the parameters after.
 fn optimizer_steps(device: &Device, kind: OptimizerKind) -> anyhow::Result<Vec<(String, Tensor)>> {
     let mut rng = ChaCha8Rng::seed_from_u64(5);
-    let shapes: [(&str, &[usize]); 3] = [("layer.dense.weight", &[48, 40]), ("layer.dense.bias", &[48]), ("embeddings.word.weight", &[300, 16])];
+    let shapes: [(&str, &[usize]); 3] =
+        [("layer.dense.weight", &[48, 40]), ("layer.dense.bias", &[48]), ("embeddings.word.weight", &[300, 16])];
     let mut vars = Vec::new();
     for (name, shape) in shapes {
         vars.push((name.to_string(), Var::from_tensor(&random(shape, &mut rng, 1.0)?.to_device(device)?)?));
@@ -202,7 +208,8 @@ pub fn compare(device: &Device, model_dir: Option<&Path>) -> anyhow::Result<Vec<
             if grads.len() != ref_grads.len() {
                 anyhow::bail!("model check: {} gradients on the device, {} on the CPU", grads.len(), ref_grads.len());
             }
-            let all_d: Vec<Tensor> = grads.iter().map(|(_, g)| g.to_device(&Device::Cpu)?.flatten_all()).collect::<candle_core::Result<_>>()?;
+            let all_d: Vec<Tensor> =
+                grads.iter().map(|(_, g)| g.to_device(&Device::Cpu)?.flatten_all()).collect::<candle_core::Result<_>>()?;
             let all_r: Vec<Tensor> = ref_grads.iter().map(|(_, r)| r.flatten_all()).collect::<candle_core::Result<_>>()?;
             let (all_d, all_r) = (Tensor::cat(&all_d, 0)?, Tensor::cat(&all_r, 0)?);
             rows.push(row("model", dt, "all gradients".into(), rel_err(&all_d, &all_r)?, tol));

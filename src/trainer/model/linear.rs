@@ -143,9 +143,8 @@ mod tests {
         let g = det(&[3, 5, 4], 3);
         let a = matmul_wt(&x, &w).unwrap();
         let b = matmul_wt_composed(&x, &w).unwrap();
-        let diff = |p: &Tensor, q: &Tensor| {
-            (p - q).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
-        };
+        let diff =
+            |p: &Tensor, q: &Tensor| (p - q).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
         assert_eq!(a.dims(), &[3, 5, 4]);
         assert!(diff(&a, &b) < 1e-5);
         let ga = (&a * &g).unwrap().sum_all().unwrap().backward().unwrap();

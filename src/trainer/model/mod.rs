@@ -43,14 +43,14 @@
 pub mod arch;
 pub mod attention;
 mod bert;
+pub mod config;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
-mod kernels;
-pub mod linear;
-pub mod config;
 pub mod device_check;
 mod embedding;
 pub mod error;
+mod kernels;
+pub mod linear;
 pub mod ops;
 
 use std::collections::HashMap;
@@ -190,18 +190,11 @@ impl Loader<'_> {
     }
 
     fn linear(&mut self, prefix: &str, out: usize, inp: usize) -> Result<Linear, ModelError> {
-        Ok(Linear {
-            weight: self.take(&format!("{prefix}.weight"), &[out, inp])?,
-            bias: self.take(&format!("{prefix}.bias"), &[out])?,
-        })
+        Ok(Linear { weight: self.take(&format!("{prefix}.weight"), &[out, inp])?, bias: self.take(&format!("{prefix}.bias"), &[out])? })
     }
 
     fn norm(&mut self, prefix: &str, h: usize, eps: f64) -> Result<LayerNorm, ModelError> {
-        Ok(LayerNorm {
-            weight: self.take(&format!("{prefix}.weight"), &[h])?,
-            bias: self.take(&format!("{prefix}.bias"), &[h])?,
-            eps,
-        })
+        Ok(LayerNorm { weight: self.take(&format!("{prefix}.weight"), &[h])?, bias: self.take(&format!("{prefix}.bias"), &[h])?, eps })
     }
 }
 
@@ -213,10 +206,7 @@ pub fn read_config(dir: &Path) -> Result<BertConfig, ModelError> {
     let raw: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
     let model_type = raw.get("model_type").and_then(|v| v.as_str());
     let arch = Arch::from_model_type(model_type).ok_or_else(|| {
-        bad(format!(
-            "model_type `{}` is not supported: sft-search fine-tunes {SUPPORTED_MODEL_TYPES}",
-            model_type.unwrap_or_default()
-        ))
+        bad(format!("model_type `{}` is not supported: sft-search fine-tunes {SUPPORTED_MODEL_TYPES}", model_type.unwrap_or_default()))
     })?;
     let mut config: BertConfig =
         serde_json::from_value(serde_json::Value::Object(arch.normalise_config(&raw))).map_err(|e| bad(e.to_string()))?;
@@ -267,16 +257,10 @@ impl BertClassifier {
     ) -> Result<Self, ModelError> {
         let n_layers = config.num_hidden_layers;
         if opts.freeze_layers > n_layers {
-            return Err(ModelError::Options(format!(
-                "freeze_layers = {} but the model has {n_layers} layers",
-                opts.freeze_layers
-            )));
+            return Err(ModelError::Options(format!("freeze_layers = {} but the model has {n_layers} layers", opts.freeze_layers)));
         }
         if config.hidden_act != "gelu" {
-            return Err(ModelError::Options(format!(
-                "hidden_act `{}` is not supported (only \"gelu\", the erf form)",
-                config.hidden_act
-            )));
+            return Err(ModelError::Options(format!("hidden_act `{}` is not supported (only \"gelu\", the erf form)", config.hidden_act)));
         }
         if let Some(kind) = config.extra.get("position_embedding_type").and_then(|v| v.as_str()) {
             if kind != "absolute" {
@@ -422,13 +406,7 @@ impl BertClassifier {
         // Additive key mask: 0 where attended, -1e9 on padding.
         let mask = attention_mask.to_dtype(DType::F32)?.affine(1e9, -1e9)?;
         let frozen_emb = self.opts.freeze_embeddings || self.opts.freeze_layers > 0;
-        let mut x = self.embeddings.forward(
-            input_ids,
-            tt,
-            self.pass(train, frozen_emb),
-            self.probs.hidden,
-            &self.dropout,
-        )?;
+        let mut x = self.embeddings.forward(input_ids, tt, self.pass(train, frozen_emb), self.probs.hidden, &self.dropout)?;
         for (i, layer) in self.layers.iter().enumerate() {
             let frozen = i < self.opts.freeze_layers;
             x = layer.forward(&x, &mask, self.pass(train, frozen), self.probs, &self.dropout)?;
@@ -489,8 +467,7 @@ impl BertClassifier {
     /// Writes every weight under its HF name (`bert.`, `roberta.` or `distilbert.` prefix) to `path` atomically: a temporary
     /// file in the same folder, then a rename.
     pub fn save_safetensors(&self, path: &Path) -> Result<(), ModelError> {
-        let map: HashMap<String, Tensor> =
-            self.params.iter().map(|p| (p.name.clone(), p.var.as_tensor().clone())).collect();
+        let map: HashMap<String, Tensor> = self.params.iter().map(|p| (p.name.clone(), p.var.as_tensor().clone())).collect();
         let file_name = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         let tmp = path.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
         let save_err = |reason: String| ModelError::Save { path: path.to_path_buf(), reason };

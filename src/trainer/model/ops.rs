@@ -12,9 +12,7 @@
 
 use std::sync::Mutex;
 
-use candle_core::{
-    bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D,
-};
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -47,9 +45,9 @@ fn fused(xs: &[&Tensor]) -> bool {
 }
 
 #[cfg(feature = "cuda")]
-use candle_core::CudaStorage;
-#[cfg(feature = "cuda")]
 use super::cuda as gpu;
+#[cfg(feature = "cuda")]
+use candle_core::CudaStorage;
 
 // ---------------------------------------------------------------- parallel helpers
 

@@ -35,14 +35,17 @@ fn batch(b: usize, s: usize, vocab: usize, seed: u32) -> (Tensor, Tensor) {
             st ^= st >> 17;
             st ^= st << 5;
             let pad = r == 1 && c + 2 >= s;
-            ids.push(if c == 0 { 2 } else if pad { 0 } else { 5 + st % (vocab as u32 - 5) });
+            ids.push(if c == 0 {
+                2
+            } else if pad {
+                0
+            } else {
+                5 + st % (vocab as u32 - 5)
+            });
             mask.push(u32::from(!pad));
         }
     }
-    (
-        Tensor::from_vec(ids, (b, s), &Device::Cpu).unwrap(),
-        Tensor::from_vec(mask, (b, s), &Device::Cpu).unwrap(),
-    )
+    (Tensor::from_vec(ids, (b, s), &Device::Cpu).unwrap(), Tensor::from_vec(mask, (b, s), &Device::Cpu).unwrap())
 }
 
 fn sgd_step(model: &BertClassifier, grads: &GradStore, lr: f64) {
@@ -54,11 +57,7 @@ fn sgd_step(model: &BertClassifier, grads: &GradStore, lr: f64) {
 }
 
 fn snapshot(model: &BertClassifier) -> HashMap<String, Vec<f32>> {
-    model
-        .all_vars()
-        .into_iter()
-        .map(|(n, v)| (n, v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap()))
-        .collect()
+    model.all_vars().into_iter().map(|(n, v)| (n, v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap())).collect()
 }
 
 fn one_step_check(freeze_layers: usize) {
@@ -165,7 +164,11 @@ fn as_bert(arch: Arch, dir: &Path, offset: usize) -> tempfile::TempDir {
         } else {
             name.replacen(&prefix, "bert.", 1)
         };
-        let t = if renamed.ends_with("position_embeddings.weight") { t.narrow(0, offset, cfg.max_position_embeddings - offset).unwrap() } else { t };
+        let t = if renamed.ends_with("position_embeddings.weight") {
+            t.narrow(0, offset, cfg.max_position_embeddings - offset).unwrap()
+        } else {
+            t
+        };
         let t = if renamed.ends_with("token_type_embeddings.weight") { Tensor::cat(&[&t, &t], 0).unwrap() } else { t };
         out.insert(renamed, t);
     }
@@ -245,12 +248,18 @@ fn roberta_distilbert_and_electra_save_under_their_own_names_and_reload() {
         let head: Vec<&String> = names.iter().filter(|n| !n.starts_with(&format!("{}.", arch.prefix()))).collect();
         match arch {
             Arch::Roberta => {
-                assert_eq!(head, ["classifier.dense.bias", "classifier.dense.weight", "classifier.out_proj.bias", "classifier.out_proj.weight"]);
+                assert_eq!(
+                    head,
+                    ["classifier.dense.bias", "classifier.dense.weight", "classifier.out_proj.bias", "classifier.out_proj.weight"]
+                );
                 assert_eq!(cfg["architectures"], serde_json::json!(["RobertaForSequenceClassification"]));
                 assert_eq!(cfg["pad_token_id"], 1);
             }
             Arch::Electra => {
-                assert_eq!(head, ["classifier.dense.bias", "classifier.dense.weight", "classifier.out_proj.bias", "classifier.out_proj.weight"]);
+                assert_eq!(
+                    head,
+                    ["classifier.dense.bias", "classifier.dense.weight", "classifier.out_proj.bias", "classifier.out_proj.weight"]
+                );
                 assert_eq!(cfg["architectures"], serde_json::json!(["ElectraForSequenceClassification"]));
                 assert_eq!(cfg["embedding_size"], 16);
                 assert!(names.contains(&"electra.embeddings_project.weight".to_string()));
@@ -307,10 +316,7 @@ fn freeze_all_layers_trains_only_the_head() {
     let opts = ModelOptions { freeze_layers: 2, ..ModelOptions::default() };
     let model = BertClassifier::load(dir.path(), &opts, &Device::Cpu).unwrap();
     let names: Vec<String> = model.trainable_vars().into_iter().map(|(n, _)| n).collect();
-    assert_eq!(
-        names,
-        ["bert.pooler.dense.weight", "bert.pooler.dense.bias", "classifier.weight", "classifier.bias"]
-    );
+    assert_eq!(names, ["bert.pooler.dense.weight", "bert.pooler.dense.bias", "classifier.weight", "classifier.bias"]);
     let opts = ModelOptions { freeze_embeddings: true, ..ModelOptions::default() };
     let model = BertClassifier::load(dir.path(), &opts, &Device::Cpu).unwrap();
     assert!(model.trainable_vars().iter().all(|(n, _)| !n.starts_with("bert.embeddings.")));
@@ -369,11 +375,8 @@ fn checkpoint_without_bert_prefix_or_pooler_loads_and_initialises_the_pooler() {
     let (dir, vocab) = tiny(1, 16);
     let path = dir.path().join("model.safetensors");
     let tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
-    let stripped: HashMap<String, Tensor> = tensors
-        .into_iter()
-        .filter(|(n, _)| !n.contains("pooler"))
-        .map(|(n, t)| (n.trim_start_matches("bert.").to_string(), t))
-        .collect();
+    let stripped: HashMap<String, Tensor> =
+        tensors.into_iter().filter(|(n, _)| !n.contains("pooler")).map(|(n, t)| (n.trim_start_matches("bert.").to_string(), t)).collect();
     candle_core::safetensors::save(&stripped, &path).unwrap();
     let model = BertClassifier::load(dir.path(), &ModelOptions::default(), &Device::Cpu).unwrap();
     let names: Vec<String> = model.all_vars().into_iter().map(|(n, _)| n).collect();
@@ -399,10 +402,7 @@ fn loading_errors_name_the_file_and_the_tensor() {
     let msg = err.to_string();
     assert!(msg.contains("model.safetensors") && msg.contains("encoder.layer.0.intermediate.dense.weight"), "{msg}");
 
-    tensors.insert(
-        "bert.encoder.layer.0.intermediate.dense.weight".into(),
-        Tensor::zeros((3, 3), DType::F32, &Device::Cpu).unwrap(),
-    );
+    tensors.insert("bert.encoder.layer.0.intermediate.dense.weight".into(), Tensor::zeros((3, 3), DType::F32, &Device::Cpu).unwrap());
     candle_core::safetensors::save(&tensors, &path).unwrap();
     let err = BertClassifier::load(dir.path(), &ModelOptions::default(), &Device::Cpu).err().unwrap();
     assert!(matches!(err, ModelError::ShapeMismatch { ref found, .. } if found == &vec![3, 3]), "{err}");
@@ -453,8 +453,7 @@ fn eval_hidden_states_match_candle_transformers_bert() {
     let text = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
     let cfg: ct::Config = serde_json::from_str(&text).unwrap();
     let vb = unsafe {
-        candle_nn::VarBuilder::from_mmaped_safetensors(&[dir.path().join("model.safetensors")], DType::F32, &Device::Cpu)
-            .unwrap()
+        candle_nn::VarBuilder::from_mmaped_safetensors(&[dir.path().join("model.safetensors")], DType::F32, &Device::Cpu).unwrap()
     };
     let reference = ct::BertModel::load(vb, &cfg).unwrap();
     let (ids, mask) = batch(3, 7, vocab, 8);

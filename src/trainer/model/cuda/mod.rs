@@ -137,7 +137,12 @@ fn bias_gelu_bwd_t<T: Elem>(x: Arg, b: Arg, dy: Arg) -> Result<CudaStorage> {
 }
 
 /// For a packed `[dx (n), db (k)]` buffer whose `dx` is written: `db = column sums of dx`.
-fn col_sums_of_head<T: Elem>(dev: &CudaDevice, out: &mut candle_core::cuda_backend::cudarc::driver::CudaSlice<T>, n: u64, k: u64) -> Result<()> {
+fn col_sums_of_head<T: Elem>(
+    dev: &CudaDevice,
+    out: &mut candle_core::cuda_backend::cudarc::driver::CudaSlice<T>,
+    n: u64,
+    k: u64,
+) -> Result<()> {
     // dx (read by the partial pass) and db (written by the finish pass) are disjoint ranges
     // of the one buffer.
     let (head, mut tail) = out.split_at_mut(n as usize);
@@ -214,7 +219,15 @@ pub fn masked_softmax_drop_bwd(s: Arg, mask: Arg, dy: Arg, scale: f32, key: u32,
 }
 
 #[allow(clippy::too_many_arguments)]
-fn masked_softmax_drop_t<T: Elem>(s: Arg, mask: Arg, dy: Option<Arg>, scale: f32, key: u32, threshold: u32, dscale: f32) -> Result<CudaStorage> {
+fn masked_softmax_drop_t<T: Elem>(
+    s: Arg,
+    mask: Arg,
+    dy: Option<Arg>,
+    scale: f32,
+    key: u32,
+    threshold: u32,
+    dscale: f32,
+) -> Result<CudaStorage> {
     let dev = &s.0.device;
     let dims = s.1.shape().dims();
     if dims.len() != 4 {
@@ -235,7 +248,16 @@ fn masked_softmax_drop_t<T: Elem>(s: Arg, mask: Arg, dy: Option<Arg>, scale: f32
             dev,
             format!("sft_masked_softmax_drop_{}", T::SUFFIX),
             warp_rows(rows as usize),
-            &sv, &mv, &out, &rows, &kk, &rows_per_batch, &scale, &key, &threshold, &dscale
+            &sv,
+            &mv,
+            &out,
+            &rows,
+            &kk,
+            &rows_per_batch,
+            &scale,
+            &key,
+            &threshold,
+            &dscale
         ),
         Some(dy) => {
             let gv = view::<T>(dy, "masked softmax grad")?;
@@ -246,7 +268,17 @@ fn masked_softmax_drop_t<T: Elem>(s: Arg, mask: Arg, dy: Option<Arg>, scale: f32
                 dev,
                 format!("sft_masked_softmax_drop_bwd_{}", T::SUFFIX),
                 warp_rows(rows as usize),
-                &sv, &mv, &gv, &out, &rows, &kk, &rows_per_batch, &scale, &key, &threshold, &dscale
+                &sv,
+                &mv,
+                &gv,
+                &out,
+                &rows,
+                &kk,
+                &rows_per_batch,
+                &scale,
+                &key,
+                &threshold,
+                &dscale
             )
         }
     }
@@ -273,7 +305,8 @@ pub fn layer_norm(x: Arg, g: Arg, b: Arg, eps: f32) -> Result<CudaStorage> {
 /// Packed `[dx (n), dgamma (h), dbeta (h)]` of layer norm given `dy`.
 pub fn layer_norm_bwd(x: Arg, g: Arg, dy: Arg, eps: f32) -> Result<CudaStorage> {
     let dev = &x.0.device;
-    let (xv, gv, dv) = (view::<f32>(x, "layer norm bwd x")?, view::<f32>(g, "layer norm bwd gamma")?, view::<f32>(dy, "layer norm bwd grad")?);
+    let (xv, gv, dv) =
+        (view::<f32>(x, "layer norm bwd x")?, view::<f32>(g, "layer norm bwd gamma")?, view::<f32>(dy, "layer norm bwd grad")?);
     let (n, h) = (xv.len() as u64, gv.len() as u64);
     if h == 0 || n % h != 0 || dv.len() as u64 != n {
         bail!("layer norm bwd: grad {:?} vs x {:?}", dy.1.shape(), x.1.shape())
@@ -345,7 +378,14 @@ pub struct AdamWStep {
 /// One AdamW step of every tensor in `params` (f32, updated in place) from the flat, clipped
 /// gradient `g` (their gradients concatenated in order, `offsets[i]..offsets[i+1]` for tensor
 /// i) and the flat moments `m`, `v` (updated in place).
-pub fn adamw_multi(params: &[&candle_core::Tensor], offsets: &[u64], g: &candle_core::Tensor, m: &candle_core::Tensor, v: &candle_core::Tensor, s: AdamWStep) -> Result<()> {
+pub fn adamw_multi(
+    params: &[&candle_core::Tensor],
+    offsets: &[u64],
+    g: &candle_core::Tensor,
+    m: &candle_core::Tensor,
+    v: &candle_core::Tensor,
+    s: AdamWStep,
+) -> Result<()> {
     if params.is_empty() {
         return Ok(());
     }
@@ -367,7 +407,11 @@ pub fn adamw_multi(params: &[&candle_core::Tensor], offsets: &[u64], g: &candle_
     let offs = dev.clone_htod(offsets)?;
     let (gp, mp, vp) = (f32_ptr(g, "gradient")?, f32_ptr(m, "first moment")?, f32_ptr(v, "second moment")?);
     let longest = offsets.windows(2).map(|w| (w[1] - w[0]) as usize).max().unwrap_or(0);
-    let cfg = LaunchConfig { grid_dim: (longest.div_ceil(256).clamp(1, 1024) as u32, params.len() as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    let cfg = LaunchConfig {
+        grid_dim: (longest.div_ceil(256).clamp(1, 1024) as u32, params.len() as u32, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
     let (one_minus_b1, one_minus_b2) = (1.0f32 - s.beta1, 1.0f32 - s.beta2);
     let decay = 1.0f32 - s.lr * s.weight_decay;
     let step_size = s.lr / s.bc1;
@@ -376,7 +420,19 @@ pub fn adamw_multi(params: &[&candle_core::Tensor], offsets: &[u64], g: &candle_
         dev,
         "sft_adamw_multi_f32".to_string(),
         cfg,
-        &ptrs, &offs, &gp, &mp, &vp, &s.beta1, &one_minus_b1, &s.beta2, &one_minus_b2, &s.eps, &decay, &step_size, &inv_sqrt_bc2
+        &ptrs,
+        &offs,
+        &gp,
+        &mp,
+        &vp,
+        &s.beta1,
+        &one_minus_b1,
+        &s.beta2,
+        &one_minus_b2,
+        &s.eps,
+        &decay,
+        &step_size,
+        &inv_sqrt_bc2
     );
     Ok(())
 }
