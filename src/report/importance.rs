@@ -16,7 +16,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::axis::ParamAxis;
-use super::render::{DrawResult, COMPLETE};
+use super::render::{row_label, DrawResult, COMPLETE};
 use super::study::StudyData;
 use super::NotEnoughData;
 use crate::sampler::gp::encoding::Encoding;
@@ -156,14 +156,7 @@ impl ImportancePlot {
         // Most important at the top.
         let row = |k: usize| (n - 1 - k) as f64;
         let names: Vec<String> = self.items.iter().map(|i| i.name.clone()).collect();
-        let yf = |v: &f64| {
-            let r = v.round();
-            if (v - r).abs() < 1e-6 && r >= 0.0 && (r as usize) < n {
-                names.get(n - 1 - r as usize).cloned().unwrap_or_default()
-            } else {
-                String::new()
-            }
-        };
+        let yf = |v: &f64| row_label(&names, *v);
         let desc = match &self.note {
             Some(note) => format!("share of importance  ({note})"),
             None => "share of importance (sums to 1)".to_string(),

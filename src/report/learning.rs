@@ -4,8 +4,7 @@
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use super::axis::{pad, short_number};
-use super::render::{draw_legend, whole_number_label, DrawResult, BEST, COMPLETE, FAILED, PRUNED};
+use super::render::{draw_legend, step_chart, DrawResult, BEST, COMPLETE, FAILED, PRUNED};
 use super::study::StudyData;
 use super::NotEnoughData;
 use crate::trial::{TrialNumber, TrialState};
@@ -51,28 +50,8 @@ impl LearningCurves {
     where
         DB::ErrorType: 'static,
     {
-        let all = self.curves.iter().flat_map(|c| c.points.iter());
-        let (slo, shi, vlo, vhi) = all
-            .fold((i64::MAX, i64::MIN, f64::INFINITY, f64::NEG_INFINITY), |(a, b, c, d), &(s, v)| (a.min(s), b.max(s), c.min(v), d.max(v)));
-        let (xlo, xhi) = pad(slo as f64, shi as f64);
-        let (ylo, yhi) = pad(vlo, vhi);
-        let mut chart = ChartBuilder::on(root)
-            .caption(format!("Learning curves ({} by step)", self.metric), ("sans-serif", 20))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(70)
-            .build_cartesian_2d(xlo..xhi, ylo..yhi)?;
-        let yf = |v: &f64| short_number(*v);
-        chart
-            .configure_mesh()
-            .label_style(("sans-serif", 14))
-            .axis_desc_style(("sans-serif", 15))
-            .x_desc("step")
-            .y_desc(self.metric.as_str())
-            .x_label_formatter(&whole_number_label)
-            .y_label_formatter(&yf)
-            .light_line_style(WHITE.mix(0.0))
-            .draw()?;
+        let points = self.curves.iter().flat_map(|c| c.points.iter());
+        let mut chart = step_chart(root, format!("Learning curves ({} by step)", self.metric), ("step", self.metric.as_str()), points)?;
         // Faded ones first, the best last.
         let mut order: Vec<&Curve> = self.curves.iter().collect();
         order.sort_by_key(|c| (c.is_best, c.state == TrialState::Complete));

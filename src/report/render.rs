@@ -5,10 +5,12 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::{register_font, FontStyle};
 
+use super::axis::{pad, short_number};
 use super::confusion::ConfusionMatrix;
 use super::contour::ContourPlot;
 use super::history::HistoryPlot;
@@ -38,6 +40,53 @@ where
         .position(SeriesLabelPosition::UpperRight)
         .draw()?;
     Ok(())
+}
+
+/// The frame of a chart of values against a whole-numbered step (learning curves, train
+/// and valid loss by epoch): both axes padded around `points`, steps labelled on whole
+/// numbers, values in short form, the report's fonts and no minor grid.
+pub fn step_chart<'a, 'p, DB: DrawingBackend>(
+    root: &'a DrawingArea<DB, Shift>,
+    caption: String,
+    (x_desc, y_desc): (&str, &str),
+    points: impl Iterator<Item = &'p (i64, f64)>,
+) -> Result<ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>, Box<dyn std::error::Error>>
+where
+    DB::ErrorType: 'static,
+{
+    let (slo, shi, vlo, vhi) = points
+        .fold((i64::MAX, i64::MIN, f64::INFINITY, f64::NEG_INFINITY), |(a, b, c, d), &(s, v)| (a.min(s), b.max(s), c.min(v), d.max(v)));
+    let (xlo, xhi) = pad(slo as f64, shi as f64);
+    let (ylo, yhi) = pad(vlo, vhi);
+    let mut chart = ChartBuilder::on(root)
+        .caption(caption, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(xlo..xhi, ylo..yhi)?;
+    let yf = |v: &f64| short_number(*v);
+    chart
+        .configure_mesh()
+        .label_style(("sans-serif", 14))
+        .axis_desc_style(("sans-serif", 15))
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .x_label_formatter(&whole_number_label)
+        .y_label_formatter(&yf)
+        .light_line_style(WHITE.mix(0.0))
+        .draw()?;
+    Ok(chart)
+}
+
+/// The label of row `v` of a chart whose `labels` run top-down at rows n − 1, …, 0 (bars by
+/// parameter or by device): empty between rows and outside them.
+pub fn row_label(labels: &[String], v: f64) -> String {
+    let (r, n) = (v.round(), labels.len());
+    if (v - r).abs() < 1e-6 && r >= 0.0 && (r as usize) < n {
+        labels[n - 1 - r as usize].clone()
+    } else {
+        String::new()
+    }
 }
 
 /// An axis label on whole numbers only (steps, epochs): none between them.

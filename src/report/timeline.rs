@@ -9,7 +9,7 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::axis::short_number;
-use super::render::{state_color, DrawResult};
+use super::render::{row_label, state_color, DrawResult};
 use super::study::StudyData;
 use super::NotEnoughData;
 use crate::storage::parse_time;
@@ -153,14 +153,7 @@ impl DeviceTimeline {
                 }
             })
             .collect();
-        let yf = |v: &f64| {
-            let r = v.round();
-            if (v - r).abs() < 1e-6 && r >= 0.0 && (r as usize) < n {
-                labels.get(n - 1 - r as usize).cloned().unwrap_or_default()
-            } else {
-                String::new()
-            }
-        };
+        let yf = |v: &f64| row_label(&labels, *v);
         let xf = |v: &f64| short_number(*v);
         chart
             .configure_mesh()

@@ -5,8 +5,7 @@
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use super::axis::{pad, short_number};
-use super::render::{draw_legend, whole_number_label, DrawResult, BEST, COMPLETE};
+use super::render::{draw_legend, step_chart, DrawResult, BEST, COMPLETE};
 use super::study::StudyData;
 use super::NotEnoughData;
 use crate::trial::TrialNumber;
@@ -50,32 +49,11 @@ impl TrainValidLoss {
     where
         DB::ErrorType: 'static,
     {
-        let all = self.train.iter().chain(&self.valid);
-        let (slo, shi, vlo, vhi) = all
-            .fold((i64::MAX, i64::MIN, f64::INFINITY, f64::NEG_INFINITY), |(a, b, c, d), &(s, v)| (a.min(s), b.max(s), c.min(v), d.max(v)));
-        let (xlo, xhi) = pad(slo as f64, shi as f64);
-        let (ylo, yhi) = pad(vlo, vhi);
         let title = match &self.diagnosis {
             Some(d) => format!("Train vs valid loss, best trial {} ({d})", self.number),
             None => format!("Train vs valid loss, best trial {}", self.number),
         };
-        let mut chart = ChartBuilder::on(root)
-            .caption(title, ("sans-serif", 20))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(70)
-            .build_cartesian_2d(xlo..xhi, ylo..yhi)?;
-        let yf = |v: &f64| short_number(*v);
-        chart
-            .configure_mesh()
-            .label_style(("sans-serif", 14))
-            .axis_desc_style(("sans-serif", 15))
-            .x_desc("epoch")
-            .y_desc("loss")
-            .x_label_formatter(&whole_number_label)
-            .y_label_formatter(&yf)
-            .light_line_style(WHITE.mix(0.0))
-            .draw()?;
+        let mut chart = step_chart(root, title, ("epoch", "loss"), self.train.iter().chain(&self.valid))?;
         for (pts, color, label) in [(&self.train, COMPLETE, "train loss"), (&self.valid, BEST, "valid loss")] {
             let pts: Vec<(f64, f64)> = pts.iter().map(|&(s, v)| (s as f64, v)).collect();
             chart
