@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::space::ParamSet;
-use crate::trial::{Outcome, TrialNumber};
+use crate::trial::{Outcome, TrialNumber, TrialState};
 
 /// A trial handed to a runner.
 #[derive(Debug, Clone)]
@@ -87,8 +87,10 @@ pub trait TrialRunner: Send + Sync {
     /// `Outcome::Failed { reason: "cancelled" }`.
     fn run(&self, assignment: &TrialAssignment, reporter: &mut dyn Reporter, cancel: &CancelToken) -> Outcome;
 
-    /// The store has recorded `outcome` as the trial's end, and no retry of it will run: the
+    /// The store has recorded `state` as the trial's end, and no retry of it will run: the
     /// runner may free what only a resumed attempt would have read. Called after the record
-    /// is committed, so a crash before it costs disk, never work. Default: nothing.
-    fn recorded(&self, _assignment: &TrialAssignment, _outcome: &Outcome) {}
+    /// is committed, so a crash before it costs disk, never work; and again, for every trial
+    /// that had already ended, when a run opens the study (which catches such a crash). It
+    /// must therefore be cheap and idempotent. Default: nothing.
+    fn recorded(&self, _assignment: &TrialAssignment, _state: TrialState) {}
 }

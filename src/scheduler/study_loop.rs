@@ -17,9 +17,9 @@ use super::display::Observer;
 use super::runner::{CancelToken, Decision, Progress, Reporter, TrialAssignment, TrialRunner};
 use crate::pruner::Pruner;
 use crate::sampler::{suggest_around, Sampler, SamplerError, SuggestContext};
-use crate::space::SearchSpace;
+use crate::space::{ParamSet, SearchSpace};
 use crate::storage::{retry_depth, Budget, Claim, Owner, Store, StoreError};
-use crate::trial::{is_external_failure, stopped_by_user, Direction, Outcome, PruningRecord, TrialNumber};
+use crate::trial::{is_external_failure, stopped_by_user, Direction, Outcome, PruningRecord, TrialNumber, TrialState};
 
 /// Asks a running study to stop: first new trials, then running ones.
 #[derive(Debug, Clone, Default)]
@@ -120,6 +120,12 @@ pub fn run_study(run: &StudyRun) -> Result<RunSummary, LoopError> {
             Some(n) => format!("trial {} was interrupted (its owner is gone); it runs again as trial {n}", r.number),
             None => format!("trial {} was interrupted (its owner is gone); no retries left", r.number),
         });
+    }
+    // Trials that ended before this run get the runner's clean-up again: a crash between a
+    // trial's record and its clean-up, or a study older than the clean-up, leaves it undone.
+    for t in store.trials(run.study_id)?.iter().filter(|t| matches!(t.state, TrialState::Complete | TrialState::Pruned)) {
+        let device = t.device.as_deref().unwrap_or_default();
+        run.runner.recorded(&assignment_of(run, t.number, &t.params, t.retry_of, device), t.state);
     }
     let worker_id = store.register_worker(run.study_id, &owner, &run.slots)?;
     owner.worker_id = Some(worker_id);
@@ -231,6 +237,19 @@ pub fn run_study(run: &StudyRun) -> Result<RunSummary, LoopError> {
     Ok(RunSummary { reason, ran, recovered: recovered.len(), wall: started.elapsed() })
 }
 
+/// What a runner is given for trial `number` on `device`: its artifacts folder, and the
+/// folder of the trial it retries (`retry_of`) to resume from.
+fn assignment_of(run: &StudyRun, number: TrialNumber, params: &ParamSet, retry_of: Option<TrialNumber>, device: &str) -> TrialAssignment {
+    TrialAssignment {
+        number,
+        params: params.clone(),
+        device: device.to_string(),
+        retry_of,
+        artifacts_dir: run.artifacts_root.join(number.to_string()),
+        resume_from: retry_of.map(|n| run.artifacts_root.join(n.to_string())),
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn slot_loop(
     run: &StudyRun,
@@ -269,14 +288,7 @@ fn slot_loop(
         if let Ok(mut r) = running.lock() {
             r.push(trial.id);
         }
-        let assignment = TrialAssignment {
-            number: trial.number,
-            params: trial.params.clone(),
-            device: device.to_string(),
-            retry_of: trial.retry_of,
-            artifacts_dir: run.artifacts_root.join(trial.number.to_string()),
-            resume_from: trial.retry_of.map(|n| run.artifacts_root.join(n.to_string())),
-        };
+        let assignment = assignment_of(run, trial.number, &trial.params, trial.retry_of, device);
         run.observer.trial_started(slot_index, &assignment);
         let started = Instant::now();
         let mut reporter = StoreReporter {
@@ -305,7 +317,7 @@ fn slot_loop(
         };
         let retry_number = store.finish(trial.id, &outcome, retry)?;
         if !retry {
-            run.runner.recorded(&assignment, &outcome);
+            run.runner.recorded(&assignment, outcome.state());
         }
         if let Ok(mut r) = running.lock() {
             r.retain(|id| *id != trial.id);

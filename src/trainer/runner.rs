@@ -19,7 +19,7 @@ use super::spec::{ModelSection, SpecError, TrainSection, TrainSpec};
 use super::train::{TestJob, TrainJob};
 use crate::scheduler::child::{run_child, ChildSpec};
 use crate::scheduler::{CancelToken, Decision, Progress, Reporter, TrialAssignment, TrialRunner};
-use crate::trial::{Direction, Outcome};
+use crate::trial::{Direction, Outcome, TrialState};
 
 /// The one line a worker reads first (once per worker process, so the variants' sizes do not
 /// matter).
@@ -258,8 +258,8 @@ impl TrialRunner for FinetuneRunner {
     /// A completed or pruned trial is never resumed: its checkpoint folders (and those of the
     /// attempt it resumed from) drop the optimizer state and the trained weights beside a
     /// weight average, which for Adam are three times the model's size.
-    fn recorded(&self, a: &TrialAssignment, outcome: &Outcome) {
-        if !matches!(outcome, Outcome::Complete { .. } | Outcome::Pruned { .. }) {
+    fn recorded(&self, a: &TrialAssignment, state: TrialState) {
+        if !matches!(state, TrialState::Complete | TrialState::Pruned) {
             return;
         }
         let freed: u64 =

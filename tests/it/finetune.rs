@@ -205,6 +205,27 @@ fn a_weight_averaged_trial_learns_keeps_the_average_and_exports_it() {
     assert_eq!(w(&exported), w(&kept));
 }
 
+/// Resume-only files a finished trial still holds (a crash between the trial's record and
+/// its clean-up, or a study written by an older version) go when `run` next opens the study;
+/// the weights stay and the recorded results do not change.
+#[test]
+fn a_later_run_clears_resume_files_that_finished_trials_kept() {
+    let (d, _, best) = run_toy_study(1, 2, "");
+    let ckpt = std::path::PathBuf::from(best["checkpoint"].as_str().unwrap());
+    let weights = std::fs::read(ckpt.join("model.safetensors")).unwrap();
+    for f in ["optimizer.safetensors", "trained_weights.safetensors"] {
+        std::fs::write(ckpt.join(f), b"left by a crash").unwrap();
+    }
+    let out = d.run(&["run", "s.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for f in ["optimizer.safetensors", "trained_weights.safetensors"] {
+        assert!(!ckpt.join(f).exists(), "{f} is still there");
+    }
+    assert_eq!(std::fs::read(ckpt.join("model.safetensors")).unwrap(), weights);
+    let again: Value = serde_json::from_slice(&d.run(&["best", "s.toml", "--format", "json"]).stdout).unwrap();
+    assert_eq!(again, best);
+}
+
 fn run_toy_study(n: u64, epochs: u32, extra: &str) -> (StudyDir, std::process::Output, Value) {
     let d = StudyDir::new();
     let toy = write_toy_task(&d.path().join("toy"), 120, 7).unwrap();
