@@ -162,7 +162,14 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        TrialAssignment { number, params, device: "cpu".into(), retry_of: None, artifacts_dir: "/nonexistent".into(), resume_from: None }
+        TrialAssignment {
+            number,
+            params,
+            device: "cpu".into(),
+            retry_of: None,
+            artifacts_dir: "/nonexistent".into(),
+            resume_from: Vec::new(),
+        }
     }
 
     fn runner(curve: Option<Curve>, noise: f64) -> SyntheticRunner {

@@ -21,8 +21,10 @@ pub struct TrialAssignment {
     pub retry_of: Option<TrialNumber>,
     /// A folder owned by this trial for its artifacts (checkpoints, logs); created on demand.
     pub artifacts_dir: PathBuf,
-    /// The artifacts folder of the trial this one retries, to resume from its checkpoint.
-    pub resume_from: Option<PathBuf>,
+    /// The artifacts folders of the earlier attempts of this trial, newest first (the trial
+    /// it retries, the one that retried, …): a retry resumes from the newest checkpoint any
+    /// of them holds, so an attempt that died before its first checkpoint loses nothing.
+    pub resume_from: Vec<PathBuf>,
 }
 
 /// What the pruner says after an intermediate value.

@@ -18,8 +18,8 @@ use super::runner::{CancelToken, Decision, Progress, Reporter, TrialAssignment, 
 use crate::pruner::Pruner;
 use crate::sampler::{suggest_around, Sampler, SamplerError, SuggestContext};
 use crate::space::{ParamSet, SearchSpace};
-use crate::storage::{retry_depth, Budget, Claim, Owner, Store, StoreError};
-use crate::trial::{is_external_failure, stopped_by_user, Direction, Outcome, PruningRecord, TrialNumber, TrialState};
+use crate::storage::{retried_attempts, retry_depth, Budget, Claim, Owner, Store, StoreError};
+use crate::trial::{is_external_failure, stopped_by_user, Direction, Outcome, PruningRecord, TrialNumber, TrialRecord, TrialState};
 
 /// Asks a running study to stop: first new trials, then running ones.
 #[derive(Debug, Clone, Default)]
@@ -123,9 +123,10 @@ pub fn run_study(run: &StudyRun) -> Result<RunSummary, LoopError> {
     }
     // Trials that ended before this run get the runner's clean-up again: a crash between a
     // trial's record and its clean-up, or a study older than the clean-up, leaves it undone.
-    for t in store.trials(run.study_id)?.iter().filter(|t| matches!(t.state, TrialState::Complete | TrialState::Pruned)) {
+    let history = store.trials(run.study_id)?;
+    for t in history.iter().filter(|t| matches!(t.state, TrialState::Complete | TrialState::Pruned)) {
         let device = t.device.as_deref().unwrap_or_default();
-        run.runner.recorded(&assignment_of(run, t.number, &t.params, t.retry_of, device), t.state);
+        run.runner.recorded(&assignment_of(run, &history, t.number, &t.params, t.retry_of, device), t.state);
     }
     let worker_id = store.register_worker(run.study_id, &owner, &run.slots)?;
     owner.worker_id = Some(worker_id);
@@ -237,16 +238,24 @@ pub fn run_study(run: &StudyRun) -> Result<RunSummary, LoopError> {
     Ok(RunSummary { reason, ran, recovered: recovered.len(), wall: started.elapsed() })
 }
 
-/// What a runner is given for trial `number` on `device`: its artifacts folder, and the
-/// folder of the trial it retries (`retry_of`) to resume from.
-fn assignment_of(run: &StudyRun, number: TrialNumber, params: &ParamSet, retry_of: Option<TrialNumber>, device: &str) -> TrialAssignment {
+/// What a runner is given for trial `number` on `device`: its artifacts folder, and those of
+/// its earlier attempts (`retry_of` and the attempts before it, from `history`) to resume from.
+fn assignment_of(
+    run: &StudyRun,
+    history: &[TrialRecord],
+    number: TrialNumber,
+    params: &ParamSet,
+    retry_of: Option<TrialNumber>,
+    device: &str,
+) -> TrialAssignment {
+    let folder = |n: TrialNumber| run.artifacts_root.join(n.to_string());
     TrialAssignment {
         number,
         params: params.clone(),
         device: device.to_string(),
         retry_of,
-        artifacts_dir: run.artifacts_root.join(number.to_string()),
-        resume_from: retry_of.map(|n| run.artifacts_root.join(n.to_string())),
+        artifacts_dir: folder(number),
+        resume_from: retried_attempts(history, retry_of).into_iter().map(folder).collect(),
     }
 }
 
@@ -288,7 +297,8 @@ fn slot_loop(
         if let Ok(mut r) = running.lock() {
             r.push(trial.id);
         }
-        let assignment = assignment_of(run, trial.number, &trial.params, trial.retry_of, device);
+        let history = if trial.retry_of.is_some() { store.trials(run.study_id)? } else { Vec::new() };
+        let assignment = assignment_of(run, &history, trial.number, &trial.params, trial.retry_of, device);
         run.observer.trial_started(slot_index, &assignment);
         let started = Instant::now();
         let mut reporter = StoreReporter {

@@ -734,16 +734,23 @@ impl Store {
 
 /// How many retries led to this trial.
 pub fn retry_depth(history: &[TrialRecord], t: &TrialRecord) -> usize {
-    let mut depth = 0;
-    let mut cur = t.retry_of;
+    retried_attempts(history, t.retry_of).len()
+}
+
+/// The earlier attempts of a trial whose `retry_of` is given, newest first: that trial, the
+/// one it retried, and so on back to the first (a chain broken or looping in a damaged store
+/// ends where it breaks).
+pub fn retried_attempts(history: &[TrialRecord], retry_of: Option<TrialNumber>) -> Vec<TrialNumber> {
+    let mut chain = Vec::new();
+    let mut cur = retry_of;
     while let Some(n) = cur {
-        depth += 1;
-        cur = history.iter().find(|h| h.number == n).and_then(|h| h.retry_of);
-        if depth > history.len() {
+        if chain.contains(&n) || chain.len() > history.len() {
             break;
         }
+        chain.push(n);
+        cur = history.iter().find(|h| h.number == n).and_then(|h| h.retry_of);
     }
-    depth
+    chain
 }
 
 fn next_number(conn: &Connection, study_id: i64) -> rusqlite::Result<TrialNumber> {

@@ -129,6 +129,13 @@ fn failures_queue_retries_and_waiting_trials_go_first() {
     assert_eq!(trials[0].error.as_deref(), Some("worker exited: signal 9"));
     assert_eq!(trials[1].retry_of, Some(0));
     assert_eq!(retry_depth(&trials, &trials[1]), 1);
+    // A retry of the retry knows both earlier attempts, newest first.
+    assert_eq!(store.finish(r.id, &Outcome::Failed { reason: "interrupted".into() }, true).unwrap(), Some(2));
+    let trials = store.trials(study.id).unwrap();
+    assert_eq!(trials[2].retry_of, Some(1));
+    assert_eq!(retried_attempts(&trials, trials[2].retry_of), vec![1, 0]);
+    assert_eq!(retry_depth(&trials, &trials[2]), 2);
+    assert_eq!(retried_attempts(&trials, None), Vec::<TrialNumber>::new());
 }
 
 #[test]

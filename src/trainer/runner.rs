@@ -151,7 +151,9 @@ impl FinetuneRunner {
             direction: self.direction,
             device: worker_device(&a.device),
             artifacts_dir: absolute(&a.artifacts_dir),
-            resume_from: a.resume_from.as_deref().map(absolute),
+            // The newest earlier attempt that kept a checkpoint: an attempt that died before
+            // its first one (killed during setup) must not cost the work before it.
+            resume_from: a.resume_from.iter().find(|dir| super::checkpoint::latest(dir).is_some()).map(|dir| absolute(dir)),
         })
     }
 
@@ -255,9 +257,9 @@ impl TrialRunner for FinetuneRunner {
         }
     }
 
-    /// A completed or pruned trial is never resumed: its checkpoint folders (and those of the
-    /// attempt it resumed from) drop the optimizer state and the trained weights beside a
-    /// weight average, which for Adam are three times the model's size.
+    /// A completed or pruned trial is never resumed: its checkpoint folders (and those of its
+    /// earlier attempts) drop the optimizer state and the trained weights beside a weight
+    /// average, two to three times the model's size with AdamW.
     fn recorded(&self, a: &TrialAssignment, state: TrialState) {
         if !matches!(state, TrialState::Complete | TrialState::Pruned) {
             return;

@@ -338,6 +338,58 @@ fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
     }
 }
 
+/// Fault 1b: the orchestrator is killed twice: once after trial 0's first epoch, and again as
+/// soon as its retry (trial 1) has started, before that retry writes any checkpoint. The
+/// retry of the retry (trial 2) still resumes from trial 0's checkpoint, and its metrics are
+/// those of an uninterrupted run, which it must reach without the interrupted retry's help.
+#[test]
+fn a_retry_killed_before_its_first_checkpoint_costs_nothing() {
+    let toy_dir = tempfile::tempdir().unwrap();
+    let toy = sft_search::trainer::toy::write_toy_task(toy_dir.path(), 3000, 13).unwrap();
+    let study =
+        long_finetune_study(&toy.model_dir.display().to_string(), &toy.csv.display().to_string(), "\n[execution]\nmax_retries = 2\n");
+    let reference = StudyDir::new();
+    reference.write("s.toml", &study);
+    let out = reference.run(&["-q", "run", "s.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let reference = reference.trials("s.toml");
+
+    let d = StudyDir::new();
+    d.write("s.toml", &study);
+    let child = d.spawn(&["-q", "run", "s.toml"]);
+    d.wait_for("s.toml", Duration::from_secs(120), "trial 0 past its first epoch", |t| {
+        t.len() == 1 && state(&t[0]) == "RUNNING" && epochs_seen(&t[0]) >= 1
+    });
+    signal(&child, libc::SIGKILL);
+    let _ = child.wait_with_output();
+    std::thread::sleep(Duration::from_millis(500));
+    let child = d.spawn(&["-q", "run", "s.toml"]);
+    let at_kill = d.wait_for("s.toml", Duration::from_secs(120), "the retry running", |t| t.len() == 2 && state(&t[1]) == "RUNNING");
+    signal(&child, libc::SIGKILL);
+    let _ = child.wait_with_output();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(epochs_seen(&at_kill[1]), 0, "the retry reported an epoch before the kill; it may have kept a checkpoint");
+    let kept: Vec<_> =
+        std::fs::read_dir(d.path().join("study.trials/1")).map(|r| r.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    assert!(kept.iter().all(|n| n.to_string_lossy().starts_with('.')), "trial 1 kept a checkpoint: {kept:?}");
+
+    let out = d.run(&["run", "s.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let trials = d.trials("s.toml");
+    assert_eq!(trials.len(), 3, "trial 0, its retry and the retry's retry");
+    assert_eq!((state(&trials[0]), state(&trials[1])), ("FAIL", "FAIL"));
+    let last = &trials[2];
+    assert_eq!((state(last), &last["retry_of"]), ("COMPLETE", &Value::from(1)));
+    assert!(last["metrics"]["resumed_from_step"].as_u64().unwrap_or(0) > 0, "trial 2 started from scratch: {last}");
+    let (a, b) = (last["value"].as_f64().unwrap(), reference[0]["value"].as_f64().unwrap());
+    assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "resumed {a} vs uninterrupted {b}");
+    let (h, h_ref) = (last["metrics"]["history"].as_array().unwrap(), reference[0]["metrics"]["history"].as_array().unwrap());
+    assert_eq!(h.len(), h_ref.len());
+    let loss = |e: &Value| e["metrics"]["loss"].as_f64().unwrap();
+    let (a, b) = (loss(h.last().unwrap()), loss(h_ref.last().unwrap()));
+    assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "final valid loss: resumed {a} vs uninterrupted {b}");
+}
+
 /// Fault 4: the disk "fills" while a checkpoint is written (the worker's file-size limit is
 /// cut to 16 KiB after its first epoch, so the next write fails as on a full disk; tests run
 /// as root, for whom a read-only folder is no obstacle). The trial fails with the write

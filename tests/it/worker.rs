@@ -164,7 +164,14 @@ mod runner {
     }
 
     fn assignment(dir: &Path, params: ParamSet) -> TrialAssignment {
-        TrialAssignment { number: 0, params, device: "cpu".into(), retry_of: None, artifacts_dir: dir.join("trial-0"), resume_from: None }
+        TrialAssignment {
+            number: 0,
+            params,
+            device: "cpu".into(),
+            retry_of: None,
+            artifacts_dir: dir.join("trial-0"),
+            resume_from: Vec::new(),
+        }
     }
 
     #[test]
