@@ -121,16 +121,29 @@ pub fn read_state(dir: &Path) -> Result<TrainerState, CheckpointError> {
 /// or the trial has ended.
 pub const RESUME_ONLY_FILES: &[&str] = &[OPTIMIZER_STATE, super::ema::TRAINED_WEIGHTS];
 
+/// The checkpoint folder of the newest evaluation when that evaluation is not kept for itself
+/// (`keep_checkpoints = "best"` after an evaluation that did not improve): only a resume
+/// reads it.
+pub const RESUME_ONLY_FOLDER: &str = "last";
+
 /// Removes the resume-only files ([`RESUME_ONLY_FILES`]) from every checkpoint folder under
-/// `artifacts` except those in `keep`, and returns the bytes freed. The weights, state and tokenizer
-/// stay, so the folders still load, export and join a soup; they are just no longer resumed
-/// from. A file that cannot be removed is left (it costs disk, nothing else).
+/// `artifacts` except those in `keep`, and the [`RESUME_ONLY_FOLDER`] unless kept; returns
+/// the bytes freed. The weights, state and tokenizer of the other folders stay, so they
+/// still load, export and join a soup; they are just no longer resumed from. A file that
+/// cannot be removed is left (it costs disk, nothing else).
 pub fn drop_resume_files(artifacts: &Path, keep: &[&Path]) -> u64 {
     let Ok(entries) = std::fs::read_dir(artifacts) else { return 0 };
     let mut freed = 0;
     for dir in entries.filter_map(|e| e.ok()).map(|e| e.path()) {
         let hidden = dir.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'));
         if hidden || !dir.is_dir() || keep.contains(&dir.as_path()) || !dir.join(TRAINER_STATE).is_file() {
+            continue;
+        }
+        if dir.file_name().is_some_and(|n| n == RESUME_ONLY_FOLDER) {
+            let size: u64 = std::fs::read_dir(&dir).map_or(0, |fs| fs.flatten().filter_map(|f| f.metadata().ok()).map(|m| m.len()).sum());
+            if std::fs::remove_dir_all(&dir).is_ok() {
+                freed += size;
+            }
             continue;
         }
         for f in RESUME_ONLY_FILES {
@@ -178,17 +191,20 @@ mod tests {
         let old = folder(tmp.path(), "checkpoint-5", &all, 10);
         let best = folder(tmp.path(), "checkpoint-10", &all, 10);
         let newest = folder(tmp.path(), "checkpoint-15", &all[..3], 10);
+        let last = folder(tmp.path(), RESUME_ONLY_FOLDER, &all[..3], 10);
         // a half-written folder and a folder that is no checkpoint are not touched
         let tmp_dir = folder(tmp.path(), ".tmp-checkpoint-20-1", &all, 10);
         let other = folder(tmp.path(), "logs", &[OPTIMIZER_STATE], 10);
 
-        assert_eq!(drop_resume_files(tmp.path(), &[&newest, &best]), 20);
+        assert_eq!(drop_resume_files(tmp.path(), &[&newest, &best, &last]), 20);
+        assert!(last.join(OPTIMIZER_STATE).is_file(), "a kept `last` stays whole");
         assert!(old.join(WEIGHTS).is_file() && old.join(TRAINER_STATE).is_file());
         assert!(!old.join(OPTIMIZER_STATE).exists() && !old.join(super::super::ema::TRAINED_WEIGHTS).exists());
         for kept in [&best, &newest, &tmp_dir, &other] {
             assert!(kept.join(OPTIMIZER_STATE).is_file(), "{}", kept.display());
         }
-        assert_eq!(drop_resume_files(tmp.path(), &[]), 30, "best: both files; newest: the optimizer");
+        assert_eq!(drop_resume_files(tmp.path(), &[]), 60, "best: both files; newest: the optimizer; `last`: all of it");
+        assert!(!last.exists());
         assert!(latest(tmp.path()).is_none(), "nothing is resumable any more");
         assert!(best.join(WEIGHTS).is_file() && newest.join(WEIGHTS).is_file());
         assert_eq!(drop_resume_files(&tmp.path().join("missing"), &[]), 0);

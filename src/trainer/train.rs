@@ -467,8 +467,8 @@ pub fn train(job: &TrainJob, reporter: &mut dyn Reporter, stop: &CancelToken) ->
     }
 
     let best = state.best.clone().ok_or_else(|| TrainError::Setup("no evaluation was made".into()))?;
-    // The resume-only checkpoint is not needed once the run is complete.
-    let _ = std::fs::remove_dir_all(job.artifacts_dir.join("last"));
+    // The resume-only checkpoint (`last`) stays until the study has recorded the trial
+    // (`FinetuneRunner::recorded` removes it): a crash before that resumes from it.
     if spec.keep_checkpoints == KeepCheckpoints::All {
         if let Some(b) = &state.best_checkpoint {
             reporter.checkpoint(b);
@@ -619,7 +619,11 @@ impl Ctx<'_> {
         let mut saved_best = None;
         if keep != KeepCheckpoints::None {
             let arts = &self.job.artifacts_dir;
-            let name = if improved || keep == KeepCheckpoints::All { format!("checkpoint-{step}") } else { "last".to_string() };
+            let name = if improved || keep == KeepCheckpoints::All {
+                format!("checkpoint-{step}")
+            } else {
+                checkpoint::RESUME_ONLY_FOLDER.to_string()
+            };
             let dest = arts.join(&name);
             let previous_best = state.best_checkpoint.clone();
             if improved {
@@ -641,8 +645,8 @@ impl Ctx<'_> {
                 let best = state.best_checkpoint.clone().unwrap_or_else(|| dest.clone());
                 checkpoint::drop_resume_files(arts, &[&dest, &best]);
             }
-            if name != "last" {
-                let _ = std::fs::remove_dir_all(arts.join("last"));
+            if name != checkpoint::RESUME_ONLY_FOLDER {
+                let _ = std::fs::remove_dir_all(arts.join(checkpoint::RESUME_ONLY_FOLDER));
                 if improved && keep == KeepCheckpoints::Best {
                     // (a best kept by a resumed-from attempt in another folder stays)
                     if let Some(prev) = previous_best.filter(|p| *p != dest && p.starts_with(arts)) {

@@ -103,12 +103,24 @@ fn loss_falls_and_the_toy_task_is_learned() {
     }
     assert_eq!(rep.facts.get("labels"), Some(&json!(["neg", "pos"])));
     assert!(rep.facts.contains_key("fit") && rep.facts.contains_key("best_epoch"));
-    // exactly one kept checkpoint (the best), complete, no temp folders or `last` left
+    // One kept checkpoint (the best), complete, and no temporary folder. When the last epoch
+    // did not improve, its `last` folder stays for a resume until the study records the
+    // trial; then only the best remains, without its optimizer state.
     let best = rep.checkpoints.last().unwrap().clone();
     assert!(best.join("model.safetensors").is_file() && best.join("optimizer.safetensors").is_file());
-    let names: Vec<String> =
-        std::fs::read_dir(tmp.path().join("arts")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    assert_eq!(names.len(), 1, "{names:?}");
+    let arts = tmp.path().join("arts");
+    let names = || -> Vec<String> {
+        let mut n: Vec<String> = std::fs::read_dir(&arts).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        n.sort();
+        n
+    };
+    let last_improved = rep.evals.last().unwrap().1 > rep.evals.iter().rev().skip(1).map(|e| e.1).fold(f64::NEG_INFINITY, f64::max);
+    let best_name = best.file_name().unwrap().to_string_lossy().into_owned();
+    let expected = if last_improved { vec![best_name.clone()] } else { vec![best_name.clone(), "last".to_string()] };
+    assert_eq!(names(), expected);
+    checkpoint::drop_resume_files(&arts, &[]);
+    assert_eq!(names(), vec![best_name]);
+    assert!(best.join("model.safetensors").is_file() && !best.join("optimizer.safetensors").exists());
 }
 
 /// A learning rate of 1e6 with weight decay 0.01 (a usual setting: p *= 1 - lr·wd = -9999 each

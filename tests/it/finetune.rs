@@ -226,6 +226,41 @@ fn a_later_run_clears_resume_files_that_finished_trials_kept() {
     assert_eq!(again, best);
 }
 
+/// A pruned fine-tuning trial keeps nothing that only a resume reads: no `last` folder, no
+/// optimizer state (its kept best checkpoint stays, named in the store).
+#[test]
+fn a_pruned_trial_keeps_no_resume_files() {
+    let d = StudyDir::new();
+    let toy = write_toy_task(&d.path().join("toy"), 120, 7).unwrap();
+    let text = finetune_study(
+        &toy.model_dir.display().to_string(),
+        &toy.csv.display().to_string(),
+        6,
+        "\n[pruner]\nkind = \"median\"\nn_startup_trials = 2\n",
+    )
+    .replace("epochs = 2", "epochs = 4")
+    .replace("direction = \"maximize\"\nmetric = \"accuracy\"", "direction = \"minimize\"\nmetric = \"loss\"")
+    .replace("low = 1e-3, high = 5e-3", "low = 1e-5, high = 5e-3");
+    d.write("s.toml", &text);
+    let out = d.run(&["run", "s.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let trials = d.trials("s.toml");
+    let pruned: Vec<&Value> = trials.iter().filter(|t| state(t) == "PRUNED").collect();
+    assert!(!pruned.is_empty(), "no trial was pruned: {:?}", trials.iter().map(|t| (state(t), t["value"].clone())).collect::<Vec<_>>());
+    for t in trials.iter().filter(|t| matches!(state(t), "PRUNED" | "COMPLETE")) {
+        let dir = d.path().join(format!("study.trials/{}", t["number"]));
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            let p = e.path();
+            assert_ne!(p.file_name().unwrap(), "last", "trial {} kept its `last` folder", t["number"]);
+            assert!(!p.join("optimizer.safetensors").exists(), "{} keeps its optimizer state", p.display());
+            assert!(p.join("model.safetensors").is_file(), "{} lost its weights", p.display());
+        }
+        if let Some(c) = t["checkpoint"].as_str() {
+            assert!(std::path::Path::new(c).join("model.safetensors").is_file(), "trial {}: {c}", t["number"]);
+        }
+    }
+}
+
 fn run_toy_study(n: u64, epochs: u32, extra: &str) -> (StudyDir, std::process::Output, Value) {
     let d = StudyDir::new();
     let toy = write_toy_task(&d.path().join("toy"), 120, 7).unwrap();
