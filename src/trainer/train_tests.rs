@@ -153,6 +153,25 @@ fn reload_valid_predictions(ckpt: &Path, data: &DataSection) -> Predictions {
     predict(&model, &rows, Problem::Classification, enc.pad_id(), &Device::Cpu).unwrap()
 }
 
+/// A retry of a run that had finished training but was not yet recorded (a crash in between)
+/// resumes from its newest checkpoint, trains nothing more and ends with the same result.
+#[test]
+fn a_run_resumed_from_its_own_end_completes_at_once_with_the_same_result() {
+    let tmp = tempfile::tempdir().unwrap();
+    let toy = write_toy_task(tmp.path(), 96, 6).unwrap();
+    let first = job(&toy, &tmp.path().join("a"), spec(3, 3e-3));
+    let mut rep_a = Collect::default();
+    let Finish::Complete { value: va, metrics: ma } = train(&first, &mut rep_a, &CancelToken::new()).unwrap() else { panic!() };
+    let mut again = job(&toy, &tmp.path().join("b"), spec(3, 3e-3));
+    again.resume_from = Some(tmp.path().join("a"));
+    let mut rep_b = Collect::default();
+    let Finish::Complete { value: vb, metrics: mb } = train(&again, &mut rep_b, &CancelToken::new()).unwrap() else { panic!() };
+    assert!(rep_b.evals.is_empty(), "trained again: {:?}", rep_b.evals);
+    let steps = checkpoint::latest(&tmp.path().join("a")).unwrap().1.global_step;
+    assert_eq!(rep_b.facts.get("resumed_from_step").and_then(Value::as_u64), Some(steps));
+    assert_eq!((va, f(&ma, "loss")), (vb, f(&mb, "loss")));
+}
+
 /// The kept checkpoint reloads (config, weights, tokenizer from the folder alone) to the
 /// same predictions: its valid loss equals the one recorded at the best epoch.
 #[test]
