@@ -342,10 +342,12 @@ fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
 /// soon as its retry (trial 1) has started, before that retry writes any checkpoint. The
 /// retry of the retry (trial 2) still resumes from trial 0's checkpoint, and its metrics are
 /// those of an uninterrupted run, which it must reach without the interrupted retry's help.
+/// (6,000 rows make an epoch long enough, about a second here, for the second kill to land
+/// before the retry's first checkpoint; the test checks that it did.)
 #[test]
 fn a_retry_killed_before_its_first_checkpoint_costs_nothing() {
     let toy_dir = tempfile::tempdir().unwrap();
-    let toy = sft_search::trainer::toy::write_toy_task(toy_dir.path(), 3000, 13).unwrap();
+    let toy = sft_search::trainer::toy::write_toy_task(toy_dir.path(), 6000, 13).unwrap();
     let study =
         long_finetune_study(&toy.model_dir.display().to_string(), &toy.csv.display().to_string(), "\n[execution]\nmax_retries = 2\n");
     let reference = StudyDir::new();
