@@ -1,13 +1,13 @@
 //! Export tests on a real (tiny) fine-tuning run recorded in a real store.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::predict::{softmax, Predictor, TextInput};
 use super::*;
-use crate::scheduler::{CancelToken, Decision, Progress, Reporter};
+use crate::scheduler::{CancelToken, RecordingReporter};
 use crate::space::{Distribution, Param, ParamSet, ParamValue, SearchSpace};
 use crate::storage::{Budget, Claim, Owner, StudySpec};
 use crate::trainer::data::{DataSection, TextEncoder};
@@ -15,25 +15,6 @@ use crate::trainer::spec::{KeepCheckpoints, TrainSpec};
 use crate::trainer::toy::write_toy_task;
 use crate::trainer::train::{train, Finish, TrainJob};
 use crate::trial::{Direction, Outcome};
-
-#[derive(Default)]
-struct Collect {
-    facts: Map<String, Value>,
-    checkpoints: Vec<PathBuf>,
-}
-
-impl Reporter for Collect {
-    fn intermediate(&mut self, _: i64, _: f64, _: &Map<String, Value>) -> Decision {
-        Decision::Continue
-    }
-    fn metrics(&mut self, m: &Map<String, Value>) {
-        self.facts.extend(m.clone());
-    }
-    fn progress(&mut self, _: &Progress) {}
-    fn checkpoint(&mut self, p: &Path) {
-        self.checkpoints.push(p.to_path_buf());
-    }
-}
 
 const STUDY_FILE: &str = "[study]\nname = \"toy\"\n[data]\npath = \"data.csv\"\nsplit_seed = 7\n[train]\nepochs = 2\n";
 
@@ -102,9 +83,9 @@ fn fixture(trials: &[(f64, KeepCheckpoints)], study_text: &str) -> Fixture {
             artifacts_dir: root.join(format!("toy.trials/{i}")),
             resume_from: None,
         };
-        let mut rep = Collect::default();
+        let mut rep = RecordingReporter::default();
         let Finish::Complete { value, metrics } = train(&job, &mut rep, &CancelToken::new()).unwrap() else { panic!("stopped") };
-        let mut all = rep.facts.clone();
+        let mut all = rep.metrics.clone();
         all.extend(metrics);
         store.merge_metrics(c.id, &all).unwrap();
         if let Some(ck) = rep.checkpoints.last() {

@@ -129,29 +129,8 @@ impl TrialRunner for SyntheticRunner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scheduler::Progress;
+    use crate::scheduler::RecordingReporter;
     use crate::space::ParamValue;
-    use serde_json::{Map, Value};
-
-    /// Records values; prunes at a given step.
-    #[derive(Default)]
-    struct Rec {
-        values: Vec<(i64, f64)>,
-        prune_at: Option<i64>,
-    }
-    impl Reporter for Rec {
-        fn intermediate(&mut self, step: i64, value: f64, _: &Map<String, Value>) -> Decision {
-            self.values.push((step, value));
-            if self.prune_at == Some(step) {
-                Decision::Prune
-            } else {
-                Decision::Continue
-            }
-        }
-        fn metrics(&mut self, _: &Map<String, Value>) {}
-        fn progress(&mut self, _: &Progress) {}
-        fn checkpoint(&mut self, _: &std::path::Path) {}
-    }
 
     fn sft(number: u64, lr: f64, epochs: i64) -> TrialAssignment {
         let params: ParamSet = [
@@ -181,14 +160,14 @@ mod tests {
         let curve = Curve { steps: 5, step_time: Duration::ZERO };
         for (n, lr, ep) in [(0, 5e-5, 4), (1, 1e-3, 10), (2, 1e-6, 1)] {
             let a = sft(n, lr, ep);
-            let plain = runner(None, 0.1).run(&a, &mut Rec::default(), &CancelToken::new());
-            let mut rec = Rec::default();
+            let plain = runner(None, 0.1).run(&a, &mut RecordingReporter::default(), &CancelToken::new());
+            let mut rec = RecordingReporter::default();
             let curved = runner(Some(curve), 0.1).run(&a, &mut rec, &CancelToken::new());
             assert_eq!(plain, curved);
-            assert_eq!(rec.values.len() as i64, 5 * ep);
-            assert_eq!(rec.values.iter().map(|v| v.0).collect::<Vec<_>>(), (1..=5 * ep).collect::<Vec<_>>());
+            assert_eq!(rec.steps().len() as i64, 5 * ep);
+            assert_eq!(rec.steps().iter().map(|v| v.0).collect::<Vec<_>>(), (1..=5 * ep).collect::<Vec<_>>());
             let Outcome::Complete { value } = curved else { panic!("{curved:?}") };
-            assert_eq!(rec.values.last().map(|v| v.1), Some(value));
+            assert_eq!(rec.steps().last().map(|v| v.1), Some(value));
         }
     }
 
@@ -196,23 +175,23 @@ mod tests {
     fn the_curve_falls_and_good_trials_look_good_early() {
         let curve = Curve { steps: 10, step_time: Duration::ZERO };
         let r = runner(Some(curve), 0.0);
-        let mut good = Rec::default();
+        let mut good = RecordingReporter::default();
         r.run(&sft(0, 5e-5, 4), &mut good, &CancelToken::new());
-        let mut bad = Rec::default();
+        let mut bad = RecordingReporter::default();
         r.run(&sft(1, 1e-6, 4), &mut bad, &CancelToken::new());
-        assert!(good.values[0].1 > good.values[39].1 + 0.5, "falls: {:?}", good.values);
+        assert!(good.steps()[0].1 > good.steps()[39].1 + 0.5, "falls: {:?}", good.steps());
         // At one epoch the good learning rate is already ahead.
-        assert!(good.values[9].1 < bad.values[9].1, "{} vs {}", good.values[9].1, bad.values[9].1);
+        assert!(good.steps()[9].1 < bad.steps()[9].1, "{} vs {}", good.steps()[9].1, bad.steps()[9].1);
     }
 
     #[test]
     fn pruning_stops_the_trial_with_its_last_value() {
         let curve = Curve { steps: 3, step_time: Duration::ZERO };
-        let mut rec = Rec { prune_at: Some(4), ..Default::default() };
+        let mut rec = RecordingReporter { prune_at: Some(4), ..Default::default() };
         let out = runner(Some(curve), 0.0).run(&sft(0, 5e-5, 4), &mut rec, &CancelToken::new());
-        assert_eq!(out, Outcome::Pruned { step: 4, value: Some(rec.values[3].1) });
-        assert_eq!(rec.values.len(), 4);
-        let mut rec = Rec { prune_at: Some(12), ..Default::default() };
+        assert_eq!(out, Outcome::Pruned { step: 4, value: Some(rec.steps()[3].1) });
+        assert_eq!(rec.steps().len(), 4);
+        let mut rec = RecordingReporter { prune_at: Some(12), ..Default::default() };
         let out = runner(Some(curve), 0.0).run(&sft(0, 5e-5, 4), &mut rec, &CancelToken::new());
         assert!(matches!(out, Outcome::Complete { .. }), "a prune at the last step is too late: {out:?}");
         let other = SyntheticRunner { function: SyntheticFunction::Branin, noise: 0.0, seed: 1, curve: Some(curve) };

@@ -422,32 +422,7 @@ fn replace_bare_tokens(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[derive(Default)]
-    struct Recorder {
-        intermediate: Vec<(i64, f64)>,
-        metrics: Vec<Map<String, Value>>,
-        prune_at: Option<i64>,
-        checkpoints: Vec<PathBuf>,
-    }
-
-    impl Reporter for Recorder {
-        fn intermediate(&mut self, step: i64, value: f64, _m: &Map<String, Value>) -> Decision {
-            self.intermediate.push((step, value));
-            if self.prune_at.is_some_and(|s| step >= s) {
-                Decision::Prune
-            } else {
-                Decision::Continue
-            }
-        }
-        fn metrics(&mut self, m: &Map<String, Value>) {
-            self.metrics.push(m.clone());
-        }
-        fn progress(&mut self, _p: &Progress) {}
-        fn checkpoint(&mut self, path: &std::path::Path) {
-            self.checkpoints.push(path.to_path_buf());
-        }
-    }
+    use crate::scheduler::RecordingReporter;
 
     fn sh(script: &str) -> ChildSpec {
         let mut s = ChildSpec::new("sh");
@@ -467,20 +442,20 @@ mod tests {
 
     #[test]
     fn complete_with_intermediates_and_metrics() {
-        let mut r = Recorder::default();
+        let mut r = RecordingReporter::default();
         let spec = sh(
             r#"read p; echo "$p" >&2; echo '{"step": 0, "value": 3}'; echo noise; echo '{"step": 1, "value": 2}'; echo '{"value": 1.5, "metrics": {"acc": 0.9}}'; echo '{"checkpoint": "/tmp/x"}'"#,
         );
         let out = run_child(&ChildSpec { stdin_payload: "{\"a\":1}".into(), ..spec }, &mut r, &CancelToken::new());
         assert_eq!(out, Outcome::Complete { value: 1.5 });
-        assert_eq!(r.intermediate, vec![(0, 3.0), (1, 2.0)]);
-        assert_eq!(r.metrics[0]["acc"], serde_json::json!(0.9));
+        assert_eq!(r.steps(), vec![(0, 3.0), (1, 2.0)]);
+        assert_eq!(r.metrics["acc"], serde_json::json!(0.9));
         assert_eq!(r.checkpoints, vec![PathBuf::from("/tmp/x")]);
     }
 
     #[test]
     fn failures_carry_their_reason() {
-        let mut r = Recorder::default();
+        let mut r = RecordingReporter::default();
         let out = run_child(&sh("echo boom >&2; exit 3"), &mut r, &CancelToken::new());
         match out {
             Outcome::Failed { reason } => assert!(reason.contains("exit status 3") && reason.contains("boom"), "{reason}"),
@@ -498,7 +473,7 @@ mod tests {
 
     #[test]
     fn prune_kills_a_command_and_keeps_last_value() {
-        let mut r = Recorder { prune_at: Some(1), ..Default::default() };
+        let mut r = RecordingReporter { prune_at: Some(1), ..Default::default() };
         let start = Instant::now();
         let out = run_child(
             &sh(r#"for i in 0 1 2 3 4 5; do echo "{\"step\": $i, \"value\": $i}"; sleep 1; done; echo '{"value": 9}'"#),
@@ -512,7 +487,7 @@ mod tests {
 
     #[test]
     fn idle_timeout_and_cancel() {
-        let mut r = Recorder::default();
+        let mut r = RecordingReporter::default();
         let spec = ChildSpec { idle_timeout: Some(Duration::from_millis(300)), ..sh("sleep 5") };
         let start = Instant::now();
         let out = run_child(&spec, &mut r, &CancelToken::new());
@@ -531,7 +506,7 @@ mod tests {
 
     #[test]
     fn prune_is_sent_on_stdin_when_kept_open() {
-        let mut r = Recorder { prune_at: Some(0), ..Default::default() };
+        let mut r = RecordingReporter { prune_at: Some(0), ..Default::default() };
         // The child reads its job, reports, then waits for the prune command and acknowledges.
         let spec = ChildSpec {
             keep_stdin_open: true,

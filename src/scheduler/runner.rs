@@ -67,6 +67,56 @@ pub trait Reporter {
     fn checkpoint(&mut self, path: &std::path::Path);
 }
 
+/// A [`Reporter`] that keeps everything it is told, for driving a runner or the trainer
+/// without a store (the tests do; so can a script or a benchmark). With `prune_at` it answers
+/// [`Decision::Prune`] from that step on; with `cancel_after` it trips the token once that
+/// many intermediate values have come.
+#[derive(Debug, Clone, Default)]
+pub struct RecordingReporter {
+    /// Every intermediate report, in order: step, value and the other metrics.
+    pub intermediate: Vec<(i64, f64, serde_json::Map<String, serde_json::Value>)>,
+    /// The trial-level metrics, merged as the store merges them.
+    pub metrics: serde_json::Map<String, serde_json::Value>,
+    /// Every checkpoint folder reported, in order.
+    pub checkpoints: Vec<PathBuf>,
+    /// How many progress updates came.
+    pub progress: usize,
+    pub prune_at: Option<i64>,
+    pub cancel_after: Option<(usize, CancelToken)>,
+}
+
+impl RecordingReporter {
+    /// The `(step, value)` pairs of the intermediate reports.
+    pub fn steps(&self) -> Vec<(i64, f64)> {
+        self.intermediate.iter().map(|(s, v, _)| (*s, *v)).collect()
+    }
+}
+
+impl Reporter for RecordingReporter {
+    fn intermediate(&mut self, step: i64, value: f64, metrics: &serde_json::Map<String, serde_json::Value>) -> Decision {
+        self.intermediate.push((step, value, metrics.clone()));
+        if let Some((n, token)) = &self.cancel_after {
+            if self.intermediate.len() >= *n {
+                token.cancel();
+            }
+        }
+        if self.prune_at.is_some_and(|s| step >= s) {
+            Decision::Prune
+        } else {
+            Decision::Continue
+        }
+    }
+    fn metrics(&mut self, metrics: &serde_json::Map<String, serde_json::Value>) {
+        self.metrics.extend(metrics.clone());
+    }
+    fn progress(&mut self, _: &Progress) {
+        self.progress += 1;
+    }
+    fn checkpoint(&mut self, path: &std::path::Path) {
+        self.checkpoints.push(path.to_path_buf());
+    }
+}
+
 /// A cloneable flag that asks running work to stop.
 #[derive(Debug, Clone, Default)]
 pub struct CancelToken(Arc<AtomicBool>);

@@ -1,39 +1,9 @@
 //! Tests of the training loop on the toy task (tiny BERT, separable sentences).
 
 use super::*;
+use crate::scheduler::RecordingReporter;
 use crate::trainer::spec::TrainSpec;
 use crate::trainer::toy::{write_toy_task, ToyTask};
-
-#[derive(Default)]
-struct Collect {
-    evals: Vec<(i64, f64, Map<String, Value>)>,
-    facts: Map<String, Value>,
-    checkpoints: Vec<PathBuf>,
-    progress: usize,
-    /// Trip this token after that many evaluations.
-    stop_after: Option<(usize, CancelToken)>,
-}
-
-impl Reporter for Collect {
-    fn intermediate(&mut self, step: i64, value: f64, metrics: &Map<String, Value>) -> Decision {
-        self.evals.push((step, value, metrics.clone()));
-        if let Some((n, tok)) = &self.stop_after {
-            if self.evals.len() >= *n {
-                tok.cancel();
-            }
-        }
-        Decision::Continue
-    }
-    fn metrics(&mut self, m: &Map<String, Value>) {
-        self.facts.extend(m.clone());
-    }
-    fn progress(&mut self, _: &Progress) {
-        self.progress += 1;
-    }
-    fn checkpoint(&mut self, p: &Path) {
-        self.checkpoints.push(p.to_path_buf());
-    }
-}
 
 fn job(toy: &ToyTask, arts: &Path, spec: TrainSpec) -> TrainJob {
     let mut data = DataSection::new(&toy.csv);
@@ -69,16 +39,16 @@ fn f(m: &Map<String, Value>, k: &str) -> f64 {
 
 /// Six epochs on the toy task (batch 8, lr 3e-3) in `precision`; asserts the train loss at
 /// least halves and the valid accuracy reaches 0.9.
-fn learn_toy(precision: crate::trainer::spec::Precision) -> (Collect, Map<String, Value>, tempfile::TempDir) {
+fn learn_toy(precision: crate::trainer::spec::Precision) -> (RecordingReporter, Map<String, Value>, tempfile::TempDir) {
     let tmp = tempfile::tempdir().unwrap();
     let toy = write_toy_task(tmp.path(), 160, 1).unwrap();
     let sp = TrainSpec { batch_size: 8, micro_batch_size: 8, precision, ..spec(6, 3e-3) };
     let j = job(&toy, &tmp.path().join("arts"), sp);
-    let mut rep = Collect::default();
+    let mut rep = RecordingReporter::default();
     let fin = train(&j, &mut rep, &CancelToken::new()).unwrap();
     let Finish::Complete { value, metrics } = fin else { panic!("not complete: {fin:?}") };
-    let first = f(&rep.evals[0].2, "train_loss");
-    let last = f(&rep.evals[5].2, "train_loss");
+    let first = f(&rep.intermediate[0].2, "train_loss");
+    let last = f(&rep.intermediate[5].2, "train_loss");
     assert!(last < 0.5 * first, "train loss {first} → {last}");
     assert!(value >= 0.9, "valid accuracy {value}");
     (rep, metrics, tmp)
@@ -96,13 +66,13 @@ fn bf16_mixed_precision_learns_the_toy_task_too() {
 #[test]
 fn loss_falls_and_the_toy_task_is_learned() {
     let (rep, metrics, tmp) = learn_toy(crate::trainer::spec::Precision::Fp32);
-    assert_eq!(rep.evals.len(), 6, "one evaluation per epoch");
-    assert_eq!(rep.evals.iter().map(|e| e.0).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(rep.intermediate.len(), 6, "one evaluation per epoch");
+    assert_eq!(rep.intermediate.iter().map(|e| e.0).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5, 6]);
     for k in ["loss", "accuracy", "f1_macro", "roc_auc", "train_loss"] {
         assert!(metrics.contains_key(k), "missing {k} in {metrics:?}");
     }
-    assert_eq!(rep.facts.get("labels"), Some(&json!(["neg", "pos"])));
-    assert!(rep.facts.contains_key("fit") && rep.facts.contains_key("best_epoch"));
+    assert_eq!(rep.metrics.get("labels"), Some(&json!(["neg", "pos"])));
+    assert!(rep.metrics.contains_key("fit") && rep.metrics.contains_key("best_epoch"));
     // One kept checkpoint (the best), complete, and no temporary folder. When the last epoch
     // did not improve, its `last` folder stays for a resume until the study records the
     // trial; then only the best remains, without its optimizer state.
@@ -114,7 +84,8 @@ fn loss_falls_and_the_toy_task_is_learned() {
         n.sort();
         n
     };
-    let last_improved = rep.evals.last().unwrap().1 > rep.evals.iter().rev().skip(1).map(|e| e.1).fold(f64::NEG_INFINITY, f64::max);
+    let last_improved =
+        rep.intermediate.last().unwrap().1 > rep.intermediate.iter().rev().skip(1).map(|e| e.1).fold(f64::NEG_INFINITY, f64::max);
     let best_name = best.file_name().unwrap().to_string_lossy().into_owned();
     let expected = if last_improved { vec![best_name.clone()] } else { vec![best_name.clone(), "last".to_string()] };
     assert_eq!(names(), expected);
@@ -131,7 +102,7 @@ fn assert_nan_loss_fails_the_trial() {
     let mut sp = spec(3, 1e6);
     sp.weight_decay = 0.01;
     let j = job(&toy, &tmp.path().join("arts"), sp);
-    let err = train(&j, &mut Collect::default(), &CancelToken::new()).unwrap_err();
+    let err = train(&j, &mut RecordingReporter::default(), &CancelToken::new()).unwrap_err();
     assert!(matches!(err, TrainError::NonFinite { .. }), "{err}");
     let msg = err.to_string();
     assert!(msg.contains("NaN") && msg.contains("learning_rate=1e6") && msg.contains(" step "), "{msg}");
@@ -160,15 +131,15 @@ fn a_run_resumed_from_its_own_end_completes_at_once_with_the_same_result() {
     let tmp = tempfile::tempdir().unwrap();
     let toy = write_toy_task(tmp.path(), 96, 6).unwrap();
     let first = job(&toy, &tmp.path().join("a"), spec(3, 3e-3));
-    let mut rep_a = Collect::default();
+    let mut rep_a = RecordingReporter::default();
     let Finish::Complete { value: va, metrics: ma } = train(&first, &mut rep_a, &CancelToken::new()).unwrap() else { panic!() };
     let mut again = job(&toy, &tmp.path().join("b"), spec(3, 3e-3));
     again.resume_from = Some(tmp.path().join("a"));
-    let mut rep_b = Collect::default();
+    let mut rep_b = RecordingReporter::default();
     let Finish::Complete { value: vb, metrics: mb } = train(&again, &mut rep_b, &CancelToken::new()).unwrap() else { panic!() };
-    assert!(rep_b.evals.is_empty(), "trained again: {:?}", rep_b.evals);
+    assert!(rep_b.intermediate.is_empty(), "trained again: {:?}", rep_b.intermediate);
     let steps = checkpoint::latest(&tmp.path().join("a")).unwrap().1.global_step;
-    assert_eq!(rep_b.facts.get("resumed_from_step").and_then(Value::as_u64), Some(steps));
+    assert_eq!(rep_b.metrics.get("resumed_from_step").and_then(Value::as_u64), Some(steps));
     assert_eq!((va, f(&ma, "loss")), (vb, f(&mb, "loss")));
 }
 
@@ -179,7 +150,7 @@ fn checkpoint_reloads_to_the_same_predictions() {
     let tmp = tempfile::tempdir().unwrap();
     let toy = write_toy_task(tmp.path(), 96, 3).unwrap();
     let j = job(&toy, &tmp.path().join("arts"), spec(2, 3e-3));
-    let mut rep = Collect::default();
+    let mut rep = RecordingReporter::default();
     let Finish::Complete { metrics, .. } = train(&j, &mut rep, &CancelToken::new()).unwrap() else { panic!() };
     let ckpt = rep.checkpoints.last().unwrap();
     let p = reload_valid_predictions(ckpt, &j.data);
@@ -216,23 +187,23 @@ fn assert_resume_matches_an_uninterrupted_run(ema_decay: f64) {
     s.keep_checkpoints = KeepCheckpoints::All;
     s.warmup_ratio = 0.2;
     let full = job(&toy, &tmp.path().join("full"), s.clone());
-    let mut rep_full = Collect::default();
+    let mut rep_full = RecordingReporter::default();
     train(&full, &mut rep_full, &CancelToken::new()).unwrap();
-    assert_only_the_newest_and_best_keep_resume_files(&tmp.path().join("full"), rep_full.evals.len(), ema_decay > 0.0);
+    assert_only_the_newest_and_best_keep_resume_files(&tmp.path().join("full"), rep_full.intermediate.len(), ema_decay > 0.0);
 
     let first = job(&toy, &tmp.path().join("a"), s.clone());
     let tok = CancelToken::new();
-    let mut rep_a = Collect { stop_after: Some((1, tok.clone())), ..Default::default() };
+    let mut rep_a = RecordingReporter { cancel_after: Some((1, tok.clone())), ..Default::default() };
     let fin = train(&first, &mut rep_a, &tok).unwrap();
     assert!(matches!(fin, Finish::Stopped { pruned: false, .. }), "{fin:?}");
     let mut second = job(&toy, &tmp.path().join("b"), s);
     second.resume_from = Some(tmp.path().join("a"));
-    let mut rep_b = Collect::default();
+    let mut rep_b = RecordingReporter::default();
     train(&second, &mut rep_b, &CancelToken::new()).unwrap();
     // 96 rows, split 0.7 → 67 train rows → 5 steps of 16 per epoch; stopped after epoch 1
-    assert_eq!(rep_b.facts.get("resumed_from_step").and_then(Value::as_u64), Some(5));
-    assert_eq!(rep_b.evals.len(), 2, "epochs 2 and 3 only");
-    let (a, b) = (rep_full.evals.last().unwrap(), rep_b.evals.last().unwrap());
+    assert_eq!(rep_b.metrics.get("resumed_from_step").and_then(Value::as_u64), Some(5));
+    assert_eq!(rep_b.intermediate.len(), 2, "epochs 2 and 3 only");
+    let (a, b) = (rep_full.intermediate.last().unwrap(), rep_b.intermediate.last().unwrap());
     assert_eq!(a.0, b.0);
     assert!((f(&a.2, "loss") - f(&b.2, "loss")).abs() < 1e-5, "{} vs {}", f(&a.2, "loss"), f(&b.2, "loss"));
     assert!((f(&a.2, "train_loss") - f(&b.2, "train_loss")).abs() < 1e-5);
@@ -269,7 +240,7 @@ fn the_weight_average_is_what_is_evaluated_and_kept() {
         let mut s = spec(4, 3e-3);
         s.ema_decay = ema_decay;
         let j = job(&toy, &tmp.path().join(dir), s);
-        let mut rep = Collect::default();
+        let mut rep = RecordingReporter::default();
         let Finish::Complete { metrics, .. } = train(&j, &mut rep, &CancelToken::new()).unwrap() else { panic!() };
         (j, rep, metrics)
     };
@@ -303,9 +274,9 @@ fn micro_batches_accumulate_to_the_full_batch_gradient() {
         let mut s = spec(1, 1e-3);
         s.micro_batch_size = micro;
         s.keep_checkpoints = KeepCheckpoints::None;
-        let mut rep = Collect::default();
+        let mut rep = RecordingReporter::default();
         train(&job(&toy, &tmp.path().join(dir), s), &mut rep, &CancelToken::new()).unwrap();
-        f(&rep.evals[0].2, "loss")
+        f(&rep.intermediate[0].2, "loss")
     };
     let (a, b) = (run(16, "a"), run(4, "b"));
     assert!((a - b).abs() < 1e-4, "{a} vs {b}");
@@ -319,12 +290,12 @@ fn eval_steps_report_global_steps_and_epoch_ends() {
     let mut s = spec(2, 1e-3);
     s.eval_steps = Some(2);
     s.keep_checkpoints = KeepCheckpoints::None;
-    let mut rep = Collect::default();
+    let mut rep = RecordingReporter::default();
     train(&job(&toy, &tmp.path().join("a"), s), &mut rep, &CancelToken::new()).unwrap();
     // 67 train rows / 16 = 5 steps per epoch: every 2nd step, plus each epoch's end
-    assert_eq!(rep.evals.iter().map(|e| e.0).collect::<Vec<_>>(), vec![2, 4, 5, 6, 8, 10]);
-    assert_eq!(f(&rep.evals[2].2, "epoch"), 1.0);
-    assert!((f(&rep.evals[0].2, "epoch") - 0.4).abs() < 1e-9);
+    assert_eq!(rep.intermediate.iter().map(|e| e.0).collect::<Vec<_>>(), vec![2, 4, 5, 6, 8, 10]);
+    assert_eq!(f(&rep.intermediate[2].2, "epoch"), 1.0);
+    assert!((f(&rep.intermediate[0].2, "epoch") - 0.4).abs() < 1e-9);
 }
 
 #[test]
@@ -335,11 +306,11 @@ fn early_stopping_ends_a_run_that_stopped_improving() {
     let mut s = spec(6, 1e-12);
     s.early_stopping_patience = Some(2);
     s.keep_checkpoints = KeepCheckpoints::None;
-    let mut rep = Collect::default();
+    let mut rep = RecordingReporter::default();
     let fin = train(&job(&toy, &tmp.path().join("a"), s), &mut rep, &CancelToken::new()).unwrap();
     assert!(matches!(fin, Finish::Complete { .. }));
-    assert_eq!(rep.evals.len(), 3, "best at 1, then 2 without improvement");
-    assert_eq!(rep.facts.get("stopped_early"), Some(&json!(true)));
+    assert_eq!(rep.intermediate.len(), 3, "best at 1, then 2 without improvement");
+    assert_eq!(rep.metrics.get("stopped_early"), Some(&json!(true)));
 }
 
 /// While alive, optimizers made on this thread use the flat device path (the GPU's) on the CPU.
@@ -371,17 +342,17 @@ fn flat_optimizer_path_trains_and_resumes_like_the_host_path() {
     s.weight_decay = 0.01;
     s.max_grad_norm = 0.5;
     s.keep_checkpoints = KeepCheckpoints::All;
-    let run = |flat: bool, dir: &str, stop_after: Option<usize>, resume: Option<&str>| {
+    let run = |flat: bool, dir: &str, cancel_after: Option<usize>, resume: Option<&str>| {
         let _force = flat.then(ForceFlat::on);
         let mut j = job(&toy, &tmp.path().join(dir), s.clone());
         j.resume_from = resume.map(|r| tmp.path().join(r));
         let tok = CancelToken::new();
-        let mut rep = Collect { stop_after: stop_after.map(|n| (n, tok.clone())), ..Default::default() };
+        let mut rep = RecordingReporter { cancel_after: cancel_after.map(|n| (n, tok.clone())), ..Default::default() };
         train(&j, &mut rep, &tok).unwrap();
         rep
     };
-    let close = |a: &Collect, b: &Collect, what: &str| {
-        let (a, b) = (a.evals.last().unwrap(), b.evals.last().unwrap());
+    let close = |a: &RecordingReporter, b: &RecordingReporter, what: &str| {
+        let (a, b) = (a.intermediate.last().unwrap(), b.intermediate.last().unwrap());
         assert_eq!(a.0, b.0, "{what}");
         for k in ["loss", "train_loss"] {
             let (x, y) = (f(&a.2, k), f(&b.2, k));
@@ -390,9 +361,9 @@ fn flat_optimizer_path_trains_and_resumes_like_the_host_path() {
     };
     let host = run(false, "host", None, None);
     let flat = run(true, "flat", None, None);
-    assert_eq!(host.evals.len(), 3);
+    assert_eq!(host.intermediate.len(), 3);
     close(&host, &flat, "flat vs host");
-    assert!(f(&flat.evals[0].2, "train_accuracy") > 0.0);
+    assert!(f(&flat.intermediate[0].2, "train_accuracy") > 0.0);
     // a flat-path checkpoint after epoch 1, resumed on the host path, and the other way
     run(true, "flat-a", Some(1), None);
     close(&host, &run(false, "host-b", None, Some("flat-a")), "flat checkpoint resumed on the host path");

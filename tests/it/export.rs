@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use serde_json::{json, Map, Value};
-use sft_search::scheduler::{CancelToken, Decision, Progress, Reporter};
+use serde_json::{json, Value};
+use sft_search::scheduler::{CancelToken, RecordingReporter};
 use sft_search::space::{Distribution, Param, ParamSet, ParamValue, SearchSpace};
 use sft_search::storage::{Budget, Claim, Owner, Store, StudySpec};
 use sft_search::trainer::data::DataSection;
@@ -18,25 +18,6 @@ use sft_search::trainer::train::{train, Finish, TrainJob};
 use sft_search::trial::{Direction, Outcome};
 
 use crate::util::{bin, stderr};
-
-#[derive(Default)]
-struct Collect {
-    facts: Map<String, Value>,
-    checkpoint: Option<PathBuf>,
-}
-
-impl Reporter for Collect {
-    fn intermediate(&mut self, _: i64, _: f64, _: &Map<String, Value>) -> Decision {
-        Decision::Continue
-    }
-    fn metrics(&mut self, m: &Map<String, Value>) {
-        self.facts.extend(m.clone());
-    }
-    fn progress(&mut self, _: &Progress) {}
-    fn checkpoint(&mut self, p: &Path) {
-        self.checkpoint = Some(p.to_path_buf());
-    }
-}
 
 /// `root/toy.db` with one COMPLETE finetune trial of the toy task.
 fn study(root: &Path, model: Option<PathBuf>, epochs: usize, arch: Arch) -> PathBuf {
@@ -83,11 +64,11 @@ fn study(root: &Path, model: Option<PathBuf>, epochs: usize, arch: Arch) -> Path
         artifacts_dir: root.join("toy.trials/0"),
         resume_from: None,
     };
-    let mut rep = Collect::default();
+    let mut rep = RecordingReporter::default();
     let Finish::Complete { value, metrics } = train(&job, &mut rep, &CancelToken::new()).unwrap() else { panic!("stopped") };
-    rep.facts.extend(metrics);
-    store.merge_metrics(c.id, &rep.facts).unwrap();
-    store.set_trial_attr(c.id, "checkpoint", &json!(rep.checkpoint.unwrap().display().to_string())).unwrap();
+    rep.metrics.extend(metrics);
+    store.merge_metrics(c.id, &rep.metrics).unwrap();
+    store.set_trial_attr(c.id, "checkpoint", &json!(rep.checkpoints.last().unwrap().display().to_string())).unwrap();
     store.finish(c.id, &Outcome::Complete { value }, false).unwrap();
     db
 }

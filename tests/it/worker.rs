@@ -124,33 +124,12 @@ fn a_bad_job_is_an_error_line() {
 
 mod runner {
     use super::*;
-    use serde_json::Map;
-    use sft_search::scheduler::{CancelToken, Decision, Progress, Reporter, TrialAssignment, TrialRunner};
+    use sft_search::scheduler::{CancelToken, RecordingReporter, TrialAssignment, TrialRunner};
     use sft_search::space::{ParamSet, ParamValue};
     use sft_search::trainer::data::DataSection;
     use sft_search::trainer::runner::FinetuneRunner;
     use sft_search::trainer::spec::{ModelSection, TrainSection};
     use sft_search::trial::{Direction, Outcome};
-
-    #[derive(Default)]
-    struct Rec {
-        steps: Vec<(i64, f64)>,
-        checkpoints: Vec<std::path::PathBuf>,
-        metrics: Map<String, Value>,
-    }
-    impl Reporter for Rec {
-        fn intermediate(&mut self, step: i64, value: f64, _: &Map<String, Value>) -> Decision {
-            self.steps.push((step, value));
-            Decision::Continue
-        }
-        fn metrics(&mut self, m: &Map<String, Value>) {
-            self.metrics.extend(m.clone());
-        }
-        fn progress(&mut self, _: &Progress) {}
-        fn checkpoint(&mut self, p: &Path) {
-            self.checkpoints.push(p.to_path_buf());
-        }
-    }
 
     fn runner(dir: &Path) -> FinetuneRunner {
         let toy = write_toy_task(dir, 96, 12).unwrap();
@@ -179,11 +158,11 @@ mod runner {
         let tmp = tempfile::tempdir().unwrap();
         let r = runner(tmp.path());
         let params: ParamSet = [("learning_rate".to_string(), ParamValue::Float(3e-3))].into_iter().collect();
-        let mut rec = Rec::default();
+        let mut rec = RecordingReporter::default();
         let out = r.run(&assignment(tmp.path(), params), &mut rec, &CancelToken::new());
         let Outcome::Complete { value } = out else { panic!("{out:?}") };
-        assert_eq!(rec.steps.len(), 2);
-        assert_eq!(value, rec.steps.iter().map(|s| s.1).fold(f64::NEG_INFINITY, f64::max));
+        assert_eq!(rec.steps().len(), 2);
+        assert_eq!(value, rec.steps().iter().map(|s| s.1).fold(f64::NEG_INFINITY, f64::max));
         let ckpt = rec.checkpoints.last().unwrap();
         let test = r.run_test(ckpt, "cpu").unwrap();
         assert!(test["accuracy"].is_number() && test["confusion_matrix"].is_array(), "{test:?}");
@@ -220,11 +199,11 @@ mod runner {
         let mut r = runner(tmp.path());
         r.program = oom_worker(tmp.path(), &[8]);
         let params: ParamSet = [("learning_rate".to_string(), ParamValue::Float(3e-3))].into_iter().collect();
-        let mut rec = Rec::default();
+        let mut rec = RecordingReporter::default();
         let out = r.run(&assignment(tmp.path(), params), &mut rec, &CancelToken::new());
         let Outcome::Complete { .. } = out else { panic!("{out:?}") };
         assert_eq!(rec.metrics["oom_retry_micro_batch_size"], 4, "{:?}", rec.metrics);
-        assert_eq!(rec.steps.len(), 2, "the retry trained both epochs");
+        assert_eq!(rec.steps().len(), 2, "the retry trained both epochs");
     }
 
     #[test]
@@ -236,12 +215,12 @@ mod runner {
         let arm = "  *'\"micro_batch_size\":8,'*)\n    coproc W { exec \"$REAL\" worker; }\n    printf '%s\\n' \"$job\" >&\"${W[1]}\"\n    while IFS= read -r line <&\"${W[0]}\"; do\n      echo \"$line\"\n      case \"$line\" in *'\"checkpoint\"'*) kill $W_PID; echo '{\"error\": \"CUDA out of memory\"}'; exit 1;; esac\n    done\n    exit 1;;";
         r.program = wrapper_worker(tmp.path(), "oom-late.sh", arm);
         let params: ParamSet = [("learning_rate".to_string(), ParamValue::Float(3e-3))].into_iter().collect();
-        let mut rec = Rec::default();
+        let mut rec = RecordingReporter::default();
         let out = r.run(&assignment(tmp.path(), params), &mut rec, &CancelToken::new());
         let Outcome::Complete { .. } = out else { panic!("{out:?}") };
         assert_eq!(rec.metrics["oom_retry_micro_batch_size"], 4, "{:?}", rec.metrics);
         assert!(rec.metrics.get("resumed_from_step").and_then(Value::as_u64).unwrap_or(0) > 0, "resumed: {:?}", rec.metrics);
-        let steps: Vec<i64> = rec.steps.iter().map(|s| s.0).collect();
+        let steps: Vec<i64> = rec.steps().iter().map(|s| s.0).collect();
         assert_eq!(steps, vec![1, 2], "epoch 1 from the first attempt, epoch 2 from the resumed one");
     }
 
@@ -251,7 +230,7 @@ mod runner {
         let mut r = runner(tmp.path());
         r.program = oom_worker(tmp.path(), &[8, 4]);
         let params: ParamSet = [("learning_rate".to_string(), ParamValue::Float(3e-3))].into_iter().collect();
-        let out = r.run(&assignment(tmp.path(), params), &mut Rec::default(), &CancelToken::new());
+        let out = r.run(&assignment(tmp.path(), params), &mut RecordingReporter::default(), &CancelToken::new());
         let Outcome::Failed { reason } = out else { panic!("{out:?}") };
         assert!(reason.starts_with("out of memory twice (micro_batch_size 4 after a retry)"), "{reason}");
     }
@@ -261,7 +240,7 @@ mod runner {
         let tmp = tempfile::tempdir().unwrap();
         let r = runner(tmp.path());
         let params: ParamSet = [("batch_size".to_string(), ParamValue::Str("big".into()))].into_iter().collect();
-        let out = r.run(&assignment(tmp.path(), params), &mut Rec::default(), &CancelToken::new());
+        let out = r.run(&assignment(tmp.path(), params), &mut RecordingReporter::default(), &CancelToken::new());
         let Outcome::Failed { reason } = out else { panic!("{out:?}") };
         assert!(reason.contains("`batch_size`"), "{reason}");
     }
