@@ -17,7 +17,7 @@ use std::path::Path;
 use candle_core::{CpuStorage, DType, Device, InplaceOp2, Layout, Tensor, Var};
 use rayon::prelude::*;
 
-use super::model::ops::contiguous_f32;
+use super::model::ops::{contiguous_f32, contiguous_f32_mut};
 
 /// The trained (not averaged) weights of the trainable parameters, in a checkpoint written
 /// with `ema_decay > 0`; only a resumed run reads them.
@@ -146,10 +146,7 @@ impl InplaceOp2 for Blend {
 
     fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<()> {
         let src = contiguous_f32(s2, l2, "ema-blend source")?;
-        let dst = match (s1, l1.contiguous_offsets()) {
-            (CpuStorage::F32(v), Some((lo, hi))) if hi - lo == src.len() => &mut v[lo..hi],
-            _ => candle_core::bail!("ema-blend: expected a contiguous f32 average of the source's size"),
-        };
+        let dst = contiguous_f32_mut(s1, l1, src.len(), "ema-blend (average)")?;
         let a = self.a;
         let blend = |d: &mut [f32], s: &[f32]| {
             for (d, s) in d.iter_mut().zip(s) {

@@ -25,7 +25,7 @@ use std::path::Path;
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, DType, Device, InplaceOp1, InplaceOp2, Layout, Tensor, Var};
 
-use super::model::ops::contiguous_f32;
+use super::model::ops::{contiguous_f32, contiguous_f32_mut};
 use super::spec::{OptimizerKind, ScheduleKind};
 
 /// Hyper-parameters of the optimizer that stay fixed for a run (the learning rate is given
@@ -759,15 +759,10 @@ impl InplaceOp2 for AddAssign {
     }
     fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<()> {
         let src = contiguous_f32(s2, l2, "add-assign")?;
-        match (s1, l1.contiguous_offsets()) {
-            (CpuStorage::F32(d), Some((a, b))) if b - a == src.len() => {
-                for (d, s) in d[a..b].iter_mut().zip(src) {
-                    *d += s;
-                }
-                Ok(())
-            }
-            _ => candle_core::bail!("add-assign: expected contiguous f32 tensors of one size"),
+        for (d, s) in contiguous_f32_mut(s1, l1, src.len(), "add-assign")?.iter_mut().zip(src) {
+            *d += s;
         }
+        Ok(())
     }
 }
 
@@ -795,10 +790,7 @@ impl InplaceOp2 for FusedStep<'_> {
     }
     fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<()> {
         let g = contiguous_f32(s2, l2, "optimizer step")?;
-        let p = match (s1, l1.contiguous_offsets()) {
-            (CpuStorage::F32(d), Some((a, b))) if b - a == g.len() => &mut d[a..b],
-            _ => candle_core::bail!("optimizer step: expected a contiguous f32 parameter of its gradient's size"),
-        };
+        let p = contiguous_f32_mut(s1, l1, g.len(), "optimizer step (parameter)")?;
         let mut m = self.m.borrow_mut();
         let mut v = self.v.borrow_mut();
         let n = g.len();

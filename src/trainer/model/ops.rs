@@ -28,6 +28,15 @@ pub(crate) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> R
     }
 }
 
+/// The f32 values of a contiguous CPU tensor to write in place, which must hold `len` of
+/// them (the size of the tensor it is updated from); `what` names it in the error.
+pub(crate) fn contiguous_f32_mut<'a>(s: &'a mut CpuStorage, l: &Layout, len: usize, what: &str) -> Result<&'a mut [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) if b - a == len => Ok(&mut v[a..b]),
+        _ => bail!("{what}: expected a contiguous f32 tensor of {len} values to update in place"),
+    }
+}
+
 fn fast_path(xs: &Tensor) -> bool {
     xs.device().is_cpu() && xs.dtype() == DType::F32
 }
