@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Optuna on sft-search's generality set: the functions of `sft-search bench sampler` that are
 not in ../shared/anchors (hartmann3, ackley5, levy4, styblinski-tang4, six-hump-camel,
-goldstein-price, mixed-ft), defined exactly as src/objective/synthetic.rs defines them.
+goldstein-price, mixed-ft; shekel4, michalewicz5, rastrigin4, powell4), defined exactly as src/objective/synthetic.rs defines them.
 
 It adds them to the anchors' own harness (../shared/anchors/optuna_bench.py) and runs it, so
 the protocol, the output (one JSON line per seed, `best_so_far`, `ask_s`) and `--summarize`
@@ -90,6 +90,29 @@ def mixed_ft(p):
     return 0.1 + excess + l_lr + l_wd + l_wu + l_ep + l_do
 
 
+SHEKEL_BETA = [1.0, 2.0, 2.0, 4.0, 4.0, 6.0, 3.0, 7.0, 5.0, 5.0]
+SHEKEL_C = [[4.0, 1.0, 8.0, 6.0, 3.0, 2.0, 5.0, 8.0, 6.0, 7.0], [4.0, 1.0, 8.0, 6.0, 7.0, 9.0, 3.0, 1.0, 2.0, 3.6],
+            [4.0, 1.0, 8.0, 6.0, 3.0, 2.0, 5.0, 8.0, 6.0, 7.0], [4.0, 1.0, 8.0, 6.0, 7.0, 9.0, 3.0, 1.0, 2.0, 3.6]]
+
+
+def shekel4(p):
+    x = xs(p, 4)
+    return -sum(1.0 / (sum((x[j] - SHEKEL_C[j][i]) ** 2 for j in range(4)) + SHEKEL_BETA[i] / 10.0) for i in range(10))
+
+
+def michalewicz5(p):
+    return -sum(math.sin(v) * math.sin((i + 1) * v * v / math.pi) ** 20 for i, v in enumerate(xs(p, 5)))
+
+
+def rastrigin4(p):
+    return 40.0 + sum(v * v - 10.0 * math.cos(2.0 * math.pi * v) for v in xs(p, 4))
+
+
+def powell4(p):
+    a, b, c, d = xs(p, 4)
+    return (a + 10.0 * b) ** 2 + 5.0 * (c - d) ** 2 + (b - 2.0 * c) ** 4 + 10.0 * (a - d) ** 4
+
+
 def floats(d: int, lo: float, hi: float):
     return {f"x{j}": FloatDistribution(lo, hi) for j in range(d)}
 
@@ -121,6 +144,11 @@ GENERALITY = {
             "dropout": FloatDistribution(0.0, 0.5),
         },
     },
+    # The second generality set (added after every sampler choice of sft-search was made).
+    "shekel4": {"f": shekel4, "optimum": -10.53644315348353, "space": floats(4, 0.0, 10.0)},
+    "michalewicz5": {"f": michalewicz5, "optimum": -4.687658179088149, "space": floats(5, 0.0, math.pi)},
+    "rastrigin4": {"f": rastrigin4, "optimum": 0.0, "space": floats(4, -5.12, 5.12)},
+    "powell4": {"f": powell4, "optimum": 0.0, "space": floats(4, -4.0, 5.0)},
 }
 for spec in GENERALITY.values():
     spec["grid"] = {k: [] for k in spec["space"]}  # grid search is not offered on these

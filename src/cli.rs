@@ -239,7 +239,8 @@ pub struct BenchPruningArgs {
 #[derive(Debug, Args)]
 pub struct BenchSamplerArgs {
     /// branin, hartmann6, rosenbrock4, sft-like (the anchors' functions); hartmann3, ackley5,
-    /// levy4, styblinski-tang4, six-hump-camel, goldstein-price, mixed-ft (the generality set).
+    /// levy4, styblinski-tang4, six-hump-camel, goldstein-price, mixed-ft (the generality set);
+    /// shekel4, michalewicz5, rastrigin4, powell4 (the second generality set).
     #[arg(long)]
     pub function: String,
     /// gp, random or grid.

@@ -25,6 +25,11 @@ pub enum SyntheticFunction {
     SixHumpCamel,
     GoldsteinPrice,
     MixedFt,
+    // The second generality set (added after every sampler choice above was made).
+    Shekel4,
+    Michalewicz5,
+    Rastrigin4,
+    Powell4,
 }
 
 /// The α of both Hartmann functions.
@@ -50,6 +55,15 @@ const H3_P: [[f64; 3]; 4] = [[0.3689, 0.1170, 0.2673], [0.4699, 0.4387, 0.7470],
 const MIXED_FT_OPTIMIZERS: [(&str, f64, f64, f64); 3] =
     [("sgd", -1.7, -4.0, 0.06), ("adam", -3.4, -5.0, 0.015), ("adamw", -3.1, -2.0, 0.0)];
 
+/// Shekel's function with m = 10: `β = c / 10` and the centres `C` (4 × 10).
+const SHEKEL_BETA: [f64; 10] = [1.0, 2.0, 2.0, 4.0, 4.0, 6.0, 3.0, 7.0, 5.0, 5.0];
+const SHEKEL_C: [[f64; 10]; 4] = [
+    [4.0, 1.0, 8.0, 6.0, 3.0, 2.0, 5.0, 8.0, 6.0, 7.0],
+    [4.0, 1.0, 8.0, 6.0, 7.0, 9.0, 3.0, 1.0, 2.0, 3.6],
+    [4.0, 1.0, 8.0, 6.0, 3.0, 2.0, 5.0, 8.0, 6.0, 7.0],
+    [4.0, 1.0, 8.0, 6.0, 7.0, 9.0, 3.0, 1.0, 2.0, 3.6],
+];
+
 /// A parameter the function needs is missing or of the wrong kind (not a number; for
 /// `mixed-ft`'s `optimizer`, not one of its choices).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -60,7 +74,7 @@ pub struct MissingInput {
 }
 
 impl SyntheticFunction {
-    pub const ALL: [SyntheticFunction; 11] = [
+    pub const ALL: [SyntheticFunction; 15] = [
         SyntheticFunction::Branin,
         SyntheticFunction::Hartmann6,
         SyntheticFunction::Rosenbrock4,
@@ -72,6 +86,10 @@ impl SyntheticFunction {
         SyntheticFunction::SixHumpCamel,
         SyntheticFunction::GoldsteinPrice,
         SyntheticFunction::MixedFt,
+        SyntheticFunction::Shekel4,
+        SyntheticFunction::Michalewicz5,
+        SyntheticFunction::Rastrigin4,
+        SyntheticFunction::Powell4,
     ];
 
     pub fn name(self) -> &'static str {
@@ -87,6 +105,10 @@ impl SyntheticFunction {
             SyntheticFunction::SixHumpCamel => "six-hump-camel",
             SyntheticFunction::GoldsteinPrice => "goldstein-price",
             SyntheticFunction::MixedFt => "mixed-ft",
+            SyntheticFunction::Shekel4 => "shekel4",
+            SyntheticFunction::Michalewicz5 => "michalewicz5",
+            SyntheticFunction::Rastrigin4 => "rastrigin4",
+            SyntheticFunction::Powell4 => "powell4",
         }
     }
 
@@ -104,6 +126,10 @@ impl SyntheticFunction {
             SyntheticFunction::SixHumpCamel => -1.0316284534898774,
             SyntheticFunction::GoldsteinPrice => 3.0,
             SyntheticFunction::MixedFt => 0.1,
+            SyntheticFunction::Shekel4 => -10.53644315348353,
+            SyntheticFunction::Michalewicz5 => -4.687658179088149,
+            SyntheticFunction::Rastrigin4 => 0.0,
+            SyntheticFunction::Powell4 => 0.0,
         }
     }
 
@@ -140,6 +166,10 @@ impl SyntheticFunction {
                 Param { name: "epochs".into(), dist: Distribution::Int { low: 1, high: 20, step: 1, log: false } },
                 float("dropout".into(), 0.0, 0.5),
             ],
+            SyntheticFunction::Shekel4 => (0..4).map(|j| float(format!("x{j}"), 0.0, 10.0)).collect(),
+            SyntheticFunction::Michalewicz5 => (0..5).map(|j| float(format!("x{j}"), 0.0, PI)).collect(),
+            SyntheticFunction::Rastrigin4 => (0..4).map(|j| float(format!("x{j}"), -5.12, 5.12)).collect(),
+            SyntheticFunction::Powell4 => (0..4).map(|j| float(format!("x{j}"), -4.0, 5.0)).collect(),
         };
         // The definitions above are valid by construction.
         SearchSpace::new(params).expect("built-in space is valid")
@@ -222,6 +252,22 @@ impl SyntheticFunction {
                 let l_ep = 0.4 * ((-0.4 * (ep - 1.0)).exp() - (-0.4f64 * 7.0).exp()) + 0.01 * (ep - 8.0).max(0.0).powi(2);
                 let l_do = 0.5 * (self.get(p, "dropout")? - 0.1).powi(2);
                 0.1 + excess + l_lr + l_wd + l_wu + l_ep + l_do
+            }
+            SyntheticFunction::Shekel4 => {
+                let x = self.get_vec::<4>(p)?;
+                -(0..10).map(|i| 1.0 / ((0..4).map(|j| (x[j] - SHEKEL_C[j][i]).powi(2)).sum::<f64>() + SHEKEL_BETA[i] / 10.0)).sum::<f64>()
+            }
+            SyntheticFunction::Michalewicz5 => {
+                let x = self.get_vec::<5>(p)?;
+                -x.iter().enumerate().map(|(i, v)| v.sin() * ((i + 1) as f64 * v * v / PI).sin().powi(20)).sum::<f64>()
+            }
+            SyntheticFunction::Rastrigin4 => {
+                let x = self.get_vec::<4>(p)?;
+                40.0 + x.iter().map(|v| v * v - 10.0 * (2.0 * PI * v).cos()).sum::<f64>()
+            }
+            SyntheticFunction::Powell4 => {
+                let [a, b, c, d] = self.get_vec::<4>(p)?;
+                (a + 10.0 * b).powi(2) + 5.0 * (c - d).powi(2) + (b - 2.0 * c).powi(4) + 10.0 * (a - d).powi(4)
             }
         })
     }
@@ -329,6 +375,13 @@ mod tests {
             (F::SixHumpCamel, camel),
             (F::GoldsteinPrice, gp),
             (F::MixedFt, mixed.clone()),
+            (F::Shekel4, xs(&[4.000746867869747, 3.9995094850576276, 4.000746868809279, 3.999509480017675])),
+            (
+                F::Michalewicz5,
+                xs(&[2.2029055212257687, 1.5707963248226275, 1.2849915686521876, 1.9230584703941669, 1.7204697716599155]),
+            ),
+            (F::Rastrigin4, xs(&[0.0; 4])),
+            (F::Powell4, xs(&[0.0; 4])),
         ];
         for (f, at) in cases {
             let v = f.evaluate(&at).unwrap();
@@ -374,6 +427,10 @@ mod tests {
             (F::SixHumpCamel, camel, 0.561168),
             (F::GoldsteinPrice, gp, 657.6875),
             (F::MixedFt, mixed, 0.6071114124672863),
+            (F::Shekel4, xs(&[1.5, 7.2, 3.3, 9.0]), -0.43628416587056673),
+            (F::Michalewicz5, xs(&[0.5, 1.1, 2.9, 2.0, 1.7]), -1.2542124495544678),
+            (F::Rastrigin4, xs(&[1.2, -3.4, 0.05, 4.9]), 64.41176489329897),
+            (F::Powell4, xs(&[1.0, -2.0, 3.5, -0.5]), 7052.625),
         ];
         for (f, at, want) in cases {
             let got = f.evaluate(&at).unwrap();
