@@ -241,8 +241,16 @@ pub struct BenchSamplerArgs {
     /// branin, hartmann6, rosenbrock4, sft-like (the anchors' functions); hartmann3, ackley5,
     /// levy4, styblinski-tang4, six-hump-camel, goldstein-price, mixed-ft (the generality set);
     /// shekel4, michalewicz5, rastrigin4, powell4 (the second generality set).
-    #[arg(long)]
-    pub function: String,
+    #[arg(long, required_unless_present = "study", conflicts_with = "study")]
+    pub function: Option<String>,
+    /// Instead of a built-in function: a study file whose space, direction and objective
+    /// (`synthetic`, or a `command` run once per trial) are benchmarked. Nothing is stored.
+    #[arg(long, value_name = "STUDY.toml")]
+    pub study: Option<PathBuf>,
+    /// With `--study`: the best value the objective can reach, so the summary shows regret
+    /// (without it, the best values themselves).
+    #[arg(long, requires = "study")]
+    pub optimum: Option<f64>,
     /// gp, random or grid.
     #[arg(long, default_value = "gp")]
     pub sampler: String,
@@ -257,9 +265,10 @@ pub struct BenchSamplerArgs {
     /// Suggestions outstanding at once (results told back in completion order).
     #[arg(long, default_value_t = 1)]
     pub parallel: usize,
-    /// Gaussian noise sigma added to the value the sampler sees.
-    #[arg(long, default_value_t = 0.0)]
-    pub noise: f64,
+    /// Gaussian noise sigma added to the value the sampler sees [default: 0, or the study's
+    /// `[objective] noise`].
+    #[arg(long)]
+    pub noise: Option<f64>,
     /// Startup trials before the model takes over (sampler default when absent).
     #[arg(long)]
     pub n_startup: Option<usize>,

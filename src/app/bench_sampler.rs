@@ -7,7 +7,8 @@
 //! drawn from the seed and results are told back in completion order, the running ones being
 //! in the history as RUNNING trials without a value. With `--noise σ`, σ·N(0,1) is added to
 //! the value the sampler sees; the incumbent is the trial with the best *observed* value and
-//! is scored by its noise-free value.
+//! is scored by its noise-free value. With `--study`, the space, direction and objective come
+//! from a study file instead (see [`super::bench_target`]).
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -18,12 +19,13 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 use serde_json::json;
 
+use super::bench_target::Target;
 use super::UsageError;
 use crate::cli::BenchSamplerArgs;
 use crate::objective::SyntheticFunction;
 use crate::sampler::{splitmix64, GpOptions, GpSampler, GridSampler, RandomSampler, Sampler, SuggestContext};
-use crate::space::SearchSpace;
-use crate::trial::{Direction, TrialRecord, TrialState};
+use crate::space::{ParamSet, SearchSpace};
+use crate::trial::{TrialRecord, TrialState};
 
 /// Grid points per float (7 x 7 on branin, as the Optuna anchors use).
 const GRID_FLOAT_POINTS: usize = 7;
@@ -38,6 +40,8 @@ struct Run {
     suggest_cpu_ms: Vec<f64>,
     /// Trials whose parameters equal those of an earlier trial of the run.
     duplicates: usize,
+    /// Trials whose evaluation failed (a command objective's non-zero exit, no value, …).
+    failed: usize,
 }
 
 /// CPU time consumed by the calling thread, in milliseconds (NaN where unavailable).
@@ -52,9 +56,9 @@ fn thread_cpu_ms() -> f64 {
     }
 }
 
-fn make_sampler(args: &BenchSamplerArgs) -> anyhow::Result<Box<dyn Sampler>> {
+fn make_sampler(args: &BenchSamplerArgs, target: &Target) -> anyhow::Result<Box<dyn Sampler>> {
     Ok(match args.sampler.as_str() {
-        "gp" => Box::new(GpSampler::new(GpOptions { n_startup: args.n_startup, ..GpOptions::default() })),
+        "gp" => Box::new(GpSampler::new(GpOptions { n_startup: args.n_startup.or(target.n_startup), ..GpOptions::default() })),
         "random" => Box::new(RandomSampler),
         "grid" => Box::new(GridSampler::new(GRID_FLOAT_POINTS)),
         other => return Err(UsageError(format!("unknown sampler `{other}` (expected gp, random or grid)")).into()),
@@ -62,26 +66,31 @@ fn make_sampler(args: &BenchSamplerArgs) -> anyhow::Result<Box<dyn Sampler>> {
 }
 
 pub fn run(args: &BenchSamplerArgs) -> anyhow::Result<ExitCode> {
-    let function: SyntheticFunction = args.function.parse().map_err(UsageError)?;
+    let target = match (&args.function, &args.study) {
+        (Some(name), None) => Target::builtin(name.parse::<SyntheticFunction>().map_err(UsageError)?),
+        (None, Some(path)) => Target::from_study(path, args.optimum)?,
+        _ => return Err(UsageError("give one of --function and --study".into()).into()),
+    };
     if args.parallel == 0 {
         return Err(UsageError("--parallel must be at least 1".into()).into());
     }
-    if !(args.noise >= 0.0 && args.noise.is_finite()) {
+    let noise = args.noise.unwrap_or(target.default_noise);
+    if !(noise >= 0.0 && noise.is_finite()) {
         return Err(UsageError("--noise must be a finite sigma >= 0".into()).into());
     }
-    let sampler = make_sampler(args)?;
+    let sampler = make_sampler(args, &target)?;
     if !args.existing.is_empty() {
-        return run_existing(args, function, sampler.as_ref());
+        return run_existing(args, &target, sampler.as_ref());
     }
     let mut runs = Vec::new();
     for seed in args.first_seed..args.first_seed.saturating_add(args.seeds) {
-        let r = run_seed(args, function, sampler.as_ref(), seed)?;
+        let r = run_seed(args, &target, noise, sampler.as_ref(), seed)?;
         if !args.summary {
             println!(
                 "{}",
                 json!({
-                    "function": function.name(), "sampler": sampler.name(), "seed": seed,
-                    "noise": args.noise, "parallel": args.parallel,
+                    "function": target.name, "sampler": sampler.name(), "seed": seed,
+                    "noise": noise, "parallel": args.parallel, "failed": r.failed,
                     "best": r.best, "suggest_ms": r.suggest_ms, "suggest_cpu_ms": r.suggest_cpu_ms, "duplicates": r.duplicates,
                 })
             );
@@ -89,31 +98,32 @@ pub fn run(args: &BenchSamplerArgs) -> anyhow::Result<ExitCode> {
         runs.push(r);
     }
     if args.summary {
-        print_summary(args, function, sampler.name(), &runs);
+        print_summary(args, &target, noise, sampler.name(), &runs);
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn run_seed(args: &BenchSamplerArgs, function: SyntheticFunction, sampler: &dyn Sampler, seed: u64) -> anyhow::Result<Run> {
-    let space = function.space();
+fn run_seed(args: &BenchSamplerArgs, target: &Target, noise: f64, sampler: &dyn Sampler, seed: u64) -> anyhow::Result<Run> {
+    let space = &target.space;
     let mut history: Vec<TrialRecord> = Vec::with_capacity(args.trials);
     let mut noise_rng = ChaCha8Rng::seed_from_u64(seed + 10007);
     let mut duration_rng = ChaCha8Rng::seed_from_u64(splitmix64(seed ^ 0xd0_7a_7e));
     // (finish time, index into history)
     let mut running: Vec<(f64, usize)> = Vec::new();
     let mut now = 0.0f64;
-    let (mut best_observed, mut best_true) = (f64::INFINITY, f64::NAN);
+    let (mut best_observed, mut best_true) = (f64::NAN, f64::NAN);
     let mut run = Run {
         best: Vec::with_capacity(args.trials),
         suggest_ms: Vec::with_capacity(args.trials),
         suggest_cpu_ms: Vec::with_capacity(args.trials),
         duplicates: 0,
+        failed: 0,
     };
     let mut exhausted = false;
     while run.best.len() < args.trials {
         while !exhausted && running.len() < args.parallel && history.len() < args.trials {
             let number = history.len() as u64;
-            let ctx = SuggestContext { space: &space, direction: Direction::Minimize, history: &history, number, seed, fixed: None };
+            let ctx = SuggestContext { space, direction: target.direction, history: &history, number, seed, fixed: None };
             let (start, cpu_start) = (Instant::now(), thread_cpu_ms());
             let proposal = sampler.suggest(&ctx).with_context(|| format!("seed {seed}, trial {number}"))?;
             run.suggest_ms.push(start.elapsed().as_secs_f64() * 1e3);
@@ -130,13 +140,21 @@ fn run_seed(args: &BenchSamplerArgs, function: SyntheticFunction, sampler: &dyn 
         };
         let (finish, idx) = running.swap_remove(k);
         now = finish;
-        let value = function.evaluate(&history[idx].params)?;
-        let observed = value + args.noise * noise_rng.sample::<f64, _>(StandardNormal);
-        history[idx].state = TrialState::Complete;
-        history[idx].value = Some(observed);
-        if observed < best_observed {
-            best_observed = observed;
-            best_true = value;
+        match target.evaluate(&history[idx].params, seed, history[idx].number)? {
+            Ok(value) => {
+                let observed = value + noise * noise_rng.sample::<f64, _>(StandardNormal);
+                history[idx].state = TrialState::Complete;
+                history[idx].value = Some(observed);
+                if best_observed.is_nan() || target.better(observed, best_observed) {
+                    best_observed = observed;
+                    best_true = value;
+                }
+            }
+            Err(reason) => {
+                tracing::warn!("seed {seed}, trial {}: failed: {reason}", history[idx].number);
+                history[idx].state = TrialState::Fail;
+                run.failed += 1;
+            }
         }
         run.best.push(best_true);
     }
@@ -179,12 +197,14 @@ fn mean_ms(runs: &[Run], from: usize, to: usize, times: fn(&Run) -> &[f64]) -> f
     }
 }
 
-fn print_summary(args: &BenchSamplerArgs, function: SyntheticFunction, sampler: &str, runs: &[Run]) {
-    let optimum = function.optimum();
-    println!("| function | noise | sampler | parallel | seeds | trials | regret@10 | regret@25 | regret@50 | regret@100 | ms@50 | ms@100 | mean ms (all) | cpu ms@50 | cpu ms@100 | duplicates |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+fn print_summary(args: &BenchSamplerArgs, target: &Target, noise: f64, sampler: &str, runs: &[Run]) {
+    let m = target.measure();
+    println!(
+        "| function | noise | sampler | parallel | seeds | trials | {m}@10 | {m}@25 | {m}@50 | {m}@100 | ms@50 | ms@100 | mean ms (all) | cpu ms@50 | cpu ms@100 | duplicates | failed |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let at = |n: usize| {
-        let v: Vec<f64> = runs.iter().filter(|r| r.best.len() >= n).map(|r| r.best[n - 1] - optimum).collect();
+        let v: Vec<f64> = runs.iter().filter(|r| r.best.len() >= n).map(|r| target.regret(r.best[n - 1])).collect();
         if v.is_empty() {
             "-".to_string()
         } else {
@@ -195,9 +215,9 @@ fn print_summary(args: &BenchSamplerArgs, function: SyntheticFunction, sampler: 
     let mean_all = if all.is_empty() { f64::NAN } else { all.iter().sum::<f64>() / all.len() as f64 };
     let ms = |x: f64| if x.is_nan() { "-".to_string() } else { format!("{x:.2}") };
     println!(
-        "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-        function.name(),
-        args.noise,
+        "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+        target.name,
+        noise,
         sampler,
         args.parallel,
         runs.len(),
@@ -212,8 +232,9 @@ fn print_summary(args: &BenchSamplerArgs, function: SyntheticFunction, sampler: 
         ms(mean_ms(runs, 41, 50, |r| &r.suggest_cpu_ms)),
         ms(mean_ms(runs, 91, 100, |r| &r.suggest_cpu_ms)),
         runs.iter().map(|r| r.duplicates).sum::<usize>(),
+        runs.iter().map(|r| r.failed).sum::<usize>(),
     );
-    if let Some(line) = block_spread(runs, optimum) {
+    if let Some(line) = block_spread(runs, target) {
         println!("{line}");
     }
 }
@@ -225,7 +246,7 @@ const BLOCK: usize = 10;
 /// 25 and 50 trials. A ten-seed median (the protocol) swings by several times between
 /// blocks on some functions, so a change that moves it within that range is not shown to be
 /// better or worse.
-fn block_spread(runs: &[Run], optimum: f64) -> Option<String> {
+fn block_spread(runs: &[Run], target: &Target) -> Option<String> {
     let blocks = runs.len() / BLOCK;
     if blocks < 2 {
         return None;
@@ -233,7 +254,7 @@ fn block_spread(runs: &[Run], optimum: f64) -> Option<String> {
     let range = |n: usize| -> Option<String> {
         let medians: Vec<f64> = runs
             .chunks_exact(BLOCK)
-            .map(|b| b.iter().filter(|r| r.best.len() >= n).map(|r| r.best[n - 1] - optimum).collect::<Vec<f64>>())
+            .map(|b| b.iter().filter(|r| r.best.len() >= n).map(|r| target.regret(r.best[n - 1])).collect::<Vec<f64>>())
             .filter(|v| v.len() == BLOCK)
             .map(|v| percentile(&v, 50.0))
             .collect();
@@ -242,12 +263,21 @@ fn block_spread(runs: &[Run], optimum: f64) -> Option<String> {
         (medians.len() >= 2).then(|| format!("@{n} {} – {}", fmt_num(lo), fmt_num(hi)))
     };
     let parts: Vec<String> = [25, 50].into_iter().filter_map(range).collect();
-    (!parts.is_empty()).then(|| format!("median regret of each block of {BLOCK} seeds ({blocks} blocks): {}", parts.join(", ")))
+    (!parts.is_empty())
+        .then(|| format!("median {} of each block of {BLOCK} seeds ({blocks} blocks): {}", target.measure(), parts.join(", ")))
+}
+
+/// The record of trial `number` at `params` once the target has evaluated it.
+fn told(target: &Target, seed: u64, number: u64, params: ParamSet) -> anyhow::Result<TrialRecord> {
+    Ok(match target.evaluate(&params, seed, number)? {
+        Ok(v) => TrialRecord::new(number, TrialState::Complete, params, Some(v)),
+        Err(_) => TrialRecord::new(number, TrialState::Fail, params, None),
+    })
 }
 
 /// `--existing`: time suggestions after N uniform random completed trials.
-fn run_existing(args: &BenchSamplerArgs, function: SyntheticFunction, sampler: &dyn Sampler) -> anyhow::Result<ExitCode> {
-    let space = function.space();
+fn run_existing(args: &BenchSamplerArgs, target: &Target, sampler: &dyn Sampler) -> anyhow::Result<ExitCode> {
+    let space = &target.space;
     for &n in &args.existing {
         let mut times = Vec::new();
         let mut cpu = Vec::new();
@@ -255,26 +285,24 @@ fn run_existing(args: &BenchSamplerArgs, function: SyntheticFunction, sampler: &
             let mut rng = ChaCha8Rng::seed_from_u64(splitmix64(seed ^ 0xe815_7111));
             let mut history: Vec<TrialRecord> = Vec::with_capacity(n + args.probe);
             for number in 0..n as u64 {
-                let params = RandomSampler::draw(&space, &mut rng);
-                let v = function.evaluate(&params)?;
-                history.push(TrialRecord::new(number, TrialState::Complete, params, Some(v)));
+                let params = RandomSampler::draw(space, &mut rng);
+                history.push(told(target, seed, number, params)?);
             }
             let mut seed_times = Vec::new();
             let mut seed_cpu = Vec::new();
             for _ in 0..args.probe {
                 let number = history.len() as u64;
-                let ctx = SuggestContext { space: &space, direction: Direction::Minimize, history: &history, number, seed, fixed: None };
+                let ctx = SuggestContext { space, direction: target.direction, history: &history, number, seed, fixed: None };
                 let (start, cpu_start) = (Instant::now(), thread_cpu_ms());
                 let Some(params) = sampler.suggest(&ctx)? else { break };
                 seed_times.push(start.elapsed().as_secs_f64() * 1e3);
                 seed_cpu.push(thread_cpu_ms() - cpu_start);
-                let v = function.evaluate(&params)?;
-                history.push(TrialRecord::new(number, TrialState::Complete, params, Some(v)));
+                history.push(told(target, seed, number, params)?);
             }
             if !args.summary {
                 println!(
                     "{}",
-                    json!({"mode": "existing", "function": function.name(), "sampler": sampler.name(), "seed": seed, "existing": n, "suggest_ms": seed_times, "suggest_cpu_ms": seed_cpu})
+                    json!({"mode": "existing", "function": target.name, "sampler": sampler.name(), "seed": seed, "existing": n, "suggest_ms": seed_times, "suggest_cpu_ms": seed_cpu})
                 );
             }
             times.extend(seed_times);
@@ -284,7 +312,7 @@ fn run_existing(args: &BenchSamplerArgs, function: SyntheticFunction, sampler: &
             let mean = times.iter().sum::<f64>() / times.len() as f64;
             println!(
                 "| {} | {} | existing {} | probes {} | mean {:.2} ms | median {:.2} ms | min {:.2} ms | max {:.2} ms | cpu mean {:.2} ms |",
-                function.name(),
+                target.name,
                 sampler.name(),
                 n,
                 times.len(),
@@ -304,7 +332,7 @@ mod tests {
     use super::*;
 
     fn run_with_best(best: Vec<f64>) -> Run {
-        Run { best, suggest_ms: vec![], suggest_cpu_ms: vec![], duplicates: 0 }
+        Run { best, suggest_ms: vec![], suggest_cpu_ms: vec![], duplicates: 0, failed: 0 }
     }
 
     #[test]
@@ -312,11 +340,15 @@ mod tests {
         // Two blocks: regrets 0..9 at every trial in the first (median 4.5), 10..19 in the
         // second (median 14.5); 25 trials only, so no @50 part.
         let runs: Vec<Run> = (0..20).map(|k| run_with_best(vec![k as f64; 25])).collect();
-        assert_eq!(block_spread(&runs, 0.0).as_deref(), Some("median regret of each block of 10 seeds (2 blocks): @25 4.5000 – 14.5000"));
+        let target = Target::builtin(SyntheticFunction::Rosenbrock4); // optimum 0
+        assert_eq!(
+            block_spread(&runs, &target).as_deref(),
+            Some("median regret of each block of 10 seeds (2 blocks): @25 4.5000 – 14.5000")
+        );
         // One block is no spread; nor are runs too short for @25.
-        assert_eq!(block_spread(&runs[..15], 0.0), None);
+        assert_eq!(block_spread(&runs[..15], &target), None);
         let short: Vec<Run> = (0..20).map(|k| run_with_best(vec![k as f64; 10])).collect();
-        assert_eq!(block_spread(&short, 0.0), None);
+        assert_eq!(block_spread(&short, &target), None);
     }
 
     /// numpy.percentile([1, 2, 3, 4], [25, 50, 75]) = [1.75, 2.5, 3.25].

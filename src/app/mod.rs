@@ -6,6 +6,7 @@ pub mod bench_kernels;
 pub mod bench_pruning;
 pub mod bench_sampler;
 pub mod bench_scheduler;
+pub mod bench_target;
 pub mod bench_train;
 pub mod best;
 pub mod common;

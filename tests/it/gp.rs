@@ -154,3 +154,39 @@ fn a_held_optimizer_gets_its_own_learning_rate_on_mixed_ft() {
     // model has seen few SGD trials, so neither is near 0; holding must still clearly win.
     assert!(mean(&conditioned) < 0.8 * mean(&overwritten), "held {conditioned:?} overwritten {overwritten:?}");
 }
+
+#[test]
+fn bench_sampler_runs_a_study_files_own_command_objective() {
+    // A user's function, maximised, that fails for x > 0.9: `bench sampler --study` runs it
+    // once per trial as `run` would, records nothing, and reports the incumbent per seed.
+    let d = StudyDir::new();
+    d.python(
+        "objective.py",
+        "import json, sys\np = json.load(sys.stdin)\nif p['x'] > 0.9:\n    sys.exit('diverged')\nprint(json.dumps({'value': -(p['x'] - 0.3) ** 2 - 0.01 * (p['k'] - 2) ** 2}))\n",
+    );
+    d.write("s.toml", &command_study("own", 30, "[\"cpu\"]", "").replace("direction = \"minimize\"", "direction = \"maximize\""));
+    let out = d.run(&["bench", "sampler", "--study", "s.toml", "--trials", "12", "--seeds", "2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    for line in &lines {
+        assert_eq!(line["function"], "own");
+        let best: Vec<f64> = line["best"].as_array().unwrap().iter().filter_map(Value::as_f64).collect();
+        // Maximised: the incumbent never gets worse and never passes the optimum 0.
+        assert!(best.len() >= 11 && best.windows(2).all(|w| w[1] >= w[0]) && best[best.len() - 1] <= 0.0, "{line}");
+        assert!(best[best.len() - 1] > -0.02, "12 GP trials get near the optimum: {line}");
+        assert!(line["failed"].as_u64().is_some());
+    }
+    assert!(!d.path().join("study.db").exists(), "the benchmark stores nothing");
+    // With the optimum the summary shows regret; without it, the best values.
+    let summary = |extra: &[&str]| {
+        let out = d.run(&[&["bench", "sampler", "--study", "s.toml", "--trials", "10", "--seeds", "1", "--summary"][..], extra].concat());
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert!(summary(&["--optimum", "0"]).contains("| regret@10 |"));
+    assert!(summary(&[]).contains("| best@10 |"));
+    // A study file and a built-in function together are a usage error.
+    let out = d.run(&["bench", "sampler", "--study", "s.toml", "--function", "branin"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}

@@ -508,7 +508,7 @@ fn feasibility(obs: &Observations, params: &KernelParams, is_cat: &[bool]) -> Op
     let centred: Vec<f64> = labels.iter().map(|l| l - prior).collect();
     let kernel = KernelParams { inv_sq_lengthscales: params.inv_sq_lengthscales.clone(), signal_var: 1.0, noise_var: Feasibility::NOISE };
     let posterior = Posterior::new(xs, &centred, kernel, is_cat).ok()?;
-    Some(Feasibility { posterior, prior })
+    Some(Feasibility { posterior, prior, failed: obs.failed.clone(), is_cat: is_cat.to_vec() })
 }
 
 /// The local penalties of the running trials `pending` (none when nothing runs) under the
@@ -760,6 +760,30 @@ mod tests {
             assert!(best < 1e-6, "seed {seed}: best {best}");
         }
         assert!(failed <= 60, "{failed} of 280 model-guided trials failed");
+    }
+
+    #[test]
+    fn a_setting_that_failed_is_not_proposed_again() {
+        // A bowl at (0.3, 0.7) failing for x > 0.9. Once the incumbent has converged, EI at a
+        // high-variance corner wins; before the failed settings ruled out a ball around
+        // themselves, seed 2 proposed the failed corner (1, 1) three times in a row (one
+        // failure moves the classifier by less than a nat).
+        let space = SearchSpace::new(vec![float("x", 0.0, 1.0), float("y", 0.0, 1.0)]).unwrap();
+        let f = |p: &ParamSet| (num(p, "x") <= 0.9).then(|| (num(p, "x") - 0.3).powi(2) + (num(p, "y") - 0.7).powi(2));
+        let mut failed_in_all = 0;
+        for seed in 0..6 {
+            let h = run_with_failures(&space, &f, 24, seed);
+            let failed: Vec<(f64, f64)> =
+                h.iter().filter(|t| t.state == TrialState::Fail).map(|t| (num(&t.params, "x"), num(&t.params, "y"))).collect();
+            failed_in_all += failed.len();
+            for (i, a) in failed.iter().enumerate() {
+                for b in &failed[..i] {
+                    let d = ((a.0 - b.0).powi(2) + (a.1 - b.1).powi(2)).sqrt();
+                    assert!(d > 0.01, "seed {seed}: failed settings {b:?} and {a:?} are {d:.1e} apart");
+                }
+            }
+        }
+        assert!(failed_in_all <= 15, "{failed_in_all} failed trials");
     }
 
     #[test]
