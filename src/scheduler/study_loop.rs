@@ -126,7 +126,9 @@ pub fn run_study(run: &StudyRun) -> Result<RunSummary, LoopError> {
     let history = store.trials(run.study_id)?;
     for t in history.iter().filter(|t| matches!(t.state, TrialState::Complete | TrialState::Pruned)) {
         let device = t.device.as_deref().unwrap_or_default();
-        run.runner.recorded(&assignment_of(run, &history, t.number, &t.params, t.retry_of, device), t.state);
+        if run.runner.recorded(&assignment_of(run, &history, t.number, &t.params, t.retry_of, device), t.state) && t.checkpoint.is_some() {
+            store.remove_trial_attr(t.id, "checkpoint")?;
+        }
     }
     let worker_id = store.register_worker(run.study_id, &owner, &run.slots)?;
     owner.worker_id = Some(worker_id);
@@ -326,8 +328,8 @@ fn slot_loop(
             _ => false,
         };
         let retry_number = store.finish(trial.id, &outcome, retry)?;
-        if !retry {
-            run.runner.recorded(&assignment, outcome.state());
+        if !retry && run.runner.recorded(&assignment, outcome.state()) {
+            store.remove_trial_attr(trial.id, "checkpoint")?;
         }
         if let Ok(mut r) = running.lock() {
             r.retain(|id| *id != trial.id);

@@ -615,6 +615,14 @@ impl Store {
         set_attr(&self.conn, "trial_user_attributes", trial_id, key, value).map_err(|e| self.err(e))
     }
 
+    /// Removes one trial user attribute (nothing when it is not there).
+    pub fn remove_trial_attr(&self, trial_id: i64, key: &str) -> Result<()> {
+        self.conn
+            .execute("DELETE FROM trial_user_attributes WHERE trial_id = ?1 AND \"key\" = ?2", params![trial_id, key])
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
     /// Sets one study user attribute.
     pub fn set_study_attr(&self, study_id: i64, key: &str, value: &Value) -> Result<()> {
         self.conn

@@ -112,6 +112,13 @@ fn trial_lifecycle_and_values_round_trip() {
     // The categorical is stored as Optuna does: the index of the choice.
     let pv: f64 = store.conn.query_row("SELECT param_value FROM trial_params WHERE param_name = 'bs'", [], |r| r.get(0)).unwrap();
     assert_eq!(pv, 1.0);
+    // A checkpoint attribute is read back, and once removed it is gone (removing twice is fine).
+    store.set_trial_attr(t.id, "checkpoint", &Value::from("/tmp/ckpt")).unwrap();
+    assert_eq!(store.trials(study.id).unwrap()[0].checkpoint.as_deref(), Some("/tmp/ckpt"));
+    store.remove_trial_attr(t.id, "checkpoint").unwrap();
+    store.remove_trial_attr(t.id, "checkpoint").unwrap();
+    assert_eq!(store.trials(study.id).unwrap()[0].checkpoint, None);
+    assert_eq!(store.trials(study.id).unwrap()[0].metrics["f1"], Value::from(0.8), "other attributes stay");
 }
 
 #[test]

@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 
 use super::data::DataSection;
 use super::soup::{SoupCandidate, SoupJob};
-use super::spec::{ModelSection, SpecError, TrainSection, TrainSpec};
+use super::spec::{KeepCheckpoints, ModelSection, SpecError, TrainSection, TrainSpec};
 use super::train::{TestJob, TrainJob};
 use crate::scheduler::child::{run_child, ChildSpec};
 use crate::scheduler::{CancelToken, Decision, Progress, Reporter, TrialAssignment, TrialRunner};
@@ -259,16 +259,34 @@ impl TrialRunner for FinetuneRunner {
 
     /// A completed or pruned trial is never resumed: its checkpoint folders (and those of its
     /// earlier attempts) drop the optimizer state and the trained weights beside a weight
-    /// average, two to three times the model's size with AdamW.
-    fn recorded(&self, a: &TrialAssignment, state: TrialState) {
+    /// average, two to three times the model's size with AdamW. A pruned trial's own folder
+    /// goes entirely (unless `keep_checkpoints = "all"`): `export`, the soup and the test
+    /// evaluation take COMPLETE trials only, so nothing could read its weights, and a study
+    /// where the pruner stops most trials kept one checkpoint per pruned trial.
+    fn recorded(&self, a: &TrialAssignment, state: TrialState) -> bool {
         if !matches!(state, TrialState::Complete | TrialState::Pruned) {
-            return;
+            return false;
+        }
+        if state == TrialState::Pruned && self.train.keep_checkpoints != Some(KeepCheckpoints::All) {
+            match std::fs::remove_dir_all(&a.artifacts_dir) {
+                Ok(()) => tracing::debug!("trial {} (pruned): removed its checkpoints", a.number),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!("trial {} (pruned): cannot remove {}: {e}", a.number, a.artifacts_dir.display());
+                    return false;
+                }
+            }
+            for dir in &a.resume_from {
+                super::checkpoint::drop_resume_files(dir, &[]);
+            }
+            return true;
         }
         let freed: u64 =
             std::iter::once(&a.artifacts_dir).chain(&a.resume_from).map(|dir| super::checkpoint::drop_resume_files(dir, &[])).sum();
         if freed > 0 {
             tracing::debug!("trial {}: freed {:.1} MiB of resume-only checkpoint files", a.number, freed as f64 / 1048576.0);
         }
+        false
     }
 }
 

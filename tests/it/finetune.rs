@@ -229,7 +229,7 @@ fn a_later_run_clears_resume_files_that_finished_trials_kept() {
 /// A pruned fine-tuning trial keeps nothing that only a resume reads: no `last` folder, no
 /// optimizer state (its kept best checkpoint stays, named in the store).
 #[test]
-fn a_pruned_trial_keeps_no_resume_files() {
+fn a_pruned_trial_keeps_no_checkpoint_and_a_finished_one_no_resume_files() {
     let d = StudyDir::new();
     let toy = write_toy_task(&d.path().join("toy"), 120, 7).unwrap();
     let text = finetune_study(
@@ -247,7 +247,13 @@ fn a_pruned_trial_keeps_no_resume_files() {
     let trials = d.trials("s.toml");
     let pruned: Vec<&Value> = trials.iter().filter(|t| state(t) == "PRUNED").collect();
     assert!(!pruned.is_empty(), "no trial was pruned: {:?}", trials.iter().map(|t| (state(t), t["value"].clone())).collect::<Vec<_>>());
-    for t in trials.iter().filter(|t| matches!(state(t), "PRUNED" | "COMPLETE")) {
+    for t in &pruned {
+        // Nothing can read a pruned trial's weights (export, the soup and the test take
+        // COMPLETE trials), so its folder goes and the store forgets its checkpoint.
+        assert!(!d.path().join(format!("study.trials/{}", t["number"])).exists(), "pruned trial {} kept its folder", t["number"]);
+        assert!(t["checkpoint"].is_null(), "pruned trial {}: {}", t["number"], t["checkpoint"]);
+    }
+    for t in trials.iter().filter(|t| state(t) == "COMPLETE") {
         let dir = d.path().join(format!("study.trials/{}", t["number"]));
         for e in std::fs::read_dir(&dir).unwrap().flatten() {
             let p = e.path();
@@ -255,9 +261,25 @@ fn a_pruned_trial_keeps_no_resume_files() {
             assert!(!p.join("optimizer.safetensors").exists(), "{} keeps its optimizer state", p.display());
             assert!(p.join("model.safetensors").is_file(), "{} lost its weights", p.display());
         }
-        if let Some(c) = t["checkpoint"].as_str() {
-            assert!(std::path::Path::new(c).join("model.safetensors").is_file(), "trial {}: {c}", t["number"]);
-        }
+        let c = t["checkpoint"].as_str().unwrap();
+        assert!(std::path::Path::new(c).join("model.safetensors").is_file(), "trial {}: {c}", t["number"]);
+    }
+    // With `keep_checkpoints = "all"` the user asked for every checkpoint: pruned trials
+    // keep theirs (without resume files), and the store still points at them.
+    let all = StudyDir::new();
+    write_toy_task(&all.path().join("toy"), 120, 7).unwrap();
+    let text = text.replace(&d.path().join("toy").display().to_string(), &all.path().join("toy").display().to_string());
+    assert!(text.contains("[train]\n"), "the template has a [train] table");
+    all.write("s.toml", &text.replacen("[train]\n", "[train]\nkeep_checkpoints = \"all\"\n", 1));
+    let out = all.run(&["run", "s.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let trials = all.trials("s.toml");
+    let pruned: Vec<&Value> = trials.iter().filter(|t| state(t) == "PRUNED").collect();
+    assert!(!pruned.is_empty());
+    for t in pruned {
+        let c = t["checkpoint"].as_str().unwrap_or_else(|| panic!("pruned trial {} lost its checkpoint", t["number"]));
+        assert!(std::path::Path::new(c).join("model.safetensors").is_file(), "trial {}: {c}", t["number"]);
+        assert!(!std::path::Path::new(c).join("optimizer.safetensors").exists(), "trial {}: {c}", t["number"]);
     }
 }
 
