@@ -145,7 +145,7 @@ fn run_seed(args: &BenchSamplerArgs, target: &Target, noise: f64, sampler: &dyn 
                 let observed = value + noise * noise_rng.sample::<f64, _>(StandardNormal);
                 history[idx].state = TrialState::Complete;
                 history[idx].value = Some(observed);
-                if best_observed.is_nan() || target.better(observed, best_observed) {
+                if best_observed.is_nan() || target.direction.is_better(observed, best_observed) {
                     best_observed = observed;
                     best_true = value;
                 }

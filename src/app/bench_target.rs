@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use super::UsageError;
-use crate::config::{ObjectiveConfig, StudyConfig};
+use crate::config::ObjectiveConfig;
 use crate::objective::{CommandRunner, SyntheticFunction};
 use crate::scheduler::{CancelToken, RecordingReporter, TrialAssignment, TrialRunner};
 use crate::space::{ParamSet, SearchSpace};
@@ -55,22 +55,10 @@ impl Target {
     /// of the benchmark is recorded. A fine-tuning objective is refused (each trial would be
     /// a fine-tuning run; `run` is the way to run those).
     pub fn from_study(path: &Path, optimum: Option<f64>) -> anyhow::Result<Target> {
-        let cfg = StudyConfig::load(path)?;
+        let cfg = super::common::load_config(path)?;
         let (evaluator, default_noise) = match &cfg.objective {
-            ObjectiveConfig::Synthetic { function, noise, .. } => {
-                for p in function.space().params() {
-                    if cfg.space.get(&p.name).is_none() {
-                        return Err(UsageError(format!(
-                            "{}: [space] has no `{}`, which function `{}` needs",
-                            path.display(),
-                            p.name,
-                            function.name()
-                        ))
-                        .into());
-                    }
-                }
-                (Evaluator::Builtin(*function), *noise)
-            }
+            // `StudyConfig::load` has checked that the space holds the function's parameters.
+            ObjectiveConfig::Synthetic { function, noise, .. } => (Evaluator::Builtin(*function), *noise),
             ObjectiveConfig::Command { argv, cwd } => {
                 let scratch = std::env::temp_dir().join(format!("sft-search-bench-{}", std::process::id()));
                 let runner = CommandRunner { argv: argv.clone(), cwd: cwd.clone(), trial_timeout: cfg.execution.trial_timeout };
@@ -126,14 +114,6 @@ impl Target {
                     Outcome::Failed { reason } => Err(reason),
                 })
             }
-        }
-    }
-
-    /// Whether `a` is a better value than `b` for this target.
-    pub fn better(&self, a: f64, b: f64) -> bool {
-        match self.direction {
-            Direction::Minimize => a < b,
-            Direction::Maximize => a > b,
         }
     }
 

@@ -413,7 +413,12 @@ fn resolve(src: &Source, f: StudyFile, dir: PathBuf) -> Result<StudyConfig, Conf
     let objective = match kind {
         "synthetic" => {
             let func = f.objective.function.as_ref().ok_or_else(|| {
-                src.error_at(f.objective.kind.span(), Some("objective.function".into()), "a synthetic objective needs `function` (branin, hartmann6, rosenbrock4, sft-like, hartmann3, ackley5, levy4, styblinski-tang4, six-hump-camel, goldstein-price or mixed-ft)")
+                let names: Vec<&str> = SyntheticFunction::ALL.iter().map(|f| f.name()).collect();
+                src.error_at(
+                    f.objective.kind.span(),
+                    Some("objective.function".into()),
+                    format!("a synthetic objective needs `function` (one of: {})", names.join(", ")),
+                )
             })?;
             let function: SyntheticFunction =
                 func.get_ref().parse().map_err(|m: String| src.error_at(func.span(), Some("objective.function".into()), m))?;

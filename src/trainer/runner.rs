@@ -267,7 +267,7 @@ impl TrialRunner for FinetuneRunner {
         if !matches!(state, TrialState::Complete | TrialState::Pruned) {
             return false;
         }
-        if state == TrialState::Pruned && self.train.keep_checkpoints != Some(KeepCheckpoints::All) {
+        let removed = state == TrialState::Pruned && self.train.keep_checkpoints != Some(KeepCheckpoints::All) && {
             match std::fs::remove_dir_all(&a.artifacts_dir) {
                 Ok(()) => tracing::debug!("trial {} (pruned): removed its checkpoints", a.number),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -276,17 +276,16 @@ impl TrialRunner for FinetuneRunner {
                     return false;
                 }
             }
-            for dir in &a.resume_from {
-                super::checkpoint::drop_resume_files(dir, &[]);
-            }
-            return true;
-        }
-        let freed: u64 =
-            std::iter::once(&a.artifacts_dir).chain(&a.resume_from).map(|dir| super::checkpoint::drop_resume_files(dir, &[])).sum();
+            true
+        };
+        // What is left of its folders (those of the attempts it resumed from, and its own
+        // unless removed above) keeps no resume-only files.
+        let own = (!removed).then_some(&a.artifacts_dir);
+        let freed: u64 = own.into_iter().chain(&a.resume_from).map(|dir| super::checkpoint::drop_resume_files(dir, &[])).sum();
         if freed > 0 {
             tracing::debug!("trial {}: freed {:.1} MiB of resume-only checkpoint files", a.number, freed as f64 / 1048576.0);
         }
-        false
+        removed
     }
 }
 

@@ -189,4 +189,9 @@ fn bench_sampler_runs_a_study_files_own_command_objective() {
     // A study file and a built-in function together are a usage error.
     let out = d.run(&["bench", "sampler", "--study", "s.toml", "--function", "branin"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    // A mistake in the study file is one too, named by file and field.
+    d.write("bad.toml", "[study]\nname = \"bad\"\n[space]\nx1 = { type = \"float\", low = 0, high = 1 }\n[objective]\nkind = \"synthetic\"\nfunction = \"branin\"\n");
+    let out = d.run(&["bench", "sampler", "--study", "bad.toml", "--seeds", "1"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("bad.toml") && stderr(&out).contains("`x2`"), "{}", stderr(&out));
 }

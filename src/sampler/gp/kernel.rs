@@ -93,6 +93,12 @@ pub fn dim_sq_diff(a: f64, b: f64, categorical: bool) -> f64 {
     }
 }
 
+/// The unweighted squared distance `Σ_d dim_sq_diff(a_d, b_d)` in the unit cube (1 per
+/// differing choice of a categorical).
+pub fn sq_distance(a: &[f64], b: &[f64], is_cat: &[bool]) -> f64 {
+    a.iter().zip(b).zip(is_cat).map(|((&x, &y), &cat)| dim_sq_diff(x, y, cat)).sum()
+}
+
 /// `r² = Σ_d w_d · dim_sq_diff(a_d, b_d)`.
 #[inline]
 pub fn weighted_sq_dist(a: &[f64], b: &[f64], w: &[f64], is_cat: &[bool]) -> f64 {

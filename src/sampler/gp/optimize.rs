@@ -20,7 +20,7 @@ use rand_distr::StandardNormal;
 
 use super::acquisition::{ln_norm_cdf, ln_norm_pdf, log_ei};
 use super::encoding::{DimKind, Encoding};
-use super::kernel::dim_sq_diff;
+use super::kernel::sq_distance;
 use super::posterior::Posterior;
 use super::quasi::shifted_sobol;
 use super::LastEvaluation;
@@ -110,7 +110,7 @@ impl Feasibility {
         let mut total = 0.0;
         let mut grad = vec![0.0; dims.len()];
         for c in &self.failed {
-            let q = x.iter().zip(c).zip(&self.is_cat).map(|((&a, &b), &cat)| dim_sq_diff(a, b, cat)).sum::<f64>() / two_r2;
+            let q = sq_distance(x, c, &self.is_cat) / two_r2;
             if q > 40.0 {
                 continue; // ln(1 − e^−40) is below f64's resolution of 0
             }
@@ -159,7 +159,7 @@ impl LocalPenalties {
         let mut total = 0.0;
         let mut grad = vec![0.0; dims.len()];
         for (c, mean, sd) in &self.centres {
-            let d = x.iter().zip(c).zip(&self.is_cat).map(|((&a, &b), &cat)| dim_sq_diff(a, b, cat)).sum::<f64>().sqrt();
+            let d = sq_distance(x, c, &self.is_cat).sqrt();
             let u = (self.best + self.lipschitz * d - mean) / sd;
             let ln_cdf = ln_norm_cdf(u);
             total += ln_cdf;
