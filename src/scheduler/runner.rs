@@ -143,9 +143,10 @@ pub trait TrialRunner: Send + Sync {
     /// runner may free what only a resumed attempt would have read. Called after the record
     /// is committed, so a crash before it costs disk, never work; and again, for every trial
     /// that had already ended, when a run opens the study (which catches such a crash). It
-    /// must therefore be cheap and idempotent. Returns whether the trial's checkpoints are
-    /// gone, so that the store forgets its `checkpoint`. Default: nothing, `false`.
-    fn recorded(&self, _assignment: &TrialAssignment, _state: TrialState) -> bool {
-        false
+    /// must therefore be cheap and idempotent. Returns the folders it removed whole (the
+    /// trial's own `artifacts_dir`, those of `resume_from`), so that the store forgets their
+    /// trials' `checkpoint`. Default: nothing, none.
+    fn recorded(&self, _assignment: &TrialAssignment, _state: TrialState) -> Vec<PathBuf> {
+        Vec::new()
     }
 }

@@ -126,9 +126,8 @@ pub fn run_study(run: &StudyRun) -> Result<RunSummary, LoopError> {
     let history = store.trials(run.study_id)?;
     for t in history.iter().filter(|t| matches!(t.state, TrialState::Complete | TrialState::Pruned)) {
         let device = t.device.as_deref().unwrap_or_default();
-        if run.runner.recorded(&assignment_of(run, &history, t.number, &t.params, t.retry_of, device), t.state) && t.checkpoint.is_some() {
-            store.remove_trial_attr(t.id, "checkpoint")?;
-        }
+        let assignment = assignment_of(run, &history, t.number, &t.params, t.retry_of, device);
+        forget_removed_checkpoints(&store, &history, &assignment, &run.runner.recorded(&assignment, t.state))?;
     }
     let worker_id = store.register_worker(run.study_id, &owner, &run.slots)?;
     owner.worker_id = Some(worker_id);
@@ -261,6 +260,29 @@ fn assignment_of(
     }
 }
 
+/// The store forgets the `checkpoint` of each trial in `history` whose folder — the
+/// assignment's own or one of its earlier attempts' — the runner has removed.
+fn forget_removed_checkpoints(
+    store: &Store,
+    history: &[TrialRecord],
+    assignment: &TrialAssignment,
+    removed: &[PathBuf],
+) -> Result<(), LoopError> {
+    if removed.is_empty() {
+        return Ok(());
+    }
+    let numbers = std::iter::once(assignment.number).chain(retried_attempts(history, assignment.retry_of));
+    let folders = std::iter::once(&assignment.artifacts_dir).chain(&assignment.resume_from);
+    for (number, folder) in numbers.zip(folders) {
+        if let Some(t) = history.iter().find(|t| t.number == number) {
+            if removed.contains(folder) && t.checkpoint.is_some() {
+                store.remove_trial_attr(t.id, "checkpoint")?;
+            }
+        }
+    }
+    Ok(())
+}
+
 #[allow(clippy::too_many_arguments)]
 fn slot_loop(
     run: &StudyRun,
@@ -328,8 +350,12 @@ fn slot_loop(
             _ => false,
         };
         let retry_number = store.finish(trial.id, &outcome, retry)?;
-        if !retry && run.runner.recorded(&assignment, outcome.state()) {
-            store.remove_trial_attr(trial.id, "checkpoint")?;
+        if !retry {
+            let removed = run.runner.recorded(&assignment, outcome.state());
+            if removed.contains(&assignment.artifacts_dir) {
+                store.remove_trial_attr(trial.id, "checkpoint")?;
+            }
+            forget_removed_checkpoints(&store, &history, &assignment, &removed)?;
         }
         if let Ok(mut r) = running.lock() {
             r.retain(|id| *id != trial.id);

@@ -259,29 +259,37 @@ impl TrialRunner for FinetuneRunner {
 
     /// A completed or pruned trial is never resumed: its checkpoint folders (and those of its
     /// earlier attempts) drop the optimizer state and the trained weights beside a weight
-    /// average, two to three times the model's size with AdamW. A pruned trial's own folder
-    /// goes entirely (unless `keep_checkpoints = "all"`): `export`, the soup and the test
-    /// evaluation take COMPLETE trials only, so nothing could read its weights, and a study
-    /// where the pruner stops most trials kept one checkpoint per pruned trial.
-    fn recorded(&self, a: &TrialAssignment, state: TrialState) -> bool {
+    /// average, two to three times the model's size with AdamW. A pruned trial's folders go
+    /// entirely, its own and those of the attempts it resumed from (unless
+    /// `keep_checkpoints = "all"`): `export`, the soup and the test evaluation take COMPLETE
+    /// trials only, so nothing could read those weights, and a study where the pruner stops
+    /// most trials kept one checkpoint per pruned trial. A completed trial keeps its earlier
+    /// attempts' weights: its best epoch may lie in one of them.
+    fn recorded(&self, a: &TrialAssignment, state: TrialState) -> Vec<PathBuf> {
         if !matches!(state, TrialState::Complete | TrialState::Pruned) {
-            return false;
+            return Vec::new();
         }
-        let removed = state == TrialState::Pruned && self.train.keep_checkpoints != Some(KeepCheckpoints::All) && {
-            match std::fs::remove_dir_all(&a.artifacts_dir) {
-                Ok(()) => tracing::debug!("trial {} (pruned): removed its checkpoints", a.number),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    tracing::warn!("trial {} (pruned): cannot remove {}: {e}", a.number, a.artifacts_dir.display());
-                    return false;
+        let folders = std::iter::once(&a.artifacts_dir).chain(&a.resume_from);
+        let mut removed = Vec::new();
+        let mut kept = Vec::new();
+        for dir in folders {
+            if state == TrialState::Pruned && self.train.keep_checkpoints != Some(KeepCheckpoints::All) {
+                match std::fs::remove_dir_all(dir) {
+                    Ok(()) => tracing::debug!("trial {} (pruned): removed {}", a.number, dir.display()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        tracing::warn!("trial {} (pruned): cannot remove {}: {e}", a.number, dir.display());
+                        kept.push(dir);
+                        continue;
+                    }
                 }
+                removed.push(dir.clone());
+            } else {
+                kept.push(dir);
             }
-            true
-        };
-        // What is left of its folders (those of the attempts it resumed from, and its own
-        // unless removed above) keeps no resume-only files.
-        let own = (!removed).then_some(&a.artifacts_dir);
-        let freed: u64 = own.into_iter().chain(&a.resume_from).map(|dir| super::checkpoint::drop_resume_files(dir, &[])).sum();
+        }
+        // What is left keeps no resume-only files.
+        let freed: u64 = kept.into_iter().map(|dir| super::checkpoint::drop_resume_files(dir, &[])).sum();
         if freed > 0 {
             tracing::debug!("trial {}: freed {:.1} MiB of resume-only checkpoint files", a.number, freed as f64 / 1048576.0);
         }

@@ -446,3 +446,48 @@ fn a_failed_checkpoint_write_fails_the_trial_and_leaves_no_half_files() {
     let check: String = db.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
     assert_eq!(check, "ok");
 }
+
+/// A trial killed mid-run whose retry is then pruned keeps no checkpoint at all: the retry's
+/// folder and the one it resumed from both go, and the store forgets both `checkpoint`s
+/// (nothing reads a pruned trial's weights). The completed trial keeps its own.
+#[test]
+fn a_killed_trial_whose_retry_is_pruned_leaves_no_checkpoint_behind() {
+    let toy_dir = tempfile::tempdir().unwrap();
+    let toy = sft_search::trainer::toy::write_toy_task(toy_dir.path(), 6000, 17).unwrap();
+    // Trial 0 learns; trial 1 (a learning rate of 1e-7) stays near chance and is pruned by
+    // the median rule at epoch 3, after being killed past its first epoch.
+    let study = long_finetune_study(
+        &toy.model_dir.display().to_string(),
+        &toy.csv.display().to_string(),
+        "\n[pruner]\nkind = \"median\"\nn_startup_trials = 1\nn_warmup_steps = 3\n\n[[enqueue]]\nlearning_rate = 3e-3\n\n[[enqueue]]\nlearning_rate = 1e-7\n",
+    )
+    .replace("n_trials = 1", "n_trials = 2")
+    .replace("low = 1e-3, high = 3e-3", "low = 1e-7, high = 3e-3");
+    let d = StudyDir::new();
+    d.write("s.toml", &study);
+    let child = d.spawn(&["-q", "run", "s.toml"]);
+    let at_kill = d.wait_for("s.toml", Duration::from_secs(180), "trial 1 past its first epoch", |t| {
+        t.len() == 2 && state(&t[1]) == "RUNNING" && epochs_seen(&t[1]) >= 1
+    });
+    signal(&child, libc::SIGKILL);
+    let _ = child.wait_with_output();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(epochs_seen(&at_kill[1]) < 3, "trial 1 reached its pruning step before the kill; make the epochs longer");
+    assert!(d.path().join("study.trials/1").is_dir(), "trial 1 kept no checkpoint before the kill");
+
+    let out = d.run(&["run", "s.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let trials = d.trials("s.toml");
+    assert_eq!(trials.len(), 3, "{trials:?}");
+    assert_eq!(state(&trials[0]), "COMPLETE");
+    assert_eq!((state(&trials[1]), &trials[1]["error"]), ("FAIL", &Value::from("interrupted")));
+    let retry = &trials[2];
+    assert_eq!((state(retry), &retry["retry_of"]), ("PRUNED", &Value::from(1)), "{retry}");
+    assert!(retry["metrics"]["resumed_from_step"].as_u64().unwrap_or(0) > 0, "the retry started from scratch: {retry}");
+    for n in [1, 2] {
+        assert!(!d.path().join(format!("study.trials/{n}")).exists(), "trial {n} kept its folder");
+        assert!(trials[n]["checkpoint"].is_null(), "trial {n}: {}", trials[n]["checkpoint"]);
+    }
+    let c = trials[0]["checkpoint"].as_str().expect("the completed trial keeps its checkpoint");
+    assert!(std::path::Path::new(c).join("model.safetensors").is_file(), "{c}");
+}
