@@ -74,6 +74,9 @@ pub fn run(args: &BenchSamplerArgs) -> anyhow::Result<ExitCode> {
     if args.parallel == 0 {
         return Err(UsageError("--parallel must be at least 1".into()).into());
     }
+    if args.jobs == 0 {
+        return Err(UsageError("--jobs must be at least 1".into()).into());
+    }
     let noise = args.noise.unwrap_or(target.default_noise);
     if !(noise >= 0.0 && noise.is_finite()) {
         return Err(UsageError("--noise must be a finite sigma >= 0".into()).into());
@@ -82,9 +85,9 @@ pub fn run(args: &BenchSamplerArgs) -> anyhow::Result<ExitCode> {
     if !args.existing.is_empty() {
         return run_existing(args, &target, sampler.as_ref());
     }
+    let seeds: Vec<u64> = (args.first_seed..args.first_seed.saturating_add(args.seeds)).collect();
     let mut runs = Vec::new();
-    for seed in args.first_seed..args.first_seed.saturating_add(args.seeds) {
-        let r = run_seed(args, &target, noise, sampler.as_ref(), seed)?;
+    let mut print = |seed: u64, r: Run| {
         if !args.summary {
             println!(
                 "{}",
@@ -96,11 +99,62 @@ pub fn run(args: &BenchSamplerArgs) -> anyhow::Result<ExitCode> {
             );
         }
         runs.push(r);
+    };
+    if args.jobs == 1 || seeds.len() < 2 {
+        for &seed in &seeds {
+            print(seed, run_seed(args, &target, noise, sampler.as_ref(), seed)?);
+        }
+    } else {
+        for (seed, r) in seeds.iter().zip(run_seeds_concurrently(args, &target, noise, &seeds)?) {
+            print(*seed, r);
+        }
     }
     if args.summary {
         print_summary(args, &target, noise, sampler.name(), &runs);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `seeds` on `args.jobs` threads, each with a sampler of its own (a sampler's memo
+/// serves one history at a time); returns the runs in the order of `seeds`, or the error of
+/// the first seed (in that order) that failed.
+fn run_seeds_concurrently(args: &BenchSamplerArgs, target: &Target, noise: f64, seeds: &[u64]) -> anyhow::Result<Vec<Run>> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let next = AtomicUsize::new(0);
+    let mut done: Vec<(usize, anyhow::Result<Run>)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..args.jobs.min(seeds.len()))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut out = Vec::new();
+                    let sampler = match make_sampler(args, target) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            out.push((0, Err(e)));
+                            return out;
+                        }
+                    };
+                    while let Some(&seed) = seeds.get(next.fetch_add(1, Ordering::SeqCst)) {
+                        let r = run_seed(args, target, noise, sampler.as_ref(), seed);
+                        let failed = r.is_err();
+                        out.push((seeds.iter().position(|&s| s == seed).unwrap_or(0), r));
+                        if failed {
+                            // The first error ends the benchmark: hand out no more seeds.
+                            next.store(seeds.len(), Ordering::SeqCst);
+                        }
+                    }
+                    out
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_else(|_| vec![(0, Err(anyhow::anyhow!("a benchmark thread panicked")))]))
+            .collect()
+    });
+    // Seeds are handed out in order, so every seed before a failed one has run: in seed
+    // order, the first error is met before any gap.
+    done.sort_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, r)| r).collect()
 }
 
 fn run_seed(args: &BenchSamplerArgs, target: &Target, noise: f64, sampler: &dyn Sampler, seed: u64) -> anyhow::Result<Run> {

@@ -108,6 +108,13 @@ fn the_bench_runs_the_generality_set_and_a_study_optimises_the_mixed_function() 
     let later = seeds(&["--seeds", "2", "--first-seed", "2"]);
     assert_eq!(later.iter().map(|l| l["seed"].as_u64().unwrap()).collect::<Vec<_>>(), vec![2, 3]);
     assert_eq!(later.iter().map(|l| l["best"].clone()).collect::<Vec<_>>(), all[2..].iter().map(|l| l["best"].clone()).collect::<Vec<_>>());
+    // `--jobs` runs seeds on threads: the same lines in seed order; 0 is a usage error.
+    let threaded = seeds(&["--seeds", "4", "--jobs", "3"]);
+    assert_eq!(
+        threaded.iter().map(|l| (l["seed"].clone(), l["best"].clone())).collect::<Vec<_>>(),
+        all.iter().map(|l| (l["seed"].clone(), l["best"].clone())).collect::<Vec<_>>()
+    );
+    assert_eq!(d.run(&["bench", "sampler", "--function", "branin", "--jobs", "0"]).status.code(), Some(2));
     // A wrong function name lists the ones there are.
     let out = d.run(&["bench", "sampler", "--function", "nope", "--trials", "5", "--seeds", "1"]);
     assert_eq!(out.status.code(), Some(2));
@@ -178,6 +185,15 @@ fn bench_sampler_runs_a_study_files_own_command_objective() {
         assert!(line["failed"].as_u64().is_some());
     }
     assert!(!d.path().join("study.db").exists(), "the benchmark stores nothing");
+    // Seeds on three threads: the same lines, in seed order (a seed's run does not depend on
+    // which thread ran it or what ran beside it).
+    let out = d.run(&["bench", "sampler", "--study", "s.toml", "--trials", "12", "--seeds", "2", "--jobs", "3"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let threaded: Vec<Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(threaded.len(), 2);
+    for (a, b) in lines.iter().zip(&threaded) {
+        assert_eq!((&a["seed"], &a["best"], &a["failed"]), (&b["seed"], &b["best"], &b["failed"]));
+    }
     // With the optimum the summary shows regret; without it, the best values.
     let summary = |extra: &[&str]| {
         let out = d.run(&[&["bench", "sampler", "--study", "s.toml", "--trials", "10", "--seeds", "1", "--summary"][..], extra].concat());
