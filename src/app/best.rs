@@ -9,15 +9,79 @@ use crate::cli::{BestArgs, TextOrJson};
 use crate::scheduler::display::format_value;
 use crate::trial::best_trial;
 
-/// `title:` and one indented `name = value` line per test metric (the confusion matrix aside).
+/// `title (N rows):`, one indented `name = value` line per test metric, then the confusion
+/// matrix as a table (rows: true label, columns: predicted label).
 fn test_lines(title: &str, test: &serde_json::Map<String, Value>) -> String {
-    let mut s = format!("{title}:\n");
+    let mut s = match test.get("rows").and_then(Value::as_u64) {
+        Some(n) => format!("{title} ({n} rows):\n"),
+        None => format!("{title}:\n"),
+    };
     for (k, v) in test {
-        if k != "confusion_matrix" {
-            s.push_str(&format!("  {k} = {}\n", v.as_f64().map(format_value).unwrap_or_else(|| v.to_string())));
+        if matches!(k.as_str(), "confusion_matrix" | "labels" | "rows") {
+            continue;
         }
+        let shown = match v {
+            Value::Number(n) if n.is_u64() || n.is_i64() => n.to_string(),
+            _ => v.as_f64().map(format_value).unwrap_or_else(|| v.to_string()),
+        };
+        s.push_str(&format!("  {k} = {shown}\n"));
+    }
+    if let Some(Value::Array(rows)) = test.get("confusion_matrix") {
+        let labels: Vec<String> = match test.get("labels") {
+            Some(Value::Array(l)) => l.iter().map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string())).collect(),
+            _ => (0..rows.len()).map(|i| i.to_string()).collect(),
+        };
+        s.push_str(&confusion_table(&labels, rows));
     }
     s
+}
+
+/// The confusion matrix under `  confusion matrix (rows: true, columns: predicted):`, one
+/// right-aligned column per label.
+fn confusion_table(labels: &[String], rows: &[Value]) -> String {
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .map(|c| c.iter().map(|x| x.as_u64().map(|n| n.to_string()).unwrap_or_else(|| x.to_string())).collect())
+                .unwrap_or_default()
+        })
+        .collect();
+    let label = |i: usize| labels.get(i).cloned().unwrap_or_else(|| i.to_string());
+    let first = (0..cells.len()).map(|i| label(i).chars().count()).max().unwrap_or(0);
+    let width = cells.iter().flatten().map(|c| c.len()).chain((0..cells.len()).map(|i| label(i).chars().count())).max().unwrap_or(1);
+    let mut s = String::from("  confusion matrix (rows: true label, columns: predicted):\n");
+    s.push_str(&format!("    {:first$}", ""));
+    for i in 0..cells.len() {
+        s.push_str(&format!("  {:>width$}", label(i)));
+    }
+    s.push('\n');
+    for (i, row) in cells.iter().enumerate() {
+        s.push_str(&format!("    {:<first$}", label(i)));
+        for c in row {
+            s.push_str(&format!("  {c:>width$}"));
+        }
+        s.push('\n');
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_lines_show_counts_as_integers_and_the_confusion_matrix_as_a_table() {
+        let test = json!({
+            "accuracy": 0.75, "confusion_matrix": [[30, 10], [5, 15]], "labels": ["neg", "positive"], "rows": 60, "loss": 0.5
+        });
+        let Value::Object(test) = test else { unreachable!() };
+        let s = test_lines("test split", &test);
+        assert_eq!(
+            s,
+            "test split (60 rows):\n  accuracy = 0.7500\n  loss = 0.5000\n  confusion matrix (rows: true label, columns: predicted):\n                   neg  positive\n    neg             30        10\n    positive         5        15\n"
+        );
+    }
 }
 
 /// The `best` lines of a stored model soup.
