@@ -66,24 +66,6 @@ fn confusion_table(labels: &[String], rows: &[Value]) -> String {
     s
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn test_lines_show_counts_as_integers_and_the_confusion_matrix_as_a_table() {
-        let test = json!({
-            "accuracy": 0.75, "confusion_matrix": [[30, 10], [5, 15]], "labels": ["neg", "positive"], "rows": 60, "loss": 0.5
-        });
-        let Value::Object(test) = test else { unreachable!() };
-        let s = test_lines("test split", &test);
-        assert_eq!(
-            s,
-            "test split (60 rows):\n  accuracy = 0.7500\n  loss = 0.5000\n  confusion matrix (rows: true label, columns: predicted):\n                   neg  positive\n    neg             30        10\n    positive         5        15\n"
-        );
-    }
-}
-
 /// The `best` lines of a stored model soup.
 fn soup_text(soup: &serde_json::Map<String, Value>, metric: &str) -> String {
     let num = |k: &str| soup.get(k).and_then(Value::as_f64).map(format_value).unwrap_or_else(|| "-".into());
@@ -151,4 +133,22 @@ pub fn run(args: &BestArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_lines_show_counts_as_integers_and_the_confusion_matrix_as_a_table() {
+        let test = json!({
+            "accuracy": 0.75, "confusion_matrix": [[30, 10], [5, 15]], "labels": ["neg", "positive"], "rows": 60, "loss": 0.5
+        });
+        let Value::Object(test) = test else { unreachable!() };
+        let s = test_lines("test split", &test);
+        assert_eq!(
+            s,
+            "test split (60 rows):\n  accuracy = 0.7500\n  loss = 0.5000\n  confusion matrix (rows: true label, columns: predicted):\n                   neg  positive\n    neg             30        10\n    positive         5        15\n"
+        );
+    }
 }
