@@ -5,6 +5,7 @@
 //! error for a broken rule can point at the span where the parameter was written.)
 
 pub mod file;
+pub mod suggest;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -115,7 +116,7 @@ impl Source<'_> {
                 file: self.path.to_path_buf(),
                 position: Some((l, c)),
                 key: self.key_at(l),
-                message: e.message().trim().to_string(),
+                message: suggest::with_suggestion(e.message().trim()),
                 snippet: self.line_text(l),
             }
         })

@@ -42,6 +42,7 @@ fn a_good_file_resolves() {
 /// (what is broken, the replacement made to GOOD, the line, the key, a piece of the message)
 const CASES: &[(&str, &str, &str, usize, &str, &str)] = &[
     ("unknown key", "n_trials = 10", "n_trials = 10\nbogus = 1", 6, "study.bogus", "unknown field"),
+    ("misspelt key", "n_trials = 10", "n_trial = 10", 5, "study.n_trial", "did you mean `n_trials`?"),
     ("wrong type", "n_trials = 10", "n_trials = \"ten\"", 5, "study.n_trials", "invalid type"),
     ("low >= high", "low = -5, high = 10", "low = 10, high = 10", 8, "space.x1", "must be below high"),
     ("log with low <= 0", "low = -5, high = 10 }", "low = 0, high = 10, log = true }", 8, "space.x1", "low > 0"),
