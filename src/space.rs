@@ -118,8 +118,8 @@ pub enum SpaceError {
     NonFinite { name: String },
     #[error("the search space has no parameters")]
     Empty,
-    #[error("unknown parameter `{name}` (the space has: {known})")]
-    UnknownParam { name: String, known: String },
+    #[error("unknown parameter `{name}` (the space has: {known}){hint}")]
+    UnknownParam { name: String, known: String, hint: String },
     #[error("parameter `{name}` is missing")]
     MissingParam { name: String },
     #[error("no parameter given (give at least one of: {known})")]
@@ -485,6 +485,15 @@ impl SearchSpace {
         self.params.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")
     }
 
+    /// The error for a parameter name the space does not have, with the closest name it has
+    /// when that looks like what was meant.
+    fn unknown(&self, name: &str) -> SpaceError {
+        let hint = crate::config::suggest::closest(name, self.params.iter().map(|p| p.name.as_str()))
+            .map(|k| format!("; did you mean `{k}`?"))
+            .unwrap_or_default();
+        SpaceError::UnknownParam { name: name.to_string(), known: self.known(), hint }
+    }
+
     /// Checks that `set` names exactly the space's parameters with allowed values, and brings
     /// each value to its parameter's type.
     pub fn validate(&self, set: &ParamSet) -> Result<ParamSet, SpaceError> {
@@ -505,7 +514,7 @@ impl SearchSpace {
     /// unknown name is an error, and a missing one too when `require_all`.
     fn checked(&self, set: &ParamSet, require_all: bool) -> Result<ParamSet, SpaceError> {
         if let Some(name) = set.keys().find(|name| self.get(name).is_none()) {
-            return Err(SpaceError::UnknownParam { name: name.clone(), known: self.known() });
+            return Err(self.unknown(name));
         }
         let mut out = ParamSet::new();
         for p in &self.params {
@@ -529,7 +538,7 @@ impl SearchSpace {
             let (name, raw) = item.split_once('=').ok_or_else(|| SpaceError::BadAssignment(item.clone()))?;
             let name = name.trim();
             let raw = raw.trim();
-            let dist = self.get(name).ok_or_else(|| SpaceError::UnknownParam { name: name.to_string(), known: self.known() })?;
+            let dist = self.get(name).ok_or_else(|| self.unknown(name))?;
             let value = parse_scalar(raw);
             set.insert(name.to_string(), dist.coerce(name, &value)?);
         }
@@ -672,6 +681,11 @@ mod tests {
         assert!(matches!(space.parse_assignments(&[]), Err(SpaceError::EmptyPoint { .. })));
         assert!(matches!(space.validate(&partial), Err(SpaceError::MissingParam { .. })), "full points stay full");
         assert!(matches!(space.parse_assignments(&["lr=3e-5".into()]), Err(SpaceError::UnknownParam { .. })));
+        // A misspelt name is told the one it most likely meant; a far one is not.
+        let typo = space.parse_assignments(&["learnig_rate=3e-5".into()]).unwrap_err().to_string();
+        assert!(typo.ends_with("; did you mean `learning_rate`?"), "{typo}");
+        let far = space.parse_assignments(&["momentum=0.9".into()]).unwrap_err().to_string();
+        assert!(!far.contains("did you mean"), "{far}");
     }
 
     fn any_numeric() -> impl Strategy<Value = Distribution> {

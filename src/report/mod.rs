@@ -45,8 +45,8 @@ pub enum ReportError {
     Draw { plot: String, message: String },
     #[error("writing {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("unknown parameter `{name}` (the study has: {known})")]
-    UnknownParam { name: String, known: String },
+    #[error("unknown parameter `{name}` (the study has: {known}){hint}")]
+    UnknownParam { name: String, known: String, hint: String },
 }
 
 #[cfg(test)]
