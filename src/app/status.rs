@@ -52,6 +52,10 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
     let count = |s: TrialState| trials.iter().filter(|t| t.state == s).count();
     let best = best_trial(&trials, direction);
     let running: Vec<_> = trials.iter().filter(|t| t.state == TrialState::Running).collect();
+    // A running trial whose process is gone (killed, crashed) stays RUNNING in the store
+    // until the next `run` of the study marks it interrupted and retries it.
+    let orphaned: Vec<bool> =
+        running.iter().map(|t| open.store.trial_owner(t.id).map(|o| o.is_some_and(|o| o.is_dead_here()))).collect::<Result<_, _>>()?;
     let metric = open.study.user_attrs.get("sft:metric").and_then(|m| m.as_str()).unwrap_or("value").to_string();
 
     if args.format == TextOrJson::Json {
@@ -62,14 +66,15 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
             "metric": metric,
             "counts": TrialState::ALL.iter().map(|s| (s.as_str().to_string(), json!(count(*s)))).collect::<serde_json::Map<_, _>>(),
             "best": best.map(|b| json!({"number": b.number, "value": b.value, "params": b.params.iter().map(|(k, v)| (k.clone(), v.to_json())).collect::<serde_json::Map<_, _>>()})),
-            "running": running.iter().map(|t| json!({
+            "running": running.iter().zip(&orphaned).map(|(t, orphaned)| json!({
                 "number": t.number,
+                "orphaned": orphaned,
                 "device": t.device,
                 "elapsed_s": t.started_at.as_deref().and_then(|s| seconds_between(s, &now)),
                 "last_intermediate": t.last_intermediate(),
                 "progress": t.progress,
             })).collect::<Vec<_>>(),
-            "workers": workers.iter().map(|w| json!({"host": w.host, "pid": w.pid, "slots": w.slots, "state": w.state, "started_at": w.started_at, "last_seen": w.last_seen})).collect::<Vec<_>>(),
+            "workers": workers.iter().map(|w| json!({"host": w.host, "pid": w.pid, "slots": w.slots, "state": w.state, "started_at": w.started_at, "last_seen": w.last_seen, "gone": w.state == "running" && w.is_gone()})).collect::<Vec<_>>(),
         });
         print_out(&format!("{}\n", serde_json::to_string_pretty(&v)?))?;
         return Ok(ExitCode::SUCCESS);
@@ -98,11 +103,12 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
     }
     if !running.is_empty() {
         s.push_str("running:\n");
-        for t in &running {
+        for (t, orphaned) in running.iter().zip(&orphaned) {
             let elapsed = t.started_at.as_deref().and_then(|st| seconds_between(st, &now)).map(|e| format!("{e:.0}s")).unwrap_or_default();
             let last = t.last_intermediate().map(|(k, v)| format!(", step {k}: {}", format_value(v))).unwrap_or_default();
+            let gone = if *orphaned { " — its process is gone (interrupted); the next `run` retries it" } else { "" };
             s.push_str(&format!(
-                "  {:<7} trial {} for {elapsed}{last}{}\n",
+                "  {:<7} trial {} for {elapsed}{last}{}{gone}\n",
                 t.device.as_deref().unwrap_or("?"),
                 t.number,
                 progress_text(t.progress.as_ref())
@@ -114,7 +120,8 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
         s.push_str("workers:\n");
         for w in live {
             let ago = seconds_between(&w.last_seen, &now).map(|a| format!("{a:.0}s ago")).unwrap_or_default();
-            s.push_str(&format!("  {}:{} slots {} (last seen {ago})\n", w.host, w.pid, w.slots));
+            let gone = if w.is_gone() { "; its process is gone" } else { "" };
+            s.push_str(&format!("  {}:{} slots {} (last seen {ago}{gone})\n", w.host, w.pid, w.slots));
         }
     }
     print_out(&s)?;

@@ -190,6 +190,15 @@ pub struct WorkerRow {
     pub state: String,
 }
 
+impl WorkerRow {
+    /// Whether this worker is known to be gone: it ran on this host and its process no longer
+    /// exists (a worker on another host is judged by `last_seen`).
+    pub fn is_gone(&self) -> bool {
+        let Ok(pid) = u32::try_from(self.pid) else { return false };
+        Owner { host: self.host.clone(), pid, start: None, worker_id: Some(self.id) }.is_dead_here()
+    }
+}
+
 /// An open database.
 pub struct Store {
     conn: Connection,
@@ -718,6 +727,18 @@ impl Store {
     }
 
     /// The workers of a study, newest first.
+    /// The process that runs (or ran) a trial, as it recorded itself when it claimed it.
+    pub fn trial_owner(&self, trial_id: i64) -> Result<Option<Owner>> {
+        let json: Option<String> = self
+            .conn
+            .query_row("SELECT value_json FROM trial_system_attributes WHERE trial_id = ?1 AND \"key\" = 'sft:owner'", [trial_id], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| self.err(e))?;
+        Ok(json.and_then(|s| serde_json::from_str(&s).ok()))
+    }
+
     pub fn workers(&self, study_id: i64) -> Result<Vec<WorkerRow>> {
         let mut st = self
             .conn

@@ -474,6 +474,15 @@ fn a_killed_trial_whose_retry_is_pruned_leaves_no_checkpoint_behind() {
     std::thread::sleep(Duration::from_millis(500));
     assert!(epochs_seen(&at_kill[1]) < 3, "trial 1 reached its pruning step before the kill; make the epochs longer");
     assert!(d.path().join("study.trials/1").is_dir(), "trial 1 kept no checkpoint before the kill");
+    // Until the next `run`, the store still says RUNNING; `status` tells that its process is gone.
+    let out = d.run(&["status", "s.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("trial 1 for") && text.contains("its process is gone (interrupted)"), "{text}");
+    let out = d.run(&["status", "s.toml", "--format", "json"]);
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((&status["running"][0]["number"], &status["running"][0]["orphaned"]), (&Value::from(1), &Value::Bool(true)), "{status}");
+    assert_eq!(status["workers"][0]["gone"], Value::Bool(true), "{status}");
 
     let out = d.run(&["run", "s.toml"]);
     assert!(out.status.success(), "{}", stderr(&out));

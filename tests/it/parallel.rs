@@ -101,9 +101,11 @@ fn status_shows_live_progress_per_device_from_another_process() {
     let mut devices: Vec<String> = seen.iter().map(|r| r["device"].as_str().unwrap().to_string()).collect();
     devices.sort();
     assert_eq!(devices, vec!["cuda:0", "cuda:1"]);
+    assert!(seen.iter().all(|r| r["orphaned"] == false), "live trials are not orphans: {seen:?}");
     let text = d.run(&["status", "s.toml"]);
     let text = String::from_utf8_lossy(&text.stdout).to_string();
     assert!(text.contains("samples/s") && text.contains("cuda:0"), "{text}");
+    assert!(!text.contains("process is gone"), "{text}");
     signal(&child, libc::SIGINT);
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
