@@ -76,7 +76,7 @@ impl Owner {
         // SAFETY: signal 0 only checks that the process exists.
         let exists =
             unsafe { libc::kill(self.pid as libc::pid_t, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-        if !exists {
+        if !exists || is_zombie(self.pid) {
             return true;
         }
         match (self.start, process_start(self.pid)) {
@@ -101,6 +101,15 @@ pub fn hostname() -> String {
 }
 
 /// The start time of `pid` in clock ticks since boot (field 22 of /proc/PID/stat).
+/// Whether the process has exited and only waits to be reaped (state `Z` or `X` in
+/// `/proc/<pid>/stat`): signal 0 still finds it, but it runs nothing any more.
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next().map(|s| s == "Z" || s == "X")))
+        .unwrap_or(false)
+}
+
 fn process_start(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = &stat[stat.rfind(')')? + 2..];

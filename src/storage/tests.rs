@@ -336,3 +336,21 @@ fn many_openers_of_a_new_file_at_once_all_succeed() {
         }
     }
 }
+
+#[test]
+fn an_exited_process_not_yet_reaped_counts_as_dead() {
+    // A killed orchestrator stays a zombie until its parent reaps it; signal 0 still finds it,
+    // so `status` and orphan recovery must read its state instead.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    let start = std::time::Instant::now();
+    while !is_zombie(pid) {
+        assert!(start.elapsed() < std::time::Duration::from_secs(5), "`true` did not exit");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let owner = Owner { host: hostname(), pid, start: None, worker_id: None };
+    assert!(owner.is_dead_here());
+    child.wait().unwrap();
+    assert!(owner.is_dead_here(), "and once reaped");
+    assert!(!Owner::current().is_dead_here(), "this process is alive");
+}
