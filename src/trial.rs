@@ -224,12 +224,18 @@ pub fn best_trial(trials: &[TrialRecord], direction: Direction) -> Option<&Trial
 /// as is, and retried.
 pub const IO_ERROR_PREFIX: &str = "io error: ";
 
+/// How a trial process's error starts when its device could not be opened (no such GPU, a
+/// binary built without CUDA): the machine's failure, retried and never learnt from.
+pub const DEVICE_ERROR_PREFIX: &str = "device error: ";
+
 /// Whether a failure came from outside the trial (interrupted, killed, timed out, cancelled,
 /// an I/O error of the machine), rather than being the trial's own verdict (an error it
 /// reported, a NaN, a non-zero exit). The scheduler retries the former; the GP sampler
 /// learns which settings fail from the latter only.
 pub fn is_external_failure(reason: &str) -> bool {
-    ["interrupted", "worker exited: signal", "timeout", "cancelled", "lost track", IO_ERROR_PREFIX].iter().any(|p| reason.starts_with(p))
+    ["interrupted", "worker exited: signal", "timeout", "cancelled", "lost track", IO_ERROR_PREFIX, DEVICE_ERROR_PREFIX]
+        .iter()
+        .any(|p| reason.starts_with(p))
 }
 
 /// Whether a trial ended because the study was stopped (Ctrl-C, a cancelled run, a dead

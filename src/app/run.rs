@@ -124,6 +124,19 @@ pub fn run(args: &RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         }
         cfg.execution.trials_per_device = k;
     }
+    // A fine-tuning study on a GPU needs a CUDA build: say so before anything is recorded,
+    // rather than fail every trial. (A `command` objective runs its own program, which may
+    // well use the GPU it is given.)
+    if cfg.objective == ObjectiveConfig::Finetune && !cfg!(feature = "cuda") {
+        if let Some(gpu) = cfg.execution.slots().into_iter().find(|s| s.starts_with("cuda")) {
+            return Err(UsageError(format!(
+                "{}: device `{gpu}`: this sft-search was built without CUDA; build it with `cargo build --release --features cuda` \
+                 (README, GPUs), or run on `--devices cpu`",
+                args.study.display()
+            ))
+            .into());
+        }
+    }
     let sampler = build_sampler(&cfg)?;
     let runner = build_runner(&cfg, quiet)?;
     // The fine-tuning runner again, typed, for the test evaluation at the end.

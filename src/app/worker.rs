@@ -18,7 +18,7 @@ use crate::cli::WorkerArgs;
 use crate::scheduler::{CancelToken, Decision, Progress, Reporter};
 use crate::trainer::runner::WorkerJob;
 use crate::trainer::train::{self, Finish};
-use crate::trial::IO_ERROR_PREFIX;
+use crate::trial::{DEVICE_ERROR_PREFIX, IO_ERROR_PREFIX};
 
 const RUNNING: u8 = 0;
 const PRUNE: u8 = 1;
@@ -146,6 +146,11 @@ pub fn run(_args: &WorkerArgs) -> anyhow::Result<ExitCode> {
             // Not the trial's verdict: the disk (full, unwritable). Worth a retry from the
             // last complete checkpoint.
             emit(&json!({"error": format!("{IO_ERROR_PREFIX}{e}")}));
+            Ok(ExitCode::from(1))
+        }
+        Ok(Err(e @ train::TrainError::Device { .. })) => {
+            // Not the trial's verdict either: its device is missing or unusable.
+            emit(&json!({"error": format!("{DEVICE_ERROR_PREFIX}{e}")}));
             Ok(ExitCode::from(1))
         }
         Ok(Err(e)) => {

@@ -86,6 +86,9 @@ pub enum TrainError {
     Metrics(#[from] metrics::MetricsError),
     #[error("{0}")]
     Setup(String),
+    /// The trial's device could not be opened: the machine's failure, not the setting's.
+    #[error("device `{device}`: {why}")]
+    Device { device: String, why: String },
 }
 
 impl From<DataError> for TrainError {
@@ -117,7 +120,7 @@ pub fn parse_device(s: &str) -> Result<Device, TrainError> {
             .ok_or_else(|| TrainError::Setup(format!("device `{s}`: expected cpu, cuda or cuda:K")))?,
         None => return Err(TrainError::Setup(format!("device `{s}`: expected cpu, cuda or cuda:K"))),
     };
-    crate::trainer::model::open_cuda(ordinal).map_err(|e| TrainError::Setup(format!("device `{s}`: {e}")))
+    crate::trainer::model::open_cuda(ordinal).map_err(|e| TrainError::Device { device: s.to_string(), why: e.to_string() })
 }
 
 fn mix(a: u64, b: u64) -> u64 {

@@ -470,3 +470,17 @@ fn bench_train_times_steps_on_a_files_rows_padded_per_batch() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("small.csv") && stderr(&out).contains("fewer than one batch"), "{}", stderr(&out));
 }
+
+/// A fine-tuning study on a GPU with a binary built without CUDA stops before anything is
+/// recorded, with exit status 2 and how to fix it, instead of failing every trial.
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn a_gpu_study_with_a_cpu_only_build_stops_before_recording_anything() {
+    let d = StudyDir::new();
+    let toy = write_toy_task(&d.path().join("toy"), 60, 7).unwrap();
+    d.write("s.toml", &finetune_study(&toy.model_dir.display().to_string(), &toy.csv.display().to_string(), 2, ""));
+    let out = d.run(&["run", "s.toml", "--devices", "cuda:0"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("built without CUDA") && stderr(&out).contains("--features cuda"), "{}", stderr(&out));
+    assert!(!d.path().join("study.db").exists(), "nothing is recorded");
+}

@@ -82,6 +82,22 @@ fn nan_loss_prints_an_error_and_exits_1() {
     assert!(err.contains("NaN") && err.contains("learning_rate=1e6"), "{err}");
 }
 
+/// A device that cannot be opened is the machine's failure, not the setting's: the error line
+/// says so with its prefix, so the scheduler retries the trial and the GP sampler does not
+/// learn that its parameters fail. (This build has no CUDA, so `cuda:0` cannot open.)
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn a_device_that_cannot_open_is_an_external_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut j = job(dir.path(), json!({}));
+    j["device"] = json!("cuda:0");
+    let (lines, code) = run(&j, |_, _| {});
+    assert_eq!(code, 1);
+    let err = lines.iter().find_map(|l| l["error"].as_str()).expect("an error line");
+    assert!(err.starts_with(sft_search::trial::DEVICE_ERROR_PREFIX) && err.contains("device `cuda:0`"), "{err}");
+    assert!(sft_search::trial::is_external_failure(err), "{err}");
+}
+
 #[test]
 fn prune_command_stops_after_the_current_batch() {
     let tmp = tempfile::tempdir().unwrap();
