@@ -202,6 +202,7 @@ pub fn run(args: &RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
             StopReason::Stopped => "it was stopped (running trials finished)",
             StopReason::Cancelled => "it was cancelled",
             StopReason::Failing => "too many trials failed in a row",
+            StopReason::NoDevice => "no slot could open its device",
         };
         eprintln!(
             "study `{}` ended because {why}: {} complete, {} pruned, {} failed, {} waiting ({:.1}s)",

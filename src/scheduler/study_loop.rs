@@ -19,7 +19,9 @@ use crate::pruner::Pruner;
 use crate::sampler::{suggest_around, Sampler, SamplerError, SuggestContext};
 use crate::space::{ParamSet, SearchSpace};
 use crate::storage::{retried_attempts, retry_depth, Budget, Claim, Owner, Store, StoreError};
-use crate::trial::{is_external_failure, stopped_by_user, Direction, Outcome, PruningRecord, TrialNumber, TrialRecord, TrialState};
+use crate::trial::{
+    is_external_failure, stopped_by_user, Direction, Outcome, PruningRecord, TrialNumber, TrialRecord, TrialState, DEVICE_ERROR_PREFIX,
+};
 
 /// Asks a running study to stop: first new trials, then running ones.
 #[derive(Debug, Clone, Default)]
@@ -87,6 +89,9 @@ pub enum StopReason {
     Cancelled,
     /// Too many trials failed in a row.
     Failing,
+    /// No slot could open its device (a slot whose device fails to open takes no more
+    /// trials; the study goes on while any slot is left).
+    NoDevice,
 }
 
 #[derive(Debug, Clone)]
@@ -224,6 +229,8 @@ pub fn run_study(run: &StudyRun) -> Result<RunSummary, LoopError> {
     let reasons = slot_reasons.lock().map(|r| r.clone()).unwrap_or_default();
     let reason = if run.stop.is_cancelled() {
         StopReason::Cancelled
+    } else if !reasons.is_empty() && reasons.iter().all(|r| *r == StopReason::NoDevice) {
+        StopReason::NoDevice
     } else if reasons.contains(&StopReason::Failing) {
         StopReason::Failing
     } else if run.stop.is_stopping() {
@@ -362,6 +369,18 @@ fn slot_loop(
         }
         if let Ok(mut c) = counts.lock() {
             *c.entry(outcome.state().as_str()).or_default() += 1;
+        }
+        // A slot whose device cannot be opened (a missing or broken GPU) takes no more trials:
+        // the trial is retried, by a slot whose device works, and the study goes on there.
+        if let Outcome::Failed { reason } = &outcome {
+            if reason.starts_with(DEVICE_ERROR_PREFIX) {
+                run.observer.note(&format!(
+                    "slot {device}: its device cannot be opened, so it takes no more trials (the trial runs again on another slot, or in the next run): {reason}"
+                ));
+                let history = store.trials(run.study_id)?;
+                run.observer.trial_finished(slot_index, trial.number, &outcome, started.elapsed(), retry_number, &history);
+                return Ok(StopReason::NoDevice);
+            }
         }
         // Every failure counts toward the stop, the machine's own (disk full, a trial timed out
         // or killed) as much as the trial's: those are retried, but when they keep coming the

@@ -500,3 +500,37 @@ fn a_killed_trial_whose_retry_is_pruned_leaves_no_checkpoint_behind() {
     let c = trials[0]["checkpoint"].as_str().expect("the completed trial keeps its checkpoint");
     assert!(std::path::Path::new(c).join("model.safetensors").is_file(), "{c}");
 }
+
+/// A slot whose device cannot be opened takes no more trials; the study finishes on the
+/// others, and the failed trial's retry runs there. (The objective fails with a device error
+/// on `cuda:1`, as the worker does for a GPU it cannot open.)
+#[test]
+fn a_slot_whose_device_cannot_open_retires_and_the_others_finish_the_study() {
+    let d = StudyDir::new();
+    d.python(
+        "objective.py",
+        "import json, os, sys\np = json.load(sys.stdin)\nif os.environ.get('CUDA_VISIBLE_DEVICES') == '1':\n    print(json.dumps({'error': 'device error: device `cuda:0`: no CUDA device 0'}), flush=True)\n    sys.exit(1)\nprint(json.dumps({'value': p['x']}))\n",
+    );
+    d.write("s.toml", &command_study("slots", 6, "[\"cuda:0\", \"cuda:1\"]", ""));
+    let out = d.run(&["run", "s.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("slot cuda:1: its device cannot be opened, so it takes no more trials"), "{}", stderr(&out));
+    let trials = d.trials("s.toml");
+    let failed: Vec<&Value> = trials.iter().filter(|t| state(t) == "FAIL").collect();
+    assert_eq!(failed.len(), 1, "one trial failed on cuda:1, then that slot stopped: {trials:?}");
+    assert_eq!(failed[0]["device"], "cuda:1");
+    assert!(failed[0]["error"].as_str().unwrap().starts_with("device error: "), "{}", failed[0]);
+    let complete: Vec<&Value> = trials.iter().filter(|t| state(t) == "COMPLETE").collect();
+    assert_eq!(complete.len(), 6, "the budget is met on cuda:0: {trials:?}");
+    assert!(complete.iter().all(|t| t["device"] == "cuda:0"));
+    assert!(complete.iter().any(|t| t["retry_of"] == failed[0]["number"]), "the failed trial ran again on cuda:0");
+
+    // With no working slot at all, the study stops at once, saying why.
+    let d = StudyDir::new();
+    d.python("objective.py", "import json, sys\nprint(json.dumps({'error': 'device error: no GPU here'}), flush=True)\nsys.exit(1)\n");
+    d.write("s.toml", &command_study("noslots", 6, "[\"cuda:0\", \"cuda:1\"]", ""));
+    let out = d.run(&["run", "s.toml"]);
+    assert_eq!(out.status.code(), Some(1), "no trial completed: {}", stderr(&out));
+    assert!(stderr(&out).contains("ended because no slot could open its device"), "{}", stderr(&out));
+    assert_eq!(d.trials("s.toml").iter().filter(|t| state(t) == "FAIL").count(), 2, "one trial per slot");
+}
