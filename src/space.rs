@@ -488,9 +488,7 @@ impl SearchSpace {
     /// The error for a parameter name the space does not have, with the closest name it has
     /// when that looks like what was meant.
     fn unknown(&self, name: &str) -> SpaceError {
-        let hint = crate::config::suggest::closest(name, self.params.iter().map(|p| p.name.as_str()))
-            .map(|k| format!("; did you mean `{k}`?"))
-            .unwrap_or_default();
+        let hint = crate::config::suggest::hint(name, self.params.iter().map(|p| p.name.as_str()));
         SpaceError::UnknownParam { name: name.to_string(), known: self.known(), hint }
     }
 

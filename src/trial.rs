@@ -233,9 +233,14 @@ pub const DEVICE_ERROR_PREFIX: &str = "device error: ";
 /// reported, a NaN, a non-zero exit). The scheduler retries the former; the GP sampler
 /// learns which settings fail from the latter only.
 pub fn is_external_failure(reason: &str) -> bool {
-    ["interrupted", "worker exited: signal", "timeout", "cancelled", "lost track", IO_ERROR_PREFIX, DEVICE_ERROR_PREFIX]
-        .iter()
-        .any(|p| reason.starts_with(p))
+    ["interrupted", "worker exited: signal", "timeout", "cancelled", "lost track"].iter().any(|p| reason.starts_with(p))
+        || is_machine_error(reason)
+}
+
+/// Whether a trial process's own error names the machine as the cause ([`IO_ERROR_PREFIX`],
+/// [`DEVICE_ERROR_PREFIX`]): kept as the reason as it is, without the exit status.
+pub fn is_machine_error(reason: &str) -> bool {
+    reason.starts_with(IO_ERROR_PREFIX) || reason.starts_with(DEVICE_ERROR_PREFIX)
 }
 
 /// Whether a trial ended because the study was stopped (Ctrl-C, a cancelled run, a dead

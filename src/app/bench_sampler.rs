@@ -133,10 +133,12 @@ fn run_seeds_concurrently(args: &BenchSamplerArgs, target: &Target, noise: f64, 
                             return out;
                         }
                     };
-                    while let Some(&seed) = seeds.get(next.fetch_add(1, Ordering::SeqCst)) {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::SeqCst);
+                        let Some(&seed) = seeds.get(i) else { break };
                         let r = run_seed(args, target, noise, sampler.as_ref(), seed);
                         let failed = r.is_err();
-                        out.push((seeds.iter().position(|&s| s == seed).unwrap_or(0), r));
+                        out.push((i, r));
                         if failed {
                             // The first error ends the benchmark: hand out no more seeds.
                             next.store(seeds.len(), Ordering::SeqCst);

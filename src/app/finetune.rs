@@ -53,9 +53,7 @@ pub fn build(cfg: &StudyConfig, quiet: bool) -> anyhow::Result<FinetuneRunner> {
     // Every searched parameter must be a training option.
     for p in cfg.space.params() {
         if !TRAIN_OPTIONS.contains(&p.name.as_str()) {
-            let hint = crate::config::suggest::closest(&p.name, TRAIN_OPTIONS.iter().copied())
-                .map(|k| format!("; did you mean `{k}`?"))
-                .unwrap_or_default();
+            let hint = crate::config::suggest::hint(&p.name, TRAIN_OPTIONS.iter().copied());
             return Err(usage(
                 cfg,
                 format!("`space.{}` is not a training option (expected one of: {}){hint}", p.name, TRAIN_OPTIONS.join(", ")),

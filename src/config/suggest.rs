@@ -16,6 +16,12 @@ pub fn closest<'a>(word: &str, known: impl IntoIterator<Item = &'a str>) -> Opti
         .map(|(_, k)| k)
 }
 
+/// `; did you mean `x`?` for the name in `known` closest to `word`, or nothing when none is
+/// close: the tail of an "unknown name" message.
+pub fn hint<'a>(word: &str, known: impl IntoIterator<Item = &'a str>) -> String {
+    closest(word, known).map(|k| format!("; did you mean `{k}`?")).unwrap_or_default()
+}
+
 /// `message` with `; did you mean `x`?` added when it is serde's "unknown field `w`,
 /// expected …" or "unknown variant `w`, expected …" and one of the expected names is close to
 /// `w`.
@@ -27,11 +33,7 @@ pub fn with_suggestion(message: &str) -> String {
         return message.to_string();
     };
     // Every backticked name after the word is one that was expected.
-    let known: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
-    match closest(word, known) {
-        Some(k) => format!("{message}; did you mean `{k}`?"),
-        None => message.to_string(),
-    }
+    format!("{message}{}", hint(word, expected.split('`').skip(1).step_by(2)))
 }
 
 #[cfg(test)]

@@ -249,9 +249,7 @@ impl PlotSet {
         if let Some((a, b)) = contour {
             for n in [a, b] {
                 if !names.iter().any(|m| m == n) {
-                    let hint = crate::config::suggest::closest(n, names.iter().map(String::as_str))
-                        .map(|k| format!("; did you mean `{k}`?"))
-                        .unwrap_or_default();
+                    let hint = crate::config::suggest::hint(n, names.iter().map(String::as_str));
                     return Err(ReportError::UnknownParam { name: n.to_string(), known: names.join(", "), hint });
                 }
             }

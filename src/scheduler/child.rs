@@ -329,7 +329,7 @@ impl LineState {
         if !status.success() {
             let code = status.code().unwrap_or(-1);
             let msg = match self.error {
-                Some(e) if e.starts_with(crate::trial::IO_ERROR_PREFIX) || e.starts_with(crate::trial::DEVICE_ERROR_PREFIX) => e,
+                Some(e) if crate::trial::is_machine_error(&e) => e,
                 Some(e) => format!("exit status {code}: {e}"),
                 None => with_tail(format!("exit status {code}")),
             };

@@ -132,7 +132,8 @@ pub fn run_study(run: &StudyRun) -> Result<RunSummary, LoopError> {
     for t in history.iter().filter(|t| matches!(t.state, TrialState::Complete | TrialState::Pruned)) {
         let device = t.device.as_deref().unwrap_or_default();
         let assignment = assignment_of(run, &history, t.number, &t.params, t.retry_of, device);
-        forget_removed_checkpoints(&store, &history, &assignment, &run.runner.recorded(&assignment, t.state))?;
+        let own = t.checkpoint.is_some().then_some(t.id);
+        forget_removed_checkpoints(&store, own, &history, &assignment, &run.runner.recorded(&assignment, t.state))?;
     }
     let worker_id = store.register_worker(run.study_id, &owner, &run.slots)?;
     owner.worker_id = Some(worker_id);
@@ -267,20 +268,23 @@ fn assignment_of(
     }
 }
 
-/// The store forgets the `checkpoint` of each trial in `history` whose folder — the
-/// assignment's own or one of its earlier attempts' — the runner has removed.
+/// The store forgets the `checkpoint` of each trial whose folder the runner has removed: the
+/// assignment's own trial (`own_id`, `None` when it is known to have none) and its earlier
+/// attempts (found in `history`).
 fn forget_removed_checkpoints(
     store: &Store,
+    own_id: Option<i64>,
     history: &[TrialRecord],
     assignment: &TrialAssignment,
     removed: &[PathBuf],
 ) -> Result<(), LoopError> {
-    if removed.is_empty() {
+    if let Some(id) = own_id.filter(|_| removed.contains(&assignment.artifacts_dir)) {
+        store.remove_trial_attr(id, "checkpoint")?;
+    }
+    if removed.is_empty() || assignment.resume_from.is_empty() {
         return Ok(());
     }
-    let numbers = std::iter::once(assignment.number).chain(retried_attempts(history, assignment.retry_of));
-    let folders = std::iter::once(&assignment.artifacts_dir).chain(&assignment.resume_from);
-    for (number, folder) in numbers.zip(folders) {
+    for (number, folder) in retried_attempts(history, assignment.retry_of).into_iter().zip(&assignment.resume_from) {
         if let Some(t) = history.iter().find(|t| t.number == number) {
             if removed.contains(folder) && t.checkpoint.is_some() {
                 store.remove_trial_attr(t.id, "checkpoint")?;
@@ -358,11 +362,8 @@ fn slot_loop(
         };
         let retry_number = store.finish(trial.id, &outcome, retry)?;
         if !retry {
-            let removed = run.runner.recorded(&assignment, outcome.state());
-            if removed.contains(&assignment.artifacts_dir) {
-                store.remove_trial_attr(trial.id, "checkpoint")?;
-            }
-            forget_removed_checkpoints(&store, &history, &assignment, &removed)?;
+            // The claimed record predates the trial's checkpoint: the store is asked in any case.
+            forget_removed_checkpoints(&store, Some(trial.id), &history, &assignment, &run.runner.recorded(&assignment, outcome.state()))?;
         }
         if let Ok(mut r) = running.lock() {
             r.retain(|id| *id != trial.id);
@@ -372,21 +373,16 @@ fn slot_loop(
         }
         // A slot whose device cannot be opened (a missing or broken GPU) takes no more trials:
         // the trial is retried, by a slot whose device works, and the study goes on there.
-        if let Outcome::Failed { reason } = &outcome {
-            if reason.starts_with(DEVICE_ERROR_PREFIX) {
-                run.observer.note(&format!(
-                    "slot {device}: its device cannot be opened, so it takes no more trials (the trial runs again on another slot, or in the next run): {reason}"
-                ));
-                let history = store.trials(run.study_id)?;
-                run.observer.trial_finished(slot_index, trial.number, &outcome, started.elapsed(), retry_number, &history);
-                return Ok(StopReason::NoDevice);
-            }
-        }
+        // Its failure does not count toward the stop below.
+        let device_failed = matches!(&outcome, Outcome::Failed { reason } if reason.starts_with(DEVICE_ERROR_PREFIX));
         // Every failure counts toward the stop, the machine's own (disk full, a trial timed out
         // or killed) as much as the trial's: those are retried, but when they keep coming the
         // study would otherwise start trial after trial that cannot succeed. Only a trial the
         // user stopped (interrupted, cancelled) does not count.
         match &outcome {
+            Outcome::Failed { reason } if device_failed => run.observer.note(&format!(
+                "slot {device}: its device cannot be opened, so it takes no more trials (the trial runs again on another slot, or in the next run): {reason}"
+            )),
             Outcome::Failed { reason } if !stopped_by_user(reason) => {
                 let n = failures_in_a_row.fetch_add(1, Ordering::SeqCst) + 1;
                 if n == run.max_consecutive_failures {
@@ -401,6 +397,9 @@ fn slot_loop(
         }
         let history = store.trials(run.study_id)?;
         run.observer.trial_finished(slot_index, trial.number, &outcome, started.elapsed(), retry_number, &history);
+        if device_failed {
+            return Ok(StopReason::NoDevice);
+        }
     }
 }
 

@@ -76,13 +76,13 @@ impl Owner {
         // SAFETY: signal 0 only checks that the process exists.
         let exists =
             unsafe { libc::kill(self.pid as libc::pid_t, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-        if !exists || is_zombie(self.pid) {
+        if !exists {
             return true;
         }
-        match (self.start, process_start(self.pid)) {
-            (Some(a), Some(b)) => a != b,
-            _ => false,
-        }
+        // One read of /proc/PID/stat: a zombie has exited (signal 0 still finds it until it
+        // is reaped), and another start time means the pid was reused.
+        let Some(stat) = proc_stat(self.pid) else { return false };
+        stat_is_zombie(&stat) || matches!((self.start, stat_start(&stat)), (Some(a), Some(b)) if a != b)
     }
 }
 
@@ -100,20 +100,41 @@ pub fn hostname() -> String {
     gethostname::gethostname().to_string_lossy().to_string()
 }
 
-/// The start time of `pid` in clock ticks since boot (field 22 of /proc/PID/stat).
-/// Whether the process has exited and only waits to be reaped (state `Z` or `X` in
-/// `/proc/<pid>/stat`): signal 0 still finds it, but it runs nothing any more.
-fn is_zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next().map(|s| s == "Z" || s == "X")))
-        .unwrap_or(false)
+/// The fields of /proc/PID/stat after the command name (which may hold spaces): the state
+/// first (field 3).
+fn proc_stat(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(stat[stat.rfind(')')? + 1..].trim_start().to_string())
 }
 
+/// Whether the process has exited and only waits to be reaped (state `Z` or `X`): signal 0
+/// still finds it, but it runs nothing any more.
+fn stat_is_zombie(stat: &str) -> bool {
+    matches!(stat.split_whitespace().next(), Some("Z" | "X"))
+}
+
+/// The start time in clock ticks since boot (field 22 of /proc/PID/stat).
+fn stat_start(stat: &str) -> Option<u64> {
+    stat.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The start time of `pid` in clock ticks since boot.
 fn process_start(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 2..];
-    after.split_whitespace().nth(19)?.parse().ok()
+    stat_start(&proc_stat(pid)?)
+}
+
+/// Whether `pid` has exited and waits to be reaped.
+#[cfg(test)]
+fn is_zombie(pid: u32) -> bool {
+    proc_stat(pid).is_some_and(|s| stat_is_zombie(&s))
+}
+
+/// The process that runs (or ran) trial `trial_id`, as it recorded itself when it claimed it.
+fn read_owner(conn: &Connection, trial_id: i64) -> rusqlite::Result<Option<Owner>> {
+    let json: Option<String> = conn
+        .query_row("SELECT value_json FROM trial_system_attributes WHERE trial_id = ?1 AND \"key\" = 'sft:owner'", [trial_id], |r| r.get(0))
+        .optional()?;
+    Ok(json.and_then(|s| serde_json::from_str(&s).ok()))
 }
 
 /// The current local time as Optuna (SQLAlchemy) writes DATETIME columns.
@@ -685,13 +706,7 @@ impl Store {
         let now = chrono::Local::now().naive_local();
         let mut out = Vec::new();
         for t in history.iter().filter(|t| t.state == TrialState::Running) {
-            let owner: Option<Owner> = tx
-                .query_row("SELECT value_json FROM trial_system_attributes WHERE trial_id = ?1 AND \"key\" = 'sft:owner'", [t.id], |r| {
-                    r.get::<_, String>(0)
-                })
-                .optional()
-                .map_err(sq)?
-                .and_then(|s| serde_json::from_str(&s).ok());
+            let owner = read_owner(&tx, t.id).map_err(sq)?;
             let beat_at: Option<String> =
                 tx.query_row("SELECT heartbeat FROM trial_heartbeats WHERE trial_id = ?1", [t.id], |r| r.get(0)).optional().map_err(sq)?;
             let last_sign = beat_at.as_deref().or(t.started_at.as_deref()).and_then(parse_time);
@@ -735,19 +750,12 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
-    /// The workers of a study, newest first.
     /// The process that runs (or ran) a trial, as it recorded itself when it claimed it.
     pub fn trial_owner(&self, trial_id: i64) -> Result<Option<Owner>> {
-        let json: Option<String> = self
-            .conn
-            .query_row("SELECT value_json FROM trial_system_attributes WHERE trial_id = ?1 AND \"key\" = 'sft:owner'", [trial_id], |r| {
-                r.get(0)
-            })
-            .optional()
-            .map_err(|e| self.err(e))?;
-        Ok(json.and_then(|s| serde_json::from_str(&s).ok()))
+        read_owner(&self.conn, trial_id).map_err(|e| self.err(e))
     }
 
+    /// The workers of a study, newest first.
     pub fn workers(&self, study_id: i64) -> Result<Vec<WorkerRow>> {
         let mut st = self
             .conn
