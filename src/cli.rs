@@ -356,9 +356,11 @@ pub struct PredictArgs {
     /// (in the input's format) when absent.
     #[arg(long)]
     pub output: Option<PathBuf>,
-    #[arg(long, default_value = "text")]
-    pub text_column: String,
-    /// Second text column for sentence-pair models.
+    /// The column of texts (default: the column the model was trained on, from the folder's
+    /// `sft_search.json`, else `text`).
+    #[arg(long)]
+    pub text_column: Option<String>,
+    /// Second text column for sentence-pair models (default: the one the model was trained on).
     #[arg(long)]
     pub text_pair_column: Option<String>,
     #[arg(long, default_value_t = 32)]

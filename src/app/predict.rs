@@ -14,6 +14,7 @@ use super::UsageError;
 use crate::cli::PredictArgs;
 use crate::export::predict::{argmax, softmax, Predictor, TextInput};
 use crate::export::table::{read_table, Format, TableWriter};
+use crate::export::PROVENANCE;
 use crate::trainer::data::Problem;
 use crate::trainer::train::parse_device;
 
@@ -25,13 +26,43 @@ fn num(x: f64) -> Value {
     serde_json::Number::from_f64(x).map(Value::Number).unwrap_or(Value::Null)
 }
 
+/// The text column and pair column the model was trained on, from the `sft_search.json` that
+/// `export` writes; `None` for a folder without one (any other Hugging Face model).
+fn trained_columns(model: &std::path::Path) -> Option<(String, Option<String>)> {
+    let text = std::fs::read_to_string(model.join(PROVENANCE)).ok()?;
+    let v: Value = serde_json::from_str(&text).ok()?;
+    let column = v.get("text_column")?.as_str()?.to_string();
+    Some((column, v.get("text_pair_column").and_then(Value::as_str).map(str::to_string)))
+}
+
+fn provenance_of(model: &std::path::Path) -> String {
+    shown(&model.join(PROVENANCE))
+}
+
 pub fn run(args: &PredictArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     if args.batch_size == 0 {
         return Err(usage("--batch-size must be at least 1"));
     }
     let table = read_table(&args.input).map_err(usage)?;
-    let ti = table.column(&args.text_column).map_err(usage)?;
-    let pi = args.text_pair_column.as_deref().map(|c| table.column(c)).transpose().map_err(usage)?;
+    let trained = trained_columns(&args.model);
+    let ti = match (&args.text_column, &trained) {
+        (Some(c), _) => table.column(c).map_err(usage)?,
+        (None, Some((c, _))) => table.column(c).map_err(|e| {
+            usage(format!("{e}; the model was trained on column `{c}` ({}): give --text-column", provenance_of(&args.model)))
+        })?,
+        (None, None) => table.column("text").map_err(|e| usage(format!("{e}; give --text-column")))?,
+    };
+    let pi = match (&args.text_pair_column, &trained) {
+        (Some(c), _) => Some(table.column(c).map_err(usage)?),
+        (None, Some((_, Some(c)))) => Some(table.column(c).map_err(|e| {
+            usage(format!(
+                "{e}; the model was trained on sentence pairs, the second text in column `{c}` ({}): give \
+                 --text-pair-column",
+                provenance_of(&args.model)
+            ))
+        })?),
+        _ => None,
+    };
     let out_format = match &args.output {
         Some(p) => Format::of(p).map_err(usage)?,
         None => table.format,

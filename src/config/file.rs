@@ -91,9 +91,11 @@ impl<'de> Deserialize<'de> for SpaceSpec {
 /// A file of parameter definitions (what `search_spaces/*.toml` hold).
 pub type SpaceFile = IndexMap<String, Spanned<ParamDef>>;
 
-/// One parameter as written.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+/// One parameter as written: a table with `type` (`float`, `int`, `categorical`), or without
+/// it where the rest says which (`choices` is categorical; bounds of which one is written
+/// with a decimal point or exponent are a float range), or a bare list of choices.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(tag = "type", rename_all = "lowercase")]
 pub enum ParamDef {
     Float {
         low: f64,
@@ -112,6 +114,133 @@ pub enum ParamDef {
     Categorical {
         choices: Vec<ParamValue>,
     },
+}
+
+impl<'de> Deserialize<'de> for ParamDef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = ParamDef;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a parameter table such as { type = \"float\", low = 1e-5, high = 1e-3, log = true }, or a list of choices")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<ParamDef, E> {
+                Err(single_value(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ParamDef, E> {
+                Err(single_value(v))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<ParamDef, E> {
+                Err(single_value(v))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ParamDef, E> {
+                Err(single_value(format!("{v:?}")))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<ParamDef, A::Error> {
+                let mut choices = Vec::new();
+                while let Some(v) = seq.next_element::<ParamValue>()? {
+                    choices.push(v);
+                }
+                Ok(ParamDef::Categorical { choices })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<ParamDef, A::Error> {
+                let raw = RawParamDef::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                raw.resolve().map_err(serde::de::Error::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A parameter given one value, which leaves nothing to search.
+fn single_value<E: serde::de::Error>(v: impl std::fmt::Display) -> E {
+    E::custom(format!(
+        "`{v}` is one value, not a range to search: write {{ type = \"float\", low = …, high = … }} or a list of \
+         choices (a fixed training option goes under [train])"
+    ))
+}
+
+/// A parameter table's fields before its type is known.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawParamDef {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    low: Option<ParamValue>,
+    high: Option<ParamValue>,
+    step: Option<ParamValue>,
+    log: Option<bool>,
+    choices: Option<Vec<ParamValue>>,
+}
+
+impl RawParamDef {
+    fn resolve(self) -> Result<ParamDef, String> {
+        let kind = match self.kind.as_deref() {
+            Some(k @ ("float" | "int" | "categorical")) => k,
+            Some(other) => return Err(format!("unknown variant `{other}`, expected one of `float`, `int`, `categorical`")),
+            None if self.choices.is_some() => "categorical",
+            None => match (&self.low, &self.high) {
+                (Some(low), Some(high)) => {
+                    let written_as_float = |v: &Option<ParamValue>| matches!(v, Some(ParamValue::Float(_)));
+                    if written_as_float(&self.low) || written_as_float(&self.high) || written_as_float(&self.step) {
+                        "float"
+                    } else {
+                        return Err(format!(
+                            "missing field `type`: bounds {low} and {high} may mean integers or any number between; \
+                             add `type = \"int\"` or `type = \"float\"` (or write them as {low}.0 and {high}.0)"
+                        ));
+                    }
+                }
+                _ => {
+                    return Err("missing field `type` (`float` or `int` with `low` and `high`, or `categorical` with `choices`)".to_string())
+                }
+            },
+        };
+        let not_for = |field: &str, present: bool| -> Result<(), String> {
+            if present {
+                Err(format!("`{field}` does not apply to a {kind} parameter"))
+            } else {
+                Ok(())
+            }
+        };
+        match kind {
+            "categorical" => {
+                not_for("low", self.low.is_some())?;
+                not_for("high", self.high.is_some())?;
+                not_for("step", self.step.is_some())?;
+                not_for("log", self.log.is_some())?;
+                Ok(ParamDef::Categorical { choices: self.choices.ok_or("missing field `choices`")? })
+            }
+            "float" => {
+                not_for("choices", self.choices.is_some())?;
+                let number = |name: &str, v: Option<ParamValue>| -> Result<Option<f64>, String> {
+                    v.map(|v| v.as_f64().ok_or_else(|| format!("`{name}` must be a number, not {}", v.to_json()))).transpose()
+                };
+                Ok(ParamDef::Float {
+                    low: number("low", self.low)?.ok_or("missing field `low`")?,
+                    high: number("high", self.high)?.ok_or("missing field `high`")?,
+                    log: self.log.unwrap_or(false),
+                    step: number("step", self.step)?,
+                })
+            }
+            _ => {
+                not_for("choices", self.choices.is_some())?;
+                let integer = |name: &str, v: Option<ParamValue>| -> Result<Option<i64>, String> {
+                    v.map(|v| match v {
+                        ParamValue::Int(i) => Ok(i),
+                        other => Err(format!("`{name}` of an int parameter must be an integer, not {}", other.to_json())),
+                    })
+                    .transpose()
+                };
+                Ok(ParamDef::Int {
+                    low: integer("low", self.low)?.ok_or("missing field `low`")?,
+                    high: integer("high", self.high)?.ok_or("missing field `high`")?,
+                    step: integer("step", self.step)?,
+                    log: self.log.unwrap_or(false),
+                })
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

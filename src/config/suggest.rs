@@ -6,13 +6,17 @@
 /// unrelated names of our study files stay below 0.8.
 const MIN_SIMILARITY: f64 = 0.85;
 
-/// The name in `known` closest to `word`, if it is close enough.
+/// The name in `known` closest to `word`, if it is close enough; of equally close names, the
+/// first (lists put the common names first: `lo` is `low` before `log`).
 pub fn closest<'a>(word: &str, known: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     known
         .into_iter()
         .map(|k| (strsim::jaro_winkler(word, k), k))
         .filter(|(s, _)| *s >= MIN_SIMILARITY)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .fold(None, |best: Option<(f64, &str)>, x| match best {
+            Some(b) if b.0 >= x.0 => Some(b),
+            _ => Some(x),
+        })
         .map(|(_, k)| k)
 }
 
@@ -51,5 +55,6 @@ mod tests {
         assert_eq!(with_suggestion("invalid type: string, expected a number"), "invalid type: string, expected a number");
         assert_eq!(closest("learnig_rate", ["batch_size", "learning_rate", "warmup_ratio"]), Some("learning_rate"));
         assert_eq!(closest("zzz", ["batch_size", "learning_rate"]), None);
+        assert_eq!(closest("lo", ["type", "low", "high", "step", "log"]), Some("low"), "ties go to the first");
     }
 }

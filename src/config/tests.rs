@@ -62,6 +62,31 @@ const CASES: &[(&str, &str, &str, usize, &str, &str)] = &[
     ("bad device", "kind = \"random\"", "kind = \"random\"\n[execution]\ndevices = [\"gpu0\"]", 14, "execution.devices", "not a device"),
     ("missing include", "[space]\nx1", "[space]\ninclude = \"nope.toml\"\nx1", 7, "space", "not found"),
     ("unknown param key", "low = 0.0, high = 15.0 }", "low = 0.0, high = 15.0, lg = true }", 9, "space.x2", "unknown field"),
+    (
+        "whole-number bounds without a type",
+        "type = \"float\", low = -5",
+        "low = -5",
+        8,
+        "space.x1",
+        "add `type = \"int\"` or `type = \"float\"`",
+    ),
+    (
+        "int bound with a fraction",
+        "type = \"float\", low = -5",
+        "type = \"int\", low = -5.5",
+        8,
+        "space.x1",
+        "must be an integer, not -5.5",
+    ),
+    (
+        "choices on a range",
+        "low = 0.0, high = 15.0 }",
+        "low = 0.0, high = 15.0, choices = [1] }",
+        9,
+        "space.x2",
+        "`choices` does not apply to a float",
+    ),
+    ("one value for a parameter", "x2 = { type = \"float\", low = 0.0, high = 15.0 }", "x2 = 3.0", 9, "space.x2", "one value, not a range"),
     ("function param missing", "x2 = { type = \"float\", low = 0.0, high = 15.0 }", "", 16, "space", "needs parameter `x2`"),
     ("unknown objective", "kind = \"synthetic\"", "kind = \"python\"", 15, "objective.kind", "unknown objective kind"),
     ("zero trials", "n_trials = 10", "n_trials = 0", 5, "study.n_trials", "at least 1"),
@@ -182,6 +207,25 @@ fn every_mistake_names_file_line_and_key() {
         let shown = err.to_string();
         assert!(shown.starts_with(&format!("{}:{line}:", p.display())), "{what}: {shown}");
     }
+}
+
+#[test]
+fn a_parameter_may_leave_out_the_type_where_the_rest_says_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = GOOD.replace(
+        "x1 = { type = \"float\", low = -5, high = 10 }\nx2 = { type = \"float\", low = 0.0, high = 15.0 }",
+        "x1 = { low = -5, high = 10.0 }\nx2 = { low = 0.0, high = 15.0, step = 0.5 }\nlr = { low = 1e-5, high = 1e-3, log = true }\n\
+         bs = [16, 32]\nopt = { choices = [\"adamw\", \"sgd\"] }",
+    );
+    let p = write(dir.path(), "s.toml", &text);
+    let c = StudyConfig::load(&p).unwrap();
+    assert_eq!(c.space.get("x1"), Some(&Distribution::Float { low: -5.0, high: 10.0, log: false, step: None }));
+    assert_eq!(c.space.get("x2"), Some(&Distribution::Float { low: 0.0, high: 15.0, log: false, step: Some(0.5) }));
+    assert_eq!(c.space.get("lr"), Some(&Distribution::Float { low: 1e-5, high: 1e-3, log: true, step: None }));
+    let int = |i| crate::space::ParamValue::Int(i);
+    assert_eq!(c.space.get("bs"), Some(&Distribution::Categorical { choices: vec![int(16), int(32)] }));
+    let s = |v: &str| crate::space::ParamValue::Str(v.to_string());
+    assert_eq!(c.space.get("opt"), Some(&Distribution::Categorical { choices: vec![s("adamw"), s("sgd")] }));
 }
 
 #[test]

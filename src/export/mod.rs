@@ -114,6 +114,14 @@ pub fn split_seed(study: &StudyInfo) -> Option<u64> {
     }
 }
 
+/// `[data] text_column` and `text_pair_column` of the study file (`"text"` and none when left
+/// out), which `predict` reads by default; `None` without a `[data]` table.
+pub fn text_columns(study: &StudyInfo) -> Option<(String, Option<String>)> {
+    let data = stored_study_file(study)?.get("data")?.as_table()?.clone();
+    let text = data.get("text_column").and_then(toml::Value::as_str).unwrap_or("text").to_string();
+    Some((text, data.get("text_pair_column").and_then(toml::Value::as_str).map(str::to_string)))
+}
+
 /// Why a COMPLETE trial kept no checkpoint, from its parameters or the study's `[train]`.
 fn no_checkpoint_reason(study: &StudyInfo, t: &TrialRecord) -> String {
     let searched = t.params.get("keep_checkpoints").map(|v| v.to_string().trim_matches('"').to_string());
@@ -168,6 +176,10 @@ pub fn provenance(study: &StudyInfo, t: &TrialRecord, state: &TrainerState, sour
         valid["epoch"] = json!(b.epoch);
         valid["step"] = json!(b.step);
     }
+    let (text_column, text_pair_column) = match text_columns(study) {
+        Some((t, p)) => (Value::from(t), p.map(Value::from).unwrap_or(Value::Null)),
+        None => (Value::Null, Value::Null),
+    };
     json!({
         "study": study.name,
         "trial": t.number,
@@ -181,6 +193,8 @@ pub fn provenance(study: &StudyInfo, t: &TrialRecord, state: &TrainerState, sour
         "problem": match problem_of(state) { Problem::Classification => "classification", Problem::Regression => "regression" },
         "labels": state.labels,
         "max_length": state.spec.max_length,
+        "text_column": text_column,
+        "text_pair_column": text_pair_column,
         "train": state.spec,
         "checkpoint": source,
         "sft_search_version": env!("CARGO_PKG_VERSION"),

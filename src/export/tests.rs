@@ -16,7 +16,8 @@ use crate::trainer::toy::write_toy_task;
 use crate::trainer::train::{train, Finish, TrainJob};
 use crate::trial::{Direction, Outcome};
 
-const STUDY_FILE: &str = "[study]\nname = \"toy\"\n[data]\npath = \"data.csv\"\nsplit_seed = 7\n[train]\nepochs = 2\n";
+const STUDY_FILE: &str =
+    "[study]\nname = \"toy\"\n[data]\npath = \"data.csv\"\nsplit_seed = 7\ntext_column = \"review\"\n[train]\nepochs = 2\n";
 
 fn space() -> SearchSpace {
     SearchSpace::new(vec![Param {
@@ -206,11 +207,12 @@ fn provenance_names_trial_params_metrics_and_seed() {
     assert_eq!(p["sft_search_version"], json!(env!("CARGO_PKG_VERSION")));
     assert_eq!((p["labels"].clone(), p["max_length"].clone()), (json!(["neg", "pos"]), json!(16)));
     assert_eq!(p["train"]["learning_rate"], json!(3e-3));
-    // Without a stored study file there is no seed to tell; no test metrics → null.
+    assert_eq!((p["text_column"].clone(), p["text_pair_column"].clone()), (json!("review"), Value::Null), "what predict reads");
+    // Without a stored study file there is no seed or column to tell; no test metrics → null.
     let fx = fixture(&[(3e-3, KeepCheckpoints::Best)], "");
     export_trial(&fx.store, &fx.study, None, &fx.root.join("o"), false).unwrap();
     let p = hf::read_json_object(&fx.root.join("o").join(PROVENANCE)).unwrap();
-    assert_eq!((p["split_seed"].clone(), p["test"].clone()), (Value::Null, Value::Null));
+    assert_eq!((p["split_seed"].clone(), p["test"].clone(), p["text_column"].clone()), (Value::Null, Value::Null, Value::Null));
 }
 
 #[test]

@@ -172,6 +172,31 @@ fn export_predict_parity(root: &Path, model: Option<PathBuf>, epochs: usize, arc
     assert!(p.status.success());
     assert!(String::from_utf8_lossy(&p.stdout).starts_with("id,text,predicted_label,prob_neg,prob_pos\n"));
 
+    // The columns the model was trained on (sft_search.json) are predict's defaults.
+    let prov_path = root.join("model-out/sft_search.json");
+    let mut prov: Value = serde_json::from_str(&std::fs::read_to_string(&prov_path).unwrap()).unwrap();
+    assert_eq!(prov["text_column"], json!("text"));
+    prov["text_column"] = json!("review");
+    std::fs::write(&prov_path, prov.to_string()).unwrap();
+    let p = sft(root, &["predict", "--model", "model-out", "--input", "in.csv", "-q"]);
+    assert_eq!(p.status.code(), Some(2), "{}", stderr(&p));
+    let e = stderr(&p);
+    assert!(e.contains("no column `review`") && e.contains("trained on column `review`") && e.contains("--text-column"), "{e}");
+    let p = sft(root, &["predict", "--model", "model-out", "--input", "in.csv", "-q", "--text-column", "text"]);
+    assert!(String::from_utf8_lossy(&p.stdout).starts_with("id,text,predicted_label,prob_neg,prob_pos\n"), "{}", stderr(&p));
+    std::fs::write(root.join("in-review.csv"), std::fs::read_to_string(root.join("in.csv")).unwrap().replacen("id,text", "id,review", 1))
+        .unwrap();
+    let p = sft(root, &["predict", "--model", "model-out", "--input", "in-review.csv", "-q"]);
+    assert!(String::from_utf8_lossy(&p.stdout).starts_with("id,review,predicted_label,prob_neg,prob_pos\n"), "{}", stderr(&p));
+    prov["text_pair_column"] = json!("hypothesis");
+    std::fs::write(&prov_path, prov.to_string()).unwrap();
+    let p = sft(root, &["predict", "--model", "model-out", "--input", "in-review.csv", "-q"]);
+    assert_eq!(p.status.code(), Some(2), "{}", stderr(&p));
+    assert!(stderr(&p).contains("sentence pairs") && stderr(&p).contains("`hypothesis`"), "{}", stderr(&p));
+    prov["text_column"] = json!("text");
+    prov["text_pair_column"] = Value::Null;
+    std::fs::write(&prov_path, prov.to_string()).unwrap();
+
     // The transformers parity proof.
     let has = Command::new("python3").args(["-c", "import transformers, torch"]).output().map(|o| o.status.success()).unwrap_or(false);
     if !has {
