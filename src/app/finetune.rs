@@ -72,15 +72,25 @@ pub fn build(cfg: &StudyConfig, quiet: bool) -> anyhow::Result<FinetuneRunner> {
             format!("`study.metric` = \"{}\" is not a metric of a {problem:?} study (expected one of: {})", cfg.metric, known.join(", ")),
         ));
     }
-    // Load the data once: its errors name the file, row and column.
+    // Load the data once, as the trials will (`[model] problem` decides how labels are read):
+    // its errors name the file, row and column.
+    data.problem = problem;
     let dataset = load_dataset(&data).map_err(|e| UsageError(format!("{}: [data]: {e}", cfg.path.display())))?;
     if !quiet {
+        let targets = match problem {
+            Problem::Classification => format!("{} labels", dataset.num_labels()),
+            Problem::Regression => {
+                let values: Vec<f32> = dataset.train.iter().map(|e| e.label.value()).collect();
+                let (lo, hi) = values.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+                let mean = values.iter().map(|&v| v as f64).sum::<f64>() / values.len().max(1) as f64;
+                format!("regression targets {lo}..{hi} (train mean {mean:.4})")
+            }
+        };
         eprintln!(
-            "data: {} train, {} valid, {} test rows, {} labels ({})",
+            "data: {} train, {} valid, {} test rows, {targets} ({})",
             dataset.train.len(),
             dataset.valid.len(),
             dataset.test.len(),
-            dataset.num_labels(),
             dataset.report
         );
     }

@@ -254,9 +254,17 @@ fn evaluation_device(cfg: &StudyConfig) -> String {
 }
 
 /// The headline test metrics, as `accuracy 0.8372, f1_macro 0.8362, …`.
-fn test_summary(test: &serde_json::Map<String, serde_json::Value>) -> String {
+/// The test metrics worth a line: the study's metric first, then the usual ones of
+/// classification (accuracy, macro F1, ROC AUC) or regression (R², MAE), and the loss.
+fn test_summary(test: &serde_json::Map<String, serde_json::Value>, metric: &str) -> String {
     let show = |k: &str| test.get(k).and_then(|v| v.as_f64()).map(|v| format!("{k} {v:.4}"));
-    ["accuracy", "f1_macro", "roc_auc", "loss"].iter().filter_map(|k| show(k)).collect::<Vec<_>>().join(", ")
+    let mut keys = vec![metric];
+    for k in ["accuracy", "f1_macro", "roc_auc", "r2", "mae", "loss"] {
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    keys.into_iter().filter_map(show).collect::<Vec<_>>().join(", ")
 }
 
 /// Evaluates the best trial's checkpoint once on the test split (never used for selection)
@@ -286,7 +294,7 @@ fn evaluate_best_on_test(
             m.insert("test".into(), serde_json::Value::Object(test.clone()));
             store.merge_metrics(best.id, &m)?;
             if !quiet {
-                eprintln!("test split (trial {}, evaluated once): {}", best.number, test_summary(&test));
+                eprintln!("test split (trial {}, evaluated once): {}", best.number, test_summary(&test, &cfg.metric));
                 eprintln!("checkpoint: {ckpt}");
             }
         }
@@ -413,7 +421,7 @@ fn make_soup(
     match ft.run_test(std::path::Path::new(&ckpt), &device) {
         Ok(test) => {
             if !quiet {
-                eprintln!("test split (model soup, evaluated once): {}", test_summary(&test));
+                eprintln!("test split (model soup, evaluated once): {}", test_summary(&test, &cfg.metric));
                 eprintln!("soup checkpoint: {ckpt} (what `export` writes)");
             }
             soup.insert("test".into(), Value::Object(test));

@@ -111,6 +111,46 @@ fn studies_of_every_family_learn_test_and_export() {
 }
 
 #[test]
+fn a_regression_study_reports_r2_on_test_and_exports_a_regression_model() {
+    let d = StudyDir::new();
+    let toy = write_toy_task(&d.path().join("toy"), 120, 5).unwrap();
+    // Continuous targets: about 0.9 for the positive rows, 0.1 for the negative ones.
+    let text = std::fs::read_to_string(&toy.csv).unwrap();
+    let mut csv = String::from("text,score\n");
+    for (i, line) in text.lines().skip(1).enumerate() {
+        let (t, label) = line.rsplit_once(',').unwrap();
+        let y = if label == "pos" { 0.9 } else { 0.1 } + (i % 7) as f64 * 0.001;
+        csv.push_str(&format!("{t},{y}\n"));
+    }
+    let csv = d.write("reg.csv", &csv);
+    let study = finetune_study(&toy.model_dir.display().to_string(), &csv.display().to_string(), 2, "")
+        .replace("metric = \"accuracy\"", "metric = \"r2\"")
+        .replace("[data]", "problem = \"regression\"\n\n[data]\nlabel_column = \"score\"");
+    d.write("s.toml", &study);
+    let out = d.run(&["run", "s.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    // The targets are read as numbers before the trials run, as the trials read them.
+    assert!(err.contains("regression targets 0.1..0.906") && !err.contains(" labels ("), "{err}");
+    assert!(err.contains("evaluated once): r2 ") && err.contains("mae "), "{err}");
+    let best: Value = serde_json::from_slice(&d.run(&["best", "s.toml", "--format", "json"]).stdout).unwrap();
+    for k in ["r2", "mse", "mae", "loss"] {
+        assert!(best["test"][k].is_number(), "{k}: {best}");
+    }
+    assert!(best["test"]["confusion_matrix"].is_null(), "{best}");
+    let out = d.run(&["export", "s.toml", "--out", "model-out"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let cfg: Value = serde_json::from_str(&std::fs::read_to_string(d.path().join("model-out/config.json")).unwrap()).unwrap();
+    assert_eq!((cfg["problem_type"].as_str(), cfg["num_labels"].as_u64()), (Some("regression"), Some(1)), "{cfg}");
+    d.write("in.csv", "text,id\ngood,1\nbad,2\n");
+    let out = d.run(&["predict", "--model", "model-out", "--input", "in.csv", "-q"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let preds = String::from_utf8_lossy(&out.stdout);
+    assert!(preds.starts_with("text,id,prediction\n"), "{preds}");
+    assert_eq!(preds.lines().skip(1).filter(|l| l.rsplit(',').next().unwrap().parse::<f64>().is_ok()).count(), 2, "{preds}");
+}
+
+#[test]
 fn data_and_model_mistakes_stop_before_any_trial() {
     let d = StudyDir::new();
     let toy = write_toy_task(&d.path().join("toy"), 40, 3).unwrap();
