@@ -38,7 +38,7 @@ pub fn main(cli: Cli) -> ExitCode {
     match dispatch(cli) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", chain_text(&err));
             if is_usage_error(&err) {
                 ExitCode::from(2)
             } else {
@@ -46,6 +46,23 @@ pub fn main(cli: Cli) -> ExitCode {
             }
         }
     }
+}
+
+/// The error and its causes, joined by ": ", leaving out a cause whose text the messages
+/// before it already hold (our errors often quote their source, as in "path: os error").
+fn chain_text(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for e in err.chain() {
+        let s = e.to_string();
+        if out.contains(&s) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&s);
+    }
+    out
 }
 
 fn is_usage_error(err: &anyhow::Error) -> bool {
@@ -81,5 +98,20 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Worker(args) => worker::run(&args),
         Command::Export(args) => export::run(&args, quiet),
         Command::Predict(args) => predict::run(&args, quiet),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_the_message_already_quotes_is_not_printed_twice() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory (os error 2)");
+        let quoted = crate::export::folder::FolderError::Io { path: "/proc/x".into(), source: io };
+        let err = anyhow::Error::new(quoted).context("exporting trial 3");
+        assert_eq!(chain_text(&err), "exporting trial 3: /proc/x: No such file or directory (os error 2)");
+        let plain = anyhow::anyhow!("disk full").context("writing a.csv");
+        assert_eq!(chain_text(&plain), "writing a.csv: disk full");
     }
 }

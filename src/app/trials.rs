@@ -87,14 +87,41 @@ pub fn run(args: &TrialsArgs) -> anyhow::Result<ExitCode> {
             print_out(&format!("{}\n", serde_json::to_string_pretty(&arr)?))?;
         }
         TableFormat::Csv => {
+            // Every number among the trials' metrics (a fine-tuning trial's: its best
+            // evaluation's valid metrics, train loss, timings) and the test metrics of the
+            // trial evaluated on the test split, one column each, in order of first appearance.
+            let mut metric_names: Vec<String> = Vec::new();
+            let mut test_names: Vec<String> = Vec::new();
+            for t in &trials {
+                for (k, v) in &t.metrics {
+                    if v.is_number() && !metric_names.contains(k) {
+                        metric_names.push(k.clone());
+                    }
+                }
+                for (k, v) in t.metrics.get("test").and_then(Value::as_object).into_iter().flatten() {
+                    if v.is_number() && !test_names.contains(k) {
+                        test_names.push(k.clone());
+                    }
+                }
+            }
+            let number = |v: Option<&Value>| v.and_then(Value::as_f64).map(|x| x.to_string()).unwrap_or_default();
             let mut w = csv::Writer::from_writer(Vec::new());
             let mut header = vec!["number".to_string(), "state".into(), "value".into()];
             header.extend(names.iter().map(|n| format!("param_{n}")));
+            header.extend(metric_names.iter().map(|n| format!("metric_{n}")));
+            header.extend(test_names.iter().map(|n| format!("test_{n}")));
             header.extend(["device", "started_at", "finished_at", "duration_s", "retry_of", "intermediate", "error"].map(String::from));
+            header.push("fit".into());
+            if with_checkpoint {
+                header.push("checkpoint".into());
+            }
             w.write_record(&header)?;
             for t in &trials {
                 let mut row = vec![t.number.to_string(), t.state.to_string(), t.value.map(|v| v.to_string()).unwrap_or_default()];
                 row.extend(names.iter().map(|n| t.params.get(n).map(|v| v.to_string_exact()).unwrap_or_default()));
+                row.extend(metric_names.iter().map(|n| number(t.metrics.get(n))));
+                let test = t.metrics.get("test");
+                row.extend(test_names.iter().map(|n| number(test.and_then(|m| m.get(n)))));
                 row.push(t.device.clone().unwrap_or_default());
                 row.push(t.started_at.clone().unwrap_or_default());
                 row.push(t.finished_at.clone().unwrap_or_default());
@@ -102,6 +129,10 @@ pub fn run(args: &TrialsArgs) -> anyhow::Result<ExitCode> {
                 row.push(t.retry_of.map(|r| r.to_string()).unwrap_or_default());
                 row.push(t.intermediate.iter().map(|(s, v)| format!("{s}:{v}")).collect::<Vec<_>>().join(" "));
                 row.push(t.error.clone().unwrap_or_default());
+                row.push(t.metrics.get("fit").and_then(Value::as_str).unwrap_or_default().to_string());
+                if with_checkpoint {
+                    row.push(t.checkpoint.clone().unwrap_or_default());
+                }
                 w.write_record(&row)?;
             }
             let bytes = w.into_inner().map_err(|e| anyhow::anyhow!("csv: {e}"))?;

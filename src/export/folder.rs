@@ -53,7 +53,8 @@ pub fn write_atomic<E: From<FolderError>>(dest: &Path, force: bool, fill: impl F
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
     }
-    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    // Named after `dest`: the temporary name would only puzzle.
+    std::fs::create_dir_all(&tmp).map_err(io(dest))?;
     if let Err(e) = fill(&tmp) {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);

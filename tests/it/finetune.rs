@@ -71,6 +71,20 @@ fn a_finetune_study_trains_records_epochs_keeps_checkpoints_and_tests_the_best_o
     let total: u64 = cm.iter().flat_map(|r| r.as_array().unwrap().iter().map(|c| c.as_u64().unwrap())).sum();
     assert!(total > 0);
     assert!(best["checkpoint"].is_string());
+    // The CSV has a column per metric, the test metrics on the tested trial's row, the fit
+    // diagnosis and the checkpoint.
+    let csv = d.run(&["trials", "s.toml", "--format", "csv"]);
+    let csv = String::from_utf8_lossy(&csv.stdout).into_owned();
+    let mut rdr = csv::Reader::from_reader(csv.as_bytes());
+    let header: Vec<String> = rdr.headers().unwrap().iter().map(String::from).collect();
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap_or_else(|| panic!("no column {name}: {header:?}"));
+    let rows: Vec<csv::StringRecord> = rdr.records().map(Result::unwrap).collect();
+    let tested = rows.iter().find(|r| r[col("number")] == best["number"].to_string()).unwrap();
+    assert_eq!(tested[col("test_accuracy")].parse::<f64>().unwrap(), test["accuracy"].as_f64().unwrap());
+    assert_eq!(tested[col("metric_accuracy")].parse::<f64>().unwrap(), best["value"].as_f64().unwrap(), "the best evaluation's");
+    assert_eq!(&tested[col("checkpoint")], best["checkpoint"].as_str().unwrap());
+    assert!(!tested[col("fit")].is_empty());
+    assert!(rows.iter().filter(|r| r[col("test_accuracy")].is_empty()).count() == 1, "only the best trial is tested");
     // Running again does not evaluate the test split a second time.
     let again = d.run(&["run", "s.toml"]);
     assert!(!stderr(&again).contains("test split (trial"), "{}", stderr(&again));
