@@ -79,7 +79,7 @@ fn a_finetune_study_trains_records_epochs_keeps_checkpoints_and_tests_the_best_o
     let header: Vec<String> = rdr.headers().unwrap().iter().map(String::from).collect();
     let col = |name: &str| header.iter().position(|h| h == name).unwrap_or_else(|| panic!("no column {name}: {header:?}"));
     let rows: Vec<csv::StringRecord> = rdr.records().map(Result::unwrap).collect();
-    let tested = rows.iter().find(|r| r[col("number")] == best["number"].to_string()).unwrap();
+    let tested = rows.iter().find(|r| r[col("number")].parse::<u64>().ok() == best["number"].as_u64()).unwrap();
     assert_eq!(tested[col("test_accuracy")].parse::<f64>().unwrap(), test["accuracy"].as_f64().unwrap());
     assert_eq!(tested[col("metric_accuracy")].parse::<f64>().unwrap(), best["value"].as_f64().unwrap(), "the best evaluation's");
     assert_eq!(&tested[col("checkpoint")], best["checkpoint"].as_str().unwrap());
