@@ -64,6 +64,10 @@ pub struct RunArgs {
     /// Accept a search space that differs from the one the study was created with.
     #[arg(long)]
     pub allow_space_change: bool,
+    /// Accept a study file whose metric, objective, `[model]`, `[data]` or `[train]` differ
+    /// from those the recorded trials ran with.
+    #[arg(long)]
+    pub allow_setup_change: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]

@@ -63,6 +63,35 @@ pub fn build_runner(cfg: &StudyConfig, quiet: bool) -> anyhow::Result<Box<dyn Tr
     })
 }
 
+/// Refuses to add trials to a study whose recorded trials ran with another metric, objective,
+/// model, data or training options (their values would not compare), unless allowed; then
+/// keeps the study file as it is now with the study (what `export`, `report` and the next
+/// check read).
+fn check_setup(cfg: &StudyConfig, store: &Store, study: &crate::storage::StudyInfo, allow: bool) -> anyhow::Result<()> {
+    let stored = study.user_attrs.get("sft:study_file").and_then(serde_json::Value::as_str);
+    if stored == Some(cfg.text.as_str()) {
+        return Ok(());
+    }
+    let ran = store.trials(study.id)?.iter().filter(|t| t.state != TrialState::Waiting).count();
+    // A study another tool made (Optuna) has no study file to compare with.
+    let changes = stored.map(|s| crate::config::setup::setup_differences(s, &cfg.text)).unwrap_or_default();
+    if ran > 0 && !changes.is_empty() {
+        if !allow {
+            return Err(UsageError(format!(
+                "{}: study `{}` has {ran} trial(s) run with another setup, so new values would not compare with theirs:\n  \
+                 {}\nStart a new study (another [study] name or storage) or pass --allow-setup-change to go on anyway",
+                cfg.path.display(),
+                cfg.name,
+                changes.join("\n  ")
+            ))
+            .into());
+        }
+        tracing::warn!("study `{}`: going on with a changed setup ({})", cfg.name, changes.join("; "));
+    }
+    store.set_study_attr(study.id, "sft:study_file", &serde_json::Value::String(cfg.text.clone()))?;
+    Ok(())
+}
+
 /// The study's description as the store keeps it.
 pub fn study_spec(cfg: &StudyConfig, allow_space_change: bool) -> StudySpec<'_> {
     StudySpec {
@@ -153,6 +182,7 @@ pub fn run(args: &RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         }
         other => anyhow::Error::new(other),
     })?;
+    check_setup(&cfg, &store, &study, args.allow_setup_change)?;
     let queued = store.enqueue_study_file_points(study.id, &cfg.space, &cfg.enqueue)?;
     if !quiet {
         for (number, params) in queued.iter().zip(&cfg.enqueue) {

@@ -5,6 +5,7 @@
 //! error for a broken rule can point at the span where the parameter was written.)
 
 pub mod file;
+pub mod setup;
 pub mod suggest;
 
 use std::path::{Path, PathBuf};

@@ -102,6 +102,35 @@ fn random_study_is_deterministic_whatever_the_number_of_workers() {
 }
 
 #[test]
+fn a_changed_objective_is_refused_unless_allowed_and_a_bigger_budget_is_not() {
+    let d = StudyDir::new();
+    d.write("s.toml", &branin_gp(4));
+    assert!(d.run(&["run", "s.toml"]).status.success());
+    // More trials, other devices: the same study.
+    d.write("s.toml", &branin_gp(5).replace("devices = [\"cpu\", \"cpu\"]", "devices = [\"cpu\"]"));
+    assert!(d.run(&["run", "s.toml"]).status.success());
+    assert_eq!(d.trials("s.toml").len(), 5);
+    // Noise changes what a value means: refused before any trial, naming the key.
+    d.write("s.toml", &branin_gp(7).replace("function = \"branin\"", "function = \"branin\"\nnoise = 0.5"));
+    let out = d.run(&["run", "s.toml"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("`[objective] noise`: (not set) → 0.5") && stderr(&out).contains("--allow-setup-change"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(d.trials("s.toml").len(), 5);
+    let out = d.run(&["run", "s.toml", "--allow-setup-change"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(d.trials("s.toml").len(), 7);
+    // The study now keeps the changed file: the next run needs no flag.
+    d.write("s.toml", &branin_gp(8).replace("function = \"branin\"", "function = \"branin\"\nnoise = 0.5"));
+    let out = d.run(&["run", "s.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(d.trials("s.toml").len(), 8);
+}
+
+#[test]
 #[allow(clippy::approx_constant)] // 3.14159 is the value the test enqueues (near branin's optimum), not π
 fn enqueued_trial_runs_first_with_its_parameters() {
     let d = StudyDir::new();
