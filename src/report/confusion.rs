@@ -27,6 +27,9 @@ impl ConfusionMatrix {
         let best = data.best().ok_or_else(|| NotEnoughData::new("no COMPLETE trial"))?;
         let missing = || NotEnoughData::new(format!("best trial {} has no test confusion matrix", best.number));
         let test = best.metrics.get("test").ok_or_else(missing)?;
+        if test.get("r2").is_some() && test.get("confusion_matrix").is_none() {
+            return Err(NotEnoughData::new("a regression study has no classes, so no confusion matrix"));
+        }
         let rows = test.get("confusion_matrix").and_then(Value::as_array).ok_or_else(missing)?;
         let cells: Vec<Vec<u64>> = rows
             .iter()

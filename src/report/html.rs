@@ -222,6 +222,25 @@ fn numeric_entries(m: &Map<String, Value>) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Whether a trial metric describes the run (when its best evaluation came, how long it took,
+/// how big the model was) rather than a measurement on the valid split.
+fn is_run_fact(key: &str) -> bool {
+    key.starts_with("best_")
+        || key.starts_with("gpu_")
+        || matches!(
+            key,
+            "epoch"
+                | "epochs_run"
+                | "learning_rate"
+                | "samples_per_s"
+                | "setup_s"
+                | "train_s"
+                | "total_params"
+                | "trainable_params"
+                | "stopped_early"
+        )
+}
+
 fn best_section(h: &mut String, data: &StudyData) {
     h.push_str("<h2>Best trial</h2>\n");
     let Some(b) = data.best() else {
@@ -242,10 +261,18 @@ fn best_section(h: &mut String, data: &StudyData) {
             valid = numeric_entries(last);
         }
     }
+    // The run's own facts (epochs, timings, sizes) apart from what it measured.
+    let (run, valid): (Vec<_>, Vec<_>) = valid.into_iter().partition(|(k, _)| is_run_fact(k));
+    let run: Vec<(String, String)> = run
+        .into_iter()
+        .filter(|(k, _)| k != "best_checkpoint") // shown under Other as `checkpoint`
+        .map(|(k, v)| (if k == "learning_rate" { "learning_rate at the end".to_string() } else { k }, v))
+        .collect();
     kv_table(h, "Valid metrics", &valid);
     if let Some(Value::Object(test)) = b.metrics.get("test") {
         kv_table(h, "Test metrics", &numeric_entries(test));
     }
+    kv_table(h, "Run", &run);
     let mut extra = Vec::new();
     if let Some(f) = fit_of(b) {
         extra.push(("fit diagnosis".to_string(), f));

@@ -239,6 +239,11 @@ fn confusion_matrix_cells_labels_and_accuracy() {
     let best = d.trials.iter_mut().find(|t| t.number == 5).expect("trial 5");
     best.metrics.insert("test".into(), json!({"confusion_matrix": [[5, 1, 0], [2, 7]]}));
     assert!(ConfusionMatrix::compute(&d).is_err());
+    // A regression study's test metrics: the note says why there is none.
+    let best = d.trials.iter_mut().find(|t| t.number == 5).expect("trial 5");
+    best.metrics.insert("test".into(), json!({"r2": 0.5, "mse": 0.1, "loss": 0.1}));
+    let why = ConfusionMatrix::compute(&d).expect_err("no matrix");
+    assert!(why.to_string().contains("regression"), "{why}");
 }
 
 #[test]
@@ -400,6 +405,8 @@ fn store_fixture(path: &Path) -> (Store, crate::storage::StudyInfo) {
                 let mut m = Map::new();
                 m.insert("fit".into(), json!("good fit"));
                 m.insert("accuracy".into(), json!(0.8));
+                m.insert("samples_per_s".into(), json!(123.0));
+                m.insert("learning_rate".into(), json!(1e-6));
                 m.insert("test".into(), json!({"accuracy": 0.75, "confusion_matrix": [[3, 1], [1, 3]]}));
                 store.merge_metrics(t.id, &m).expect("metrics");
                 Outcome::Complete { value: base - 0.15 }
@@ -444,6 +451,11 @@ fn the_report_is_self_contained_with_rows_and_inline_plots() {
     assert!(html.contains("<td>good fit</td>"));
     assert!(html.contains("gp (seed 3)") && html.contains("device hours") && html.contains("time used"));
     assert!(html.contains("Test metrics") && html.contains("0.75"));
+    // The run's facts apart from what it measured.
+    let valid = &html[html.find("Valid metrics").expect("valid")..html.find("Test metrics").expect("test")];
+    let run = &html[html.find("<h3>Run</h3>").expect("a Run table")..];
+    assert!(valid.contains("accuracy") && !valid.contains("samples_per_s"), "{valid}");
+    assert!(run.contains("samples_per_s") && run.contains("learning_rate at the end"), "{run}");
     assert!(!html.contains("Model soup"), "no soup section without a soup");
     let svgs = html.matches("<svg").count();
     assert!(svgs >= 9, "{svgs} inline plots");
