@@ -124,12 +124,25 @@ fn read_delimited(path: &Path, bytes: &[u8], delim: u8, quoting: bool, cols: Col
                 ),
             });
         }
+        // A field that opens a quote and never closes it runs to the end of the file, and the
+        // row then lacks its later fields: say so rather than only "no value".
+        let spans = rec.iter().map(|f| f.trim_end_matches(['\n', '\r']).matches('\n').count() as u64).sum::<u64>();
         let cell = |i: usize, name: &str| {
-            rec.get(i).map(|s| s.to_string()).ok_or_else(|| DataError::MissingValue {
-                path: path.to_path_buf(),
-                line,
-                row,
-                column: name.to_string(),
+            rec.get(i).map(|s| s.to_string()).ok_or_else(|| {
+                if rec.iter().any(|f| f.contains('\n')) {
+                    DataError::Parse {
+                        path: path.to_path_buf(),
+                        line,
+                        message: format!(
+                            "row {row} has no `{name}`: its fields run over {} lines, to line {}; is a quote (\") opened there and \
+                             never closed?",
+                            spans + 1,
+                            line + spans
+                        ),
+                    }
+                } else {
+                    DataError::MissingValue { path: path.to_path_buf(), line, row, column: name.to_string() }
+                }
             })
         };
         let text = cell(ti, cols.text)?;

@@ -124,6 +124,15 @@ fn missing_label_and_bad_regression_target() {
 }
 
 #[test]
+fn a_quote_never_closed_is_named_as_the_likely_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(&dir, "q.csv", "text,label\ngood,1\nbad,0\n\"open quote,1\nok,0\nfine,1\n");
+    let msg = load_dataset(&DataSection::new(p)).unwrap_err().to_string();
+    assert!(msg.contains("q.csv line 4: row 3 has no `label`") && msg.contains("over 3 lines, to line 6"), "{msg}");
+    assert!(msg.contains("never closed"), "{msg}");
+}
+
+#[test]
 fn regression_loads() {
     let dir = tempfile::tempdir().unwrap();
     let mut body = String::from("text,score\n");
