@@ -185,8 +185,12 @@ pub fn run(args: &RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     check_setup(&cfg, &store, &study, args.allow_setup_change)?;
     let queued = store.enqueue_study_file_points(study.id, &cfg.space, &cfg.enqueue)?;
     if !quiet {
-        for (number, params) in queued.iter().zip(&cfg.enqueue) {
-            eprintln!("queued trial {number} from [[enqueue]]: {}", super::enqueue::describe_queued(&cfg.space, params));
+        for &(i, number) in &queued {
+            eprintln!(
+                "queued trial {number} from [[enqueue]] #{}: {}",
+                i + 1,
+                super::enqueue::describe_queued(&cfg.space, &cfg.enqueue[i])
+            );
         }
     }
     let history = store.trials(study.id)?;

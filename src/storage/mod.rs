@@ -579,10 +579,17 @@ impl Store {
         Ok(number)
     }
 
-    /// Queues the study file's `[[enqueue]]` points, in order, unless this study has queued
-    /// them before (a study system attribute records it, in the same transaction), so a
-    /// resumed study never runs them twice. Returns the numbers of the queued trials.
-    pub fn enqueue_study_file_points(&mut self, study_id: i64, space: &SearchSpace, points: &[ParamSet]) -> Result<Vec<TrialNumber>> {
+    /// Queues the study file's `[[enqueue]]` points, in order, except those this study has
+    /// queued before (a study system attribute lists their trials, written in the same
+    /// transaction), so a resumed study never runs a point twice and points added at the end
+    /// of the file later are queued then. Returns (index of the point, trial number) for each
+    /// point queued now.
+    pub fn enqueue_study_file_points(
+        &mut self,
+        study_id: i64,
+        space: &SearchSpace,
+        points: &[ParamSet],
+    ) -> Result<Vec<(usize, TrialNumber)>> {
         if points.is_empty() {
             return Ok(Vec::new());
         }
@@ -597,17 +604,30 @@ impl Store {
             )
             .optional()
             .map_err(sq)?;
-        if done.is_some() {
+        // The mark lists the trials queued so far, one per point in file order.
+        let mut numbers: Vec<TrialNumber> =
+            done.as_deref().and_then(|d| serde_json::from_str::<Vec<TrialNumber>>(d).ok()).unwrap_or_default();
+        if done.is_some() && numbers.is_empty() {
+            return Ok(Vec::new()); // a mark this build cannot read: queue nothing twice
+        }
+        let first_new = numbers.len();
+        if points.len() <= first_new {
             return Ok(Vec::new());
         }
-        let numbers = points.iter().map(|p| insert_waiting(&tx, study_id, space, p)).collect::<rusqlite::Result<Vec<_>>>().map_err(sq)?;
+        let added = points[first_new..]
+            .iter()
+            .map(|p| insert_waiting(&tx, study_id, space, p))
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(sq)?;
+        numbers.extend(&added);
         tx.execute(
-            "INSERT INTO study_system_attributes (study_id, \"key\", value_json) VALUES (?1, ?2, ?3)",
-            params![study_id, STUDY_FILE_ENQUEUED, Value::from(numbers.clone()).to_string()],
+            "INSERT INTO study_system_attributes (study_id, \"key\", value_json) VALUES (?1, ?2, ?3)
+             ON CONFLICT (study_id, \"key\") DO UPDATE SET value_json = excluded.value_json",
+            params![study_id, STUDY_FILE_ENQUEUED, Value::from(numbers).to_string()],
         )
         .map_err(sq)?;
         tx.commit().map_err(sq)?;
-        Ok(numbers)
+        Ok(added.into_iter().enumerate().map(|(i, n)| (first_new + i, n)).collect())
     }
 
     // ----- while running -----

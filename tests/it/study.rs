@@ -189,6 +189,16 @@ fn study_file_points_run_first_and_are_queued_only_once() {
     let at = |x1: f64| trials.iter().filter(|t| t["params"]["x1"].as_f64() == Some(x1)).count();
     assert_eq!((at(3.14159), at(-3.0)), (1, 1));
     assert!(trials.iter().all(|t| t["state"] == "COMPLETE"));
+    // A point added at the end of the file later is queued then, and only it.
+    d.write("s.toml", &(study(7) + "\n[[enqueue]]\nx1 = 9\nx2 = 1\n"));
+    let out = d.run(&["run", "s.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("queued trial 6 from [[enqueue]] #3: x1=9"), "{}", stderr(&out));
+    let trials = d.trials("s.toml");
+    assert_eq!(trials.len(), 7);
+    assert_eq!((trials[6]["params"]["x1"].as_f64(), trials[6]["params"]["x2"].as_f64()), (Some(9.0), Some(1.0)));
+    let at = |x1: f64| trials.iter().filter(|t| t["params"]["x1"].as_f64() == Some(x1)).count();
+    assert_eq!((at(3.14159), at(-3.0)), (1, 1));
 }
 
 #[test]
@@ -202,7 +212,7 @@ fn partly_queued_points_keep_their_values_and_the_sampler_chooses_the_rest() {
     assert!(printed.contains("queued trial 0: x2=2.5; the sampler chooses x1"), "{printed}");
     let out = d.run(&["run", "s.toml"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("queued trial 1 from [[enqueue]]: x1=9.5; the sampler chooses x2"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("queued trial 1 from [[enqueue]] #1: x1=9.5; the sampler chooses x2"), "{}", stderr(&out));
     // Later, with a model: a partial point queued mid-study.
     d.write("s.toml", &study(8));
     assert!(d.run(&["enqueue", "s.toml", "--param", "x1=3.0"]).status.success());
