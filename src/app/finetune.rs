@@ -60,6 +60,19 @@ pub fn build(cfg: &StudyConfig, quiet: bool) -> anyhow::Result<FinetuneRunner> {
             ));
         }
     }
+    // A searched option also fixed in [train]: the search wins; say so, it may be a slip.
+    if let Some(fixed) = &cfg.train {
+        for p in cfg.space.params().iter().filter(|p| fixed.contains_key(&p.name)) {
+            if !quiet {
+                tracing::warn!(
+                    "{}: `{}` is searched ([space]) and also fixed in [train] (= {}); each trial uses its sampled value",
+                    cfg.path.display(),
+                    p.name,
+                    fixed[&p.name]
+                );
+            }
+        }
+    }
     TrainSpec::from_params(&tables.train, &Default::default()).map_err(|e| usage(cfg, format!("[train]: {e}")))?;
     let problem = model.problem.unwrap_or(data.problem);
     let known: &[&str] = match problem {

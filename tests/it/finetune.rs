@@ -137,7 +137,7 @@ fn a_regression_study_reports_r2_on_test_and_exports_a_regression_model() {
         csv.push_str(&format!("{t},{y}\n"));
     }
     let csv = d.write("reg.csv", &csv);
-    let study = finetune_study(&toy.model_dir.display().to_string(), &csv.display().to_string(), 2, "")
+    let study = finetune_study(&toy.model_dir.display().to_string(), &csv.display().to_string(), 2, "learning_rate = 0.002")
         .replace("metric = \"accuracy\"", "metric = \"r2\"")
         .replace("[data]", "problem = \"regression\"\n\n[data]\nlabel_column = \"score\"");
     d.write("s.toml", &study);
@@ -147,6 +147,9 @@ fn a_regression_study_reports_r2_on_test_and_exports_a_regression_model() {
     // The targets are read as numbers before the trials run, as the trials read them.
     assert!(err.contains("regression targets 0.1..0.906") && !err.contains(" labels ("), "{err}");
     assert!(err.contains("evaluated once): r2 ") && err.contains("mae "), "{err}");
+    assert!(err.contains("`learning_rate` is searched ([space]) and also fixed in [train]"), "{err}");
+    let lrs: Vec<f64> = d.trials("s.toml").iter().map(|t| t["params"]["learning_rate"].as_f64().unwrap()).collect();
+    assert!(lrs.iter().all(|&lr| (1e-3..=5e-3).contains(&lr) && lr != 0.002), "the sampled values are used: {lrs:?}");
     let best: Value = serde_json::from_slice(&d.run(&["best", "s.toml", "--format", "json"]).stdout).unwrap();
     for k in ["r2", "mse", "mae", "loss"] {
         assert!(best["test"][k].is_number(), "{k}: {best}");
@@ -156,6 +159,8 @@ fn a_regression_study_reports_r2_on_test_and_exports_a_regression_model() {
     assert!(out.status.success(), "{}", stderr(&out));
     let cfg: Value = serde_json::from_str(&std::fs::read_to_string(d.path().join("model-out/config.json")).unwrap()).unwrap();
     assert_eq!((cfg["problem_type"].as_str(), cfg["num_labels"].as_u64()), (Some("regression"), Some(1)), "{cfg}");
+    let prov: Value = serde_json::from_str(&std::fs::read_to_string(d.path().join("model-out/sft_search.json")).unwrap()).unwrap();
+    assert_eq!(prov["train"]["learning_rate"], best["params"]["learning_rate"], "trained with the sampled value, not [train]'s");
     d.write("in.csv", "text,id\ngood,1\nbad,2\n");
     let out = d.run(&["predict", "--model", "model-out", "--input", "in.csv", "-q"]);
     assert!(out.status.success(), "{}", stderr(&out));
