@@ -91,6 +91,10 @@ pub fn build(cfg: &StudyConfig, quiet: bool) -> anyhow::Result<FinetuneRunner> {
     let dataset = load_dataset(&data).map_err(|e| UsageError(format!("{}: [data]: {e}", cfg.path.display())))?;
     if !quiet {
         let targets = match problem {
+            // The names in id order: for `f1` the positive class is the second of two.
+            Problem::Classification if dataset.num_labels() <= 12 => {
+                format!("{} labels: {}", dataset.num_labels(), dataset.labels.id2label.join(", "))
+            }
             Problem::Classification => format!("{} labels", dataset.num_labels()),
             Problem::Regression => {
                 let values: Vec<f32> = dataset.train.iter().map(|e| e.label.value()).collect();

@@ -50,6 +50,7 @@ fn a_finetune_study_trains_records_epochs_keeps_checkpoints_and_tests_the_best_o
     assert!(out.status.success(), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(err.contains("test split (trial"), "{err}");
+    assert!(err.contains("2 labels: neg, pos ("), "the labels in id order: {err}");
     let trials = d.trials("s.toml");
     assert_eq!(count(&trials, "COMPLETE"), 2);
     for t in &trials {
