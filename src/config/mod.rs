@@ -113,16 +113,26 @@ impl Source<'_> {
         toml::from_str(self.text).map_err(|e| {
             let span = e.span().unwrap_or(0..0);
             let (l, c) = self.line_col(span.start);
-            ConfigError {
-                file: self.path.to_path_buf(),
-                position: Some((l, c)),
-                key: self.key_at(l),
-                message: suggest::with_suggestion(e.message().trim()),
-                snippet: self.line_text(l),
+            let key = self.key_at(l);
+            let mut message = suggest::with_suggestion(e.message().trim());
+            // `space = "file.toml"` written under [study] belongs to [study] in TOML.
+            if let Some((table, name)) = key.as_deref().and_then(|k| k.split_once('.')) {
+                if TOP_LEVEL_KEYS.contains(&name) && !name.contains('.') && message.starts_with("unknown field") {
+                    let instead = if name == "space" { "[space] with `include = \"file.toml\"`" } else { "its own [table]" };
+                    message.push_str(&format!(
+                        "; `{name}` is a top-level key, but a key written below a [table] header belongs to that table \
+                         (here [{table}]): move it above the first header, or write {instead}"
+                    ));
+                }
             }
+            ConfigError { file: self.path.to_path_buf(), position: Some((l, c)), key, message, snippet: self.line_text(l) }
         })
     }
 }
+
+/// The top-level keys of a study file (its tables, and `space = "file.toml"`).
+const TOP_LEVEL_KEYS: &[&str] =
+    &["study", "space", "sampler", "objective", "execution", "pruner", "model", "data", "train", "soup", "enqueue"];
 
 /// Which sampler the study uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

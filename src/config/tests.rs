@@ -43,6 +43,14 @@ fn a_good_file_resolves() {
 const CASES: &[(&str, &str, &str, usize, &str, &str)] = &[
     ("unknown key", "n_trials = 10", "n_trials = 10\nbogus = 1", 6, "study.bogus", "unknown field"),
     ("misspelt key", "n_trials = 10", "n_trial = 10", 5, "study.n_trial", "did you mean `n_trials`?"),
+    (
+        "a space file named below [study]",
+        "n_trials = 10",
+        "n_trials = 10\nspace = \"s.toml\"",
+        6,
+        "study.space",
+        "`space` is a top-level key, but a key written below a [table] header belongs to that table (here [study])",
+    ),
     ("wrong type", "n_trials = 10", "n_trials = \"ten\"", 5, "study.n_trials", "invalid type"),
     ("low >= high", "low = -5, high = 10", "low = 10, high = 10", 8, "space.x1", "must be below high"),
     ("log with low <= 0", "low = -5, high = 10 }", "low = 0, high = 10, log = true }", 8, "space.x1", "low > 0"),
