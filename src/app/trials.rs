@@ -61,6 +61,29 @@ pub fn pruning_note(t: &TrialRecord) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join(", "))
 }
 
+/// The note column of the trials table: retry, pruning, fit diagnosis, early stop, error.
+fn note(t: &TrialRecord) -> String {
+    let mut note = Vec::new();
+    if let Some(r) = t.retry_of {
+        note.push(format!("retry of {r}"));
+    }
+    if let Some(p) = pruning_note(t) {
+        note.push(p);
+    }
+    if let Some(f) = t.metrics.get("fit").and_then(|f| f.as_str()) {
+        note.push(f.to_string());
+    }
+    if t.metrics.get("stopped_early").and_then(Value::as_bool) == Some(true) {
+        let at = t.metrics.get("epochs_run").and_then(Value::as_f64).map(|e| format!(" after epoch {e}")).unwrap_or_default();
+        note.push(format!("stopped early{at}"));
+    }
+    if let Some(e) = &t.error {
+        let short: String = e.chars().take(60).collect();
+        note.push(if e.chars().count() > 60 { format!("{short}…") } else { short });
+    }
+    note.join("; ")
+}
+
 fn duration(t: &TrialRecord) -> Option<f64> {
     seconds_between(t.started_at.as_deref()?, t.finished_at.as_deref()?)
 }
@@ -150,21 +173,7 @@ pub fn run(args: &TrialsArgs) -> anyhow::Result<ExitCode> {
                 row.push(t.device.clone().unwrap_or_else(|| "-".into()));
                 row.push(duration(t).map(|d| format!("{d:.1}s")).unwrap_or_else(|| "-".into()));
                 row.push(t.intermediate.len().to_string());
-                let mut note = Vec::new();
-                if let Some(r) = t.retry_of {
-                    note.push(format!("retry of {r}"));
-                }
-                if let Some(p) = pruning_note(t) {
-                    note.push(p);
-                }
-                if let Some(f) = t.metrics.get("fit").and_then(|f| f.as_str()) {
-                    note.push(f.to_string());
-                }
-                if let Some(e) = &t.error {
-                    let short: String = e.chars().take(60).collect();
-                    note.push(if e.chars().count() > 60 { format!("{short}…") } else { short });
-                }
-                row.push(note.join("; "));
+                row.push(note(t));
                 rows.push(row);
             }
             print_out(&render_table(&rows))?;
@@ -205,5 +214,18 @@ mod tests {
         assert_eq!(trial_json(&t, false)["pruning"]["rungs"][1]["step"], 6);
         t.pruning.pruned_at_step = None;
         assert_eq!(pruning_note(&t).as_deref(), Some("rungs 0..=1 passed, bracket 1"));
+    }
+
+    #[test]
+    fn the_note_tells_fit_early_stop_and_a_shortened_error() {
+        let mut t = TrialRecord::new(3, TrialState::Complete, ParamSet::new(), Some(0.9));
+        t.metrics.insert("fit".into(), json!("overfitting from epoch 3"));
+        t.metrics.insert("stopped_early".into(), json!(true));
+        t.metrics.insert("epochs_run".into(), json!(5.0));
+        assert_eq!(note(&t), "overfitting from epoch 3; stopped early after epoch 5");
+        t.metrics.clear();
+        t.retry_of = Some(1);
+        t.error = Some("x".repeat(70));
+        assert_eq!(note(&t), format!("retry of 1; {}…", "x".repeat(60)));
     }
 }
