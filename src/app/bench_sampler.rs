@@ -67,12 +67,17 @@ fn make_sampler(args: &BenchSamplerArgs, target: &Target) -> anyhow::Result<Box<
 
 pub fn run(args: &BenchSamplerArgs) -> anyhow::Result<ExitCode> {
     let target = match (&args.function, &args.study) {
-        (Some(name), None) => Target::builtin(name.parse::<SyntheticFunction>().map_err(UsageError)?),
+        (Some(name), None) => Target::builtin(name.parse::<SyntheticFunction>().map_err(|m| {
+            UsageError(format!("{m}{}", crate::config::suggest::hint(name, SyntheticFunction::ALL.iter().map(|f| f.name()))))
+        })?),
         (None, Some(path)) => Target::from_study(path, args.optimum)?,
         _ => return Err(UsageError("give one of --function and --study".into()).into()),
     };
     if args.parallel == 0 {
         return Err(UsageError("--parallel must be at least 1".into()).into());
+    }
+    if args.trials == 0 && args.existing.is_empty() {
+        return Err(UsageError("--trials must be at least 1".into()).into());
     }
     if args.jobs == 0 {
         return Err(UsageError("--jobs must be at least 1".into()).into());

@@ -49,10 +49,15 @@ fn process_cpu_s() -> f64 {
 
 pub fn run(args: &BenchTrainArgs) -> anyhow::Result<ExitCode> {
     perf::tune_for_training();
-    anyhow::ensure!(args.steps > 0 && args.batch_size > 0 && args.seq_len > 0, "steps, batch size and seq len must be positive");
-    anyhow::ensure!((0.0..1.0).contains(&args.ema_decay), "--ema-decay must be in [0, 1)");
-    let device = parse_device(&args.device)?;
-    let config = read_config(&args.model)?;
+    let usage = |m: String| anyhow::Error::new(super::UsageError(m));
+    if !(args.steps > 0 && args.batch_size > 0 && args.seq_len > 0) {
+        return Err(usage("--steps, --batch-size and --seq-len must be positive".into()));
+    }
+    if !(0.0..1.0).contains(&args.ema_decay) {
+        return Err(usage("--ema-decay must be in [0, 1)".into()));
+    }
+    let device = parse_device(&args.device).map_err(|e| usage(e.to_string()))?;
+    let config = read_config(&args.model).map_err(|e| usage(format!("--model: {e}")))?;
     let (b, s) = (args.batch_size, args.seq_len);
     let needed = WARMUP + args.steps + if device.is_cpu() { 0 } else { PHASE_STEPS };
     let (batches, num_labels) = match &args.data {

@@ -432,8 +432,10 @@ fn resolve(src: &Source, f: StudyFile, dir: PathBuf) -> Result<StudyConfig, Conf
                     format!("a synthetic objective needs `function` (one of: {})", names.join(", ")),
                 )
             })?;
-            let function: SyntheticFunction =
-                func.get_ref().parse().map_err(|m: String| src.error_at(func.span(), Some("objective.function".into()), m))?;
+            let function: SyntheticFunction = func.get_ref().parse().map_err(|m: String| {
+                let hint = suggest::hint(func.get_ref(), SyntheticFunction::ALL.iter().map(|f| f.name()));
+                src.error_at(func.span(), Some("objective.function".into()), format!("{m}{hint}"))
+            })?;
             if !(f.objective.noise >= 0.0 && f.objective.noise.is_finite()) {
                 return Err(src.error_at(func.span(), Some("objective.noise".into()), "noise must be a finite sigma >= 0"));
             }

@@ -63,6 +63,7 @@ const CASES: &[(&str, &str, &str, usize, &str, &str)] = &[
         "must not be empty",
     ),
     ("unknown function", "function = \"branin\"", "function = \"bran\"", 16, "objective.function", "unknown function"),
+    ("misspelt function", "function = \"branin\"", "function = \"brainin\"", 16, "objective.function", "did you mean `branin`?"),
     ("unknown param type", "type = \"float\", low = -5", "type = \"double\", low = -5", 8, "space.x1", "unknown variant"),
     ("unknown sampler", "kind = \"random\"", "kind = \"tpe\"", 12, "sampler.kind", "unknown sampler"),
     ("bad direction", "direction = \"minimize\"", "direction = \"down\"", 4, "study.direction", "not a direction"),
