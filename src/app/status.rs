@@ -105,7 +105,12 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
         s.push_str("running:\n");
         for (t, orphaned) in running.iter().zip(&orphaned) {
             let elapsed = t.started_at.as_deref().and_then(|st| seconds_between(st, &now)).map(|e| format!("{e:.0}s")).unwrap_or_default();
-            let last = t.last_intermediate().map(|(k, v)| format!(", step {k}: {}", format_value(v))).unwrap_or_default();
+            // The last intermediate value, at the step the trial reported it (an epoch, or
+            // the optimizer step with `eval_steps`), apart from the training progress.
+            let last = t
+                .last_intermediate()
+                .map(|(k, v)| format!(", last {metric} {} (reported at step {k})", format_value(v)))
+                .unwrap_or_default();
             let gone = if *orphaned { " — its process is gone (interrupted); the next `run` retries it" } else { "" };
             s.push_str(&format!(
                 "  {:<7} trial {} for {elapsed}{last}{}{gone}\n",
