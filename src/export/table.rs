@@ -185,7 +185,15 @@ impl<W: Write> TableWriter<W> {
     pub fn write_row(&mut self, row: &[Value]) -> Result<(), TableError> {
         match (&mut self.csv, &mut self.raw) {
             (Some(w), _) => {
-                let cells: Vec<String> = row.iter().map(cell_text).collect();
+                let mut cells: Vec<String> = row.iter().map(cell_text).collect();
+                if self.format == Format::Tsv {
+                    // TSV has no quoting: a tab or line break inside a cell would split it.
+                    for c in &mut cells {
+                        if c.contains(['\t', '\n', '\r']) {
+                            *c = c.replace("\r\n", " ").replace(['\t', '\n', '\r'], " ");
+                        }
+                    }
+                }
                 w.write_record(&cells).map_err(|e| TableError::Write(e.to_string()))
             }
             (None, Some(w)) => {
@@ -280,5 +288,9 @@ mod tests {
         assert_eq!(outs[0], "text,p\n\"a, b\",0.5\nc,1\n");
         assert_eq!(outs[1], "text\tp\na, b\t0.5\nc\t1\n");
         assert_eq!(outs[2], "{\"text\": \"a, b\", \"p\": 0.5}\n{\"text\": \"c\", \"p\": 1}\n");
+        // TSV cannot quote: a tab or line break in a text becomes a space, one row stays one line.
+        let mut w = TableWriter::new(Vec::new(), Format::Tsv, cols.clone()).unwrap();
+        w.write_row(&[json!("line one\r\nline\ttwo\n"), json!(1)]).unwrap();
+        assert_eq!(String::from_utf8(w.finish().unwrap()).unwrap(), "text\tp\nline one line two \t1\n");
     }
 }
