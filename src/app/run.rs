@@ -67,14 +67,27 @@ pub fn build_runner(cfg: &StudyConfig, quiet: bool) -> anyhow::Result<Box<dyn Tr
 /// model, data or training options (their values would not compare), unless allowed; then
 /// keeps the study file as it is now with the study (what `export`, `report` and the next
 /// check read).
-fn check_setup(cfg: &StudyConfig, store: &Store, study: &crate::storage::StudyInfo, allow: bool) -> anyhow::Result<()> {
+fn check_setup(
+    cfg: &StudyConfig,
+    store: &Store,
+    study: &crate::storage::StudyInfo,
+    data: Option<&serde_json::Value>,
+    allow: bool,
+) -> anyhow::Result<()> {
+    const DATA: &str = "sft:data_fingerprint";
     let stored = study.user_attrs.get("sft:study_file").and_then(serde_json::Value::as_str);
-    if stored == Some(cfg.text.as_str()) {
+    let stored_data = study.user_attrs.get(DATA);
+    if stored == Some(cfg.text.as_str()) && stored_data == data {
         return Ok(());
     }
     let ran = store.trials(study.id)?.iter().filter(|t| t.state != TrialState::Waiting).count();
     // A study another tool made (Optuna) has no study file to compare with.
-    let changes = stored.map(|s| crate::config::setup::setup_differences(s, &cfg.text)).unwrap_or_default();
+    let mut changes = stored.map(|s| crate::config::setup::setup_differences(s, &cfg.text)).unwrap_or_default();
+    if let (Some(old), Some(new)) = (stored_data, data) {
+        for role in crate::trainer::data::fingerprint::changed_files(old, new) {
+            changes.push(format!("`[data] {role}`: the file's content changed (its fingerprint differs)"));
+        }
+    }
     if ran > 0 && !changes.is_empty() {
         if !allow {
             return Err(UsageError(format!(
@@ -89,6 +102,9 @@ fn check_setup(cfg: &StudyConfig, store: &Store, study: &crate::storage::StudyIn
         tracing::warn!("study `{}`: going on with a changed setup ({})", cfg.name, changes.join("; "));
     }
     store.set_study_attr(study.id, "sft:study_file", &serde_json::Value::String(cfg.text.clone()))?;
+    if let Some(d) = data {
+        store.set_study_attr(study.id, DATA, d)?;
+    }
     Ok(())
 }
 
@@ -182,7 +198,14 @@ pub fn run(args: &RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         }
         other => anyhow::Error::new(other),
     })?;
-    check_setup(&cfg, &store, &study, args.allow_setup_change)?;
+    let data_fingerprint = match &finetune {
+        Some(ft) => Some(
+            crate::trainer::data::fingerprint::fingerprint(&ft.data)
+                .map_err(|e| UsageError(format!("{}: [data]: {e}", cfg.path.display())))?,
+        ),
+        None => None,
+    };
+    check_setup(&cfg, &store, &study, data_fingerprint.as_ref(), args.allow_setup_change)?;
     let queued = store.enqueue_study_file_points(study.id, &cfg.space, &cfg.enqueue)?;
     if !quiet {
         for &(i, number) in &queued {

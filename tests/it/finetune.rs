@@ -89,6 +89,17 @@ fn a_finetune_study_trains_records_epochs_keeps_checkpoints_and_tests_the_best_o
     // Running again does not evaluate the test split a second time.
     let again = d.run(&["run", "s.toml"]);
     assert!(!stderr(&again).contains("test split (trial"), "{}", stderr(&again));
+    // Rows changed under the same file name: the recorded values no longer compare.
+    let mut rows = std::fs::read_to_string(&toy.csv).unwrap();
+    rows.push_str("an extra row,pos\n");
+    std::fs::write(&toy.csv, rows).unwrap();
+    let more = d.run(&["run", "s.toml", "--n-trials", "3"]);
+    assert_eq!(more.status.code(), Some(2), "{}", stderr(&more));
+    assert!(stderr(&more).contains("`[data] path`: the file's content changed"), "{}", stderr(&more));
+    assert_eq!(d.trials("s.toml").len(), 2, "nothing ran");
+    let more = d.run(&["run", "s.toml", "--n-trials", "3", "--allow-setup-change"]);
+    assert!(more.status.success(), "{}", stderr(&more));
+    assert_eq!(d.trials("s.toml").len(), 3);
 }
 
 /// Studies of each family through the binary: trials learn the toy task, the best is tested
