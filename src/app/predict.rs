@@ -73,6 +73,21 @@ pub fn run(args: &PredictArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     let head = predictor.head().clone();
     let rows: Vec<TextInput> =
         (0..table.rows.len()).map(|r| TextInput { text: table.text(r, ti), pair: pi.map(|c| table.text(r, c)) }).collect();
+    // Rows without a text still get a prediction (the output keeps every input row), but
+    // that prediction says nothing about them: tell which.
+    let empty: Vec<usize> = rows.iter().enumerate().filter(|(_, r)| r.text.trim().is_empty()).map(|(i, _)| i + 1).collect();
+    if !empty.is_empty() && !quiet {
+        let first: Vec<String> = empty.iter().take(5).map(usize::to_string).collect();
+        let more = if empty.len() > 5 { ", …" } else { "" };
+        eprintln!(
+            "warning: {} of {} rows of {} have no text in column `{}` (rows {}{more}); their predictions are the model's guess for an empty text",
+            empty.len(),
+            rows.len(),
+            shown(&args.input),
+            table.columns[ti],
+            first.join(", ")
+        );
+    }
 
     let pb =
         if quiet { ProgressBar::hidden() } else { ProgressBar::with_draw_target(Some(rows.len() as u64), ProgressDrawTarget::stderr()) };

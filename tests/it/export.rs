@@ -196,6 +196,12 @@ fn export_predict_parity(root: &Path, model: Option<PathBuf>, epochs: usize, arc
     prov["text_column"] = json!("text");
     prov["text_pair_column"] = Value::Null;
     std::fs::write(&prov_path, prov.to_string()).unwrap();
+    // A row without a text keeps its place in the output, and is named on stderr.
+    std::fs::write(root.join("gaps.csv"), "id,text\n1,good film\n2,\n3,bad\n").unwrap();
+    let p = sft(root, &["predict", "--model", "model-out", "--input", "gaps.csv"]);
+    assert!(p.status.success(), "{}", stderr(&p));
+    assert_eq!(String::from_utf8_lossy(&p.stdout).lines().count(), 4, "every row predicted");
+    assert!(stderr(&p).contains("1 of 3 rows") && stderr(&p).contains("(rows 2)"), "{}", stderr(&p));
 
     // The transformers parity proof.
     let has = Command::new("python3").args(["-c", "import transformers, torch"]).output().map(|o| o.status.success()).unwrap_or(false);
