@@ -74,7 +74,7 @@ fn check_setup(
     data: Option<&serde_json::Value>,
     allow: bool,
 ) -> anyhow::Result<()> {
-    const DATA: &str = "sft:data_fingerprint";
+    const DATA: &str = "sft:inputs_fingerprint";
     let stored = study.user_attrs.get("sft:study_file").and_then(serde_json::Value::as_str);
     let stored_data = study.user_attrs.get(DATA);
     if stored == Some(cfg.text.as_str()) && stored_data == data {
@@ -84,8 +84,12 @@ fn check_setup(
     // A study another tool made (Optuna) has no study file to compare with.
     let mut changes = stored.map(|s| crate::config::setup::setup_differences(s, &cfg.text)).unwrap_or_default();
     if let (Some(old), Some(new)) = (stored_data, data) {
-        for role in crate::trainer::data::fingerprint::changed_files(old, new) {
-            changes.push(format!("`[data] {role}`: the file's content changed (its fingerprint differs)"));
+        for role in crate::trainer::fingerprint::changed_files(old, new) {
+            changes.push(if role == "model" {
+                "`[model]`: the pretrained folder's weights, config or tokenizer changed (its fingerprint differs)".to_string()
+            } else {
+                format!("`[data] {role}`: the file's content changed (its fingerprint differs)")
+            });
         }
     }
     if ran > 0 && !changes.is_empty() {
@@ -198,11 +202,18 @@ pub fn run(args: &RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         }
         other => anyhow::Error::new(other),
     })?;
+    // What the trials read, to tell when it changes under the same names.
     let data_fingerprint = match &finetune {
-        Some(ft) => Some(
-            crate::trainer::data::fingerprint::fingerprint(&ft.data)
-                .map_err(|e| UsageError(format!("{}: [data]: {e}", cfg.path.display())))?,
-        ),
+        Some(ft) => {
+            let mut f = crate::trainer::fingerprint::data_files(&ft.data)
+                .map_err(|e| UsageError(format!("{}: [data]: {e}", cfg.path.display())))?;
+            let model = crate::trainer::fingerprint::model_folder(&ft.model_dir)
+                .with_context(|| format!("reading the model folder {}", ft.model_dir.display()))?;
+            if let Some(m) = f.as_object_mut() {
+                m.insert("model".into(), model);
+            }
+            Some(f)
+        }
         None => None,
     };
     check_setup(&cfg, &store, &study, data_fingerprint.as_ref(), args.allow_setup_change)?;

@@ -8,6 +8,7 @@
 pub mod checkpoint;
 pub mod data;
 pub mod ema;
+pub mod fingerprint;
 pub mod gpu_usage;
 pub mod loss;
 pub mod metrics;

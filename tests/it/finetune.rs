@@ -100,6 +100,13 @@ fn a_finetune_study_trains_records_epochs_keeps_checkpoints_and_tests_the_best_o
     let more = d.run(&["run", "s.toml", "--n-trials", "3", "--allow-setup-change"]);
     assert!(more.status.success(), "{}", stderr(&more));
     assert_eq!(d.trials("s.toml").len(), 3);
+    // So does a pretrained folder changed in place.
+    let config = toy.model_dir.join("config.json");
+    let text = std::fs::read_to_string(&config).unwrap().replacen('{', "{\"note\": \"re-downloaded\", ", 1);
+    std::fs::write(&config, text).unwrap();
+    let more = d.run(&["run", "s.toml", "--n-trials", "4"]);
+    assert_eq!(more.status.code(), Some(2), "{}", stderr(&more));
+    assert!(stderr(&more).contains("`[model]`: the pretrained folder's weights, config or tokenizer changed"), "{}", stderr(&more));
 }
 
 /// Studies of each family through the binary: trials learn the toy task, the best is tested

@@ -23,7 +23,6 @@ pub mod batch;
 pub mod clean;
 pub mod config;
 pub mod error;
-pub mod fingerprint;
 pub mod labels;
 pub mod read;
 pub mod split;
