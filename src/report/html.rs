@@ -187,7 +187,7 @@ fn strip_xml_header(svg: &str) -> &str {
     }
 }
 
-fn summary_section(h: &mut String, data: &StudyData) {
+pub(super) fn summary_section(h: &mut String, data: &StudyData) {
     let s = Summary::compute(data);
     h.push_str("<h2>Summary</h2>\n<table class=\"kv\">\n");
     let mut row = |k: &str, v: String| {
@@ -200,6 +200,9 @@ fn summary_section(h: &mut String, data: &StudyData) {
     row(
         "budget",
         match data.n_trials {
+            Some(n) if finished as u64 > n => {
+                format!("{finished} trials complete or pruned (the study file asks for {n}; later runs raised it with --n-trials)")
+            }
             Some(n) => format!("{finished} of {n} trials complete or pruned"),
             None => format!("{finished} trials complete or pruned (no n_trials)"),
         },

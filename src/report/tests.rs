@@ -592,3 +592,15 @@ fn plot_and_report_commands_write_their_files() {
     let html = std::fs::read_to_string(dir.path().join("s-report.html")).expect("report file");
     assert!(html.contains("<table class=\"sortable\""));
 }
+
+#[test]
+fn the_budget_line_counts_against_n_trials_or_says_it_was_raised() {
+    let mut d = six();
+    let mut h = String::new();
+    super::html::summary_section(&mut h, &d);
+    assert!(h.contains("5 of 10 trials complete or pruned"), "{h}");
+    d.n_trials = Some(3);
+    let mut h = String::new();
+    super::html::summary_section(&mut h, &d);
+    assert!(h.contains("5 trials complete or pruned (the study file asks for 3; later runs raised it with --n-trials)"), "{h}");
+}
