@@ -64,26 +64,27 @@ pub fn build_runner(cfg: &StudyConfig, quiet: bool) -> anyhow::Result<Box<dyn Tr
 }
 
 /// Refuses to add trials to a study whose recorded trials ran with another metric, objective,
-/// model, data or training options (their values would not compare), unless allowed; then
-/// keeps the study file as it is now with the study (what `export`, `report` and the next
-/// check read).
+/// model, data or training options, or other data or model files under the same names
+/// (`inputs`: their fingerprints), since their values would not compare, unless allowed;
+/// then keeps the study file and fingerprints as they are now with the study (what `export`,
+/// `report` and the next check read).
 fn check_setup(
     cfg: &StudyConfig,
     store: &Store,
     study: &crate::storage::StudyInfo,
-    data: Option<&serde_json::Value>,
+    inputs: Option<&serde_json::Value>,
     allow: bool,
 ) -> anyhow::Result<()> {
-    const DATA: &str = "sft:inputs_fingerprint";
+    const INPUTS: &str = "sft:inputs_fingerprint";
     let stored = study.user_attrs.get("sft:study_file").and_then(serde_json::Value::as_str);
-    let stored_data = study.user_attrs.get(DATA);
-    if stored == Some(cfg.text.as_str()) && stored_data == data {
+    let stored_inputs = study.user_attrs.get(INPUTS);
+    if stored == Some(cfg.text.as_str()) && stored_inputs == inputs {
         return Ok(());
     }
     let ran = store.trials(study.id)?.iter().filter(|t| t.state != TrialState::Waiting).count();
     // A study another tool made (Optuna) has no study file to compare with.
     let mut changes = stored.map(|s| crate::config::setup::setup_differences(s, &cfg.text)).unwrap_or_default();
-    if let (Some(old), Some(new)) = (stored_data, data) {
+    if let (Some(old), Some(new)) = (stored_inputs, inputs) {
         for role in crate::trainer::fingerprint::changed_files(old, new) {
             changes.push(if role == "model" {
                 "`[model]`: the pretrained folder's weights, config or tokenizer changed (its fingerprint differs)".to_string()
@@ -106,8 +107,8 @@ fn check_setup(
         tracing::warn!("study `{}`: going on with a changed setup ({})", cfg.name, changes.join("; "));
     }
     store.set_study_attr(study.id, "sft:study_file", &serde_json::Value::String(cfg.text.clone()))?;
-    if let Some(d) = data {
-        store.set_study_attr(study.id, DATA, d)?;
+    if let Some(f) = inputs {
+        store.set_study_attr(study.id, INPUTS, f)?;
     }
     Ok(())
 }
@@ -203,7 +204,7 @@ pub fn run(args: &RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         other => anyhow::Error::new(other),
     })?;
     // What the trials read, to tell when it changes under the same names.
-    let data_fingerprint = match &finetune {
+    let inputs = match &finetune {
         Some(ft) => {
             let mut f = crate::trainer::fingerprint::data_files(&ft.data)
                 .map_err(|e| UsageError(format!("{}: [data]: {e}", cfg.path.display())))?;
@@ -216,7 +217,7 @@ pub fn run(args: &RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    check_setup(&cfg, &store, &study, data_fingerprint.as_ref(), args.allow_setup_change)?;
+    check_setup(&cfg, &store, &study, inputs.as_ref(), args.allow_setup_change)?;
     let queued = store.enqueue_study_file_points(study.id, &cfg.space, &cfg.enqueue)?;
     if !quiet {
         for &(i, number) in &queued {
@@ -321,9 +322,9 @@ fn evaluation_device(cfg: &StudyConfig) -> String {
     cfg.execution.devices.first().cloned().unwrap_or_else(|| "cpu".into())
 }
 
-/// The headline test metrics, as `accuracy 0.8372, f1_macro 0.8362, …`.
-/// The test metrics worth a line: the study's metric first, then the usual ones of
-/// classification (accuracy, macro F1, ROC AUC) or regression (R², MAE), and the loss.
+/// The test metrics worth a line, as `accuracy 0.8372, f1_macro 0.8362, …`: the study's
+/// metric first, then the usual ones of classification (accuracy, macro F1, ROC AUC) or
+/// regression (R², MAE), and the loss.
 fn test_summary(test: &serde_json::Map<String, serde_json::Value>, metric: &str) -> String {
     let show = |k: &str| test.get(k).and_then(|v| v.as_f64()).map(|v| format!("{k} {v:.4}"));
     let mut keys = vec![metric];
