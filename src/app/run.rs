@@ -53,14 +53,17 @@ pub fn build_runner(cfg: &StudyConfig, quiet: bool) -> anyhow::Result<Box<dyn Tr
         ObjectiveConfig::Command { argv, cwd } => {
             Box::new(CommandRunner { argv: argv.clone(), cwd: cwd.clone(), trial_timeout: cfg.execution.trial_timeout })
         }
-        ObjectiveConfig::Finetune => {
-            let mut runner = super::finetune::build(cfg, quiet)?;
-            if let Some(t) = cfg.execution.trial_timeout {
-                runner.idle_timeout = Some(t);
-            }
-            Box::new(runner)
-        }
+        ObjectiveConfig::Finetune => Box::new(with_trial_timeout(cfg, super::finetune::build(cfg, quiet)?)),
     })
+}
+
+/// The fine-tuning runner that runs trials: `[execution] trial_timeout` kills a silent worker
+/// (the test evaluation and the soup keep the runner's own limit).
+fn with_trial_timeout(cfg: &StudyConfig, mut runner: crate::trainer::runner::FinetuneRunner) -> crate::trainer::runner::FinetuneRunner {
+    if let Some(t) = cfg.execution.trial_timeout {
+        runner.idle_timeout = Some(t);
+    }
+    runner
 }
 
 /// Refuses to add trials to a study whose recorded trials ran with another metric, objective,
@@ -188,11 +191,15 @@ pub fn run(args: &RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         }
     }
     let sampler = build_sampler(&cfg)?;
-    let runner = build_runner(&cfg, quiet)?;
-    // The fine-tuning runner again, typed, for the test evaluation at the end.
+    // A fine-tuning study's runner is built once (it loads and checks the data): typed, for
+    // the test evaluation and the soup at the end, and as the trials' runner.
     let finetune = match cfg.objective {
-        ObjectiveConfig::Finetune => Some(super::finetune::build(&cfg, true)?),
+        ObjectiveConfig::Finetune => Some(super::finetune::build(&cfg, quiet)?),
         _ => None,
+    };
+    let runner: Box<dyn TrialRunner> = match &finetune {
+        Some(ft) => Box::new(with_trial_timeout(&cfg, ft.clone())),
+        None => build_runner(&cfg, quiet)?,
     };
     let pruner = crate::pruner::from_config(&cfg.pruner);
 
