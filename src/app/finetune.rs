@@ -61,14 +61,13 @@ pub fn build(cfg: &StudyConfig, quiet: bool) -> anyhow::Result<FinetuneRunner> {
         }
     }
     // A searched option also fixed in [train]: the search wins; say so, it may be a slip.
-    if let Some(fixed) = &cfg.train {
-        for p in cfg.space.params().iter().filter(|p| fixed.contains_key(&p.name)) {
-            if !quiet {
+    if let Some(fixed) = cfg.train.as_ref().filter(|_| !quiet) {
+        for p in cfg.space.params() {
+            if let Some(v) = fixed.get(&p.name) {
                 tracing::warn!(
-                    "{}: `{}` is searched ([space]) and also fixed in [train] (= {}); each trial uses its sampled value",
+                    "{}: `{}` is searched ([space]) and also fixed in [train] (= {v}); each trial uses its sampled value",
                     cfg.path.display(),
-                    p.name,
-                    fixed[&p.name]
+                    p.name
                 );
             }
         }

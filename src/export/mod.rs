@@ -104,10 +104,15 @@ fn stored_study_file(study: &StudyInfo) -> Option<toml::Table> {
     study.user_attrs.get("sft:study_file").and_then(Value::as_str).and_then(|s| s.parse::<toml::Table>().ok())
 }
 
+/// The stored study file's `[data]` table.
+fn stored_data_table(study: &StudyInfo) -> Option<toml::Table> {
+    stored_study_file(study)?.remove("data")?.as_table().cloned()
+}
+
 /// `[data] split_seed` of the study file (42 when `[data]` leaves it out); `None` without a
 /// `[data]` table.
 pub fn split_seed(study: &StudyInfo) -> Option<u64> {
-    let data = stored_study_file(study)?.get("data")?.as_table()?.clone();
+    let data = stored_data_table(study)?;
     match data.get("split_seed") {
         Some(v) => v.as_integer().and_then(|i| u64::try_from(i).ok()),
         None => Some(42),
@@ -117,7 +122,7 @@ pub fn split_seed(study: &StudyInfo) -> Option<u64> {
 /// `[data] text_column` and `text_pair_column` of the study file (`"text"` and none when left
 /// out), which `predict` reads by default; `None` without a `[data]` table.
 pub fn text_columns(study: &StudyInfo) -> Option<(String, Option<String>)> {
-    let data = stored_study_file(study)?.get("data")?.as_table()?.clone();
+    let data = stored_data_table(study)?;
     let text = data.get("text_column").and_then(toml::Value::as_str).unwrap_or("text").to_string();
     Some((text, data.get("text_pair_column").and_then(toml::Value::as_str).map(str::to_string)))
 }

@@ -124,12 +124,12 @@ fn read_delimited(path: &Path, bytes: &[u8], delim: u8, quoting: bool, cols: Col
                 ),
             });
         }
-        // A field that opens a quote and never closes it runs to the end of the file, and the
-        // row then lacks its later fields: say so rather than only "no value".
-        let spans = rec.iter().map(|f| f.trim_end_matches(['\n', '\r']).matches('\n').count() as u64).sum::<u64>();
         let cell = |i: usize, name: &str| {
             rec.get(i).map(|s| s.to_string()).ok_or_else(|| {
+                // A field that opens a quote and never closes it runs to the end of the file,
+                // and the row then lacks its later fields: say so rather than only "no value".
                 if rec.iter().any(|f| f.contains('\n')) {
+                    let spans = rec.iter().map(|f| f.trim_end_matches(['\n', '\r']).matches('\n').count() as u64).sum::<u64>();
                     DataError::Parse {
                         path: path.to_path_buf(),
                         line,
