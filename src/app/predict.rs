@@ -29,8 +29,7 @@ fn num(x: f64) -> Value {
 /// The text column and pair column the model was trained on, from the `sft_search.json` that
 /// `export` writes; `None` for a folder without one (any other Hugging Face model).
 fn trained_columns(model: &std::path::Path) -> Option<(String, Option<String>)> {
-    let text = std::fs::read_to_string(model.join(PROVENANCE)).ok()?;
-    let v: Value = serde_json::from_str(&text).ok()?;
+    let v = crate::export::hf::read_json_object(&model.join(PROVENANCE)).ok()?;
     let column = v.get("text_column")?.as_str()?.to_string();
     Some((column, v.get("text_pair_column").and_then(Value::as_str).map(str::to_string)))
 }
