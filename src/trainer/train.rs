@@ -120,7 +120,23 @@ pub fn parse_device(s: &str) -> Result<Device, TrainError> {
             .ok_or_else(|| TrainError::Setup(format!("device `{s}`: expected cpu, cuda or cuda:K")))?,
         None => return Err(TrainError::Setup(format!("device `{s}`: expected cpu, cuda or cuda:K"))),
     };
-    crate::trainer::model::open_cuda(ordinal).map_err(|e| TrainError::Device { device: s.to_string(), why: e.to_string() })
+    crate::trainer::model::open_cuda(ordinal).map_err(|e| TrainError::Device {
+        device: device_label(ordinal, std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref()),
+        why: e.to_string(),
+    })
+}
+
+/// The name of CUDA device `ordinal` as the user knows it. A study's `cuda:k` slot runs its
+/// worker with `CUDA_VISIBLE_DEVICES=k`, where the GPU is `cuda:0`: the error names `cuda:k`,
+/// the device of the study file, not the worker's own numbering.
+fn device_label(ordinal: usize, visible: Option<&str>) -> String {
+    match visible.map(str::trim).filter(|v| !v.is_empty()) {
+        None => format!("cuda:{ordinal}"),
+        Some(v) => match v.split(',').map(str::trim).collect::<Vec<_>>().as_slice() {
+            [only] if ordinal == 0 && only.parse::<usize>().is_ok() => format!("cuda:{only} (CUDA_VISIBLE_DEVICES={v})"),
+            _ => format!("cuda:{ordinal} of CUDA_VISIBLE_DEVICES={v}"),
+        },
+    }
 }
 
 fn mix(a: u64, b: u64) -> u64 {

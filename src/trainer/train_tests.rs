@@ -386,3 +386,16 @@ fn a_cuda_device_in_a_cpu_build_says_how_to_build_for_gpus() {
     assert!(parse_device("cpu").is_ok());
     assert!(parse_device("tpu").unwrap_err().to_string().contains("expected cpu, cuda or cuda:K"));
 }
+
+/// A study's `cuda:k` slot runs its worker with `CUDA_VISIBLE_DEVICES=k`, where the GPU is
+/// `cuda:0`: a device error names `cuda:k`, as the study file does (on an H200 machine, slot
+/// `cuda:1` said "device `cuda:0`: ... no CUDA-capable device is detected").
+#[test]
+fn a_device_error_names_the_slot_the_study_file_gave() {
+    assert_eq!(device_label(0, Some("1")), "cuda:1 (CUDA_VISIBLE_DEVICES=1)");
+    assert_eq!(device_label(0, None), "cuda:0");
+    assert_eq!(device_label(2, Some("")), "cuda:2");
+    assert_eq!(device_label(1, Some("2,3")), "cuda:1 of CUDA_VISIBLE_DEVICES=2,3");
+    assert_eq!(device_label(1, Some("3")), "cuda:1 of CUDA_VISIBLE_DEVICES=3");
+    assert_eq!(device_label(0, Some("GPU-58648fc4")), "cuda:0 of CUDA_VISIBLE_DEVICES=GPU-58648fc4");
+}
