@@ -34,6 +34,7 @@ pub struct UsageError(pub String);
 /// Runs the command and turns the result into an exit code: 0 ok, 2 usage or study-file
 /// error, 1 anything else (including a study that failed).
 pub fn main(cli: Cli) -> ExitCode {
+    quiet_library_backtraces();
     init_logging(cli.verbose, cli.quiet);
     match dispatch(cli) {
         Ok(code) => code,
@@ -63,6 +64,18 @@ fn chain_text(err: &anyhow::Error) -> String {
         out.push_str(&s);
     }
     out
+}
+
+/// Candle attaches a captured backtrace to the text of its errors whenever `RUST_BACKTRACE` is
+/// set, so with it set a trial's recorded error became its message plus dozens of frame lines
+/// (seen on an H200: "out of memory twice ...: DriverError(CUDA_ERROR_OUT_OF_MEMORY) 0: <unknown>
+/// 1: <unknown> ..."). `RUST_LIB_BACKTRACE=0` turns off backtraces in error values alone; panics
+/// keep following `RUST_BACKTRACE`, and a user who sets `RUST_LIB_BACKTRACE` keeps their choice.
+/// Runs first in `main`, before any thread starts; worker processes inherit it.
+fn quiet_library_backtraces() {
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
 }
 
 fn is_usage_error(err: &anyhow::Error) -> bool {

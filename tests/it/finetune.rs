@@ -1,5 +1,7 @@
 //! Fine-tuning studies through the binary, on a tiny BERT made on the fly.
 
+use std::process::Command;
+
 use serde_json::Value;
 use sft_search::trainer::model::arch::Arch;
 use sft_search::trainer::toy::{write_toy_task, write_toy_task_for};
@@ -540,6 +542,19 @@ fn bench_train_times_steps_on_a_files_rows_padded_per_batch() {
     assert!(out.status.success(), "{}", stderr(&out));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["tokens_per_row"].as_f64(), Some(64.0));
+    // With RUST_BACKTRACE set, an error from inside the model (here: a length beyond the
+    // model's 128 positions) is still one message, not a message and a backtrace.
+    let out = Command::new(bin())
+        .args(["bench", "train", "--model", &model, "--batch-size", "2", "--seq-len", "200", "--steps", "1"])
+        .current_dir(d.path())
+        .env("RUST_BACKTRACE", "1")
+        .env_remove("RUST_LIB_BACKTRACE")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("sequence length 200 exceeds"), "{err}");
+    assert!(!err.contains("   0: ") && !err.contains("candle_core::error"), "a backtrace in the error: {err}");
     // A file too small for one batch is refused with its name.
     // Ten rows: a 70/15/15 split leaves seven for training, fewer than one batch of 8.
     let rows: String = (0..10).map(|i| format!("row number {i} of the small file,{}\n", i % 2)).collect();
