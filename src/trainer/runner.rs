@@ -247,9 +247,12 @@ impl TrialRunner for FinetuneRunner {
                 m.insert("oom_retry_micro_batch_size".into(), Value::from(half));
                 reporter.metrics(&m);
                 match run_child(&self.child(&WorkerJob::Train(job), &a.device), reporter, cancel) {
-                    Outcome::Failed { reason } if is_oom(&reason) => {
-                        Outcome::Failed { reason: format!("out of memory twice (micro_batch_size {half} after a retry): {reason}") }
-                    }
+                    Outcome::Failed { reason } if is_oom(&reason) => Outcome::Failed {
+                        reason: format!(
+                            "out of memory twice (micro_batch_size {half} after a retry; a smaller `micro_batch_size` \
+                                 in [train] keeps the batch size and uses less memory): {reason}"
+                        ),
+                    },
                     other => other,
                 }
             }

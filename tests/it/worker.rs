@@ -248,7 +248,7 @@ mod runner {
         let params: ParamSet = [("learning_rate".to_string(), ParamValue::Float(3e-3))].into_iter().collect();
         let out = r.run(&assignment(tmp.path(), params), &mut RecordingReporter::default(), &CancelToken::new());
         let Outcome::Failed { reason } = out else { panic!("{out:?}") };
-        assert!(reason.starts_with("out of memory twice (micro_batch_size 4 after a retry)"), "{reason}");
+        assert!(reason.starts_with("out of memory twice (micro_batch_size 4 after a retry; a smaller `micro_batch_size`"), "{reason}");
     }
 
     #[test]
