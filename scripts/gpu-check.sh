@@ -9,7 +9,7 @@
 #   scripts/gpu-check.sh --quick                                             # on the GPU machine: a
 #                                                                            # smoke run (~2 min)
 #   scripts/gpu-check.sh --only kernels,race                                 # some stages only
-#                                                                            # (kernels, bench, torch, race)
+#                                                                            # (kernels, bench, torch, race, slots, oom)
 #
 # --prepare (on the build machine) copies into the ignored folder gpu-payload/: the binary
 # (xz-compressed), all-MiniLM-L6-v2 stored as fp16 safetensors (loaded as f32), the SST-2 train
@@ -24,7 +24,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 payload="$here/gpu-payload"
 mode=gpu
 quick=0
-only="kernels,bench,torch,race"
+only="kernels,bench,torch,race,slots,oom"
 bin=""
 shared="${SFT_SHARED:-$here/../shared}"
 while [ $# -gt 0 ]; do
@@ -44,12 +44,13 @@ done
 
 log() { echo "[gpu-check $(date +%H:%M:%S)] $*" >&2; }
 stage() { case ",$only," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
-# Copies the small result files to $OUT (the device tool returns at most 8 files).
+# Copies the result files to $OUT (the device tool returns at most 8 files, so all but the table
+# travel in one archive, remade after every stage).
 save() {
   [ -n "${OUT:-}" ] || return 0
-  for f in table.md kernels.txt bench-train.jsonl torch-gpu.jsonl race-best.json race.db dmon.log race.log; do
-    [ -f "$out/$f" ] && cp "$out/$f" "$OUT/" 2>/dev/null
-  done
+  [ -f "$out/table.md" ] && cp "$out/table.md" "$OUT/"
+  (cd "$out" && tar -czf "$OUT/gpu-check.tar.gz" --exclude=sft-search --exclude=bert-base-random \
+    --exclude='*.trials' . 2>/dev/null)
   return 0
 }
 
@@ -155,8 +156,6 @@ else
 fi
 race_s="-"
 echo '{}' > "$out/race-best.json"
-if stage race; then
-rm -rf "$out/race.db" "$out/race.db-wal" "$out/race.db-shm" "$out/race.trials"
 cat > "$study" <<EOF
 [study]
 name = "gpu-race"
@@ -199,6 +198,8 @@ keep_checkpoints = "best"
 devices = $devices
 trials_per_device = $per_device
 EOF
+if stage race; then
+rm -rf "$out/race.db" "$out/race.db-wal" "$out/race.db-shm" "$out/race.trials"
 log "search race: $n_trials trials, $per_device per device"
 dmon_pid=""
 if [ "$mode" = gpu ] && command -v nvidia-smi >/dev/null; then
@@ -212,8 +213,85 @@ end=$(date +%s.%N)
 race_s=$(python3 -c "print(round($end - $start, 1))")
 run best "$study" --format json > "$out/race-best.json" || echo '{}' > "$out/race-best.json"
 run trials "$study" >> "$out/race.log" 2>&1 || true
+run trials "$study" --format json > "$out/race-trials.json" 2>/dev/null || true
 tail -4 "$out/race.log" >&2
 save
+fi
+
+# 1b. A slot whose device cannot be opened: a second slot on a GPU index the machine does not have.
+#     Expected: that slot's first trial fails as "device error: ...", the slot takes no more trials,
+#     the trial runs again on the slot that works, and every trial ends COMPLETE there.
+if stage slots; then
+  if [ "$mode" = gpu ]; then
+    n_gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || echo 1)
+    slots_devices="[\"cuda:0\", \"cuda:$n_gpus\"]"; slots_rows=3000
+  else
+    slots_devices='["cpu", "cpu"]'; slots_rows=300
+  fi
+  rm -rf "$out/slots.db" "$out/slots.db-wal" "$out/slots.db-shm" "$out/slots.trials"
+  sed -e 's/^name = "gpu-race"/name = "gpu-slots"/' -e 's/^storage = "race.db"/storage = "slots.db"/' \
+      -e 's/^n_trials = .*/n_trials = 4/' -e 's/^kind = "gp"/kind = "random"/' \
+      -e "s/^devices = .*/devices = $slots_devices/" -e 's/^trials_per_device = .*/trials_per_device = 1/' \
+      -e 's/^max_rows = .*//' -e "s/^split_seed = 42/split_seed = 42\\nmax_rows = $slots_rows/" \
+      -e 's/^keep_checkpoints = .*/keep_checkpoints = "none"/' "$study" > "$out/slots.toml"
+  log "slots: devices $slots_devices (the second cannot be opened), 4 trials"
+  st=0; limit=180 run run "$out/slots.toml" > "$out/slots.log" 2>&1 || st=$?; echo "exit status $st" >> "$out/slots.log"
+  run trials "$out/slots.toml" --format json > "$out/slots-trials.json" 2>/dev/null || true
+  grep -i "device\|slot\|exit status" "$out/slots.log" | tail -6 >&2 || true
+  # devices = "auto": every visible GPU (one slot each) in a CUDA build, else one CPU slot.
+  sed -e 's/^name = "gpu-slots"/name = "gpu-auto"/' -e 's/^storage = "slots.db"/storage = "auto.db"/' \
+      -e 's/^n_trials = .*/n_trials = 2/' -e 's/^devices = .*/devices = "auto"/' "$out/slots.toml" > "$out/auto.toml"
+  rm -rf "$out/auto.db" "$out/auto.db-wal" "$out/auto.db-shm" "$out/auto.trials"
+  log "auto: devices = \"auto\", 2 trials"
+  st=0; limit=120 run run "$out/auto.toml" > "$out/auto.log" 2>&1 || st=$?; echo "exit status $st" >> "$out/auto.log"
+  grep -i "slot\|exit status" "$out/auto.log" | tail -3 >&2 || true
+  save
+fi
+
+# 1c. A real out-of-memory error: one trial whose batch does not fit on the card. Expected: the
+#     trial runs again with half the micro-batch (metrics.oom_retry_micro_batch_size); if that does
+#     not fit either, it fails as "out of memory twice", and the study ends normally.
+if stage oom && [ "$mode" = gpu ]; then
+  rm -rf "$out/oom.db" "$out/oom.db-wal" "$out/oom.db-shm" "$out/oom.trials"
+  cat > "$out/oom.toml" <<EOF
+[study]
+name = "gpu-oom"
+direction = "maximize"
+metric = "accuracy"
+n_trials = 1
+storage = "oom.db"
+
+[space]
+learning_rate = { type = "float", low = 1e-5, high = 2e-4, log = true }
+
+[sampler]
+kind = "random"
+
+[objective]
+kind = "finetune"
+
+[model]
+path = "$minilm"
+
+[data]
+path = "$data/sst2_train/data.csv"
+test_path = "$data/sst2_dev/data.csv"
+split = [0.95, 0.05]
+
+[train]
+max_length = 64
+batch_size = ${OOM_BATCH:-16384}
+epochs = 1
+keep_checkpoints = "none"
+
+[execution]
+devices = ["cuda:0"]
+EOF
+  log "oom: one trial with batch_size ${OOM_BATCH:-16384} on one card"
+  st=0; limit=240 run run "$out/oom.toml" > "$out/oom.log" 2>&1 || st=$?; echo "exit status $st" >> "$out/oom.log"
+  run trials "$out/oom.toml" --format json > "$out/oom-trials.json" 2>/dev/null || true
+  grep -i "memory\|retry\|ended\|exit status" "$out/oom.log" | cut -c1-300 | tail -6 >&2 || true
+  save
 fi
 
 # 2. A BERT-base-sized model with random weights (throughput does not depend on the values).
