@@ -239,9 +239,15 @@ pub fn run(args: &RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     let slots = cfg.execution.slots();
     if !quiet {
         let done = history.iter().filter(|t| t.state.is_finished()).count();
-        let verb = if history.iter().all(|t| t.state == TrialState::Waiting) { "starting" } else { "resuming" };
+        let elsewhere = store.running_elsewhere(study.id, cfg.execution.heartbeat_timeout)?.len();
+        let (verb, others) = match elsewhere {
+            0 if history.iter().all(|t| t.state == TrialState::Waiting) => ("starting", String::new()),
+            0 => ("resuming", String::new()),
+            1 => ("joining", ", 1 running in another worker".to_string()),
+            n => ("joining", format!(", {n} running in other workers")),
+        };
         eprintln!(
-            "{verb} study `{}` ({} trials recorded) in {} — {} sampler, {} slot(s): {}",
+            "{verb} study `{}` ({} trials recorded{others}) in {} — {} sampler, {} slot(s): {}",
             cfg.name,
             done,
             shown(&cfg.storage),
@@ -304,8 +310,22 @@ pub fn run(args: &RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(130));
     }
     if let Some(ft) = &finetune {
-        evaluate_best_on_test(&cfg, &store, study.id, ft, quiet)?;
-        make_soup(&cfg, &store, study.id, ft, quiet)?;
+        // With several workers on the study, the last one to finish evaluates the winner and
+        // makes the soup: a worker that ends while others still run trials would test a best
+        // trial that may not stay the best. Two that end together take turns (the lock), and
+        // the second finds the work done.
+        let elsewhere = store.running_elsewhere(study.id, cfg.execution.heartbeat_timeout)?;
+        if elsewhere.is_empty() {
+            let _turn = PostStudyLock::acquire(&cfg.artifacts_root())?;
+            evaluate_best_on_test(&cfg, &store, study.id, ft, quiet)?;
+            make_soup(&cfg, &store, study.id, ft, quiet)?;
+        } else if !quiet {
+            eprintln!(
+                "trial(s) {} still run in other workers: the last worker to finish evaluates the best trial on the test split{}",
+                join(&elsewhere),
+                if ft.soup.kind == crate::trainer::soup::SoupKind::Greedy { " and makes the model soup" } else { "" }
+            );
+        }
     }
     // The HTML report is refreshed at the end of every run; a failure to write it is
     // reported but does not fail the study.
@@ -322,6 +342,37 @@ pub fn run(args: &RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         anyhow::bail!("study `{}` failed: no trial completed (see `sft-search trials {}`)", cfg.name, args.study.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The post-study work's turn (test evaluation, soup) among the processes of one study: an
+/// exclusive `flock` on `.post-study.lock` in the study's artifacts folder, held until dropped
+/// (the kernel releases it if the process dies).
+struct PostStudyLock {
+    _file: std::fs::File,
+}
+
+impl PostStudyLock {
+    fn acquire(dir: &std::path::Path) -> anyhow::Result<PostStudyLock> {
+        use std::os::fd::AsRawFd;
+        let path = dir.join(".post-study.lock");
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        loop {
+            // SAFETY: flock on the descriptor of a file this function owns.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                return Ok(PostStudyLock { _file: file });
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(anyhow::Error::new(e).context(format!("locking {}", path.display())));
+            }
+        }
+    }
 }
 
 /// The slot the post-study evaluations (test split, model soup) run on: the first device.
@@ -354,7 +405,11 @@ fn evaluate_best_on_test(
 ) -> anyhow::Result<()> {
     let trials = store.trials(study_id)?;
     let Some(best) = best_trial(&trials, cfg.direction) else { return Ok(()) };
-    if best.metrics.contains_key("test") {
+    if let Some(serde_json::Value::Object(test)) = best.metrics.get("test") {
+        // Evaluated by an earlier run, or by another worker of the study.
+        if !quiet {
+            eprintln!("test split (trial {}, evaluated once, earlier): {}", best.number, test_summary(test, &cfg.metric));
+        }
         return Ok(());
     }
     let Some(ckpt) = &best.checkpoint else {
@@ -491,7 +546,10 @@ fn make_soup(
             fmt("best_single")
         );
     }
-    if soup.contains_key("test") {
+    if let Some(Value::Object(test)) = soup.get("test") {
+        if !quiet {
+            eprintln!("test split (model soup, evaluated once, earlier): {}", test_summary(test, &cfg.metric));
+        }
         return Ok(());
     }
     match ft.run_test(std::path::Path::new(&ckpt), &device) {

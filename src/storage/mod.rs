@@ -86,6 +86,21 @@ impl Owner {
     }
 }
 
+/// Whether the owner of RUNNING trial `t` is gone: dead on this host, or silent (no heartbeat,
+/// else no start) for longer than `heartbeat_timeout`.
+fn owner_gone(conn: &Connection, t: &TrialRecord, now: chrono::NaiveDateTime, heartbeat_timeout: Duration) -> rusqlite::Result<bool> {
+    let owner = read_owner(conn, t.id)?;
+    let beat_at: Option<String> =
+        conn.query_row("SELECT heartbeat FROM trial_heartbeats WHERE trial_id = ?1", [t.id], |r| r.get(0)).optional()?;
+    let last_sign = beat_at.as_deref().or(t.started_at.as_deref()).and_then(parse_time);
+    let silent_for = last_sign.map(|l| (now - l).to_std().unwrap_or_default());
+    let stale = silent_for.is_none_or(|s| s > heartbeat_timeout);
+    Ok(match &owner {
+        Some(o) => o.is_dead_here() || stale,
+        None => stale,
+    })
+}
+
 /// Whether SQLite said the database is busy or locked.
 fn is_busy(e: &rusqlite::Error) -> bool {
     matches!(
@@ -726,17 +741,7 @@ impl Store {
         let now = chrono::Local::now().naive_local();
         let mut out = Vec::new();
         for t in history.iter().filter(|t| t.state == TrialState::Running) {
-            let owner = read_owner(&tx, t.id).map_err(sq)?;
-            let beat_at: Option<String> =
-                tx.query_row("SELECT heartbeat FROM trial_heartbeats WHERE trial_id = ?1", [t.id], |r| r.get(0)).optional().map_err(sq)?;
-            let last_sign = beat_at.as_deref().or(t.started_at.as_deref()).and_then(parse_time);
-            let silent_for = last_sign.map(|l| (now - l).to_std().unwrap_or_default());
-            let stale = silent_for.is_none_or(|s| s > heartbeat_timeout);
-            let dead = match &owner {
-                Some(o) => o.is_dead_here() || stale,
-                None => stale,
-            };
-            if !dead {
+            if !owner_gone(&tx, t, now, heartbeat_timeout).map_err(sq)? {
                 continue;
             }
             let retry = max_retries > retry_depth(&history, t);
@@ -745,6 +750,20 @@ impl Store {
             out.push(Recovered { number: t.number, retry: r });
         }
         tx.commit().map_err(sq)?;
+        Ok(out)
+    }
+
+    /// The RUNNING trials of the study whose owner is alive (`recover_orphans` would leave
+    /// them): trials that other workers are running now.
+    pub fn running_elsewhere(&self, study_id: i64, heartbeat_timeout: Duration) -> Result<Vec<TrialNumber>> {
+        let history = self.trials(study_id)?;
+        let now = chrono::Local::now().naive_local();
+        let mut out = Vec::new();
+        for t in history.iter().filter(|t| t.state == TrialState::Running) {
+            if !owner_gone(&self.conn, t, now, heartbeat_timeout).map_err(|e| self.err(e))? {
+                out.push(t.number);
+            }
+        }
         Ok(out)
     }
 

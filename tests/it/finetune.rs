@@ -88,9 +88,14 @@ fn a_finetune_study_trains_records_epochs_keeps_checkpoints_and_tests_the_best_o
     assert_eq!(&tested[col("checkpoint")], best["checkpoint"].as_str().unwrap());
     assert!(!tested[col("fit")].is_empty());
     assert!(rows.iter().filter(|r| r[col("test_accuracy")].is_empty()).count() == 1, "only the best trial is tested");
-    // Running again does not evaluate the test split a second time.
+    // Running again does not evaluate the test split a second time: it shows the stored figure.
     let again = d.run(&["run", "s.toml"]);
-    assert!(!stderr(&again).contains("test split (trial"), "{}", stderr(&again));
+    assert!(!stderr(&again).contains("evaluated once):"), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains(&format!("test split (trial {}, evaluated once, earlier): accuracy", best["number"])),
+        "{}",
+        stderr(&again)
+    );
     // Rows changed under the same file name: the recorded values no longer compare.
     let mut rows = std::fs::read_to_string(&toy.csv).unwrap();
     rows.push_str("an extra row,pos\n");
@@ -375,6 +380,48 @@ fn run_toy_study(n: u64, epochs: u32, extra: &str) -> (StudyDir, std::process::O
     (d, out, best)
 }
 
+/// Two workers on one study: one that ends while the other still runs a trial leaves the test
+/// evaluation and the soup to it (the best trial may still change), and says so; the last one
+/// does them. (Here the second worker's budget, `--n-trials 1`, is already met while the first,
+/// given 2, trains trial 1.)
+#[test]
+fn with_two_workers_the_last_to_finish_tests_the_winner_and_makes_the_soup() {
+    let d = StudyDir::new();
+    let toy = write_toy_task(&d.path().join("toy"), 120, 7).unwrap();
+    // Trial 0 trains one epoch, trial 1 sixty.
+    let text = finetune_study(&toy.model_dir.display().to_string(), &toy.csv.display().to_string(), 1, "")
+        .replace("epochs = 2\n", "")
+        .replace("[sampler]", "epochs = { type = \"int\", low = 1, high = 60 }\n\n[sampler]")
+        + "\n[soup]\nkind = \"greedy\"\n\n[[enqueue]]\nepochs = 1\n\n[[enqueue]]\nepochs = 60\n";
+    d.write("s.toml", &text);
+    let out = d.run(&["run", "s.toml"]);
+    assert!(stderr(&out).contains("test split (trial 0, evaluated once)"), "{}", stderr(&out));
+    let first = d.spawn(&["run", "s.toml", "--n-trials", "2"]);
+    d.wait_for("s.toml", std::time::Duration::from_secs(60), "trial 1 running", |t| {
+        t.iter().any(|t| t["number"] == 1 && t["state"] == "RUNNING")
+    });
+    let second = d.run(&["run", "s.toml"]);
+    let second_err = stderr(&second);
+    assert!(second.status.success(), "{second_err}");
+    assert!(second_err.contains("joining study `ft` (1 trials recorded, 1 running in another worker)"), "{second_err}");
+    assert!(
+        second_err.contains(
+            "trial(s) 1 still run in other workers: the last worker to finish evaluates the best trial on the test split and makes the model soup"
+        ),
+        "{second_err}"
+    );
+    assert!(!second_err.contains("test split (") && !second_err.contains("model soup:"), "{second_err}");
+    let first = first.wait_with_output().unwrap();
+    let first_err = stderr(&first);
+    assert!(first.status.success(), "{first_err}");
+    assert!(first_err.contains("model soup: averaging the best of 2 checkpoints"), "{first_err}");
+    let best: Value = serde_json::from_slice(&d.run(&["best", "s.toml", "--format", "json"]).stdout).unwrap();
+    assert!(best["test"]["accuracy"].is_number(), "the best trial is tested: {best}");
+    // A later run finds the work done and shows the stored figure.
+    let again = stderr(&d.run(&["run", "s.toml", "--n-trials", "2"]));
+    assert!(again.contains("evaluated once, earlier): accuracy"), "{again}");
+}
+
 #[test]
 fn a_greedy_soup_is_chosen_on_valid_averages_its_trials_is_tested_once_and_exported() {
     let (d, out, best) = run_toy_study(4, 6, "\n[soup]\nkind = \"greedy\"\ncandidates = 3\n");
@@ -439,7 +486,8 @@ fn a_greedy_soup_is_chosen_on_valid_averages_its_trials_is_tested_once_and_expor
     let again = d.run(&["run", "s.toml"]);
     assert!(again.status.success(), "{}", stderr(&again));
     assert!(!stderr(&again).contains("averaging"), "{}", stderr(&again));
-    assert!(!stderr(&again).contains("test split (model soup"), "{}", stderr(&again));
+    assert!(!stderr(&again).contains("test split (model soup, evaluated once):"), "{}", stderr(&again));
+    assert!(stderr(&again).contains("test split (model soup, evaluated once, earlier): accuracy"), "{}", stderr(&again));
 
     // `export` writes the soup unless a trial is named.
     let out = d.run(&["export", "s.toml", "--out", "soup-model"]);
