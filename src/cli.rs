@@ -367,6 +367,14 @@ pub struct PredictArgs {
     /// Second text column for sentence-pair models (default: the one the model was trained on).
     #[arg(long)]
     pub text_pair_column: Option<String>,
+    /// The column of true labels to score the predictions against (default: the column the
+    /// model was trained on, else `label`, when the input has it).
+    #[arg(long)]
+    pub label_column: Option<String>,
+    /// With a label column: also write the scores (metrics, confusion matrix, rows scored) to
+    /// this JSON file.
+    #[arg(long, value_name = "FILE.json")]
+    pub metrics: Option<PathBuf>,
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
     /// cpu, cuda or cuda:k.

@@ -64,3 +64,17 @@ pub fn print_out(text: &str) -> anyhow::Result<()> {
         Err(e) => Err(e).context("writing to stdout"),
     }
 }
+
+/// Metrics worth a line (a test evaluation, scored predictions), as `accuracy 0.8372, f1_macro
+/// 0.8362, …`: `metric` first, then the usual ones of classification (accuracy, macro F1, ROC
+/// AUC) or regression (R², MAE), and the loss.
+pub fn metrics_summary(metrics: &serde_json::Map<String, serde_json::Value>, metric: &str) -> String {
+    let show = |k: &str| metrics.get(k).and_then(|v| v.as_f64()).map(|v| format!("{k} {v:.4}"));
+    let mut keys = vec![metric];
+    for k in ["accuracy", "f1_macro", "roc_auc", "r2", "mae", "loss"] {
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    keys.into_iter().filter_map(show).collect::<Vec<_>>().join(", ")
+}

@@ -9,7 +9,7 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::Value;
 
-use super::common::shown;
+use super::common::{metrics_summary, shown};
 use super::UsageError;
 use crate::cli::PredictArgs;
 use crate::export::predict::{argmax, softmax, Predictor, TextInput};
@@ -26,12 +26,21 @@ fn num(x: f64) -> Value {
     serde_json::Number::from_f64(x).map(Value::Number).unwrap_or(Value::Null)
 }
 
-/// The text column and pair column the model was trained on, from the `sft_search.json` that
-/// `export` writes; `None` for a folder without one (any other Hugging Face model).
-fn trained_columns(model: &std::path::Path) -> Option<(String, Option<String>)> {
+/// The columns the model was trained on, from the `sft_search.json` that `export` writes.
+struct TrainedColumns {
+    text: String,
+    pair: Option<String>,
+    /// Absent from exports made before it was recorded.
+    label: Option<String>,
+}
+
+/// The columns the model was trained on; `None` for a folder without `sft_search.json` (any
+/// other Hugging Face model).
+fn trained_columns(model: &std::path::Path) -> Option<TrainedColumns> {
     let v = crate::export::hf::read_json_object(&model.join(PROVENANCE)).ok()?;
-    let column = v.get("text_column")?.as_str()?.to_string();
-    Some((column, v.get("text_pair_column").and_then(Value::as_str).map(str::to_string)))
+    let text = v.get("text_column")?.as_str()?.to_string();
+    let column = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+    Some(TrainedColumns { text, pair: column("text_pair_column"), label: column("label_column") })
 }
 
 fn provenance_of(model: &std::path::Path) -> String {
@@ -46,14 +55,14 @@ pub fn run(args: &PredictArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     let trained = trained_columns(&args.model);
     let ti = match (&args.text_column, &trained) {
         (Some(c), _) => table.column(c).map_err(usage)?,
-        (None, Some((c, _))) => table.column(c).map_err(|e| {
+        (None, Some(TrainedColumns { text: c, .. })) => table.column(c).map_err(|e| {
             usage(format!("{e}; the model was trained on column `{c}` ({}): give --text-column", provenance_of(&args.model)))
         })?,
         (None, None) => table.column("text").map_err(|e| usage(format!("{e}; give --text-column")))?,
     };
     let pi = match (&args.text_pair_column, &trained) {
         (Some(c), _) => Some(table.column(c).map_err(usage)?),
-        (None, Some((_, Some(c)))) => Some(table.column(c).map_err(|e| {
+        (None, Some(TrainedColumns { pair: Some(c), .. })) => Some(table.column(c).map_err(|e| {
             usage(format!(
                 "{e}; the model was trained on sentence pairs, the second text in column `{c}` ({}): give \
                  --text-pair-column",
@@ -62,6 +71,19 @@ pub fn run(args: &PredictArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         })?),
         _ => None,
     };
+    // The true labels, when there are any to score against.
+    let li = match (&args.label_column, trained.as_ref().and_then(|t| t.label.as_deref())) {
+        (Some(c), _) => Some(table.column(c).map_err(usage)?),
+        (None, Some(c)) => table.column(c).ok(),
+        (None, None) => table.column("label").ok(),
+    };
+    if li.is_none() && args.metrics.is_some() {
+        return Err(usage(format!(
+            "--metrics needs true labels, and {} has no label column (its columns: {}): give --label-column",
+            shown(&args.input),
+            table.columns.join(", ")
+        )));
+    }
     let out_format = match &args.output {
         Some(p) => Format::of(p).map_err(usage)?,
         None => table.format,
@@ -156,5 +178,115 @@ pub fn run(args: &PredictArgs, quiet: bool) -> anyhow::Result<ExitCode> {
             other => other.context("writing to stdout")?,
         },
     }
+    if let Some(li) = li {
+        let scores = score(&table, li, &head, &logits);
+        if !quiet {
+            for line in scores.warnings(&table.columns[li], &head.labels) {
+                eprintln!("warning: {line}");
+            }
+        }
+        if let Some(m) = &scores.metrics {
+            let mut map = match serde_json::to_value(m) {
+                Ok(Value::Object(map)) => map,
+                _ => serde_json::Map::new(),
+            };
+            if !quiet {
+                eprintln!(
+                    "scored against column `{}` ({} of {} rows): {}",
+                    table.columns[li],
+                    scores.scored,
+                    table.rows.len(),
+                    metrics_summary(&map, "accuracy")
+                );
+                if let Some(cm) = m.confusion_matrix() {
+                    eprintln!(
+                        "confusion matrix (rows: true {}; columns: predicted): {}",
+                        head.labels.join(", "),
+                        serde_json::to_string(cm).unwrap_or_default()
+                    );
+                }
+            }
+            if let Some(path) = &args.metrics {
+                map.insert("label_column".into(), Value::from(table.columns[li].clone()));
+                map.insert("rows_scored".into(), Value::from(scores.scored));
+                map.insert("rows_not_scored".into(), Value::from(scores.unknown.len() + scores.missing.len()));
+                if let Some(cm) = m.confusion_matrix() {
+                    map.insert("confusion_matrix".into(), serde_json::json!(cm));
+                    map.insert("labels".into(), serde_json::json!(head.labels));
+                }
+                let text = serde_json::to_string_pretty(&Value::Object(map)).unwrap_or_default() + "\n";
+                std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+            }
+        } else if args.metrics.is_some() {
+            return Err(anyhow::anyhow!("no row of {} has a label the model knows: nothing to score", shown(&args.input)));
+        }
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Predictions scored against the input's own labels.
+struct Scores {
+    metrics: Option<crate::trainer::metrics::Metrics>,
+    scored: usize,
+    /// Rows (1-based) whose label the model does not know, with that label.
+    unknown: Vec<(usize, String)>,
+    /// Rows (1-based) without a label.
+    missing: Vec<usize>,
+}
+
+impl Scores {
+    fn warnings(&self, column: &str, labels: &[String]) -> Vec<String> {
+        let rows = |rs: Vec<String>| {
+            let more = if rs.len() > 5 { ", …" } else { "" };
+            format!("{}{more}", rs.into_iter().take(5).collect::<Vec<_>>().join(", "))
+        };
+        let mut out = Vec::new();
+        if !self.unknown.is_empty() {
+            let listed = rows(self.unknown.iter().map(|(r, l)| format!("row {r}: `{l}`")).collect());
+            let known = if labels.is_empty() { "numbers".to_string() } else { labels.join(", ") };
+            let n = self.unknown.len();
+            let (rows_have, they) = if n == 1 { ("row has", "it is") } else { ("rows have", "they are") };
+            out.push(format!(
+                "{n} {rows_have} a label in column `{column}` the model does not know ({listed}; it knows {known}); {they} not scored"
+            ));
+        }
+        if !self.missing.is_empty() {
+            let n = self.missing.len();
+            let listed = rows(self.missing.iter().map(usize::to_string).collect());
+            let (rows_have, rows, they) = if n == 1 { ("row has", "row", "it is") } else { ("rows have", "rows", "they are") };
+            out.push(format!("{n} {rows_have} no label in column `{column}` ({rows} {listed}); {they} not scored"));
+        }
+        out
+    }
+}
+
+/// Scores the predictions of the rows whose label in column `li` the model knows (a class name
+/// of its `id2label`, or a number for regression).
+fn score(table: &crate::export::table::Table, li: usize, head: &crate::export::hf::HeadConfig, logits: &[Vec<f32>]) -> Scores {
+    use crate::trainer::data::{LabelMap, Target};
+    let names = LabelMap::from_names(head.labels.clone());
+    let (mut outputs, mut targets) = (Vec::new(), Vec::new());
+    let (mut unknown, mut missing) = (Vec::new(), Vec::new());
+    for (r, l) in logits.iter().enumerate() {
+        let cell = table.text(r, li);
+        let label = cell.trim();
+        if label.is_empty() {
+            missing.push(r + 1);
+            continue;
+        }
+        let target = match head.problem {
+            Problem::Classification => names.id(label).map(Target::Class),
+            Problem::Regression => label.parse::<f32>().ok().filter(|v| v.is_finite()).map(Target::Value),
+        };
+        match target {
+            Some(t) => {
+                targets.push(t);
+                outputs.extend_from_slice(l);
+            }
+            None => unknown.push((r + 1, label.to_string())),
+        }
+    }
+    let k = logits.first().map_or(0, Vec::len);
+    let metrics = crate::trainer::metrics::evaluate_outputs(&outputs, k, &targets).ok();
+    Scores { metrics, scored: targets.len(), unknown, missing }
 }

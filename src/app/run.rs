@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use super::common::{load_config, shown};
+use super::common::{load_config, metrics_summary, shown};
 use super::UsageError;
 use crate::cli::RunArgs;
 use crate::config::{file::DevicesSpec, parse_devices, ObjectiveConfig, SamplerKind, StudyConfig};
@@ -380,20 +380,6 @@ fn evaluation_device(cfg: &StudyConfig) -> String {
     cfg.execution.devices.first().cloned().unwrap_or_else(|| "cpu".into())
 }
 
-/// The test metrics worth a line, as `accuracy 0.8372, f1_macro 0.8362, …`: the study's
-/// metric first, then the usual ones of classification (accuracy, macro F1, ROC AUC) or
-/// regression (R², MAE), and the loss.
-fn test_summary(test: &serde_json::Map<String, serde_json::Value>, metric: &str) -> String {
-    let show = |k: &str| test.get(k).and_then(|v| v.as_f64()).map(|v| format!("{k} {v:.4}"));
-    let mut keys = vec![metric];
-    for k in ["accuracy", "f1_macro", "roc_auc", "r2", "mae", "loss"] {
-        if !keys.contains(&k) {
-            keys.push(k);
-        }
-    }
-    keys.into_iter().filter_map(show).collect::<Vec<_>>().join(", ")
-}
-
 /// Evaluates the best trial's checkpoint once on the test split (never used for selection)
 /// and stores the test metrics and confusion matrix in its `metrics.test`.
 fn evaluate_best_on_test(
@@ -408,7 +394,7 @@ fn evaluate_best_on_test(
     if let Some(serde_json::Value::Object(test)) = best.metrics.get("test") {
         // Evaluated by an earlier run, or by another worker of the study.
         if !quiet {
-            eprintln!("test split (trial {}, evaluated once, earlier): {}", best.number, test_summary(test, &cfg.metric));
+            eprintln!("test split (trial {}, evaluated once, earlier): {}", best.number, metrics_summary(test, &cfg.metric));
         }
         return Ok(());
     }
@@ -425,7 +411,7 @@ fn evaluate_best_on_test(
             m.insert("test".into(), serde_json::Value::Object(test.clone()));
             store.merge_metrics(best.id, &m)?;
             if !quiet {
-                eprintln!("test split (trial {}, evaluated once): {}", best.number, test_summary(&test, &cfg.metric));
+                eprintln!("test split (trial {}, evaluated once): {}", best.number, metrics_summary(&test, &cfg.metric));
                 eprintln!("checkpoint: {ckpt}");
             }
         }
@@ -548,14 +534,14 @@ fn make_soup(
     }
     if let Some(Value::Object(test)) = soup.get("test") {
         if !quiet {
-            eprintln!("test split (model soup, evaluated once, earlier): {}", test_summary(test, &cfg.metric));
+            eprintln!("test split (model soup, evaluated once, earlier): {}", metrics_summary(test, &cfg.metric));
         }
         return Ok(());
     }
     match ft.run_test(std::path::Path::new(&ckpt), &device) {
         Ok(test) => {
             if !quiet {
-                eprintln!("test split (model soup, evaluated once): {}", test_summary(&test, &cfg.metric));
+                eprintln!("test split (model soup, evaluated once): {}", metrics_summary(&test, &cfg.metric));
                 eprintln!("soup checkpoint: {ckpt} (what `export` writes)");
             }
             soup.insert("test".into(), Value::Object(test));

@@ -127,6 +127,13 @@ pub fn text_columns(study: &StudyInfo) -> Option<(String, Option<String>)> {
     Some((text, data.get("text_pair_column").and_then(toml::Value::as_str).map(str::to_string)))
 }
 
+/// `[data] label_column` of the study file (`"label"` when left out), which `predict` scores
+/// against by default; `None` without a `[data]` table.
+pub fn label_column(study: &StudyInfo) -> Option<String> {
+    let data = stored_data_table(study)?;
+    Some(data.get("label_column").and_then(toml::Value::as_str).unwrap_or("label").to_string())
+}
+
 /// Why a COMPLETE trial kept no checkpoint, from its parameters or the study's `[train]`.
 fn no_checkpoint_reason(study: &StudyInfo, t: &TrialRecord) -> String {
     let searched = t.params.get("keep_checkpoints").map(|v| v.to_string().trim_matches('"').to_string());
@@ -200,6 +207,7 @@ pub fn provenance(study: &StudyInfo, t: &TrialRecord, state: &TrainerState, sour
         "max_length": state.spec.max_length,
         "text_column": text_column,
         "text_pair_column": text_pair_column,
+        "label_column": label_column(study),
         "train": state.spec,
         "checkpoint": source,
         "sft_search_version": env!("CARGO_PKG_VERSION"),

@@ -208,11 +208,13 @@ fn provenance_names_trial_params_metrics_and_seed() {
     assert_eq!((p["labels"].clone(), p["max_length"].clone()), (json!(["neg", "pos"]), json!(16)));
     assert_eq!(p["train"]["learning_rate"], json!(3e-3));
     assert_eq!((p["text_column"].clone(), p["text_pair_column"].clone()), (json!("review"), Value::Null), "what predict reads");
+    assert_eq!(p["label_column"], json!("label"), "the default, what predict scores against");
     // Without a stored study file there is no seed or column to tell; no test metrics → null.
     let fx = fixture(&[(3e-3, KeepCheckpoints::Best)], "");
     export_trial(&fx.store, &fx.study, None, &fx.root.join("o"), false).unwrap();
     let p = hf::read_json_object(&fx.root.join("o").join(PROVENANCE)).unwrap();
     assert_eq!((p["split_seed"].clone(), p["test"].clone(), p["text_column"].clone()), (Value::Null, Value::Null, Value::Null));
+    assert_eq!(p["label_column"], Value::Null);
 }
 
 #[test]

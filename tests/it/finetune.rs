@@ -422,6 +422,56 @@ fn with_two_workers_the_last_to_finish_tests_the_winner_and_makes_the_soup() {
     assert!(again.contains("evaluated once, earlier): accuracy"), "{again}");
 }
 
+/// `predict` on a labelled file scores its predictions: the metrics printed and written with
+/// `--metrics` are those of the predictions it wrote, over the rows whose label the model knows.
+#[test]
+fn predict_scores_a_labelled_file_against_its_own_predictions() {
+    let (d, out, _) = run_toy_study(2, 6, "");
+    assert!(out.status.success());
+    assert!(d.run(&["export", "s.toml", "--out", "m", "-q"]).status.success());
+    let mut rows = std::fs::read_to_string(d.path().join("toy/data.csv")).unwrap();
+    rows.push_str("a row with an odd label,maybe\na row without one,\n");
+    d.write("in.csv", &rows);
+    let p = d.run(&["predict", "--model", "m", "--input", "in.csv", "--output", "p.csv", "--metrics", "m.json"]);
+    let err = stderr(&p);
+    assert!(p.status.success(), "{err}");
+    let n = rows.lines().count() - 1;
+    assert!(err.contains(&format!("scored against column `label` ({} of {n} rows): accuracy", n - 2)), "{err}");
+    assert!(
+        err.contains(&format!("1 row has a label in column `label` the model does not know (row {}: `maybe`; it knows neg, pos)", n - 1)),
+        "{err}"
+    );
+    assert!(err.contains(&format!("1 row has no label in column `label` (row {n})")), "{err}");
+    // The accuracy and confusion matrix of the written predictions, counted here.
+    let text = std::fs::read_to_string(d.path().join("p.csv")).unwrap();
+    let mut rdr = csv::Reader::from_reader(text.as_bytes());
+    let (mut right, mut seen, mut cm) = (0, 0, [[0u64; 2]; 2]);
+    for r in rdr.records().map(Result::unwrap).filter(|r| r[1] == *"neg" || r[1] == *"pos") {
+        let (t, p) = ((r[1] == *"pos") as usize, (r[2] == *"pos") as usize);
+        cm[t][p] += 1;
+        right += (t == p) as usize;
+        seen += 1;
+    }
+    let m: Value = serde_json::from_str(&std::fs::read_to_string(d.path().join("m.json")).unwrap()).unwrap();
+    assert_eq!(m["rows_scored"], seen);
+    assert_eq!(m["rows_not_scored"], 2);
+    assert!((m["accuracy"].as_f64().unwrap() - right as f64 / seen as f64).abs() < 1e-12, "{m}");
+    assert_eq!(m["confusion_matrix"], serde_json::json!(cm));
+    assert_eq!(m["labels"], serde_json::json!(["neg", "pos"]));
+    assert!(m["roc_auc"].is_number() && m["loss"].is_number() && m["f1_macro"].is_number(), "{m}");
+    // A label column asked for and absent, or --metrics without labels: usage errors.
+    let bad = d.run(&["predict", "--model", "m", "--input", "in.csv", "--label-column", "gold"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("no column `gold`"), "{}", stderr(&bad));
+    d.write("plain.csv", "text\na sentence\n");
+    let bad = d.run(&["predict", "--model", "m", "--input", "plain.csv", "--metrics", "x.json"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("--metrics needs true labels"), "{}", stderr(&bad));
+    // Without a label column, nothing is scored and nothing said about it.
+    let plain = d.run(&["predict", "--model", "m", "--input", "plain.csv"]);
+    assert!(plain.status.success() && !stderr(&plain).contains("scored"), "{}", stderr(&plain));
+}
+
 #[test]
 fn a_greedy_soup_is_chosen_on_valid_averages_its_trials_is_tested_once_and_exported() {
     let (d, out, best) = run_toy_study(4, 6, "\n[soup]\nkind = \"greedy\"\ncandidates = 3\n");
