@@ -426,9 +426,25 @@ fn with_two_workers_the_last_to_finish_tests_the_winner_and_makes_the_soup() {
 /// `--metrics` are those of the predictions it wrote, over the rows whose label the model knows.
 #[test]
 fn predict_scores_a_labelled_file_against_its_own_predictions() {
-    let (d, out, _) = run_toy_study(2, 6, "");
-    assert!(out.status.success());
+    let d = StudyDir::new();
+    let toy = write_toy_task(&d.path().join("toy"), 120, 7).unwrap();
+    let test = write_toy_task(&d.path().join("toy-test"), 40, 9).unwrap();
+    let text = finetune_study(&toy.model_dir.display().to_string(), &toy.csv.display().to_string(), 2, "")
+        .replace("\n[train]", &format!("test_path = \"{}\"\n\n[train]", test.csv.display()));
+    d.write("s.toml", &text);
+    let out = d.run(&["run", "s.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
     assert!(d.run(&["export", "s.toml", "--out", "m", "-q"]).status.success());
+    // On the study's test file, predict scores what the study's test evaluation measured.
+    let p = d.run(&["predict", "--model", "m", "--input", &test.csv.display().to_string(), "--metrics", "t.json", "-q"]);
+    assert!(p.status.success(), "{}", stderr(&p));
+    let scored: Value = serde_json::from_str(&std::fs::read_to_string(d.path().join("t.json")).unwrap()).unwrap();
+    let best: Value = serde_json::from_slice(&d.run(&["best", "s.toml", "--format", "json"]).stdout).unwrap();
+    for k in ["accuracy", "f1_macro", "roc_auc"] {
+        assert_eq!(scored[k], best["test"][k], "{k}: predict {scored} against the study's test {}", best["test"]);
+    }
+    assert!((scored["loss"].as_f64().unwrap() - best["test"]["loss"].as_f64().unwrap()).abs() < 1e-5, "{scored}");
+    assert_eq!(scored["confusion_matrix"], best["test"]["confusion_matrix"]);
     let mut rows = std::fs::read_to_string(d.path().join("toy/data.csv")).unwrap();
     rows.push_str("a row with an odd label,maybe\na row without one,\n");
     d.write("in.csv", &rows);
