@@ -72,7 +72,7 @@ pub fn build(cfg: &StudyConfig, quiet: bool) -> anyhow::Result<FinetuneRunner> {
             }
         }
     }
-    TrainSpec::from_params(&tables.train, &Default::default()).map_err(|e| usage(cfg, format!("[train]: {e}")))?;
+    let fixed = TrainSpec::from_params(&tables.train, &Default::default()).map_err(|e| usage(cfg, format!("[train]: {e}")))?;
     let problem = model.problem.unwrap_or(data.problem);
     let known: &[&str] = match problem {
         Problem::Classification => &CLASSIFICATION_METRICS,
@@ -116,5 +116,58 @@ pub fn build(cfg: &StudyConfig, quiet: bool) -> anyhow::Result<FinetuneRunner> {
     let mut runner = FinetuneRunner::new(&model, data, tables.train, cfg.metric.clone(), cfg.direction)
         .map_err(|e| usage(cfg, format!("[model]: {e}")))?;
     runner.soup = tables.soup;
+    if !quiet {
+        report_lengths(cfg, &runner.model_dir, &dataset.train, fixed.max_length);
+    }
     Ok(runner)
+}
+
+/// Rows measured for the token-length line (evenly spaced over the train split).
+const LENGTH_SAMPLE: usize = 2000;
+
+/// Prints the token lengths of the train rows and what `max_length` (fixed, or the range
+/// searched) truncates; warns when even the longest setting cuts a tenth of the rows or more.
+fn report_lengths(cfg: &StudyConfig, model_dir: &std::path::Path, train: &[crate::trainer::data::Example], fixed: usize) {
+    use crate::space::{Distribution, ParamValue};
+    let Ok(s) = crate::trainer::data::length_summary(model_dir, train, LENGTH_SAMPLE) else { return };
+    if s.rows() == 0 {
+        return;
+    }
+    let (short, long) = match cfg.space.params().iter().find(|p| p.name == "max_length").map(|p| &p.dist) {
+        Some(Distribution::Int { low, high, .. }) => (*low as usize, *high as usize),
+        Some(Distribution::Categorical { choices }) => {
+            let v: Vec<usize> = choices
+                .iter()
+                .filter_map(|c| match c {
+                    ParamValue::Int(i) => usize::try_from(*i).ok(),
+                    _ => None,
+                })
+                .collect();
+            (v.iter().copied().min().unwrap_or(fixed), v.iter().copied().max().unwrap_or(fixed))
+        }
+        _ => (fixed, fixed),
+    };
+    let pct = |m: usize| match s.truncated_share(m) {
+        0.0 => "none".to_string(),
+        x => format!("{:.1}%", 100.0 * x),
+    };
+    let sample =
+        if s.rows() < s.of_rows { format!("{} of {} train rows", s.rows(), s.of_rows) } else { format!("{} train rows", s.rows()) };
+    let cut = if short == long {
+        format!("max_length {long} truncates {}", pct(long))
+    } else {
+        format!("max_length {short}..{long} truncates {}..{}", pct(short), pct(long))
+    };
+    eprintln!(
+        "tokens per row ({sample}, special tokens included): median {}, 95th percentile {}, longest {}; {cut}",
+        s.quantile(0.5),
+        s.quantile(0.95),
+        s.longest()
+    );
+    if s.truncated_share(long) >= 0.1 {
+        eprintln!(
+            "warning: max_length {long} cuts the end off {} of the training rows; a larger `max_length` keeps more of each text (at more time per step)",
+            pct(long)
+        );
+    }
 }

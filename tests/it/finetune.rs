@@ -53,6 +53,12 @@ fn a_finetune_study_trains_records_epochs_keeps_checkpoints_and_tests_the_best_o
     let err = stderr(&out);
     assert!(err.contains("test split (trial"), "{err}");
     assert!(err.contains("2 labels: neg, pos ("), "the labels in id order: {err}");
+    // The toy rows are a few words: max_length 16 cuts none of them.
+    assert!(
+        err.contains("tokens per row (84 train rows, special tokens included): median ") && err.contains("; max_length 16 truncates none"),
+        "{err}"
+    );
+    assert!(!err.contains("cuts the end off"), "{err}");
     let trials = d.trials("s.toml");
     assert_eq!(count(&trials, "COMPLETE"), 2);
     for t in &trials {
@@ -378,6 +384,24 @@ fn run_toy_study(n: u64, epochs: u32, extra: &str) -> (StudyDir, std::process::O
     assert!(out.status.success(), "{}", stderr(&out));
     let best: Value = serde_json::from_slice(&d.run(&["best", "s.toml", "--format", "json"]).stdout).unwrap();
     (d, out, best)
+}
+
+/// A `max_length` that cuts most rows is said before any trial runs, for a searched one too.
+#[test]
+fn a_max_length_that_truncates_most_rows_is_reported_before_the_trials() {
+    let d = StudyDir::new();
+    let toy = write_toy_task(&d.path().join("toy"), 60, 7).unwrap();
+    let text = finetune_study(&toy.model_dir.display().to_string(), &toy.csv.display().to_string(), 1, "")
+        .replace("max_length = 16", "")
+        .replace("[sampler]", "max_length = { type = \"int\", low = 4, high = 5 }\n\n[sampler]");
+    d.write("s.toml", &text);
+    let out = d.run(&["run", "s.toml"]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let line = err.lines().find(|l| l.starts_with("tokens per row")).unwrap_or_else(|| panic!("{err}"));
+    assert!(line.contains("; max_length 4..5 truncates "), "{line}");
+    assert!(err.contains("warning: max_length 5 cuts the end off "), "{err}");
+    assert!(err.find("warning: max_length 5") < err.find("trial 0 started"), "before the trials: {err}");
 }
 
 /// Two workers on one study: one that ends while the other still runs a trial leaves the test

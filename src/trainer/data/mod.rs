@@ -24,6 +24,7 @@ pub mod clean;
 pub mod config;
 pub mod error;
 pub mod labels;
+pub mod lengths;
 pub mod read;
 pub mod split;
 pub mod tokenize;
@@ -40,6 +41,7 @@ pub use clean::CleaningReport;
 pub use config::{DataSection, Problem, SplitFractions};
 pub use error::DataError;
 pub use labels::LabelMap;
+pub use lengths::{length_summary, LengthSummary};
 pub use tokenize::{load_tokenizer, Encoded, TextEncoder};
 
 /// The training target of one row.

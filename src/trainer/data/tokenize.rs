@@ -140,7 +140,7 @@ impl TextEncoder {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn vocab_dir(lower: Option<bool>) -> tempfile::TempDir {
