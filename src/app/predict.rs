@@ -98,15 +98,13 @@ pub fn run(args: &PredictArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     // that prediction says nothing about them: tell which.
     let empty: Vec<usize> = rows.iter().enumerate().filter(|(_, r)| r.text.trim().is_empty()).map(|(i, _)| i + 1).collect();
     if !empty.is_empty() && !quiet {
-        let first: Vec<String> = empty.iter().take(5).map(usize::to_string).collect();
-        let more = if empty.len() > 5 { ", …" } else { "" };
         eprintln!(
-            "warning: {} of {} rows of {} have no text in column `{}` (rows {}{more}); their predictions are the model's guess for an empty text",
+            "warning: {} of {} rows of {} have no text in column `{}` (rows {}); their predictions are the model's guess for an empty text",
             empty.len(),
             rows.len(),
             shown(&args.input),
             table.columns[ti],
-            first.join(", ")
+            first_five(empty.iter().map(usize::to_string).collect())
         );
     }
 
@@ -224,6 +222,12 @@ pub fn run(args: &PredictArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The first five items, joined, with `, …` when there are more.
+fn first_five(items: Vec<String>) -> String {
+    let more = if items.len() > 5 { ", …" } else { "" };
+    format!("{}{more}", items.into_iter().take(5).collect::<Vec<_>>().join(", "))
+}
+
 /// Predictions scored against the input's own labels.
 struct Scores {
     metrics: Option<crate::trainer::metrics::Metrics>,
@@ -236,13 +240,9 @@ struct Scores {
 
 impl Scores {
     fn warnings(&self, column: &str, labels: &[String]) -> Vec<String> {
-        let rows = |rs: Vec<String>| {
-            let more = if rs.len() > 5 { ", …" } else { "" };
-            format!("{}{more}", rs.into_iter().take(5).collect::<Vec<_>>().join(", "))
-        };
         let mut out = Vec::new();
         if !self.unknown.is_empty() {
-            let listed = rows(self.unknown.iter().map(|(r, l)| format!("row {r}: `{l}`")).collect());
+            let listed = first_five(self.unknown.iter().map(|(r, l)| format!("row {r}: `{l}`")).collect());
             let known = if labels.is_empty() { "numbers".to_string() } else { labels.join(", ") };
             let n = self.unknown.len();
             let (rows_have, they) = if n == 1 { ("row has", "it is") } else { ("rows have", "they are") };
@@ -252,7 +252,7 @@ impl Scores {
         }
         if !self.missing.is_empty() {
             let n = self.missing.len();
-            let listed = rows(self.missing.iter().map(usize::to_string).collect());
+            let listed = first_five(self.missing.iter().map(usize::to_string).collect());
             let (rows_have, rows, they) = if n == 1 { ("row has", "row", "it is") } else { ("rows have", "rows", "they are") };
             out.push(format!("{n} {rows_have} no label in column `{column}` ({rows} {listed}); {they} not scored"));
         }
