@@ -91,8 +91,19 @@ pub fn build(cfg: &StudyConfig, quiet: bool) -> anyhow::Result<FinetuneRunner> {
     if !quiet {
         let targets = match problem {
             // The names in id order: for `f1` the positive class is the second of two.
+            // With each label's share of the train rows: an imbalance decides `class_weights`
+            // and whether accuracy is the metric to trust.
             Problem::Classification if dataset.num_labels() <= 12 => {
-                format!("{} labels: {}", dataset.num_labels(), dataset.labels.id2label.join(", "))
+                let counts = dataset.class_counts(&dataset.train);
+                let total = dataset.train.len().max(1) as f64;
+                let shares: Vec<String> = dataset
+                    .labels
+                    .id2label
+                    .iter()
+                    .zip(&counts)
+                    .map(|(name, &n)| format!("{name} {:.0}%", 100.0 * n as f64 / total))
+                    .collect();
+                format!("{} labels (share of train rows): {}", dataset.num_labels(), shares.join(", "))
             }
             Problem::Classification => format!("{} labels", dataset.num_labels()),
             Problem::Regression => {

@@ -52,7 +52,7 @@ fn a_finetune_study_trains_records_epochs_keeps_checkpoints_and_tests_the_best_o
     assert!(out.status.success(), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(err.contains("test split (trial"), "{err}");
-    assert!(err.contains("2 labels: neg, pos ("), "the labels in id order: {err}");
+    assert!(err.contains("2 labels (share of train rows): neg 50%, pos 50% ("), "the labels in id order: {err}");
     // The toy rows are a few words: max_length 16 cuts none of them.
     assert!(
         err.contains("tokens per row (84 train rows, special tokens included): median ") && err.contains("; max_length 16 truncates none"),
