@@ -9,7 +9,7 @@
 #   scripts/gpu-check.sh --quick                                             # on the GPU machine: a
 #                                                                            # smoke run (~2 min)
 #   scripts/gpu-check.sh --only kernels,race                                 # some stages only
-#                                                                            # (kernels, bench, torch, race, slots, oom)
+#                                                                            # (kernels, bench, torch, race, slots, predict, oom)
 #
 # --prepare (on the build machine) copies into the ignored folder gpu-payload/: the binary
 # (xz-compressed), all-MiniLM-L6-v2 stored as fp16 safetensors (loaded as f32), the SST-2 train
@@ -24,7 +24,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 payload="$here/gpu-payload"
 mode=gpu
 quick=0
-only="kernels,bench,torch,race,slots,oom"
+only="kernels,bench,torch,race,slots,predict,oom"
 bin=""
 shared="${SFT_SHARED:-$here/../shared}"
 while [ $# -gt 0 ]; do
@@ -49,7 +49,7 @@ stage() { case ",$only," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 save() {
   [ -n "${OUT:-}" ] || return 0
   [ -f "$out/table.md" ] && cp "$out/table.md" "$OUT/"
-  (cd "$out" && tar -czf "$OUT/gpu-check.tar.gz" --exclude=sft-search --exclude=bert-base-random \
+  (cd "$out" && tar -czf "$OUT/gpu-check.tar.gz" --exclude=sft-search --exclude=bert-base-random --exclude=pred-model \
     --exclude='*.trials' . 2>/dev/null)
   return 0
 }
@@ -245,6 +245,45 @@ if stage slots; then
   log "auto: devices = \"auto\", 2 trials"
   st=0; limit=120 run run "$out/auto.toml" > "$out/auto.log" 2>&1 || st=$?; echo "exit status $st" >> "$out/auto.log"
   grep -i "slot\|exit status" "$out/auto.log" | tail -3 >&2 || true
+  save
+fi
+
+# 1b'. Export and predict on the device: a one-trial study, exported, then `predict` with
+#     scoring on the device and on the CPU over SST-2 dev; the three figures (the study's own test
+#     evaluation, predict on the device, predict on the CPU) should agree.
+if stage predict; then
+  rm -rf "$out/pred.db" "$out/pred.db-wal" "$out/pred.db-shm" "$out/pred.trials" "$out/pred-model"
+  pred_rows=3000; [ "$mode" = gpu ] || pred_rows=300
+  sed -e 's/^name = "gpu-race"/name = "gpu-pred"/' -e 's/^storage = "race.db"/storage = "pred.db"/' \
+      -e 's/^n_trials = .*/n_trials = 1/' -e 's/^kind = "gp"/kind = "random"/' \
+      -e 's/^max_rows = .*//' -e "s/^split_seed = 42/split_seed = 42\\nmax_rows = $pred_rows/" \
+      -e 's/^precision = .*/precision = "fp32"/' -e 's/^trials_per_device = .*/trials_per_device = 1/' "$study" > "$out/pred.toml"
+  log "predict: a one-trial study, exported, scored on $device and on the CPU"
+  { limit=180 run run "$out/pred.toml" && run export "$out/pred.toml" --out "$out/pred-model" \
+      && limit=120 run predict --model "$out/pred-model" --input "$data/sst2_dev/data.csv" --device "$device" \
+           --output "$out/pred-device.csv" --metrics "$out/pred-device.json" \
+      && limit=300 run predict --model "$out/pred-model" --input "$data/sst2_dev/data.csv" --device cpu \
+           --output "$out/pred-cpu.csv" --metrics "$out/pred-cpu.json"; } > "$out/pred.log" 2>&1 \
+    || log "the predict stage failed (see pred.log)"
+  run best "$out/pred.toml" --format json > "$out/pred-best.json" 2>/dev/null || true
+  python3 - "$out" <<'EOF' >&2 || true
+import json, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+def get(name, *keys):
+    try:
+        v = json.loads((out / name).read_text())
+        for k in keys:
+            v = v[k]
+        return v
+    except Exception:
+        return None
+study = get("pred-best.json", "test", "accuracy")
+rows = sum(map(sum, get("pred-best.json", "test", "confusion_matrix") or []))
+dev, cpu = get("pred-device.json", "accuracy"), get("pred-cpu.json", "accuracy")
+scored = get("pred-device.json", "rows_scored")
+print(f"predict: test accuracy in the study {study} ({rows} rows), predict on the device {dev}, on the CPU {cpu} ({scored} rows)")
+EOF
   save
 fi
 
