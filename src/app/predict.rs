@@ -179,7 +179,7 @@ pub fn run(args: &PredictArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     if let Some(li) = li {
         let scores = score(&table, li, &head, &logits);
         if !quiet {
-            for line in scores.warnings(&table.columns[li], &head.labels) {
+            for line in scores.warnings(&table.columns[li], &head) {
                 eprintln!("warning: {line}");
             }
         }
@@ -239,11 +239,14 @@ struct Scores {
 }
 
 impl Scores {
-    fn warnings(&self, column: &str, labels: &[String]) -> Vec<String> {
+    fn warnings(&self, column: &str, head: &crate::export::hf::HeadConfig) -> Vec<String> {
         let mut out = Vec::new();
         if !self.unknown.is_empty() {
             let listed = first_five(self.unknown.iter().map(|(r, l)| format!("row {r}: `{l}`")).collect());
-            let known = if labels.is_empty() { "numbers".to_string() } else { labels.join(", ") };
+            let known = match head.problem {
+                Problem::Classification => head.labels.join(", "),
+                Problem::Regression => "numbers".to_string(),
+            };
             let n = self.unknown.len();
             let (rows_have, they) = if n == 1 { ("row has", "it is") } else { ("rows have", "they are") };
             out.push(format!(

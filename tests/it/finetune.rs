@@ -199,6 +199,20 @@ fn a_regression_study_reports_r2_on_test_and_exports_a_regression_model() {
     let preds = String::from_utf8_lossy(&out.stdout);
     assert!(preds.starts_with("text,id,prediction\n"), "{preds}");
     assert_eq!(preds.lines().skip(1).filter(|l| l.rsplit(',').next().unwrap().parse::<f64>().is_ok()).count(), 2, "{preds}");
+    // Scored against the trained label column (`score`), a regression model gets R² and MAE;
+    // a target that is not a number is left out and named.
+    d.write("scored.csv", "text,score\ngood,0.9\nbad,0.1\nfine,high\n");
+    let out = d.run(&["predict", "--model", "model-out", "--input", "scored.csv", "--output", "p.csv", "--metrics", "m.json"]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("scored against column `score` (2 of 3 rows): r2 ") && err.contains(", mae "), "{err}");
+    assert!(err.contains("1 row has a label in column `score` the model does not know (row 3: `high`; it knows numbers)"), "{err}");
+    let m: Value = serde_json::from_str(&std::fs::read_to_string(d.path().join("m.json")).unwrap()).unwrap();
+    let p = std::fs::read_to_string(d.path().join("p.csv")).unwrap();
+    let pred: Vec<f64> = p.lines().skip(1).take(2).map(|l| l.rsplit(',').next().unwrap().parse().unwrap()).collect();
+    let mae = ((pred[0] - 0.9).abs() + (pred[1] - 0.1).abs()) / 2.0;
+    assert!((m["mae"].as_f64().unwrap() - mae).abs() < 1e-6, "{m} against {pred:?}");
+    assert!(m["confusion_matrix"].is_null() && m["rows_scored"] == 2, "{m}");
 }
 
 #[test]
