@@ -521,6 +521,11 @@ fn predict_scores_a_labelled_file_against_its_own_predictions() {
     let bad = d.run(&["predict", "--model", "m", "--input", "plain.csv", "--metrics", "x.json"]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(stderr(&bad).contains("--metrics needs true labels"), "{}", stderr(&bad));
+    // Rows longer than the length the model reads are counted and said.
+    let short = d.run(&["predict", "--model", "m", "--input", "in.csv", "--max-length", "4", "--output", "q.csv"]);
+    assert!(short.status.success(), "{}", stderr(&short));
+    assert!(stderr(&short).contains("are longer than 4 tokens, the length the model reads, and lose their ends"), "{}", stderr(&short));
+    assert!(!err.contains("lose their ends"), "at the trained length nothing is cut: {err}");
     // Without a label column, nothing is scored and nothing said about it.
     let plain = d.run(&["predict", "--model", "m", "--input", "plain.csv"]);
     assert!(plain.status.success() && !stderr(&plain).contains("scored"), "{}", stderr(&plain));

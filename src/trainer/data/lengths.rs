@@ -49,16 +49,26 @@ impl LengthSummary {
 /// Measures at most `sample` rows of `examples`, evenly spaced, with the tokenizer of the
 /// model folder `dir` (pairs encoded as pairs).
 pub fn length_summary(dir: &Path, examples: &[Example], sample: usize) -> Result<LengthSummary, DataError> {
+    length_summary_of(dir, examples, sample, |e| (e.text.as_str(), e.text_pair.as_deref()))
+}
+
+/// [`length_summary`] of any rows, given their text and optional second text.
+pub fn length_summary_of<T>(
+    dir: &Path,
+    rows: &[T],
+    sample: usize,
+    texts: impl Fn(&T) -> (&str, Option<&str>),
+) -> Result<LengthSummary, DataError> {
     let mut tokenizer = load_tokenizer(dir)?;
     tokenizer.with_truncation(None).map_err(|e| DataError::Encode(format!("{}: {e}", dir.display())))?;
     tokenizer.with_padding(None);
-    let n = examples.len();
+    let n = rows.len();
     let take = sample.min(n);
-    let picked = (0..take).map(|i| &examples[i * n / take.max(1)]);
+    let picked = (0..take).map(|i| texts(&rows[i * n / take.max(1)]));
     let inputs: Vec<EncodeInput> = picked
-        .map(|e| match &e.text_pair {
-            Some(p) => EncodeInput::Dual(e.text.as_str().into(), p.as_str().into()),
-            None => EncodeInput::Single(e.text.as_str().into()),
+        .map(|(t, p)| match p {
+            Some(p) => EncodeInput::Dual(t.into(), p.into()),
+            None => EncodeInput::Single(t.into()),
         })
         .collect();
     let encs = tokenizer.encode_batch(inputs, true).map_err(|e| DataError::Encode(format!("{}: {e}", dir.display())))?;

@@ -41,7 +41,7 @@ pub use clean::CleaningReport;
 pub use config::{DataSection, Problem, SplitFractions};
 pub use error::DataError;
 pub use labels::LabelMap;
-pub use lengths::{length_summary, LengthSummary};
+pub use lengths::{length_summary, length_summary_of, LengthSummary};
 pub use tokenize::{load_tokenizer, Encoded, TextEncoder};
 
 /// The training target of one row.
