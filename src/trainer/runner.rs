@@ -228,35 +228,46 @@ impl TrialRunner for FinetuneRunner {
             Ok(j) => j,
             Err(e) => return Outcome::Failed { reason: e.to_string() },
         };
-        let outcome = run_child(&self.child(&WorkerJob::Train(job.clone()), &a.device), reporter, cancel);
-        match outcome {
-            Outcome::Failed { reason } if is_oom(&reason) && job.spec.micro_batch_size > 1 && !cancel.is_cancelled() => {
-                let half = job.spec.micro_batch_size / 2;
-                tracing::warn!(
-                    "trial {}: out of memory with micro_batch_size {}; retrying once with {half}",
-                    a.number,
-                    job.spec.micro_batch_size
-                );
-                job.spec.micro_batch_size = half;
-                // Continue from the last checkpoint this attempt wrote (the micro-batch is an
-                // execution detail: the run it resumes is the same), not from scratch.
-                if super::checkpoint::latest(&job.artifacts_dir).is_some() {
-                    job.resume_from = Some(job.artifacts_dir.clone());
+        let mut outcome = run_child(&self.child(&WorkerJob::Train(job.clone()), &a.device), reporter, cancel);
+        // Out of memory: the same trial again with half the micro-batch, until it fits or the
+        // micro-batch is one row. Gradient accumulation keeps `batch_size`, so the trial trains
+        // what was asked, only in smaller pieces (a failure would teach the sampler that the
+        // setting fails). Each attempt that runs out does so in its first step: seconds.
+        let mut tried: Vec<usize> = Vec::new();
+        loop {
+            match outcome {
+                Outcome::Failed { reason } if is_oom(&reason) && job.spec.micro_batch_size > 1 && !cancel.is_cancelled() => {
+                    tried.push(job.spec.micro_batch_size);
+                    let half = job.spec.micro_batch_size / 2;
+                    tracing::warn!(
+                        "trial {}: out of memory with micro_batch_size {}; retrying with {half}",
+                        a.number,
+                        job.spec.micro_batch_size
+                    );
+                    job.spec.micro_batch_size = half;
+                    // Continue from the last checkpoint an attempt wrote (the micro-batch is an
+                    // execution detail: the run it resumes is the same), not from scratch.
+                    if super::checkpoint::latest(&job.artifacts_dir).is_some() {
+                        job.resume_from = Some(job.artifacts_dir.clone());
+                    }
+                    let mut m = Map::new();
+                    m.insert("oom_retry_micro_batch_size".into(), Value::from(half));
+                    reporter.metrics(&m);
+                    outcome = run_child(&self.child(&WorkerJob::Train(job.clone()), &a.device), reporter, cancel);
                 }
-                let mut m = Map::new();
-                m.insert("oom_retry_micro_batch_size".into(), Value::from(half));
-                reporter.metrics(&m);
-                match run_child(&self.child(&WorkerJob::Train(job), &a.device), reporter, cancel) {
-                    Outcome::Failed { reason } if is_oom(&reason) => Outcome::Failed {
+                Outcome::Failed { reason } if is_oom(&reason) && job.spec.micro_batch_size <= 1 && !tried.is_empty() => {
+                    tried.push(job.spec.micro_batch_size);
+                    let sizes: Vec<String> = tried.iter().map(usize::to_string).collect();
+                    return Outcome::Failed {
                         reason: format!(
-                            "out of memory twice (micro_batch_size {half} after a retry; a smaller `micro_batch_size` \
-                                 in [train] keeps the batch size and uses less memory): {reason}"
+                            "out of memory at every micro_batch_size down to one row ({}): one row of this `max_length` does \
+                             not fit; a shorter `max_length`, `precision = \"bf16\"` or a smaller model: {reason}",
+                            sizes.join(", ")
                         ),
-                    },
-                    other => other,
+                    };
                 }
+                other => return other,
             }
-            other => other,
         }
     }
 

@@ -210,7 +210,7 @@ mod runner {
     }
 
     #[test]
-    fn out_of_memory_is_retried_once_with_half_the_micro_batch() {
+    fn out_of_memory_is_retried_with_half_the_micro_batch() {
         let tmp = tempfile::tempdir().unwrap();
         let mut r = runner(tmp.path());
         r.program = oom_worker(tmp.path(), &[8]);
@@ -240,15 +240,37 @@ mod runner {
         assert_eq!(steps, vec![1, 2], "epoch 1 from the first attempt, epoch 2 from the resumed one");
     }
 
+    /// Halving goes on until the micro-batch fits (here 2 rows of the batch of 8), and the
+    /// trial trains what was asked.
     #[test]
-    fn out_of_memory_twice_fails_the_trial_saying_so() {
+    fn out_of_memory_halves_again_until_the_micro_batch_fits() {
         let tmp = tempfile::tempdir().unwrap();
         let mut r = runner(tmp.path());
         r.program = oom_worker(tmp.path(), &[8, 4]);
         let params: ParamSet = [("learning_rate".to_string(), ParamValue::Float(3e-3))].into_iter().collect();
+        let mut rec = RecordingReporter::default();
+        let out = r.run(&assignment(tmp.path(), params), &mut rec, &CancelToken::new());
+        let Outcome::Complete { .. } = out else { panic!("{out:?}") };
+        assert_eq!(rec.metrics["oom_retry_micro_batch_size"], 2, "{:?}", rec.metrics);
+        assert_eq!(rec.steps().len(), 2, "the last attempt trained both epochs");
+    }
+
+    /// Out of memory down to one row fails the trial, naming every size tried and what to do.
+    #[test]
+    fn out_of_memory_at_one_row_fails_the_trial_saying_so() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut r = runner(tmp.path());
+        r.program = oom_worker(tmp.path(), &[8, 4, 2, 1]);
+        let params: ParamSet = [("learning_rate".to_string(), ParamValue::Float(3e-3))].into_iter().collect();
         let out = r.run(&assignment(tmp.path(), params), &mut RecordingReporter::default(), &CancelToken::new());
         let Outcome::Failed { reason } = out else { panic!("{out:?}") };
-        assert!(reason.starts_with("out of memory twice (micro_batch_size 4 after a retry; a smaller `micro_batch_size`"), "{reason}");
+        assert!(
+            reason.starts_with(
+                "out of memory at every micro_batch_size down to one row (8, 4, 2, 1): one row of this `max_length` does not fit"
+            ),
+            "{reason}"
+        );
+        assert!(reason.contains("CUDA_ERROR_OUT_OF_MEMORY"), "the device's own error: {reason}");
     }
 
     #[test]
