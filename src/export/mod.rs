@@ -104,34 +104,29 @@ fn stored_study_file(study: &StudyInfo) -> Option<toml::Table> {
     study.user_attrs.get("sft:study_file").and_then(Value::as_str).and_then(|s| s.parse::<toml::Table>().ok())
 }
 
-/// The stored study file's `[data]` table.
-fn stored_data_table(study: &StudyInfo) -> Option<toml::Table> {
-    stored_study_file(study)?.remove("data")?.as_table().cloned()
+/// What `sft_search.json` records of the stored study file's `[data]` table, with the data
+/// section's own defaults for keys left out.
+struct StoredData {
+    split_seed: Option<u64>,
+    /// The text column and pair column, which `predict` reads by default.
+    text_columns: (String, Option<String>),
+    /// The label column, which `predict` scores against by default.
+    label_column: String,
 }
 
-/// `[data] split_seed` of the study file (42 when `[data]` leaves it out); `None` without a
-/// `[data]` table.
-pub fn split_seed(study: &StudyInfo) -> Option<u64> {
-    let data = stored_data_table(study)?;
-    match data.get("split_seed") {
-        Some(v) => v.as_integer().and_then(|i| u64::try_from(i).ok()),
-        None => Some(42),
-    }
-}
-
-/// `[data] text_column` and `text_pair_column` of the study file (`"text"` and none when left
-/// out), which `predict` reads by default; `None` without a `[data]` table.
-pub fn text_columns(study: &StudyInfo) -> Option<(String, Option<String>)> {
-    let data = stored_data_table(study)?;
-    let text = data.get("text_column").and_then(toml::Value::as_str).unwrap_or("text").to_string();
-    Some((text, data.get("text_pair_column").and_then(toml::Value::as_str).map(str::to_string)))
-}
-
-/// `[data] label_column` of the study file (`"label"` when left out), which `predict` scores
-/// against by default; `None` without a `[data]` table.
-pub fn label_column(study: &StudyInfo) -> Option<String> {
-    let data = stored_data_table(study)?;
-    Some(data.get("label_column").and_then(toml::Value::as_str).unwrap_or("label").to_string())
+/// The stored study file's `[data]` facts, read once; `None` without a `[data]` table.
+fn stored_data(study: &StudyInfo) -> Option<StoredData> {
+    use crate::trainer::data::config::{default_label_column, default_split_seed, default_text_column};
+    let data = stored_study_file(study)?.remove("data")?.as_table().cloned()?;
+    let text = |k: &str| data.get(k).and_then(toml::Value::as_str).map(str::to_string);
+    Some(StoredData {
+        split_seed: match data.get("split_seed") {
+            Some(v) => v.as_integer().and_then(|i| u64::try_from(i).ok()),
+            None => Some(default_split_seed()),
+        },
+        text_columns: (text("text_column").unwrap_or_else(default_text_column), text("text_pair_column")),
+        label_column: text("label_column").unwrap_or_else(default_label_column),
+    })
 }
 
 /// Why a COMPLETE trial kept no checkpoint, from its parameters or the study's `[train]`.
@@ -188,8 +183,9 @@ pub fn provenance(study: &StudyInfo, t: &TrialRecord, state: &TrainerState, sour
         valid["epoch"] = json!(b.epoch);
         valid["step"] = json!(b.step);
     }
-    let (text_column, text_pair_column) = match text_columns(study) {
-        Some((t, p)) => (Value::from(t), p.map(Value::from).unwrap_or(Value::Null)),
+    let data = stored_data(study);
+    let (text_column, text_pair_column) = match data.as_ref().map(|d| &d.text_columns) {
+        Some((t, p)) => (Value::from(t.as_str()), p.as_deref().map(Value::from).unwrap_or(Value::Null)),
         None => (Value::Null, Value::Null),
     };
     json!({
@@ -201,13 +197,13 @@ pub fn provenance(study: &StudyInfo, t: &TrialRecord, state: &TrainerState, sour
         "valid": valid,
         "test": t.metrics.get("test").cloned().unwrap_or(Value::Null),
         "fit": t.metrics.get("fit").cloned().unwrap_or(Value::Null),
-        "split_seed": split_seed(study),
+        "split_seed": data.as_ref().and_then(|d| d.split_seed),
         "problem": match problem_of(state) { Problem::Classification => "classification", Problem::Regression => "regression" },
         "labels": state.labels,
         "max_length": state.spec.max_length,
         "text_column": text_column,
         "text_pair_column": text_pair_column,
-        "label_column": label_column(study),
+        "label_column": data.as_ref().map(|d| d.label_column.as_str()),
         "train": state.spec,
         "checkpoint": source,
         "sft_search_version": env!("CARGO_PKG_VERSION"),

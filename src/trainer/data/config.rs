@@ -67,16 +67,16 @@ pub struct DataSection {
     pub labels: Option<Vec<String>>,
 }
 
-fn default_text_column() -> String {
+pub(crate) fn default_text_column() -> String {
     "text".into()
 }
-fn default_label_column() -> String {
+pub(crate) fn default_label_column() -> String {
     "label".into()
 }
 fn default_split() -> Vec<f64> {
     vec![0.7, 0.15, 0.15]
 }
-fn default_split_seed() -> u64 {
+pub(crate) fn default_split_seed() -> u64 {
     42
 }
 
