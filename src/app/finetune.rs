@@ -133,14 +133,11 @@ pub fn build(cfg: &StudyConfig, quiet: bool) -> anyhow::Result<FinetuneRunner> {
     Ok(runner)
 }
 
-/// Rows measured for the token-length line (evenly spaced over the train split).
-const LENGTH_SAMPLE: usize = 2000;
-
 /// Prints the token lengths of the train rows and what `max_length` (fixed, or the range
 /// searched) truncates; warns when even the longest setting cuts a tenth of the rows or more.
 fn report_lengths(cfg: &StudyConfig, model_dir: &std::path::Path, train: &[crate::trainer::data::Example], fixed: usize) {
     use crate::space::{Distribution, ParamValue};
-    let Ok(s) = crate::trainer::data::length_summary(model_dir, train, LENGTH_SAMPLE) else { return };
+    let Ok(s) = crate::trainer::data::length_summary(model_dir, train, crate::trainer::data::lengths::SAMPLE_ROWS) else { return };
     if s.rows() == 0 {
         return;
     }
@@ -175,7 +172,7 @@ fn report_lengths(cfg: &StudyConfig, model_dir: &std::path::Path, train: &[crate
         s.quantile(0.95),
         s.longest()
     );
-    if s.truncated_share(long) >= 0.1 {
+    if s.cuts_many(long) {
         eprintln!(
             "warning: max_length {long} cuts the end off {} of the training rows; a larger `max_length` keeps more of each text (at more time per step)",
             pct(long)

@@ -111,19 +111,17 @@ pub fn run(args: &PredictArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     // Texts longer than the model's length lose their ends, as in training; say so when that
     // is a tenth of the rows or more (a sample of them, as `run` measures).
     if !quiet {
-        let measured = crate::trainer::data::length_summary_of(&args.model, &rows, 2000, |r| (r.text.as_str(), r.pair.as_deref()));
-        if let Ok(s) = measured {
-            let cut = s.truncated_share(predictor.max_length());
-            if cut >= 0.1 {
-                eprintln!(
-                    "warning: {:.1}% of the rows of {} are longer than {} tokens, the length the model reads, and lose their ends \
-                     (95th percentile {} tokens); --max-length reads more of each, beyond what an export was trained on",
-                    100.0 * cut,
-                    shown(&args.input),
-                    predictor.max_length(),
-                    s.quantile(0.95)
-                );
-            }
+        use crate::trainer::data::{length_summary_of, lengths::SAMPLE_ROWS};
+        let max = predictor.max_length();
+        let measured = length_summary_of(&args.model, &rows, SAMPLE_ROWS, |r| (r.text.as_str(), r.pair.as_deref()));
+        if let Some(s) = measured.ok().filter(|s| s.cuts_many(max)) {
+            eprintln!(
+                "warning: {:.1}% of the rows of {} are longer than {max} tokens, the length the model reads, and lose their ends \
+                 (95th percentile {} tokens); --max-length reads more of each, beyond what an export was trained on",
+                100.0 * s.truncated_share(max),
+                shown(&args.input),
+                s.quantile(0.95)
+            );
         }
     }
     let pb =

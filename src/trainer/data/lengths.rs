@@ -8,6 +8,12 @@ use tokenizers::EncodeInput;
 use super::tokenize::load_tokenizer;
 use super::{DataError, Example};
 
+/// How many rows `run` and `predict` measure (evenly spaced over the rows).
+pub const SAMPLE_ROWS: usize = 2000;
+
+/// The truncated share from which `run` and `predict` warn: a tenth of the rows.
+pub const WARN_SHARE: f64 = 0.1;
+
 /// Token lengths (special tokens included, nothing truncated) of evenly spaced rows.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LengthSummary {
@@ -34,6 +40,11 @@ impl LengthSummary {
 
     pub fn longest(&self) -> usize {
         self.lengths.last().copied().unwrap_or(0)
+    }
+
+    /// Whether `max_length` truncates enough rows to warn about ([`WARN_SHARE`] or more).
+    pub fn cuts_many(&self, max_length: usize) -> bool {
+        self.truncated_share(max_length) >= WARN_SHARE
     }
 
     /// The share of measured rows longer than `max_length` tokens (which it truncates).
