@@ -71,7 +71,13 @@ pub fn print_out(text: &str) -> anyhow::Result<()> {
 pub fn metrics_summary(metrics: &serde_json::Map<String, serde_json::Value>, metric: &str) -> String {
     let show = |k: &str| metrics.get(k).and_then(|v| v.as_f64()).map(|v| format!("{k} {v:.4}"));
     let mut keys = vec![metric];
-    for k in ["accuracy", "f1_macro", "roc_auc", "r2", "mae", "loss"] {
+    // Token classification (the only one with a bare `precision`): entity scores first.
+    let others: &[&str] = if metrics.contains_key("precision") {
+        &["f1", "precision", "recall", "accuracy", "loss"]
+    } else {
+        &["accuracy", "f1_macro", "roc_auc", "r2", "mae", "loss"]
+    };
+    for &k in others {
         if !keys.contains(&k) {
             keys.push(k);
         }

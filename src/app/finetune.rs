@@ -10,7 +10,7 @@ use serde::Deserialize;
 use super::UsageError;
 use crate::config::StudyConfig;
 use crate::trainer::data::{load_dataset, DataSection, Problem};
-use crate::trainer::metrics::{CLASSIFICATION_METRICS, REGRESSION_METRICS};
+use crate::trainer::metrics::{CLASSIFICATION_METRICS, REGRESSION_METRICS, TOKEN_METRICS};
 use crate::trainer::runner::FinetuneRunner;
 use crate::trainer::soup::{SoupKind, SoupSection};
 use crate::trainer::spec::{ModelSection, TrainSection, TrainSpec, TRAIN_OPTIONS};
@@ -77,11 +77,20 @@ pub fn build(cfg: &StudyConfig, quiet: bool) -> anyhow::Result<FinetuneRunner> {
     let known: &[&str] = match problem {
         Problem::Classification => &CLASSIFICATION_METRICS,
         Problem::Regression => &REGRESSION_METRICS,
+        Problem::TokenClassification => &TOKEN_METRICS,
     };
     if !known.contains(&cfg.metric.as_str()) {
         return Err(usage(
             cfg,
             format!("`study.metric` = \"{}\" is not a metric of a {problem:?} study (expected one of: {})", cfg.metric, known.join(", ")),
+        ));
+    }
+    if problem == Problem::TokenClassification && (fixed.augment_prob > 0.0 || cfg.space.params().iter().any(|p| p.name == "augment_prob"))
+    {
+        return Err(usage(
+            cfg,
+            "augment_prob deletes and swaps words, which would separate them from their tags: token classification does not \
+             augment; remove it from [train] and [space]",
         ));
     }
     // Load the data once, as the trials will (`[model] problem` decides how labels are read):
@@ -106,6 +115,20 @@ pub fn build(cfg: &StudyConfig, quiet: bool) -> anyhow::Result<FinetuneRunner> {
                 format!("{} labels (share of train rows): {}", dataset.num_labels(), shares.join(", "))
             }
             Problem::Classification => format!("{} labels", dataset.num_labels()),
+            Problem::TokenClassification => {
+                let counts = dataset.class_counts(&dataset.train);
+                let words: usize = counts.iter().sum();
+                let mut shares: Vec<(usize, String)> = dataset
+                    .labels
+                    .id2label
+                    .iter()
+                    .zip(&counts)
+                    .map(|(name, &n)| (n, format!("{name} {:.1}%", 100.0 * n as f64 / words.max(1) as f64)))
+                    .collect();
+                shares.sort_by_key(|s| std::cmp::Reverse(s.0));
+                let shown: Vec<String> = shares.into_iter().take(12).map(|(_, s)| s).collect();
+                format!("{words} train words, {} tags (share of train words): {}", dataset.num_labels(), shown.join(", "))
+            }
             Problem::Regression => {
                 let values: Vec<f32> = dataset.train.iter().map(|e| e.label.value()).collect();
                 let (lo, hi) = values.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));

@@ -15,6 +15,7 @@ pub mod export;
 pub mod finetune;
 pub mod plot;
 pub mod predict;
+pub mod predict_tokens;
 pub mod report;
 pub mod run;
 pub mod status;

@@ -51,6 +51,9 @@ pub fn run(args: &PredictArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     if args.batch_size == 0 {
         return Err(usage("--batch-size must be at least 1"));
     }
+    if super::predict_tokens::is_token_model(&args.model) {
+        return super::predict_tokens::run(args, quiet);
+    }
     let table = read_table(&args.input).map_err(usage)?;
     let trained = trained_columns(&args.model);
     let ti = match (&args.text_column, &trained) {
@@ -137,7 +140,7 @@ pub fn run(args: &PredictArgs, quiet: bool) -> anyhow::Result<ExitCode> {
 
     let mut columns = table.columns.clone();
     match head.problem {
-        Problem::Classification => {
+        Problem::Classification | Problem::TokenClassification => {
             columns.push("predicted_label".into());
             columns.extend(head.labels.iter().map(|l| format!("prob_{l}")));
         }
@@ -161,7 +164,7 @@ pub fn run(args: &PredictArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         for (row, l) in table.rows.iter().zip(&logits) {
             let mut cells = row.clone();
             match head.problem {
-                Problem::Classification => {
+                Problem::Classification | Problem::TokenClassification => {
                     let label = head.labels.get(argmax(l)).cloned().unwrap_or_default();
                     cells.push(Value::String(label));
                     cells.extend(softmax(l).into_iter().map(num));
@@ -260,7 +263,7 @@ impl Scores {
         if !self.unknown.is_empty() {
             let listed = first_five(self.unknown.iter().map(|(r, l)| format!("row {r}: `{l}`")).collect());
             let known = match head.problem {
-                Problem::Classification => head.labels.join(", "),
+                Problem::Classification | Problem::TokenClassification => head.labels.join(", "),
                 Problem::Regression => "numbers".to_string(),
             };
             let n = self.unknown.len();
@@ -294,7 +297,7 @@ fn score(table: &crate::export::table::Table, li: usize, head: &crate::export::h
             continue;
         }
         let target = match head.problem {
-            Problem::Classification => names.id(label).map(Target::Class),
+            Problem::Classification | Problem::TokenClassification => names.id(label).map(Target::Class),
             Problem::Regression => label.parse::<f32>().ok().filter(|v| v.is_finite()).map(Target::Value),
         };
         match target {

@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 
 use crate::trainer::data::{load_tokenizer, Problem};
 use crate::trainer::model::arch::Arch;
-use crate::trainer::model::BertClassifier;
+use crate::trainer::model::{BertClassifier, HeadKind};
 
 /// Why a file of the HF folder could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +76,7 @@ pub struct HeadConfig {
 impl HeadConfig {
     pub fn num_labels(&self) -> usize {
         match self.problem {
-            Problem::Classification => self.labels.len(),
+            Problem::Classification | Problem::TokenClassification => self.labels.len(),
             Problem::Regression => 1,
         }
     }
@@ -88,23 +88,24 @@ impl HeadConfig {
 pub fn classification_config(base: &Map<String, Value>, head: &HeadConfig) -> Map<String, Value> {
     let mut c = base.clone();
     let names: Vec<String> = match head.problem {
-        Problem::Classification => head.labels.clone(),
+        Problem::Classification | Problem::TokenClassification => head.labels.clone(),
         Problem::Regression => vec!["LABEL_0".to_string()],
     };
     let id2label: Map<String, Value> = names.iter().enumerate().map(|(i, n)| (i.to_string(), json!(n))).collect();
     let label2id: Map<String, Value> = names.iter().enumerate().map(|(i, n)| (n.clone(), json!(i))).collect();
     let model_type = c.get("model_type").and_then(Value::as_str).map(str::to_string);
     let arch = Arch::from_model_type(model_type.as_deref()).unwrap_or(Arch::Bert);
-    c.insert("architectures".into(), json!([Arch::hf_class(model_type.as_deref())]));
+    c.insert("architectures".into(), json!([Arch::hf_class(model_type.as_deref(), HeadKind::for_problem(head.problem))]));
     c.entry("model_type").or_insert_with(|| json!("bert"));
     c.insert("num_labels".into(), json!(head.num_labels()));
     c.insert("id2label".into(), Value::Object(id2label));
     c.insert("label2id".into(), Value::Object(label2id));
-    let problem_type = match head.problem {
-        Problem::Classification => "single_label_classification",
-        Problem::Regression => "regression",
+    // transformers knows no problem_type for token classification: its class says it.
+    match head.problem {
+        Problem::Classification => c.insert("problem_type".into(), json!("single_label_classification")),
+        Problem::Regression => c.insert("problem_type".into(), json!("regression")),
+        Problem::TokenClassification => c.remove("problem_type"),
     };
-    c.insert("problem_type".into(), json!(problem_type));
     if let Some(p) = head.dropout {
         for key in arch.dropout_keys() {
             c.insert((*key).into(), json!(p));
@@ -142,7 +143,12 @@ pub fn head_of_config(config: &Map<String, Value>, path: &Path) -> Result<HeadCo
     if labels.len() != num_labels {
         return Err(file_err(path, format!("num_labels is {num_labels} but id2label has {} entries", labels.len())));
     }
+    let token_head = config
+        .get("architectures")
+        .and_then(Value::as_array)
+        .is_some_and(|a| a.iter().filter_map(Value::as_str).any(|c| c.ends_with("ForTokenClassification")));
     let problem = match config.get("problem_type").and_then(Value::as_str) {
+        _ if token_head => Problem::TokenClassification,
         Some("regression") => Problem::Regression,
         Some("single_label_classification") => Problem::Classification,
         Some(other) => {

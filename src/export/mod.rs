@@ -33,7 +33,8 @@ use serde_json::{json, Map, Value};
 use crate::storage::{Store, StoreError, StudyInfo};
 use crate::trainer::checkpoint::{self, CheckpointError, TrainerState};
 use crate::trainer::data::Problem;
-use crate::trainer::model::{read_config, BertClassifier, ModelError, ModelOptions};
+use crate::trainer::model::arch::TOKEN_CLASSIFIER;
+use crate::trainer::model::{read_config, BertClassifier, HeadKind, ModelError, ModelOptions};
 use crate::trial::{best_trial, TrialNumber, TrialRecord, TrialState};
 pub use folder::FolderError;
 pub use hf::HfError;
@@ -161,15 +162,6 @@ fn checkpoint_dir(store: &Store, study: &StudyInfo, t: &TrialRecord) -> Result<P
     Ok(p)
 }
 
-/// The problem a checkpoint was trained on: regression has one output and no class names.
-fn problem_of(state: &TrainerState) -> Problem {
-    if state.labels.is_empty() && state.num_labels == 1 {
-        Problem::Regression
-    } else {
-        Problem::Classification
-    }
-}
-
 /// The content of `sft_search.json`.
 pub fn provenance(study: &StudyInfo, t: &TrialRecord, state: &TrainerState, source: &Path) -> Value {
     let params: Map<String, Value> = t.params.iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
@@ -198,7 +190,7 @@ pub fn provenance(study: &StudyInfo, t: &TrialRecord, state: &TrainerState, sour
         "test": t.metrics.get("test").cloned().unwrap_or(Value::Null),
         "fit": t.metrics.get("fit").cloned().unwrap_or(Value::Null),
         "split_seed": data.as_ref().and_then(|d| d.split_seed),
-        "problem": match problem_of(state) { Problem::Classification => "classification", Problem::Regression => "regression" },
+        "problem": state.problem().as_str(),
         "labels": state.labels,
         "max_length": state.spec.max_length,
         "text_column": text_column,
@@ -215,7 +207,7 @@ pub fn provenance(study: &StudyInfo, t: &TrialRecord, state: &TrainerState, sour
 fn write_export(dir: &Path, ckpt: &Path, state: &TrainerState, provenance: &Value, number: TrialNumber) -> Result<(), ExportError> {
     let bad = |why: String| ExportError::Checkpoint { number, why };
     let base = hf::read_json_object(&ckpt.join("config.json")).map_err(|e| bad(e.to_string()))?;
-    let problem = problem_of(state);
+    let problem = state.problem();
     let head = hf::HeadConfig { labels: state.labels.clone(), problem, dropout: state.spec.dropout };
     let num_labels = head.num_labels();
     if num_labels != state.num_labels {
@@ -225,13 +217,14 @@ fn write_export(dir: &Path, ckpt: &Path, state: &TrainerState, provenance: &Valu
     let weights = ckpt.join(checkpoint::WEIGHTS);
     let shapes = hf::safetensors_shapes(&weights).map_err(|e| bad(e.to_string()))?;
     let (_, out, _, _) = read_config(ckpt).map_err(|e| bad(e.to_string()))?.arch.head_names();
+    let out = if problem == Problem::TokenClassification { TOKEN_CLASSIFIER } else { out };
     let out = format!("{out}.weight");
     match shapes.get(&out) {
         Some(s) if s.first() == Some(&num_labels) => {}
         Some(s) => return Err(bad(format!("{}: {out} has shape {s:?}, expected {num_labels} rows", weights.display()))),
         None => return Err(bad(format!("{}: no {out} (not a fine-tuned checkpoint)", weights.display()))),
     }
-    let opts = ModelOptions { num_labels, ..ModelOptions::default() };
+    let opts = ModelOptions { num_labels, head: HeadKind::for_problem(problem), ..ModelOptions::default() };
     let model = BertClassifier::load(ckpt, &opts, &Device::Cpu).map_err(|e| bad(e.to_string()))?;
     hf::write_json(&dir.join("config.json"), &Value::Object(hf::classification_config(&base, &head)))?;
     hf::write_weights(&model, &dir.join("model.safetensors"))?;

@@ -13,8 +13,8 @@ use serde_json::Value;
 
 use super::hf::{self, HeadConfig};
 use crate::trainer::data::{batch_indices, collate, DataError, Encoded, Example, Target, TextEncoder};
-use crate::trainer::model::arch::Arch;
-use crate::trainer::model::{read_config, BertClassifier, ModelError, ModelOptions};
+use crate::trainer::model::arch::{Arch, TOKEN_CLASSIFIER};
+use crate::trainer::model::{read_config, BertClassifier, HeadKind, ModelError, ModelOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PredictError {
@@ -86,12 +86,14 @@ impl Predictor {
             shapes.get(name).or_else(|| shapes.get(bare)).is_some_and(|s| s == shape)
         };
         let h = bert.hidden_size;
-        let class = Arch::hf_class(bert.model_type.as_deref());
+        let kind = HeadKind::for_problem(head.problem);
+        let class = Arch::hf_class(bert.model_type.as_deref(), kind);
         let (dense, out, _, _) = bert.arch.head_names();
+        let out = if kind == HeadKind::Token { TOKEN_CLASSIFIER } else { out };
         if !has(&format!("{out}.weight"), &[n, h]) || !has(&format!("{out}.bias"), &[n]) {
             return Err(folder(format!("model.safetensors has no {out} [{n}, {h}] for {n} output(s): not a fine-tuned {class}")));
         }
-        if !has(&format!("{dense}.weight"), &[h, h]) {
+        if kind == HeadKind::Sequence && !has(&format!("{dense}.weight"), &[h, h]) {
             return Err(folder(format!("model.safetensors has no {dense}: not a {class}")));
         }
         let longest = bert.max_sequence_length();
@@ -106,7 +108,7 @@ impl Predictor {
             None => default_max_length(dir, longest),
         };
         let encoder = TextEncoder::from_model_dir(dir, max_length)?;
-        let opts = ModelOptions { num_labels: n, ..ModelOptions::default() };
+        let opts = ModelOptions { num_labels: n, head: kind, ..ModelOptions::default() };
         let model = BertClassifier::load(dir, &opts, device)?;
         Ok(Predictor { model, encoder, head, device: device.clone() })
     }
@@ -136,6 +138,45 @@ impl Predictor {
             let logits: Vec<Vec<f32>> = logits.to_dtype(candle_core::DType::F32)?.to_vec2()?;
             for (&i, l) in idx.iter().zip(logits) {
                 out[i] = l;
+            }
+            done += idx.len();
+            progress(done);
+        }
+        Ok(out)
+    }
+}
+
+impl Predictor {
+    /// Token classification: the logits of each word (its first token's), per sentence in
+    /// input order; `None` for a word cut by the length limit or that the tokenizer drops.
+    /// `progress` gets the sentences done after each batch.
+    pub fn word_logits(
+        &self,
+        sentences: &[Vec<String>],
+        batch_size: usize,
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<Vec<Vec<Option<Vec<f32>>>>, PredictError> {
+        // Each word's "tag" is its own position, so after alignment the first token of word i
+        // carries i.
+        let examples: Vec<Example> = sentences
+            .iter()
+            .map(|words| Example { text: words.join(" "), text_pair: None, label: Target::Tags((0..words.len() as u32).collect()) })
+            .collect();
+        let encoded: Vec<Encoded> = self.encoder.encode(&examples)?;
+        let lengths: Vec<usize> = encoded.iter().map(Encoded::len).collect();
+        let plan = batch_indices(&lengths, batch_size.max(1), None, true);
+        let mut out: Vec<Vec<Option<Vec<f32>>>> = sentences.iter().map(|w| vec![None; w.len()]).collect();
+        let mut done = 0;
+        for idx in &plan {
+            let b = collate(&encoded, idx, self.encoder.pad_id(), &self.device)?;
+            let logits = self.model.forward(&b.input_ids, &b.attention_mask, Some(&b.token_type_ids), false)?;
+            let logits: Vec<Vec<Vec<f32>>> = logits.to_dtype(candle_core::DType::F32)?.to_vec3()?;
+            for (&i, row) in idx.iter().zip(logits) {
+                for (word, l) in encoded[i].label.tags().iter().zip(row) {
+                    if let Some(slot) = out[i].get_mut(*word as usize) {
+                        *slot = Some(l);
+                    }
+                }
             }
             done += idx.len();
             progress(done);

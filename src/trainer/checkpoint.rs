@@ -59,6 +59,23 @@ pub struct TrainerState {
     pub epoch_loss_sum: f64,
     pub epoch_rows: usize,
     pub epoch_correct: usize,
+    /// Set for token classification only (older checkpoints lack it: they are sequence
+    /// classification or regression, told apart by `labels`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<crate::trainer::data::Problem>,
+}
+
+impl TrainerState {
+    /// What the checkpoint was trained for: the recorded problem, else regression when there
+    /// is one output and no class names, else classification.
+    pub fn problem(&self) -> crate::trainer::data::Problem {
+        use crate::trainer::data::Problem;
+        match self.problem {
+            Some(p) => p,
+            None if self.labels.is_empty() && self.num_labels == 1 => Problem::Regression,
+            None => Problem::Classification,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -16,7 +16,11 @@
 //! - the confusion matrix (rows = true, columns = predicted) travels beside the flat map.
 //!
 //! Regression: `loss` (= `mse`), `mse`, `mae`, `r2` (`None` when the targets are constant).
+//!
+//! Token classification: entity-level `precision`, `recall`, `f1`, `f1_macro` and word
+//! `accuracy` ([`entities`]).
 
+pub mod entities;
 pub mod fit;
 
 use std::collections::BTreeMap;
@@ -24,6 +28,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::data::Target;
+pub use entities::{token_scores, TokenScores, TOKEN_METRICS};
 pub use fit::{diagnose_fit, EpochRecord, FitDiagnosis};
 
 /// Names a study's `metric` may take, for classification.
@@ -36,7 +41,9 @@ pub const REGRESSION_METRICS: [&str; 4] = ["loss", "mse", "mae", "r2"];
 pub fn greater_is_better(name: &str) -> Option<bool> {
     match name {
         "loss" | "mse" | "mae" => Some(false),
-        "accuracy" | "precision_macro" | "recall_macro" | "f1_macro" | "f1_weighted" | "f1" | "roc_auc" | "r2" => Some(true),
+        "accuracy" | "precision_macro" | "recall_macro" | "f1_macro" | "f1_weighted" | "f1" | "roc_auc" | "r2" | "precision" | "recall" => {
+            Some(true)
+        }
         _ => None,
     }
 }
@@ -286,6 +293,7 @@ fn from_scores(p: &[f64], k: usize, labels: &[u32], loss: f64) -> Classification
 pub fn evaluate_outputs<T: Copy + Into<f64>>(outputs: &[T], k: usize, targets: &[Target]) -> Result<Metrics, MetricsError> {
     match targets.first() {
         None => Err(MetricsError::Empty),
+        Some(Target::Tags(_)) => Err(MetricsError::MixedTargets),
         Some(Target::Class(_)) => {
             let labels: Vec<u32> = targets.iter().map(|t| t.class().ok_or(MetricsError::MixedTargets)).collect::<Result<_, _>>()?;
             classification_metrics_from_logits(outputs, k, &labels).map(Metrics::Classification)
@@ -295,7 +303,7 @@ pub fn evaluate_outputs<T: Copy + Into<f64>>(outputs: &[T], k: usize, targets: &
                 .iter()
                 .map(|t| match t {
                     Target::Value(v) => Ok(*v),
-                    Target::Class(_) => Err(MetricsError::MixedTargets),
+                    _ => Err(MetricsError::MixedTargets),
                 })
                 .collect::<Result<_, _>>()?;
             if k != 1 {

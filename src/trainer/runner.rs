@@ -101,6 +101,7 @@ impl FinetuneRunner {
         let known: &[&str] = match problem {
             super::data::Problem::Classification => &super::metrics::CLASSIFICATION_METRICS,
             super::data::Problem::Regression => &super::metrics::REGRESSION_METRICS,
+            super::data::Problem::TokenClassification => &super::metrics::TOKEN_METRICS,
         };
         if !known.contains(&metric) {
             return Err(FinetuneConfigError::Table {

@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 
 use super::checkpoint::{self, WEIGHTS};
 use super::data::DataSection;
-use super::model::{read_config, BertClassifier, ModelError, ModelOptions};
+use super::model::{read_config, BertClassifier, HeadKind, ModelError, ModelOptions};
 use super::train::{encode_split_for, metrics_of, parse_device, predict, EvalSplit, SplitForCheckpoint, TrainError};
 use crate::trial::Direction;
 
@@ -289,11 +289,11 @@ pub fn greedy_soup(job: &SoupJob, mut on_step: impl FnMut(u64, f64, bool)) -> Re
     let SplitForCheckpoint { state, problem, rows, pad_id } = encode_split_for(&first.checkpoint, &job.data, EvalSplit::Valid)
         .map_err(|e| TrainError::Setup(format!("a model soup is chosen on the valid split: trial {}: {e}", first.trial)))?;
     let config = read_config(&first.checkpoint)?;
-    let opts = ModelOptions { num_labels: state.num_labels, ..ModelOptions::default() };
+    let opts = ModelOptions { num_labels: state.num_labels, head: HeadKind::for_problem(problem), ..ModelOptions::default() };
     let evaluate = |w: &Weights| -> Result<(f64, Map<String, Value>), TrainError> {
         let model = BertClassifier::from_tensors(config.clone(), w.clone(), first.checkpoint.join(WEIGHTS), &opts, &device)?;
         let p = predict(&model, &rows, problem, pad_id, &device)?;
-        let (m, _) = metrics_of(&p, problem, state.num_labels)?;
+        let (m, _) = metrics_of(&p, problem, &state.labels)?;
         let v = m
             .get(&job.metric)
             .and_then(Value::as_f64)

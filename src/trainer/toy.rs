@@ -58,6 +58,56 @@ pub fn write_toy_task_for(dir: &Path, rows: usize, seed: u64, arch: Arch) -> any
     Ok(ToyTask { model_dir, csv: csv_path })
 }
 
+const PEOPLE: &[&str] = &["alice", "bob", "carol", "dave", "erin", "frank"];
+const SURNAMES: &[&str] = &["smith", "jones", "brown"];
+const PLACES: &[&str] = &["paris", "london", "rome", "berlin", "madrid"];
+
+/// A toy named-entity task: its tiny model and its CoNLL file.
+#[derive(Debug, Clone)]
+pub struct ToyNerTask {
+    pub model_dir: PathBuf,
+    pub conll: PathBuf,
+}
+
+/// Writes `dir/model/` (tiny BERT) and `dir/data.conll`: `sentences` sentences of filler
+/// words with a person (one or two words: `B-per I-per`) and, in every other sentence, a
+/// place (`B-loc`), each recognisable by the word itself.
+pub fn write_toy_ner_task(dir: &Path, sentences: usize, seed: u64) -> anyhow::Result<ToyNerTask> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut texts = Vec::with_capacity(sentences);
+    let mut conll = String::new();
+    for i in 0..sentences {
+        let mut words: Vec<(&str, &str)> = Vec::new();
+        let n = rng.random_range(2..6);
+        for _ in 0..n {
+            words.push((FILLER[rng.random_range(0..FILLER.len())], "O"));
+        }
+        let mut person = vec![(PEOPLE[rng.random_range(0..PEOPLE.len())], "B-per")];
+        if rng.random_bool(0.5) {
+            person.push((SURNAMES[rng.random_range(0..SURNAMES.len())], "I-per"));
+        }
+        let at = rng.random_range(0..=words.len());
+        words.splice(at..at, person);
+        if i % 2 == 0 {
+            let at = rng.random_range(0..=words.len());
+            // Not inside the person: put the place before a B- or O word, or at the end.
+            let at = (at..=words.len()).find(|&k| k == words.len() || words[k].1 != "I-per").unwrap_or(words.len());
+            words.insert(at, (PLACES[rng.random_range(0..PLACES.len())], "B-loc"));
+        }
+        for (w, t) in &words {
+            writeln!(conll, "{w}\t{t}")?;
+        }
+        conll.push('\n');
+        texts.push(words.iter().map(|(w, _)| *w).collect::<Vec<_>>().join(" "));
+    }
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("data.conll");
+    std::fs::write(&path, conll)?;
+    let model_dir = dir.join("model");
+    write_tiny_model(&model_dir, Arch::Bert, &texts, 2, 32, seed)?;
+    Ok(ToyNerTask { model_dir, conll: path })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,7 +21,7 @@ use super::data::{self, batch_indices, collate, epoch_seed, DataError, DataSecti
 use super::ema::{self, EmaError, WeightAverage};
 use super::loss::Loss;
 use super::metrics::{self, diagnose_fit, EpochRecord, Metrics};
-use super::model::{BertClassifier, ModelError, ModelOptions};
+use super::model::{BertClassifier, HeadKind, ModelError, ModelOptions};
 use super::optim::{lr_factor, warmup_steps, GradNorm, OptimConfig, OptimError, Optimizer};
 use super::spec::{ClassWeights, KeepCheckpoints, TrainSpec};
 use crate::scheduler::{CancelToken, Decision, Progress, Reporter};
@@ -145,12 +145,38 @@ fn mix(a: u64, b: u64) -> u64 {
 
 /// Predictions of the model on one split.
 pub struct Predictions {
-    /// Per row (in split order): class probabilities, or the single regression output.
+    /// Per row (in split order): class probabilities, or the single regression output; for
+    /// token classification the tag probabilities of each scored word, one after another.
     pub outputs: Vec<Vec<f32>>,
-    /// Class ids (classification) or targets (regression), as f32.
+    /// Class ids (classification) or targets (regression), as f32; 0 for token rows.
     pub targets: Vec<f32>,
-    /// Mean loss (plain cross-entropy, or MSE).
+    /// Token classification: the true tag of each scored word, per row (empty otherwise).
+    pub tags: Vec<Vec<u32>>,
+    /// Mean loss (plain cross-entropy, or MSE) over rows, or over scored words.
     pub loss: f64,
+}
+
+/// The logits of what a batch scores: `[b, k]` per row, or `[n, k]` for its `n` scored
+/// tokens (token classification).
+pub fn scored_logits(model: &BertClassifier, b: &data::Batch, train: bool) -> candle_core::Result<Tensor> {
+    let logits = model.forward(&b.input_ids, &b.attention_mask, Some(&b.token_type_ids), train)?;
+    match &b.scored_positions {
+        None => Ok(logits),
+        Some(pos) => {
+            let (rows, len, k) = logits.dims3()?;
+            logits.reshape((rows * len, k))?.index_select(pos, 0)
+        }
+    }
+}
+
+/// How many targets rows `idx` of `rows` score: the rows, or their scored tokens.
+fn scored_in(rows: &[Encoded], idx: &[usize]) -> usize {
+    idx.iter()
+        .map(|&i| match rows.get(i).map(|r| &r.label) {
+            Some(data::Target::Tags(t)) => t.iter().filter(|&&x| x != data::IGNORE_TAG).count(),
+            _ => 1,
+        })
+        .sum()
 }
 
 /// Runs `model` over `rows` in evaluation mode (no dropout).
@@ -166,41 +192,58 @@ pub fn predict(
     let k = model.num_labels();
     let mut outputs = vec![Vec::new(); rows.len()];
     let mut targets = vec![0f32; rows.len()];
+    let tokens = problem == Problem::TokenClassification;
+    let mut tags = vec![Vec::new(); if tokens { rows.len() } else { 0 }];
     let loss_fn = match problem {
-        Problem::Classification => Loss::CrossEntropy { label_smoothing: 0.0, weights: None },
+        Problem::Classification | Problem::TokenClassification => Loss::CrossEntropy { label_smoothing: 0.0, weights: None },
         Problem::Regression => Loss::Mse,
     };
-    let mut loss_sum = 0.0;
+    let (mut loss_sum, mut scored) = (0.0, 0usize);
     for idx in &plan {
         let b = collate(rows, idx, pad_id, device)?;
-        let logits = model.forward(&b.input_ids, &b.attention_mask, Some(&b.token_type_ids), false)?.detach();
-        loss_sum += loss_fn.compute(&logits, &b.labels)?.to_scalar::<f32>()? as f64 * idx.len() as f64;
+        let n = if tokens { b.scored_per_row.iter().sum() } else { idx.len() };
+        if n == 0 {
+            continue; // sentences whose words were all cut by max_length
+        }
+        let logits = scored_logits(model, &b, false)?.detach();
+        loss_sum += loss_fn.compute(&logits, &b.labels)?.to_scalar::<f32>()? as f64 * n as f64;
+        scored += n;
         let out = match problem {
-            Problem::Classification => candle_nn::ops::softmax(&logits, D::Minus1)?,
+            Problem::Classification | Problem::TokenClassification => candle_nn::ops::softmax(&logits, D::Minus1)?,
             Problem::Regression => logits,
         };
         let out: Vec<Vec<f32>> = out.to_dtype(DType::F32)?.to_vec2()?;
         let y: Vec<f32> = b.labels.to_dtype(DType::F32)?.to_vec1()?;
+        if tokens {
+            let (mut out, mut y) = (out.into_iter(), y.into_iter());
+            for (&i, &m) in idx.iter().zip(&b.scored_per_row) {
+                outputs[i] = out.by_ref().take(m).flatten().collect();
+                tags[i] = y.by_ref().take(m).map(|t| t as u32).collect();
+            }
+            continue;
+        }
         for ((&i, o), y) in idx.iter().zip(out).zip(y) {
             debug_assert_eq!(o.len(), k);
             outputs[i] = o;
             targets[i] = y;
         }
     }
-    let n = rows.len().max(1) as f64;
-    Ok(Predictions { outputs, targets, loss: loss_sum / n })
+    Ok(Predictions { outputs, targets, tags, loss: loss_sum / scored.max(1) as f64 })
 }
 
 /// Counts `[true label][predicted label]`.
 pub type ConfusionMatrix = Vec<Vec<u64>>;
 
 /// The valid (or test) metrics of `p`, keyed by the study-metric names (scikit-learn
-/// definitions, see `trainer::metrics`), and the confusion matrix for classification.
+/// definitions, or seqeval's for token classification, see `trainer::metrics`), and the
+/// confusion matrix for classification (over words for token classification). `labels` are
+/// the class (tag) names by id; empty for regression.
 pub fn metrics_of(
     p: &Predictions,
     problem: Problem,
-    num_labels: usize,
+    labels: &[String],
 ) -> Result<(Map<String, Value>, Option<ConfusionMatrix>), TrainError> {
+    let num_labels = labels.len();
     let (map, cm) = match problem {
         Problem::Classification => {
             let flat: Vec<f32> = p.outputs.iter().flatten().copied().collect();
@@ -209,12 +252,37 @@ pub fn metrics_of(
             let cm = m.confusion_matrix.clone();
             (Metrics::Classification(m).to_map(), Some(cm))
         }
+        Problem::TokenClassification => {
+            let k = num_labels.max(1);
+            let pred: Vec<Vec<u32>> = p.outputs.iter().map(|o| o.chunks(k).map(argmax).collect()).collect();
+            let scores = metrics::token_scores(&p.tags, &pred, labels)?;
+            let mut cm = vec![vec![0u64; num_labels]; num_labels];
+            for (g, q) in p.tags.iter().flatten().zip(pred.iter().flatten()) {
+                if let Some(cell) = cm.get_mut(*g as usize).and_then(|r| r.get_mut(*q as usize)) {
+                    *cell += 1;
+                }
+            }
+            let mut m = scores.to_map();
+            m.insert("loss".into(), p.loss);
+            (m, Some(cm))
+        }
         Problem::Regression => {
             let pred: Vec<f32> = p.outputs.iter().map(|o| o.first().copied().unwrap_or(f32::NAN)).collect();
             (Metrics::Regression(metrics::regression_metrics(&pred, &p.targets)?).to_map(), None)
         }
     };
     Ok((map.into_iter().map(|(k, v)| (k, num(v))).collect(), cm))
+}
+
+/// The index of the largest value (the first on ties).
+fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, x) in v.iter().enumerate() {
+        if *x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
 }
 
 fn num(x: f64) -> Value {
@@ -239,9 +307,23 @@ pub fn train(job: &TrainJob, reporter: &mut dyn Reporter, stop: &CancelToken) ->
     }
     let problem = dataset.problem;
     let num_labels = dataset.num_labels();
+    if problem == Problem::TokenClassification && spec.augment_prob > 0.0 {
+        return Err(TrainError::Setup("augment_prob would separate words from their tags: token classification does not augment".into()));
+    }
     let encoder = TextEncoder::from_model_dir(&job.model_dir, spec.max_length)?;
     let pad = encoder.pad_id();
-    let train_rows = encoder.encode(&dataset.train)?;
+    let mut train_rows = encoder.encode(&dataset.train)?;
+    if problem == Problem::TokenClassification {
+        // A sentence whose words all vanish in the tokenizer has nothing to learn from.
+        let before = train_rows.len();
+        train_rows.retain(|r| scored_in(std::slice::from_ref(r), &[0]) > 0);
+        if train_rows.len() < before {
+            tracing::warn!("{} training sentences have no word the tokenizer keeps; they are left out", before - train_rows.len());
+        }
+        if train_rows.is_empty() {
+            return Err(TrainError::Setup("no training sentence has a word the tokenizer keeps".into()));
+        }
+    }
     let valid_rows = encoder.encode(&dataset.valid)?;
 
     let opts = ModelOptions {
@@ -251,6 +333,7 @@ pub fn train(job: &TrainJob, reporter: &mut dyn Reporter, stop: &CancelToken) ->
         freeze_embeddings: spec.freeze_embeddings,
         seed: spec.seed,
         compute_dtype: spec.precision.dtype(),
+        head: HeadKind::for_problem(problem),
     };
     if spec.precision == super::spec::Precision::Bf16 && device.is_cpu() {
         tracing::warn!("precision = \"bf16\" on the CPU: candle emulates bf16 matmuls there, so this is slower than fp32");
@@ -263,7 +346,7 @@ pub fn train(job: &TrainJob, reporter: &mut dyn Reporter, stop: &CancelToken) ->
 
     let loss_fn = match problem {
         Problem::Regression => Loss::Mse,
-        Problem::Classification => {
+        Problem::Classification | Problem::TokenClassification => {
             let w = match spec.class_weights {
                 ClassWeights::Balanced => Some(dataset.balanced_class_weights()),
                 ClassWeights::None => None,
@@ -295,6 +378,7 @@ pub fn train(job: &TrainJob, reporter: &mut dyn Reporter, stop: &CancelToken) ->
         epoch_loss_sum: 0.0,
         epoch_rows: 0,
         epoch_correct: 0,
+        problem: (problem == Problem::TokenClassification).then_some(problem),
     };
 
     // Resume from the latest checkpoint of an earlier attempt.
@@ -338,7 +422,7 @@ pub fn train(job: &TrainJob, reporter: &mut dyn Reporter, stop: &CancelToken) ->
     trial_facts.insert("setup_s".into(), num(t_setup.elapsed().as_secs_f64()));
     reporter.metrics(&trial_facts);
 
-    let ctx = Ctx { job, spec, model: &model, device: &device, valid_rows: &valid_rows, problem, num_labels, pad };
+    let ctx = Ctx { job, spec, model: &model, device: &device, valid_rows: &valid_rows, problem, labels: &labels, pad };
     let t_train = Instant::now();
     let mut trained_rows = 0usize;
     let mut last_progress = Instant::now();
@@ -373,18 +457,23 @@ pub fn train(job: &TrainJob, reporter: &mut dyn Reporter, stop: &CancelToken) ->
             // The micro-batch losses (and correct counts) stay tensors until the step is done,
             // then are read with the gradient norm in one transfer: on a GPU each read waits for
             // the device, so there is one such wait per optimizer step.
-            let micros: Vec<&[usize]> = idx.chunks(spec.micro_batch_size).collect();
-            let per_micro = if problem == Problem::Classification { 2 } else { 1 };
+            // What each micro-batch scores (rows, or tagged words), and the whole batch: the
+            // loss is a mean over the batch's rows (or words), as without accumulation.
+            // Micro-batches that score nothing (every word cut by max_length) are skipped.
+            let batch_scored = scored_in(rows, idx);
+            let micros: Vec<(&[usize], usize)> =
+                idx.chunks(spec.micro_batch_size).map(|m| (m, scored_in(rows, m))).filter(|(_, n)| *n > 0).collect();
+            let per_micro = if problem.has_labels() { 2 } else { 1 };
             let mut pending = Vec::with_capacity(per_micro * micros.len() + 1);
-            for micro in &micros {
+            for &(micro, n) in &micros {
                 let b = collate(rows, micro, pad, &device)?;
-                let logits = model.forward(&b.input_ids, &b.attention_mask, Some(&b.token_type_ids), true)?;
+                let logits = scored_logits(&model, &b, true)?;
                 let loss = loss_fn.compute(&logits, &b.labels)?;
                 pending.push(loss.detach().to_dtype(DType::F32)?);
-                if problem == Problem::Classification {
+                if problem.has_labels() {
                     pending.push(logits.detach().argmax(D::Minus1)?.eq(&b.labels)?.to_dtype(DType::F32)?.sum_all()?);
                 }
-                let scaled = if micro.len() == idx.len() { loss } else { (loss * (micro.len() as f64 / idx.len() as f64))? };
+                let scaled = if n == batch_scored { loss } else { (loss * (n as f64 / batch_scored as f64))? };
                 let g = model.backward(&scaled)?;
                 opt.accumulate(&mut grads, g)?;
             }
@@ -400,7 +489,7 @@ pub fn train(job: &TrainJob, reporter: &mut dyn Reporter, stop: &CancelToken) ->
             let read = Tensor::stack(&pending, 0)?.to_vec1::<f32>()?;
             // The checks come after the step's update (the loss is not read before it): a
             // non-finite value fails the trial, so the updated weights are never used.
-            for (k, micro) in micros.iter().enumerate() {
+            for (k, &(_, n)) in micros.iter().enumerate() {
                 let l = read[k * per_micro] as f64;
                 if !l.is_finite() {
                     return Err(TrainError::NonFinite {
@@ -410,11 +499,11 @@ pub fn train(job: &TrainJob, reporter: &mut dyn Reporter, stop: &CancelToken) ->
                         lr: spec.learning_rate,
                     });
                 }
-                if problem == Problem::Classification {
+                if problem.has_labels() {
                     state.epoch_correct += read[k * per_micro + 1] as usize;
                 }
-                state.epoch_loss_sum += l * micro.len() as f64;
-                state.epoch_rows += micro.len();
+                state.epoch_loss_sum += l * n as f64;
+                state.epoch_rows += n;
             }
             let grad_norm = host_norm.unwrap_or_else(|| read[per_micro * micros.len()] as f64);
             if !grad_norm.is_finite() {
@@ -543,7 +632,7 @@ struct Ctx<'a> {
     device: &'a Device,
     valid_rows: &'a [Encoded],
     problem: Problem,
-    num_labels: usize,
+    labels: &'a [String],
     pad: u32,
 }
 
@@ -604,7 +693,7 @@ impl Ctx<'_> {
             let epoch = epoch.ceil().max(1.0) as usize;
             return Err(TrainError::NonFinite { what, epoch, step: state.global_step, lr: self.spec.learning_rate });
         }
-        let (mut metrics, _) = metrics_of(&p, self.problem, self.num_labels)?;
+        let (mut metrics, _) = metrics_of(&p, self.problem, self.labels)?;
         let value = metrics.get(&self.job.metric).and_then(Value::as_f64).ok_or_else(|| {
             TrainError::Setup(format!(
                 "the study metric `{}` is not computed for this problem (available: {})",
@@ -614,7 +703,7 @@ impl Ctx<'_> {
         })?;
         let train_loss = state.epoch_loss_sum / state.epoch_rows.max(1) as f64;
         metrics.insert("train_loss".into(), num(train_loss));
-        if self.problem == Problem::Classification {
+        if self.problem.has_labels() {
             metrics.insert("train_accuracy".into(), num(state.epoch_correct as f64 / state.epoch_rows.max(1) as f64));
         }
         metrics.insert("epoch".into(), num(epoch));
@@ -694,7 +783,7 @@ pub fn diagnose(history: &[EvalRecord], chance: f64, problem: Problem) -> String
             valid_metric: r.value,
         })
         .collect();
-    let chance = if problem == Problem::Classification { chance } else { 0.0 };
+    let chance = if problem.has_labels() { chance } else { 0.0 };
     diagnose_fit(&recs, chance).to_string()
 }
 
@@ -746,10 +835,10 @@ pub fn encode_split_for(checkpoint: &Path, data: &DataSection, split: EvalSplit)
 pub fn evaluate_test(job: &TestJob) -> Result<Map<String, Value>, TrainError> {
     let device = parse_device(&job.device)?;
     let SplitForCheckpoint { state, problem, rows, pad_id } = encode_split_for(&job.checkpoint, &job.data, EvalSplit::Test)?;
-    let opts = ModelOptions { num_labels: state.num_labels, ..ModelOptions::default() };
+    let opts = ModelOptions { num_labels: state.num_labels, head: HeadKind::for_problem(problem), ..ModelOptions::default() };
     let model = BertClassifier::load(&job.checkpoint, &opts, &device)?;
     let p = predict(&model, &rows, problem, pad_id, &device)?;
-    let (mut m, cm) = metrics_of(&p, problem, state.num_labels)?;
+    let (mut m, cm) = metrics_of(&p, problem, &state.labels)?;
     if let Some(cm) = cm {
         m.insert("confusion_matrix".into(), json!(cm));
         m.insert("labels".into(), json!(state.labels));

@@ -13,4 +13,5 @@ mod parallel;
 mod pruning;
 mod report;
 mod study;
+mod tokens;
 mod worker;

@@ -52,7 +52,7 @@ pub fn augment_examples(examples: &[Example], prob: f64, seed: u64, epoch: usize
             Example {
                 text: augment_text(&e.text, prob, &mut rng),
                 text_pair: e.text_pair.as_deref().map(|p| augment_text(p, prob, &mut rng)),
-                label: e.label,
+                label: e.label.clone(),
             }
         })
         .collect()

@@ -17,7 +17,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::error::DataError;
 use super::tokenize::Encoded;
-use super::Target;
+use super::{Target, IGNORE_TAG};
 
 /// Batches per length-sorted chunk when bucketing.
 pub const BUCKET_BATCHES: usize = 50;
@@ -31,8 +31,14 @@ pub struct Batch {
     pub attention_mask: Tensor,
     /// u32 `[b, L]` (0 in padding).
     pub token_type_ids: Tensor,
-    /// u32 `[b]` class ids, or f32 `[b]` regression targets.
+    /// u32 `[b]` class ids, or f32 `[b]` regression targets; for token classification u32
+    /// `[n]`, the tags of the `n` scored tokens (see `scored_positions`).
     pub labels: Tensor,
+    /// Token classification: u32 `[n]`, where each scored token sits in the `[b · L]`
+    /// flattening of the batch (row-major), in row order; `None` otherwise.
+    pub scored_positions: Option<Tensor>,
+    /// Token classification: how many scored tokens each row has (empty otherwise).
+    pub scored_per_row: Vec<usize>,
     /// Positions of the rows in the encoded slice (to map predictions back).
     pub indices: Vec<usize>,
     /// Non-padding tokens in the batch.
@@ -103,7 +109,26 @@ pub fn collate(encoded: &[Encoded], indices: &[usize], pad_id: u32, device: &Dev
         types[r * l..r * l + nt].copy_from_slice(&row.type_ids[..nt]);
         real += n;
     }
-    let labels = match rows[0].label {
+    let mut scored_positions = None;
+    let mut scored_per_row = Vec::new();
+    let labels = match &rows[0].label {
+        Target::Tags(_) => {
+            let (mut pos, mut tags) = (Vec::new(), Vec::new());
+            for (r, row) in rows.iter().enumerate() {
+                let Target::Tags(t) = &row.label else {
+                    return Err(DataError::Batch("mixed token tags and row targets".into()));
+                };
+                let before = tags.len();
+                for (i, &tag) in t.iter().enumerate().filter(|(_, &tag)| tag != IGNORE_TAG) {
+                    pos.push((r * l + i) as u32);
+                    tags.push(tag);
+                }
+                scored_per_row.push(tags.len() - before);
+            }
+            let n = tags.len();
+            scored_positions = Some(Tensor::from_vec(pos, n, device)?);
+            Tensor::from_vec(tags, n, device)?
+        }
         Target::Class(_) => {
             let v: Vec<u32> = rows
                 .iter()
@@ -116,7 +141,7 @@ pub fn collate(encoded: &[Encoded], indices: &[usize], pad_id: u32, device: &Dev
                 .iter()
                 .map(|r| match r.label {
                     Target::Value(v) => Ok(v),
-                    Target::Class(_) => Err(DataError::Batch("mixed class and regression targets".into())),
+                    _ => Err(DataError::Batch("mixed class and regression targets".into())),
                 })
                 .collect::<Result<_, _>>()?;
             Tensor::from_vec(v, b, device)?
@@ -127,6 +152,8 @@ pub fn collate(encoded: &[Encoded], indices: &[usize], pad_id: u32, device: &Dev
         attention_mask: Tensor::from_vec(mask, (b, l), device)?,
         token_type_ids: Tensor::from_vec(types, (b, l), device)?,
         labels,
+        scored_positions,
+        scored_per_row,
         indices: indices.to_vec(),
         real_tokens: real,
     })
@@ -207,6 +234,20 @@ mod tests {
         let b = collate(&rows, &[3, 0], 7, &Device::Cpu).unwrap();
         assert_eq!(b.input_ids.dims(), &[2, 12]);
         assert_eq!(b.input_ids.to_vec2::<u32>().unwrap()[1][3..], [7u32; 9]);
+    }
+
+    #[test]
+    fn token_tags_become_scored_positions() {
+        let i = IGNORE_TAG;
+        let rows = vec![
+            Encoded { ids: vec![2, 5, 6, 3], type_ids: vec![0; 4], label: Target::Tags(vec![i, 1, 0, i]) },
+            Encoded { ids: vec![2, 7, 8, 9, 10, 3], type_ids: vec![0; 6], label: Target::Tags(vec![i, 2, i, 0, 1, i]) },
+        ];
+        let b = collate(&rows, &[0, 1], 0, &Device::Cpu).unwrap();
+        assert_eq!(b.input_ids.dims(), &[2, 6]);
+        assert_eq!(b.scored_positions.unwrap().to_vec1::<u32>().unwrap(), vec![1, 2, 7, 9, 10]);
+        assert_eq!(b.labels.to_vec1::<u32>().unwrap(), vec![1, 0, 2, 0, 1]);
+        assert_eq!(b.scored_per_row, vec![2, 3]);
     }
 
     #[test]

@@ -22,13 +22,33 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::error::DataError;
 
-/// Classification (one label per row) or regression (one number per row).
+/// Classification (one label per row), regression (one number per row) or token
+/// classification (one tag per word: named entities, BIO tags).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum Problem {
     #[default]
     Classification,
     Regression,
+    /// Rows are sentences of words with one tag each (CoNLL files, or JSON Lines with a
+    /// list of words and a list of tags); the model tags every word.
+    TokenClassification,
+}
+
+impl Problem {
+    /// The study-file spelling (`problem = "…"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Problem::Classification => "classification",
+            Problem::Regression => "regression",
+            Problem::TokenClassification => "token_classification",
+        }
+    }
+
+    /// Whether the model predicts one of a set of labels (sequence or token classification).
+    pub fn has_labels(self) -> bool {
+        self != Problem::Regression
+    }
 }
 
 /// The `[data]` table of a study file.
@@ -178,6 +198,9 @@ impl DataSection {
                     return bad(format!("label `{l}` is listed twice in labels"));
                 }
             }
+        }
+        if self.problem == Problem::TokenClassification && self.text_pair_column.is_some() {
+            return bad("text_pair_column is for sentence pairs; token classification tags the words of one text".into());
         }
         if self.max_rows == Some(0) {
             return bad("max_rows must be at least 1".into());

@@ -11,7 +11,7 @@ pub enum DataError {
     Config(String),
     #[error("cannot read {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("{path}: unsupported file type (expected .csv, .tsv, .tab, .jsonl or .ndjson)")]
+    #[error("{path}: unsupported file type (expected .csv, .tsv, .tab, .jsonl or .ndjson; .conll, .iob or .bio for token classification)")]
     UnsupportedFormat { path: PathBuf },
     #[error("{path}: the file is empty (no header or no data rows)")]
     Empty { path: PathBuf },

@@ -72,6 +72,26 @@ impl LabelMap {
         })
     }
 
+    /// The tag set of a token-classification file: the distinct tags sorted as text, with
+    /// `O` (outside any entity) first when present, as Hugging Face's NER data sets have it.
+    pub fn infer_tags<'a>(tags: impl IntoIterator<Item = &'a str>) -> Self {
+        let distinct: BTreeSet<&str> = tags.into_iter().map(str::trim).filter(|t| !t.is_empty()).collect();
+        let mut names: Vec<String> = distinct.iter().filter(|&&t| t != "O").map(|t| t.to_string()).collect();
+        if distinct.contains("O") {
+            names.insert(0, "O".into());
+        }
+        Self::from_names(names)
+    }
+
+    /// The id of a token tag: its name, or, when the names were declared (`[data] labels`),
+    /// an integer that is a position in that list (JSON Lines with integer tags).
+    pub fn tag_id(&self, tag: &str, declared: bool) -> Option<u32> {
+        self.index.get(tag.trim()).copied().or_else(|| {
+            let i = tag.trim().parse::<usize>().ok().filter(|_| declared)?;
+            (i < self.id2label.len()).then_some(i as u32)
+        })
+    }
+
     /// The label text of a class id.
     pub fn name(&self, id: u32) -> Option<&str> {
         self.id2label.get(id as usize).map(String::as_str)
@@ -116,6 +136,16 @@ mod tests {
         let back: LabelMap = serde_json::from_str(&json).unwrap();
         assert_eq!(back.id("pos"), Some(1));
         assert_eq!(back, m);
+    }
+
+    #[test]
+    fn tags_put_o_first_and_integers_index_declared_names() {
+        let m = LabelMap::infer_tags(["B-per", "O", "I-per", "O", "B-loc"]);
+        assert_eq!(m.id2label, vec!["O", "B-loc", "B-per", "I-per"]);
+        assert_eq!(m.tag_id("I-per", false), Some(3));
+        assert_eq!(m.tag_id("2", false), None, "integers are ids only when the names were declared");
+        assert_eq!(m.tag_id("2", true), Some(2));
+        assert_eq!(m.tag_id("4", true), None);
     }
 
     #[test]

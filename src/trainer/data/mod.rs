@@ -45,28 +45,45 @@ pub use lengths::{length_summary, length_summary_of, LengthSummary};
 pub use tokenize::{load_tokenizer, Encoded, TextEncoder};
 
 /// The training target of one row.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Target {
     /// Class id (see [`LabelMap`]).
     Class(u32),
     /// Regression value.
     Value(f32),
+    /// Token classification: one tag id per word (see [`LabelMap`]). Once tokenized
+    /// ([`Encoded`]), one entry per token: the word's tag on its first token, [`IGNORE_TAG`]
+    /// on the others and on the special tokens.
+    Tags(Vec<u32>),
 }
+
+/// The tag of a token that is not scored (a word's later pieces, `[CLS]`, `[SEP]`, padding),
+/// like the `-100` of Hugging Face's token classification.
+pub const IGNORE_TAG: u32 = u32::MAX;
 
 impl Target {
     /// The class id, for classification rows.
     pub fn class(&self) -> Option<u32> {
         match self {
             Target::Class(c) => Some(*c),
-            Target::Value(_) => None,
+            Target::Value(_) | Target::Tags(_) => None,
         }
     }
 
-    /// The target as a number (class id as float for classification).
+    /// The target as a number (class id as float for classification; 0 for tags).
     pub fn value(&self) -> f32 {
         match self {
             Target::Class(c) => *c as f32,
             Target::Value(v) => *v,
+            Target::Tags(_) => 0.0,
+        }
+    }
+
+    /// The scored tags (token classification; empty otherwise).
+    pub fn tags(&self) -> &[u32] {
+        match self {
+            Target::Tags(t) => t,
+            _ => &[],
         }
     }
 }
@@ -93,22 +110,24 @@ pub struct Dataset {
 }
 
 impl Dataset {
-    /// Outputs of the model head: the number of classes, or 1 for regression.
+    /// Outputs of the model head: the number of classes (tags), or 1 for regression.
     pub fn num_labels(&self) -> usize {
         match self.problem {
-            Problem::Classification => self.labels.len(),
+            Problem::Classification | Problem::TokenClassification => self.labels.len(),
             Problem::Regression => 1,
         }
     }
 
-    /// Rows per class id in `rows` (length [`Dataset::num_labels`]; empty for regression).
+    /// Rows per class id in `rows` (words per tag for token classification; length
+    /// [`Dataset::num_labels`]; empty for regression).
     pub fn class_counts(&self, rows: &[Example]) -> Vec<usize> {
         if self.problem == Problem::Regression {
             return Vec::new();
         }
         let mut c = vec![0usize; self.labels.len()];
         for e in rows {
-            if let Some(id) = e.label.class() {
+            let ids = e.label.class().map(|id| vec![id]).unwrap_or_else(|| e.label.tags().to_vec());
+            for id in ids {
                 if let Some(slot) = c.get_mut(id as usize) {
                     *slot += 1;
                 }
@@ -142,9 +161,10 @@ impl Dataset {
 pub fn load_dataset(section: &DataSection) -> Result<Dataset, DataError> {
     section.validate()?;
     let cols = read::Columns { text: &section.text_column, text_pair: section.text_pair_column.as_deref(), label: &section.label_column };
+    let tokens = section.problem == Problem::TokenClassification;
     let mut report = CleaningReport::default();
     let mut load_file = |path: &Path, salt: u64| -> Result<Vec<read::RawRow>, DataError> {
-        let mut rows = read::read_rows(path, cols)?;
+        let mut rows = if tokens { read::read_token_rows(path, cols)? } else { read::read_rows(path, cols)? };
         let read = rows.len();
         if let Some(max) = section.max_rows {
             if rows.len() > max {
@@ -182,7 +202,25 @@ pub fn load_dataset(section: &DataSection) -> Result<Dataset, DataError> {
 
     let (labels, origin) = match (section.problem, &section.labels) {
         (Problem::Regression, _) => (LabelMap::default(), String::new()),
-        (Problem::Classification, Some(names)) => (LabelMap::from_names(names.clone()), "declared in [data] labels".to_string()),
+        (_, Some(names)) => (LabelMap::from_names(names.clone()), "declared in [data] labels".to_string()),
+        (Problem::TokenClassification, None) => {
+            let m = LabelMap::infer_tags(main.iter().filter_map(|r| r.label.as_deref()).flat_map(|t| t.split(' ')));
+            if m.id2label.iter().all(|t| t.parse::<i64>().is_ok()) {
+                return Err(DataError::Config(format!(
+                    "the tags of {} are integers; list the tag names in [data] labels, in id order (e.g. labels = [\"O\", \
+                     \"B-person\", \"I-person\"]), so entities can be read from their B-/I- prefixes",
+                    section.path.display()
+                )));
+            }
+            if m.len() < 2 {
+                return Err(DataError::Config(format!(
+                    "{} has a single tag ({}); token classification needs at least two",
+                    section.path.display(),
+                    m.id2label.join(", ")
+                )));
+            }
+            (m, format!("the tags of {}", section.path.display()))
+        }
         (Problem::Classification, None) => {
             let m = LabelMap::infer(main.iter().filter_map(|r| r.label.as_deref()));
             if m.len() < 2 {
@@ -204,7 +242,21 @@ pub fn load_dataset(section: &DataSection) -> Result<Dataset, DataError> {
                     row: r.row,
                     column: section.label_column.clone(),
                 })?;
+                let not_in_set = |raw: &str| DataError::LabelNotInSet {
+                    path: path.to_path_buf(),
+                    line: r.line,
+                    row: r.row,
+                    column: section.label_column.clone(),
+                    label: raw.to_string(),
+                    allowed: labels.id2label.clone().into(),
+                    origin: origin.as_str().into(),
+                };
                 let label = match section.problem {
+                    Problem::TokenClassification => Target::Tags(
+                        raw.split(' ')
+                            .map(|t| labels.tag_id(t, section.labels.is_some()).ok_or_else(|| not_in_set(t)))
+                            .collect::<Result<_, _>>()?,
+                    ),
                     Problem::Classification => Target::Class(labels.id(raw).ok_or_else(|| DataError::LabelNotInSet {
                         path: path.to_path_buf(),
                         line: r.line,

@@ -1,5 +1,12 @@
 //! Reading raw rows from CSV, TSV (unquoted, as GLUE ships it) or JSON Lines, chosen by the
 //! file extension. Rows keep their line and row numbers so later errors can point at them.
+//!
+//! Token classification ([`read_token_rows`]) reads sentences instead: CoNLL files (`.conll`,
+//! `.iob`, `.bio`: a word and its tag per line, the tag in the last field, a blank line between
+//! sentences, `-DOCSTART-` lines skipped) or JSON Lines whose text column is a list of words
+//! and label column a list of tags. A sentence becomes one row whose text is its words joined
+//! by single spaces and whose label is its tags joined the same way (words and tags may not
+//! hold whitespace, so the split back is exact).
 
 use std::path::Path;
 
@@ -32,6 +39,7 @@ enum Format {
     Csv,
     Tsv,
     Jsonl,
+    Conll,
 }
 
 fn format_of(path: &Path) -> Result<Format, DataError> {
@@ -40,6 +48,7 @@ fn format_of(path: &Path) -> Result<Format, DataError> {
         "csv" => Ok(Format::Csv),
         "tsv" | "tab" => Ok(Format::Tsv),
         "jsonl" | "ndjson" => Ok(Format::Jsonl),
+        "conll" | "iob" | "bio" => Ok(Format::Conll),
         _ => Err(DataError::UnsupportedFormat { path: path.to_path_buf() }),
     }
 }
@@ -52,6 +61,12 @@ pub fn read_rows(path: &Path, cols: Columns<'_>) -> Result<Vec<RawRow>, DataErro
         Format::Csv => read_delimited(path, &bytes, b',', true, cols)?,
         Format::Tsv => read_delimited(path, &bytes, b'\t', false, cols)?,
         Format::Jsonl => read_jsonl(path, &bytes, cols)?,
+        Format::Conll => {
+            return Err(DataError::Config(format!(
+                "{} is a CoNLL file (a word and a tag per line): set problem = \"token_classification\" in [data]",
+                path.display()
+            )))
+        }
     };
     if rows.is_empty() {
         return Err(DataError::Empty { path: path.to_path_buf() });
@@ -207,6 +222,132 @@ fn read_jsonl(path: &Path, bytes: &[u8], cols: Columns<'_>) -> Result<Vec<RawRow
         };
         let label = get(cols.label)?.filter(|s| !s.trim().is_empty());
         out.push(RawRow { line, row, text, text_pair, label });
+    }
+    Ok(out)
+}
+
+/// Reads the sentences of a token-classification file (module doc): CoNLL, or JSON Lines
+/// with `cols.text` a list of words and `cols.label` a list of tags (strings or integers).
+pub fn read_token_rows(path: &Path, cols: Columns<'_>) -> Result<Vec<RawRow>, DataError> {
+    let format = format_of(path)?;
+    let bytes = std::fs::read(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
+    let text = std::str::from_utf8(&bytes).map_err(|e| DataError::Parse {
+        path: path.to_path_buf(),
+        line: 1 + bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count() as u64,
+        message: format!("not UTF-8: {e}"),
+    })?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let rows = match format {
+        Format::Conll => read_conll(path, text)?,
+        Format::Jsonl => read_token_jsonl(path, text, cols)?,
+        Format::Csv | Format::Tsv => {
+            return Err(DataError::Config(format!(
+                "{}: token classification reads CoNLL files (.conll, .iob, .bio: a word and its tag per line) or JSON Lines \
+                 (.jsonl: a list of words and a list of tags per line), not CSV/TSV",
+                path.display()
+            )))
+        }
+    };
+    if rows.is_empty() {
+        return Err(DataError::Empty { path: path.to_path_buf() });
+    }
+    Ok(rows)
+}
+
+/// Checks one sentence's words and tags and makes its row (module doc).
+fn token_row(path: &Path, line: u64, row: usize, words: &[String], tags: &[String], tag_lines: &[u64]) -> Result<RawRow, DataError> {
+    let err = |line: u64, message: String| DataError::Parse { path: path.to_path_buf(), line, message };
+    if words.len() != tags.len() {
+        return Err(err(line, format!("sentence {row} has {} words but {} tags", words.len(), tags.len())));
+    }
+    for (i, (w, t)) in words.iter().zip(tags).enumerate() {
+        let at = tag_lines.get(i).copied().unwrap_or(line);
+        if w.is_empty() || w.chars().any(char::is_whitespace) {
+            return Err(err(at, format!("sentence {row}, word {}: {w:?} is empty or holds whitespace (one word per token)", i + 1)));
+        }
+        if t.is_empty() || t.chars().any(char::is_whitespace) {
+            return Err(err(at, format!("sentence {row}, word {} ({w:?}): tag {t:?} is empty or holds whitespace", i + 1)));
+        }
+    }
+    Ok(RawRow { line, row, text: words.join(" "), text_pair: None, label: Some(tags.join(" ")) })
+}
+
+fn read_conll(path: &Path, text: &str) -> Result<Vec<RawRow>, DataError> {
+    let mut out = Vec::new();
+    let (mut words, mut tags, mut lines) = (Vec::new(), Vec::new(), Vec::new());
+    let mut flush = |words: &mut Vec<String>, tags: &mut Vec<String>, lines: &mut Vec<u64>| -> Result<(), DataError> {
+        if !words.is_empty() {
+            let row = out.len() + 1;
+            out.push(token_row(path, lines[0], row, words, tags, lines)?);
+            words.clear();
+            tags.clear();
+            lines.clear();
+        }
+        Ok(())
+    };
+    for (i, l) in text.lines().enumerate() {
+        let line = i as u64 + 1;
+        let fields: Vec<&str> = l.split(['\t', ' ']).filter(|f| !f.is_empty()).collect();
+        if fields.is_empty() {
+            flush(&mut words, &mut tags, &mut lines)?;
+            continue;
+        }
+        if fields[0] == "-DOCSTART-" {
+            flush(&mut words, &mut tags, &mut lines)?;
+            continue;
+        }
+        if fields.len() < 2 {
+            return Err(DataError::Parse {
+                path: path.to_path_buf(),
+                line,
+                message: format!("expected a word and its tag separated by a tab, got {l:?}"),
+            });
+        }
+        words.push(fields[0].to_string());
+        tags.push(fields[fields.len() - 1].to_string());
+        lines.push(line);
+    }
+    flush(&mut words, &mut tags, &mut lines)?;
+    Ok(out)
+}
+
+fn read_token_jsonl(path: &Path, text: &str, cols: Columns<'_>) -> Result<Vec<RawRow>, DataError> {
+    let mut out = Vec::new();
+    for (i, l) in text.lines().enumerate() {
+        let line = i as u64 + 1;
+        if l.trim().is_empty() {
+            continue;
+        }
+        let row = out.len() + 1;
+        let err = |message: String| DataError::Parse { path: path.to_path_buf(), line, message };
+        let v: serde_json::Value = serde_json::from_str(l).map_err(|e| err(e.to_string()))?;
+        let obj = v.as_object().ok_or_else(|| err("expected a JSON object per line".into()))?;
+        let list = |name: &str| -> Result<Vec<String>, DataError> {
+            let v = obj.get(name).ok_or_else(|| {
+                if row == 1 {
+                    DataError::MissingColumn { path: path.to_path_buf(), column: name.to_string(), present: obj.keys().cloned().collect() }
+                } else {
+                    DataError::MissingValue { path: path.to_path_buf(), line, row, column: name.to_string() }
+                }
+            })?;
+            let items = v.as_array().ok_or_else(|| err(format!("`{name}` must be a list (one entry per word), got {v}")))?;
+            items
+                .iter()
+                .map(|x| match x {
+                    serde_json::Value::String(s) => Ok(s.clone()),
+                    serde_json::Value::Number(n) => Ok(n.to_string()),
+                    other => Err(err(format!("`{name}` holds {other}; expected strings or integers"))),
+                })
+                .collect()
+        };
+        let words = list(cols.text)?;
+        let tags = list(cols.label)?;
+        if words.is_empty() {
+            // An empty sentence is dropped by cleaning, like an empty text.
+            out.push(RawRow { line, row, text: String::new(), text_pair: None, label: Some(String::new()) });
+            continue;
+        }
+        out.push(token_row(path, line, row, &words, &tags, &[])?);
     }
     Ok(out)
 }

@@ -12,7 +12,7 @@ use tokenizers::processors::bert::BertProcessing;
 use tokenizers::{EncodeInput, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 use super::error::DataError;
-use super::{Example, Target};
+use super::{Example, Target, IGNORE_TAG};
 
 /// One tokenized row, unpadded.
 #[derive(Debug, Clone, PartialEq)]
@@ -122,21 +122,52 @@ impl TextEncoder {
     }
 
     /// Tokenizes every example (in parallel where the tokenizer allows), in order.
+    ///
+    /// Token classification rows ([`Target::Tags`]) are encoded as their words (pre-tokenized,
+    /// so a word is never merged with its neighbour), and their tags are aligned to the tokens:
+    /// each word's tag on its first token, [`IGNORE_TAG`] on its other tokens and on the special
+    /// tokens, as Hugging Face's token-classification examples do. Words cut by `max_length`
+    /// lose their tags (they are neither trained nor scored).
     pub fn encode(&self, examples: &[Example]) -> Result<Vec<Encoded>, DataError> {
         let inputs: Vec<EncodeInput> = examples
             .iter()
-            .map(|e| match &e.text_pair {
-                Some(p) => EncodeInput::Dual(e.text.as_str().into(), p.as_str().into()),
-                None => EncodeInput::Single(e.text.as_str().into()),
+            .map(|e| match (&e.label, &e.text_pair) {
+                (Target::Tags(_), _) => EncodeInput::Single(e.text.split(' ').collect::<Vec<&str>>().into()),
+                (_, Some(p)) => EncodeInput::Dual(e.text.as_str().into(), p.as_str().into()),
+                (_, None) => EncodeInput::Single(e.text.as_str().into()),
             })
             .collect();
         let encs = self.tokenizer.encode_batch(inputs, true).map_err(|e| DataError::Encode(format!("{}: {e}", self.source.display())))?;
         Ok(encs
             .into_iter()
             .zip(examples)
-            .map(|(enc, ex)| Encoded { ids: enc.get_ids().to_vec(), type_ids: enc.get_type_ids().to_vec(), label: ex.label })
+            .map(|(enc, ex)| {
+                let label = match &ex.label {
+                    Target::Tags(tags) => Target::Tags(align_tags(enc.get_word_ids(), tags)),
+                    other => other.clone(),
+                };
+                Encoded { ids: enc.get_ids().to_vec(), type_ids: enc.get_type_ids().to_vec(), label }
+            })
             .collect())
     }
+}
+
+/// One tag per token from one tag per word (see [`TextEncoder::encode`]).
+pub fn align_tags(word_ids: &[Option<u32>], word_tags: &[u32]) -> Vec<u32> {
+    let mut previous = None;
+    word_ids
+        .iter()
+        .map(|w| {
+            let tag = match *w {
+                Some(w) if previous != Some(w) => word_tags.get(w as usize).copied().unwrap_or(IGNORE_TAG),
+                _ => IGNORE_TAG,
+            };
+            if w.is_some() {
+                previous = *w;
+            }
+            tag
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -170,6 +201,22 @@ pub(crate) mod tests {
         assert_eq!(out[1].ids, vec![2, 9, 7, 3, 6, 8, 3]);
         assert_eq!(out[1].type_ids, vec![0, 0, 0, 0, 1, 1, 1]);
         assert_eq!(out[1].label, Target::Class(1));
+    }
+
+    #[test]
+    fn tags_go_to_the_first_token_of_each_word() {
+        let dir = vocab_dir(None);
+        let enc = TextEncoder::from_model_dir(dir.path(), 16).unwrap();
+        let row = Example { text: "very good films .".into(), text_pair: None, label: Target::Tags(vec![0, 1, 2, 0]) };
+        let out = enc.encode(&[row]).unwrap();
+        // [CLS] very good film ##s . [SEP]
+        assert_eq!(out[0].ids, vec![2, 9, 6, 8, 10, 11, 3]);
+        let i = IGNORE_TAG;
+        assert_eq!(out[0].label, Target::Tags(vec![i, 0, 1, 2, i, 0, i]));
+        // Cut to 5 tokens: "." and the second piece of "films" are gone, and "." loses its tag.
+        let enc = TextEncoder::from_model_dir(dir.path(), 5).unwrap();
+        let row = Example { text: "very good films .".into(), text_pair: None, label: Target::Tags(vec![0, 1, 2, 0]) };
+        assert_eq!(enc.encode(&[row]).unwrap()[0].label, Target::Tags(vec![i, 0, 1, 2, i]));
     }
 
     #[test]

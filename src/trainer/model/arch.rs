@@ -15,6 +15,10 @@
 
 use serde_json::{Map, Value};
 
+/// The token-classification head's linear layer, the same name in every family
+/// (`…ForTokenClassification.classifier`).
+pub const TOKEN_CLASSIFIER: &str = "classifier";
+
 /// An encoder family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arch {
@@ -75,15 +79,22 @@ impl Arch {
         }
     }
 
-    /// The `transformers` class of the classifier for `model_type`.
-    pub fn hf_class(model_type: Option<&str>) -> &'static str {
-        match model_type {
-            Some("roberta") => "RobertaForSequenceClassification",
-            Some("xlm-roberta") => "XLMRobertaForSequenceClassification",
-            Some("camembert") => "CamembertForSequenceClassification",
-            Some("distilbert") => "DistilBertForSequenceClassification",
-            Some("electra") => "ElectraForSequenceClassification",
-            _ => "BertForSequenceClassification",
+    /// The `transformers` class of the classifier for `model_type` and the head.
+    pub fn hf_class(model_type: Option<&str>, head: super::HeadKind) -> &'static str {
+        use super::HeadKind::{Sequence, Token};
+        match (model_type, head) {
+            (Some("roberta"), Sequence) => "RobertaForSequenceClassification",
+            (Some("xlm-roberta"), Sequence) => "XLMRobertaForSequenceClassification",
+            (Some("camembert"), Sequence) => "CamembertForSequenceClassification",
+            (Some("distilbert"), Sequence) => "DistilBertForSequenceClassification",
+            (Some("electra"), Sequence) => "ElectraForSequenceClassification",
+            (_, Sequence) => "BertForSequenceClassification",
+            (Some("roberta"), Token) => "RobertaForTokenClassification",
+            (Some("xlm-roberta"), Token) => "XLMRobertaForTokenClassification",
+            (Some("camembert"), Token) => "CamembertForTokenClassification",
+            (Some("distilbert"), Token) => "DistilBertForTokenClassification",
+            (Some("electra"), Token) => "ElectraForTokenClassification",
+            (_, Token) => "BertForTokenClassification",
         }
     }
 
@@ -227,6 +238,7 @@ pub enum Block {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::trainer::model::HeadKind;
     use serde_json::json;
 
     #[test]
@@ -236,8 +248,10 @@ mod tests {
         assert_eq!(Arch::from_model_type(Some("distilbert")), Some(Arch::DistilBert));
         assert_eq!(Arch::from_model_type(Some("electra")), Some(Arch::Electra));
         assert_eq!(Arch::from_model_type(Some("deberta-v2")), None);
-        assert_eq!(Arch::hf_class(Some("camembert")), "CamembertForSequenceClassification");
-        assert_eq!(Arch::hf_class(None), "BertForSequenceClassification");
+        assert_eq!(Arch::hf_class(Some("camembert"), HeadKind::Sequence), "CamembertForSequenceClassification");
+        assert_eq!(Arch::hf_class(None, HeadKind::Sequence), "BertForSequenceClassification");
+        assert_eq!(Arch::hf_class(Some("distilbert"), HeadKind::Token), "DistilBertForTokenClassification");
+        assert_eq!(Arch::hf_class(None, HeadKind::Token), "BertForTokenClassification");
     }
 
     #[test]

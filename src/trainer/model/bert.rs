@@ -138,7 +138,8 @@ pub(crate) struct DropoutProbs {
 /// The classification head on the first token: `dense` → activation → dropout → `out`, with
 /// one more dropout before `dense` for RoBERTa.
 pub(crate) struct Head {
-    pub dense: Linear,
+    /// The pooler (or the family's dense layer); none in a token head.
+    pub dense: Option<Linear>,
     pub out: Linear,
     pub activation: HeadActivation,
     pub dropout_first: bool,

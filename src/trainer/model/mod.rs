@@ -85,11 +85,43 @@ pub struct ModelOptions {
     /// Activations and matmuls in f32, or bf16 (mixed precision: weights, gradients, layer
     /// norms, softmax and the logits stay f32).
     pub compute_dtype: DType,
+    /// One prediction per text (the `…ForSequenceClassification` head) or per token.
+    pub head: HeadKind,
+}
+
+/// What the head predicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HeadKind {
+    /// One output vector per text, from the first token through the family's head
+    /// (`…ForSequenceClassification`).
+    #[default]
+    Sequence,
+    /// One output vector per token: dropout, then the `classifier` linear on every hidden
+    /// state (`…ForTokenClassification`; no pooler).
+    Token,
+}
+
+impl HeadKind {
+    /// The head a problem trains: a token head for token classification.
+    pub fn for_problem(problem: crate::trainer::data::Problem) -> Self {
+        match problem {
+            crate::trainer::data::Problem::TokenClassification => HeadKind::Token,
+            _ => HeadKind::Sequence,
+        }
+    }
 }
 
 impl Default for ModelOptions {
     fn default() -> Self {
-        Self { num_labels: 2, dropout: None, freeze_layers: 0, freeze_embeddings: false, seed: 0, compute_dtype: DType::F32 }
+        Self {
+            num_labels: 2,
+            dropout: None,
+            freeze_layers: 0,
+            freeze_embeddings: false,
+            seed: 0,
+            compute_dtype: DType::F32,
+            head: HeadKind::Sequence,
+        }
     }
 }
 
@@ -315,11 +347,19 @@ impl BertClassifier {
             });
         }
         let (dense, out, activation, dropout_first) = arch.head_names();
-        let head = Head {
-            dense: ld.take_or_init_linear(dense, h, h)?,
-            out: ld.take_or_init_linear(out, opts.num_labels, h)?,
-            activation,
-            dropout_first,
+        let head = match opts.head {
+            HeadKind::Sequence => Head {
+                dense: Some(ld.take_or_init_linear(dense, h, h)?),
+                out: ld.take_or_init_linear(out, opts.num_labels, h)?,
+                activation,
+                dropout_first,
+            },
+            HeadKind::Token => Head {
+                dense: None,
+                out: ld.take_or_init_linear(arch::TOKEN_CLASSIFIER, opts.num_labels, h)?,
+                activation,
+                dropout_first: true,
+            },
         };
 
         let embeddings_frozen = opts.freeze_embeddings || opts.freeze_layers > 0;
@@ -339,7 +379,11 @@ impl BertClassifier {
         let probs = DropoutProbs {
             hidden,
             attention: opts.dropout.unwrap_or(config.attention_probs_dropout_prob),
-            head: opts.dropout.or_else(|| arch.head_dropout(&config.source)).unwrap_or(hidden),
+            // DistilBERT's token head drops out with `dropout`, not `seq_classif_dropout`.
+            head: opts
+                .dropout
+                .or_else(|| if opts.head == HeadKind::Token && arch == Arch::DistilBert { None } else { arch.head_dropout(&config.source) })
+                .unwrap_or(hidden),
         };
         Ok(Self {
             dropout: Dropout::new(opts.seed),
@@ -355,7 +399,8 @@ impl BertClassifier {
         })
     }
 
-    /// Logits `[batch, num_labels]` (f32). `train = true` turns dropout on.
+    /// Logits `[batch, num_labels]` (f32), or `[batch, seq, num_labels]` with a token head.
+    /// `train = true` turns dropout on.
     pub fn forward(
         &self,
         input_ids: &Tensor,
@@ -366,11 +411,15 @@ impl BertClassifier {
         let x = self.hidden_states(input_ids, attention_mask, token_type_ids, train)?;
         let pass = self.pass(train, false);
         let drop = |t: Tensor| if train { self.dropout.apply(&t, self.probs.head) } else { Ok(t) };
+        let Some(dense) = &self.head.dense else {
+            // A token head: dropout and the classifier on every position.
+            return self.head.out.forward(&drop(x)?, pass)?.to_dtype(DType::F32);
+        };
         let mut x = x.narrow(1, 0, 1)?.squeeze(1)?; // the first token: [CLS] / <s>
         if self.head.dropout_first {
             x = drop(x)?;
         }
-        let x = self.head.dense.forward(&x, pass)?;
+        let x = dense.forward(&x, pass)?;
         let x = match self.head.activation {
             HeadActivation::Tanh => x.tanh()?,
             HeadActivation::Relu => x.relu()?,
@@ -484,7 +533,7 @@ impl BertClassifier {
         let save_err = |reason: String| ModelError::Save { path: dir.join("config.json"), reason };
         std::fs::create_dir_all(dir).map_err(|e| save_err(e.to_string()))?;
         let mut config = self.config.source.clone();
-        let class = Arch::hf_class(self.config.model_type.as_deref());
+        let class = Arch::hf_class(self.config.model_type.as_deref(), self.opts.head);
         config.insert("num_labels".into(), serde_json::json!(self.opts.num_labels));
         config.insert("architectures".into(), serde_json::json!([class]));
         let text = serde_json::to_string_pretty(&config).map_err(|e| save_err(e.to_string()))?;
