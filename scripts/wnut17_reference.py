@@ -16,6 +16,7 @@ setting (README, *Named entities on WNUT 2017*).
 from __future__ import annotations
 
 import argparse
+import math
 import json
 import time
 
@@ -94,7 +95,8 @@ def main():
     targs = TrainingArguments(
         output_dir=args.out_dir, learning_rate=args.lr, per_device_train_batch_size=args.batch_size,
         per_device_eval_batch_size=64, num_train_epochs=args.epochs, weight_decay=args.weight_decay,
-        warmup_ratio=args.warmup_ratio, lr_scheduler_type="linear", eval_strategy="epoch", save_strategy="epoch",
+        warmup_steps=math.ceil(args.warmup_ratio * args.epochs * math.ceil(len(tr) / args.batch_size)),
+        lr_scheduler_type="linear", eval_strategy="epoch", save_strategy="epoch",
         load_best_model_at_end=True, metric_for_best_model="f1", greater_is_better=True, save_total_limit=1,
         seed=args.seed, report_to=[], logging_strategy="epoch", use_cpu=True, dataloader_num_workers=0)
     trainer = Trainer(model=model, args=targs, train_dataset=tr, eval_dataset=dv,
@@ -107,7 +109,7 @@ def main():
     per_epoch = [{k: v for k, v in h.items() if k in ("epoch", "eval_f1", "eval_loss", "loss")} for h in trainer.state.log_history]
     print(json.dumps({"setting": {"lr": args.lr, "batch_size": args.batch_size, "epochs": args.epochs},
                       "train_s": round(train_s, 1), "dev": dev_m, "test": test_m, "history": per_epoch,
-                      "torch": torch.__version__, "tags": names}, indent=1))
+                      "torch": torch.__version__, "tags": names}))  # the last line of stdout
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ pub enum Command {
     Worker(WorkerArgs),
     /// Write the best trial's checkpoint (or the study's model soup, or a chosen trial's) as a Hugging Face model folder.
     Export(ExportArgs),
-    /// Predict labels for a CSV/TSV/JSONL file with an exported (or any compatible) model.
+    /// Predict labels for a CSV/TSV/JSONL file (or tag the words of a CoNLL/JSONL file) with an exported (or any compatible) model.
     Predict(PredictArgs),
 }
 
@@ -350,10 +350,11 @@ pub struct ExportArgs {
 
 #[derive(Debug, Args)]
 pub struct PredictArgs {
-    /// A Hugging Face BertForSequenceClassification folder (e.g. made by `export`).
+    /// A Hugging Face BertForSequenceClassification folder (e.g. made by `export`), or a
+    /// …ForTokenClassification one (then CoNLL or JSON Lines in and out).
     #[arg(long)]
     pub model: PathBuf,
-    /// Rows to classify: .csv, .tsv or .jsonl.
+    /// Rows to classify: .csv, .tsv or .jsonl; sentences to tag: .conll, .iob, .bio or .jsonl.
     #[arg(long)]
     pub input: PathBuf,
     /// Where to write the input columns plus the predictions (.csv, .tsv or .jsonl); stdout

@@ -82,7 +82,12 @@ pub fn build(cfg: &StudyConfig, quiet: bool) -> anyhow::Result<FinetuneRunner> {
     if !known.contains(&cfg.metric.as_str()) {
         return Err(usage(
             cfg,
-            format!("`study.metric` = \"{}\" is not a metric of a {problem:?} study (expected one of: {})", cfg.metric, known.join(", ")),
+            format!(
+                "`study.metric` = \"{}\" is not a metric of a {} study (expected one of: {})",
+                cfg.metric,
+                problem.as_str(),
+                known.join(", ")
+            ),
         ));
     }
     if problem == Problem::TokenClassification && (fixed.augment_prob > 0.0 || cfg.space.params().iter().any(|p| p.name == "augment_prob"))

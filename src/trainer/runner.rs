@@ -106,7 +106,7 @@ impl FinetuneRunner {
         if !known.contains(&metric) {
             return Err(FinetuneConfigError::Table {
                 table: "study",
-                message: format!("metric `{metric}` is not one of {} for {problem:?}", known.join(", ")),
+                message: format!("metric `{metric}` is not one of {} for {}", known.join(", "), problem.as_str()),
             });
         }
         Ok(Self::new(&model, data, train, metric, direction)?)

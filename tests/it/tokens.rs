@@ -48,10 +48,14 @@ max_length = 24
 fn a_token_classification_study_tags_entities_tests_exports_and_predicts() {
     let d = StudyDir::new();
     let toy = write_toy_ner_task(&d.path().join("toy"), 200, 11).unwrap();
-    d.write("s.toml", &ner_study(&toy.model_dir.display().to_string(), &toy.conll.display().to_string(), 2, ""));
+    let study = ner_study(&toy.model_dir.display().to_string(), &toy.conll.display().to_string(), 2, "");
+    d.write("s.toml", &(study + "\n[soup]\nkind = \"greedy\"\n"));
     let out = d.run(&["run", "s.toml"]);
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
+    // The soup is chosen on valid entity F1, like the trials.
+    assert!(err.contains("model soup: averaging the best of 2 checkpoints"), "{err}");
+    assert!(err.contains(": valid f1 = ") || err.contains(" alone on the valid split (f1 = "), "{err}");
     // The tags, O first, with their share of the train words.
     assert!(err.contains("train words, 4 tags (share of train words): O "), "{err}");
     assert!(err.contains("evaluated once): f1 "), "{err}");
