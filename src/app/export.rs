@@ -41,9 +41,14 @@ pub fn run(args: &ExportArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         for (name, bytes) in &s.files {
             text.push_str(&format!("  {name:<26} {:>10}\n", size(*bytes)));
         }
+        let (class, input) = if super::predict_tokens::is_token_model(&s.out_dir) {
+            ("AutoModelForTokenClassification", "FILE.conll")
+        } else {
+            ("AutoModelForSequenceClassification", "FILE.csv")
+        };
         text.push_str(&format!(
-            "load it with transformers: AutoModelForSequenceClassification.from_pretrained(\"{0}\") and \
-             AutoTokenizer.from_pretrained(\"{0}\"), or run `sft-search predict --model {0} --input FILE.csv`\n",
+            "load it with transformers: {class}.from_pretrained(\"{0}\") and AutoTokenizer.from_pretrained(\"{0}\"), or run \
+             `sft-search predict --model {0} --input {input}`\n",
             shown(&s.out_dir)
         ));
         print_out(&text)?;

@@ -80,6 +80,8 @@ fn a_token_classification_study_tags_entities_tests_exports_and_predicts() {
     // Export: transformers' token-classification class, tags as id2label, no pooler.
     let out = d.run(&["export", "s.toml", "--out", "tagger"]);
     assert!(out.status.success(), "{}", stderr(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("AutoModelForTokenClassification.from_pretrained(\"tagger\")") && said.contains("--input FILE.conll"), "{said}");
     let cfg: Value = serde_json::from_str(&std::fs::read_to_string(d.path().join("tagger/config.json")).unwrap()).unwrap();
     assert_eq!(cfg["architectures"], json!(["BertForTokenClassification"]));
     assert_eq!(cfg["id2label"], json!({"0": "O", "1": "B-loc", "2": "B-per", "3": "I-per"}));
