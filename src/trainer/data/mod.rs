@@ -203,34 +203,27 @@ pub fn load_dataset(section: &DataSection) -> Result<Dataset, DataError> {
     let (labels, origin) = match (section.problem, &section.labels) {
         (Problem::Regression, _) => (LabelMap::default(), String::new()),
         (_, Some(names)) => (LabelMap::from_names(names.clone()), "declared in [data] labels".to_string()),
-        (Problem::TokenClassification, None) => {
-            let m = LabelMap::infer_tags(main.iter().filter_map(|r| r.label.as_deref()).flat_map(|t| t.split(' ')));
-            if m.id2label.iter().all(|t| t.parse::<i64>().is_ok()) {
+        (problem, None) => {
+            let tokens = problem == Problem::TokenClassification;
+            let labels = main.iter().filter_map(|r| r.label.as_deref());
+            let m = if tokens { LabelMap::infer_tags(labels.flat_map(|t| t.split(' '))) } else { LabelMap::infer(labels) };
+            if tokens && m.id2label.iter().all(|t| t.parse::<i64>().is_ok()) {
                 return Err(DataError::Config(format!(
                     "the tags of {} are integers; list the tag names in [data] labels, in id order (e.g. labels = [\"O\", \
                      \"B-person\", \"I-person\"]), so entities can be read from their B-/I- prefixes",
                     section.path.display()
                 )));
             }
+            let what = if tokens { "tag" } else { "label" };
             if m.len() < 2 {
                 return Err(DataError::Config(format!(
-                    "{} has a single tag ({}); token classification needs at least two",
+                    "{} has a single {what} ({}); {} needs at least two",
                     section.path.display(),
-                    m.id2label.join(", ")
+                    m.id2label.join(", "),
+                    problem.as_str().replace('_', " ")
                 )));
             }
-            (m, format!("the tags of {}", section.path.display()))
-        }
-        (Problem::Classification, None) => {
-            let m = LabelMap::infer(main.iter().filter_map(|r| r.label.as_deref()));
-            if m.len() < 2 {
-                return Err(DataError::Config(format!(
-                    "{} has a single label ({}); classification needs at least two",
-                    section.path.display(),
-                    m.id2label.join(", ")
-                )));
-            }
-            (m, format!("the labels of {}", section.path.display()))
+            (m, format!("the {what}s of {}", section.path.display()))
         }
     };
     let to_examples = |path: &Path, rows: &[read::RawRow]| -> Result<Vec<Example>, DataError> {

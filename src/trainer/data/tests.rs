@@ -196,3 +196,42 @@ fn sst2_protocol_of_the_quality_target() {
     assert_eq!(v, vec![(2242.0f64 * 0.15).round() as usize, (2758.0f64 * 0.15).round() as usize]);
     eprintln!("{}", ds.report);
 }
+
+#[test]
+fn a_single_label_or_tag_is_refused_with_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(&dir, "one.csv", "text,label\na,pos\nb,pos\nc,pos\n");
+    let e = load_dataset(&DataSection::new(&p)).unwrap_err().to_string();
+    assert!(e.contains("one.csv has a single label (pos); classification needs at least two"), "{e}");
+    let p = write(&dir, "o.conll", "a\tO\nb\tO\n\nc\tO\n");
+    let mut d = DataSection::new(&p);
+    d.problem = Problem::TokenClassification;
+    let e = load_dataset(&d).unwrap_err().to_string();
+    assert!(e.contains("o.conll has a single tag (O); token classification needs at least two"), "{e}");
+}
+
+#[test]
+fn token_rows_load_with_tags_in_id_order_and_class_counts_over_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut conll = String::from("-DOCSTART- -X- O\n\n");
+    for i in 0..40 {
+        conll.push_str(&format!("word{i}\tB-per\nsaid\tO\nhello\tO\n\n"));
+    }
+    let p = write(&dir, "t.conll", &conll);
+    let mut d = DataSection::new(&p);
+    d.problem = Problem::TokenClassification;
+    let ds = load_dataset(&d).unwrap();
+    assert_eq!(ds.labels.id2label, vec!["O", "B-per"]);
+    assert_eq!(ds.train.len() + ds.valid.len() + ds.test.len(), 40);
+    assert_eq!(ds.train[0].label, Target::Tags(vec![1, 0, 0]));
+    assert_eq!(ds.train[0].text.split(' ').count(), 3);
+    // Counts and chance are over words: 2 in 3 are O.
+    let c = ds.class_counts(&ds.train);
+    assert_eq!(c, vec![2 * ds.train.len(), ds.train.len()]);
+    assert!((ds.chance_level(&ds.train) - 2.0 / 3.0).abs() < 1e-12);
+    // A valid file's tag outside the set is named with its line.
+    let v = write(&dir, "v.conll", "a\tO\nb\tB-loc\n");
+    d.valid_path = Some(v);
+    let e = load_dataset(&d).unwrap_err().to_string();
+    assert!(e.contains("v.conll line 1") && e.contains("label `B-loc` is not one of the labels [O, B-per] (the tags of"), "{e}");
+}
