@@ -9,7 +9,7 @@
 #   scripts/gpu-check.sh --quick                                             # on the GPU machine: a
 #                                                                            # smoke run (~2 min)
 #   scripts/gpu-check.sh --only kernels,race                                 # some stages only
-#                                                                            # (kernels, bench, torch, race, slots, predict, oom)
+#                                                                            # (kernels, bench, torch, race, slots, predict, oom, tokens)
 #
 # --prepare (on the build machine) copies into the ignored folder gpu-payload/: the binary
 # (xz-compressed), all-MiniLM-L6-v2 stored as fp16 safetensors (loaded as f32), the SST-2 train
@@ -24,7 +24,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 payload="$here/gpu-payload"
 mode=gpu
 quick=0
-only="kernels,bench,torch,race,slots,predict,oom"
+only="kernels,bench,torch,race,slots,predict,oom,tokens"
 bin=""
 shared="${SFT_SHARED:-$here/../shared}"
 while [ $# -gt 0 ]; do
@@ -49,7 +49,7 @@ stage() { case ",$only," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 save() {
   [ -n "${OUT:-}" ] || return 0
   [ -f "$out/table.md" ] && cp "$out/table.md" "$OUT/"
-  (cd "$out" && tar -czf "$OUT/gpu-check.tar.gz" --exclude=sft-search --exclude=bert-base-random --exclude=pred-model \
+  (cd "$out" && tar -czf "$OUT/gpu-check.tar.gz" --exclude=sft-search --exclude=bert-base-random --exclude=pred-model --exclude=tok-model \
     --exclude='*.trials' . 2>/dev/null)
   return 0
 }
@@ -83,6 +83,8 @@ for f in ["config.json", "tokenizer.json", "tokenizer_config.json", "special_tok
 EOF
   cp "$shared/data/sst2_train/data.csv" "$payload/data/sst2_train/"
   cp "$shared/data/sst2_dev/data.csv" "$payload/data/sst2_dev/"
+  mkdir -p "$payload/data/wnut17"
+  cp "$shared/data/wnut17/train.conll" "$shared/data/wnut17/dev.conll" "$shared/data/wnut17/test.conll" "$payload/data/wnut17/"
   cp "$shared/anchors/torch-gpu-h200.jsonl" "$shared/anchors/torch_finetune_bench.py" "$payload/anchors/"
   cp "$shared/anchors/gpu-hpo/sst2-minilm-h200.jsonl" "$payload/anchors/"
   cp "$shared/scripts/run-with-gpu-libs.sh" "$payload/bin/"
@@ -283,6 +285,78 @@ rows = sum(map(sum, get("pred-best.json", "test", "confusion_matrix") or []))
 dev, cpu = get("pred-device.json", "accuracy"), get("pred-cpu.json", "accuracy")
 scored = get("pred-device.json", "rows_scored")
 print(f"predict: test accuracy in the study {study} ({rows} rows), predict on the device {dev}, on the CPU {cpu} ({scored} rows)")
+EOF
+  save
+fi
+
+# 1b'. Token classification (named entities, WNUT 2017) on the device: one trial (the
+#     Trainer's defaults), its test evaluation, the export, and predict on test.conll on the device
+#     and on the CPU. Expected: the three F1 figures agree (predict also counts the few words
+#     beyond 128 tokens, which the study leaves out: a difference of about 0.0005).
+if stage tokens; then
+  rm -rf "$out/tok.db" "$out/tok.db-wal" "$out/tok.db-shm" "$out/tok.trials" "$out/tok-model"
+  # --cpu: 120 sentences of each file, and so the tag set is declared (a sample may lack a tag).
+  tok_rows=""
+  [ "$mode" = gpu ] || tok_rows='max_rows = 120
+labels = ["O", "B-corporation", "I-corporation", "B-creative-work", "I-creative-work", "B-group", "I-group", "B-location", "I-location", "B-person", "I-person", "B-product", "I-product"]'
+  wnut="$data/wnut17"; [ -f "$wnut/train.conll" ] || wnut="$shared/data/wnut17"
+  cat > "$out/tok.toml" <<EOF
+[study]
+name = "gpu-tokens"
+direction = "maximize"
+metric = "f1"
+n_trials = 1
+storage = "tok.db"
+
+[space]
+learning_rate = { type = "categorical", choices = [5e-5] }
+
+[objective]
+kind = "finetune"
+
+[model]
+path = "$minilm"
+
+[data]
+path = "$wnut/train.conll"
+valid_path = "$wnut/dev.conll"
+test_path = "$wnut/test.conll"
+problem = "token_classification"
+$tok_rows
+
+[train]
+batch_size = 16
+epochs = 3
+max_length = 128
+weight_decay = 0.01
+warmup_ratio = 0.1
+seed = 42
+
+[execution]
+devices = ["$device"]
+EOF
+  log "tokens: a one-trial WNUT 2017 study on $device, exported, test.conll tagged on $device and on the CPU"
+  { limit=600 run run "$out/tok.toml" && run export "$out/tok.toml" --out "$out/tok-model" \
+      && limit=120 run predict --model "$out/tok-model" --input "$wnut/test.conll" --device "$device" \
+           --output "$out/tok-device.conll" --metrics "$out/tok-device.json" \
+      && limit=300 run predict --model "$out/tok-model" --input "$wnut/test.conll" --device cpu \
+           --output "$out/tok-cpu.conll" --metrics "$out/tok-cpu.json"; } > "$out/tok.log" 2>&1 \
+    || log "the tokens stage failed (see tok.log)"
+  run best "$out/tok.toml" --format json > "$out/tok-best.json" 2>/dev/null || true
+  python3 - "$out" <<'EOF' >&2 || true
+import json, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+def get(name, *keys):
+    try:
+        v = json.loads((out / name).read_text())
+        for k in keys:
+            v = v[k]
+        return v
+    except Exception:
+        return None
+print(f"tokens: valid F1 {get('tok-best.json', 'value')}, test F1 in the study {get('tok-best.json', 'test', 'f1')}, "
+      f"predict on the device {get('tok-device.json', 'f1')}, on the CPU {get('tok-cpu.json', 'f1')}")
 EOF
   save
 fi
