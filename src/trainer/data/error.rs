@@ -30,6 +30,17 @@ pub enum DataError {
         /// Where the label set comes from: the `[data]` table or the main file.
         origin: Box<str>,
     },
+    #[error("{path} line {line} (sentence {sentence}, word {word} `{text}`): tag `{tag}` is not one of the tags [{}] ({origin})", allowed.join(", "))]
+    TagNotInSet {
+        path: PathBuf,
+        line: u64,
+        sentence: usize,
+        word: usize,
+        text: Box<str>,
+        tag: Box<str>,
+        allowed: Box<[String]>,
+        origin: Box<str>,
+    },
     #[error("{path} line {line} (row {row}), column `{column}`: regression target `{value}` is not a finite number")]
     BadTarget { path: PathBuf, line: u64, row: usize, column: String, value: String },
     #[error("{path} line {line}: {message}")]

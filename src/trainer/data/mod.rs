@@ -245,20 +245,24 @@ pub fn load_dataset(section: &DataSection) -> Result<Dataset, DataError> {
                     origin: origin.as_str().into(),
                 };
                 let label = match section.problem {
-                    Problem::TokenClassification => Target::Tags(
-                        raw.split(' ')
-                            .map(|t| labels.tag_id(t, section.labels.is_some()).ok_or_else(|| not_in_set(t)))
-                            .collect::<Result<_, _>>()?,
-                    ),
-                    Problem::Classification => Target::Class(labels.id(raw).ok_or_else(|| DataError::LabelNotInSet {
-                        path: path.to_path_buf(),
-                        line: r.line,
-                        row: r.row,
-                        column: section.label_column.clone(),
-                        label: raw.to_string(),
-                        allowed: labels.id2label.clone().into(),
-                        origin: origin.as_str().into(),
-                    })?),
+                    Problem::TokenClassification => {
+                        // A CoNLL sentence has a line per word; a JSON Lines one is one line.
+                        let per_word = read::is_conll(path);
+                        let tag = |(i, (t, w)): (usize, (&str, &str))| {
+                            labels.tag_id(t, section.labels.is_some()).ok_or_else(|| DataError::TagNotInSet {
+                                path: path.to_path_buf(),
+                                line: r.line + if per_word { i as u64 } else { 0 },
+                                sentence: r.row,
+                                word: i + 1,
+                                text: w.into(),
+                                tag: t.into(),
+                                allowed: labels.id2label.clone().into(),
+                                origin: origin.as_str().into(),
+                            })
+                        };
+                        Target::Tags(raw.split(' ').zip(r.text.split(' ')).enumerate().map(tag).collect::<Result<_, _>>()?)
+                    }
+                    Problem::Classification => Target::Class(labels.id(raw).ok_or_else(|| not_in_set(raw))?),
                     Problem::Regression => match raw.trim().parse::<f32>() {
                         Ok(v) if v.is_finite() => Target::Value(v),
                         _ => {

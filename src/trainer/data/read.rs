@@ -53,6 +53,11 @@ fn format_of(path: &Path) -> Result<Format, DataError> {
     }
 }
 
+/// Whether `path` is read as a CoNLL file (by its extension).
+pub fn is_conll(path: &Path) -> bool {
+    matches!(format_of(path), Ok(Format::Conll))
+}
+
 /// Reads every data row of `path` (no cleaning).
 pub fn read_rows(path: &Path, cols: Columns<'_>) -> Result<Vec<RawRow>, DataError> {
     let format = format_of(path)?;

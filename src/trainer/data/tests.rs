@@ -230,8 +230,8 @@ fn token_rows_load_with_tags_in_id_order_and_class_counts_over_words() {
     assert_eq!(c, vec![2 * ds.train.len(), ds.train.len()]);
     assert!((ds.chance_level(&ds.train) - 2.0 / 3.0).abs() < 1e-12);
     // A valid file's tag outside the set is named with its line.
-    let v = write(&dir, "v.conll", "a\tO\nb\tB-loc\n");
+    let v = write(&dir, "v.conll", "a\tO\n\nz\tO\nb\tB-loc\n");
     d.valid_path = Some(v);
     let e = load_dataset(&d).unwrap_err().to_string();
-    assert!(e.contains("v.conll line 1") && e.contains("label `B-loc` is not one of the labels [O, B-per] (the tags of"), "{e}");
+    assert!(e.contains("v.conll line 4 (sentence 2, word 2 `b`): tag `B-loc` is not one of the tags [O, B-per] (the tags of"), "{e}");
 }
