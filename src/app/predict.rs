@@ -127,13 +127,7 @@ pub fn run(args: &PredictArgs, quiet: bool) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    let pb =
-        if quiet { ProgressBar::hidden() } else { ProgressBar::with_draw_target(Some(rows.len() as u64), ProgressDrawTarget::stderr()) };
-    pb.set_style(
-        ProgressStyle::with_template("predicting [{bar:30}] {pos}/{len} rows  {per_sec}  eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
+    let pb = progress_bar(quiet, rows.len(), "predicting", "rows");
     let logits = predictor.logits(&rows, args.batch_size, &mut |done| pb.set_position(done as u64));
     pb.finish_and_clear();
     let logits = logits.context("running the model")?;
@@ -239,6 +233,17 @@ pub fn run(args: &PredictArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The bar `predict` shows on stderr while it runs the model (hidden with `--quiet`).
+pub(super) fn progress_bar(quiet: bool, len: usize, doing: &str, unit: &str) -> ProgressBar {
+    let pb = if quiet { ProgressBar::hidden() } else { ProgressBar::with_draw_target(Some(len as u64), ProgressDrawTarget::stderr()) };
+    pb.set_style(
+        ProgressStyle::with_template(&format!("{doing} [{{bar:30}}] {{pos}}/{{len}} {unit}  {{per_sec}}  eta {{eta}}"))
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb
 }
 
 /// The first five items, joined, with `, …` when there are more.

@@ -11,7 +11,6 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Map, Value};
 
 use super::common::{metrics_summary, shown};
@@ -186,13 +185,7 @@ pub fn run(args: &PredictArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("loading the model folder {}", shown(&args.model)))?;
     let names = predictor.head().labels.clone();
     let words: Vec<Vec<String>> = sentences.iter().map(|s| s.words.clone()).collect();
-    let pb =
-        if quiet { ProgressBar::hidden() } else { ProgressBar::with_draw_target(Some(words.len() as u64), ProgressDrawTarget::stderr()) };
-    pb.set_style(
-        ProgressStyle::with_template("tagging [{bar:30}] {pos}/{len} sentences  {per_sec}  eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
+    let pb = super::predict::progress_bar(quiet, words.len(), "tagging", "sentences");
     let logits = predictor.word_logits(&words, args.batch_size, &mut |done| pb.set_position(done as u64));
     pb.finish_and_clear();
     let logits = logits.context("running the model")?;
