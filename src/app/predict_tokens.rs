@@ -18,6 +18,7 @@ use super::UsageError;
 use crate::cli::PredictArgs;
 use crate::export::predict::{argmax, Predictor};
 use crate::export::PROVENANCE;
+use crate::trainer::data::read::{conll_sentences, json_text_list, utf8_text};
 use crate::trainer::data::LabelMap;
 use crate::trainer::metrics::token_scores;
 use crate::trainer::train::parse_device;
@@ -28,10 +29,7 @@ fn usage(e: impl std::fmt::Display) -> anyhow::Error {
 
 /// Whether `dir/config.json` names a token-classification class (`…ForTokenClassification`).
 pub fn is_token_model(dir: &Path) -> bool {
-    crate::export::hf::read_json_object(&dir.join("config.json"))
-        .ok()
-        .and_then(|c| c.get("architectures").and_then(Value::as_array).cloned())
-        .is_some_and(|a| a.iter().filter_map(Value::as_str).any(|c| c.ends_with("ForTokenClassification")))
+    crate::export::hf::read_json_object(&dir.join("config.json")).is_ok_and(|c| crate::export::hf::is_token_classifier(&c))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,31 +62,28 @@ struct Sentence {
 }
 
 fn read_conll(path: &Path, text: &str) -> anyhow::Result<Vec<Sentence>> {
-    let mut out: Vec<Sentence> = Vec::new();
-    let mut cur: Option<Sentence> = None;
-    for (i, l) in text.lines().enumerate() {
-        let line = i as u64 + 1;
-        let fields: Vec<&str> = l.split(['\t', ' ']).filter(|f| !f.is_empty()).collect();
-        if fields.is_empty() || fields[0] == "-DOCSTART-" {
-            out.extend(cur.take());
-            continue;
-        }
-        let s = cur.get_or_insert_with(|| Sentence { line, words: Vec::new(), tags: (fields.len() > 1).then(Vec::new), object: None });
-        match (&mut s.tags, fields.len() > 1) {
-            (Some(tags), true) => tags.push(fields[fields.len() - 1].to_string()),
-            (None, false) => {}
-            _ => {
-                return Err(usage(format!(
-                    "{} line {line}: some words of the sentence at line {} have a tag and others do not",
-                    shown(path),
-                    s.line
-                )))
+    conll_sentences(text)
+        .into_iter()
+        .map(|lines| {
+            let start = lines[0].0;
+            let tagged = lines[0].1.len() > 1;
+            let mut s = Sentence { line: start, words: Vec::new(), tags: tagged.then(Vec::new), object: None };
+            for (line, fields) in lines {
+                match (&mut s.tags, fields.len() > 1) {
+                    (Some(tags), true) => tags.push(fields[fields.len() - 1].to_string()),
+                    (None, false) => {}
+                    _ => {
+                        return Err(usage(format!(
+                            "{} line {line}: some words of the sentence at line {start} have a tag and others do not",
+                            shown(path)
+                        )))
+                    }
+                }
+                s.words.push(fields[0].to_string());
             }
-        }
-        s.words.push(fields[0].to_string());
-    }
-    out.extend(cur);
-    Ok(out)
+            Ok(s)
+        })
+        .collect()
 }
 
 fn read_jsonl(path: &Path, text: &str, words_key: &str, tags_key: Option<&str>) -> anyhow::Result<Vec<Sentence>> {
@@ -101,19 +96,7 @@ fn read_jsonl(path: &Path, text: &str, words_key: &str, tags_key: Option<&str>) 
         let at = |m: String| usage(format!("{} line {line}: {m}", shown(path)));
         let v: Value = serde_json::from_str(l).map_err(|e| at(e.to_string()))?;
         let Value::Object(obj) = v else { return Err(at("expected a JSON object per line".into())) };
-        let list = |key: &str| -> anyhow::Result<Option<Vec<String>>> {
-            let Some(v) = obj.get(key) else { return Ok(None) };
-            let items = v.as_array().ok_or_else(|| at(format!("`{key}` must be a list (one entry per word)")))?;
-            items
-                .iter()
-                .map(|x| match x {
-                    Value::String(s) => Ok(s.clone()),
-                    Value::Number(n) => Ok(n.to_string()),
-                    other => Err(at(format!("`{key}` holds {other}; expected strings or integers"))),
-                })
-                .collect::<anyhow::Result<Vec<_>>>()
-                .map(Some)
-        };
+        let list = |key: &str| obj.get(key).map(|v| json_text_list(v, key).map_err(at)).transpose();
         let words = list(words_key)?.ok_or_else(|| {
             at(format!("no `{words_key}` (keys: {}); give --text-column", obj.keys().cloned().collect::<Vec<_>>().join(", ")))
         })?;
@@ -153,8 +136,8 @@ pub fn run(args: &PredictArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         Some(p) => kind_of(p)?,
         None => kind,
     };
-    let text = std::fs::read_to_string(&args.input).with_context(|| format!("reading {}", shown(&args.input)))?;
-    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    let bytes = std::fs::read(&args.input).with_context(|| format!("reading {}", shown(&args.input)))?;
+    let text = utf8_text(&args.input, &bytes).map_err(usage)?;
     let (trained_words, trained_tags) = trained_keys(&args.model);
     let sentences = match kind {
         Kind::Conll => read_conll(&args.input, text)?,

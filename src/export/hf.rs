@@ -114,6 +114,14 @@ pub fn classification_config(base: &Map<String, Value>, head: &HeadConfig) -> Ma
     c
 }
 
+/// Whether `config.json`'s `architectures` names a token classifier (`…ForTokenClassification`).
+pub fn is_token_classifier(config: &Map<String, Value>) -> bool {
+    config
+        .get("architectures")
+        .and_then(Value::as_array)
+        .is_some_and(|a| a.iter().filter_map(Value::as_str).any(|c| c.ends_with("ForTokenClassification")))
+}
+
 /// What `config.json` of a classification folder says about its head: class names by id
 /// (`id2label`, else `LABEL_i` for `num_labels`) and the problem (`problem_type`, else
 /// regression when there is one output).
@@ -143,12 +151,8 @@ pub fn head_of_config(config: &Map<String, Value>, path: &Path) -> Result<HeadCo
     if labels.len() != num_labels {
         return Err(file_err(path, format!("num_labels is {num_labels} but id2label has {} entries", labels.len())));
     }
-    let token_head = config
-        .get("architectures")
-        .and_then(Value::as_array)
-        .is_some_and(|a| a.iter().filter_map(Value::as_str).any(|c| c.ends_with("ForTokenClassification")));
     let problem = match config.get("problem_type").and_then(Value::as_str) {
-        _ if token_head => Problem::TokenClassification,
+        _ if is_token_classifier(config) => Problem::TokenClassification,
         Some("regression") => Problem::Regression,
         Some("single_label_classification") => Problem::Classification,
         Some(other) => {

@@ -32,8 +32,6 @@ use serde_json::{json, Map, Value};
 
 use crate::storage::{Store, StoreError, StudyInfo};
 use crate::trainer::checkpoint::{self, CheckpointError, TrainerState};
-use crate::trainer::data::Problem;
-use crate::trainer::model::arch::TOKEN_CLASSIFIER;
 use crate::trainer::model::{read_config, BertClassifier, HeadKind, ModelError, ModelOptions};
 use crate::trial::{best_trial, TrialNumber, TrialRecord, TrialState};
 pub use folder::FolderError;
@@ -216,9 +214,8 @@ fn write_export(dir: &Path, ckpt: &Path, state: &TrainerState, provenance: &Valu
     // The classifier must be in the file: the loader would silently initialise a missing one.
     let weights = ckpt.join(checkpoint::WEIGHTS);
     let shapes = hf::safetensors_shapes(&weights).map_err(|e| bad(e.to_string()))?;
-    let (_, out, _, _) = read_config(ckpt).map_err(|e| bad(e.to_string()))?.arch.head_names();
-    let out = if problem == Problem::TokenClassification { TOKEN_CLASSIFIER } else { out };
-    let out = format!("{out}.weight");
+    let arch = read_config(ckpt).map_err(|e| bad(e.to_string()))?.arch;
+    let out = format!("{}.weight", arch.classifier_name(HeadKind::for_problem(problem)));
     match shapes.get(&out) {
         Some(s) if s.first() == Some(&num_labels) => {}
         Some(s) => return Err(bad(format!("{}: {out} has shape {s:?}, expected {num_labels} rows", weights.display()))),

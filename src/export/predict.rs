@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::hf::{self, HeadConfig};
 use crate::trainer::data::{batch_indices, collate, DataError, Encoded, Example, Target, TextEncoder};
-use crate::trainer::model::arch::{Arch, TOKEN_CLASSIFIER};
+use crate::trainer::model::arch::Arch;
 use crate::trainer::model::{read_config, BertClassifier, HeadKind, ModelError, ModelOptions};
 
 #[derive(Debug, thiserror::Error)]
@@ -88,8 +88,8 @@ impl Predictor {
         let h = bert.hidden_size;
         let kind = HeadKind::for_problem(head.problem);
         let class = Arch::hf_class(bert.model_type.as_deref(), kind);
-        let (dense, out, _, _) = bert.arch.head_names();
-        let out = if kind == HeadKind::Token { TOKEN_CLASSIFIER } else { out };
+        let (dense, _, _, _) = bert.arch.head_names();
+        let out = bert.arch.classifier_name(kind);
         if !has(&format!("{out}.weight"), &[n, h]) || !has(&format!("{out}.bias"), &[n]) {
             return Err(folder(format!("model.safetensors has no {out} [{n}, {h}] for {n} output(s): not a fine-tuned {class}")));
         }

@@ -234,10 +234,11 @@ pub fn classification_metrics_from_logits<T: Copy + Into<f64>>(
     Ok(from_scores(&p, k, labels, loss))
 }
 
-fn argmax(row: &[f64]) -> usize {
+/// The index of the largest value (the first on ties): the predicted class.
+pub fn argmax<T: PartialOrd>(row: &[T]) -> usize {
     let mut best = 0;
-    for (j, &v) in row.iter().enumerate() {
-        if v > row[best] {
+    for (j, v) in row.iter().enumerate() {
+        if *v > row[best] {
             best = j;
         }
     }

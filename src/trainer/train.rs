@@ -169,14 +169,17 @@ pub fn scored_logits(model: &BertClassifier, b: &data::Batch, train: bool) -> ca
     }
 }
 
-/// How many targets rows `idx` of `rows` score: the rows, or their scored tokens.
+/// How many targets a row scores: 1, or its scored tokens (token classification).
+fn scored_by(row: &Encoded) -> usize {
+    match &row.label {
+        data::Target::Tags(t) => t.iter().filter(|&&x| x != data::IGNORE_TAG).count(),
+        _ => 1,
+    }
+}
+
+/// How many targets rows `idx` of `rows` score.
 fn scored_in(rows: &[Encoded], idx: &[usize]) -> usize {
-    idx.iter()
-        .map(|&i| match rows.get(i).map(|r| &r.label) {
-            Some(data::Target::Tags(t)) => t.iter().filter(|&&x| x != data::IGNORE_TAG).count(),
-            _ => 1,
-        })
-        .sum()
+    idx.iter().filter_map(|&i| rows.get(i)).map(scored_by).sum()
 }
 
 /// Runs `model` over `rows` in evaluation mode (no dropout).
@@ -254,7 +257,7 @@ pub fn metrics_of(
         }
         Problem::TokenClassification => {
             let k = num_labels.max(1);
-            let pred: Vec<Vec<u32>> = p.outputs.iter().map(|o| o.chunks(k).map(argmax).collect()).collect();
+            let pred: Vec<Vec<u32>> = p.outputs.iter().map(|o| o.chunks(k).map(|w| metrics::argmax(w) as u32).collect()).collect();
             let scores = metrics::token_scores(&p.tags, &pred, labels)?;
             let mut cm = vec![vec![0u64; num_labels]; num_labels];
             for (g, q) in p.tags.iter().flatten().zip(pred.iter().flatten()) {
@@ -272,17 +275,6 @@ pub fn metrics_of(
         }
     };
     Ok((map.into_iter().map(|(k, v)| (k, num(v))).collect(), cm))
-}
-
-/// The index of the largest value (the first on ties).
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, x) in v.iter().enumerate() {
-        if *x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 fn num(x: f64) -> Value {
@@ -316,7 +308,7 @@ pub fn train(job: &TrainJob, reporter: &mut dyn Reporter, stop: &CancelToken) ->
     if problem == Problem::TokenClassification {
         // A sentence whose words all vanish in the tokenizer has nothing to learn from.
         let before = train_rows.len();
-        train_rows.retain(|r| scored_in(std::slice::from_ref(r), &[0]) > 0);
+        train_rows.retain(|r| scored_by(r) > 0);
         if train_rows.len() < before {
             tracing::warn!("{} training sentences have no word the tokenizer keeps; they are left out", before - train_rows.len());
         }

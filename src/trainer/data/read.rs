@@ -187,13 +187,19 @@ fn json_scalar(v: &serde_json::Value) -> Option<String> {
     }
 }
 
-fn read_jsonl(path: &Path, bytes: &[u8], cols: Columns<'_>) -> Result<Vec<RawRow>, DataError> {
+/// `bytes` as UTF-8 text without a byte-order mark; the error names the line of the first bad
+/// byte.
+pub fn utf8_text<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a str, DataError> {
     let text = std::str::from_utf8(bytes).map_err(|e| DataError::Parse {
         path: path.to_path_buf(),
         line: 1 + bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count() as u64,
         message: format!("not UTF-8: {e}"),
     })?;
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    Ok(text.strip_prefix('\u{feff}').unwrap_or(text))
+}
+
+fn read_jsonl(path: &Path, bytes: &[u8], cols: Columns<'_>) -> Result<Vec<RawRow>, DataError> {
+    let text = utf8_text(path, bytes)?;
     let mut out = Vec::new();
     let mut row = 0usize;
     for (i, l) in text.lines().enumerate() {
@@ -236,12 +242,7 @@ fn read_jsonl(path: &Path, bytes: &[u8], cols: Columns<'_>) -> Result<Vec<RawRow
 pub fn read_token_rows(path: &Path, cols: Columns<'_>) -> Result<Vec<RawRow>, DataError> {
     let format = format_of(path)?;
     let bytes = std::fs::read(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
-    let text = std::str::from_utf8(&bytes).map_err(|e| DataError::Parse {
-        path: path.to_path_buf(),
-        line: 1 + bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count() as u64,
-        message: format!("not UTF-8: {e}"),
-    })?;
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let text = utf8_text(path, &bytes)?;
     let rows = match format {
         Format::Conll => read_conll(path, text)?,
         Format::Jsonl => read_token_jsonl(path, text, cols)?,
@@ -277,43 +278,66 @@ fn token_row(path: &Path, line: u64, row: usize, words: &[String], tags: &[Strin
     Ok(RawRow { line, row, text: words.join(" "), text_pair: None, label: Some(tags.join(" ")) })
 }
 
-fn read_conll(path: &Path, text: &str) -> Result<Vec<RawRow>, DataError> {
+/// One line of a CoNLL sentence: its 1-based line number and its fields (split at tabs and
+/// spaces; the word first, the tag, when there is one, last).
+pub type ConllLine<'a> = (u64, Vec<&'a str>);
+
+/// The sentences of CoNLL text: runs of non-blank lines; a `-DOCSTART-` line ends a sentence
+/// and is dropped.
+pub fn conll_sentences(text: &str) -> Vec<Vec<ConllLine<'_>>> {
     let mut out = Vec::new();
-    let (mut words, mut tags, mut lines) = (Vec::new(), Vec::new(), Vec::new());
-    let mut flush = |words: &mut Vec<String>, tags: &mut Vec<String>, lines: &mut Vec<u64>| -> Result<(), DataError> {
-        if !words.is_empty() {
-            let row = out.len() + 1;
-            out.push(token_row(path, lines[0], row, words, tags, lines)?);
-            words.clear();
-            tags.clear();
-            lines.clear();
-        }
-        Ok(())
-    };
+    let mut cur: Vec<ConllLine<'_>> = Vec::new();
     for (i, l) in text.lines().enumerate() {
-        let line = i as u64 + 1;
         let fields: Vec<&str> = l.split(['\t', ' ']).filter(|f| !f.is_empty()).collect();
-        if fields.is_empty() {
-            flush(&mut words, &mut tags, &mut lines)?;
+        if fields.is_empty() || fields[0] == "-DOCSTART-" {
+            if !cur.is_empty() {
+                out.push(std::mem::take(&mut cur));
+            }
             continue;
         }
-        if fields[0] == "-DOCSTART-" {
-            flush(&mut words, &mut tags, &mut lines)?;
-            continue;
-        }
-        if fields.len() < 2 {
-            return Err(DataError::Parse {
-                path: path.to_path_buf(),
-                line,
-                message: format!("expected a word and its tag separated by a tab, got {l:?}"),
-            });
-        }
-        words.push(fields[0].to_string());
-        tags.push(fields[fields.len() - 1].to_string());
-        lines.push(line);
+        cur.push((i as u64 + 1, fields));
     }
-    flush(&mut words, &mut tags, &mut lines)?;
-    Ok(out)
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// The entries of a JSON list of words or tags as text: strings, or numbers as written;
+/// `Err` with a message naming `key` for anything else.
+pub fn json_text_list(v: &serde_json::Value, key: &str) -> Result<Vec<String>, String> {
+    let items = v.as_array().ok_or_else(|| format!("`{key}` must be a list (one entry per word), got {v}"))?;
+    items
+        .iter()
+        .map(|x| match x {
+            serde_json::Value::String(s) => Ok(s.clone()),
+            serde_json::Value::Number(n) => Ok(n.to_string()),
+            other => Err(format!("`{key}` holds {other}; expected strings or integers")),
+        })
+        .collect()
+}
+
+fn read_conll(path: &Path, text: &str) -> Result<Vec<RawRow>, DataError> {
+    conll_sentences(text)
+        .into_iter()
+        .enumerate()
+        .map(|(i, sentence)| {
+            let (mut words, mut tags, mut lines) = (Vec::new(), Vec::new(), Vec::new());
+            for (line, fields) in sentence {
+                if fields.len() < 2 {
+                    return Err(DataError::Parse {
+                        path: path.to_path_buf(),
+                        line,
+                        message: format!("expected a word and its tag separated by a tab, got {:?}", fields.join(" ")),
+                    });
+                }
+                words.push(fields[0].to_string());
+                tags.push(fields[fields.len() - 1].to_string());
+                lines.push(line);
+            }
+            token_row(path, lines[0], i + 1, &words, &tags, &lines)
+        })
+        .collect()
 }
 
 fn read_token_jsonl(path: &Path, text: &str, cols: Columns<'_>) -> Result<Vec<RawRow>, DataError> {
@@ -335,15 +359,7 @@ fn read_token_jsonl(path: &Path, text: &str, cols: Columns<'_>) -> Result<Vec<Ra
                     DataError::MissingValue { path: path.to_path_buf(), line, row, column: name.to_string() }
                 }
             })?;
-            let items = v.as_array().ok_or_else(|| err(format!("`{name}` must be a list (one entry per word), got {v}")))?;
-            items
-                .iter()
-                .map(|x| match x {
-                    serde_json::Value::String(s) => Ok(s.clone()),
-                    serde_json::Value::Number(n) => Ok(n.to_string()),
-                    other => Err(err(format!("`{name}` holds {other}; expected strings or integers"))),
-                })
-                .collect()
+            json_text_list(v, name).map_err(err)
         };
         let words = list(cols.text)?;
         let tags = list(cols.label)?;
@@ -434,5 +450,21 @@ mod tests {
         let p = write(&dir, "short.csv", "text,label\nonly text\n");
         let msg = read_rows(&p, COLS).unwrap_err().to_string();
         assert!(msg.contains("line 2 (row 1)") && msg.contains("`label`"), "{msg}");
+    }
+
+    #[test]
+    fn token_files_name_the_line_of_a_malformed_sentence() {
+        let dir = tempfile::tempdir().unwrap();
+        let cols = Columns { text: "tokens", text_pair: None, label: "tags" };
+        let p = write(&dir, "t.conll", "-DOCSTART- O\n\nJohn\tB-per\nlives\tO\n\nParis\n");
+        let e = read_token_rows(&p, cols).unwrap_err().to_string();
+        assert!(e.contains("t.conll line 6: expected a word and its tag"), "{e}");
+        let p = write(&dir, "ok.conll", "-DOCSTART- O\n\nJohn\tB-per\nlives O\n\n\nParis\tB-loc\n");
+        let rows = read_token_rows(&p, cols).unwrap();
+        assert_eq!(rows.iter().map(|r| (r.line, r.text.as_str())).collect::<Vec<_>>(), vec![(3, "John lives"), (7, "Paris")]);
+        assert_eq!(rows[0].label.as_deref(), Some("B-per O"));
+        let p = write(&dir, "t.jsonl", "{\"tokens\": [\"a\"], \"tags\": [\"O\"]}\n{\"tokens\": \"a b\", \"tags\": [\"O\"]}\n");
+        let e = read_token_rows(&p, cols).unwrap_err().to_string();
+        assert!(e.contains("t.jsonl line 2: `tokens` must be a list"), "{e}");
     }
 }

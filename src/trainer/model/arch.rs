@@ -209,6 +209,15 @@ impl Arch {
         }
     }
 
+    /// The name of the head's output linear (`classifier`, `classifier.out_proj`, …): the
+    /// family's sequence head, or the token head's [`TOKEN_CLASSIFIER`] in every family.
+    pub fn classifier_name(self, head: super::HeadKind) -> &'static str {
+        match head {
+            super::HeadKind::Sequence => self.head_names().1,
+            super::HeadKind::Token => TOKEN_CLASSIFIER,
+        }
+    }
+
     /// Which block a tensor name belongs to, for freezing.
     pub fn block_of(self, name: &str) -> Block {
         let emb = format!("{}.embeddings.", self.prefix());

@@ -356,7 +356,7 @@ impl BertClassifier {
             },
             HeadKind::Token => Head {
                 dense: None,
-                out: ld.take_or_init_linear(arch::TOKEN_CLASSIFIER, opts.num_labels, h)?,
+                out: ld.take_or_init_linear(arch.classifier_name(HeadKind::Token), opts.num_labels, h)?,
                 activation,
                 dropout_first: true,
             },
