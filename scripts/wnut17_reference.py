@@ -12,6 +12,8 @@ setting (README, *Named entities on WNUT 2017*).
     dev entity F1 (seqeval) is kept and scored once on test.
 
   python3 scripts/wnut17_reference.py --model /path/to/minilm --lr 5e-5 --batch-size 16 --epochs 3
+
+  Needs torch, transformers (with accelerate) and seqeval. The result is the last line of stdout (JSON).
 """
 from __future__ import annotations
 
