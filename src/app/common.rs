@@ -71,9 +71,12 @@ pub fn print_out(text: &str) -> anyhow::Result<()> {
 pub fn metrics_summary(metrics: &serde_json::Map<String, serde_json::Value>, metric: &str) -> String {
     let show = |k: &str| metrics.get(k).and_then(|v| v.as_f64()).map(|v| format!("{k} {v:.4}"));
     let mut keys = vec![metric];
-    // Token classification (the only one with a bare `precision`): entity scores first.
+    // Token classification (the only one with a bare `precision`): entity scores first;
+    // multi-label (the only one with `f1_micro`): the pooled scores.
     let others: &[&str] = if metrics.contains_key("precision") {
         &["f1", "precision", "recall", "accuracy", "loss"]
+    } else if metrics.contains_key("f1_micro") {
+        &["f1_micro", "f1_macro", "accuracy", "roc_auc", "loss"]
     } else {
         &["accuracy", "f1_macro", "roc_auc", "r2", "mae", "loss"]
     };

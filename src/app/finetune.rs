@@ -10,7 +10,7 @@ use serde::Deserialize;
 use super::UsageError;
 use crate::config::StudyConfig;
 use crate::trainer::data::{load_dataset, DataSection, Problem};
-use crate::trainer::metrics::{CLASSIFICATION_METRICS, REGRESSION_METRICS, TOKEN_METRICS};
+use crate::trainer::metrics::metrics_for;
 use crate::trainer::runner::FinetuneRunner;
 use crate::trainer::soup::{SoupKind, SoupSection};
 use crate::trainer::spec::{ModelSection, TrainSection, TrainSpec, TRAIN_OPTIONS};
@@ -74,11 +74,7 @@ pub fn build(cfg: &StudyConfig, quiet: bool) -> anyhow::Result<FinetuneRunner> {
     }
     let fixed = TrainSpec::from_params(&tables.train, &Default::default()).map_err(|e| usage(cfg, format!("[train]: {e}")))?;
     let problem = model.problem.unwrap_or(data.problem);
-    let known: &[&str] = match problem {
-        Problem::Classification => &CLASSIFICATION_METRICS,
-        Problem::Regression => &REGRESSION_METRICS,
-        Problem::TokenClassification => &TOKEN_METRICS,
-    };
+    let known = metrics_for(problem);
     if !known.contains(&cfg.metric.as_str()) {
         return Err(usage(
             cfg,
@@ -133,6 +129,27 @@ pub fn build(cfg: &StudyConfig, quiet: bool) -> anyhow::Result<FinetuneRunner> {
                 shares.sort_by_key(|s| std::cmp::Reverse(s.0));
                 let shown: Vec<String> = shares.into_iter().take(12).map(|(_, s)| s).collect();
                 format!("{words} train words, {} tags (share of train words): {}", dataset.num_labels(), shown.join(", "))
+            }
+            Problem::MultiLabelClassification => {
+                let counts = dataset.class_counts(&dataset.train);
+                let rows = dataset.train.len().max(1) as f64;
+                let none = dataset.train.iter().filter(|e| e.label.label_ids().is_empty()).count();
+                let mut shares: Vec<(usize, String)> = dataset
+                    .labels
+                    .id2label
+                    .iter()
+                    .zip(&counts)
+                    .map(|(name, &n)| (n, format!("{name} {:.1}%", 100.0 * n as f64 / rows)))
+                    .collect();
+                shares.sort_by_key(|s| std::cmp::Reverse(s.0));
+                let shown: Vec<String> = shares.into_iter().take(12).map(|(_, s)| s).collect();
+                format!(
+                    "{} labels, {:.2} per train row, {:.1}% of rows with none (share of train rows with each): {}",
+                    dataset.num_labels(),
+                    counts.iter().sum::<usize>() as f64 / rows,
+                    100.0 * none as f64 / rows,
+                    shown.join(", ")
+                )
             }
             Problem::Regression => {
                 let values: Vec<f32> = dataset.train.iter().map(|e| e.label.value()).collect();

@@ -1,6 +1,8 @@
 //! `sft-search predict`: batch inference with a Hugging Face classification folder over a
 //! CSV/TSV/JSONL file; writes the input columns plus `predicted_label` and one
-//! `prob_<label>` column per class (regression: `prediction`), to a file or stdout.
+//! `prob_<label>` column per class (multi-label: `predicted_labels`, the labels of
+//! probability ≥ 0.5 joined by the study's separator, and each label's own probability;
+//! regression: `prediction`), to a file or stdout.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -16,6 +18,7 @@ use crate::export::predict::{argmax, softmax, Predictor, TextInput};
 use crate::export::table::{read_table, Format, TableWriter};
 use crate::export::PROVENANCE;
 use crate::trainer::data::Problem;
+use crate::trainer::metrics::multilabel::{sigmoid, THRESHOLD};
 use crate::trainer::train::parse_device;
 
 fn usage(e: impl std::fmt::Display) -> anyhow::Error {
@@ -32,6 +35,8 @@ struct TrainedColumns {
     pair: Option<String>,
     /// Absent from exports made before it was recorded.
     label: Option<String>,
+    /// Multi-label: what separates a row's labels (`None`: the default `,`).
+    separator: Option<String>,
 }
 
 /// The columns the model was trained on; `None` for a folder without `sft_search.json` (any
@@ -40,7 +45,7 @@ fn trained_columns(model: &std::path::Path) -> Option<TrainedColumns> {
     let v = crate::export::hf::read_json_object(&model.join(PROVENANCE)).ok()?;
     let text = v.get("text_column")?.as_str()?.to_string();
     let column = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
-    Some(TrainedColumns { text, pair: column("text_pair_column"), label: column("label_column") })
+    Some(TrainedColumns { text, pair: column("text_pair_column"), label: column("label_column"), separator: column("label_separator") })
 }
 
 fn provenance_of(model: &std::path::Path) -> String {
@@ -132,15 +137,21 @@ pub fn run(args: &PredictArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     pb.finish_and_clear();
     let logits = logits.context("running the model")?;
 
+    let separator = trained.as_ref().and_then(|t| t.separator.clone()).unwrap_or_else(|| ",".to_string());
     let mut columns = table.columns.clone();
     match head.problem {
         Problem::Classification | Problem::TokenClassification => {
             columns.push("predicted_label".into());
             columns.extend(head.labels.iter().map(|l| format!("prob_{l}")));
         }
+        Problem::MultiLabelClassification => {
+            columns.push("predicted_labels".into());
+            columns.extend(head.labels.iter().map(|l| format!("prob_{l}")));
+        }
         Problem::Regression => columns.push("prediction".into()),
     }
-    if args.logits && head.problem == Problem::Classification {
+    let with_logits = args.logits && matches!(head.problem, Problem::Classification | Problem::MultiLabelClassification);
+    if with_logits {
         columns.extend(head.labels.iter().map(|l| format!("logit_{l}")));
     }
 
@@ -163,9 +174,15 @@ pub fn run(args: &PredictArgs, quiet: bool) -> anyhow::Result<ExitCode> {
                     cells.push(Value::String(label));
                     cells.extend(softmax(l).into_iter().map(num));
                 }
+                Problem::MultiLabelClassification => {
+                    let probs: Vec<f64> = l.iter().map(|&x| sigmoid(x as f64)).collect();
+                    let on: Vec<&str> = head.labels.iter().zip(&probs).filter(|(_, &p)| p >= THRESHOLD).map(|(n, _)| n.as_str()).collect();
+                    cells.push(Value::String(on.join(&separator)));
+                    cells.extend(probs.into_iter().map(num));
+                }
                 Problem::Regression => cells.push(num(l.first().copied().unwrap_or(f32::NAN) as f64)),
             }
-            if args.logits && head.problem == Problem::Classification {
+            if with_logits {
                 cells.extend(l.iter().map(|&x| num(x as f64)));
             }
             w.write_row(&cells)?;
@@ -190,7 +207,7 @@ pub fn run(args: &PredictArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         },
     }
     if let Some(li) = li {
-        let scores = score(&table, li, &head, &logits);
+        let scores = score(&table, li, &head, &logits, &separator);
         if !quiet {
             for line in scores.warnings(&table.columns[li], &head) {
                 eprintln!("warning: {line}");
@@ -268,7 +285,7 @@ impl Scores {
         if !self.unknown.is_empty() {
             let listed = first_five(self.unknown.iter().map(|(r, l)| format!("row {r}: `{l}`")).collect());
             let known = match head.problem {
-                Problem::Classification | Problem::TokenClassification => head.labels.join(", "),
+                Problem::Classification | Problem::TokenClassification | Problem::MultiLabelClassification => head.labels.join(", "),
                 Problem::Regression => "numbers".to_string(),
             };
             let n = self.unknown.len();
@@ -288,8 +305,15 @@ impl Scores {
 }
 
 /// Scores the predictions of the rows whose label in column `li` the model knows (a class name
-/// of its `id2label`, or a number for regression).
-fn score(table: &crate::export::table::Table, li: usize, head: &crate::export::hf::HeadConfig, logits: &[Vec<f32>]) -> Scores {
+/// of its `id2label`, or a number for regression; for multi-label, names split by `separator`
+/// or a JSON list, every one known, an empty cell being a row with no label).
+fn score(
+    table: &crate::export::table::Table,
+    li: usize,
+    head: &crate::export::hf::HeadConfig,
+    logits: &[Vec<f32>],
+    separator: &str,
+) -> Scores {
     use crate::trainer::data::{LabelMap, Target};
     let names = LabelMap::from_names(head.labels.clone());
     let (mut outputs, mut targets) = (Vec::new(), Vec::new());
@@ -297,12 +321,30 @@ fn score(table: &crate::export::table::Table, li: usize, head: &crate::export::h
     for (r, l) in logits.iter().enumerate() {
         let cell = table.text(r, li);
         let label = cell.trim();
+        if head.problem == Problem::MultiLabelClassification {
+            let ids: Option<Vec<u32>> =
+                crate::trainer::data::read::label_list(label, separator).ok().and_then(|n| n.iter().map(|n| names.id(n)).collect());
+            match ids {
+                Some(ids) => {
+                    let mut flags = vec![false; head.labels.len()];
+                    for i in ids {
+                        flags[i as usize] = true;
+                    }
+                    targets.push(Target::Labels(flags));
+                    outputs.extend_from_slice(l);
+                }
+                None => unknown.push((r + 1, label.to_string())),
+            }
+            continue;
+        }
         if label.is_empty() {
             missing.push(r + 1);
             continue;
         }
         let target = match head.problem {
-            Problem::Classification | Problem::TokenClassification => names.id(label).map(Target::Class),
+            Problem::Classification | Problem::TokenClassification | Problem::MultiLabelClassification => {
+                names.id(label).map(Target::Class)
+            }
             Problem::Regression => label.parse::<f32>().ok().filter(|v| v.is_finite()).map(Target::Value),
         };
         match target {

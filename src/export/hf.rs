@@ -76,7 +76,7 @@ pub struct HeadConfig {
 impl HeadConfig {
     pub fn num_labels(&self) -> usize {
         match self.problem {
-            Problem::Classification | Problem::TokenClassification => self.labels.len(),
+            Problem::Classification | Problem::TokenClassification | Problem::MultiLabelClassification => self.labels.len(),
             Problem::Regression => 1,
         }
     }
@@ -88,7 +88,7 @@ impl HeadConfig {
 pub fn classification_config(base: &Map<String, Value>, head: &HeadConfig) -> Map<String, Value> {
     let mut c = base.clone();
     let names: Vec<String> = match head.problem {
-        Problem::Classification | Problem::TokenClassification => head.labels.clone(),
+        Problem::Classification | Problem::TokenClassification | Problem::MultiLabelClassification => head.labels.clone(),
         Problem::Regression => vec!["LABEL_0".to_string()],
     };
     let id2label: Map<String, Value> = names.iter().enumerate().map(|(i, n)| (i.to_string(), json!(n))).collect();
@@ -104,6 +104,7 @@ pub fn classification_config(base: &Map<String, Value>, head: &HeadConfig) -> Ma
     match head.problem {
         Problem::Classification => c.insert("problem_type".into(), json!("single_label_classification")),
         Problem::Regression => c.insert("problem_type".into(), json!("regression")),
+        Problem::MultiLabelClassification => c.insert("problem_type".into(), json!("multi_label_classification")),
         Problem::TokenClassification => c.remove("problem_type"),
     };
     if let Some(p) = head.dropout {
@@ -123,8 +124,8 @@ pub fn is_token_classifier(config: &Map<String, Value>) -> bool {
 }
 
 /// What `config.json` of a classification folder says about its head: class names by id
-/// (`id2label`, else `LABEL_i` for `num_labels`) and the problem (`problem_type`, else
-/// regression when there is one output).
+/// (`id2label`, else `LABEL_i` for `num_labels`) and the problem (a `…ForTokenClassification`
+/// class, else `problem_type`, else regression when there is one output).
 pub fn head_of_config(config: &Map<String, Value>, path: &Path) -> Result<HeadConfig, HfError> {
     let mut labels: Vec<String> = Vec::new();
     if let Some(Value::Object(m)) = config.get("id2label") {
@@ -155,8 +156,12 @@ pub fn head_of_config(config: &Map<String, Value>, path: &Path) -> Result<HeadCo
         _ if is_token_classifier(config) => Problem::TokenClassification,
         Some("regression") => Problem::Regression,
         Some("single_label_classification") => Problem::Classification,
+        Some("multi_label_classification") => Problem::MultiLabelClassification,
         Some(other) => {
-            return Err(file_err(path, format!("problem_type `{other}` is not supported (single_label_classification or regression)")))
+            return Err(file_err(
+                path,
+                format!("problem_type `{other}` is not supported (single_label_classification, multi_label_classification or regression)"),
+            ))
         }
         None if num_labels == 1 => Problem::Regression,
         None => Problem::Classification,
@@ -321,7 +326,9 @@ mod tests {
         let c: Map<String, Value> = serde_json::from_str(r#"{"id2label": {"0": "a", "2": "c"}}"#).unwrap();
         assert!(head_of_config(&c, p).unwrap_err().to_string().contains("0..num_labels-1"));
         let c: Map<String, Value> = serde_json::from_str(r#"{"num_labels": 2, "problem_type": "multi_label_classification"}"#).unwrap();
-        assert!(head_of_config(&c, p).unwrap_err().to_string().contains("multi_label_classification"));
+        assert_eq!(head_of_config(&c, p).unwrap().problem, Problem::MultiLabelClassification);
+        let c: Map<String, Value> = serde_json::from_str(r#"{"num_labels": 2, "problem_type": "ranking"}"#).unwrap();
+        assert!(head_of_config(&c, p).unwrap_err().to_string().contains("problem_type `ranking` is not supported"));
     }
 
     #[test]

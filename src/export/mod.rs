@@ -111,6 +111,8 @@ struct StoredData {
     text_columns: (String, Option<String>),
     /// The label column, which `predict` scores against by default.
     label_column: String,
+    /// Multi-label: what separates a row's labels in a cell (`None` when not set).
+    label_separator: Option<String>,
 }
 
 /// The stored study file's `[data]` facts, read once; `None` without a `[data]` table.
@@ -125,6 +127,7 @@ fn stored_data(study: &StudyInfo) -> Option<StoredData> {
         },
         text_columns: (text("text_column").unwrap_or_else(default_text_column), text("text_pair_column")),
         label_column: text("label_column").unwrap_or_else(default_label_column),
+        label_separator: text("label_separator"),
     })
 }
 
@@ -194,6 +197,7 @@ pub fn provenance(study: &StudyInfo, t: &TrialRecord, state: &TrainerState, sour
         "text_column": text_column,
         "text_pair_column": text_pair_column,
         "label_column": data.as_ref().map(|d| d.label_column.as_str()),
+        "label_separator": data.as_ref().and_then(|d| d.label_separator.as_deref()),
         "train": state.spec,
         "checkpoint": source,
         "sft_search_version": env!("CARGO_PKG_VERSION"),

@@ -30,6 +30,11 @@ impl ConfusionMatrix {
         if test.get("r2").is_some() && test.get("confusion_matrix").is_none() {
             return Err(NotEnoughData::new("a regression study has no classes, so no confusion matrix"));
         }
+        if test.get("hamming_loss").is_some() && test.get("confusion_matrix").is_none() {
+            return Err(NotEnoughData::new(
+                "a multi-label study scores each label on its own (f1_<label> in the test metrics), so no confusion matrix",
+            ));
+        }
         let rows = test.get("confusion_matrix").and_then(Value::as_array).ok_or_else(missing)?;
         let cells: Vec<Vec<u64>> = rows
             .iter()

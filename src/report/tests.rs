@@ -244,6 +244,11 @@ fn confusion_matrix_cells_labels_and_accuracy() {
     best.metrics.insert("test".into(), json!({"r2": 0.5, "mse": 0.1, "loss": 0.1}));
     let why = ConfusionMatrix::compute(&d).expect_err("no matrix");
     assert!(why.to_string().contains("regression"), "{why}");
+    // Nor for multi-label, whose labels are scored one by one.
+    let best = d.trials.iter_mut().find(|t| t.number == 5).expect("trial 5");
+    best.metrics.insert("test".into(), json!({"hamming_loss": 0.1, "f1_micro": 0.8, "f1_pos": 0.9}));
+    let why = ConfusionMatrix::compute(&d).expect_err("no matrix");
+    assert!(why.to_string().contains("multi-label"), "{why}");
 }
 
 #[test]

@@ -59,8 +59,8 @@ pub struct TrainerState {
     pub epoch_loss_sum: f64,
     pub epoch_rows: usize,
     pub epoch_correct: usize,
-    /// Set for token classification only (older checkpoints lack it: they are sequence
-    /// classification or regression, told apart by `labels`).
+    /// Set for token and multi-label classification only (older checkpoints lack it: they
+    /// are sequence classification or regression, told apart by `labels`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<crate::trainer::data::Problem>,
 }

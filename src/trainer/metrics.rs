@@ -19,17 +19,22 @@
 //!
 //! Token classification: entity-level `precision`, `recall`, `f1`, `f1_macro` and word
 //! `accuracy` ([`entities`]).
+//!
+//! Multi-label classification: exact-match `accuracy`, `hamming_loss`, micro/macro/weighted
+//! F1, precision and recall, macro `roc_auc` ([`multilabel`]).
 
 pub mod entities;
 pub mod fit;
+pub mod multilabel;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::data::Target;
+use super::data::{Problem, Target};
 pub use entities::{token_scores, TokenScores, TOKEN_METRICS};
 pub use fit::{diagnose_fit, EpochRecord, FitDiagnosis};
+pub use multilabel::{multi_label_metrics, multi_label_metrics_from_logits, MultiLabelMetrics, MULTI_LABEL_METRICS};
 
 /// Names a study's `metric` may take, for classification.
 pub const CLASSIFICATION_METRICS: [&str; 8] =
@@ -37,13 +42,22 @@ pub const CLASSIFICATION_METRICS: [&str; 8] =
 /// Names a study's `metric` may take, for regression.
 pub const REGRESSION_METRICS: [&str; 4] = ["loss", "mse", "mae", "r2"];
 
+/// The names a study's `metric` may take for `problem`.
+pub fn metrics_for(problem: Problem) -> &'static [&'static str] {
+    match problem {
+        Problem::Classification => &CLASSIFICATION_METRICS,
+        Problem::Regression => &REGRESSION_METRICS,
+        Problem::TokenClassification => &TOKEN_METRICS,
+        Problem::MultiLabelClassification => &MULTI_LABEL_METRICS,
+    }
+}
+
 /// Whether a bigger value of metric `name` is better (`None` for an unknown name).
 pub fn greater_is_better(name: &str) -> Option<bool> {
     match name {
-        "loss" | "mse" | "mae" => Some(false),
-        "accuracy" | "precision_macro" | "recall_macro" | "f1_macro" | "f1_weighted" | "f1" | "roc_auc" | "r2" | "precision" | "recall" => {
-            Some(true)
-        }
+        "loss" | "mse" | "mae" | "hamming_loss" => Some(false),
+        "accuracy" | "precision_macro" | "recall_macro" | "f1_macro" | "f1_weighted" | "f1" | "roc_auc" | "r2" | "precision" | "recall"
+        | "f1_micro" | "precision_micro" | "recall_micro" => Some(true),
         _ => None,
     }
 }
@@ -98,6 +112,7 @@ pub struct RegressionMetrics {
 pub enum Metrics {
     Classification(ClassificationMetrics),
     Regression(RegressionMetrics),
+    MultiLabel(MultiLabelMetrics),
 }
 
 impl ClassificationMetrics {
@@ -134,6 +149,7 @@ impl Metrics {
         match self {
             Metrics::Classification(m) => m.metric_by_name(name),
             Metrics::Regression(m) => m.metric_by_name(name),
+            Metrics::MultiLabel(m) => m.metric_by_name(name),
         }
     }
 
@@ -141,13 +157,15 @@ impl Metrics {
         match self {
             Metrics::Classification(m) => m.loss,
             Metrics::Regression(m) => m.loss,
+            Metrics::MultiLabel(m) => m.loss,
         }
     }
 
-    /// Accuracy, for classification.
+    /// Accuracy, for classification (exact match for multi-label).
     pub fn accuracy(&self) -> Option<f64> {
         match self {
             Metrics::Classification(m) => Some(m.accuracy),
+            Metrics::MultiLabel(m) => Some(m.accuracy),
             Metrics::Regression(_) => None,
         }
     }
@@ -155,7 +173,7 @@ impl Metrics {
     pub fn confusion_matrix(&self) -> Option<&Vec<Vec<u64>>> {
         match self {
             Metrics::Classification(m) => Some(&m.confusion_matrix),
-            Metrics::Regression(_) => None,
+            Metrics::Regression(_) | Metrics::MultiLabel(_) => None,
         }
     }
 
@@ -164,6 +182,7 @@ impl Metrics {
         let names: &[&str] = match self {
             Metrics::Classification(_) => &CLASSIFICATION_METRICS,
             Metrics::Regression(_) => &REGRESSION_METRICS,
+            Metrics::MultiLabel(_) => &MULTI_LABEL_METRICS,
         };
         names.iter().filter_map(|n| self.metric_by_name(n).map(|v| (n.to_string(), v))).collect()
     }
@@ -290,11 +309,22 @@ fn from_scores(p: &[f64], k: usize, labels: &[u32], loss: f64) -> Classification
 }
 
 /// Metrics of a model's outputs against the rows' targets: `outputs` are `[n, k]` logits for
-/// classification, or `[n, 1]` predictions for regression (the kind follows the targets).
+/// classification (one per label for multi-label), or `[n, 1]` predictions for regression
+/// (the kind follows the targets).
 pub fn evaluate_outputs<T: Copy + Into<f64>>(outputs: &[T], k: usize, targets: &[Target]) -> Result<Metrics, MetricsError> {
     match targets.first() {
         None => Err(MetricsError::Empty),
         Some(Target::Tags(_)) => Err(MetricsError::MixedTargets),
+        Some(Target::Labels(_)) => {
+            let truth: Vec<Vec<bool>> = targets
+                .iter()
+                .map(|t| match t {
+                    Target::Labels(f) => Ok(f.clone()),
+                    _ => Err(MetricsError::MixedTargets),
+                })
+                .collect::<Result<_, _>>()?;
+            multi_label_metrics_from_logits(outputs, k, &truth).map(Metrics::MultiLabel)
+        }
         Some(Target::Class(_)) => {
             let labels: Vec<u32> = targets.iter().map(|t| t.class().ok_or(MetricsError::MixedTargets)).collect::<Result<_, _>>()?;
             classification_metrics_from_logits(outputs, k, &labels).map(Metrics::Classification)
@@ -440,7 +470,12 @@ mod tests {
         assert_eq!(greater_is_better("loss"), Some(false));
         assert_eq!(greater_is_better("f1_macro"), Some(true));
         assert_eq!(greater_is_better("bogus"), None);
-        assert!(CLASSIFICATION_METRICS.iter().chain(&REGRESSION_METRICS).all(|n| greater_is_better(n).is_some()));
+        assert!(CLASSIFICATION_METRICS
+            .iter()
+            .chain(&REGRESSION_METRICS)
+            .chain(&TOKEN_METRICS)
+            .chain(&MULTI_LABEL_METRICS)
+            .all(|n| greater_is_better(n).is_some()));
     }
 
     #[test]

@@ -98,11 +98,7 @@ impl FinetuneRunner {
         };
         TrainSpec::from_params(&train, &Default::default())?;
         let problem = model.problem.unwrap_or(data.problem);
-        let known: &[&str] = match problem {
-            super::data::Problem::Classification => &super::metrics::CLASSIFICATION_METRICS,
-            super::data::Problem::Regression => &super::metrics::REGRESSION_METRICS,
-            super::data::Problem::TokenClassification => &super::metrics::TOKEN_METRICS,
-        };
+        let known = super::metrics::metrics_for(problem);
         if !known.contains(&metric) {
             return Err(FinetuneConfigError::Table {
                 table: "study",

@@ -108,6 +108,41 @@ pub fn write_toy_ner_task(dir: &Path, sentences: usize, seed: u64) -> anyhow::Re
     Ok(ToyNerTask { model_dir, conll: path })
 }
 
+/// Writes `dir/model/` (tiny BERT, 2 layers, hidden 64: at hidden 32 it learns one label of
+/// the three and stalls there, as the same model does in PyTorch) and `dir/data.csv`: `rows`
+/// rows of filler words
+/// (`text,labels`) where each of three labels is present with probability ½ and is told by a
+/// word of its own — `pos` (a positive word), `neg` (a negative word), `place` (a city) — so a
+/// row has none, one, two or all three. The labels of a row are joined by `,` in one quoted
+/// cell (`"neg,place"`; empty for none).
+pub fn write_toy_multilabel_task(dir: &Path, rows: usize, seed: u64) -> anyhow::Result<ToyTask> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut texts = Vec::with_capacity(rows);
+    let mut csv = String::from("text,labels\n");
+    let cues: [(&str, &[&str]); 3] = [("neg", NEGATIVE), ("place", PLACES), ("pos", POSITIVE)];
+    for _ in 0..rows {
+        let n = rng.random_range(1..4);
+        let mut words: Vec<&str> = (0..n).map(|_| FILLER[rng.random_range(0..FILLER.len())]).collect();
+        let mut labels = Vec::new();
+        for (name, pool) in cues {
+            if rng.random_bool(0.5) {
+                let at = rng.random_range(0..=words.len());
+                words.insert(at, pool[rng.random_range(0..pool.len())]);
+                labels.push(name);
+            }
+        }
+        let text = words.join(" ");
+        writeln!(csv, "{text},\"{}\"", labels.join(","))?;
+        texts.push(text);
+    }
+    std::fs::create_dir_all(dir)?;
+    let csv_path = dir.join("data.csv");
+    std::fs::write(&csv_path, csv)?;
+    let model_dir = dir.join("model");
+    write_tiny_model(&model_dir, Arch::Bert, &texts, 2, 64, seed)?;
+    Ok(ToyTask { model_dir, csv: csv_path })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

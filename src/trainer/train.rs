@@ -145,13 +145,16 @@ fn mix(a: u64, b: u64) -> u64 {
 
 /// Predictions of the model on one split.
 pub struct Predictions {
-    /// Per row (in split order): class probabilities, or the single regression output; for
-    /// token classification the tag probabilities of each scored word, one after another.
+    /// Per row (in split order): class probabilities (each label's own probability for
+    /// multi-label), or the single regression output; for token classification the tag
+    /// probabilities of each scored word, one after another.
     pub outputs: Vec<Vec<f32>>,
     /// Class ids (classification) or targets (regression), as f32; 0 for token rows.
     pub targets: Vec<f32>,
     /// Token classification: the true tag of each scored word, per row (empty otherwise).
     pub tags: Vec<Vec<u32>>,
+    /// Multi-label: the true flags of each row, one per label (empty otherwise).
+    pub label_sets: Vec<Vec<bool>>,
     /// Mean loss (plain cross-entropy, or MSE) over rows, or over scored words.
     pub loss: f64,
 }
@@ -197,8 +200,11 @@ pub fn predict(
     let mut targets = vec![0f32; rows.len()];
     let tokens = problem == Problem::TokenClassification;
     let mut tags = vec![Vec::new(); if tokens { rows.len() } else { 0 }];
+    let multi = problem == Problem::MultiLabelClassification;
+    let mut label_sets = vec![Vec::new(); if multi { rows.len() } else { 0 }];
     let loss_fn = match problem {
         Problem::Classification | Problem::TokenClassification => Loss::CrossEntropy { label_smoothing: 0.0, weights: None },
+        Problem::MultiLabelClassification => Loss::BinaryCrossEntropy { label_smoothing: 0.0, pos_weight: None },
         Problem::Regression => Loss::Mse,
     };
     let (mut loss_sum, mut scored) = (0.0, 0usize);
@@ -213,9 +219,18 @@ pub fn predict(
         scored += n;
         let out = match problem {
             Problem::Classification | Problem::TokenClassification => candle_nn::ops::softmax(&logits, D::Minus1)?,
+            Problem::MultiLabelClassification => candle_nn::ops::sigmoid(&logits)?,
             Problem::Regression => logits,
         };
         let out: Vec<Vec<f32>> = out.to_dtype(DType::F32)?.to_vec2()?;
+        if multi {
+            let y: Vec<Vec<f32>> = b.labels.to_dtype(DType::F32)?.to_vec2()?;
+            for ((&i, o), y) in idx.iter().zip(out).zip(y) {
+                outputs[i] = o;
+                label_sets[i] = y.iter().map(|&v| v > 0.5).collect();
+            }
+            continue;
+        }
         let y: Vec<f32> = b.labels.to_dtype(DType::F32)?.to_vec1()?;
         if tokens {
             let (mut out, mut y) = (out.into_iter(), y.into_iter());
@@ -231,7 +246,7 @@ pub fn predict(
             targets[i] = y;
         }
     }
-    Ok(Predictions { outputs, targets, tags, loss: loss_sum / scored.max(1) as f64 })
+    Ok(Predictions { outputs, targets, tags, label_sets, loss: loss_sum / scored.max(1) as f64 })
 }
 
 /// Counts `[true label][predicted label]`.
@@ -239,8 +254,9 @@ pub type ConfusionMatrix = Vec<Vec<u64>>;
 
 /// The valid (or test) metrics of `p`, keyed by the study-metric names (scikit-learn
 /// definitions, or seqeval's for token classification, see `trainer::metrics`), and the
-/// confusion matrix for classification (over words for token classification). `labels` are
-/// the class (tag) names by id; empty for regression.
+/// confusion matrix for classification (over words for token classification; none for
+/// multi-label, whose per-label F1 is in the map). `labels` are the class (tag) names by id;
+/// empty for regression.
 pub fn metrics_of(
     p: &Predictions,
     problem: Problem,
@@ -268,6 +284,12 @@ pub fn metrics_of(
             let mut m = scores.to_map();
             m.insert("loss".into(), p.loss);
             (m, Some(cm))
+        }
+        Problem::MultiLabelClassification => {
+            let probs: Vec<f64> = p.outputs.iter().flatten().map(|&x| x as f64).collect();
+            let mut m = metrics::multi_label_metrics(&probs, num_labels, &p.label_sets)?.to_map(labels);
+            m.insert("loss".into(), p.loss);
+            (m, None)
         }
         Problem::Regression => {
             let pred: Vec<f32> = p.outputs.iter().map(|o| o.first().copied().unwrap_or(f32::NAN)).collect();
@@ -338,6 +360,13 @@ pub fn train(job: &TrainJob, reporter: &mut dyn Reporter, stop: &CancelToken) ->
 
     let loss_fn = match problem {
         Problem::Regression => Loss::Mse,
+        Problem::MultiLabelClassification => {
+            let w = match spec.class_weights {
+                ClassWeights::Balanced => Some(dataset.balanced_pos_weights()),
+                ClassWeights::None => None,
+            };
+            Loss::binary_cross_entropy(spec.label_smoothing, w.as_deref(), &device)?
+        }
         Problem::Classification | Problem::TokenClassification => {
             let w = match spec.class_weights {
                 ClassWeights::Balanced => Some(dataset.balanced_class_weights()),
@@ -370,7 +399,7 @@ pub fn train(job: &TrainJob, reporter: &mut dyn Reporter, stop: &CancelToken) ->
         epoch_loss_sum: 0.0,
         epoch_rows: 0,
         epoch_correct: 0,
-        problem: (problem == Problem::TokenClassification).then_some(problem),
+        problem: matches!(problem, Problem::TokenClassification | Problem::MultiLabelClassification).then_some(problem),
     };
 
     // Resume from the latest checkpoint of an earlier attempt.
@@ -462,7 +491,11 @@ pub fn train(job: &TrainJob, reporter: &mut dyn Reporter, stop: &CancelToken) ->
                 let logits = scored_logits(&model, &b, true)?;
                 let loss = loss_fn.compute(&logits, &b.labels)?;
                 pending.push(loss.detach().to_dtype(DType::F32)?);
-                if problem.has_labels() {
+                if problem == Problem::MultiLabelClassification {
+                    // Rows whose every label is right (exact match, the `accuracy` of multi-label).
+                    let right = logits.detach().ge(0f64)?.eq(&b.labels.ge(0.5f64)?)?.to_dtype(DType::F32)?;
+                    pending.push(right.min(D::Minus1)?.sum_all()?);
+                } else if problem.has_labels() {
                     pending.push(logits.detach().argmax(D::Minus1)?.eq(&b.labels)?.to_dtype(DType::F32)?.sum_all()?);
                 }
                 let scaled = if n == batch_scored { loss } else { (loss * (n as f64 / batch_scored as f64))? };

@@ -9,6 +9,7 @@ mod faults;
 mod finetune;
 mod gp;
 mod interop;
+mod multilabel;
 mod parallel;
 mod pruning;
 mod report;

@@ -32,7 +32,8 @@ pub struct Batch {
     /// u32 `[b, L]` (0 in padding).
     pub token_type_ids: Tensor,
     /// u32 `[b]` class ids, or f32 `[b]` regression targets; for token classification u32
-    /// `[n]`, the tags of the `n` scored tokens (see `scored_positions`).
+    /// `[n]`, the tags of the `n` scored tokens (see `scored_positions`); for multi-label f32
+    /// `[b, k]`, 1 where the row has the label and 0 elsewhere.
     pub labels: Tensor,
     /// Token classification: u32 `[n]`, where each scored token sits in the `[b · L]`
     /// flattening of the batch (row-major), in row order; `None` otherwise.
@@ -135,6 +136,17 @@ pub fn collate(encoded: &[Encoded], indices: &[usize], pad_id: u32, device: &Dev
                 .map(|r| r.label.class().ok_or_else(|| DataError::Batch("mixed class and regression targets".into())))
                 .collect::<Result<_, _>>()?;
             Tensor::from_vec(v, b, device)?
+        }
+        Target::Labels(first) => {
+            let k = first.len();
+            let mut v = Vec::with_capacity(b * k);
+            for r in &rows {
+                match &r.label {
+                    Target::Labels(f) if f.len() == k => v.extend(f.iter().map(|&on| if on { 1f32 } else { 0.0 })),
+                    _ => return Err(DataError::Batch("mixed multi-label rows and other targets".into())),
+                }
+            }
+            Tensor::from_vec(v, (b, k), device)?
         }
         Target::Value(_) => {
             let v: Vec<f32> = rows
@@ -255,6 +267,16 @@ mod tests {
         let rows = vec![Encoded { ids: vec![1, 2], type_ids: vec![0, 0], label: Target::Value(0.5) }];
         let b = collate(&rows, &[0], 0, &Device::Cpu).unwrap();
         assert_eq!(b.labels.to_vec1::<f32>().unwrap(), vec![0.5]);
+    }
+
+    #[test]
+    fn label_sets_become_a_multi_hot_matrix() {
+        let row = |f: Vec<bool>| Encoded { ids: vec![1, 2], type_ids: vec![0, 0], label: Target::Labels(f) };
+        let rows = vec![row(vec![true, false, true]), row(vec![false; 3]), row(vec![false, true, false])];
+        let b = collate(&rows, &[0, 1, 2], 0, &Device::Cpu).unwrap();
+        assert_eq!(b.labels.to_vec2::<f32>().unwrap(), vec![vec![1.0, 0.0, 1.0], vec![0.0; 3], vec![0.0, 1.0, 0.0]]);
+        let mixed = vec![row(vec![true, false, true]), Encoded { ids: vec![1], type_ids: vec![0], label: Target::Class(0) }];
+        assert!(collate(&mixed, &[0, 1], 0, &Device::Cpu).is_err());
     }
 
     fn lengths() -> Vec<usize> {

@@ -22,8 +22,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::error::DataError;
 
-/// Classification (one label per row), regression (one number per row) or token
-/// classification (one tag per word: named entities, BIO tags).
+/// Classification (one label per row), multi-label classification (a set of labels per row),
+/// regression (one number per row) or token classification (one tag per word: named
+/// entities, BIO tags).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Problem {
@@ -33,6 +34,10 @@ pub enum Problem {
     /// Rows are sentences of words with one tag each (CoNLL files, or JSON Lines with a
     /// list of words and a list of tags); the model tags every word.
     TokenClassification,
+    /// Each row has any number of labels of a set (none, one or several): one independent
+    /// yes/no output per label (sigmoid and binary cross-entropy, as Hugging Face's
+    /// `problem_type = "multi_label_classification"`).
+    MultiLabelClassification,
 }
 
 impl Problem {
@@ -42,10 +47,12 @@ impl Problem {
             Problem::Classification => "classification",
             Problem::Regression => "regression",
             Problem::TokenClassification => "token_classification",
+            Problem::MultiLabelClassification => "multi_label_classification",
         }
     }
 
-    /// Whether the model predicts one of a set of labels (sequence or token classification).
+    /// Whether the model predicts labels of a set (sequence, multi-label or token
+    /// classification).
     pub fn has_labels(self) -> bool {
         self != Problem::Regression
     }
@@ -85,6 +92,10 @@ pub struct DataSection {
     /// Strings or integers are accepted and compared as text.
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "de_labels")]
     pub labels: Option<Vec<String>>,
+    /// Multi-label classification: what separates the labels of a row in a CSV/TSV cell
+    /// (default `,`). A cell that is a JSON list (`["a", "b"]`), and a JSON Lines list, need none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_separator: Option<String>,
 }
 
 pub(crate) fn default_text_column() -> String {
@@ -143,6 +154,7 @@ impl DataSection {
             max_rows: None,
             problem: Problem::Classification,
             labels: None,
+            label_separator: None,
         }
     }
 
@@ -202,10 +214,22 @@ impl DataSection {
         if self.problem == Problem::TokenClassification && self.text_pair_column.is_some() {
             return bad("text_pair_column is for sentence pairs; token classification tags the words of one text".into());
         }
+        match &self.label_separator {
+            Some(_) if self.problem != Problem::MultiLabelClassification => {
+                return bad("label_separator is for problem = \"multi_label_classification\" (several labels in one cell)".into());
+            }
+            Some(s) if s.is_empty() => return bad("label_separator must not be empty".into()),
+            _ => {}
+        }
         if self.max_rows == Some(0) {
             return bad("max_rows must be at least 1".into());
         }
         Ok(())
+    }
+
+    /// What separates the labels of a multi-label cell (`label_separator`, default `,`).
+    pub fn label_separator(&self) -> &str {
+        self.label_separator.as_deref().unwrap_or(",")
     }
 
     /// How the main file is divided, after the `valid_path`/`test_path` rules (module doc).

@@ -55,6 +55,9 @@ pub enum Target {
     /// ([`Encoded`]), one entry per token: the word's tag on its first token, [`IGNORE_TAG`]
     /// on the others and on the special tokens.
     Tags(Vec<u32>),
+    /// Multi-label classification: one flag per label, in id order (see [`LabelMap`]): whether
+    /// the row has that label. All `false` is a row with none of them.
+    Labels(Vec<bool>),
 }
 
 /// The tag of a token that is not scored (a word's later pieces, `[CLS]`, `[SEP]`, padding),
@@ -66,7 +69,7 @@ impl Target {
     pub fn class(&self) -> Option<u32> {
         match self {
             Target::Class(c) => Some(*c),
-            Target::Value(_) | Target::Tags(_) => None,
+            Target::Value(_) | Target::Tags(_) | Target::Labels(_) => None,
         }
     }
 
@@ -75,7 +78,7 @@ impl Target {
         match self {
             Target::Class(c) => *c as f32,
             Target::Value(v) => *v,
-            Target::Tags(_) => 0.0,
+            Target::Tags(_) | Target::Labels(_) => 0.0,
         }
     }
 
@@ -84,6 +87,14 @@ impl Target {
         match self {
             Target::Tags(t) => t,
             _ => &[],
+        }
+    }
+
+    /// The ids of the labels a multi-label row has (empty otherwise).
+    pub fn label_ids(&self) -> Vec<u32> {
+        match self {
+            Target::Labels(f) => f.iter().enumerate().filter(|(_, &on)| on).map(|(i, _)| i as u32).collect(),
+            _ => Vec::new(),
         }
     }
 }
@@ -113,20 +124,24 @@ impl Dataset {
     /// Outputs of the model head: the number of classes (tags), or 1 for regression.
     pub fn num_labels(&self) -> usize {
         match self.problem {
-            Problem::Classification | Problem::TokenClassification => self.labels.len(),
+            Problem::Classification | Problem::TokenClassification | Problem::MultiLabelClassification => self.labels.len(),
             Problem::Regression => 1,
         }
     }
 
-    /// Rows per class id in `rows` (words per tag for token classification; length
-    /// [`Dataset::num_labels`]; empty for regression).
+    /// Rows per class id in `rows` (words per tag for token classification, rows that have
+    /// each label for multi-label; length [`Dataset::num_labels`]; empty for regression).
     pub fn class_counts(&self, rows: &[Example]) -> Vec<usize> {
         if self.problem == Problem::Regression {
             return Vec::new();
         }
         let mut c = vec![0usize; self.labels.len()];
         for e in rows {
-            let ids = e.label.class().map(|id| vec![id]).unwrap_or_else(|| e.label.tags().to_vec());
+            let ids = match &e.label {
+                Target::Class(id) => vec![*id],
+                Target::Labels(_) => e.label.label_ids(),
+                _ => e.label.tags().to_vec(),
+            };
             for id in ids {
                 if let Some(slot) = c.get_mut(id as usize) {
                     *slot += 1;
@@ -137,8 +152,18 @@ impl Dataset {
     }
 
     /// Accuracy of always predicting the majority class of `rows` (the fit diagnosis' chance
-    /// level); 0 for regression or no rows.
+    /// level; for multi-label, the share of the most common set of labels, the exact-match
+    /// accuracy of always predicting it); 0 for regression or no rows.
     pub fn chance_level(&self, rows: &[Example]) -> f64 {
+        if self.problem == Problem::MultiLabelClassification {
+            let mut sets = std::collections::HashMap::<&[bool], usize>::new();
+            for e in rows {
+                if let Target::Labels(f) = &e.label {
+                    *sets.entry(f.as_slice()).or_default() += 1;
+                }
+            }
+            return sets.values().copied().max().unwrap_or(0) as f64 / rows.len().max(1) as f64;
+        }
         let c = self.class_counts(rows);
         let n: usize = c.iter().sum();
         if n == 0 {
@@ -154,6 +179,15 @@ impl Dataset {
         let n: usize = c.iter().sum();
         let k = c.len();
         c.iter().map(|&m| if m == 0 { 0.0 } else { n as f32 / (k as f32 * m as f32) }).collect()
+    }
+
+    /// `class_weights = "balanced"` for multi-label: each label's positive weight is its
+    /// negatives over its positives in the train split (torch's `pos_weight`), so a rare
+    /// label's few positives weigh as much as its many negatives; 1 for a label no train row
+    /// has.
+    pub fn balanced_pos_weights(&self) -> Vec<f32> {
+        let n = self.train.len();
+        self.class_counts(&self.train).iter().map(|&p| if p == 0 { 1.0 } else { (n - p) as f32 / p as f32 }).collect()
     }
 }
 
@@ -203,6 +237,20 @@ pub fn load_dataset(section: &DataSection) -> Result<Dataset, DataError> {
     let (labels, origin) = match (section.problem, &section.labels) {
         (Problem::Regression, _) => (LabelMap::default(), String::new()),
         (_, Some(names)) => (LabelMap::from_names(names.clone()), "declared in [data] labels".to_string()),
+        (Problem::MultiLabelClassification, None) => {
+            let sep = section.label_separator();
+            let names: Vec<String> =
+                main.iter().filter_map(|r| r.label.as_deref()).filter_map(|l| read::label_list(l, sep).ok()).flatten().collect();
+            let m = LabelMap::infer(names.iter().map(String::as_str));
+            if m.is_empty() {
+                return Err(DataError::Config(format!(
+                    "no row of {} has a label in column `{}`; multi-label classification needs at least one label name",
+                    section.path.display(),
+                    section.label_column
+                )));
+            }
+            (m, format!("the labels of {}", section.path.display()))
+        }
         (problem, None) => {
             let tokens = problem == Problem::TokenClassification;
             let labels = main.iter().filter_map(|r| r.label.as_deref());
@@ -229,6 +277,25 @@ pub fn load_dataset(section: &DataSection) -> Result<Dataset, DataError> {
     let to_examples = |path: &Path, rows: &[read::RawRow]| -> Result<Vec<Example>, DataError> {
         rows.iter()
             .map(|r| {
+                if section.problem == Problem::MultiLabelClassification {
+                    // An empty cell is a row with none of the labels.
+                    let names = read::label_list(r.label.as_deref().unwrap_or(""), section.label_separator())
+                        .map_err(|message| DataError::Parse { path: path.to_path_buf(), line: r.line, message })?;
+                    let mut flags = vec![false; labels.len()];
+                    for n in names {
+                        let id = labels.tag_id(&n, section.labels.is_some()).ok_or_else(|| DataError::LabelNotInSet {
+                            path: path.to_path_buf(),
+                            line: r.line,
+                            row: r.row,
+                            column: section.label_column.clone(),
+                            label: n.clone(),
+                            allowed: labels.id2label.clone().into(),
+                            origin: origin.as_str().into(),
+                        })?;
+                        flags[id as usize] = true;
+                    }
+                    return Ok(Example { text: r.text.clone(), text_pair: r.text_pair.clone(), label: Target::Labels(flags) });
+                }
                 let raw = r.label.as_deref().ok_or_else(|| DataError::MissingValue {
                     path: path.to_path_buf(),
                     line: r.line,
@@ -262,7 +329,10 @@ pub fn load_dataset(section: &DataSection) -> Result<Dataset, DataError> {
                         };
                         Target::Tags(raw.split(' ').zip(r.text.split(' ')).enumerate().map(tag).collect::<Result<_, _>>()?)
                     }
-                    Problem::Classification => Target::Class(labels.id(raw).ok_or_else(|| not_in_set(raw))?),
+                    // (Multi-label rows were read above.)
+                    Problem::Classification | Problem::MultiLabelClassification => {
+                        Target::Class(labels.id(raw).ok_or_else(|| not_in_set(raw))?)
+                    }
                     Problem::Regression => match raw.trim().parse::<f32>() {
                         Ok(v) if v.is_finite() => Target::Value(v),
                         _ => {
@@ -290,6 +360,7 @@ pub fn load_dataset(section: &DataSection) -> Result<Dataset, DataError> {
         _ => None,
     };
 
+    // Stratified by class; rows of other problems share one stratum (a seeded random split).
     let strata: Vec<u32> = main_ex.iter().map(|e| e.label.class().unwrap_or(0)).collect();
     let idx = split::stratified_split(&strata, section.split_fractions(), section.split_seed);
     let pick = |ix: &[usize]| ix.iter().map(|&i| main_ex[i].clone()).collect::<Vec<_>>();

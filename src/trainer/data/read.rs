@@ -317,6 +317,20 @@ pub fn json_text_list(v: &serde_json::Value, key: &str) -> Result<Vec<String>, S
         .collect()
 }
 
+/// The labels of one multi-label cell: a JSON list (`["a", "b"]`, as JSON Lines lists arrive
+/// too), or names separated by `separator`; each trimmed, empty ones dropped (an empty cell or
+/// `[]` is a row with no label). `Err` says what is wrong with a list that does not parse.
+pub fn label_list(raw: &str, separator: &str) -> Result<Vec<String>, String> {
+    let t = raw.trim();
+    let names = if t.starts_with('[') {
+        let v: serde_json::Value = serde_json::from_str(t).map_err(|e| format!("`{t}` starts like a JSON list but is not one: {e}"))?;
+        json_text_list(&v, "labels")?
+    } else {
+        t.split(separator).map(str::to_string).collect()
+    };
+    Ok(names.into_iter().map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).collect())
+}
+
 fn read_conll(path: &Path, text: &str) -> Result<Vec<RawRow>, DataError> {
     conll_sentences(text)
         .into_iter()

@@ -235,3 +235,82 @@ fn token_rows_load_with_tags_in_id_order_and_class_counts_over_words() {
     let e = load_dataset(&d).unwrap_err().to_string();
     assert!(e.contains("v.conll line 4 (sentence 2, word 2 `b`): tag `B-loc` is not one of the tags [O, B-per] (the tags of"), "{e}");
 }
+
+fn multi(path: PathBuf) -> DataSection {
+    let mut s = DataSection::new(path);
+    s.problem = Problem::MultiLabelClassification;
+    s.label_column = "labels".into();
+    s
+}
+
+#[test]
+fn multi_label_rows_read_separated_cells_json_lists_and_empty_sets() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut csv = String::from("text,labels\n");
+    for i in 0..40 {
+        let cell = ["\"sport, politics\"", "politics", "", "\"[\"\"tech\"\", \"\"sport\"\"]\""][i % 4];
+        csv.push_str(&format!("row {i},{cell}\n"));
+    }
+    let p = write(&dir, "m.csv", &csv);
+    let ds = load_dataset(&multi(p.clone())).unwrap();
+    assert_eq!(ds.labels.id2label, vec!["politics", "sport", "tech"]);
+    assert_eq!(ds.num_labels(), 3);
+    let all: Vec<&Example> = ds.train.iter().chain(&ds.valid).chain(&ds.test).collect();
+    assert_eq!(all.len(), 40);
+    let of = |text: &str| all.iter().find(|e| e.text == text).unwrap().label.clone();
+    assert_eq!(of("row 0"), Target::Labels(vec![true, true, false]));
+    assert_eq!(of("row 1"), Target::Labels(vec![true, false, false]));
+    assert_eq!(of("row 2"), Target::Labels(vec![false; 3]), "an empty cell is a row with no label");
+    assert_eq!(of("row 3"), Target::Labels(vec![false, true, true]));
+    assert_eq!(of("row 3").label_ids(), vec![1, 2]);
+    // Rows per label, the most common set's share, and negatives over positives per label.
+    let counts = ds.class_counts(&all.iter().map(|e| (*e).clone()).collect::<Vec<_>>());
+    assert_eq!(counts, vec![20, 20, 10]);
+    let chance = ds.chance_level(&ds.train);
+    assert!(chance > 0.15 && chance < 0.4, "{chance}");
+    let n = ds.train.len() as f32;
+    let w = ds.balanced_pos_weights();
+    let c = ds.class_counts(&ds.train);
+    assert!((w[2] - (n - c[2] as f32) / c[2] as f32).abs() < 1e-6, "{w:?}");
+
+    // Another separator; JSON Lines lists (names, or ids into declared labels).
+    let p = write(&dir, "m.tsv", "text\tlabels\na\tx|y\nb\ty\nc\t\nd\tx\n");
+    let mut s = multi(p);
+    s.label_separator = Some("|".into());
+    s.split = vec![0.5, 0.5];
+    let ds = load_dataset(&s).unwrap();
+    assert_eq!(ds.labels.id2label, vec!["x", "y"]);
+    let p = write(
+        &dir,
+        "m.jsonl",
+        "{\"text\": \"a\", \"labels\": [1, 0]}\n{\"text\": \"b\", \"labels\": []}\n{\"text\": \"c\", \"labels\": [1]}\n",
+    );
+    let mut s = multi(p);
+    s.labels = Some(vec!["x".into(), "y".into()]);
+    s.split = vec![0.5, 0.5];
+    let ds = load_dataset(&s).unwrap();
+    let all: Vec<&Example> = ds.train.iter().chain(&ds.valid).collect();
+    assert_eq!(all.iter().find(|e| e.text == "a").unwrap().label, Target::Labels(vec![true, true]));
+    assert_eq!(all.iter().find(|e| e.text == "b").unwrap().label, Target::Labels(vec![false, false]));
+}
+
+#[test]
+fn multi_label_mistakes_name_the_file_and_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = write(&dir, "t.csv", "text,labels\na,x\nb,\"x,y\"\nc,y\nd,x\n");
+    let valid = write(&dir, "v.csv", "text,labels\ne,x\nf,\"y,zz\"\n");
+    let mut s = multi(train.clone());
+    s.valid_path = Some(valid);
+    let e = load_dataset(&s).unwrap_err().to_string();
+    assert!(e.contains("v.csv") && e.contains("line 3") && e.contains("zz") && e.contains("x, y"), "{e}");
+    let bad = write(&dir, "b.csv", "text,labels\na,x\nb,\"[\"\"x\"\", \"\"y\"\"\"\n");
+    let e = load_dataset(&multi(bad)).unwrap_err().to_string();
+    assert!(e.contains("b.csv") && e.contains("line 3") && e.contains("not one"), "{e}");
+    let none = write(&dir, "n.csv", "text,labels\na,\nb,\n");
+    let e = load_dataset(&multi(none)).unwrap_err().to_string();
+    assert!(e.contains("no row of") && e.contains("`labels`"), "{e}");
+    let mut s = DataSection::new(train);
+    s.label_separator = Some("|".into());
+    let e = load_dataset(&s).unwrap_err().to_string();
+    assert!(e.contains("label_separator is for problem = \"multi_label_classification\""), "{e}");
+}
