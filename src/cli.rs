@@ -384,6 +384,10 @@ pub struct PredictArgs {
     /// Truncate to this many tokens (default: the model's `model_max_length`).
     #[arg(long)]
     pub max_length: Option<usize>,
+    /// Multi-label: predict a label at this probability or above (default: the threshold the
+    /// study chose, recorded in the export's sft_search.json; else 0.5).
+    #[arg(long)]
+    pub threshold: Option<f64>,
     /// Also write the raw logits, one `logit_<label>` column per class.
     #[arg(long, hide = true)]
     pub logits: bool,

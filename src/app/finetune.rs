@@ -94,6 +94,18 @@ pub fn build(cfg: &StudyConfig, quiet: bool) -> anyhow::Result<FinetuneRunner> {
              augment; remove it from [train] and [space]",
         ));
     }
+    if problem != Problem::MultiLabelClassification
+        && (tables.train.threshold.is_some() || cfg.space.params().iter().any(|p| p.name == "threshold"))
+    {
+        return Err(usage(
+            cfg,
+            format!(
+                "`threshold` decides which labels a multi-label model predicts; a {} study has no use for it: remove it from \
+                 [train] and [space], or set problem = \"multi_label_classification\"",
+                problem.as_str()
+            ),
+        ));
+    }
     // Load the data once, as the trials will (`[model] problem` decides how labels are read):
     // its errors name the file, row and column.
     data.problem = problem;

@@ -37,6 +37,8 @@ struct TrainedColumns {
     label: Option<String>,
     /// Multi-label: what separates a row's labels (`None`: the default `,`).
     separator: Option<String>,
+    /// Multi-label: the decision threshold the study chose.
+    threshold: Option<f64>,
 }
 
 /// The columns the model was trained on; `None` for a folder without `sft_search.json` (any
@@ -45,7 +47,13 @@ fn trained_columns(model: &std::path::Path) -> Option<TrainedColumns> {
     let v = crate::export::hf::read_json_object(&model.join(PROVENANCE)).ok()?;
     let text = v.get("text_column")?.as_str()?.to_string();
     let column = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
-    Some(TrainedColumns { text, pair: column("text_pair_column"), label: column("label_column"), separator: column("label_separator") })
+    Some(TrainedColumns {
+        text,
+        pair: column("text_pair_column"),
+        label: column("label_column"),
+        separator: column("label_separator"),
+        threshold: v.get("threshold").and_then(Value::as_f64),
+    })
 }
 
 fn provenance_of(model: &std::path::Path) -> String {
@@ -138,6 +146,10 @@ pub fn run(args: &PredictArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     let logits = logits.context("running the model")?;
 
     let separator = trained.as_ref().and_then(|t| t.separator.clone()).unwrap_or_else(|| ",".to_string());
+    let threshold = args.threshold.or(trained.as_ref().and_then(|t| t.threshold)).unwrap_or(THRESHOLD);
+    if !(threshold > 0.0 && threshold < 1.0) {
+        return Err(usage(format!("--threshold {threshold} must be in (0, 1)")));
+    }
     let mut columns = table.columns.clone();
     match head.problem {
         Problem::Classification | Problem::TokenClassification => {
@@ -176,7 +188,7 @@ pub fn run(args: &PredictArgs, quiet: bool) -> anyhow::Result<ExitCode> {
                 }
                 Problem::MultiLabelClassification => {
                     let probs: Vec<f64> = l.iter().map(|&x| sigmoid(x as f64)).collect();
-                    let on: Vec<&str> = head.labels.iter().zip(&probs).filter(|(_, &p)| p >= THRESHOLD).map(|(n, _)| n.as_str()).collect();
+                    let on: Vec<&str> = head.labels.iter().zip(&probs).filter(|(_, &p)| p >= threshold).map(|(n, _)| n.as_str()).collect();
                     cells.push(Value::String(on.join(&separator)));
                     cells.extend(probs.into_iter().map(num));
                 }
@@ -207,7 +219,7 @@ pub fn run(args: &PredictArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         },
     }
     if let Some(li) = li {
-        let scores = score(&table, li, &head, &logits, &separator);
+        let scores = score(&table, li, &head, &logits, &separator, threshold);
         if !quiet {
             for line in scores.warnings(&table.columns[li], &head) {
                 eprintln!("warning: {line}");
@@ -313,6 +325,7 @@ fn score(
     head: &crate::export::hf::HeadConfig,
     logits: &[Vec<f32>],
     separator: &str,
+    threshold: f64,
 ) -> Scores {
     use crate::trainer::data::{LabelMap, Target};
     let names = LabelMap::from_names(head.labels.clone());
@@ -356,6 +369,6 @@ fn score(
         }
     }
     let k = logits.first().map_or(0, Vec::len);
-    let metrics = crate::trainer::metrics::evaluate_outputs(&outputs, k, &targets).ok();
+    let metrics = crate::trainer::metrics::evaluate_outputs(&outputs, k, &targets, threshold).ok();
     Scores { metrics, scored: targets.len(), unknown, missing }
 }

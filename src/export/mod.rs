@@ -193,6 +193,7 @@ pub fn provenance(study: &StudyInfo, t: &TrialRecord, state: &TrainerState, sour
         "split_seed": data.as_ref().and_then(|d| d.split_seed),
         "problem": state.problem().as_str(),
         "labels": state.labels,
+        "threshold": (state.problem() == crate::trainer::data::Problem::MultiLabelClassification).then(|| state.threshold()),
         "max_length": state.spec.max_length,
         "text_column": text_column,
         "text_pair_column": text_pair_column,

@@ -59,6 +59,10 @@ pub struct TrainerState {
     pub epoch_loss_sum: f64,
     pub epoch_rows: usize,
     pub epoch_correct: usize,
+    /// Multi-label: the decision threshold the evaluation of these weights used (fixed, or
+    /// tuned on the valid split); what the test evaluation, `export` and `predict` use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
     /// Set for token and multi-label classification only (older checkpoints lack it: they
     /// are sequence classification or regression, told apart by `labels`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -66,6 +70,12 @@ pub struct TrainerState {
 }
 
 impl TrainerState {
+    /// Multi-label: the threshold these weights predict with (the recorded one; else the
+    /// trial's fixed one, 0.5 by default).
+    pub fn threshold(&self) -> f64 {
+        self.threshold.unwrap_or_else(|| self.spec.threshold.fixed_or_half())
+    }
+
     /// What the checkpoint was trained for: the recorded problem, else regression when there
     /// is one output and no class names, else classification.
     pub fn problem(&self) -> crate::trainer::data::Problem {

@@ -309,9 +309,9 @@ fn from_scores(p: &[f64], k: usize, labels: &[u32], loss: f64) -> Classification
 }
 
 /// Metrics of a model's outputs against the rows' targets: `outputs` are `[n, k]` logits for
-/// classification (one per label for multi-label), or `[n, 1]` predictions for regression
-/// (the kind follows the targets).
-pub fn evaluate_outputs<T: Copy + Into<f64>>(outputs: &[T], k: usize, targets: &[Target]) -> Result<Metrics, MetricsError> {
+/// classification (one per label for multi-label, a label predicted at probability ≥
+/// `threshold`), or `[n, 1]` predictions for regression (the kind follows the targets).
+pub fn evaluate_outputs<T: Copy + Into<f64>>(outputs: &[T], k: usize, targets: &[Target], threshold: f64) -> Result<Metrics, MetricsError> {
     match targets.first() {
         None => Err(MetricsError::Empty),
         Some(Target::Tags(_)) => Err(MetricsError::MixedTargets),
@@ -323,7 +323,7 @@ pub fn evaluate_outputs<T: Copy + Into<f64>>(outputs: &[T], k: usize, targets: &
                     _ => Err(MetricsError::MixedTargets),
                 })
                 .collect::<Result<_, _>>()?;
-            multi_label_metrics_from_logits(outputs, k, &truth).map(Metrics::MultiLabel)
+            multi_label_metrics_from_logits(outputs, k, &truth, threshold).map(Metrics::MultiLabel)
         }
         Some(Target::Class(_)) => {
             let labels: Vec<u32> = targets.iter().map(|t| t.class().ok_or(MetricsError::MixedTargets)).collect::<Result<_, _>>()?;
@@ -507,12 +507,12 @@ mod tests {
     fn evaluate_outputs_follows_the_targets() {
         let logits = [2.0f32, -1.0, 0.0, 0.0, -3.0, 1.0];
         let t = [Target::Class(0), Target::Class(1), Target::Class(1)];
-        let m = evaluate_outputs(&logits, 2, &t).unwrap();
+        let m = evaluate_outputs(&logits, 2, &t, 0.5).unwrap();
         assert_eq!(Metrics::Classification(classification_metrics_from_logits(&logits, 2, &[0, 1, 1]).unwrap()), m);
         assert_eq!(m.accuracy(), Some(2.0 / 3.0));
-        let r = evaluate_outputs(&[1.0f32, 2.0], 1, &[Target::Value(1.0), Target::Value(3.0)]).unwrap();
+        let r = evaluate_outputs(&[1.0f32, 2.0], 1, &[Target::Value(1.0), Target::Value(3.0)], 0.5).unwrap();
         assert_eq!(r.metric_by_name("mae"), Some(0.5));
-        assert_eq!(evaluate_outputs(&[1.0f32, 2.0], 1, &[Target::Value(1.0), Target::Class(0)]), Err(MetricsError::MixedTargets));
+        assert_eq!(evaluate_outputs(&[1.0f32, 2.0], 1, &[Target::Value(1.0), Target::Class(0)], 0.5), Err(MetricsError::MixedTargets));
     }
 
     #[test]

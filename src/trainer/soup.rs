@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 use super::checkpoint::{self, WEIGHTS};
 use super::data::DataSection;
 use super::model::{read_config, BertClassifier, HeadKind, ModelError, ModelOptions};
-use super::train::{encode_split_for, metrics_of, parse_device, predict, EvalSplit, SplitForCheckpoint, TrainError};
+use super::train::{decide_threshold, encode_split_for, metrics_of, parse_device, predict, EvalSplit, SplitForCheckpoint, TrainError};
 use crate::trial::Direction;
 
 /// The study user attribute holding a study's soup: [`SoupResult::to_json`] plus `kind`,
@@ -293,7 +293,8 @@ pub fn greedy_soup(job: &SoupJob, mut on_step: impl FnMut(u64, f64, bool)) -> Re
     let evaluate = |w: &Weights| -> Result<(f64, Map<String, Value>), TrainError> {
         let model = BertClassifier::from_tensors(config.clone(), w.clone(), first.checkpoint.join(WEIGHTS), &opts, &device)?;
         let p = predict(&model, &rows, problem, pad_id, &device)?;
-        let (m, _) = metrics_of(&p, problem, &state.labels)?;
+        let threshold = decide_threshold(&p, problem, state.spec.threshold, &job.metric)?;
+        let (m, _) = metrics_of(&p, problem, &state.labels, threshold)?;
         let v = m
             .get(&job.metric)
             .and_then(Value::as_f64)
@@ -329,6 +330,10 @@ pub fn greedy_soup(job: &SoupJob, mut on_step: impl FnMut(u64, f64, bool)) -> Re
         let soup = average(&sum, None, ingredients.len())?;
         let mut soup_state = state.clone();
         soup_state.best_checkpoint = Some(job.out_dir.clone());
+        // Multi-label: the soup predicts with the threshold chosen for it on the valid split.
+        if problem == crate::trainer::data::Problem::MultiLabelClassification {
+            soup_state.threshold = metrics.get("threshold").and_then(Value::as_f64);
+        }
         let config_src = first.checkpoint.join("config.json");
         checkpoint::write_atomic(&job.out_dir, &first.checkpoint, &soup_state, |tmp| {
             std::fs::copy(&config_src, tmp.join("config.json")).map_err(|e| format!("{}: {e}", config_src.display()))?;

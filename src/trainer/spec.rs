@@ -84,6 +84,48 @@ pub enum ClassWeights {
     Balanced,
 }
 
+/// Multi-label classification: the probability at and above which a label is predicted — a
+/// fixed number in (0, 1), or `"tuned"`: at every evaluation, the one of 0.05, 0.06, …, 0.95
+/// under which the valid split scores best on the study's metric (the nearest to 0.5 among
+/// equals). The test split never chooses it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Threshold {
+    Fixed(f64),
+    Tuned(TunedWord),
+}
+
+/// The word `"tuned"` of [`Threshold::Tuned`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TunedWord {
+    Tuned,
+}
+
+impl Default for Threshold {
+    fn default() -> Self {
+        Threshold::Fixed(0.5)
+    }
+}
+
+impl Threshold {
+    /// The fixed threshold; 0.5 for `"tuned"` (where a single number is needed before any
+    /// evaluation chose one: the train split's exact-match count).
+    pub fn fixed_or_half(self) -> f64 {
+        match self {
+            Threshold::Fixed(t) => t,
+            Threshold::Tuned(_) => 0.5,
+        }
+    }
+}
+
+fn as_threshold(name: &str, v: &ParamValue) -> Result<Threshold, SpecError> {
+    match v {
+        ParamValue::Str(s) if s == "tuned" => Ok(Threshold::Tuned(TunedWord::Tuned)),
+        _ => v.as_f64().map(Threshold::Fixed).ok_or_else(|| type_err(name, v, "a number in (0, 1) or \"tuned\"")),
+    }
+}
+
 /// Which epoch checkpoints stay on disk.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -149,6 +191,8 @@ pub struct TrainSection {
     pub precision: Option<Precision>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ema_decay: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<Threshold>,
 }
 
 /// The names a `[space]` parameter may take to drive a training option.
@@ -178,6 +222,7 @@ pub const TRAIN_OPTIONS: &[&str] = &[
     "threads",
     "precision",
     "ema_decay",
+    "threshold",
 ];
 
 /// The resolved training options of one trial.
@@ -222,6 +267,10 @@ pub struct TrainSpec {
     /// written before it existed: off).
     #[serde(default)]
     pub ema_decay: f64,
+    /// Multi-label: the decision threshold, fixed or tuned on the valid split (absent in
+    /// checkpoints written before it existed: 0.5).
+    #[serde(default)]
+    pub threshold: Threshold,
 }
 
 impl Default for TrainSpec {
@@ -253,6 +302,7 @@ impl Default for TrainSpec {
             threads: None,
             precision: Precision::Fp32,
             ema_decay: 0.0,
+            threshold: Threshold::default(),
         }
     }
 }
@@ -361,6 +411,7 @@ impl TrainSpec {
             threads: pick!(threads, as_count),
             precision: pick!(precision, |n, v| as_enum(n, v, "\"fp32\" or \"bf16\"")).unwrap_or(d.precision),
             ema_decay: pick!(ema_decay, as_float).unwrap_or(d.ema_decay),
+            threshold: pick!(threshold, as_threshold).unwrap_or(d.threshold),
         };
         spec.validate()?;
         Ok(spec)
@@ -401,6 +452,11 @@ impl TrainSpec {
         unit("ema_decay", self.ema_decay, true)?;
         if let Some(p) = self.dropout {
             unit("dropout", p, true)?;
+        }
+        if let Threshold::Fixed(t) = self.threshold {
+            if !(t.is_finite() && t > 0.0 && t < 1.0) {
+                return Err(range_err("threshold", t, "must be in (0, 1), or \"tuned\""));
+            }
         }
         if !(self.max_grad_norm.is_finite() && self.max_grad_norm >= 0.0) {
             return Err(range_err("max_grad_norm", self.max_grad_norm, "must be a non-negative number (0 = no clipping)"));
@@ -597,6 +653,34 @@ mod tests {
         let mut old = serde_json::to_value(TrainSpec::default()).unwrap();
         old.as_object_mut().unwrap().remove("ema_decay");
         assert_eq!(serde_json::from_value::<TrainSpec>(old).unwrap().ema_decay, 0.0);
+    }
+
+    #[test]
+    fn threshold_is_a_number_or_tuned_fixed_or_searched() {
+        assert_eq!(TrainSpec::default().threshold, Threshold::Fixed(0.5));
+        let fixed: TrainSection = toml::from_str("threshold = \"tuned\"").unwrap();
+        assert_eq!(TrainSpec::from_params(&fixed, &ParamSet::new()).unwrap().threshold, Threshold::Tuned(TunedWord::Tuned));
+        let fixed: TrainSection = toml::from_str("threshold = 0.3").unwrap();
+        assert_eq!(TrainSpec::from_params(&fixed, &ParamSet::new()).unwrap().threshold.fixed_or_half(), 0.3);
+        let s = TrainSpec::from_params(&fixed, &params(&[("threshold", ParamValue::Float(0.4))])).unwrap();
+        assert_eq!(s.threshold, Threshold::Fixed(0.4));
+        let s = TrainSpec::from_params(&fixed, &params(&[("threshold", ParamValue::Str("tuned".into()))])).unwrap();
+        assert_eq!(s.threshold.fixed_or_half(), 0.5);
+        for bad in ["threshold = 0.0", "threshold = 1.0", "threshold = -1"] {
+            let fixed: TrainSection = toml::from_str(bad).unwrap();
+            let e = TrainSpec::from_params(&fixed, &ParamSet::new()).unwrap_err();
+            assert!(e.to_string().contains("`threshold`") && e.to_string().contains("(0, 1)"), "{bad}: {e}");
+        }
+        let e = TrainSpec::from_params(&TrainSection::default(), &params(&[("threshold", ParamValue::Str("best".into()))])).unwrap_err();
+        assert!(e.to_string().contains("\"tuned\""), "{e}");
+        // The spec round-trips (a number, or the word), and one written before the option reads 0.5.
+        for t in [Threshold::Fixed(0.25), Threshold::Tuned(TunedWord::Tuned)] {
+            let spec = TrainSpec { threshold: t, ..TrainSpec::default() };
+            assert_eq!(serde_json::from_value::<TrainSpec>(serde_json::to_value(&spec).unwrap()).unwrap(), spec);
+        }
+        let mut old = serde_json::to_value(TrainSpec::default()).unwrap();
+        old.as_object_mut().unwrap().remove("threshold");
+        assert_eq!(serde_json::from_value::<TrainSpec>(old).unwrap().threshold, Threshold::Fixed(0.5));
     }
 
     #[test]

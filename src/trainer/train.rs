@@ -23,7 +23,7 @@ use super::loss::Loss;
 use super::metrics::{self, diagnose_fit, EpochRecord, Metrics};
 use super::model::{BertClassifier, HeadKind, ModelError, ModelOptions};
 use super::optim::{lr_factor, warmup_steps, GradNorm, OptimConfig, OptimError, Optimizer};
-use super::spec::{ClassWeights, KeepCheckpoints, TrainSpec};
+use super::spec::{ClassWeights, KeepCheckpoints, Threshold, TrainSpec};
 use crate::scheduler::{CancelToken, Decision, Progress, Reporter};
 use crate::trial::Direction;
 
@@ -256,11 +256,13 @@ pub type ConfusionMatrix = Vec<Vec<u64>>;
 /// definitions, or seqeval's for token classification, see `trainer::metrics`), and the
 /// confusion matrix for classification (over words for token classification; none for
 /// multi-label, whose per-label F1 is in the map). `labels` are the class (tag) names by id;
-/// empty for regression.
+/// empty for regression. `threshold` is multi-label's decision threshold (see
+/// [`decide_threshold`]); the other problems ignore it.
 pub fn metrics_of(
     p: &Predictions,
     problem: Problem,
     labels: &[String],
+    threshold: f64,
 ) -> Result<(Map<String, Value>, Option<ConfusionMatrix>), TrainError> {
     let num_labels = labels.len();
     let (map, cm) = match problem {
@@ -287,8 +289,9 @@ pub fn metrics_of(
         }
         Problem::MultiLabelClassification => {
             let probs: Vec<f64> = p.outputs.iter().flatten().map(|&x| x as f64).collect();
-            let mut m = metrics::multi_label_metrics(&probs, num_labels, &p.label_sets)?.to_map(labels);
+            let mut m = metrics::multi_label_metrics(&probs, num_labels, &p.label_sets, threshold)?.to_map(labels);
             m.insert("loss".into(), p.loss);
+            m.insert("threshold".into(), threshold);
             (m, None)
         }
         Problem::Regression => {
@@ -297,6 +300,21 @@ pub fn metrics_of(
         }
     };
     Ok((map.into_iter().map(|(k, v)| (k, num(v))).collect(), cm))
+}
+
+/// Multi-label: the decision threshold for predictions `p` of the valid split under `policy`
+/// — the fixed number, or the value of the grid under which `p` scores best on `metric`
+/// (`metrics::multilabel::tune_threshold`). 0.5 for the other problems.
+pub fn decide_threshold(p: &Predictions, problem: Problem, policy: Threshold, metric: &str) -> Result<f64, TrainError> {
+    match (problem, policy) {
+        (Problem::MultiLabelClassification, Threshold::Tuned(_)) => {
+            let k = p.outputs.first().map_or(0, Vec::len);
+            let probs: Vec<f64> = p.outputs.iter().flatten().map(|&x| x as f64).collect();
+            Ok(metrics::multilabel::tune_threshold(&probs, k, &p.label_sets, metric)?)
+        }
+        (Problem::MultiLabelClassification, Threshold::Fixed(t)) => Ok(t),
+        _ => Ok(metrics::multilabel::THRESHOLD),
+    }
 }
 
 fn num(x: f64) -> Value {
@@ -376,6 +394,12 @@ pub fn train(job: &TrainJob, reporter: &mut dyn Reporter, stop: &CancelToken) ->
         }
     };
 
+    // Multi-label's exact-match count on the train split: a label is predicted where its logit
+    // reaches that of the threshold (a tuned one is not known until an evaluation: 0.5).
+    let train_logit_threshold = {
+        let t = spec.threshold.fixed_or_half();
+        (t / (1.0 - t)).ln()
+    };
     let steps_per_epoch = spec.steps_per_epoch(train_rows.len());
     let total_steps = steps_per_epoch * spec.epochs;
     let warmup = warmup_steps(spec.warmup_ratio, total_steps);
@@ -399,6 +423,7 @@ pub fn train(job: &TrainJob, reporter: &mut dyn Reporter, stop: &CancelToken) ->
         epoch_loss_sum: 0.0,
         epoch_rows: 0,
         epoch_correct: 0,
+        threshold: None,
         problem: matches!(problem, Problem::TokenClassification | Problem::MultiLabelClassification).then_some(problem),
     };
 
@@ -493,7 +518,7 @@ pub fn train(job: &TrainJob, reporter: &mut dyn Reporter, stop: &CancelToken) ->
                 pending.push(loss.detach().to_dtype(DType::F32)?);
                 if problem == Problem::MultiLabelClassification {
                     // Rows whose every label is right (exact match, the `accuracy` of multi-label).
-                    let right = logits.detach().ge(0f64)?.eq(&b.labels.ge(0.5f64)?)?.to_dtype(DType::F32)?;
+                    let right = logits.detach().ge(train_logit_threshold)?.eq(&b.labels.ge(0.5f64)?)?.to_dtype(DType::F32)?;
                     pending.push(right.min(D::Minus1)?.sum_all()?);
                 } else if problem.has_labels() {
                     pending.push(logits.detach().argmax(D::Minus1)?.eq(&b.labels)?.to_dtype(DType::F32)?.sum_all()?);
@@ -718,7 +743,12 @@ impl Ctx<'_> {
             let epoch = epoch.ceil().max(1.0) as usize;
             return Err(TrainError::NonFinite { what, epoch, step: state.global_step, lr: self.spec.learning_rate });
         }
-        let (mut metrics, _) = metrics_of(&p, self.problem, self.labels)?;
+        let threshold = decide_threshold(&p, self.problem, self.spec.threshold, &self.job.metric)?;
+        let (mut metrics, _) = metrics_of(&p, self.problem, self.labels, threshold)?;
+        if self.problem == Problem::MultiLabelClassification {
+            // What this evaluation's weights predict with: kept with their checkpoint.
+            state.threshold = Some(threshold);
+        }
         let value = metrics.get(&self.job.metric).and_then(Value::as_f64).ok_or_else(|| {
             TrainError::Setup(format!(
                 "the study metric `{}` is not computed for this problem (available: {})",
@@ -863,7 +893,7 @@ pub fn evaluate_test(job: &TestJob) -> Result<Map<String, Value>, TrainError> {
     let opts = ModelOptions { num_labels: state.num_labels, head: HeadKind::for_problem(problem), ..ModelOptions::default() };
     let model = BertClassifier::load(&job.checkpoint, &opts, &device)?;
     let p = predict(&model, &rows, problem, pad_id, &device)?;
-    let (mut m, cm) = metrics_of(&p, problem, &state.labels)?;
+    let (mut m, cm) = metrics_of(&p, problem, &state.labels, state.threshold())?;
     if let Some(cm) = cm {
         m.insert("confusion_matrix".into(), json!(cm));
         m.insert("labels".into(), json!(state.labels));

@@ -154,7 +154,7 @@ fn checkpoint_reloads_to_the_same_predictions() {
     let Finish::Complete { metrics, .. } = train(&j, &mut rep, &CancelToken::new()).unwrap() else { panic!() };
     let ckpt = rep.checkpoints.last().unwrap();
     let p = reload_valid_predictions(ckpt, &j.data);
-    let (m, _) = metrics_of(&p, Problem::Classification, &["neg".to_string(), "pos".to_string()]).unwrap();
+    let (m, _) = metrics_of(&p, Problem::Classification, &["neg".to_string(), "pos".to_string()], 0.5).unwrap();
     assert!((f(&m, "loss") - f(&metrics, "loss")).abs() < 1e-6, "{m:?} vs {metrics:?}");
     // and the test job on that checkpoint gives a confusion matrix over all test rows
     let mut data = j.data.clone();

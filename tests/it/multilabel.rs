@@ -89,6 +89,7 @@ fn a_multi_label_study_trains_tests_exports_and_predicts() {
     assert_eq!(cfg["id2label"], json!({"0": "neg", "1": "place", "2": "pos"}));
     let prov: Value = serde_json::from_str(&std::fs::read_to_string(d.path().join("best/sft_search.json")).unwrap()).unwrap();
     assert_eq!(prov["problem"], json!("multi_label_classification"));
+    assert_eq!((prov["threshold"].clone(), test["threshold"].clone()), (json!(0.5), json!(0.5)), "the default threshold");
 
     // predict on the training file: the label sets come back joined as they were written,
     // each label's probability beside, and the scores are those of the written sets.
@@ -201,6 +202,57 @@ print(json.dumps({"logits": out.logits.tolist(), "loss": out.loss.item(), "probl
 }
 
 #[test]
+fn a_tuned_threshold_is_chosen_on_valid_and_travels_with_the_model() {
+    let d = StudyDir::new();
+    let toy = write_toy_multilabel_task(&d.path().join("toy"), 200, 9).unwrap();
+    // Two epochs at a low rate: the model is unsure, its probabilities sit below 0.5.
+    let study = multilabel_study(&toy.model_dir.display().to_string(), &toy.csv.display().to_string(), 1, "")
+        .replace("epochs = 16", "epochs = 2\nthreshold = \"tuned\"")
+        .replace("low = 1e-3, high = 2e-3", "low = 3e-4, high = 4e-4");
+    d.write("s.toml", &study);
+    let out = d.run(&["run", "s.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let trials = d.trials("s.toml");
+    let history = trials[0]["metrics"]["history"].as_array().expect("history").clone();
+    let tuned: Vec<f64> = history.iter().map(|h| h["metrics"]["threshold"].as_f64().unwrap()).collect();
+    assert!(tuned.iter().all(|t| (0.05..=0.95).contains(t) && (t * 100.0 - (t * 100.0).round()).abs() < 1e-9), "{tuned:?}");
+    let best: Value = serde_json::from_slice(&d.run(&["best", "s.toml", "--format", "json"]).stdout).unwrap();
+    let best_epoch = history.iter().find(|h| h["value"] == best["value"]).expect("the best epoch");
+    let chosen = best_epoch["metrics"]["threshold"].as_f64().unwrap();
+    assert!(chosen != 0.5, "an unsure model wants another threshold than 0.5: {tuned:?}");
+    // The test split is scored with the threshold chosen on valid, and the export keeps it.
+    assert_eq!(best["test"]["threshold"].as_f64(), Some(chosen), "{best}");
+    assert!(d.run(&["export", "s.toml", "--out", "m"]).status.success());
+    let prov: Value = serde_json::from_str(&std::fs::read_to_string(d.path().join("m/sft_search.json")).unwrap()).unwrap();
+    assert_eq!(prov["threshold"].as_f64(), Some(chosen));
+    // predict uses it, and --threshold overrides it.
+    let labels_at = |args: &[&str]| -> Vec<(Vec<f64>, String)> {
+        let mut a = vec!["predict", "--model", "m", "--input", toy.csv.to_str().unwrap(), "-q", "--output", "p.jsonl"];
+        a.extend_from_slice(args);
+        let out = d.run(&a);
+        assert!(out.status.success(), "{}", stderr(&out));
+        std::fs::read_to_string(d.path().join("p.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).unwrap();
+                let p = ["neg", "place", "pos"].iter().map(|n| v[format!("prob_{n}")].as_f64().unwrap()).collect();
+                (p, v["predicted_labels"].as_str().unwrap().to_string())
+            })
+            .collect()
+    };
+    for (args, t) in [(vec![], chosen), (vec!["--threshold", "0.5"], 0.5)] {
+        for (p, got) in labels_at(&args) {
+            let want: Vec<&str> = ["neg", "place", "pos"].iter().zip(&p).filter(|(_, &p)| p >= t).map(|(n, _)| *n).collect();
+            assert_eq!(got, want.join(","), "threshold {t}: {p:?}");
+        }
+    }
+    let out = d.run(&["predict", "--model", "m", "--input", toy.csv.to_str().unwrap(), "--threshold", "1.5"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--threshold 1.5 must be in (0, 1)"), "{}", stderr(&out));
+}
+
+#[test]
 fn multi_label_mistakes_are_named_before_any_trial() {
     let d = StudyDir::new();
     let toy = write_toy_multilabel_task(&d.path().join("toy"), 40, 2).unwrap();
@@ -226,5 +278,20 @@ fn multi_label_mistakes_are_named_before_any_trial() {
         "{}",
         stderr(&out)
     );
+    // A threshold without multi-label; one outside (0, 1).
+    d.write(
+        "s.toml",
+        &single
+            .replace("metric = \"f1_micro\"", "metric = \"accuracy\"")
+            .replace("label_separator = \"|\"", "")
+            .replace("max_length = 16", "max_length = 16\nthreshold = 0.3"),
+    );
+    let out = d.run(&["run", "s.toml"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("`threshold` decides which labels a multi-label model predicts"), "{}", stderr(&out));
+    d.write("s.toml", &multilabel_study(&model, &data, 1, "").replace("max_length = 16", "max_length = 16\nthreshold = 1.0"));
+    let out = d.run(&["run", "s.toml"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("`threshold`") && stderr(&out).contains("must be in (0, 1)"), "{}", stderr(&out));
     assert!(!d.path().join("study.db").exists(), "nothing was recorded");
 }

@@ -1,5 +1,6 @@
 //! Multi-label metrics: each row has a set of labels, the model one probability per label
-//! (a sigmoid), and a label is predicted when its probability is at least 0.5 (logit ≥ 0).
+//! (a sigmoid), and a label is predicted when its probability is at least the threshold (0.5
+//! unless the study sets another, or tunes it on the valid split: [`tune_threshold`]).
 //! The definitions are scikit-learn's for a multi-label indicator matrix, with
 //! `zero_division=0`:
 //! - `accuracy`: exact match, the share of rows whose predicted set is the true set
@@ -38,8 +39,13 @@ pub const MULTI_LABEL_METRICS: [&str; 11] = [
     "roc_auc",
 ];
 
-/// The probability at and above which a label is predicted.
+/// The probability at and above which a label is predicted, unless the study says otherwise.
 pub const THRESHOLD: f64 = 0.5;
+
+/// The thresholds [`tune_threshold`] tries: 0.05, 0.06, …, 0.95.
+pub fn threshold_grid() -> impl Iterator<Item = f64> {
+    (5..=95).map(|i| i as f64 / 100.0)
+}
 
 /// One label's counts over the rows.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,8 +129,9 @@ impl MultiLabelMetrics {
 }
 
 /// The metrics of `probs` (`[n, k]` row-major, each a label's probability) against `truth`
-/// (`n` rows of `k` flags). The loss is from the clipped probabilities.
-pub fn multi_label_metrics(probs: &[f64], k: usize, truth: &[Vec<bool>]) -> Result<MultiLabelMetrics, MetricsError> {
+/// (`n` rows of `k` flags), a label predicted at probability ≥ `threshold`. The loss is from
+/// the clipped probabilities.
+pub fn multi_label_metrics(probs: &[f64], k: usize, truth: &[Vec<bool>], threshold: f64) -> Result<MultiLabelMetrics, MetricsError> {
     check_shape(probs.len(), k, truth)?;
     let eps = 1e-15;
     let loss = mean(truth.iter().flatten().zip(probs).map(|(&y, &p)| {
@@ -135,7 +142,7 @@ pub fn multi_label_metrics(probs: &[f64], k: usize, truth: &[Vec<bool>]) -> Resu
             -(1.0 - p).ln()
         }
     }));
-    score(probs, k, truth, loss)
+    score(probs, k, truth, loss, threshold)
 }
 
 /// The same from logits: probabilities by the sigmoid, the loss exactly
@@ -144,13 +151,38 @@ pub fn multi_label_metrics_from_logits<T: Copy + Into<f64>>(
     logits: &[T],
     k: usize,
     truth: &[Vec<bool>],
+    threshold: f64,
 ) -> Result<MultiLabelMetrics, MetricsError> {
     check_shape(logits.len(), k, truth)?;
     let x: Vec<f64> = logits.iter().map(|&v| v.into()).collect();
     let softplus = |x: f64| x.max(0.0) + (-x.abs()).exp().ln_1p();
     let loss = mean(truth.iter().flatten().zip(&x).map(|(&y, &x)| if y { softplus(-x) } else { softplus(x) }));
     let probs: Vec<f64> = x.iter().map(|&x| sigmoid(x)).collect();
-    score(&probs, k, truth, loss)
+    score(&probs, k, truth, loss, threshold)
+}
+
+/// The threshold of [`threshold_grid`] under which `probs` score best against `truth` on
+/// `metric` (bigger or smaller as the metric is better; among equals the nearest to 0.5). 0.5
+/// for a metric no threshold changes (`loss`, `roc_auc`) or an unknown one.
+pub fn tune_threshold(probs: &[f64], k: usize, truth: &[Vec<bool>], metric: &str) -> Result<f64, MetricsError> {
+    check_shape(probs.len(), k, truth)?;
+    let Some(bigger) = super::greater_is_better(metric) else { return Ok(THRESHOLD) };
+    if matches!(metric, "loss" | "roc_auc") {
+        return Ok(THRESHOLD);
+    }
+    let mut best: Option<(f64, f64)> = None; // (threshold, value)
+    for t in threshold_grid() {
+        let (per_label, exact) = counts_at(probs, k, truth, t);
+        let Some(v) = averages(&per_label, exact, truth.len(), k, 0.0, None).metric_by_name(metric) else { return Ok(THRESHOLD) };
+        let better = match best {
+            None => true,
+            Some((bt, bv)) => (if bigger { v > bv } else { v < bv }) || (v == bv && (t - THRESHOLD).abs() < (bt - THRESHOLD).abs()),
+        };
+        if better {
+            best = Some((t, v));
+        }
+    }
+    Ok(best.map_or(THRESHOLD, |(t, _)| t))
 }
 
 /// The logistic function, stable at both ends.
@@ -181,17 +213,31 @@ fn check_shape(len: usize, k: usize, truth: &[Vec<bool>]) -> Result<(), MetricsE
     Ok(())
 }
 
-fn score(probs: &[f64], k: usize, truth: &[Vec<bool>], loss: f64) -> Result<MultiLabelMetrics, MetricsError> {
+fn score(probs: &[f64], k: usize, truth: &[Vec<bool>], loss: f64, threshold: f64) -> Result<MultiLabelMetrics, MetricsError> {
     if let Some(i) = probs.iter().position(|p| !p.is_finite()) {
         return Err(MetricsError::NonFinite { what: "label probability", row: i / k.max(1) });
     }
     let n = truth.len();
+    let (per_label, exact) = counts_at(probs, k, truth, threshold);
+    let aucs: Vec<f64> = (0..k)
+        .filter_map(|j| {
+            let scores: Vec<f64> = (0..n).map(|i| probs[i * k + j]).collect();
+            let positive: Vec<bool> = truth.iter().map(|t| t[j]).collect();
+            roc_auc_binary(&scores, &positive)
+        })
+        .collect();
+    let roc_auc = (!aucs.is_empty()).then(|| aucs.iter().sum::<f64>() / aucs.len() as f64);
+    Ok(averages(&per_label, exact, n, k, loss, roc_auc))
+}
+
+/// Each label's counts, and the rows predicted exactly, at `threshold`.
+fn counts_at(probs: &[f64], k: usize, truth: &[Vec<bool>], threshold: f64) -> (Vec<LabelCounts>, usize) {
     let mut per_label = vec![LabelCounts::default(); k];
     let mut exact = 0usize;
     for (row, flags) in probs.chunks(k.max(1)).zip(truth) {
         let mut all_right = true;
         for ((&p, &y), c) in row.iter().zip(flags).zip(per_label.iter_mut()) {
-            let pred = p >= THRESHOLD;
+            let pred = p >= threshold;
             match (y, pred) {
                 (true, true) => c.tp += 1,
                 (false, true) => c.fp += 1,
@@ -202,6 +248,11 @@ fn score(probs: &[f64], k: usize, truth: &[Vec<bool>], loss: f64) -> Result<Mult
         }
         exact += usize::from(all_right);
     }
+    (per_label, exact)
+}
+
+/// The averages of the counts (scikit-learn's definitions, module doc).
+fn averages(per_label: &[LabelCounts], exact: usize, n: usize, k: usize, loss: f64, roc_auc: Option<f64>) -> MultiLabelMetrics {
     let pooled = per_label.iter().fold(LabelCounts::default(), |a, c| LabelCounts {
         tp: a.tp + c.tp,
         fp: a.fp + c.fp,
@@ -212,16 +263,9 @@ fn score(probs: &[f64], k: usize, truth: &[Vec<bool>], loss: f64) -> Result<Mult
     let support: u64 = per_label.iter().map(|c| c.tp + c.fn_).sum();
     let f1_weighted =
         if support == 0 { 0.0 } else { per_label.iter().map(|c| c.f1() * (c.tp + c.fn_) as f64).sum::<f64>() / support as f64 };
-    let aucs: Vec<f64> = (0..k)
-        .filter_map(|j| {
-            let scores: Vec<f64> = (0..n).map(|i| probs[i * k + j]).collect();
-            let positive: Vec<bool> = truth.iter().map(|t| t[j]).collect();
-            roc_auc_binary(&scores, &positive)
-        })
-        .collect();
-    Ok(MultiLabelMetrics {
+    MultiLabelMetrics {
         loss,
-        accuracy: exact as f64 / n as f64,
+        accuracy: exact as f64 / n.max(1) as f64,
         hamming_loss: (pooled.fp + pooled.fn_) as f64 / (n * k).max(1) as f64,
         f1_micro: pooled.f1(),
         f1_macro: macro_of(LabelCounts::f1),
@@ -230,9 +274,9 @@ fn score(probs: &[f64], k: usize, truth: &[Vec<bool>], loss: f64) -> Result<Mult
         recall_micro: pooled.recall(),
         precision_macro: macro_of(LabelCounts::precision),
         recall_macro: macro_of(LabelCounts::recall),
-        roc_auc: (!aucs.is_empty()).then(|| aucs.iter().sum::<f64>() / aucs.len() as f64),
-        per_label,
-    })
+        roc_auc,
+        per_label: per_label.to_vec(),
+    }
 }
 
 #[cfg(test)]
@@ -265,7 +309,7 @@ mod tests {
     #[test]
     fn matches_hand_computed_scikit_learn_definitions() {
         let (p, y) = case();
-        let m = multi_label_metrics(&p, 3, &y).unwrap();
+        let m = multi_label_metrics(&p, 3, &y, THRESHOLD).unwrap();
         let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
         assert!(close(m.accuracy, 0.5));
         assert!(close(m.hamming_loss, 2.0 / 12.0));
@@ -285,12 +329,12 @@ mod tests {
     fn logits_give_the_same_scores_and_the_exact_loss() {
         let (p, y) = case();
         let logits: Vec<f64> = p.iter().map(|&p| (p / (1.0 - p)).ln()).collect();
-        let a = multi_label_metrics(&p, 3, &y).unwrap();
-        let b = multi_label_metrics_from_logits(&logits, 3, &y).unwrap();
+        let a = multi_label_metrics(&p, 3, &y, THRESHOLD).unwrap();
+        let b = multi_label_metrics_from_logits(&logits, 3, &y, THRESHOLD).unwrap();
         assert!((a.loss - b.loss).abs() < 1e-12, "{} vs {}", a.loss, b.loss);
         assert_eq!((a.accuracy, a.f1_micro, a.f1_macro), (b.accuracy, b.f1_micro, b.f1_macro));
         // A far logit on the wrong side: the exact loss is the logit itself, not a clip.
-        let far = multi_label_metrics_from_logits(&[-80.0f64], 1, &[vec![true]]).unwrap();
+        let far = multi_label_metrics_from_logits(&[-80.0f64], 1, &[vec![true]], THRESHOLD).unwrap();
         assert!((far.loss - 80.0).abs() < 1e-9, "{}", far.loss);
     }
 
@@ -298,11 +342,28 @@ mod tests {
     fn undefined_and_bad_inputs() {
         // Every row has the one label: no negatives, so no AUC; a label never true or
         // predicted scores 0 in the macro average (zero_division = 0).
-        let m = multi_label_metrics(&[0.9, 0.1, 0.8, 0.2], 2, &[vec![true, false], vec![true, false]]).unwrap();
+        let m = multi_label_metrics(&[0.9, 0.1, 0.8, 0.2], 2, &[vec![true, false], vec![true, false]], THRESHOLD).unwrap();
         assert_eq!(m.roc_auc, None);
         assert_eq!((m.f1_micro, m.f1_macro, m.accuracy), (1.0, 0.5, 1.0));
-        assert_eq!(multi_label_metrics(&[], 2, &[]), Err(MetricsError::Empty));
-        assert!(matches!(multi_label_metrics(&[0.5], 2, &[vec![true, false]]), Err(MetricsError::Length { .. })));
-        assert!(matches!(multi_label_metrics(&[f64::NAN, 0.1], 2, &[vec![true, false]]), Err(MetricsError::NonFinite { .. })));
+        assert_eq!(multi_label_metrics(&[], 2, &[], THRESHOLD), Err(MetricsError::Empty));
+        assert!(matches!(multi_label_metrics(&[0.5], 2, &[vec![true, false]], THRESHOLD), Err(MetricsError::Length { .. })));
+        assert!(matches!(multi_label_metrics(&[f64::NAN, 0.1], 2, &[vec![true, false]], THRESHOLD), Err(MetricsError::NonFinite { .. })));
+    }
+
+    #[test]
+    fn a_tuned_threshold_is_the_best_of_the_grid_on_the_metric() {
+        // Positives at 0.3 and 0.35, negatives at 0.1 and 0.2: every threshold in (0.2, 0.3]
+        // is perfect on F1; the one nearest 0.5 among them is 0.3.
+        let probs = [0.3, 0.1, 0.35, 0.2];
+        let truth = [vec![true], vec![false], vec![true], vec![false]];
+        assert_eq!(tune_threshold(&probs, 1, &truth, "f1_micro").unwrap(), 0.3);
+        let at = multi_label_metrics(&probs, 1, &truth, 0.3).unwrap();
+        assert_eq!((at.f1_micro, at.accuracy, at.hamming_loss), (1.0, 1.0, 0.0));
+        let at_half = multi_label_metrics(&probs, 1, &truth, THRESHOLD).unwrap();
+        assert_eq!(at_half.f1_micro, 0.0, "nothing reaches 0.5");
+        // Minimised metrics pick the smallest; threshold-free metrics keep 0.5.
+        assert_eq!(tune_threshold(&probs, 1, &truth, "hamming_loss").unwrap(), 0.3);
+        assert_eq!(tune_threshold(&probs, 1, &truth, "roc_auc").unwrap(), THRESHOLD);
+        assert_eq!(tune_threshold(&probs, 1, &truth, "loss").unwrap(), THRESHOLD);
     }
 }
