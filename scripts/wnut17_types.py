@@ -16,21 +16,7 @@ import collections
 import json
 import os
 
-
-def read_conll(path):
-    sents, words, tags = [], [], []
-    for line in open(path, encoding="utf-8"):
-        f = line.split()
-        if not f or f[0] == "-DOCSTART-":
-            if words:
-                sents.append((words, tags))
-                words, tags = [], []
-            continue
-        words.append(f[0])
-        tags.append(f[-1])
-    if words:
-        sents.append((words, tags))
-    return sents
+from wnut17_reference import read_conll  # scripts/ is on the path when this runs as a script
 
 
 def main():

@@ -277,21 +277,22 @@ pub fn load_dataset(section: &DataSection) -> Result<Dataset, DataError> {
     let to_examples = |path: &Path, rows: &[read::RawRow]| -> Result<Vec<Example>, DataError> {
         rows.iter()
             .map(|r| {
+                let not_in_set = |raw: &str| DataError::LabelNotInSet {
+                    path: path.to_path_buf(),
+                    line: r.line,
+                    row: r.row,
+                    column: section.label_column.clone(),
+                    label: raw.to_string(),
+                    allowed: labels.id2label.clone().into(),
+                    origin: origin.as_str().into(),
+                };
                 if section.problem == Problem::MultiLabelClassification {
                     // An empty cell is a row with none of the labels.
                     let names = read::label_list(r.label.as_deref().unwrap_or(""), section.label_separator())
                         .map_err(|message| DataError::Parse { path: path.to_path_buf(), line: r.line, message })?;
                     let mut flags = vec![false; labels.len()];
                     for n in names {
-                        let id = labels.tag_id(&n, section.labels.is_some()).ok_or_else(|| DataError::LabelNotInSet {
-                            path: path.to_path_buf(),
-                            line: r.line,
-                            row: r.row,
-                            column: section.label_column.clone(),
-                            label: n.clone(),
-                            allowed: labels.id2label.clone().into(),
-                            origin: origin.as_str().into(),
-                        })?;
+                        let id = labels.tag_id(&n, section.labels.is_some()).ok_or_else(|| not_in_set(&n))?;
                         flags[id as usize] = true;
                     }
                     return Ok(Example { text: r.text.clone(), text_pair: r.text_pair.clone(), label: Target::Labels(flags) });
@@ -302,15 +303,6 @@ pub fn load_dataset(section: &DataSection) -> Result<Dataset, DataError> {
                     row: r.row,
                     column: section.label_column.clone(),
                 })?;
-                let not_in_set = |raw: &str| DataError::LabelNotInSet {
-                    path: path.to_path_buf(),
-                    line: r.line,
-                    row: r.row,
-                    column: section.label_column.clone(),
-                    label: raw.to_string(),
-                    allowed: labels.id2label.clone().into(),
-                    origin: origin.as_str().into(),
-                };
                 let label = match section.problem {
                     Problem::TokenClassification => {
                         // A CoNLL sentence has a line per word; a JSON Lines one is one line.
