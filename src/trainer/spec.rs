@@ -88,11 +88,39 @@ pub enum ClassWeights {
 /// fixed number in (0, 1), or `"tuned"`: at every evaluation, the one of 0.05, 0.06, …, 0.95
 /// under which the valid split scores best on the study's metric (the nearest to 0.5 among
 /// equals). The test split never chooses it.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Threshold {
     Fixed(f64),
     Tuned(TunedWord),
+}
+
+impl<'de> Deserialize<'de> for Threshold {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Threshold;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number in (0, 1) or \"tuned\"")
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Threshold, E> {
+                Ok(Threshold::Fixed(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Threshold, E> {
+                Ok(Threshold::Fixed(v as f64))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Threshold, E> {
+                Ok(Threshold::Fixed(v as f64))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Threshold, E> {
+                match v {
+                    "tuned" => Ok(Threshold::Tuned(TunedWord::Tuned)),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(v), &self)),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// The word `"tuned"` of [`Threshold::Tuned`].
@@ -671,6 +699,8 @@ mod tests {
             let e = TrainSpec::from_params(&fixed, &ParamSet::new()).unwrap_err();
             assert!(e.to_string().contains("`threshold`") && e.to_string().contains("(0, 1)"), "{bad}: {e}");
         }
+        let e = toml::from_str::<TrainSection>("threshold = \"best\"").unwrap_err();
+        assert!(e.to_string().contains("a number in (0, 1) or \"tuned\""), "{e}");
         let e = TrainSpec::from_params(&TrainSection::default(), &params(&[("threshold", ParamValue::Str("best".into()))])).unwrap_err();
         assert!(e.to_string().contains("\"tuned\""), "{e}");
         // The spec round-trips (a number, or the word), and one written before the option reads 0.5.
