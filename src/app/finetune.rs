@@ -131,36 +131,19 @@ pub fn build(cfg: &StudyConfig, quiet: bool) -> anyhow::Result<FinetuneRunner> {
             Problem::TokenClassification => {
                 let counts = dataset.class_counts(&dataset.train);
                 let words: usize = counts.iter().sum();
-                let mut shares: Vec<(usize, String)> = dataset
-                    .labels
-                    .id2label
-                    .iter()
-                    .zip(&counts)
-                    .map(|(name, &n)| (n, format!("{name} {:.1}%", 100.0 * n as f64 / words.max(1) as f64)))
-                    .collect();
-                shares.sort_by_key(|s| std::cmp::Reverse(s.0));
-                let shown: Vec<String> = shares.into_iter().take(12).map(|(_, s)| s).collect();
-                format!("{words} train words, {} tags (share of train words): {}", dataset.num_labels(), shown.join(", "))
+                let shown = top_shares(&dataset.labels.id2label, &counts, words);
+                format!("{words} train words, {} tags (share of train words): {shown}", dataset.num_labels())
             }
             Problem::MultiLabelClassification => {
                 let counts = dataset.class_counts(&dataset.train);
                 let rows = dataset.train.len().max(1) as f64;
                 let none = dataset.train.iter().filter(|e| e.label.label_ids().is_empty()).count();
-                let mut shares: Vec<(usize, String)> = dataset
-                    .labels
-                    .id2label
-                    .iter()
-                    .zip(&counts)
-                    .map(|(name, &n)| (n, format!("{name} {:.1}%", 100.0 * n as f64 / rows)))
-                    .collect();
-                shares.sort_by_key(|s| std::cmp::Reverse(s.0));
-                let shown: Vec<String> = shares.into_iter().take(12).map(|(_, s)| s).collect();
                 format!(
                     "{} labels, {:.2} per train row, {:.1}% of rows with none (share of train rows with each): {}",
                     dataset.num_labels(),
                     counts.iter().sum::<usize>() as f64 / rows,
                     100.0 * none as f64 / rows,
-                    shown.join(", ")
+                    top_shares(&dataset.labels.id2label, &counts, dataset.train.len())
                 )
             }
             Problem::Regression => {
@@ -235,4 +218,13 @@ fn report_lengths(cfg: &StudyConfig, model_dir: &std::path::Path, train: &[crate
             pct(long)
         );
     }
+}
+
+/// The `data:` line's shares: each name's count over `total` (one decimal), biggest first, the
+/// first twelve.
+fn top_shares(names: &[String], counts: &[usize], total: usize) -> String {
+    let mut shares: Vec<(usize, String)> =
+        names.iter().zip(counts).map(|(name, &n)| (n, format!("{name} {:.1}%", 100.0 * n as f64 / total.max(1) as f64))).collect();
+    shares.sort_by_key(|s| std::cmp::Reverse(s.0));
+    shares.into_iter().take(12).map(|(_, s)| s).collect::<Vec<_>>().join(", ")
 }

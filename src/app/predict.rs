@@ -1,8 +1,8 @@
 //! `sft-search predict`: batch inference with a Hugging Face classification folder over a
 //! CSV/TSV/JSONL file; writes the input columns plus `predicted_label` and one
-//! `prob_<label>` column per class (multi-label: `predicted_labels`, the labels of
-//! probability ≥ 0.5 joined by the study's separator, and each label's own probability;
-//! regression: `prediction`), to a file or stdout.
+//! `prob_<label>` column per class (multi-label: `predicted_labels`, the labels whose
+//! probability reaches the study's threshold, joined by its separator, and each label's own
+//! probability; regression: `prediction`), to a file or stdout.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -35,7 +35,7 @@ struct TrainedColumns {
     pair: Option<String>,
     /// Absent from exports made before it was recorded.
     label: Option<String>,
-    /// Multi-label: what separates a row's labels (`None`: the default `,`).
+    /// Multi-label: what separates a row's labels (`None`: the default).
     separator: Option<String>,
     /// Multi-label: the decision threshold the study chose.
     threshold: Option<f64>,
@@ -145,7 +145,10 @@ pub fn run(args: &PredictArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     pb.finish_and_clear();
     let logits = logits.context("running the model")?;
 
-    let separator = trained.as_ref().and_then(|t| t.separator.clone()).unwrap_or_else(|| ",".to_string());
+    let separator = trained
+        .as_ref()
+        .and_then(|t| t.separator.clone())
+        .unwrap_or_else(|| crate::trainer::data::config::DEFAULT_LABEL_SEPARATOR.to_string());
     let threshold = args.threshold.or(trained.as_ref().and_then(|t| t.threshold)).unwrap_or(THRESHOLD);
     if !(threshold > 0.0 && threshold < 1.0) {
         return Err(usage(format!("--threshold {threshold} must be in (0, 1)")));

@@ -98,6 +98,9 @@ pub struct DataSection {
     pub label_separator: Option<String>,
 }
 
+/// What separates a multi-label cell's labels when `label_separator` is not set.
+pub const DEFAULT_LABEL_SEPARATOR: &str = ",";
+
 pub(crate) fn default_text_column() -> String {
     "text".into()
 }
@@ -229,7 +232,7 @@ impl DataSection {
 
     /// What separates the labels of a multi-label cell (`label_separator`, default `,`).
     pub fn label_separator(&self) -> &str {
-        self.label_separator.as_deref().unwrap_or(",")
+        self.label_separator.as_deref().unwrap_or(DEFAULT_LABEL_SEPARATOR)
     }
 
     /// How the main file is divided, after the `valid_path`/`test_path` rules (module doc).
