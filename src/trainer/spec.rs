@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::space::{ParamSet, ParamValue};
+use crate::trainer::metrics::multilabel::THRESHOLD as DEFAULT_THRESHOLD;
 
 /// Classification (cross-entropy) or regression (one output, MSE); `[model] problem`
 /// overrides `[data] problem` when given.
@@ -132,7 +133,7 @@ pub enum TunedWord {
 
 impl Default for Threshold {
     fn default() -> Self {
-        Threshold::Fixed(0.5)
+        Threshold::Fixed(DEFAULT_THRESHOLD)
     }
 }
 
@@ -142,7 +143,7 @@ impl Threshold {
     pub fn fixed_or_half(self) -> f64 {
         match self {
             Threshold::Fixed(t) => t,
-            Threshold::Tuned(_) => 0.5,
+            Threshold::Tuned(_) => DEFAULT_THRESHOLD,
         }
     }
 }

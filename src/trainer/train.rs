@@ -249,6 +249,13 @@ pub fn predict(
     Ok(Predictions { outputs, targets, tags, label_sets, loss: loss_sum / scored.max(1) as f64 })
 }
 
+impl Predictions {
+    /// Every row's outputs one after another, in f64 (`[n, k]` row-major).
+    fn flat_outputs(&self) -> Vec<f64> {
+        self.outputs.iter().flatten().map(|&x| x as f64).collect()
+    }
+}
+
 /// Counts `[true label][predicted label]`.
 pub type ConfusionMatrix = Vec<Vec<u64>>;
 
@@ -288,8 +295,7 @@ pub fn metrics_of(
             (m, Some(cm))
         }
         Problem::MultiLabelClassification => {
-            let probs: Vec<f64> = p.outputs.iter().flatten().map(|&x| x as f64).collect();
-            let mut m = metrics::multi_label_metrics(&probs, num_labels, &p.label_sets, threshold)?.to_map(labels);
+            let mut m = metrics::multi_label_metrics(&p.flat_outputs(), num_labels, &p.label_sets, threshold)?.to_map(labels);
             m.insert("loss".into(), p.loss);
             m.insert("threshold".into(), threshold);
             (m, None)
@@ -309,8 +315,7 @@ pub fn decide_threshold(p: &Predictions, problem: Problem, policy: Threshold, me
     match (problem, policy) {
         (Problem::MultiLabelClassification, Threshold::Tuned(_)) => {
             let k = p.outputs.first().map_or(0, Vec::len);
-            let probs: Vec<f64> = p.outputs.iter().flatten().map(|&x| x as f64).collect();
-            Ok(metrics::multilabel::tune_threshold(&probs, k, &p.label_sets, metric)?)
+            Ok(metrics::multilabel::tune_threshold(&p.flat_outputs(), k, &p.label_sets, metric)?)
         }
         (Problem::MultiLabelClassification, Threshold::Fixed(t)) => Ok(t),
         _ => Ok(metrics::multilabel::THRESHOLD),

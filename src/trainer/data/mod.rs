@@ -286,24 +286,26 @@ pub fn load_dataset(section: &DataSection) -> Result<Dataset, DataError> {
                     allowed: labels.id2label.clone().into(),
                     origin: origin.as_str().into(),
                 };
-                if section.problem == Problem::MultiLabelClassification {
-                    // An empty cell is a row with none of the labels.
-                    let names = read::label_list(r.label.as_deref().unwrap_or(""), section.label_separator())
-                        .map_err(|message| DataError::Parse { path: path.to_path_buf(), line: r.line, message })?;
-                    let mut flags = vec![false; labels.len()];
-                    for n in names {
-                        let id = labels.tag_id(&n, section.labels.is_some()).ok_or_else(|| not_in_set(&n))?;
-                        flags[id as usize] = true;
-                    }
-                    return Ok(Example { text: r.text.clone(), text_pair: r.text_pair.clone(), label: Target::Labels(flags) });
-                }
-                let raw = r.label.as_deref().ok_or_else(|| DataError::MissingValue {
-                    path: path.to_path_buf(),
-                    line: r.line,
-                    row: r.row,
-                    column: section.label_column.clone(),
-                })?;
+                // The label cell; only multi-label reads an empty one (as a row with no label).
+                let raw = || {
+                    r.label.as_deref().ok_or_else(|| DataError::MissingValue {
+                        path: path.to_path_buf(),
+                        line: r.line,
+                        row: r.row,
+                        column: section.label_column.clone(),
+                    })
+                };
                 let label = match section.problem {
+                    Problem::MultiLabelClassification => {
+                        let names = read::label_list(r.label.as_deref().unwrap_or(""), section.label_separator())
+                            .map_err(|message| DataError::Parse { path: path.to_path_buf(), line: r.line, message })?;
+                        let mut flags = vec![false; labels.len()];
+                        for n in names {
+                            let id = labels.tag_id(&n, section.labels.is_some()).ok_or_else(|| not_in_set(&n))?;
+                            flags[id as usize] = true;
+                        }
+                        Target::Labels(flags)
+                    }
                     Problem::TokenClassification => {
                         // A CoNLL sentence has a line per word; a JSON Lines one is one line.
                         let per_word = read::is_conll(path);
@@ -319,24 +321,27 @@ pub fn load_dataset(section: &DataSection) -> Result<Dataset, DataError> {
                                 origin: origin.as_str().into(),
                             })
                         };
-                        Target::Tags(raw.split(' ').zip(r.text.split(' ')).enumerate().map(tag).collect::<Result<_, _>>()?)
+                        Target::Tags(raw()?.split(' ').zip(r.text.split(' ')).enumerate().map(tag).collect::<Result<_, _>>()?)
                     }
-                    // (Multi-label rows were read above.)
-                    Problem::Classification | Problem::MultiLabelClassification => {
+                    Problem::Classification => {
+                        let raw = raw()?;
                         Target::Class(labels.id(raw).ok_or_else(|| not_in_set(raw))?)
                     }
-                    Problem::Regression => match raw.trim().parse::<f32>() {
-                        Ok(v) if v.is_finite() => Target::Value(v),
-                        _ => {
-                            return Err(DataError::BadTarget {
-                                path: path.to_path_buf(),
-                                line: r.line,
-                                row: r.row,
-                                column: section.label_column.clone(),
-                                value: raw.to_string(),
-                            })
+                    Problem::Regression => {
+                        let raw = raw()?;
+                        match raw.trim().parse::<f32>() {
+                            Ok(v) if v.is_finite() => Target::Value(v),
+                            _ => {
+                                return Err(DataError::BadTarget {
+                                    path: path.to_path_buf(),
+                                    line: r.line,
+                                    row: r.row,
+                                    column: section.label_column.clone(),
+                                    value: raw.to_string(),
+                                })
+                            }
                         }
-                    },
+                    }
                 };
                 Ok(Example { text: r.text.clone(), text_pair: r.text_pair.clone(), label })
             })
