@@ -31,6 +31,10 @@ pub enum Command {
     Best(BestArgs),
     /// Queue a trial with given parameters (the sampler chooses any left out when it starts); it runs before any sampled one.
     Enqueue(EnqueueArgs),
+    /// Hand the next trial to your own program: the sampler's parameters, recorded as RUNNING (JSON on stdout).
+    Ask(AskArgs),
+    /// Report an asked trial's intermediate value (the pruner answers) or end it with its result.
+    Tell(TellArgs),
     /// Write the study's plots (history, parallel coordinates, slices, contour, importance,
     /// learning curves, train vs valid loss, device timeline, confusion matrix), one file each.
     Plot(PlotArgs),
@@ -123,6 +127,62 @@ pub struct EnqueueArgs {
     /// `name=value`, once per parameter to hold; parameters left out are the sampler's to choose.
     #[arg(long = "param", required = true)]
     pub params: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct AskArgs {
+    /// The study file (TOML).
+    pub study: PathBuf,
+    /// Override `[study] n_trials`: no trial is handed out once this many are done, or done
+    /// and running.
+    #[arg(long)]
+    pub n_trials: Option<u64>,
+    /// What `trials` and the report show as the trial's device.
+    #[arg(long, default_value = "external")]
+    pub device: String,
+    /// Accept a search space that differs from the one the study was created with.
+    #[arg(long)]
+    pub allow_space_change: bool,
+    #[arg(long, value_enum, default_value = "json")]
+    pub format: TextOrJson,
+}
+
+/// How `tell` ends a trial.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum ToldState {
+    Complete,
+    Pruned,
+    Fail,
+}
+
+#[derive(Debug, Args)]
+pub struct TellArgs {
+    /// The study file (TOML).
+    pub study: PathBuf,
+    /// The trial's number, as `ask` printed it.
+    #[arg(long)]
+    pub trial: u64,
+    /// The trial's result (the study's metric); with `--step`, an intermediate value.
+    #[arg(long, allow_negative_numbers = true)]
+    pub value: Option<f64>,
+    /// Report `--value` as the intermediate value at this step (an epoch, say): the trial
+    /// stays RUNNING unless the study's pruner stops it.
+    #[arg(long)]
+    pub step: Option<i64>,
+    /// How the trial ended (default: complete when `--value` is given).
+    #[arg(long, value_enum)]
+    pub state: Option<ToldState>,
+    /// Why the trial failed (with `--state fail`).
+    #[arg(long)]
+    pub error: Option<String>,
+    /// `name=value`: a metric measured beside the value (any number of times).
+    #[arg(long = "metric")]
+    pub metrics: Vec<String>,
+    /// Exit 0 without a change when the trial has already ended (a retried job telling twice).
+    #[arg(long)]
+    pub skip_if_finished: bool,
+    #[arg(long, value_enum, default_value = "json")]
+    pub format: TextOrJson,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]

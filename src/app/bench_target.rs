@@ -71,6 +71,14 @@ impl Target {
                 ))
                 .into())
             }
+            ObjectiveConfig::External => {
+                return Err(UsageError(format!(
+                    "{}: `bench sampler --study` runs synthetic and command objectives; an external objective's trials are \
+                     evaluated by your own program (`sft-search ask` / `tell`)",
+                    path.display()
+                ))
+                .into())
+            }
         };
         let optimum = optimum.or(match evaluator {
             Evaluator::Builtin(f) if cfg.direction == Direction::Minimize => Some(f.optimum()),

@@ -2,6 +2,7 @@
 //! runners and reports together. One file per subcommand; each converts its arguments and
 //! calls the library. Errors carry context here (anyhow); library layers use thiserror.
 
+pub mod ask;
 pub mod bench_kernels;
 pub mod bench_pruning;
 pub mod bench_sampler;
@@ -19,6 +20,7 @@ pub mod predict_tokens;
 pub mod report;
 pub mod run;
 pub mod status;
+pub mod tell;
 pub mod trials;
 pub mod worker;
 
@@ -102,6 +104,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Trials(args) => trials::run(&args),
         Command::Best(args) => best::run(&args),
         Command::Enqueue(args) => enqueue::run(&args, quiet),
+        Command::Ask(args) => ask::run(&args, quiet),
+        Command::Tell(args) => tell::run(&args, quiet),
         Command::Plot(args) => plot::run(&args, quiet),
         Command::Report(args) => report::run(&args, quiet),
         Command::Bench(BenchCommand::Sampler(args)) => bench_sampler::run(&args),

@@ -54,7 +54,18 @@ pub fn build_runner(cfg: &StudyConfig, quiet: bool) -> anyhow::Result<Box<dyn Tr
             Box::new(CommandRunner { argv: argv.clone(), cwd: cwd.clone(), trial_timeout: cfg.execution.trial_timeout })
         }
         ObjectiveConfig::Finetune => Box::new(with_trial_timeout(cfg, super::finetune::build(cfg, quiet)?)),
+        ObjectiveConfig::External => return Err(UsageError(external_objective(cfg)).into()),
     })
+}
+
+/// Why `run` has nothing to run for a study whose trials the user's program evaluates.
+pub fn external_objective(cfg: &StudyConfig) -> String {
+    format!(
+        "{}: study `{}` has `[objective] kind = \"external\"`: its trials are run by your own program, which gets each \
+         one with `sft-search ask` and reports its result with `sft-search tell` (README, Ask and tell)",
+        cfg.path.display(),
+        cfg.name
+    )
 }
 
 /// The fine-tuning runner that runs trials: `[execution] trial_timeout` kills a silent worker
@@ -71,7 +82,7 @@ fn with_trial_timeout(cfg: &StudyConfig, mut runner: crate::trainer::runner::Fin
 /// (`inputs`: their fingerprints), since their values would not compare, unless allowed;
 /// then keeps the study file and fingerprints as they are now with the study (what `export`,
 /// `report` and the next check read).
-fn check_setup(
+pub(crate) fn check_setup(
     cfg: &StudyConfig,
     store: &Store,
     study: &crate::storage::StudyInfo,
@@ -176,6 +187,9 @@ pub fn run(args: &RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
             return Err(UsageError("--trials-per-device must be at least 1".into()).into());
         }
         cfg.execution.trials_per_device = k;
+    }
+    if cfg.objective == ObjectiveConfig::External {
+        return Err(UsageError(external_objective(&cfg)).into());
     }
     // A fine-tuning study on a GPU needs a CUDA build: say so before anything is recorded,
     // rather than fail every trial. (A `command` objective runs its own program, which may

@@ -54,8 +54,10 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
     let running: Vec<_> = trials.iter().filter(|t| t.state == TrialState::Running).collect();
     // A running trial whose process is gone (killed, crashed) stays RUNNING in the store
     // until the next `run` of the study marks it interrupted and retries it.
-    let orphaned: Vec<bool> =
-        running.iter().map(|t| open.store.trial_owner(t.id).map(|o| o.is_some_and(|o| o.is_dead_here()))).collect::<Result<_, _>>()?;
+    let owners: Vec<Option<crate::storage::Owner>> = running.iter().map(|t| open.store.trial_owner(t.id)).collect::<Result<_, _>>()?;
+    let orphaned: Vec<bool> = owners.iter().map(|o| o.as_ref().is_some_and(|o| o.is_dead_here())).collect();
+    // Trials handed out by `ask`: the user's program runs them and ends them with `tell`.
+    let asked: Vec<bool> = owners.iter().map(|o| o.as_ref().is_some_and(|o| o.asked)).collect();
     let metric = open.study.user_attrs.get("sft:metric").and_then(|m| m.as_str()).unwrap_or("value").to_string();
 
     if args.format == TextOrJson::Json {
@@ -66,9 +68,10 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
             "metric": metric,
             "counts": TrialState::ALL.iter().map(|s| (s.as_str().to_string(), json!(count(*s)))).collect::<serde_json::Map<_, _>>(),
             "best": best.map(|b| json!({"number": b.number, "value": b.value, "params": b.params.iter().map(|(k, v)| (k.clone(), v.to_json())).collect::<serde_json::Map<_, _>>()})),
-            "running": running.iter().zip(&orphaned).map(|(t, orphaned)| json!({
+            "running": running.iter().zip(&orphaned).zip(&asked).map(|((t, orphaned), asked)| json!({
                 "number": t.number,
                 "orphaned": orphaned,
+                "asked": asked,
                 "device": t.device,
                 "elapsed_s": t.started_at.as_deref().and_then(|s| seconds_between(s, &now)),
                 "last_intermediate": t.last_intermediate(),
@@ -103,7 +106,7 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
     }
     if !running.is_empty() {
         s.push_str("running:\n");
-        for (t, orphaned) in running.iter().zip(&orphaned) {
+        for ((t, orphaned), asked) in running.iter().zip(&orphaned).zip(&asked) {
             let elapsed = t.started_at.as_deref().and_then(|st| seconds_between(st, &now)).map(|e| format!("{e:.0}s")).unwrap_or_default();
             // The last intermediate value, at the step the trial reported it (an epoch, or
             // the optimizer step with `eval_steps`), apart from the training progress.
@@ -111,7 +114,13 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {
                 .last_intermediate()
                 .map(|(k, v)| format!(", last {metric} {} (reported at step {k})", format_value(v)))
                 .unwrap_or_default();
-            let gone = if *orphaned { " — its process is gone (interrupted); the next `run` retries it" } else { "" };
+            let gone = if *orphaned {
+                " — its process is gone (interrupted); the next `run` retries it"
+            } else if *asked {
+                " — asked: your program runs it and ends it with `sft-search tell`"
+            } else {
+                ""
+            };
             s.push_str(&format!(
                 "  {:<7} trial {} for {elapsed}{last}{}{gone}\n",
                 t.device.as_deref().unwrap_or("?"),

@@ -165,6 +165,9 @@ pub enum ObjectiveConfig {
     },
     /// Candle fine-tuning; its settings are in `StudyConfig::{model, data, train}`.
     Finetune,
+    /// Evaluated by the user's own program, which asks for trials (`sft-search ask`) and
+    /// reports their results (`sft-search tell`); `run` has nothing to run.
+    External,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -496,11 +499,12 @@ fn resolve(src: &Source, f: StudyFile, dir: PathBuf) -> Result<StudyConfig, Conf
             ObjectiveConfig::Command { argv, cwd }
         }
         "finetune" => ObjectiveConfig::Finetune,
+        "external" => ObjectiveConfig::External,
         other => {
             return Err(src.error_at(
                 f.objective.kind.span(),
                 Some("objective.kind".into()),
-                format!("unknown objective kind `{other}` (expected synthetic, command or finetune)"),
+                format!("unknown objective kind `{other}` (expected synthetic, command, finetune or external)"),
             ))
         }
     };

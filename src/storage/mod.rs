@@ -57,20 +57,30 @@ pub struct Owner {
     pub start: Option<u64>,
     /// Our row in `sft_workers`.
     pub worker_id: Option<i64>,
+    /// Handed out by `sft-search ask`: the user's program runs the trial and ends it with
+    /// `sft-search tell`, so the asking process exiting (and the missing heartbeats) say
+    /// nothing about it; it is never taken for an orphan.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub asked: bool,
 }
 
 impl Owner {
     /// This process.
     pub fn current() -> Owner {
         let pid = std::process::id();
-        Owner { host: hostname(), pid, start: process_start(pid), worker_id: None }
+        Owner { host: hostname(), pid, start: process_start(pid), worker_id: None, asked: false }
+    }
+
+    /// This process, handing out a trial that the user's program runs (`sft-search ask`).
+    pub fn asking() -> Owner {
+        Owner { asked: true, ..Owner::current() }
     }
 
     /// Whether the owner is known to be gone: it ran on this host and its process no longer
     /// exists (or the pid now belongs to another process). Owners on other hosts are judged
-    /// by heartbeat age instead.
+    /// by heartbeat age instead; an asked trial's owner is never gone.
     pub fn is_dead_here(&self) -> bool {
-        if self.host != hostname() {
+        if self.asked || self.host != hostname() {
             return false;
         }
         // SAFETY: signal 0 only checks that the process exists.
@@ -96,6 +106,7 @@ fn owner_gone(conn: &Connection, t: &TrialRecord, now: chrono::NaiveDateTime, he
     let silent_for = last_sign.map(|l| (now - l).to_std().unwrap_or_default());
     let stale = silent_for.is_none_or(|s| s > heartbeat_timeout);
     Ok(match &owner {
+        Some(o) if o.asked => false,
         Some(o) => o.is_dead_here() || stale,
         None => stale,
     })
@@ -240,7 +251,7 @@ impl WorkerRow {
     /// exists (a worker on another host is judged by `last_seen`).
     pub fn is_gone(&self) -> bool {
         let Ok(pid) = u32::try_from(self.pid) else { return false };
-        Owner { host: self.host.clone(), pid, start: None, worker_id: Some(self.id) }.is_dead_here()
+        Owner { host: self.host.clone(), pid, start: None, worker_id: Some(self.id), asked: false }.is_dead_here()
     }
 }
 

@@ -241,7 +241,7 @@ fn orphans_of_dead_owners_are_failed_and_retried() {
     let mut child = std::process::Command::new("true").spawn().unwrap();
     let dead_pid = child.id();
     child.wait().unwrap();
-    let dead = Owner { host: hostname(), pid: dead_pid, start: None, worker_id: None };
+    let dead = Owner { host: hostname(), pid: dead_pid, start: None, worker_id: None, asked: false };
     let Claim::Trial(a) = store
         .claim_next::<NoErr>(study.id, &space(), Budget { n_trials: None }, &dead, "cuda:1", |_, _, _| Ok(Some(p.clone())))
         .unwrap()
@@ -258,7 +258,7 @@ fn orphans_of_dead_owners_are_failed_and_retried() {
     assert_eq!(trials[1].state, TrialState::Running);
     assert_eq!((trials[2].state, trials[2].retry_of, &trials[2].params), (TrialState::Waiting, Some(0), &p));
     // A silent owner on another host is judged by heartbeat age.
-    let remote = Owner { host: "elsewhere".into(), pid: 1, start: None, worker_id: None };
+    let remote = Owner { host: "elsewhere".into(), pid: 1, start: None, worker_id: None, asked: false };
     store
         .conn
         .execute(
@@ -270,6 +270,31 @@ fn orphans_of_dead_owners_are_failed_and_retried() {
     store.conn.execute("UPDATE trial_heartbeats SET heartbeat = '2000-01-01 00:00:00.000000' WHERE trial_id = ?1", [b.id]).unwrap();
     let rec = store.recover_orphans(study.id, Duration::from_secs(3600), 0).unwrap();
     assert_eq!(rec, vec![Recovered { number: b.number, retry: None }]);
+}
+
+#[test]
+fn an_asked_trial_is_never_an_orphan() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, study) = open_study(&dir.path().join("a.db"));
+    let p = point(1e-4, ParamValue::Int(16), 3);
+    // Asked by a process that has exited, with no heartbeat ever: the user's program runs it.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = child.id();
+    child.wait().unwrap();
+    let asked = Owner { host: hostname(), pid: dead_pid, start: None, worker_id: None, asked: true };
+    assert!(!asked.is_dead_here());
+    let Claim::Trial(a) = store
+        .claim_next::<NoErr>(study.id, &space(), Budget { n_trials: None }, &asked, "external", |_, _, _| Ok(Some(p.clone())))
+        .unwrap()
+        .unwrap()
+    else {
+        panic!()
+    };
+    store.conn.execute("DELETE FROM trial_heartbeats WHERE trial_id = ?1", [a.id]).unwrap();
+    assert!(store.recover_orphans(study.id, Duration::ZERO, 1).unwrap().is_empty());
+    assert_eq!(store.running_elsewhere(study.id, Duration::ZERO).unwrap(), vec![a.number]);
+    assert_eq!(store.trial_owner(a.id).unwrap(), Some(asked));
+    assert_eq!(store.trials(study.id).unwrap()[0].state, TrialState::Running);
 }
 
 #[test]
@@ -348,7 +373,7 @@ fn an_exited_process_not_yet_reaped_counts_as_dead() {
         assert!(start.elapsed() < std::time::Duration::from_secs(5), "`true` did not exit");
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    let owner = Owner { host: hostname(), pid, start: None, worker_id: None };
+    let owner = Owner { host: hostname(), pid, start: None, worker_id: None, asked: false };
     assert!(owner.is_dead_here());
     child.wait().unwrap();
     assert!(owner.is_dead_here(), "and once reaped");

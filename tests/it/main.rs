@@ -3,6 +3,7 @@
 
 mod util;
 
+mod ask_tell;
 mod config_errors;
 mod export;
 mod faults;
