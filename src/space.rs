@@ -128,6 +128,10 @@ pub enum SpaceError {
     OutOfSpace { name: String, value: String, expected: String },
     #[error("`{0}` is not of the form name=value")]
     BadAssignment(String),
+    #[error("parameter `{name}` applies only when {when}{fix}")]
+    Inactive { name: String, when: String, fix: String },
+    #[error("parameter `{name}`: `when` {problem}")]
+    BadCondition { name: String, problem: String },
 }
 
 impl Distribution {
@@ -447,10 +451,32 @@ pub struct Param {
     pub dist: Distribution,
 }
 
-/// A validated, non-empty set of parameters, kept in the order the study file declares them.
+/// A parameter that applies only when an earlier categorical parameter takes one of some
+/// values (`momentum` only when `optimizer = "sgd"`). A point holds only the parameters that
+/// apply to it, as an Optuna trial of a define-by-run space does.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Condition {
+    pub param: String,
+    pub parent: String,
+    pub values: Vec<ParamValue>,
+}
+
+impl Condition {
+    /// `optimizer = "sgd"`, or `optimizer` in ["sgd", "adam"].
+    pub fn describe(&self) -> String {
+        match self.values.as_slice() {
+            [one] => format!("`{}` = {}", self.parent, one.to_json()),
+            many => format!("`{}` is one of {}", self.parent, many.iter().map(|v| v.to_json().to_string()).collect::<Vec<_>>().join(", ")),
+        }
+    }
+}
+
+/// A validated, non-empty set of parameters, kept in the order the study file declares them,
+/// with the conditions under which some of them apply.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SearchSpace {
     params: Vec<Param>,
+    conditions: Vec<Condition>,
 }
 
 impl SearchSpace {
@@ -462,7 +488,86 @@ impl SearchSpace {
         for p in &params {
             p.dist.validate(&p.name)?;
         }
-        Ok(SearchSpace { params })
+        Ok(SearchSpace { params, conditions: Vec::new() })
+    }
+
+    /// A space whose parameters may apply only under conditions: each condition's parent must
+    /// be a categorical parameter declared before the parameter it governs (so a point can be
+    /// read in declaration order, and conditions chain), and its values must be choices of it.
+    pub fn with_conditions(params: Vec<Param>, conditions: Vec<Condition>) -> Result<Self, SpaceError> {
+        let mut space = Self::new(params)?;
+        let mut checked = Vec::with_capacity(conditions.len());
+        for c in conditions {
+            let bad = |problem: String| SpaceError::BadCondition { name: c.param.clone(), problem };
+            let child = space.params.iter().position(|p| p.name == c.param).ok_or_else(|| space.unknown(&c.param))?;
+            let Some(parent) = space.params.iter().position(|p| p.name == c.parent) else {
+                let hint = crate::config::suggest::hint(&c.parent, space.params.iter().map(|p| p.name.as_str()));
+                return Err(bad(format!("names `{}`, which is not a parameter of the space (it has: {}){hint}", c.parent, space.known())));
+            };
+            if parent >= child {
+                return Err(bad(format!("names `{}`, which must be declared before `{}`", c.parent, c.param)));
+            }
+            let dist = &space.params[parent].dist;
+            if !matches!(dist, Distribution::Categorical { .. }) {
+                return Err(bad(format!(
+                    "names `{}`, which is not categorical (a condition picks choices of a categorical parameter)",
+                    c.parent
+                )));
+            }
+            if c.values.is_empty() {
+                return Err(bad(format!("gives no value of `{}`", c.parent)));
+            }
+            let values = c
+                .values
+                .iter()
+                .map(|v| {
+                    dist.coerce(&c.parent, v).map_err(|_| {
+                        bad(format!("gives {} for `{}`, which is not one of its choices ({})", v.to_json(), c.parent, dist.describe()))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            checked.push(Condition { values, ..c });
+        }
+        space.conditions = checked;
+        Ok(space)
+    }
+
+    /// The conditions under which parameters apply (empty: every parameter always applies).
+    pub fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+
+    /// Whether parameter `name` applies to the point `set`: each of its conditions' parents is
+    /// in `set` with one of the condition's values.
+    pub fn is_active(&self, name: &str, set: &ParamSet) -> bool {
+        self.conditions
+            .iter()
+            .filter(|c| c.param == name)
+            .all(|c| set.get(&c.parent).is_some_and(|v| c.values.iter().any(|w| w.same_choice(v))))
+    }
+
+    /// `set` without the parameters that do not apply to it (a parameter whose parent was
+    /// dropped is dropped too: parents come first).
+    pub fn without_inactive(&self, set: &ParamSet) -> ParamSet {
+        let mut out = set.clone();
+        for p in &self.params {
+            if out.contains_key(&p.name) && !self.is_active(&p.name, &out) {
+                out.remove(&p.name);
+            }
+        }
+        out
+    }
+
+    /// The parameters of the space that apply to `set` and that it lacks, in order.
+    pub fn missing(&self, set: &ParamSet) -> Vec<&str> {
+        self.params.iter().map(|p| p.name.as_str()).filter(|n| !set.contains_key(*n) && self.is_active(n, set)).collect()
+    }
+
+    /// The error for a parameter given where it does not apply.
+    fn inactive(&self, name: &str, given_parent: bool) -> SpaceError {
+        let when = self.conditions.iter().filter(|c| c.param == name).map(Condition::describe).collect::<Vec<_>>().join(" and ");
+        let fix = if given_parent { String::new() } else { " (give that parameter too)".to_string() };
+        SpaceError::Inactive { name: name.to_string(), when, fix }
     }
 
     pub fn params(&self) -> &[Param] {
@@ -517,10 +622,14 @@ impl SearchSpace {
         let mut out = ParamSet::new();
         for p in &self.params {
             match set.get(&p.name) {
-                Some(v) => {
+                Some(v) if self.is_active(&p.name, &out) => {
                     out.insert(p.name.clone(), p.dist.coerce(&p.name, v)?);
                 }
-                None if require_all => return Err(SpaceError::MissingParam { name: p.name.clone() }),
+                Some(_) => {
+                    let parents_given = self.conditions.iter().filter(|c| c.param == p.name).all(|c| out.contains_key(&c.parent));
+                    return Err(self.inactive(&p.name, parents_given));
+                }
+                None if require_all && self.is_active(&p.name, &out) => return Err(SpaceError::MissingParam { name: p.name.clone() }),
                 None => {}
             }
         }
@@ -544,8 +653,18 @@ impl SearchSpace {
     }
 
     /// Every point of the full factorial grid, in a fixed order (the declaration order of
-    /// parameters, the first varying slowest).
+    /// parameters, the first varying slowest); with conditions, each point without the
+    /// parameters that do not apply to it, and each such point once.
     pub fn grid(&self, float_points: usize) -> Vec<ParamSet> {
+        let full = self.full_grid(float_points);
+        if self.conditions.is_empty() {
+            return full;
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        full.into_iter().map(|p| self.without_inactive(&p)).filter(|p| seen.insert(format!("{p:?}"))).collect()
+    }
+
+    fn full_grid(&self, float_points: usize) -> Vec<ParamSet> {
         let axes: Vec<Vec<ParamValue>> = self.params.iter().map(|p| p.dist.grid_values(float_points)).collect();
         let total: usize = axes.iter().map(|a| a.len()).product();
         let mut out = Vec::with_capacity(total);
@@ -560,9 +679,15 @@ impl SearchSpace {
         out
     }
 
-    /// Number of points of the full grid (saturating).
+    /// Number of points of the grid (saturating; with conditions, counted when the full
+    /// product has at most a million points).
     pub fn grid_size(&self, float_points: usize) -> usize {
-        self.params.iter().map(|p| p.dist.grid_values(float_points).len()).fold(1usize, |a, b| a.saturating_mul(b))
+        let full = self.params.iter().map(|p| p.dist.grid_values(float_points).len()).fold(1usize, |a, b| a.saturating_mul(b));
+        if self.conditions.is_empty() || full > 1_000_000 {
+            full
+        } else {
+            self.grid(float_points).len()
+        }
     }
 
     /// A stable fingerprint of the space (names, types, bounds, choices), independent of the
@@ -570,7 +695,17 @@ impl SearchSpace {
     pub fn hash(&self) -> String {
         let mut items: Vec<(String, serde_json::Value)> = self.params.iter().map(|p| (p.name.clone(), p.dist.to_optuna_json())).collect();
         items.sort_by(|a, b| a.0.cmp(&b.0));
-        let text = serde_json::to_string(&items).unwrap_or_default();
+        let mut text = serde_json::to_string(&items).unwrap_or_default();
+        // Conditions change which points exist; a space without any hashes as before.
+        if !self.conditions.is_empty() {
+            let mut conds: Vec<(String, String, Vec<serde_json::Value>)> = self
+                .conditions
+                .iter()
+                .map(|c| (c.param.clone(), c.parent.clone(), c.values.iter().map(ParamValue::to_json).collect()))
+                .collect();
+            conds.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+            text.push_str(&serde_json::to_string(&conds).unwrap_or_default());
+        }
         let digest = Sha256::digest(text.as_bytes());
         hex::encode(&digest[..12])
     }
@@ -624,6 +759,107 @@ mod tests {
             Distribution::Categorical { choices: vec![ParamValue::Int(16), ParamValue::Float(16.0)] }.validate("x"),
             Err(SpaceError::DuplicateChoice { .. })
         ));
+    }
+
+    fn cond(param: &str, parent: &str, values: &[&str]) -> Condition {
+        Condition { param: param.into(), parent: parent.into(), values: values.iter().map(|v| ParamValue::Str(v.to_string())).collect() }
+    }
+
+    fn strs(v: &[&str]) -> Vec<ParamValue> {
+        v.iter().map(|s| ParamValue::Str(s.to_string())).collect()
+    }
+
+    /// lr; optimizer in {adamw, sgd, adam}; momentum (sgd), beta2 (adamw or adam), and
+    /// nesterov (under momentum's condition too: a chain through sgd).
+    fn optimizer_space() -> SearchSpace {
+        SearchSpace::with_conditions(
+            vec![
+                Param { name: "lr".into(), dist: float(1e-5, 1e-1, true, None) },
+                Param { name: "optimizer".into(), dist: Distribution::Categorical { choices: strs(&["adamw", "sgd", "adam"]) } },
+                Param { name: "momentum".into(), dist: float(0.0, 0.99, false, None) },
+                Param {
+                    name: "beta2".into(),
+                    dist: Distribution::Categorical { choices: vec![ParamValue::Float(0.98), ParamValue::Float(0.999)] },
+                },
+                Param { name: "nesterov".into(), dist: Distribution::Categorical { choices: strs(&["yes", "no"]) } },
+            ],
+            vec![
+                cond("momentum", "optimizer", &["sgd"]),
+                cond("beta2", "optimizer", &["adamw", "adam"]),
+                cond("nesterov", "optimizer", &["sgd"]),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn point(items: &[(&str, ParamValue)]) -> ParamSet {
+        items.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+    }
+
+    #[test]
+    fn a_conditional_parameter_applies_only_under_its_condition() {
+        let space = optimizer_space();
+        let sgd =
+            point(&[("lr", ParamValue::Float(1e-3)), ("optimizer", ParamValue::Str("sgd".into())), ("momentum", ParamValue::Float(0.9))]);
+        assert!(space.is_active("momentum", &sgd) && !space.is_active("beta2", &sgd));
+        assert_eq!(space.missing(&sgd), vec!["nesterov"]);
+        let full = point(&[
+            ("lr", ParamValue::Float(1e-3)),
+            ("optimizer", ParamValue::Str("sgd".into())),
+            ("momentum", ParamValue::Float(0.9)),
+            ("nesterov", ParamValue::Str("no".into())),
+            ("beta2", ParamValue::Float(0.98)),
+        ]);
+        // beta2 does not apply to SGD: dropped from a point, refused in a full one.
+        assert!(!space.without_inactive(&full).contains_key("beta2"));
+        let err = space.validate(&full).unwrap_err().to_string();
+        assert!(err.contains("`beta2` applies only when `optimizer` is one of \"adamw\", \"adam\""), "{err}");
+        assert!(space.validate(&space.without_inactive(&full)).is_ok());
+        // A point without a parameter that applies is incomplete.
+        assert!(matches!(space.validate(&sgd), Err(SpaceError::MissingParam { name }) if name == "nesterov"));
+        // A partial (queued) point may not give a child without the parent that makes it apply.
+        let alone = point(&[("momentum", ParamValue::Float(0.9))]);
+        let err = space.validate_partial(&alone).unwrap_err().to_string();
+        assert_eq!(err, "parameter `momentum` applies only when `optimizer` = \"sgd\" (give that parameter too)");
+        assert!(space
+            .validate_partial(&point(&[("optimizer", ParamValue::Str("sgd".into())), ("momentum", ParamValue::Float(0.9))]))
+            .is_ok());
+    }
+
+    #[test]
+    fn conditions_are_checked() {
+        let params = || optimizer_space().params().to_vec();
+        let bad = |c: Condition| SearchSpace::with_conditions(params(), vec![c]).unwrap_err().to_string();
+        assert!(bad(cond("momentum", "optimiser", &["sgd"])).contains("names `optimiser`, which is not a parameter of the space"));
+        assert!(
+            bad(cond("momentum", "optimiser", &["sgd"])).contains("did you mean `optimizer`?"),
+            "{}",
+            bad(cond("momentum", "optimiser", &["sgd"]))
+        );
+        assert!(bad(cond("optimizer", "nesterov", &["yes"])).contains("which must be declared before `optimizer`"));
+        assert!(bad(cond("momentum", "lr", &["x"])).contains("not categorical"));
+        assert!(bad(cond("momentum", "optimizer", &["rmsprop"])).contains("rmsprop"));
+        assert!(bad(cond("momentum", "optimizer", &[])).contains("gives no value"));
+        assert!(matches!(
+            SearchSpace::with_conditions(params(), vec![cond("nope", "optimizer", &["sgd"])]),
+            Err(SpaceError::UnknownParam { .. })
+        ));
+    }
+
+    #[test]
+    fn a_conditional_grid_holds_each_point_once_and_the_hash_sees_conditions() {
+        let space = optimizer_space();
+        // Floats take 3 values: adamw and adam 3 (lr) × 2 (beta2) each, sgd 3 × 3 (momentum) ×
+        // 2 (nesterov); the full product would be 3 × 3 × 3 × 2 × 2 = 108.
+        let g = space.grid(3);
+        assert_eq!(g.len(), 3 * 2 + 3 * 2 + 3 * 3 * 2);
+        assert_eq!(space.grid_size(3), g.len());
+        for p in &g {
+            assert!(space.validate(p).is_ok(), "{p:?}");
+        }
+        let plain = SearchSpace::new(space.params().to_vec()).unwrap();
+        assert_ne!(plain.hash(), space.hash());
+        assert_eq!(plain.hash(), SearchSpace::with_conditions(space.params().to_vec(), vec![]).unwrap().hash());
     }
 
     #[test]
@@ -710,6 +946,18 @@ mod tests {
             let d = float(l, l + w, false, None);
             let v = d.from_unit(u);
             prop_assert!((d.to_unit(&v).unwrap() - u).abs() < 1e-9);
+        }
+
+        #[test]
+        fn a_random_point_holds_exactly_the_parameters_that_apply(seed in any::<u64>()) {
+            use rand::SeedableRng;
+            let space = optimizer_space();
+            let p = crate::sampler::RandomSampler::draw(&space, &mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+            prop_assert!(space.validate(&p).is_ok(), "{:?}", p);
+            let sgd = p["optimizer"] == ParamValue::Str("sgd".into());
+            prop_assert_eq!(p.contains_key("momentum"), sgd);
+            prop_assert_eq!(p.contains_key("nesterov"), sgd && p["momentum"].as_f64().is_some());
+            prop_assert_eq!(p.contains_key("beta2"), !sgd);
         }
 
         #[test]

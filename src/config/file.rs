@@ -95,8 +95,36 @@ pub type SpaceFile = IndexMap<String, Spanned<ParamDef>>;
 /// it where the rest says which (`choices` is categorical; bounds of which one is written
 /// with a decimal point or exponent are a float range), or a bare list of choices.
 #[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ParamDef {
+    #[serde(flatten)]
+    pub kind: ParamKind,
+    /// `when = { optimizer = "sgd" }`: the parameter applies only when each named (earlier,
+    /// categorical) parameter takes the value, or one of the list of values, given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub when: Option<IndexMap<String, WhenValues>>,
+}
+
+/// The value, or values, a parent parameter must take for a conditional one to apply.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum WhenValues {
+    Many(Vec<ParamValue>),
+    One(ParamValue),
+}
+
+impl WhenValues {
+    pub fn values(&self) -> Vec<ParamValue> {
+        match self {
+            WhenValues::Many(v) => v.clone(),
+            WhenValues::One(v) => vec![v.clone()],
+        }
+    }
+}
+
+/// What kind of range a parameter is, with its bounds or choices.
+#[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(tag = "type", rename_all = "lowercase")]
-pub enum ParamDef {
+pub enum ParamKind {
     Float {
         low: f64,
         high: f64,
@@ -141,7 +169,7 @@ impl<'de> Deserialize<'de> for ParamDef {
                 while let Some(v) = seq.next_element::<ParamValue>()? {
                     choices.push(v);
                 }
-                Ok(ParamDef::Categorical { choices })
+                Ok(ParamDef { kind: ParamKind::Categorical { choices }, when: None })
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<ParamDef, A::Error> {
                 let raw = RawParamDef::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
@@ -171,10 +199,16 @@ struct RawParamDef {
     step: Option<ParamValue>,
     log: Option<bool>,
     choices: Option<Vec<ParamValue>>,
+    when: Option<IndexMap<String, WhenValues>>,
 }
 
 impl RawParamDef {
-    fn resolve(self) -> Result<ParamDef, String> {
+    fn resolve(mut self) -> Result<ParamDef, String> {
+        let when = self.when.take();
+        Ok(ParamDef { kind: self.kind()?, when })
+    }
+
+    fn kind(self) -> Result<ParamKind, String> {
         let kind = match self.kind.as_deref() {
             Some(k @ ("float" | "int" | "categorical")) => k,
             Some(other) => return Err(format!("unknown variant `{other}`, expected one of `float`, `int`, `categorical`")),
@@ -209,14 +243,14 @@ impl RawParamDef {
                 not_for("high", self.high.is_some())?;
                 not_for("step", self.step.is_some())?;
                 not_for("log", self.log.is_some())?;
-                Ok(ParamDef::Categorical { choices: self.choices.ok_or("missing field `choices`")? })
+                Ok(ParamKind::Categorical { choices: self.choices.ok_or("missing field `choices`")? })
             }
             "float" => {
                 not_for("choices", self.choices.is_some())?;
                 let number = |name: &str, v: Option<ParamValue>| -> Result<Option<f64>, String> {
                     v.map(|v| v.as_f64().ok_or_else(|| format!("`{name}` must be a number, not {}", v.to_json()))).transpose()
                 };
-                Ok(ParamDef::Float {
+                Ok(ParamKind::Float {
                     low: number("low", self.low)?.ok_or("missing field `low`")?,
                     high: number("high", self.high)?.ok_or("missing field `high`")?,
                     log: self.log.unwrap_or(false),
@@ -232,7 +266,7 @@ impl RawParamDef {
                     })
                     .transpose()
                 };
-                Ok(ParamDef::Int {
+                Ok(ParamKind::Int {
                     low: integer("low", self.low)?.ok_or("missing field `low`")?,
                     high: integer("high", self.high)?.ok_or("missing field `high`")?,
                     step: integer("step", self.step)?,

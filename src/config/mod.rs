@@ -16,9 +16,9 @@ use toml::Spanned;
 
 use crate::objective::synthetic_runner::Curve;
 use crate::objective::SyntheticFunction;
-use crate::space::{Distribution, Param, ParamSet, SearchSpace};
+use crate::space::{Condition, Distribution, Param, ParamSet, SearchSpace};
 use crate::trial::Direction;
-use file::{DevicesSpec, ParamDef, SpaceFile, SpaceSpec, StudyFile};
+use file::{DevicesSpec, ParamDef, ParamKind, SpaceFile, SpaceSpec, StudyFile};
 
 /// A study file that cannot be used, with where and why.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -354,10 +354,10 @@ fn duration_field(src: &Source, field: &Option<Spanned<String>>, key: &str) -> R
 }
 
 fn param_to_dist(def: &ParamDef) -> Distribution {
-    match def {
-        ParamDef::Float { low, high, log, step } => Distribution::Float { low: *low, high: *high, log: *log, step: *step },
-        ParamDef::Int { low, high, step, log } => Distribution::Int { low: *low, high: *high, step: step.unwrap_or(1), log: *log },
-        ParamDef::Categorical { choices } => Distribution::Categorical { choices: choices.clone() },
+    match &def.kind {
+        ParamKind::Float { low, high, log, step } => Distribution::Float { low: *low, high: *high, log: *log, step: *step },
+        ParamKind::Int { low, high, step, log } => Distribution::Int { low: *low, high: *high, step: step.unwrap_or(1), log: *log },
+        ParamKind::Categorical { choices } => Distribution::Categorical { choices: choices.clone() },
     }
 }
 
@@ -396,13 +396,30 @@ fn resolve_space(src: &Source, spec: Option<&Spanned<SpaceSpec>>, dir: &Path) ->
         return Err(src.error_at(spec.span(), Some("space".into()), "the search space has no parameters"));
     }
     let mut params = Vec::new();
+    let mut conditions = Vec::new();
     for (name, (def, file, text)) in &defs {
         let dist = param_to_dist(def.get_ref());
         let fsrc = Source { path: file, text };
         dist.validate(name).map_err(|e| fsrc.error_at(def.span(), Some(format!("space.{name}")), e.to_string()))?;
         params.push(Param { name: name.clone(), dist });
+        for (parent, values) in def.get_ref().when.iter().flatten() {
+            conditions.push(Condition { param: name.clone(), parent: parent.clone(), values: values.values() });
+        }
     }
-    SearchSpace::new(params).map_err(|e| src.error_at(spec.span(), Some("space".into()), e.to_string()))
+    // A condition's mistake is reported at the parameter that has it.
+    let at = |e: crate::space::SpaceError| {
+        let name = match &e {
+            crate::space::SpaceError::BadCondition { name, .. } => Some(name.clone()),
+            _ => None,
+        };
+        match name.and_then(|n| defs.get(&n).map(|d| (n, d))) {
+            Some((n, (def, file, text))) => {
+                Source { path: file, text }.error_at(def.span(), Some(format!("space.{n}.when")), e.to_string())
+            }
+            None => src.error_at(spec.span(), Some("space".into()), e.to_string()),
+        }
+    };
+    SearchSpace::with_conditions(params, conditions.clone()).map_err(at)
 }
 
 fn resolve(src: &Source, f: StudyFile, dir: PathBuf) -> Result<StudyConfig, ConfigError> {

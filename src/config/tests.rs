@@ -182,6 +182,38 @@ const CASES: &[(&str, &str, &str, usize, &str, &str)] = &[
         "enqueue[0]",
         "x3",
     ),
+    (
+        "a condition on a float parameter",
+        "x2 = { type = \"float\", low = 0.0, high = 15.0 }",
+        "x2 = { type = \"float\", low = 0.0, high = 15.0, when = { x1 = 1.0 } }",
+        9,
+        "space.x2.when",
+        "names `x1`, which is not categorical",
+    ),
+    (
+        "a condition on an unknown parameter",
+        "x2 = { type = \"float\", low = 0.0, high = 15.0 }",
+        "x2 = { type = \"float\", low = 0.0, high = 15.0, when = { x0 = \"a\" } }",
+        9,
+        "space.x2.when",
+        "names `x0`, which is not a parameter of the space",
+    ),
+    (
+        "a condition on a value that is not a choice",
+        "x1 = { type = \"float\", low = -5, high = 10 }\nx2 = { type = \"float\", low = 0.0, high = 15.0 }",
+        "x1 = [\"a\", \"b\"]\nx2 = { type = \"float\", low = 0.0, high = 15.0, when = { x1 = [\"b\", \"c\"] } }",
+        9,
+        "space.x2.when",
+        "`when` gives \"c\" for `x1`, which is not one of its choices",
+    ),
+    (
+        "a condition on a later parameter",
+        "x1 = { type = \"float\", low = -5, high = 10 }\nx2 = { type = \"float\", low = 0.0, high = 15.0 }",
+        "x1 = { type = \"float\", low = -5, high = 10, when = { x2 = \"b\" } }\nx2 = [\"a\", \"b\"]",
+        8,
+        "space.x1.when",
+        "must be declared before `x1`",
+    ),
 ];
 
 #[test]
@@ -216,6 +248,26 @@ fn every_mistake_names_file_line_and_key() {
         let shown = err.to_string();
         assert!(shown.starts_with(&format!("{}:{line}:", p.display())), "{what}: {shown}");
     }
+}
+
+#[test]
+fn conditions_are_read_from_when() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = GOOD.replace(
+        "x2 = { type = \"float\", low = 0.0, high = 15.0 }",
+        "x2 = { type = \"float\", low = 0.0, high = 15.0 }\nopt = [\"sgd\", \"adamw\", \"adam\"]\n\
+         momentum = { type = \"float\", low = 0.0, high = 0.99, when = { opt = \"sgd\" } }\n\
+         beta2 = { choices = [0.98, 0.999], when = { opt = [\"adamw\", \"adam\"] } }",
+    );
+    let c = StudyConfig::load(&write(dir.path(), "s.toml", &text)).unwrap();
+    let s = |v: &str| crate::space::ParamValue::Str(v.into());
+    assert_eq!(
+        c.space.conditions(),
+        &[
+            Condition { param: "momentum".into(), parent: "opt".into(), values: vec![s("sgd")] },
+            Condition { param: "beta2".into(), parent: "opt".into(), values: vec![s("adamw"), s("adam")] },
+        ]
+    );
 }
 
 #[test]

@@ -75,18 +75,24 @@ pub struct ImportancePlot {
 impl ImportancePlot {
     /// Needs two parameters and [`MIN_TRIALS`] COMPLETE trials whose values are not all equal.
     pub fn compute(data: &StudyData) -> Result<ImportancePlot, NotEnoughData> {
+        // A trial must have every parameter that applies to it (with conditions, those its
+        // parents' choices make apply; a missing one counts at its range's middle).
+        let space = data.space().filter(|s| !s.conditions().is_empty());
         let done: Vec<_> = data
             .trials
             .iter()
             .filter(|t| t.state == TrialState::Complete && t.value.is_some_and(f64::is_finite))
-            .filter(|t| data.params.iter().all(|(n, _)| t.params.contains_key(n)))
+            .filter(|t| match &space {
+                Some(s) => s.missing(&t.params).is_empty(),
+                None => data.params.iter().all(|(n, _)| t.params.contains_key(n)),
+            })
             .collect();
         if data.params.len() < 2 {
             return Err(NotEnoughData::new(format!("{} parameter(s); importance needs 2", data.params.len())));
         }
         if done.len() < MIN_TRIALS {
             return Err(NotEnoughData::new(format!(
-                "{} COMPLETE trial(s) with every parameter; importance needs {MIN_TRIALS}",
+                "{} COMPLETE trial(s) with every parameter that applies; importance needs {MIN_TRIALS}",
                 done.len()
             )));
         }
@@ -192,7 +198,7 @@ impl ImportancePlot {
 /// first), or why it could not be fitted.
 fn gp_relevance(data: &StudyData, done: &[&TrialRecord]) -> Result<Vec<Importance>, String> {
     let params: Vec<Param> = data.params.iter().map(|(n, d)| Param { name: n.clone(), dist: d.clone() }).collect();
-    let space = SearchSpace::new(params).map_err(|e| format!("its space is unusable ({e})"))?;
+    let space = SearchSpace::with_conditions(params, data.conditions.clone()).map_err(|e| format!("its space is unusable ({e})"))?;
     let enc = Encoding::new(&space);
     let mut xs = Vec::new();
     let mut ys = Vec::new();

@@ -1,6 +1,8 @@
 //! Parallel coordinates: one vertical axis for the objective and one per searched parameter
 //! (log-scaled where the parameter is), one line per COMPLETE trial, coloured by value
-//! (darker is better; the best trials are drawn last, on top).
+//! (darker is better; the best trials are drawn last, on top). A trial without a parameter
+//! (a conditional one that did not apply to it) has no point on that axis: its line is
+//! broken there.
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -17,8 +19,9 @@ use crate::trial::{Direction, TrialNumber, TrialState};
 pub struct ParallelLine {
     pub number: TrialNumber,
     pub value: f64,
-    /// One entry per axis of [`ParallelCoordinates::axes`].
-    pub units: Vec<f64>,
+    /// One entry per axis of [`ParallelCoordinates::axes`]; `None` where the trial has no
+    /// value of that parameter.
+    pub units: Vec<Option<f64>>,
 }
 
 /// The parallel-coordinates plot's data.
@@ -54,12 +57,12 @@ impl ParallelCoordinates {
         let lines: Vec<ParallelLine> = done
             .iter()
             .filter_map(|t| {
-                let units = axes.iter().map(|a| t.params.get(&a.name).and_then(|v| a.unit(v))).collect::<Option<Vec<f64>>>()?;
-                Some(ParallelLine { number: t.number, value: t.value?, units })
+                let units: Vec<Option<f64>> = axes.iter().map(|a| t.params.get(&a.name).and_then(|v| a.unit(v))).collect();
+                units.iter().any(Option::is_some).then_some(ParallelLine { number: t.number, value: t.value?, units })
             })
             .collect();
         if lines.len() < 2 {
-            return Err(NotEnoughData::new("fewer than 2 trials have every parameter"));
+            return Err(NotEnoughData::new("fewer than 2 trials have a parameter value"));
         }
         let (value_min, value_max) = lines.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), l| (a.min(l.value), b.max(l.value)));
         Ok(ParallelCoordinates { metric: data.metric.clone(), direction: data.direction, value_min, value_max, axes, lines })
@@ -90,9 +93,22 @@ impl ParallelCoordinates {
         let g = |v: f64| goodness(v, self.value_min, self.value_max, self.direction);
         lines.sort_by(|a, b| g(a.value).total_cmp(&g(b.value)));
         for l in lines {
-            let mut pts = vec![(0.0, self.value_unit(l.value))];
-            pts.extend(l.units.iter().enumerate().map(|(i, &u)| ((i + 1) as f64, u)));
-            chart.draw_series(std::iter::once(PathElement::new(pts, value_color(g(l.value)).mix(0.8).stroke_width(2))))?;
+            // One path per run of axes the trial has a value on.
+            let mut runs: Vec<Vec<(f64, f64)>> = vec![vec![(0.0, self.value_unit(l.value))]];
+            for (i, u) in l.units.iter().enumerate() {
+                match u {
+                    Some(u) => runs.last_mut().into_iter().for_each(|r| r.push(((i + 1) as f64, *u))),
+                    None => runs.push(Vec::new()),
+                }
+            }
+            let style = value_color(g(l.value)).mix(0.8).stroke_width(2);
+            for run in runs.into_iter().filter(|r| !r.is_empty()) {
+                if run.len() == 1 {
+                    chart.draw_series(std::iter::once(Circle::new(run[0], 2, style.filled())))?;
+                } else {
+                    chart.draw_series(std::iter::once(PathElement::new(run, style)))?;
+                }
+            }
         }
         let label = ("sans-serif", 13).into_font().color(&BLACK).pos(Pos::new(HPos::Left, VPos::Center));
         let title = ("sans-serif", 14).into_font().color(&BLACK).pos(Pos::new(HPos::Center, VPos::Top));

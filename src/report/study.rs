@@ -5,7 +5,7 @@
 use serde_json::{Map, Value};
 
 use crate::config::{SamplerKind, StudyConfig};
-use crate::space::Distribution;
+use crate::space::{Condition, Distribution, Param, SearchSpace};
 use crate::storage::{Store, StoreError, StudyInfo};
 use crate::trial::{best_trial, Direction, TrialRecord};
 
@@ -19,6 +19,8 @@ pub struct StudyData {
     pub trials: Vec<TrialRecord>,
     /// Every searched parameter, in the study file's order (else first-stored order).
     pub params: Vec<(String, Distribution)>,
+    /// The study file's conditions on parameters (`when`); empty without a study file.
+    pub conditions: Vec<Condition>,
     /// The sampler, described (e.g. `gp (seed 0)`), when known.
     pub sampler: Option<String>,
     /// Whether the sampler is a Gaussian process (importance says how it was measured).
@@ -80,6 +82,7 @@ impl StudyData {
             metric,
             trials,
             params,
+            conditions: config.map(|c| c.space.conditions().to_vec()).unwrap_or_default(),
             sampler,
             sampler_is_gp,
             n_trials,
@@ -90,6 +93,13 @@ impl StudyData {
             },
             soup: study.user_attrs.get(crate::trainer::soup::STUDY_ATTR).and_then(Value::as_object).cloned(),
         })
+    }
+
+    /// The plotted parameters as a search space, with the study file's conditions (`None`
+    /// when they do not make one, e.g. a stored distribution the space rules reject).
+    pub fn space(&self) -> Option<SearchSpace> {
+        let params: Vec<Param> = self.params.iter().map(|(n, d)| Param { name: n.clone(), dist: d.clone() }).collect();
+        SearchSpace::with_conditions(params, self.conditions.clone()).ok()
     }
 
     /// The distribution of a parameter, when known.

@@ -51,6 +51,7 @@ fn data(direction: Direction, trials: Vec<TrialRecord>) -> StudyData {
         metric: "loss".into(),
         trials,
         params: vec![("learning_rate".into(), lr_dist()), ("batch_size".into(), bs_dist()), ("epochs".into(), ep_dist())],
+        conditions: Vec::new(),
         sampler: Some("random (seed 0)".into()),
         sampler_is_gp: false,
         n_trials: Some(10),
@@ -117,8 +118,8 @@ fn parallel_axes_ranges_and_log_flags() {
     assert_eq!((p.axes[2].min, p.axes[2].max), (2.0, 8.0));
     // Trial 0 has the smallest lr and batch size: both at the bottom; trial 1 (lr 1e-3) at the top.
     let line = |n| p.lines.iter().find(|l| l.number == n).expect("line");
-    assert_eq!(line(0).units[..2], [0.0, 0.0]);
-    assert_eq!(line(1).units[0], 1.0);
+    assert_eq!(line(0).units[..2], [Some(0.0), Some(0.0)]);
+    assert_eq!(line(1).units[0], Some(1.0));
     // 1e-4 is halfway between 1e-5 and 1e-3 on a log axis.
     let mid = ParallelCoordinates::compute(&data(
         Direction::Minimize,
@@ -129,7 +130,7 @@ fn parallel_axes_ranges_and_log_flags() {
         ],
     ))
     .expect("parallel");
-    assert!((mid.lines[2].units[0] - 0.5).abs() < 1e-9);
+    assert!((mid.lines[2].units[0].unwrap() - 0.5).abs() < 1e-9);
 }
 
 /// A tiny deterministic generator in [0, 1).

@@ -70,6 +70,20 @@ pub fn suggest_around(sampler: &dyn Sampler, ctx: &SuggestContext<'_>) -> Result
     for (name, value) in fixed {
         point.insert(name.clone(), value.clone());
     }
+    // With conditional parameters, a held value may make a parameter apply that the
+    // proposal left out (it proposed another optimizer): a random draw fills it in.
+    if !ctx.space.conditions().is_empty() {
+        point = ctx.space.without_inactive(&point);
+        let missing: Vec<String> = ctx.space.missing(&point).into_iter().map(str::to_string).collect();
+        if !missing.is_empty() {
+            let every = RandomSampler::draw_every(ctx.space, &mut ctx.rng());
+            for name in missing {
+                if let Some(v) = every.get(&name) {
+                    point.insert(name, v.clone());
+                }
+            }
+        }
+    }
     Ok(Some(point))
 }
 

@@ -11,8 +11,15 @@ use crate::space::{ParamSet, SearchSpace};
 pub struct RandomSampler;
 
 impl RandomSampler {
-    /// One independent draw from `space` using `rng`.
+    /// One independent draw from `space` using `rng`, holding only the parameters that apply
+    /// to it.
     pub fn draw<R: Rng>(space: &SearchSpace, rng: &mut R) -> ParamSet {
+        space.without_inactive(&Self::draw_every(space, rng))
+    }
+
+    /// A value for every parameter of `space`, whether it applies or not (the same stream of
+    /// numbers as [`RandomSampler::draw`]).
+    pub fn draw_every<R: Rng>(space: &SearchSpace, rng: &mut R) -> ParamSet {
         space.params().iter().map(|p| (p.name.clone(), p.dist.from_unit(rng.random::<f64>()))).collect()
     }
 }

@@ -551,7 +551,7 @@ impl Store {
         let owner_json = serde_json::to_string(owner).unwrap_or_default();
         if let Some(w) = history.iter().find(|t| t.state == TrialState::Waiting) {
             let fixed = queued_params(&tx, w, space).map_err(sq)?;
-            let params = if space.params().iter().all(|p| fixed.contains_key(&p.name)) {
+            let params = if space.missing(&fixed).is_empty() {
                 fixed
             } else {
                 match propose(&history, w.number, Some(&fixed)) {

@@ -4,6 +4,7 @@
 mod util;
 
 mod ask_tell;
+mod conditional;
 mod config_errors;
 mod export;
 mod faults;

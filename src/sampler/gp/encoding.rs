@@ -5,11 +5,32 @@
 //! step so every lattice value owns an equal cell, and encoded at the centre of that cell). A
 //! categorical coordinate holds the index of its choice; the kernel compares such coordinates
 //! only for equality.
+//!
+//! A conditional parameter that does not apply to a point (momentum under AdamW) sits at a
+//! constant: [`INACTIVE_NUMERIC`] for a numeric coordinate, [`INACTIVE_CHOICE`] (no choice
+//! index) for a categorical one. Two points that differ only in parameters that apply to
+//! neither are then the same vector, and the acquisition is searched over such canonical
+//! vectors only ([`Encoding::canonical`]).
 
 use crate::space::{Distribution, ParamSet, ParamValue, SearchSpace};
 
 /// Discrete coordinates with at most this many values are optimised by trying every value.
 pub const MAX_ENUMERATED: usize = 64;
+
+/// Where a numeric coordinate sits when its parameter does not apply.
+pub const INACTIVE_NUMERIC: f64 = 0.5;
+/// Where a categorical coordinate sits when its parameter does not apply: no choice's index,
+/// so it equals no active choice under the kernel's Hamming distance.
+pub const INACTIVE_CHOICE: f64 = -1.0;
+
+/// One condition in encoded terms: coordinate `child` applies only when the choice index at
+/// coordinate `parent` is one of `allowed`.
+#[derive(Debug, Clone, PartialEq)]
+struct EncodedCondition {
+    child: usize,
+    parent: usize,
+    allowed: Vec<f64>,
+}
 
 /// What kind of coordinate a parameter is.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,6 +56,7 @@ pub struct Encoding {
     dists: Vec<Distribution>,
     kinds: Vec<DimKind>,
     is_cat: Vec<bool>,
+    conditions: Vec<EncodedCondition>,
 }
 
 impl Encoding {
@@ -43,7 +65,41 @@ impl Encoding {
         let dists: Vec<Distribution> = space.params().iter().map(|p| p.dist.clone()).collect();
         let kinds: Vec<DimKind> = dists.iter().map(kind_of).collect();
         let is_cat = kinds.iter().map(|k| matches!(k, DimKind::Categorical { .. })).collect();
-        Encoding { names, dists, kinds, is_cat }
+        let index = |name: &str| space.params().iter().position(|p| p.name == name);
+        let conditions = space
+            .conditions()
+            .iter()
+            .filter_map(|c| {
+                let (child, parent) = (index(&c.param)?, index(&c.parent)?);
+                let allowed = c.values.iter().filter_map(|v| dists[parent].to_internal(v)).collect();
+                Some(EncodedCondition { child, parent, allowed })
+            })
+            .collect();
+        Encoding { names, dists, kinds, is_cat, conditions }
+    }
+
+    /// Whether coordinate `d` applies to the vector `x` (its parents, earlier coordinates,
+    /// hold allowed choices; a parent that does not apply holds none).
+    pub fn is_active_dim(&self, d: usize, x: &[f64]) -> bool {
+        self.conditions.iter().filter(|c| c.child == d).all(|c| c.allowed.iter().any(|a| (x[c.parent] - a).abs() < 0.5))
+    }
+
+    /// Sets every coordinate that does not apply to `x` to its constant, in order (so a
+    /// child of a parameter that does not apply does not apply either).
+    pub fn canonical(&self, x: &mut [f64]) {
+        if self.conditions.is_empty() {
+            return;
+        }
+        for d in 0..x.len() {
+            if !self.is_active_dim(d, x) {
+                x[d] = if self.is_cat[d] { INACTIVE_CHOICE } else { INACTIVE_NUMERIC };
+            }
+        }
+    }
+
+    /// Whether some parameter applies only under a condition.
+    pub fn has_conditions(&self) -> bool {
+        !self.conditions.is_empty()
     }
 
     pub fn dims(&self) -> usize {
@@ -63,8 +119,15 @@ impl Encoding {
     /// does not know (e.g. a trial from before the space changed).
     pub fn encode(&self, set: &ParamSet) -> Option<Vec<f64>> {
         let mut x = Vec::with_capacity(self.dims());
-        for (name, dist) in self.names.iter().zip(&self.dists) {
-            let v = set.get(name)?;
+        for (d, (name, dist)) in self.names.iter().zip(&self.dists).enumerate() {
+            let Some(v) = set.get(name) else {
+                // A parameter that does not apply to this point sits at its constant.
+                if self.is_active_dim(d, &x_padded(&x, self.dims())) {
+                    return None;
+                }
+                x.push(if self.is_cat[d] { INACTIVE_CHOICE } else { INACTIVE_NUMERIC });
+                continue;
+            };
             let c = match dist {
                 Distribution::Categorical { .. } => dist.to_internal(v)?,
                 _ => {
@@ -78,16 +141,28 @@ impl Encoding {
             }
             x.push(c);
         }
+        // A value given for a parameter that does not apply is not part of the point.
+        self.canonical(&mut x);
         Some(x)
     }
 
-    /// The parameter values of a vector (rounded onto lattices, clamped to bounds).
+    /// The parameter values of a vector (rounded onto lattices, clamped to bounds), without
+    /// the parameters that do not apply to it.
     pub fn decode(&self, x: &[f64]) -> ParamSet {
+        let inactive: Vec<bool> = if self.conditions.is_empty() {
+            vec![false; x.len()]
+        } else {
+            let mut y = x.to_vec();
+            self.canonical(&mut y);
+            (0..x.len()).map(|d| !self.is_active_dim(d, &y)).collect()
+        };
         self.names
             .iter()
             .zip(&self.dists)
             .zip(x)
-            .map(|((name, dist), &c)| {
+            .zip(inactive)
+            .filter(|(_, inactive)| !inactive)
+            .map(|(((name, dist), &c), _)| {
                 let v = match dist {
                     Distribution::Categorical { choices } => {
                         let i = if c.is_finite() { c.round().clamp(0.0, (choices.len() - 1) as f64) as usize } else { 0 };
@@ -127,6 +202,7 @@ impl Encoding {
                 *c = *value;
             }
         }
+        self.canonical(&mut y);
         y
     }
 
@@ -151,24 +227,37 @@ impl Encoding {
         }
     }
 
-    /// Moves every coordinate onto a value it may take.
+    /// Moves every coordinate onto a value it may take, and those that do not apply onto
+    /// their constants.
     pub fn snap(&self, x: &mut [f64]) {
         for (d, c) in x.iter_mut().enumerate() {
             *c = self.snap_dim(d, *c);
         }
+        self.canonical(x);
     }
 
     /// The encoded point of a point `u` of the unit cube (a Sobol or uniform draw): numeric
     /// coordinates snapped onto their lattice, categoricals picking choice `floor(u · n)`.
     pub fn from_unit_cube(&self, u: &[f64]) -> Vec<f64> {
-        u.iter()
+        let mut x: Vec<f64> = u
+            .iter()
             .enumerate()
             .map(|(d, &ud)| match &self.kinds[d] {
                 DimKind::Categorical { n, .. } => ((ud.clamp(0.0, 1.0) * *n as f64) as usize).min(n - 1) as f64,
                 _ => self.snap_dim(d, ud),
             })
-            .collect()
+            .collect();
+        self.canonical(&mut x);
+        x
     }
+}
+
+/// `x` (the first coordinates of a vector being built) padded to `dims` with NaN: only
+/// earlier coordinates, the parents, are read from it.
+fn x_padded(x: &[f64], dims: usize) -> Vec<f64> {
+    let mut y = x.to_vec();
+    y.resize(dims, f64::NAN);
+    y
 }
 
 /// Number of lattice values of an int or stepped float (`None` for other kinds).

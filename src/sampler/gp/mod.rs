@@ -715,6 +715,79 @@ mod tests {
         assert!(b_count >= 8, "the model should favour the best category, got {b_count} of 25");
     }
 
+    /// lr in [1e-5, 1] (log), optimizer in {adamw, sgd}, momentum only for SGD, amsgrad only
+    /// for AdamW; and a function where SGD at lr 0.03 with momentum 0.9 is best (0), AdamW
+    /// at lr 3e-4 reaches 0.3, and amsgrad costs 0.05.
+    fn optimizer_space_and_function() -> (SearchSpace, impl Fn(&ParamSet) -> f64) {
+        let s = |v: &str| ParamValue::Str(v.into());
+        let space = SearchSpace::with_conditions(
+            vec![
+                Param { name: "lr".into(), dist: Distribution::Float { low: 1e-5, high: 1.0, log: true, step: None } },
+                Param { name: "optimizer".into(), dist: Distribution::Categorical { choices: vec![s("adamw"), s("sgd")] } },
+                float("momentum", 0.0, 0.99),
+                Param { name: "amsgrad".into(), dist: Distribution::Categorical { choices: vec![s("yes"), s("no")] } },
+            ],
+            vec![
+                crate::space::Condition { param: "momentum".into(), parent: "optimizer".into(), values: vec![s("sgd")] },
+                crate::space::Condition { param: "amsgrad".into(), parent: "optimizer".into(), values: vec![s("adamw")] },
+            ],
+        )
+        .unwrap();
+        let f = move |p: &ParamSet| {
+            let lr = num(p, "lr").log10();
+            if p["optimizer"] == s("sgd") {
+                (lr + 1.5).powi(2) + 4.0 * (num(p, "momentum") - 0.9).powi(2)
+            } else {
+                (lr + 3.5).powi(2) + 0.3 + if p["amsgrad"] == s("yes") { 0.05 } else { 0.0 }
+            }
+        };
+        (space, f)
+    }
+
+    #[test]
+    fn a_conditional_space_gets_valid_points_and_its_optimum() {
+        // `run_trials` asserts that every suggestion holds exactly the parameters that apply.
+        let (space, f) = optimizer_space_and_function();
+        for seed in [0, 1, 2] {
+            let h = run_study(&GpSampler::default(), &space, &f, 30, seed, Direction::Minimize);
+            let best = h.iter().filter(|t| t.value.is_some()).min_by(|a, b| a.value.unwrap().total_cmp(&b.value.unwrap())).unwrap();
+            assert!(best.value.unwrap() < 0.01, "seed {seed}: best {:?}", best);
+            assert_eq!(best.params["optimizer"], ParamValue::Str("sgd".into()));
+        }
+        // A point's encoding puts what does not apply at the constants, and decodes back.
+        let enc = Encoding::new(&space);
+        let first = &run_study(&GpSampler::default(), &space, &f, 1, 0, Direction::Minimize)[0].params;
+        let x = enc.encode(first).unwrap();
+        assert!(SearchSpace::same_point(&enc.decode(&x), first));
+        // SGD has no amsgrad (coordinate 3), AdamW no momentum (coordinate 2).
+        let off = if first["optimizer"] == ParamValue::Str("sgd".into()) { 3 } else { 2 };
+        assert!(x[off] == encoding::INACTIVE_NUMERIC || x[off] == encoding::INACTIVE_CHOICE, "{x:?}");
+    }
+
+    #[test]
+    fn a_held_parent_gets_its_children_and_pending_conditional_points_differ() {
+        let (space, f) = optimizer_space_and_function();
+        let mut h = run_study(&GpSampler::default(), &space, &f, 14, 5, Direction::Minimize);
+        // A queued trial holding the optimizer: the sampler completes it with the children
+        // that optimizer has, whatever it would have proposed itself.
+        for choice in ["sgd", "adamw"] {
+            let held: ParamSet = [("optimizer".to_string(), ParamValue::Str(choice.into()))].into_iter().collect();
+            let ctx =
+                SuggestContext { space: &space, direction: Direction::Minimize, history: &h, number: 14, seed: 5, fixed: Some(&held) };
+            let p = suggest_around(&GpSampler::default(), &ctx).unwrap().unwrap();
+            assert!(space.validate(&p).is_ok() && p["optimizer"] == held["optimizer"], "{choice}: {p:?}");
+        }
+        let sampler = GpSampler::default();
+        for _ in 0..4 {
+            let number = h.len() as u64;
+            let ctx = SuggestContext { space: &space, direction: Direction::Minimize, history: &h, number, seed: 5, fixed: None };
+            let p = sampler.suggest(&ctx).unwrap().unwrap();
+            assert!(space.validate(&p).is_ok(), "{p:?}");
+            assert!(!h[14..].iter().any(|t| t.params == p), "a running trial's point again: {p:?}");
+            h.push(TrialRecord::new(number, TrialState::Running, p, None));
+        }
+    }
+
     #[test]
     fn pending_trials_get_distinct_suggestions() {
         let space = SearchSpace::new(vec![float("a", 0.0, 1.0), float("b", 0.0, 1.0)]).unwrap();

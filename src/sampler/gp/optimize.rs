@@ -320,6 +320,10 @@ fn sweep_discrete(acq: &Acquisition<'_>, enc: &Encoding, x: &mut Vec<f64>, value
             DimKind::Lattice { units: Some(u) } => u.clone(),
             _ => continue,
         };
+        // A parameter that does not apply has nothing to move.
+        if !enc.is_active_dim(d, x) {
+            continue;
+        }
         let current = x[d];
         let trials: Vec<Vec<f64>> = options
             .iter()
@@ -327,6 +331,11 @@ fn sweep_discrete(acq: &Acquisition<'_>, enc: &Encoding, x: &mut Vec<f64>, value
             .map(|&o| {
                 let mut y = x.clone();
                 y[d] = o;
+                // A new choice of a parent may make its children apply, or not: they start
+                // where the constant or the current value puts them.
+                if enc.has_conditions() {
+                    enc.snap(&mut y);
+                }
                 y
             })
             .collect();
@@ -448,7 +457,14 @@ pub fn maximize<R: Rng>(
         // Alternate: numeric polish, then discrete moves; another round only when a
         // discrete coordinate changed (the numeric optimum may have moved with it).
         for _round in 0..3 {
-            (x, v) = polish_numeric(acq, enc, &x, v, &num_dims, effort.polish_iters);
+            let active: Vec<usize>;
+            let dims = if enc.has_conditions() {
+                active = num_dims.iter().copied().filter(|&d| enc.is_active_dim(d, &x)).collect();
+                &active
+            } else {
+                &num_dims
+            };
+            (x, v) = polish_numeric(acq, enc, &x, v, dims, effort.polish_iters);
             if !sweep_discrete(acq, enc, &mut x, &mut v) {
                 break;
             }
