@@ -219,6 +219,52 @@ pub fn best_trial(trials: &[TrialRecord], direction: Direction) -> Option<&Trial
         .map(|(t, _)| t)
 }
 
+/// `[study] patience`: the study starts no new sampled trial once `trials` finished trials in
+/// a row (COMPLETE or PRUNED, in trial-number order) have not improved the best value by
+/// more than `min_delta`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Patience {
+    pub trials: u64,
+    pub min_delta: f64,
+    pub direction: Direction,
+}
+
+impl Patience {
+    /// Whether the study has waited long enough for an improvement.
+    pub fn is_spent(&self, trials: &[TrialRecord]) -> bool {
+        trials_since_improvement(trials, self.direction, self.min_delta) >= self.trials
+    }
+}
+
+/// How many finished trials (COMPLETE or PRUNED), in trial-number order, came after the last
+/// COMPLETE trial that beat every earlier one by more than `min_delta` (0 before any trial
+/// completes; failed, running and waiting trials do not count).
+pub fn trials_since_improvement(trials: &[TrialRecord], direction: Direction, min_delta: f64) -> u64 {
+    let mut finished: Vec<&TrialRecord> = trials.iter().filter(|t| matches!(t.state, TrialState::Complete | TrialState::Pruned)).collect();
+    finished.sort_by_key(|t| t.number);
+    let mut best: Option<f64> = None;
+    let mut since = 0;
+    for t in finished {
+        let value = t.value.filter(|v| v.is_finite() && t.state == TrialState::Complete);
+        match (value, best) {
+            (Some(v), None) => best = Some(v),
+            (Some(v), Some(b)) if direction.to_minimize(v) < direction.to_minimize(b) - min_delta => {
+                best = Some(v);
+                since = 0;
+            }
+            (Some(v), Some(b)) => {
+                if direction.is_better(v, b) {
+                    best = Some(v);
+                }
+                since += 1;
+            }
+            (None, Some(_)) => since += 1,
+            (None, None) => {}
+        }
+    }
+    since
+}
+
 /// How a trial process's error starts when the machine failed it rather than the trial (a
 /// checkpoint that could not be written: disk full, folder unwritable). Kept as the reason
 /// as is, and retried.
@@ -277,6 +323,38 @@ mod tests {
             if a.is_finished() { prop_assert!(!a.can_become(b)); }
             if a.can_become(b) { prop_assert!(a != b); }
         }
+    }
+
+    #[test]
+    fn improvement_is_counted_in_trial_order_and_by_more_than_min_delta() {
+        use TrialState::*;
+        let mk = |n, s, v: Option<f64>| TrialRecord::new(n, s, ParamSet::new(), v);
+        // Minimise: 5 (best), 4 (better), 3.95, pruned, fail, running, 4.5, then 3.0 (better).
+        let t = vec![
+            mk(0, Complete, Some(5.0)),
+            mk(1, Complete, Some(4.0)),
+            mk(2, Complete, Some(3.95)),
+            mk(3, Pruned, Some(9.0)),
+            mk(4, Fail, None),
+            mk(5, Running, None),
+            mk(6, Complete, Some(4.5)),
+        ];
+        assert_eq!(trials_since_improvement(&t, Direction::Minimize, 0.0), 2, "3.95 improved; then pruned and 4.5");
+        // By more than 0.1 only: 3.95 does not count as an improvement on 4.0.
+        assert_eq!(trials_since_improvement(&t, Direction::Minimize, 0.1), 3);
+        // Slightly better steps do not restart the count, but they move the bar.
+        let creeping: Vec<TrialRecord> = (0..6).map(|n| mk(n, Complete, Some(1.0 - 0.01 * n as f64))).collect();
+        assert_eq!(trials_since_improvement(&creeping, Direction::Minimize, 0.05), 5);
+        assert_eq!(trials_since_improvement(&creeping, Direction::Minimize, 0.0), 0);
+        // Trial order, not the order of the slice; maximise flips it.
+        let mut shuffled = t.clone();
+        shuffled.reverse();
+        assert_eq!(trials_since_improvement(&shuffled, Direction::Minimize, 0.0), 2);
+        assert_eq!(trials_since_improvement(&t, Direction::Maximize, 0.0), 4, "5.0 is the best when maximising: four trials since");
+        // Nothing complete yet: nothing to improve on.
+        assert_eq!(trials_since_improvement(&[mk(0, Pruned, Some(1.0)), mk(1, Fail, None)], Direction::Minimize, 0.0), 0);
+        let p = Patience { trials: 2, min_delta: 0.0, direction: Direction::Minimize };
+        assert!(p.is_spent(&t) && !Patience { trials: 3, ..p }.is_spent(&t));
     }
 
     #[test]

@@ -52,7 +52,7 @@ pub fn run(args: &AskArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     let claim = store.claim_next(
         study.id,
         &cfg.space,
-        Budget { n_trials: cfg.n_trials },
+        Budget { n_trials: cfg.n_trials, patience: cfg.patience },
         &Owner::asking(),
         &args.device,
         |history, number, fixed| {
@@ -76,6 +76,13 @@ pub fn run(args: &AskArgs, quiet: bool) -> anyhow::Result<ExitCode> {
                     format!(
                         "the budget of {budget} trials is taken: {done} done and {running} running; tell their results \
                          (or fail the lost ones with `tell --state fail`), or ask with a larger --n-trials"
+                    ),
+                ),
+                Claim::Plateau => (
+                    "plateau",
+                    format!(
+                        "the best value has not improved for {} finished trials (`[study] patience`)",
+                        cfg.patience.map_or(0, |p| p.trials)
                     ),
                 ),
                 _ => ("exhausted", "the sampler has no point left (the grid is exhausted)".to_string()),

@@ -159,7 +159,7 @@ pub fn study_run<'a>(
         pruner,
         runner,
         slots: cfg.execution.slots(),
-        budget: Budget { n_trials: cfg.n_trials },
+        budget: Budget { n_trials: cfg.n_trials, patience: cfg.patience },
         timeout: cfg.timeout,
         max_retries: cfg.execution.max_retries,
         heartbeat_interval: cfg.execution.heartbeat_interval,
@@ -294,6 +294,10 @@ pub fn run(args: &RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         let why = match summary.reason {
             StopReason::BudgetReached => "the budget is reached",
             StopReason::Exhausted => "the grid is exhausted",
+            StopReason::Plateau => &format!(
+                "the best value has not improved for {} finished trials in a row (`[study] patience`)",
+                cfg.patience.map_or(0, |p| p.trials)
+            ),
             StopReason::Timeout => "the timeout passed",
             StopReason::Stopped => "it was stopped (running trials finished)",
             StopReason::Cancelled => "it was cancelled",

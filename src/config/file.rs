@@ -43,6 +43,10 @@ pub struct StudySection {
     /// The name of the value being optimised (a validation metric for fine-tuning).
     pub metric: Option<Spanned<String>>,
     pub n_trials: Option<Spanned<u64>>,
+    /// Stop sampling new trials after this many finished trials in a row without improving
+    /// the best value (by more than `min_delta`).
+    pub patience: Option<Spanned<u64>>,
+    pub min_delta: Option<Spanned<f64>>,
     /// e.g. "2h", "30m", "1h30m", "90s".
     pub timeout: Option<Spanned<String>>,
     #[serde(default)]

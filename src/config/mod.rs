@@ -17,7 +17,7 @@ use toml::Spanned;
 use crate::objective::synthetic_runner::Curve;
 use crate::objective::SyntheticFunction;
 use crate::space::{Condition, Distribution, Param, ParamSet, SearchSpace};
-use crate::trial::Direction;
+use crate::trial::{Direction, Patience};
 use file::{DevicesSpec, ParamDef, ParamKind, SpaceFile, SpaceSpec, StudyFile};
 
 /// A study file that cannot be used, with where and why.
@@ -225,6 +225,8 @@ pub struct StudyConfig {
     pub metric: String,
     /// `None` only for a grid study, which then runs the whole grid.
     pub n_trials: Option<u64>,
+    /// `[study] patience` and `min_delta`: stop once the best has not improved for a while.
+    pub patience: Option<Patience>,
     pub timeout: Option<Duration>,
     pub seed: u64,
     pub storage: PathBuf,
@@ -603,6 +605,23 @@ fn resolve(src: &Source, f: StudyFile, dir: PathBuf) -> Result<StudyConfig, Conf
             ))
         }
     };
+    let patience = match (&f.study.patience, &f.study.min_delta) {
+        (Some(p), _) if *p.get_ref() == 0 => {
+            return Err(src.error_at(p.span(), Some("study.patience".into()), "patience must be at least 1 (trials without improvement)"))
+        }
+        (_, Some(d)) if !(d.get_ref().is_finite() && *d.get_ref() >= 0.0) => {
+            return Err(src.error_at(d.span(), Some("study.min_delta".into()), "min_delta must be a finite number >= 0"))
+        }
+        (None, Some(d)) => {
+            return Err(src.error_at(
+                d.span(),
+                Some("study.min_delta".into()),
+                "`min_delta` is the least improvement `patience` counts: set `patience` (trials) too",
+            ))
+        }
+        (Some(p), d) => Some(Patience { trials: *p.get_ref(), min_delta: d.as_ref().map_or(0.0, |d| *d.get_ref()), direction }),
+        (None, None) => None,
+    };
     let timeout = duration_field(src, &f.study.timeout, "study.timeout")?;
     let storage = match &f.study.storage {
         Some(s) => resolve_path(src, s.span(), "study.storage", s.get_ref(), &dir)?,
@@ -641,6 +660,7 @@ fn resolve(src: &Source, f: StudyFile, dir: PathBuf) -> Result<StudyConfig, Conf
         direction,
         metric,
         n_trials,
+        patience,
         timeout,
         seed: f.study.seed,
         storage,

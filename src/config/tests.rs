@@ -182,6 +182,9 @@ const CASES: &[(&str, &str, &str, usize, &str, &str)] = &[
         "enqueue[0]",
         "x3",
     ),
+    ("patience of zero", "n_trials = 10", "n_trials = 10\npatience = 0", 6, "study.patience", "patience must be at least 1"),
+    ("min_delta without patience", "n_trials = 10", "n_trials = 10\nmin_delta = 0.01", 6, "study.min_delta", "set `patience` (trials) too"),
+    ("negative min_delta", "n_trials = 10", "n_trials = 10\npatience = 5\nmin_delta = -1.0", 7, "study.min_delta", "finite number >= 0"),
     (
         "a condition on a float parameter",
         "x2 = { type = \"float\", low = 0.0, high = 15.0 }",

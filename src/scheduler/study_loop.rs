@@ -92,6 +92,8 @@ pub enum StopReason {
     /// No slot could open its device (a slot whose device fails to open takes no more
     /// trials; the study goes on while any slot is left).
     NoDevice,
+    /// The best value has not improved for `[study] patience` finished trials.
+    Plateau,
 }
 
 #[derive(Debug, Clone)]
@@ -240,6 +242,8 @@ pub fn run_study(run: &StudyRun) -> Result<RunSummary, LoopError> {
         StopReason::Timeout
     } else if reasons.contains(&StopReason::Exhausted) {
         StopReason::Exhausted
+    } else if reasons.contains(&StopReason::Plateau) {
+        StopReason::Plateau
     } else {
         StopReason::BudgetReached
     };
@@ -328,6 +332,7 @@ fn slot_loop(
             }
             Claim::BudgetReached => return Ok(StopReason::BudgetReached),
             Claim::Exhausted => return Ok(StopReason::Exhausted),
+            Claim::Plateau => return Ok(StopReason::Plateau),
         };
         if let Ok(mut r) = running.lock() {
             r.push(trial.id);

@@ -211,6 +211,8 @@ pub enum Claim {
     BudgetReached,
     /// The sampler has nothing left to propose (an exhausted grid).
     Exhausted,
+    /// `[study] patience` finished trials in a row have not improved the best value.
+    Plateau,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -221,10 +223,12 @@ pub struct ClaimedTrial {
     pub retry_of: Option<TrialNumber>,
 }
 
-/// How many COMPLETE or PRUNED trials end the study (None: no limit).
-#[derive(Debug, Clone, Copy)]
+/// How many COMPLETE or PRUNED trials end the study (None: no limit), and how long it waits
+/// for an improvement (`[study] patience`).
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Budget {
     pub n_trials: Option<u64>,
+    pub patience: Option<crate::trial::Patience>,
 }
 
 /// A RUNNING trial found without a live owner.
@@ -579,6 +583,11 @@ impl Store {
             // Unreachable inside this write transaction; were it not, another process has
             // just taken the trial, and the next call looks again.
             return Ok(Ok(Claim::Wait));
+        }
+        // Waiting for an improvement has run out: no new sampled trial. While trials still
+        // run, one of them may improve the best and restart the count, so wait for them.
+        if budget.patience.is_some_and(|p| p.is_spent(&history)) {
+            return Ok(Ok(if running > 0 { Claim::Wait } else { Claim::Plateau }));
         }
         let number = history.len() as TrialNumber;
         let params = match propose(&history, number, None) {

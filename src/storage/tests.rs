@@ -35,7 +35,10 @@ fn open_study(path: &Path) -> (Store, StudyInfo) {
 type NoErr = std::convert::Infallible;
 
 fn claim(store: &mut Store, study: i64, n: Option<u64>, p: ParamSet) -> Claim {
-    store.claim_next::<NoErr>(study, &space(), Budget { n_trials: n }, &Owner::current(), "cpu", |_, _, _| Ok(Some(p))).unwrap().unwrap()
+    store
+        .claim_next::<NoErr>(study, &space(), Budget { n_trials: n, patience: None }, &Owner::current(), "cpu", |_, _, _| Ok(Some(p)))
+        .unwrap()
+        .unwrap()
 }
 
 #[test]
@@ -193,12 +196,19 @@ fn a_partly_queued_trial_gets_the_rest_from_the_sampler_when_claimed() {
     for (number, held) in [(0, ("bs", ParamValue::Str("big".into()))), (1, ("ep", ParamValue::Int(4)))] {
         let mut seen = None;
         let claimed = store
-            .claim_next::<NoErr>(study.id, &space(), Budget { n_trials: None }, &Owner::current(), "cpu", |history, n, fixed| {
-                seen = Some((history.len(), n, fixed.cloned()));
-                let mut p = point(1e-3, ParamValue::Int(16), 2);
-                p.extend(fixed.cloned().unwrap_or_default());
-                Ok(Some(p))
-            })
+            .claim_next::<NoErr>(
+                study.id,
+                &space(),
+                Budget { n_trials: None, patience: None },
+                &Owner::current(),
+                "cpu",
+                |history, n, fixed| {
+                    seen = Some((history.len(), n, fixed.cloned()));
+                    let mut p = point(1e-3, ParamValue::Int(16), 2);
+                    p.extend(fixed.cloned().unwrap_or_default());
+                    Ok(Some(p))
+                },
+            )
             .unwrap()
             .unwrap();
         let Claim::Trial(t) = claimed else { panic!("{claimed:?}") };
@@ -211,7 +221,9 @@ fn a_partly_queued_trial_gets_the_rest_from_the_sampler_when_claimed() {
     // A fully queued trial never asks the sampler.
     store.enqueue(study.id, &space(), &point(2e-3, ParamValue::Int(16), 1)).unwrap();
     let claimed = store
-        .claim_next::<NoErr>(study.id, &space(), Budget { n_trials: None }, &Owner::current(), "cpu", |_, _, _| panic!("asked"))
+        .claim_next::<NoErr>(study.id, &space(), Budget { n_trials: None, patience: None }, &Owner::current(), "cpu", |_, _, _| {
+            panic!("asked")
+        })
         .unwrap()
         .unwrap();
     assert!(matches!(claimed, Claim::Trial(t) if t.number == 2));
@@ -243,7 +255,7 @@ fn orphans_of_dead_owners_are_failed_and_retried() {
     child.wait().unwrap();
     let dead = Owner { host: hostname(), pid: dead_pid, start: None, worker_id: None, asked: false };
     let Claim::Trial(a) = store
-        .claim_next::<NoErr>(study.id, &space(), Budget { n_trials: None }, &dead, "cuda:1", |_, _, _| Ok(Some(p.clone())))
+        .claim_next::<NoErr>(study.id, &space(), Budget { n_trials: None, patience: None }, &dead, "cuda:1", |_, _, _| Ok(Some(p.clone())))
         .unwrap()
         .unwrap()
     else {
@@ -284,7 +296,9 @@ fn an_asked_trial_is_never_an_orphan() {
     let asked = Owner { host: hostname(), pid: dead_pid, start: None, worker_id: None, asked: true };
     assert!(!asked.is_dead_here());
     let Claim::Trial(a) = store
-        .claim_next::<NoErr>(study.id, &space(), Budget { n_trials: None }, &asked, "external", |_, _, _| Ok(Some(p.clone())))
+        .claim_next::<NoErr>(study.id, &space(), Budget { n_trials: None, patience: None }, &asked, "external", |_, _, _| {
+            Ok(Some(p.clone()))
+        })
         .unwrap()
         .unwrap()
     else {
@@ -378,4 +392,36 @@ fn an_exited_process_not_yet_reaped_counts_as_dead() {
     child.wait().unwrap();
     assert!(owner.is_dead_here(), "and once reaped");
     assert!(!Owner::current().is_dead_here(), "this process is alive");
+}
+
+#[test]
+fn patience_stops_new_trials_but_waits_for_running_ones_and_runs_queued_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, study) = open_study(&dir.path().join("a.db"));
+    // Maximise: 0.8, then two trials that do not beat it.
+    let patience = crate::trial::Patience { trials: 2, min_delta: 0.0, direction: Direction::Maximize };
+    let budget = Budget { n_trials: Some(100), patience: Some(patience) };
+    let claim_with = |store: &mut Store| {
+        store
+            .claim_next::<NoErr>(study.id, &space(), budget, &Owner::current(), "cpu", |_, _, _| {
+                Ok(Some(point(1e-4, ParamValue::Int(16), 2)))
+            })
+            .unwrap()
+            .unwrap()
+    };
+    for v in [0.8, 0.7] {
+        let Claim::Trial(t) = claim_with(&mut store) else { panic!("a trial") };
+        store.finish(t.id, &Outcome::Complete { value: v }, false).unwrap();
+    }
+    // One without improvement so far: the third runs; while it runs, patience is not spent.
+    let Claim::Trial(third) = claim_with(&mut store) else { panic!("a trial") };
+    let Claim::Trial(fourth) = claim_with(&mut store) else { panic!("still one trial of patience left") };
+    store.finish(third.id, &Outcome::Complete { value: 0.75 }, false).unwrap();
+    // Two without improvement, one still running: it may improve, so wait.
+    assert_eq!(claim_with(&mut store), Claim::Wait);
+    store.finish(fourth.id, &Outcome::Pruned { step: 1, value: Some(0.1) }, false).unwrap();
+    assert_eq!(claim_with(&mut store), Claim::Plateau);
+    // A queued trial still runs: it was asked for.
+    store.enqueue(study.id, &space(), &point(1e-3, ParamValue::Int(16), 3)).unwrap();
+    assert!(matches!(claim_with(&mut store), Claim::Trial(_)));
 }

@@ -309,3 +309,43 @@ fn params_reach_the_command_as_env_and_stdin() {
         assert_eq!(t["metrics"]["cvd"], "3");
     }
 }
+
+#[test]
+fn patience_ends_a_study_whose_best_stopped_improving() {
+    // Random search on branin (minimise), 200 trials at most, patience 6 with min_delta 0.5:
+    // the study ends at the first trial where six finished trials in a row have not beaten
+    // the best by more than 0.5.
+    let d = StudyDir::new();
+    let text = BRANIN_GRID
+        .replace("kind = \"grid\"", "kind = \"random\"")
+        .replace("grid_points = 7", "")
+        .replace("devices = [\"cpu\", \"cpu\"]", "devices = [\"cpu\"]")
+        .replace("storage = \"study.db\"", "storage = \"study.db\"\nn_trials = 200\npatience = 6\nmin_delta = 0.5");
+    d.write("s.toml", &text);
+    let out = d.run(&["run", "s.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("the best value has not improved for 6 finished trials in a row"), "{}", stderr(&out));
+    let trials = d.trials("s.toml");
+    assert!(trials.len() < 200, "patience never fired");
+    // Replay the rule on the recorded values: it holds at the end and at no earlier trial.
+    let values: Vec<f64> = trials.iter().map(|t| t["value"].as_f64().unwrap()).collect();
+    let since = |n: usize| {
+        let (mut best, mut since) = (values[0], 0);
+        for &v in &values[1..n] {
+            if v < best - 0.5 {
+                since = 0;
+            } else {
+                since += 1;
+            }
+            best = best.min(v);
+        }
+        since
+    };
+    assert_eq!(since(values.len()), 6);
+    assert!((1..values.len()).all(|n| since(n) < 6), "the study should have ended earlier");
+    // `ask` says the same, with its own exit status.
+    let ask = d.run(&["ask", "s.toml"]);
+    assert_eq!(ask.status.code(), Some(3));
+    let v: Value = serde_json::from_slice(&ask.stdout).unwrap();
+    assert_eq!(v["reason"], "plateau");
+}
