@@ -55,14 +55,9 @@ fn fixture(trials: &[(f64, KeepCheckpoints)], study_text: &str) -> Fixture {
     for (i, &(lr, keep)) in trials.iter().enumerate() {
         let params: ParamSet = [("learning_rate".to_string(), ParamValue::Float(lr))].into_iter().collect();
         let claim = store
-            .claim_next::<std::convert::Infallible>(
-                study.id,
-                &sp,
-                Budget { n_trials: None, patience: None },
-                &Owner::current(),
-                "cpu",
-                |_, _, _| Ok(Some(params.clone())),
-            )
+            .claim_next::<std::convert::Infallible>(study.id, &sp, Budget::default(), &Owner::current(), "cpu", |_, _, _| {
+                Ok(Some(params.clone()))
+            })
             .unwrap()
             .unwrap();
         let Claim::Trial(c) = claim else { panic!("no trial claimed") };

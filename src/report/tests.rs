@@ -388,7 +388,7 @@ fn store_fixture(path: &Path) -> (Store, crate::storage::StudyInfo) {
             .claim_next::<std::convert::Infallible>(
                 info.id,
                 &sp,
-                Budget { n_trials: None, patience: None },
+                Budget::default(),
                 &Owner::current(),
                 &format!("cuda:{}", k % 2),
                 |_, _, _| Ok(Some(params(lr, bs, ep))),

@@ -196,19 +196,12 @@ fn a_partly_queued_trial_gets_the_rest_from_the_sampler_when_claimed() {
     for (number, held) in [(0, ("bs", ParamValue::Str("big".into()))), (1, ("ep", ParamValue::Int(4)))] {
         let mut seen = None;
         let claimed = store
-            .claim_next::<NoErr>(
-                study.id,
-                &space(),
-                Budget { n_trials: None, patience: None },
-                &Owner::current(),
-                "cpu",
-                |history, n, fixed| {
-                    seen = Some((history.len(), n, fixed.cloned()));
-                    let mut p = point(1e-3, ParamValue::Int(16), 2);
-                    p.extend(fixed.cloned().unwrap_or_default());
-                    Ok(Some(p))
-                },
-            )
+            .claim_next::<NoErr>(study.id, &space(), Budget::default(), &Owner::current(), "cpu", |history, n, fixed| {
+                seen = Some((history.len(), n, fixed.cloned()));
+                let mut p = point(1e-3, ParamValue::Int(16), 2);
+                p.extend(fixed.cloned().unwrap_or_default());
+                Ok(Some(p))
+            })
             .unwrap()
             .unwrap();
         let Claim::Trial(t) = claimed else { panic!("{claimed:?}") };
@@ -221,9 +214,7 @@ fn a_partly_queued_trial_gets_the_rest_from_the_sampler_when_claimed() {
     // A fully queued trial never asks the sampler.
     store.enqueue(study.id, &space(), &point(2e-3, ParamValue::Int(16), 1)).unwrap();
     let claimed = store
-        .claim_next::<NoErr>(study.id, &space(), Budget { n_trials: None, patience: None }, &Owner::current(), "cpu", |_, _, _| {
-            panic!("asked")
-        })
+        .claim_next::<NoErr>(study.id, &space(), Budget::default(), &Owner::current(), "cpu", |_, _, _| panic!("asked"))
         .unwrap()
         .unwrap();
     assert!(matches!(claimed, Claim::Trial(t) if t.number == 2));
@@ -244,23 +235,27 @@ fn a_changed_space_is_refused_unless_allowed() {
     assert!(matches!(store.create_or_open_study(&flipped), Err(StoreError::DirectionChanged { .. })));
 }
 
+/// The pid of a process that has exited.
+fn exited_pid() -> u32 {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    pid
+}
+
+/// Claims a trial of `p` for `owner` on `device`, with no budget.
+fn claim_as(store: &mut Store, study: i64, owner: &Owner, device: &str, p: &ParamSet) -> Claim {
+    store.claim_next::<NoErr>(study, &space(), Budget::default(), owner, device, |_, _, _| Ok(Some(p.clone()))).unwrap().unwrap()
+}
+
 #[test]
 fn orphans_of_dead_owners_are_failed_and_retried() {
     let dir = tempfile::tempdir().unwrap();
     let (mut store, study) = open_study(&dir.path().join("a.db"));
     let p = point(1e-4, ParamValue::Int(16), 3);
     // One trial owned by a process that no longer exists, one by us (alive).
-    let mut child = std::process::Command::new("true").spawn().unwrap();
-    let dead_pid = child.id();
-    child.wait().unwrap();
-    let dead = Owner { host: hostname(), pid: dead_pid, start: None, worker_id: None, asked: false };
-    let Claim::Trial(a) = store
-        .claim_next::<NoErr>(study.id, &space(), Budget { n_trials: None, patience: None }, &dead, "cuda:1", |_, _, _| Ok(Some(p.clone())))
-        .unwrap()
-        .unwrap()
-    else {
-        panic!()
-    };
+    let dead = Owner { host: hostname(), pid: exited_pid(), start: None, worker_id: None, asked: false };
+    let Claim::Trial(a) = claim_as(&mut store, study.id, &dead, "cuda:1", &p) else { panic!() };
     let Claim::Trial(b) = claim(&mut store, study.id, None, p.clone()) else { panic!() };
     let rec = store.recover_orphans(study.id, Duration::from_secs(3600), 1).unwrap();
     assert_eq!(rec, vec![Recovered { number: a.number, retry: Some(2) }]);
@@ -290,20 +285,9 @@ fn an_asked_trial_is_never_an_orphan() {
     let (mut store, study) = open_study(&dir.path().join("a.db"));
     let p = point(1e-4, ParamValue::Int(16), 3);
     // Asked by a process that has exited, with no heartbeat ever: the user's program runs it.
-    let mut child = std::process::Command::new("true").spawn().unwrap();
-    let dead_pid = child.id();
-    child.wait().unwrap();
-    let asked = Owner { host: hostname(), pid: dead_pid, start: None, worker_id: None, asked: true };
+    let asked = Owner { host: hostname(), pid: exited_pid(), start: None, worker_id: None, asked: true };
     assert!(!asked.is_dead_here());
-    let Claim::Trial(a) = store
-        .claim_next::<NoErr>(study.id, &space(), Budget { n_trials: None, patience: None }, &asked, "external", |_, _, _| {
-            Ok(Some(p.clone()))
-        })
-        .unwrap()
-        .unwrap()
-    else {
-        panic!()
-    };
+    let Claim::Trial(a) = claim_as(&mut store, study.id, &asked, "external", &p) else { panic!() };
     store.conn.execute("DELETE FROM trial_heartbeats WHERE trial_id = ?1", [a.id]).unwrap();
     assert!(store.recover_orphans(study.id, Duration::ZERO, 1).unwrap().is_empty());
     assert_eq!(store.running_elsewhere(study.id, Duration::ZERO).unwrap(), vec![a.number]);

@@ -43,14 +43,9 @@ fn study(root: &Path, model: Option<PathBuf>, epochs: usize, arch: Arch) -> Path
         .unwrap();
     let params: ParamSet = [("learning_rate".to_string(), ParamValue::Float(3e-3))].into_iter().collect();
     let Claim::Trial(c) = store
-        .claim_next::<std::convert::Infallible>(
-            info.id,
-            &space,
-            Budget { n_trials: None, patience: None },
-            &Owner::current(),
-            "cpu",
-            |_, _, _| Ok(Some(params.clone())),
-        )
+        .claim_next::<std::convert::Infallible>(info.id, &space, Budget::default(), &Owner::current(), "cpu", |_, _, _| {
+            Ok(Some(params.clone()))
+        })
         .unwrap()
         .unwrap()
     else {
