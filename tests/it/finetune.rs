@@ -734,3 +734,26 @@ fn a_gpu_study_with_a_cpu_only_build_stops_before_recording_anything() {
     assert!(stderr(&out).contains("built without CUDA") && stderr(&out).contains("--features cuda"), "{}", stderr(&out));
     assert!(!d.path().join("study.db").exists(), "nothing is recorded");
 }
+
+/// A conditional training option: momentum only for SGD trials; every trial trains.
+#[test]
+fn a_conditional_training_option_reaches_only_the_trials_it_applies_to() {
+    let d = StudyDir::new();
+    let toy = write_toy_task(&d.path().join("toy"), 60, 5).unwrap();
+    // Both optimizers queued first, their other options left to the sampler.
+    let queued = "[[enqueue]]\noptimizer = \"sgd\"\n[[enqueue]]\noptimizer = \"adamw\"\n";
+    let text = finetune_study(&toy.model_dir.display().to_string(), &toy.csv.display().to_string(), 4, queued).replace(
+        "freeze_layers = { type = \"int\", low = 0, high = 1 }",
+        "optimizer = [\"adamw\", \"sgd\"]\nmomentum = { type = \"float\", low = 0.5, high = 0.95, when = { optimizer = \"sgd\" } }",
+    );
+    d.write("s.toml", &text);
+    let out = d.run(&["run", "s.toml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let trials = d.trials("s.toml");
+    assert_eq!(count(&trials, "COMPLETE"), 4, "{}", stderr(&out));
+    for t in &trials {
+        let sgd = t["params"]["optimizer"] == "sgd";
+        assert_eq!(t["params"].get("momentum").is_some(), sgd, "{}", t["params"]);
+    }
+    assert_eq!((&trials[0]["params"]["optimizer"], &trials[1]["params"]["optimizer"]), (&"sgd".into(), &"adamw".into()));
+}
