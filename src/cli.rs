@@ -72,6 +72,10 @@ pub struct RunArgs {
     /// from those the recorded trials ran with.
     #[arg(long)]
     pub allow_setup_change: bool,
+    /// Check the study file (and for fine-tuning, load and split the data and find the
+    /// model) and print what would run; run nothing and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]

@@ -9,7 +9,7 @@ use anyhow::Context;
 use super::common::{load_config, metrics_summary, shown};
 use super::UsageError;
 use crate::cli::RunArgs;
-use crate::config::{file::DevicesSpec, parse_devices, ObjectiveConfig, SamplerKind, StudyConfig};
+use crate::config::{file::DevicesSpec, parse_devices, ObjectiveConfig, PrunerConfig, SamplerKind, StudyConfig};
 use crate::objective::{CommandRunner, SyntheticRunner};
 use crate::sampler::{GpOptions, GpSampler, GridSampler, RandomSampler, Sampler};
 use crate::scheduler::{run_study, Observer, ProgressDisplay, Silent, StopReason, StopSignal, StudyRun, TrialRunner};
@@ -56,6 +56,54 @@ pub fn build_runner(cfg: &StudyConfig, quiet: bool) -> anyhow::Result<Box<dyn Tr
         ObjectiveConfig::Finetune => Box::new(with_trial_timeout(cfg, super::finetune::build(cfg, quiet)?)),
         ObjectiveConfig::External => return Err(UsageError(external_objective(cfg)).into()),
     })
+}
+
+/// What `run --dry-run` prints: the study as the file was read, with nothing run or written.
+pub fn dry_run_plan(cfg: &StudyConfig, sampler: &str) -> String {
+    let mut s = format!("study `{}` ({}): the study file is valid; nothing was run or written\n", cfg.name, shown(&cfg.path));
+    let store = if cfg.storage.exists() { "exists: trials already recorded there are resumed" } else { "new" };
+    s.push_str(&format!("  storage: {} ({store})\n", shown(&cfg.storage)));
+    let objective = match &cfg.objective {
+        ObjectiveConfig::Synthetic { function, noise, .. } => format!("synthetic `{}` (noise {noise})", function.name()),
+        ObjectiveConfig::Command { argv, .. } => format!("command `{}`", argv.join(" ")),
+        ObjectiveConfig::Finetune => "finetune".to_string(),
+        ObjectiveConfig::External => "external: trials are asked for with `sft-search ask` and told with `sft-search tell`".to_string(),
+    };
+    s.push_str(&format!("  objective: {objective}; {} `{}`\n", format!("{:?}", cfg.direction).to_lowercase(), cfg.metric));
+    let mut budget = match cfg.n_trials {
+        Some(n) => format!("{n} trials"),
+        None => format!("the whole grid ({} points)", cfg.space.grid_size(cfg.sampler.grid_points)),
+    };
+    if let Some(p) = cfg.patience {
+        budget.push_str(&format!(", or until {} finished trials in a row do not improve the best by more than {}", p.trials, p.min_delta));
+    }
+    if let Some(t) = cfg.timeout {
+        budget.push_str(&format!(", or {} s", t.as_secs()));
+    }
+    s.push_str(&format!("  budget: {budget}\n"));
+    let startup = if cfg.sampler.kind == SamplerKind::Gp { format!(", {} start-up trials", gp_n_startup(cfg)) } else { String::new() };
+    let pruner = match &cfg.pruner {
+        PrunerConfig::None => "none".to_string(),
+        PrunerConfig::Median { n_startup_trials, n_warmup_steps } => {
+            format!("median (after {n_startup_trials} complete trials, from step {n_warmup_steps})")
+        }
+        PrunerConfig::Asha { min_resource, reduction_factor, .. } => {
+            format!("asha (first rung at step {min_resource}, η = {reduction_factor})")
+        }
+        PrunerConfig::Hyperband { min_resource, max_resource, reduction_factor, .. } => {
+            format!("hyperband (steps {min_resource}–{max_resource}, η = {reduction_factor})")
+        }
+    };
+    s.push_str(&format!("  sampler: {sampler} (seed {}{startup}); pruner: {pruner}\n", cfg.sampler.seed));
+    let slots = cfg.execution.slots();
+    s.push_str(&format!("  devices: {} slot(s): {}\n", slots.len(), slots.join(", ")));
+    s.push_str(&format!("  space: {} parameter(s)\n", cfg.space.len()));
+    for p in cfg.space.params() {
+        let when: Vec<String> = cfg.space.conditions().iter().filter(|c| c.param == p.name).map(|c| c.describe()).collect();
+        let when = if when.is_empty() { String::new() } else { format!(", when {}", when.join(" and ")) };
+        s.push_str(&format!("    {}: {}{when}\n", p.name, p.dist.describe()));
+    }
+    s
 }
 
 /// Why `run` has nothing to run for a study whose trials the user's program evaluates.
@@ -188,7 +236,7 @@ pub fn run(args: &RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         }
         cfg.execution.trials_per_device = k;
     }
-    if cfg.objective == ObjectiveConfig::External {
+    if cfg.objective == ObjectiveConfig::External && !args.dry_run {
         return Err(UsageError(external_objective(&cfg)).into());
     }
     // A fine-tuning study on a GPU needs a CUDA build: say so before anything is recorded,
@@ -211,6 +259,10 @@ pub fn run(args: &RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         ObjectiveConfig::Finetune => Some(super::finetune::build(&cfg, quiet)?),
         _ => None,
     };
+    if args.dry_run {
+        print!("{}", dry_run_plan(&cfg, sampler.name()));
+        return Ok(ExitCode::SUCCESS);
+    }
     let runner: Box<dyn TrialRunner> = match &finetune {
         Some(ft) => Box::new(with_trial_timeout(&cfg, ft.clone())),
         None => build_runner(&cfg, quiet)?,

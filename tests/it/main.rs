@@ -15,6 +15,7 @@ mod multilabel;
 mod parallel;
 mod pruning;
 mod report;
+mod shipped;
 mod study;
 mod tokens;
 mod worker;
