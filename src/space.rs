@@ -827,6 +827,48 @@ mod tests {
     }
 
     #[test]
+    fn conditions_chain_and_several_keys_must_all_hold() {
+        // variant applies under SGD; dampening under the plain variant (so under SGD too);
+        // lr_scale needs both SGD and the nesterov variant, written as two keys.
+        let space = SearchSpace::with_conditions(
+            vec![
+                Param { name: "optimizer".into(), dist: Distribution::Categorical { choices: strs(&["adamw", "sgd"]) } },
+                Param { name: "variant".into(), dist: Distribution::Categorical { choices: strs(&["plain", "nesterov"]) } },
+                Param { name: "dampening".into(), dist: float(0.0, 0.5, false, None) },
+                Param { name: "lr_scale".into(), dist: float(0.5, 2.0, false, None) },
+            ],
+            vec![
+                cond("variant", "optimizer", &["sgd"]),
+                cond("dampening", "variant", &["plain"]),
+                cond("lr_scale", "optimizer", &["sgd"]),
+                cond("lr_scale", "variant", &["nesterov"]),
+            ],
+        )
+        .unwrap();
+        let every = |opt: &str, variant: &str| {
+            point(&[
+                ("optimizer", ParamValue::Str(opt.into())),
+                ("variant", ParamValue::Str(variant.into())),
+                ("dampening", ParamValue::Float(0.1)),
+                ("lr_scale", ParamValue::Float(1.0)),
+            ])
+        };
+        let keys = |p: ParamSet| p.into_keys().collect::<Vec<_>>();
+        assert_eq!(keys(space.without_inactive(&every("adamw", "plain"))), vec!["optimizer"]);
+        assert_eq!(keys(space.without_inactive(&every("sgd", "plain"))), vec!["dampening", "optimizer", "variant"]);
+        assert_eq!(keys(space.without_inactive(&every("sgd", "nesterov"))), vec!["lr_scale", "optimizer", "variant"]);
+        // The grid: AdamW once, SGD plain × 3 dampening values, SGD nesterov × 3 scales.
+        assert_eq!(space.grid(3).len(), 1 + 3 + 3);
+        // The GP's encoding agrees: under AdamW the chain's end sits at its constant.
+        let enc = crate::sampler::gp::encoding::Encoding::new(&space);
+        let x = enc.encode(&space.without_inactive(&every("adamw", "plain"))).unwrap();
+        use crate::sampler::gp::encoding::{INACTIVE_CHOICE, INACTIVE_NUMERIC};
+        assert_eq!(x, vec![0.0, INACTIVE_CHOICE, INACTIVE_NUMERIC, INACTIVE_NUMERIC]);
+        let y = enc.encode(&space.without_inactive(&every("sgd", "nesterov"))).unwrap();
+        assert_eq!((y[2], enc.decode(&y).len()), (INACTIVE_NUMERIC, 3));
+    }
+
+    #[test]
     fn conditions_are_checked() {
         let params = || optimizer_space().params().to_vec();
         let bad = |c: Condition| SearchSpace::with_conditions(params(), vec![c]).unwrap_err().to_string();
