@@ -211,3 +211,36 @@ fn a_run_beside_an_asked_trial_leaves_it_to_its_program() {
     assert_eq!(count(&trials, "COMPLETE"), 3);
     assert_eq!(count(&trials, "FAIL"), 0);
 }
+
+#[test]
+fn the_shipped_external_example_runs_as_two_jobs() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("studies/examples");
+    let d = StudyDir::new();
+    for f in ["external.toml", "external_job.py"] {
+        std::fs::copy(root.join(f), d.path().join(f)).unwrap();
+    }
+    let job = || {
+        std::process::Command::new("python3")
+            .args(["external_job.py", "external.toml"])
+            .current_dir(d.path())
+            .env("SFT_SEARCH", bin())
+            .output()
+            .expect("python3")
+    };
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(job);
+        let b = s.spawn(job);
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    for o in [&a, &b] {
+        assert!(o.status.success(), "{}", stderr(o));
+        assert!(String::from_utf8_lossy(&o.stdout).contains("no trial left: budget_"), "{}", String::from_utf8_lossy(&o.stdout));
+    }
+    let trials = d.trials("external.toml");
+    assert_numbers_unique(&trials);
+    assert_eq!(count(&trials, "COMPLETE") + count(&trials, "PRUNED"), 16);
+    for t in &trials {
+        assert_eq!(t["params"].get("momentum").is_some(), t["params"]["optimizer"] == "sgd", "{}", t["params"]);
+        assert_eq!(t["device"], "external");
+    }
+}
