@@ -558,6 +558,15 @@ impl SearchSpace {
         out
     }
 
+    /// Whether parameter `name` can still apply to the partial point `set`: no condition of
+    /// it has its parent given with another value, or a parent that cannot apply either.
+    pub fn may_apply(&self, name: &str, set: &ParamSet) -> bool {
+        self.conditions.iter().filter(|c| c.param == name).all(|c| match set.get(&c.parent) {
+            Some(v) => c.values.iter().any(|w| w.same_choice(v)),
+            None => self.may_apply(&c.parent, set),
+        })
+    }
+
     /// The parameters of the space that apply to `set` and that it lacks, in order.
     pub fn missing(&self, set: &ParamSet) -> Vec<&str> {
         self.params.iter().map(|p| p.name.as_str()).filter(|n| !set.contains_key(*n) && self.is_active(n, set)).collect()
@@ -857,6 +866,10 @@ mod tests {
         assert_eq!(keys(space.without_inactive(&every("adamw", "plain"))), vec!["optimizer"]);
         assert_eq!(keys(space.without_inactive(&every("sgd", "plain"))), vec!["dampening", "optimizer", "variant"]);
         assert_eq!(keys(space.without_inactive(&every("sgd", "nesterov"))), vec!["lr_scale", "optimizer", "variant"]);
+        // Which of them a partial (queued) point may still get: not a child of a ruled-out parent.
+        let opt = |o: &str| point(&[("optimizer", ParamValue::Str(o.into()))]);
+        assert!(!space.may_apply("dampening", &opt("adamw")) && !space.may_apply("lr_scale", &opt("adamw")));
+        assert!(space.may_apply("dampening", &opt("sgd")) && space.may_apply("dampening", &ParamSet::new()));
         // The grid: AdamW once, SGD plain × 3 dampening values, SGD nesterov × 3 scales.
         assert_eq!(space.grid(3).len(), 1 + 3 + 3);
         // The GP's encoding agrees: under AdamW the chain's end sits at its constant.

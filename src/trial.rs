@@ -234,6 +234,11 @@ impl Patience {
     pub fn is_spent(&self, trials: &[TrialRecord]) -> bool {
         trials_since_improvement(trials, self.direction, self.min_delta) >= self.trials
     }
+
+    /// Why a study whose patience is spent stopped, as `run` and `ask` say it.
+    pub fn spent_text(&self) -> String {
+        format!("the best value has not improved for {} finished trials in a row (`[study] patience`)", self.trials)
+    }
 }
 
 /// How many finished trials (COMPLETE or PRUNED), in trial-number order, came after the last
@@ -329,7 +334,7 @@ mod tests {
     fn improvement_is_counted_in_trial_order_and_by_more_than_min_delta() {
         use TrialState::*;
         let mk = |n, s, v: Option<f64>| TrialRecord::new(n, s, ParamSet::new(), v);
-        // Minimise: 5 (best), 4 (better), 3.95, pruned, fail, running, 4.5, then 3.0 (better).
+        // Minimise: 5, 4 (better), 3.95 (better by 0.05), pruned, fail, running, 4.5.
         let t = vec![
             mk(0, Complete, Some(5.0)),
             mk(1, Complete, Some(4.0)),

@@ -14,7 +14,7 @@ use crate::cli::{AskArgs, TextOrJson};
 use crate::config::ObjectiveConfig;
 use crate::sampler::{suggest_around, SuggestContext};
 use crate::scheduler::display::format_params;
-use crate::storage::{Budget, Claim, Owner, Store, StoreError};
+use crate::storage::{Budget, Claim, Owner};
 use crate::trial::TrialState;
 
 /// The exit status of an `ask` that had no trial to hand out (the budget is done or taken,
@@ -32,21 +32,12 @@ pub fn run(args: &AskArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         ))
         .into());
     }
-    if let Some(n) = args.n_trials {
-        if n == 0 {
-            return Err(UsageError("--n-trials must be at least 1".into()).into());
-        }
-        cfg.n_trials = Some(n);
-    }
+    super::run::override_n_trials(&mut cfg, args.n_trials)?;
     if args.device.trim().is_empty() {
         return Err(UsageError("--device must not be empty".into()).into());
     }
     let sampler = super::run::build_sampler(&cfg)?;
-    let mut store = Store::open(&cfg.storage).with_context(|| format!("opening the store of study `{}`", cfg.name))?;
-    let study = store.create_or_open_study(&super::run::study_spec(&cfg, args.allow_space_change)).map_err(|e| match e {
-        StoreError::SpaceChanged { .. } | StoreError::DirectionChanged { .. } => anyhow::Error::new(UsageError(e.to_string())),
-        other => anyhow::Error::new(other),
-    })?;
+    let (mut store, study) = super::run::open_study(&cfg, args.allow_space_change)?;
     super::run::check_setup(&cfg, &store, &study, None, false)?;
     store.enqueue_study_file_points(study.id, &cfg.space, &cfg.enqueue)?;
     let claim = store.claim_next(
@@ -78,13 +69,7 @@ pub fn run(args: &AskArgs, quiet: bool) -> anyhow::Result<ExitCode> {
                          (or fail the lost ones with `tell --state fail`), or ask with a larger --n-trials"
                     ),
                 ),
-                Claim::Plateau => (
-                    "plateau",
-                    format!(
-                        "the best value has not improved for {} finished trials (`[study] patience`)",
-                        cfg.patience.map_or(0, |p| p.trials)
-                    ),
-                ),
+                Claim::Plateau => ("plateau", cfg.patience.map(|p| p.spent_text()).unwrap_or_default()),
                 _ => ("exhausted", "the sampler has no point left (the grid is exhausted)".to_string()),
             };
             if args.format == TextOrJson::Json {

@@ -24,15 +24,8 @@ pub fn run(args: &EnqueueArgs, quiet: bool) -> anyhow::Result<ExitCode> {
 /// choose when the trial starts (a partial point).
 pub fn describe_queued(space: &SearchSpace, params: &ParamSet) -> String {
     let given = crate::scheduler::display::format_params(params);
-    let free: Vec<&str> = space
-        .params()
-        .iter()
-        .map(|p| p.name.as_str())
-        .filter(|n| {
-            !params.contains_key(*n)
-                && (space.is_active(n, params) || !space.conditions().iter().any(|c| c.param == *n && params.contains_key(&c.parent)))
-        })
-        .collect();
+    let free: Vec<&str> =
+        space.params().iter().map(|p| p.name.as_str()).filter(|n| !params.contains_key(*n) && space.may_apply(n, params)).collect();
     if free.is_empty() {
         given
     } else {

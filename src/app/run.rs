@@ -187,6 +187,31 @@ pub fn study_spec(cfg: &StudyConfig, allow_space_change: bool) -> StudySpec<'_> 
     }
 }
 
+/// `--n-trials`: replaces `[study] n_trials` when given (at least 1).
+pub fn override_n_trials(cfg: &mut StudyConfig, n_trials: Option<u64>) -> Result<(), UsageError> {
+    match n_trials {
+        Some(0) => Err(UsageError("--n-trials must be at least 1".into())),
+        Some(n) => {
+            cfg.n_trials = Some(n);
+            Ok(())
+        }
+        None => Ok(()),
+    }
+}
+
+/// Opens the study's store and the study in it, creating either when new. A space or
+/// direction that differs from the recorded one is the user's mistake (exit status 2).
+pub fn open_study(cfg: &StudyConfig, allow_space_change: bool) -> anyhow::Result<(Store, crate::storage::StudyInfo)> {
+    let mut store = Store::open(&cfg.storage).with_context(|| format!("opening the store of study `{}`", cfg.name))?;
+    let study = store.create_or_open_study(&study_spec(cfg, allow_space_change)).map_err(|e| match e {
+        crate::storage::StoreError::SpaceChanged { .. } | crate::storage::StoreError::DirectionChanged { .. } => {
+            anyhow::Error::new(UsageError(e.to_string()))
+        }
+        other => anyhow::Error::new(other),
+    })?;
+    Ok((store, study))
+}
+
 /// The study loop's settings, all taken from the study file (after command-line overrides).
 pub fn study_run<'a>(
     cfg: &'a StudyConfig,
@@ -221,12 +246,7 @@ pub fn study_run<'a>(
 
 pub fn run(args: &RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     let mut cfg = load_config(&args.study)?;
-    if let Some(n) = args.n_trials {
-        if n == 0 {
-            return Err(UsageError("--n-trials must be at least 1".into()).into());
-        }
-        cfg.n_trials = Some(n);
-    }
+    override_n_trials(&mut cfg, args.n_trials)?;
     if let Some(d) = &args.devices {
         cfg.execution.devices = parse_devices(&DevicesSpec::List(d.clone())).map_err(|m| UsageError(format!("--devices: {m}")))?;
     }
@@ -269,13 +289,7 @@ pub fn run(args: &RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     };
     let pruner = crate::pruner::from_config(&cfg.pruner);
 
-    let mut store = Store::open(&cfg.storage).with_context(|| format!("opening the store of study `{}`", cfg.name))?;
-    let study = store.create_or_open_study(&study_spec(&cfg, args.allow_space_change)).map_err(|e| match e {
-        crate::storage::StoreError::SpaceChanged { .. } | crate::storage::StoreError::DirectionChanged { .. } => {
-            anyhow::Error::new(UsageError(e.to_string()))
-        }
-        other => anyhow::Error::new(other),
-    })?;
+    let (mut store, study) = open_study(&cfg, args.allow_space_change)?;
     // What the trials read, to tell when it changes under the same names.
     let inputs = match &finetune {
         Some(ft) => {
@@ -330,7 +344,7 @@ pub fn run(args: &RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
     } else {
         Box::new(ProgressDisplay::new(
             &slots,
-            cfg.n_trials.or(Some(cfg.space.grid_size(cfg.sampler.grid_points) as u64)),
+            cfg.n_trials.or_else(|| Some(cfg.space.grid_size(cfg.sampler.grid_points) as u64)),
             cfg.direction,
             &history,
         ))
@@ -346,10 +360,7 @@ pub fn run(args: &RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         let why = match summary.reason {
             StopReason::BudgetReached => "the budget is reached",
             StopReason::Exhausted => "the grid is exhausted",
-            StopReason::Plateau => &format!(
-                "the best value has not improved for {} finished trials in a row (`[study] patience`)",
-                cfg.patience.map_or(0, |p| p.trials)
-            ),
+            StopReason::Plateau => &cfg.patience.map(|p| p.spent_text()).unwrap_or_default(),
             StopReason::Timeout => "the timeout passed",
             StopReason::Stopped => "it was stopped (running trials finished)",
             StopReason::Cancelled => "it was cancelled",

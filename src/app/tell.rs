@@ -10,10 +10,8 @@ use serde_json::{json, Map, Value};
 use super::common::{open_existing, print_out};
 use super::UsageError;
 use crate::cli::{TellArgs, TextOrJson, ToldState};
-use crate::pruner::Pruner;
 use crate::scheduler::display::format_value;
 use crate::scheduler::Decision;
-use crate::storage::Store;
 use crate::trial::{Outcome, TrialRecord, TrialState};
 
 /// What the call asks for, checked against the flags before the store is touched.
@@ -128,7 +126,7 @@ pub fn run(args: &TellArgs, quiet: bool) -> anyhow::Result<ExitCode> {
             let pruner = crate::pruner::from_config(&cfg.pruner);
             let others: Vec<TrialRecord> = history.iter().filter(|t| t.id != trial.id).cloned().collect();
             let decision = pruner.decide(trial.number, &values, &others, cfg.direction);
-            record_pruning(store, pruner.as_ref(), trial, &values)?;
+            crate::scheduler::save_pruning_record(store, trial.id, &trial.pruning, &pruner.record(trial.number, &values))?;
             let state = if decision == Decision::Prune {
                 store.finish(trial.id, &Outcome::Pruned { step, value: Some(value) }, false)?;
                 TrialState::Pruned
@@ -156,18 +154,6 @@ pub fn run(args: &TellArgs, quiet: bool) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Keeps what the pruner recorded (bracket, rungs) as the trial's attributes, as `run` does.
-fn record_pruning(store: &Store, pruner: &dyn Pruner, trial: &TrialRecord, values: &[(i64, f64)]) -> anyhow::Result<()> {
-    let rec = pruner.record(trial.number, values);
-    if let Some(b) = rec.bracket {
-        store.set_trial_attr(trial.id, "bracket", &Value::from(b))?;
-    }
-    if !rec.rungs.is_empty() {
-        store.set_trial_attr(trial.id, "rungs", &serde_json::to_value(&rec.rungs)?)?;
-    }
-    Ok(())
 }
 
 /// The trial's state after the call: `{"number", "state", "value"}`, plus `"step"` and

@@ -410,18 +410,14 @@ fn resolve_space(src: &Source, spec: Option<&Spanned<SpaceSpec>>, dir: &Path) ->
     }
     // A condition's mistake is reported at the parameter that has it.
     let at = |e: crate::space::SpaceError| {
-        let name = match &e {
-            crate::space::SpaceError::BadCondition { name, .. } => Some(name.clone()),
-            _ => None,
-        };
-        match name.and_then(|n| defs.get(&n).map(|d| (n, d))) {
-            Some((n, (def, file, text))) => {
-                Source { path: file, text }.error_at(def.span(), Some(format!("space.{n}.when")), e.to_string())
+        if let crate::space::SpaceError::BadCondition { name, .. } = &e {
+            if let Some((def, file, text)) = defs.get(name) {
+                return Source { path: file, text }.error_at(def.span(), Some(format!("space.{name}.when")), e.to_string());
             }
-            None => src.error_at(spec.span(), Some("space".into()), e.to_string()),
         }
+        src.error_at(spec.span(), Some("space".into()), e.to_string())
     };
-    SearchSpace::with_conditions(params, conditions.clone()).map_err(at)
+    SearchSpace::with_conditions(params, conditions).map_err(at)
 }
 
 fn resolve(src: &Source, f: StudyFile, dir: PathBuf) -> Result<StudyConfig, ConfigError> {

@@ -22,7 +22,6 @@ use super::NotEnoughData;
 use crate::sampler::gp::encoding::Encoding;
 use crate::sampler::gp::fit::{self, FitData};
 use crate::sampler::gp::warp::standardise;
-use crate::space::{Param, SearchSpace};
 use crate::trial::{TrialRecord, TrialState};
 
 /// Trees in the forest.
@@ -77,7 +76,7 @@ impl ImportancePlot {
     pub fn compute(data: &StudyData) -> Result<ImportancePlot, NotEnoughData> {
         // A trial must have every parameter that applies to it (with conditions, those its
         // parents' choices make apply; a missing one counts at its range's middle).
-        let space = data.space().filter(|s| !s.conditions().is_empty());
+        let space = data.space().ok().filter(|s| !s.conditions().is_empty());
         let done: Vec<_> = data
             .trials
             .iter()
@@ -197,8 +196,7 @@ impl ImportancePlot {
 /// Per-parameter relevance from the GP sampler's model fitted to `done` (most relevant
 /// first), or why it could not be fitted.
 fn gp_relevance(data: &StudyData, done: &[&TrialRecord]) -> Result<Vec<Importance>, String> {
-    let params: Vec<Param> = data.params.iter().map(|(n, d)| Param { name: n.clone(), dist: d.clone() }).collect();
-    let space = SearchSpace::with_conditions(params, data.conditions.clone()).map_err(|e| format!("its space is unusable ({e})"))?;
+    let space = data.space().map_err(|e| format!("its space is unusable ({e})"))?;
     let enc = Encoding::new(&space);
     let mut xs = Vec::new();
     let mut ys = Vec::new();

@@ -5,7 +5,7 @@
 use serde_json::{Map, Value};
 
 use crate::config::{SamplerKind, StudyConfig};
-use crate::space::{Condition, Distribution, Param, SearchSpace};
+use crate::space::{Condition, Distribution, Param, SearchSpace, SpaceError};
 use crate::storage::{Store, StoreError, StudyInfo};
 use crate::trial::{best_trial, Direction, TrialRecord};
 
@@ -95,11 +95,11 @@ impl StudyData {
         })
     }
 
-    /// The plotted parameters as a search space, with the study file's conditions (`None`
+    /// The plotted parameters as a search space, with the study file's conditions (an error
     /// when they do not make one, e.g. a stored distribution the space rules reject).
-    pub fn space(&self) -> Option<SearchSpace> {
+    pub fn space(&self) -> Result<SearchSpace, SpaceError> {
         let params: Vec<Param> = self.params.iter().map(|(n, d)| Param { name: n.clone(), dist: d.clone() }).collect();
-        SearchSpace::with_conditions(params, self.conditions.clone()).ok()
+        SearchSpace::with_conditions(params, self.conditions.clone())
     }
 
     /// The distribution of a parameter, when known.

@@ -10,4 +10,4 @@ pub mod study_loop;
 pub use child::{run_child, ChildSpec};
 pub use display::{Observer, ProgressDisplay, Silent};
 pub use runner::{CancelToken, Decision, Progress, RecordingReporter, Reporter, TrialAssignment, TrialRunner};
-pub use study_loop::{run_study, LoopError, RunSummary, StopReason, StopSignal, StudyRun};
+pub use study_loop::{run_study, save_pruning_record, LoopError, RunSummary, StopReason, StopSignal, StudyRun};

@@ -433,16 +433,7 @@ impl StoreReporter<'_, '_> {
         if rec == self.pruning {
             return;
         }
-        let mut result = Ok(());
-        if rec.bracket != self.pruning.bracket {
-            if let Some(b) = rec.bracket {
-                result = self.store.set_trial_attr(self.trial_id, "bracket", &Value::from(b));
-            }
-        }
-        if result.is_ok() && rec.rungs != self.pruning.rungs {
-            result = self.store.set_trial_attr(self.trial_id, "rungs", &serde_json::to_value(&rec.rungs).unwrap_or(Value::Null));
-        }
-        match result {
+        match save_pruning_record(self.store, self.trial_id, &self.pruning, &rec) {
             Ok(()) => self.pruning = rec,
             Err(e) => {
                 tracing::error!("trial {}: {e}", self.number);
@@ -450,6 +441,20 @@ impl StoreReporter<'_, '_> {
             }
         }
     }
+}
+
+/// Writes what the pruner recorded about a trial (`after`: its bracket, the rungs it
+/// reached) where it differs from what is stored (`before`), as trial user attributes.
+pub fn save_pruning_record(store: &Store, trial_id: i64, before: &PruningRecord, after: &PruningRecord) -> Result<(), StoreError> {
+    if after.bracket != before.bracket {
+        if let Some(b) = after.bracket {
+            store.set_trial_attr(trial_id, "bracket", &Value::from(b))?;
+        }
+    }
+    if after.rungs != before.rungs {
+        store.set_trial_attr(trial_id, "rungs", &serde_json::to_value(&after.rungs).unwrap_or(Value::Null))?;
+    }
+    Ok(())
 }
 
 impl Reporter for StoreReporter<'_, '_> {
